@@ -1,0 +1,1 @@
+//! domain-auth (being written)

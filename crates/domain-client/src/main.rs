@@ -1,0 +1,2 @@
+//! The `domain` command.
+fn main() {}

@@ -1,0 +1,1 @@
+//! domain-cluster (being written)

@@ -1,0 +1,5 @@
+//! Domain data storage.
+//!
+//! (crate docs are written with the crate's content)
+
+pub mod merkle;

@@ -1,0 +1,36 @@
+//! Protocol ids of the domain cluster (DESIGN §3).
+//!
+//! Stream protocols are opened per task or per request; the `/posemesh/…` names
+//! replace libp2p's defaults for identify and Kademlia so that posemesh peers
+//! and ours find each other.
+
+/// Anyone asks a peer for a domain's Ed25519 public key.
+pub const PUBLIC_KEY_V1: &str = "/public-key/v1";
+/// A node joins the manager with its capabilities.
+pub const JOIN_V1: &str = "/join/v1";
+/// A client submits a job to the manager and receives its tasks.
+pub const JOBS_V1: &str = "/jobs/v1";
+/// A client follows every job's changes on the manager.
+pub const MONITOR_V1: &str = "/monitor/v1";
+/// A task sender stores items on a receiver.
+pub const STORE_V1: &str = "/store/v1";
+/// A task sender loads items (or subscribes to new ones) from a receiver.
+pub const LOAD_V1: &str = "/load/v1";
+
+/// Every stream protocol above, for registering handlers.
+pub const ALL_STREAM_PROTOCOLS: [&str; 6] =
+    [PUBLIC_KEY_V1, JOIN_V1, JOBS_V1, MONITOR_V1, STORE_V1, LOAD_V1];
+
+/// The task-stream protocols, whose streams open with a handshake.
+pub const TASK_PROTOCOLS: [&str; 2] = [STORE_V1, LOAD_V1];
+
+/// libp2p identify protocol name.
+pub const IDENTIFY: &str = "/posemesh/id/1.0.0";
+/// libp2p Kademlia protocol name.
+pub const KADEMLIA: &str = "/posemesh/kad/1.0.0";
+
+/// What a client writes first on `/monitor/v1`.
+pub const MONITOR_ACK: &[u8; 3] = b"ack";
+
+/// Longest domain id accepted on `/public-key/v1`, in bytes.
+pub const MAX_DOMAIN_ID_LEN: usize = 256;
