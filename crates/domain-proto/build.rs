@@ -3,7 +3,11 @@
 
 use std::path::PathBuf;
 
-const PROTOS: [&str; 3] = ["proto/discovery.proto", "proto/domain_data.proto", "proto/task.proto"];
+const PROTOS: [&str; 3] = [
+    "proto/discovery.proto",
+    "proto/domain_data.proto",
+    "proto/task.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

@@ -123,7 +123,10 @@ where
 {
     match read_message_or_eof(reader, limit).await? {
         Some(message) => Ok(message),
-        None => Err(FrameError::Truncated { expected: PREFIX_LEN as u64, got: 0 }),
+        None => Err(FrameError::Truncated {
+            expected: PREFIX_LEN as u64,
+            got: 0,
+        }),
     }
 }
 
@@ -132,7 +135,10 @@ where
 ///
 /// # Errors
 /// A [`FrameError`] naming what was wrong with the frame or the stream.
-pub async fn read_message_or_eof<M, R>(reader: &mut R, limit: usize) -> Result<Option<M>, FrameError>
+pub async fn read_message_or_eof<M, R>(
+    reader: &mut R,
+    limit: usize,
+) -> Result<Option<M>, FrameError>
 where
     M: Message + Default,
     R: AsyncRead + Unpin + ?Sized,
@@ -143,19 +149,28 @@ where
         return Ok(None);
     }
     if got < PREFIX_LEN {
-        return Err(FrameError::Truncated { expected: PREFIX_LEN as u64, got: got as u64 });
+        return Err(FrameError::Truncated {
+            expected: PREFIX_LEN as u64,
+            got: got as u64,
+        });
     }
     let frame_len = u32::from_be_bytes(prefix);
     // Checked before anything is allocated for the frame.
     if u64::from(frame_len) > limit as u64 {
-        return Err(FrameError::TooLarge { len: frame_len.into(), limit });
+        return Err(FrameError::TooLarge {
+            len: frame_len.into(),
+            limit,
+        });
     }
 
     let expected = u64::from(frame_len);
     let mut frame = Vec::with_capacity((frame_len as usize).min(INITIAL_RESERVE));
     let got = reader.take(expected).read_to_end(&mut frame).await?;
     if (got as u64) < expected {
-        return Err(FrameError::Truncated { expected, got: got as u64 });
+        return Err(FrameError::Truncated {
+            expected,
+            got: got as u64,
+        });
     }
 
     let mut rest = frame.as_slice();
@@ -163,11 +178,18 @@ where
         .map_err(|_| FrameError::BadVarint { frame_len })?;
     let varint_len = frame.len() - rest.len();
     if varint != rest.len() as u64 {
-        return Err(FrameError::LengthMismatch { frame_len, varint, varint_len });
+        return Err(FrameError::LengthMismatch {
+            frame_len,
+            varint,
+            varint_len,
+        });
     }
     M::decode(rest)
         .map(Some)
-        .map_err(|source| FrameError::Decode { message: std::any::type_name::<M>(), source })
+        .map_err(|source| FrameError::Decode {
+            message: std::any::type_name::<M>(),
+            source,
+        })
 }
 
 /// Fills `buf` unless the stream ends first; returns how many bytes arrived.

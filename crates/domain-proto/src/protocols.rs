@@ -18,8 +18,14 @@ pub const STORE_V1: &str = "/store/v1";
 pub const LOAD_V1: &str = "/load/v1";
 
 /// Every stream protocol above, for registering handlers.
-pub const ALL_STREAM_PROTOCOLS: [&str; 6] =
-    [PUBLIC_KEY_V1, JOIN_V1, JOBS_V1, MONITOR_V1, STORE_V1, LOAD_V1];
+pub const ALL_STREAM_PROTOCOLS: [&str; 6] = [
+    PUBLIC_KEY_V1,
+    JOIN_V1,
+    JOBS_V1,
+    MONITOR_V1,
+    STORE_V1,
+    LOAD_V1,
+];
 
 /// The task-stream protocols, whose streams open with a handshake.
 pub const TASK_PROTOCOLS: [&str; 2] = [STORE_V1, LOAD_V1];
