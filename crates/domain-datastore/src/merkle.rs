@@ -1,1 +1,23 @@
-//! placeholder
+//! The Merkle core: the tree both ends of a transfer build while the bytes stream.
+//!
+//! The tree of DESIGN.md §4:
+//!
+//! - leaves are the data cut into [`CHUNK_SIZE`] (7168-byte) chunks, the last one possibly
+//!   shorter; empty data has exactly one leaf, the empty chunk;
+//! - `leaf = BLAKE3(chunk)`, so a blob of one chunk has the root `b3sum` prints;
+//! - `node = BLAKE3-derive-key(NODE_CONTEXT, left || right)` over the two 32-byte children;
+//! - the shape of RFC 9162: for n > 1 leaves the left subtree holds the largest power of two
+//!   smaller than n.
+//!
+//! [`MerkleBuilder`] builds the root incrementally in O(log n) memory, from writes of any
+//! size, on one thread or (for large batches) on all cores; [`root_of`] is the one-shot form.
+//! [`HashingReader`] and [`HashingWriter`] build it for the bytes that pass through an
+//! async stream. [`Root`] is the result and its canonical text form, 64 lowercase hex digits.
+
+mod builder;
+mod io;
+mod root;
+
+pub use builder::{CHUNK_SIZE, MerkleBuilder, NODE_CONTEXT, root_of};
+pub use io::{HashingReader, HashingWriter};
+pub use root::{ParseRootError, ROOT_HEX_LEN, ROOT_LEN, Root};

@@ -1,0 +1,298 @@
+//! [`MerkleBuilder`]: the streaming tree, sequential and parallel.
+
+use std::fmt;
+use std::sync::LazyLock;
+
+use blake3::hazmat::{ContextKey, HasherExt};
+use rayon::prelude::*;
+
+use super::Root;
+
+/// Size of a leaf's chunk in bytes (7 KiB). Only the last chunk of a blob may be shorter.
+pub const CHUNK_SIZE: usize = 7168;
+
+/// The BLAKE3 derive-key context of inner nodes.
+///
+/// Leaves are plain BLAKE3 hashes and nodes are derived keys under this context,
+/// so no inner node can pass for a leaf.
+pub const NODE_CONTEXT: &str = "posemesh domain merkle node v1";
+
+/// Below this many whole chunks in one call, [`MerkleBuilder::update_parallel`] stays on the
+/// calling thread: handing work to the rayon pool and waiting for it costs tens of
+/// microseconds, about what hashing a dozen leaves costs.
+const PARALLEL_MIN_LEAVES: usize = 32;
+
+/// Subtrees at most this large are hashed by one rayon task; larger ones split in two.
+/// Eight leaves (56 KiB, some 20 µs of hashing) keep the cost of a steal out of sight.
+const SEQUENTIAL_SUBTREE_BYTES: usize = 8 * CHUNK_SIZE;
+
+type Digest = [u8; 32];
+
+/// The context string hashed once, so a node costs one BLAKE3 compression, not two.
+static NODE_KEY: LazyLock<ContextKey> =
+    LazyLock::new(|| blake3::hazmat::hash_derive_key_context(NODE_CONTEXT));
+
+/// `leaf = BLAKE3(chunk)`, hashed in one call so BLAKE3 can spread the chunk over SIMD lanes.
+fn leaf_hash(chunk: &[u8]) -> Digest {
+    *blake3::hash(chunk).as_bytes()
+}
+
+/// `node = BLAKE3-derive-key(NODE_CONTEXT, left || right)`.
+fn node_hash(left: &Digest, right: &Digest) -> Digest {
+    let mut children = [0_u8; 64];
+    children[..32].copy_from_slice(left);
+    children[32..].copy_from_slice(right);
+    *blake3::Hasher::new_from_context_key(&NODE_KEY)
+        .update(&children)
+        .finalize()
+        .as_bytes()
+}
+
+/// Root of the perfect subtree over `chunks`, which holds a power of two of whole chunks.
+fn subtree_root(chunks: &[u8]) -> Digest {
+    if chunks.len() <= CHUNK_SIZE {
+        return leaf_hash(chunks);
+    }
+    let (left, right) = chunks.split_at(chunks.len() / 2);
+    let (left, right) = if chunks.len() > SEQUENTIAL_SUBTREE_BYTES {
+        rayon::join(|| subtree_root(left), || subtree_root(right))
+    } else {
+        (subtree_root(left), subtree_root(right))
+    };
+    node_hash(&left, &right)
+}
+
+/// Builds the Merkle root of a byte stream incrementally (DESIGN.md §4).
+///
+/// Feed bytes with [`update`](Self::update) (or [`update_parallel`](Self::update_parallel)
+/// for large batches) in writes of any size; the root depends only on the bytes, never on
+/// how they were split. [`finalize`](Self::finalize) returns the root of what was fed so far
+/// and leaves the builder usable.
+///
+/// Memory is O(log n): one hash per completed perfect subtree (one per set bit of the
+/// number of whole chunks seen) plus a buffer for one partial chunk. A chunk that lies
+/// whole in the caller's buffer is hashed from there without a copy; only the bytes of a
+/// chunk split across writes are buffered.
+///
+/// ```
+/// use domain_datastore::{MerkleBuilder, root_of, CHUNK_SIZE};
+///
+/// let data = vec![7_u8; 3 * CHUNK_SIZE + 10];
+/// let mut builder = MerkleBuilder::new();
+/// for piece in data.chunks(1000) {
+///     builder.update(piece);
+/// }
+/// assert_eq!(builder.len(), data.len() as u64);
+/// assert_eq!(builder.leaf_count(), 4);
+/// assert_eq!(builder.finalize(), root_of(&data));
+/// ```
+#[derive(Clone)]
+pub struct MerkleBuilder {
+    /// Roots of the completed perfect subtrees, leftmost (largest) first: one per set bit
+    /// of `leaves`, the subtree of 2^k leaves for bit k.
+    subtrees: Vec<Digest>,
+    /// Whole chunks folded into `subtrees`.
+    leaves: u64,
+    /// The start of a chunk whose end has not arrived yet; always shorter than a chunk.
+    pending: Vec<u8>,
+    /// Bytes fed so far.
+    len: u64,
+}
+
+impl MerkleBuilder {
+    /// An empty builder; finalized at once it gives the root of empty data.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            subtrees: Vec::new(),
+            leaves: 0,
+            pending: Vec::with_capacity(CHUNK_SIZE),
+            len: 0,
+        }
+    }
+
+    /// Feeds the next bytes of the stream, hashing on the calling thread.
+    pub fn update(&mut self, data: &[u8]) -> &mut Self {
+        self.len += data.len() as u64;
+        let data = self.complete_pending(data);
+        let mut chunks = data.chunks_exact(CHUNK_SIZE);
+        for chunk in &mut chunks {
+            self.push_subtree(leaf_hash(chunk), 0);
+        }
+        self.pending.extend_from_slice(chunks.remainder());
+        self
+    }
+
+    /// Feeds the next bytes of the stream like [`update`](Self::update), hashing the whole
+    /// chunks of a large `data` on all cores (the rayon global pool).
+    ///
+    /// The root is the same as with [`update`](Self::update). Worth it from a few hundred
+    /// KiB per call (batches of 1 MiB are a good size); smaller calls stay on the calling
+    /// thread. The call blocks until the hashing is done, so in async code run it where
+    /// blocking is allowed (`tokio::task::spawn_blocking`, `block_in_place`).
+    pub fn update_parallel(&mut self, data: &[u8]) -> &mut Self {
+        if data.len() / CHUNK_SIZE < PARALLEL_MIN_LEAVES {
+            return self.update(data);
+        }
+        self.len += data.len() as u64;
+        let data = self.complete_pending(data);
+        let (body, rest) = data.split_at(data.len() - data.len() % CHUNK_SIZE);
+
+        // Cut the body into perfect subtrees that line up with those already built: each
+        // one starts at a leaf index that is a multiple of its size, as large as fits.
+        // Sizes rise while they align to the leaves already built, then fall while they fit
+        // the rest: at most two per bit of the leaf count.
+        let mut pieces = Vec::new();
+        let mut leaves = self.leaves;
+        let mut remaining = body;
+        while !remaining.is_empty() {
+            let fits = (remaining.len() / CHUNK_SIZE).ilog2();
+            let level = leaves.trailing_zeros().min(fits);
+            let (piece, tail) = remaining.split_at(CHUNK_SIZE << level);
+            pieces.push((piece, level));
+            leaves += 1 << level;
+            remaining = tail;
+        }
+        let roots: Vec<Digest> = pieces
+            .par_iter()
+            .map(|&(piece, _)| subtree_root(piece))
+            .collect();
+        for (root, &(_, level)) in roots.into_iter().zip(&pieces) {
+            self.push_subtree(root, level);
+        }
+
+        self.pending.extend_from_slice(rest);
+        self
+    }
+
+    /// The root of the bytes fed so far. The builder stays usable: feeding more and
+    /// finalizing again gives the root of the longer stream.
+    #[must_use]
+    pub fn finalize(&self) -> Root {
+        let last_leaf = (!self.pending.is_empty()).then(|| leaf_hash(&self.pending));
+        // RFC 9162's shape: the completed subtrees, largest first, then the partial leaf,
+        // joined from the right.
+        let (mut right, lefts) = match (last_leaf, self.subtrees.split_last()) {
+            (Some(leaf), _) => (leaf, &self.subtrees[..]),
+            (None, Some((last, lefts))) => (*last, lefts),
+            // Empty data has exactly one leaf: the empty chunk.
+            (None, None) => (leaf_hash(&[]), &[][..]),
+        };
+        for left in lefts.iter().rev() {
+            right = node_hash(left, &right);
+        }
+        Root::from_bytes(right)
+    }
+
+    /// Bytes fed so far.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether no byte has been fed yet.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Leaves of the tree [`finalize`](Self::finalize) would return now: the number of
+    /// chunks, and 1 for empty data.
+    #[must_use]
+    pub fn leaf_count(&self) -> u64 {
+        self.leaves + u64::from(!self.pending.is_empty() || self.leaves == 0)
+    }
+
+    /// Fills the pending partial chunk from `data` and hashes it once whole; returns the
+    /// bytes of `data` left over, which start on a chunk boundary (or are empty).
+    fn complete_pending<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
+        if self.pending.is_empty() {
+            return data;
+        }
+        let wanted = CHUNK_SIZE - self.pending.len();
+        let (head, rest) = data.split_at(wanted.min(data.len()));
+        self.pending.extend_from_slice(head);
+        if self.pending.len() == CHUNK_SIZE {
+            let leaf = leaf_hash(&self.pending);
+            self.pending.clear();
+            self.push_subtree(leaf, 0);
+        }
+        rest
+    }
+
+    /// Appends the root of a perfect subtree of 2^`level` leaves, which must start at a leaf
+    /// index that is a multiple of its size, and merges equal-sized neighbours.
+    fn push_subtree(&mut self, root: Digest, level: u32) {
+        debug_assert_eq!(self.leaves % (1 << level), 0, "unaligned subtree");
+        // Each trailing one bit of the leaf count (counted in 2^level units) is a subtree
+        // of the same size as the one arriving: they join, smallest first.
+        let merges = (self.leaves >> level).trailing_ones() as usize;
+        let keep = self.subtrees.len().saturating_sub(merges);
+        let mut root = root;
+        for left in self.subtrees.drain(keep..).rev() {
+            root = node_hash(&left, &root);
+        }
+        self.subtrees.push(root);
+        self.leaves += 1 << level;
+    }
+}
+
+impl Default for MerkleBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MerkleBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The pending bytes are user data: show only the shape.
+        f.debug_struct("MerkleBuilder")
+            .field("len", &self.len)
+            .field("leaf_count", &self.leaf_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Merkle root of `data` in one call; large inputs are hashed on all cores.
+///
+/// ```
+/// use domain_datastore::root_of;
+///
+/// // A blob of one chunk has the root `b3sum` prints: its plain BLAKE3 hash.
+/// assert_eq!(root_of(b"abc").as_bytes(), blake3::hash(b"abc").as_bytes());
+/// ```
+#[must_use]
+pub fn root_of(data: &[u8]) -> Root {
+    MerkleBuilder::new().update_parallel(data).finalize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_key_is_the_derive_key_context_of_the_design() {
+        let left = [1_u8; 32];
+        let right = [2_u8; 32];
+        let mut children = [1_u8; 64];
+        children[32..].fill(2);
+        assert_eq!(
+            node_hash(&left, &right),
+            blake3::derive_key(NODE_CONTEXT, &children)
+        );
+    }
+
+    #[test]
+    fn parallel_pieces_align_after_an_odd_number_of_leaves() {
+        let data: Vec<u8> = (0..(3 + 100) * CHUNK_SIZE + 5)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let (head, tail) = data.split_at(3 * CHUNK_SIZE);
+        let mut parallel = MerkleBuilder::new();
+        parallel.update(head).update_parallel(tail);
+        let mut sequential = MerkleBuilder::new();
+        sequential.update(&data);
+        assert_eq!(parallel.finalize(), sequential.finalize());
+        assert_eq!(parallel.leaf_count(), 104);
+    }
+}
