@@ -23,3 +23,14 @@ pub mod merkle;
 pub use merkle::{
     CHUNK_SIZE, HashingReader, HashingWriter, MerkleBuilder, ParseRootError, Root, root_of,
 };
+
+pub mod store;
+pub mod subscription;
+
+pub use store::{
+    Datastore, DatastoreError, DomainId, InvalidDomainId, InvalidQuery, MAX_DOMAIN_ID_LEN,
+    MAX_REGEX_LEN, QueryFilter, RegexField,
+};
+pub use subscription::{
+    DEFAULT_SUBSCRIPTION_CAPACITY, Subscribers, Subscription, SubscriptionError,
+};

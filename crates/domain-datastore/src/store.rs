@@ -1,0 +1,518 @@
+//! The [`Datastore`] trait and the types every backend shares: validated domain ids,
+//! compiled queries, the error enum.
+
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+
+use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
+use regex::{Regex, RegexBuilder};
+use tokio::io::AsyncRead;
+
+use crate::subscription::Subscription;
+
+/// Longest domain id accepted, in bytes (the `/public-key/v1` limit).
+pub const MAX_DOMAIN_ID_LEN: usize = 256;
+
+/// Longest regular expression accepted in a [`Query`], in bytes (DESIGN §9).
+pub const MAX_REGEX_LEN: usize = 4096;
+
+/// Memory a compiled query regex may use; larger programs are refused rather than built.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// A domain id that is safe to use as a file or table name.
+///
+/// Accepted: 1 to [`MAX_DOMAIN_ID_LEN`] bytes of ASCII letters, digits, `.`, `_` and `-`,
+/// not starting with `.` (so `.`, `..` and hidden names are impossible). Anything else,
+/// including `/`, `\`, spaces and non-ASCII text, is refused with [`InvalidDomainId`].
+///
+/// ```
+/// use domain_datastore::DomainId;
+///
+/// assert!(DomainId::new("scans-2024.v1").is_ok());
+/// assert!(DomainId::new("../etc").is_err());
+/// assert!(DomainId::new("").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DomainId(String);
+
+impl DomainId {
+    /// Validates `id` as a domain id.
+    pub fn new(id: impl Into<String>) -> Result<Self, InvalidDomainId> {
+        let id = id.into();
+        if id.is_empty() {
+            return Err(InvalidDomainId::Empty);
+        }
+        if id.len() > MAX_DOMAIN_ID_LEN {
+            return Err(InvalidDomainId::TooLong {
+                len: id.len(),
+                max: MAX_DOMAIN_ID_LEN,
+            });
+        }
+        if id.starts_with('.') {
+            return Err(InvalidDomainId::LeadingDot { id });
+        }
+        if let Some(c) = id
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(InvalidDomainId::BadCharacter { id, character: c });
+        }
+        Ok(Self(id))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DomainId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for DomainId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DomainId({:?})", self.0)
+    }
+}
+
+impl AsRef<str> for DomainId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for DomainId {
+    type Err = InvalidDomainId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<String> for DomainId {
+    type Error = InvalidDomainId;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(s)
+    }
+}
+
+/// Why a string is not a [`DomainId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidDomainId {
+    /// The id is the empty string.
+    #[error("domain id is empty")]
+    Empty,
+    /// The id is longer than the limit.
+    #[error("domain id is {len} bytes long, the limit is {max}")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The id starts with a dot.
+    #[error("domain id {id:?} starts with '.'")]
+    LeadingDot {
+        /// The refused id.
+        id: String,
+    },
+    /// The id holds a character outside `[A-Za-z0-9._-]`.
+    #[error("domain id {id:?} contains {character:?}; allowed are A-Z a-z 0-9 . _ -")]
+    BadCharacter {
+        /// The refused id.
+        id: String,
+        /// The first character that is not allowed.
+        character: char,
+    },
+}
+
+/// Which regular expression of a [`Query`] an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegexField {
+    /// `Query.name_regexp`.
+    Name,
+    /// `Query.data_type_regexp`.
+    DataType,
+}
+
+impl fmt::Display for RegexField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Name => "name_regexp",
+            Self::DataType => "data_type_regexp",
+        })
+    }
+}
+
+/// Why a [`Query`] cannot be run.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InvalidQuery {
+    /// A regular expression is longer than [`MAX_REGEX_LEN`].
+    #[error("{field} is {len} bytes long, the limit is {max}")]
+    RegexTooLong {
+        /// The offending field.
+        field: RegexField,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A regular expression does not parse, or compiles to a program over the size limit.
+    #[error("{field} {pattern:?} is not a usable regular expression: {source}")]
+    Regex {
+        /// The offending field.
+        field: RegexField,
+        /// The pattern as given.
+        pattern: String,
+        /// What the `regex` crate reported.
+        #[source]
+        source: regex::Error,
+    },
+}
+
+/// A [`Query`] compiled once and matched against many items.
+///
+/// Every non-empty criterion must hold (they combine with AND): `ids`, `names` and
+/// `data_types` match exactly (an item matches a list when it equals any element);
+/// `name_regexp` and `data_type_regexp` match anywhere in the text unless anchored.
+/// An empty query matches every item.
+///
+/// ```
+/// use domain_datastore::QueryFilter;
+/// use domain_proto::domain_data::{Metadata, Query};
+///
+/// let query = Query { name_regexp: Some("^scan-".into()), ..Default::default() };
+/// let filter = QueryFilter::new(&query)?;
+/// let item = Metadata { name: "scan-1".into(), data_type: "ply".into(), ..Default::default() };
+/// assert!(filter.matches(&item));
+/// # Ok::<_, domain_datastore::InvalidQuery>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct QueryFilter {
+    ids: Vec<String>,
+    names: Vec<String>,
+    data_types: Vec<String>,
+    name_regex: Option<Regex>,
+    data_type_regex: Option<Regex>,
+    metadata_only: bool,
+}
+
+impl QueryFilter {
+    /// Compiles `query`, refusing regular expressions over [`MAX_REGEX_LEN`] bytes or whose
+    /// compiled form would be too large.
+    pub fn new(query: &Query) -> Result<Self, InvalidQuery> {
+        Ok(Self {
+            ids: query.ids.clone(),
+            names: query.names.clone(),
+            data_types: query.data_types.clone(),
+            name_regex: compile(RegexField::Name, query.name_regexp.as_deref())?,
+            data_type_regex: compile(RegexField::DataType, query.data_type_regexp.as_deref())?,
+            metadata_only: query.metadata_only,
+        })
+    }
+
+    /// Whether `item` satisfies every criterion of the query.
+    pub fn matches(&self, item: &Metadata) -> bool {
+        (self.ids.is_empty() || self.ids.contains(&item.id))
+            && (self.names.is_empty() || self.names.contains(&item.name))
+            && (self.data_types.is_empty() || self.data_types.contains(&item.data_type))
+            && self
+                .name_regex
+                .as_ref()
+                .is_none_or(|r| r.is_match(&item.name))
+            && self
+                .data_type_regex
+                .as_ref()
+                .is_none_or(|r| r.is_match(&item.data_type))
+    }
+
+    /// The exact ids asked for; empty means "any id".
+    pub fn ids(&self) -> &[String] {
+        &self.ids
+    }
+
+    /// The exact names asked for; empty means "any name".
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The exact data types asked for; empty means "any data type".
+    pub fn data_types(&self) -> &[String] {
+        &self.data_types
+    }
+
+    /// Whether the asker wants metadata without content.
+    pub fn metadata_only(&self) -> bool {
+        self.metadata_only
+    }
+}
+
+fn compile(field: RegexField, pattern: Option<&str>) -> Result<Option<Regex>, InvalidQuery> {
+    let Some(pattern) = pattern else {
+        return Ok(None);
+    };
+    if pattern.len() > MAX_REGEX_LEN {
+        return Err(InvalidQuery::RegexTooLong {
+            field,
+            len: pattern.len(),
+            max: MAX_REGEX_LEN,
+        });
+    }
+    RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map(Some)
+        .map_err(|source| InvalidQuery::Regex {
+            field,
+            pattern: pattern.to_owned(),
+            source,
+        })
+}
+
+/// Why a [`Datastore`] operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DatastoreError {
+    /// The content had fewer or more bytes than the announced `size`; nothing was stored.
+    #[error("content size mismatch: announced {expected} bytes, got {got}{}", if *got > u64::from(*expected) { " or more" } else { "" })]
+    SizeMismatch {
+        /// `UpsertMetadata.size`.
+        expected: u32,
+        /// Bytes received; reading stops at `expected + 1`.
+        got: u64,
+    },
+    /// No item has this id in the domain.
+    #[error("no item with id {id:?} in domain {domain}")]
+    NotFound {
+        /// The domain searched.
+        domain: DomainId,
+        /// The id asked for.
+        id: String,
+    },
+    /// The query cannot be run.
+    #[error("invalid query: {0}")]
+    InvalidQuery(#[from] InvalidQuery),
+    /// Reading the content to store failed (the caller's stream, not the store).
+    #[error("reading the content of {name:?} failed: {source}")]
+    ReadContent {
+        /// `UpsertMetadata.name` of the item being stored.
+        name: String,
+        /// The read error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file or folder of the store could not be used.
+    #[error("{op} {path}: {source}", path = path.display())]
+    Io {
+        /// What was being done ("create", "fsync", "rename", ...).
+        op: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metadata database failed.
+    #[error("metadata database: {0}")]
+    Db(#[source] Box<redb::Error>),
+    /// Stored metadata does not decode or contradicts itself.
+    #[error("corrupt metadata for item {id:?} in domain {domain}: {reason}")]
+    Corrupt {
+        /// The domain.
+        domain: DomainId,
+        /// The item.
+        id: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The remote end of a remote backend failed or went away.
+    #[error("remote datastore: {0}")]
+    Remote(String),
+    /// A blocking worker of the store panicked or was cancelled.
+    #[error("datastore worker failed: {0}")]
+    Worker(#[from] tokio::task::JoinError),
+}
+
+/// A store of domain data items: metadata plus a content blob whose Merkle root is
+/// [`Metadata::hash`].
+///
+/// Shaped for streaming and for both backends (local files now, a remote peer later):
+/// content goes in and out as [`AsyncRead`]; nothing is buffered whole in memory.
+/// Every operation names its domain; items never cross domains.
+pub trait Datastore: Send + Sync + 'static {
+    /// The content reader [`get`](Self::get) returns.
+    type Content: AsyncRead + Send + Unpin + 'static;
+
+    /// Stores one item and returns its metadata, whose `hash` is the Merkle root computed
+    /// while the bytes were written (one pass, nothing read back).
+    ///
+    /// `content` must end after exactly `item.size` bytes: the store reads at most
+    /// `size + 1` bytes and answers [`DatastoreError::SizeMismatch`] for fewer or more,
+    /// storing nothing. When the bytes come from a stream that carries more after them,
+    /// pass `stream.take(size)`.
+    ///
+    /// With `item.is_new` the item gets a new id (a UUID v4; `item.id` is ignored);
+    /// otherwise the item with id `item.id` is replaced ([`DatastoreError::NotFound`] if
+    /// there is none) and its old content released once no item uses it.
+    /// The item is visible to readers and subscribers only once the call succeeds.
+    fn put<R: AsyncRead + Send + Unpin>(
+        &self,
+        domain: &DomainId,
+        item: UpsertMetadata,
+        content: R,
+    ) -> impl Future<Output = Result<Metadata, DatastoreError>> + Send;
+
+    /// The metadata of item `id` and a reader of exactly `metadata.size` content bytes.
+    fn get(
+        &self,
+        domain: &DomainId,
+        id: &str,
+    ) -> impl Future<Output = Result<(Metadata, Self::Content), DatastoreError>> + Send;
+
+    /// The metadata of every item matching `query` (see [`QueryFilter`] for the semantics),
+    /// ordered by id. `query.metadata_only` does not change the answer; it tells the
+    /// caller whether to fetch content with [`get`](Self::get).
+    fn query(
+        &self,
+        domain: &DomainId,
+        query: &Query,
+    ) -> impl Future<Output = Result<Vec<Metadata>, DatastoreError>> + Send;
+
+    /// Removes item `id`; its content is released once no item uses it.
+    fn delete(
+        &self,
+        domain: &DomainId,
+        id: &str,
+    ) -> impl Future<Output = Result<(), DatastoreError>> + Send;
+
+    /// A bounded stream of the metadata of items stored (new or replaced) in `domain`
+    /// after this call, that match `query`.
+    ///
+    /// A subscriber that falls behind by more than the store's subscription capacity is
+    /// dropped: its stream yields what it had queued, then
+    /// [`SubscriptionError::Lagged`](crate::SubscriptionError::Lagged), then ends. Writers
+    /// never wait for subscribers. To see existing items and new ones without a gap,
+    /// subscribe first, then [`query`](Self::query), and skip ids seen twice.
+    fn subscribe(&self, domain: &DomainId, query: &Query) -> Result<Subscription, DatastoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_id_accepts_safe_names() {
+        for ok in ["a", "my-domain", "Scans_2024.v1", "x..y", &"a".repeat(256)] {
+            assert!(DomainId::new(ok).is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn domain_id_refuses_paths_and_odd_text() {
+        assert_eq!(DomainId::new(""), Err(InvalidDomainId::Empty));
+        assert!(matches!(
+            DomainId::new("a".repeat(257)),
+            Err(InvalidDomainId::TooLong { len: 257, .. })
+        ));
+        for bad in [".", "..", ".hidden", "../x"] {
+            assert!(
+                matches!(DomainId::new(bad), Err(InvalidDomainId::LeadingDot { .. })),
+                "{bad:?}"
+            );
+        }
+        for bad in ["/etc/passwd", "x/../y", "a/b", "a\\b", "a b", "é", "a\0b"] {
+            assert!(
+                matches!(
+                    DomainId::new(bad),
+                    Err(InvalidDomainId::BadCharacter { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    fn item(id: &str, name: &str, data_type: &str) -> Metadata {
+        Metadata {
+            id: id.into(),
+            name: name.into(),
+            data_type: data_type.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn empty_query_matches_everything() {
+        let filter = QueryFilter::new(&Query::default()).unwrap();
+        assert!(filter.matches(&item("1", "a", "b")));
+    }
+
+    #[test]
+    fn query_criteria_combine_with_and() {
+        let query = Query {
+            names: vec!["scan".into(), "mesh".into()],
+            data_type_regexp: Some("^ply$".into()),
+            ..Default::default()
+        };
+        let filter = QueryFilter::new(&query).unwrap();
+        assert!(filter.matches(&item("1", "scan", "ply")));
+        assert!(filter.matches(&item("2", "mesh", "ply")));
+        assert!(!filter.matches(&item("3", "scan", "ply2")));
+        assert!(!filter.matches(&item("4", "scans", "ply")));
+    }
+
+    #[test]
+    fn regex_matches_anywhere_unless_anchored() {
+        let filter = QueryFilter::new(&Query {
+            name_regexp: Some("can".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(filter.matches(&item("1", "scan-1", "t")));
+        let anchored = QueryFilter::new(&Query {
+            name_regexp: Some("^can".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!anchored.matches(&item("1", "scan-1", "t")));
+    }
+
+    #[test]
+    fn oversized_or_broken_regex_is_refused() {
+        let long = Query {
+            name_regexp: Some("a".repeat(MAX_REGEX_LEN + 1)),
+            ..Default::default()
+        };
+        assert!(matches!(
+            QueryFilter::new(&long),
+            Err(InvalidQuery::RegexTooLong {
+                field: RegexField::Name,
+                ..
+            })
+        ));
+        let broken = Query {
+            data_type_regexp: Some("(".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            QueryFilter::new(&broken),
+            Err(InvalidQuery::Regex {
+                field: RegexField::DataType,
+                ..
+            })
+        ));
+        // Short to write, huge to compile: the size limit refuses it.
+        let blowup = Query {
+            name_regexp: Some(r"\w{1000}\w{1000}\w{1000}".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            QueryFilter::new(&blowup),
+            Err(InvalidQuery::Regex { .. })
+        ));
+    }
+}
