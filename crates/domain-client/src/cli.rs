@@ -1,0 +1,50 @@
+//! The `domain` command line: its arguments and one module per command.
+//!
+//! The binary only parses arguments into a [`Cli`] and hands it to [`run`], which returns
+//! the exit status; each command lives in its own module so that new ones slot in beside
+//! [`hash`].
+//!
+//! ```
+//! use clap::Parser;
+//! use domain_client::cli::{Cli, Command};
+//!
+//! let cli = Cli::try_parse_from(["domain", "hash", "scan.ply", "-"])?;
+//! let Command::Hash(args) = cli.command;
+//! assert_eq!(args.files.len(), 2);
+//! # Ok::<(), clap::Error>(())
+//! ```
+
+pub mod hash;
+
+use std::io;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Work with domain data from the command line.
+#[derive(Debug, Parser)]
+#[command(name = "domain", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands of `domain`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the Merkle root of files, as a domain stores them.
+    #[command(long_about = hash::LONG_ABOUT)]
+    Hash(hash::HashArgs),
+}
+
+/// Runs a parsed command line against the process's standard streams.
+///
+/// Failures that concern one input (a file that cannot be read) are reported on standard
+/// error as they happen and turn into a failing [`ExitCode`]; an `Err` means the command
+/// could not go on at all (standard output closed, for one).
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Hash(args) => hash::run(&args, &mut io::stdout().lock(), &mut io::stderr()),
+    }
+}

@@ -1,0 +1,159 @@
+//! `domain hash [FILE]...`: the Merkle root of each file, printed like `b3sum`.
+//!
+//! Each file is read in [`BATCH_SIZE`] batches and hashed on all cores as it is read, so
+//! memory stays constant whatever the size. The root is the one a domain stores the file
+//! under and returns in `Metadata.hash` after an upload.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use domain_datastore::{MerkleBuilder, Root};
+
+/// Bytes read before each hashing step: large enough to keep every core busy hashing
+/// 7168-byte leaves, small enough to stay in cache.
+pub const BATCH_SIZE: usize = 1 << 20;
+
+/// The long help of `domain hash` (`domain hash --help`).
+pub const LONG_ABOUT: &str = "Print the Merkle root of each FILE, as a domain stores it: \
+BLAKE3 over 7168-byte chunks, joined in a tree. One line per file, `<root>  <name>`, like \
+b3sum; a file of at most one chunk has the root b3sum prints.
+
+With no FILE, or when FILE is -, read standard input. A file that cannot be read is reported \
+on standard error and makes the exit status non-zero; the other files are still hashed.";
+
+/// Arguments of `domain hash`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HashArgs {
+    /// Files to hash; `-` is standard input.
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+/// Hashes every input of `args`, writing `<root>  <name>` lines to `out` and one
+/// `domain: <name>: <reason>` line to `err` per input that cannot be read.
+///
+/// Returns [`ExitCode::FAILURE`] when any input failed, once all have been tried; `Err` only
+/// when `out` or `err` cannot be written.
+pub fn run(
+    args: &HashArgs,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let stdin_only = [PathBuf::from("-")];
+    let inputs = if args.files.is_empty() {
+        &stdin_only[..]
+    } else {
+        &args.files[..]
+    };
+    let mut failed = false;
+    for path in inputs {
+        let name = display_name(path);
+        match hash_input(path) {
+            Ok(root) => {
+                let line = match escape_name(&name) {
+                    Cow::Borrowed(name) => format!("{root}  {name}"),
+                    // b3sum's convention: a leading backslash says the name is escaped.
+                    Cow::Owned(escaped) => format!("\\{root}  {escaped}"),
+                };
+                writeln!(out, "{line}").context("writing to standard output")?;
+            }
+            Err(error) => {
+                failed = true;
+                writeln!(err, "domain: {name}: {error}").context("writing to standard error")?;
+            }
+        }
+    }
+    out.flush().context("writing to standard output")?;
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The Merkle root of a file, or of standard input for `-`.
+fn hash_input(path: &Path) -> io::Result<Root> {
+    if path.as_os_str() == "-" {
+        root_of_reader(io::stdin().lock())
+    } else {
+        root_of_reader(File::open(path)?)
+    }
+}
+
+/// The Merkle root of everything `reader` yields, read in [`BATCH_SIZE`] batches that are
+/// hashed on all cores.
+///
+/// ```
+/// use domain_client::cli::hash::root_of_reader;
+/// use domain_datastore::root_of;
+///
+/// let data = vec![3_u8; 3 << 20];
+/// assert_eq!(root_of_reader(&data[..])?, root_of(&data));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// The first read error other than [`io::ErrorKind::Interrupted`].
+pub fn root_of_reader(mut reader: impl Read) -> io::Result<Root> {
+    let mut builder = MerkleBuilder::new();
+    let mut batch = vec![0_u8; BATCH_SIZE];
+    loop {
+        let filled = fill(&mut reader, &mut batch)?;
+        builder.update_parallel(&batch[..filled]);
+        if filled < batch.len() {
+            return Ok(builder.finalize());
+        }
+    }
+}
+
+/// Reads until `buf` is full or the reader is at its end; returns the bytes read.
+fn fill(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(filled)
+}
+
+/// The name printed for an input: the path as given, `-` for standard input.
+fn display_name(path: &Path) -> Cow<'_, str> {
+    path.to_string_lossy()
+}
+
+/// Escapes `\` and newlines so that every output line names exactly one file, as b3sum does.
+fn escape_name(name: &str) -> Cow<'_, str> {
+    if name.contains(['\\', '\n']) {
+        Cow::Owned(name.replace('\\', "\\\\").replace('\n', "\\n"))
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_with_backslashes_or_newlines_are_escaped() {
+        assert_eq!(escape_name("plain name.ply"), "plain name.ply");
+        assert_eq!(escape_name("a\\b\nc"), "a\\\\b\\nc");
+    }
+
+    #[test]
+    fn fill_stops_at_the_end_of_a_short_reader() {
+        let mut reader = &b"abc"[..];
+        let mut buf = [0_u8; 8];
+        assert_eq!(fill(&mut reader, &mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"abc");
+    }
+}
