@@ -1,0 +1,96 @@
+//! Throughput of the Merkle core against BLAKE3's own limits, on one 64 MiB buffer.
+//!
+//! - `a_blake3_one_shot`: `blake3::hash` over the whole buffer, the ceiling;
+//! - `b_blake3_per_leaf`: `blake3::hash` over each 7168-byte leaf, the per-leaf limit every
+//!   sequential tree pays;
+//! - `c_builder_writes_*`: [`MerkleBuilder::update`] fed in writes of one chunk, 64 KiB and
+//!   1 MiB (target: 64 KiB writes at 0.95 × b or better);
+//! - `d_parallel_*`: the rayon path, [`root_of`] in one call and
+//!   [`MerkleBuilder::update_parallel`] in 1 MiB writes (target: 1.8 × b or better on
+//!   two cores);
+//! - `e_writer_sink_64KiB`: [`HashingWriter`] into `tokio::io::sink()` in 64 KiB writes.
+//!
+//! `cargo xtask bench` runs this and prints each result as a ratio to a and b.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use domain_benches::{MIB, pattern};
+use domain_datastore::{CHUNK_SIZE, HashingWriter, MerkleBuilder, root_of};
+use tokio::io::AsyncWriteExt;
+
+const DATA_LEN: usize = 64 * MIB;
+
+fn builder_in_writes(data: &[u8], write: usize) -> domain_datastore::Root {
+    let mut builder = MerkleBuilder::new();
+    for piece in data.chunks(write) {
+        builder.update(piece);
+    }
+    builder.finalize()
+}
+
+fn merkle(c: &mut Criterion) {
+    let data = pattern(DATA_LEN);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+
+    let mut group = c.benchmark_group("merkle");
+    // Each iteration takes tens of milliseconds: a few flat samples give a stable mean and
+    // keep the whole run to a couple of minutes.
+    group
+        .throughput(Throughput::Bytes(DATA_LEN as u64))
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+
+    group.bench_function("a_blake3_one_shot", |b| {
+        b.iter(|| blake3::hash(black_box(&data)));
+    });
+    group.bench_function("b_blake3_per_leaf", |b| {
+        b.iter(|| {
+            for leaf in black_box(&data).chunks(CHUNK_SIZE) {
+                black_box(blake3::hash(leaf));
+            }
+        });
+    });
+    for (name, write) in [
+        ("c_builder_writes_7KiB", CHUNK_SIZE),
+        ("c_builder_writes_64KiB", 64 << 10),
+        ("c_builder_writes_1MiB", MIB),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| builder_in_writes(black_box(&data), write));
+        });
+    }
+    group.bench_function("d_parallel_root_of", |b| {
+        b.iter(|| root_of(black_box(&data)));
+    });
+    group.bench_function("d_parallel_writes_1MiB", |b| {
+        b.iter(|| {
+            let mut builder = MerkleBuilder::new();
+            for piece in black_box(&data).chunks(MIB) {
+                builder.update_parallel(piece);
+            }
+            builder.finalize()
+        });
+    });
+    group.bench_function("e_writer_sink_64KiB", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let mut writer = HashingWriter::new(tokio::io::sink());
+                for piece in black_box(&data).chunks(64 << 10) {
+                    writer.write_all(piece).await.unwrap();
+                }
+                writer.root()
+            })
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, merkle);
+criterion_main!(benches);
