@@ -1,1 +1,134 @@
-//! domain-capabilities (being written)
+//! The three node capabilities, both sides of each, over any
+//! `AsyncRead + AsyncWrite + Unpin + Send` stream (a libp2p stream, a TCP socket, a
+//! `tokio::io::duplex` in tests): nothing here knows of libp2p.
+//!
+//! - [`handshake`]: the first frames of every task stream; the receiver checks the
+//!   task token (DESIGN §5) with a domain public key from a [`PublicKeySource`].
+//! - `/store/v1`: [`StoreSender`] (or [`store_items`]) streams items and checks the
+//!   receiver's Merkle root against its own; [`serve_store`] streams them into a
+//!   [`Datastore`](domain_datastore::Datastore).
+//! - `/load/v1`: [`open_load`] gives a [`LoadConsumer`] of items (content checked
+//!   against each root) and an [`Unsubscriber`] for keep-alive subscriptions;
+//!   [`serve_load`] answers from a datastore.
+//! - `/public-key/v1`: [`fetch_public_key`] and [`serve_public_key`].
+//! - [`serve`] routes an inbound task stream to its handler by protocol id.
+//!
+//! Every read and write runs under the idle timeout of [`Limits`] ([`IdleTimeout`]),
+//! every frame under its size limit; a misbehaving peer gets a typed
+//! [`CapabilityError`] and loses its stream, nothing else. Raw content moves in
+//! batches of [`Limits::io_batch`] bytes.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build()?.block_on(async {
+//! use domain_auth::DomainKey;
+//! use domain_capabilities::{Limits, StaticKeys, fetch_public_key, serve_public_key};
+//!
+//! let key = DomainKey::generate("my-domain")?;
+//! let keys = StaticKeys::new().with("my-domain", key.public_key());
+//! let limits = Limits::default();
+//!
+//! let (asker, answerer) = tokio::io::duplex(1024);
+//! let (served, fetched) = tokio::join!(
+//!     serve_public_key(answerer, &keys, &limits),
+//!     fetch_public_key(asker, "my-domain", &limits),
+//! );
+//! assert_eq!(served?, "my-domain");
+//! assert_eq!(fetched?, key.public_key());
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::time::Duration;
+
+use domain_datastore::Datastore;
+use domain_proto::DEFAULT_MAX_FRAME;
+use domain_proto::protocols::{LOAD_V1, STORE_V1};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+mod error;
+pub mod handshake;
+mod idle;
+mod load;
+mod public_key;
+mod store;
+
+pub use error::CapabilityError;
+pub use handshake::{Accepted, KeyFn, PublicKeySource, StaticKeys, StreamInfo};
+pub use idle::{Direction, IdleElapsed, IdleTimeout};
+pub use load::{LoadConsumer, LoadSummary, LoadedItem, Unsubscriber, open_load, serve_load};
+pub use public_key::{fetch_public_key, serve_public_key};
+pub use store::{StoreSender, StoreSummary, serve_store, store_items};
+
+/// Inbound task streams a node serves at once (DESIGN §9); the node holds a
+/// `tokio::sync::Semaphore` of this many permits around [`serve`].
+pub const MAX_CONCURRENT_TASK_STREAMS: usize = 256;
+
+/// Default idle limit of a stream (DESIGN §9).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default batch of raw content per read and write: large, so that transfers are
+/// not bound by per-call costs (DESIGN §4).
+pub const DEFAULT_IO_BATCH: usize = 1024 * 1024;
+
+/// The limits every capability stream runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest frame accepted, in bytes.
+    pub max_frame: usize,
+    /// A stream on which no byte moves for this long fails.
+    pub idle_timeout: Duration,
+    /// Bytes of raw content per read and write (the buffer each stream allocates).
+    pub io_batch: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame: DEFAULT_MAX_FRAME,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            io_batch: DEFAULT_IO_BATCH,
+        }
+    }
+}
+
+/// What an inbound task stream did, by protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// A `/store/v1` stream.
+    Store(StoreSummary),
+    /// A `/load/v1` stream.
+    Load(LoadSummary),
+}
+
+/// Serves an inbound task stream opened on `info.protocol` (`/store/v1` or `/load/v1`).
+///
+/// # Errors
+/// [`CapabilityError::UnsupportedProtocol`] for another protocol; otherwise what the
+/// protocol's handler returns.
+pub async fn serve<S, D, K>(
+    stream: S,
+    info: &StreamInfo<'_>,
+    datastore: &D,
+    keys: &K,
+    limits: &Limits,
+) -> Result<Served, CapabilityError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    D: Datastore,
+    K: PublicKeySource,
+{
+    match info.protocol {
+        STORE_V1 => serve_store(stream, info, datastore, keys, limits)
+            .await
+            .map(Served::Store),
+        LOAD_V1 => serve_load(stream, info, datastore, keys, limits)
+            .await
+            .map(Served::Load),
+        other => Err(CapabilityError::UnsupportedProtocol {
+            protocol: other.to_owned(),
+        }),
+    }
+}

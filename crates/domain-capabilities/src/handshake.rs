@@ -1,0 +1,256 @@
+//! The handshake that opens every task stream (DESIGN §3 and §5).
+//!
+//! The opener sends `DomainClusterHandshakeRequest{access_token, domain_id}`; the
+//! receiver checks the token with the domain's public key and answers
+//! `DomainClusterHandshakeResponse` with OK, or BadRequest and the reason, then closes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::SystemTime;
+
+use domain_auth::{Expected, PublicKey, TaskClaims, verify};
+use domain_datastore::DomainId;
+use domain_proto::task::{Code, DomainClusterHandshakeRequest, DomainClusterHandshakeResponse};
+use domain_proto::{read_message, read_message_or_eof, write_message};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::{CapabilityError, Limits};
+
+/// Where a receiver gets the public key of a domain to check tokens with.
+///
+/// A node fetches keys from the manager over `/public-key/v1` and caches them; tests
+/// and fixed set-ups use [`StaticKeys`]; any async closure fits through [`KeyFn`].
+pub trait PublicKeySource: Send + Sync {
+    /// The public key of `domain_id`, or why there is none.
+    fn public_key(&self, domain_id: &str)
+    -> impl Future<Output = Result<PublicKey, String>> + Send;
+}
+
+impl<T: PublicKeySource> PublicKeySource for &T {
+    fn public_key(
+        &self,
+        domain_id: &str,
+    ) -> impl Future<Output = Result<PublicKey, String>> + Send {
+        (**self).public_key(domain_id)
+    }
+}
+
+impl<T: PublicKeySource> PublicKeySource for std::sync::Arc<T> {
+    fn public_key(
+        &self,
+        domain_id: &str,
+    ) -> impl Future<Output = Result<PublicKey, String>> + Send {
+        (**self).public_key(domain_id)
+    }
+}
+
+/// A fixed map from domain id to public key.
+#[derive(Debug, Clone, Default)]
+pub struct StaticKeys(HashMap<String, PublicKey>);
+
+impl StaticKeys {
+    /// An empty map: every domain is unknown.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) the key of `domain_id`.
+    #[must_use]
+    pub fn with(mut self, domain_id: impl Into<String>, key: PublicKey) -> Self {
+        self.0.insert(domain_id.into(), key);
+        self
+    }
+}
+
+impl PublicKeySource for StaticKeys {
+    fn public_key(
+        &self,
+        domain_id: &str,
+    ) -> impl Future<Output = Result<PublicKey, String>> + Send {
+        let key = self
+            .0
+            .get(domain_id)
+            .copied()
+            .ok_or_else(|| "unknown domain".to_owned());
+        std::future::ready(key)
+    }
+}
+
+/// A key source from an async function of the domain id.
+///
+/// ```
+/// use domain_auth::PublicKey;
+/// use domain_capabilities::KeyFn;
+///
+/// let keys = KeyFn(|domain_id: String| async move {
+///     if domain_id == "d" { Ok(PublicKey::from_bytes([1; 32])) } else { Err("unknown".to_owned()) }
+/// });
+/// # let _ = keys;
+/// ```
+#[derive(Debug, Clone)]
+pub struct KeyFn<F>(pub F);
+
+impl<F, Fut> PublicKeySource for KeyFn<F>
+where
+    F: Fn(String) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<PublicKey, String>> + Send,
+{
+    fn public_key(
+        &self,
+        domain_id: &str,
+    ) -> impl Future<Output = Result<PublicKey, String>> + Send {
+        (self.0)(domain_id.to_owned())
+    }
+}
+
+/// Who is at each end of a task stream, and which protocol it was opened on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamInfo<'a> {
+    /// This peer's id (the token's `receiver`).
+    pub local_peer: &'a str,
+    /// The remote peer's id (the token's `sender`).
+    pub remote_peer: &'a str,
+    /// The protocol id the stream was opened on (the token's `endpoint`).
+    pub protocol: &'a str,
+}
+
+/// A handshake the receiver accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The domain the stream works on.
+    pub domain: DomainId,
+    /// The verified token claims.
+    pub claims: TaskClaims,
+}
+
+/// Opens a task stream: sends the token, waits for the receiver's answer.
+///
+/// # Errors
+/// [`CapabilityError::Refused`] with the receiver's message when it answers
+/// BadRequest or closes the stream without an answer (what posemesh peers do);
+/// stream, frame and idle errors otherwise.
+pub async fn open<S>(
+    stream: &mut S,
+    access_token: &str,
+    domain_id: &str,
+    limits: &Limits,
+) -> Result<(), CapabilityError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let request = DomainClusterHandshakeRequest {
+        access_token: access_token.to_owned(),
+        domain_id: domain_id.to_owned(),
+    };
+    write_message(stream, &request)
+        .await
+        .map_err(|e| CapabilityError::frame("sending the handshake", e))?;
+    let response: Option<DomainClusterHandshakeResponse> =
+        read_message_or_eof(stream, limits.max_frame)
+            .await
+            .map_err(|e| CapabilityError::frame("reading the handshake response", e))?;
+    match response {
+        None => Err(CapabilityError::Refused {
+            message: "the receiver closed the stream without an answer".into(),
+        }),
+        Some(response) if response.code() == Code::Ok => Ok(()),
+        Some(response) => Err(CapabilityError::Refused {
+            message: if response.err_msg.is_empty() {
+                format!("code {}", response.code)
+            } else {
+                response.err_msg
+            },
+        }),
+    }
+}
+
+/// Receives the handshake of a task stream: reads the request, checks the token at
+/// the current time, and answers OK or BadRequest with the reason.
+///
+/// On refusal the write half is closed after the answer and the reason is returned;
+/// the caller drops the stream.
+///
+/// # Errors
+/// [`CapabilityError::Rejected`] with the [`Rejection`](domain_auth::Rejection),
+/// [`CapabilityError::InvalidDomain`], [`CapabilityError::NoPublicKey`], or a stream,
+/// frame or idle error.
+pub async fn accept<S, K>(
+    stream: &mut S,
+    info: &StreamInfo<'_>,
+    keys: &K,
+    limits: &Limits,
+) -> Result<Accepted, CapabilityError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    K: PublicKeySource,
+{
+    accept_at(stream, info, keys, limits, SystemTime::now()).await
+}
+
+/// [`accept`] with the time to check the token against.
+///
+/// # Errors
+/// As [`accept`].
+pub async fn accept_at<S, K>(
+    stream: &mut S,
+    info: &StreamInfo<'_>,
+    keys: &K,
+    limits: &Limits,
+    now: SystemTime,
+) -> Result<Accepted, CapabilityError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    K: PublicKeySource,
+{
+    let request: DomainClusterHandshakeRequest = read_message(stream, limits.max_frame)
+        .await
+        .map_err(|e| CapabilityError::frame("reading the handshake", e))?;
+    match check(&request, info, keys, now).await {
+        Ok(accepted) => {
+            let ok = DomainClusterHandshakeResponse {
+                code: Code::Ok as i32,
+                err_msg: String::new(),
+            };
+            write_message(stream, &ok)
+                .await
+                .map_err(|e| CapabilityError::frame("accepting the handshake", e))?;
+            Ok(accepted)
+        }
+        Err(refusal) => {
+            let bad = DomainClusterHandshakeResponse {
+                code: Code::BadRequest as i32,
+                err_msg: refusal.to_string(),
+            };
+            // The refusal is the error that matters; a peer that cannot take the answer
+            // loses nothing it was owed.
+            if write_message(stream, &bad).await.is_ok() {
+                let _ = stream.shutdown().await;
+            }
+            Err(refusal)
+        }
+    }
+}
+
+async fn check<K: PublicKeySource>(
+    request: &DomainClusterHandshakeRequest,
+    info: &StreamInfo<'_>,
+    keys: &K,
+    now: SystemTime,
+) -> Result<Accepted, CapabilityError> {
+    let domain = DomainId::new(request.domain_id.as_str())?;
+    let key =
+        keys.public_key(domain.as_str())
+            .await
+            .map_err(|reason| CapabilityError::NoPublicKey {
+                domain_id: domain.to_string(),
+                reason,
+            })?;
+    let expected = Expected {
+        domain_id: domain.as_str(),
+        receiver: info.local_peer,
+        sender: info.remote_peer,
+        endpoint: info.protocol,
+    };
+    let claims = verify(&request.access_token, &key, &expected, now)?;
+    Ok(Accepted { domain, claims })
+}

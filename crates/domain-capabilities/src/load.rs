@@ -1,0 +1,494 @@
+//! `/load/v1`: the sender asks for the items matching a query; the receiver sends
+//! each one's metadata, then (unless `metadata_only`) exactly `size` content bytes.
+//! With `keep_alive` it then streams items stored later, until the sender sends
+//! `UnsubscribeDataQueryV1` or goes away.
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use domain_datastore::{Datastore, DatastoreError, DomainId, MerkleBuilder, Root};
+use domain_proto::domain_data::Metadata;
+use domain_proto::task::{ConsumeDataInputV1, UnsubscribeDataQueryV1};
+use domain_proto::{read_message, read_message_or_eof, write_message};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+
+use crate::handshake::{self, PublicKeySource, StreamInfo};
+use crate::idle::IdleTimeout;
+use crate::store::fill;
+use crate::{CapabilityError, Limits};
+
+/// What a `/load/v1` receiver sent on one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LoadSummary {
+    /// Items sent.
+    pub items: u64,
+    /// Content bytes sent.
+    pub bytes: u64,
+}
+
+/// Serves one inbound `/load/v1` stream: the handshake, the request, the matching
+/// items, and with `keep_alive` every matching item stored afterwards until the
+/// sender unsubscribes or goes away.
+///
+/// # Errors
+/// Any [`CapabilityError`]; [`CapabilityError::Lagged`] when a keep-alive
+/// subscriber fell so far behind that items were lost (it must load again).
+pub async fn serve_load<S, D, K>(
+    stream: S,
+    info: &StreamInfo<'_>,
+    datastore: &D,
+    keys: &K,
+    limits: &Limits,
+) -> Result<LoadSummary, CapabilityError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    D: Datastore,
+    K: PublicKeySource,
+{
+    let mut stream = IdleTimeout::new(stream, limits.idle_timeout);
+    let accepted = handshake::accept(&mut stream, info, keys, limits).await?;
+    let request: ConsumeDataInputV1 = read_message(&mut stream, limits.max_frame)
+        .await
+        .map_err(|e| CapabilityError::frame("reading the load request", e))?;
+    let query = request.query;
+    let domain = accepted.domain;
+    // Subscribing before the query leaves no gap; the overlap is skipped below.
+    let subscription = match request.keep_alive {
+        true => Some(
+            datastore
+                .subscribe(&domain, &query)
+                .map_err(CapabilityError::Datastore)?,
+        ),
+        false => None,
+    };
+    let existing = datastore
+        .query(&domain, &query)
+        .await
+        .map_err(CapabilityError::Datastore)?;
+
+    let mut sender = ItemSender {
+        datastore,
+        domain: &domain,
+        metadata_only: query.metadata_only,
+        buf: Vec::new(),
+        batch: limits.io_batch.max(1),
+        summary: LoadSummary::default(),
+    };
+    for item in &existing {
+        sender.send(&mut stream, item).await?;
+    }
+    let Some(mut subscription) = subscription else {
+        stream
+            .shutdown()
+            .await
+            .map_err(|e| CapabilityError::io("closing the stream", e))?;
+        return Ok(sender.summary);
+    };
+
+    let mut sent_before: HashMap<String, Option<String>> = existing
+        .into_iter()
+        .map(|item| (item.id, item.hash))
+        .collect();
+    // Between items the sender may stay silent for as long as it likes.
+    stream.wait_patiently();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let max_frame = limits.max_frame;
+    let unsubscribed = async move {
+        let message: Option<UnsubscribeDataQueryV1> = read_message_or_eof(&mut reader, max_frame)
+            .await
+            .map_err(|e| CapabilityError::frame("waiting for an unsubscribe", e))?;
+        // A frame or the end of the stream: either way the sender wants no more.
+        let _ = message;
+        Ok::<(), CapabilityError>(())
+    };
+    tokio::pin!(unsubscribed);
+    loop {
+        tokio::select! {
+            biased;
+            ended = &mut unsubscribed => {
+                ended?;
+                break;
+            }
+            next = subscription.recv() => match next {
+                Some(Ok(item)) => {
+                    if sent_before.get(&item.id).is_some_and(|hash| *hash == item.hash) {
+                        sent_before.remove(&item.id);
+                        continue;
+                    }
+                    sender.send(&mut writer, &item).await?;
+                }
+                Some(Err(lagged)) => return Err(lagged.into()),
+                None => break,
+            },
+        }
+    }
+    writer
+        .shutdown()
+        .await
+        .map_err(|e| CapabilityError::io("closing the stream", e))?;
+    Ok(sender.summary)
+}
+
+/// Sends items from a datastore to a stream.
+struct ItemSender<'a, D> {
+    datastore: &'a D,
+    domain: &'a DomainId,
+    metadata_only: bool,
+    buf: Vec<u8>,
+    batch: usize,
+    summary: LoadSummary,
+}
+
+impl<D: Datastore> ItemSender<'_, D> {
+    async fn send<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        writer: &mut W,
+        item: &Metadata,
+    ) -> Result<(), CapabilityError> {
+        if self.metadata_only {
+            write_message(writer, item)
+                .await
+                .map_err(|e| CapabilityError::frame("sending metadata", e))?;
+            self.summary.items += 1;
+            return Ok(());
+        }
+        let (metadata, mut content) = match self.datastore.get(self.domain, &item.id).await {
+            Ok(found) => found,
+            // Deleted since the query or the notification: nothing to send.
+            Err(DatastoreError::NotFound { .. }) => return Ok(()),
+            Err(err) => return Err(CapabilityError::Datastore(err)),
+        };
+        write_message(writer, &metadata)
+            .await
+            .map_err(|e| CapabilityError::frame("sending metadata", e))?;
+        if self.buf.len() < self.batch {
+            self.buf.resize(self.batch, 0);
+        }
+        let size = u64::from(metadata.size);
+        let mut sent = 0u64;
+        while sent < size {
+            let want = (size - sent).min(self.batch as u64) as usize;
+            let filled = fill(&mut content, &mut self.buf[..want])
+                .await
+                .map_err(|source| {
+                    CapabilityError::Datastore(DatastoreError::ReadContent {
+                        name: metadata.name.clone(),
+                        source,
+                    })
+                })?;
+            if filled == 0 {
+                return Err(CapabilityError::Datastore(DatastoreError::Corrupt {
+                    domain: self.domain.clone(),
+                    id: metadata.id.clone(),
+                    reason: format!("content ends after {sent} of {size} bytes"),
+                }));
+            }
+            writer
+                .write_all(&self.buf[..filled])
+                .await
+                .map_err(|e| CapabilityError::io("sending content", e))?;
+            sent += filled as u64;
+        }
+        writer
+            .flush()
+            .await
+            .map_err(|e| CapabilityError::io("sending content", e))?;
+        self.summary.items += 1;
+        self.summary.bytes += size;
+        Ok(())
+    }
+}
+
+/// Opens a `/load/v1` stream: the handshake, then the request.
+///
+/// Returns the consumer of the items and the handle that ends a keep-alive
+/// subscription (without keep-alive the receiver ends the stream itself).
+///
+/// # Errors
+/// [`CapabilityError::Refused`] when the receiver refuses the token; stream errors.
+pub async fn open_load<S>(
+    stream: S,
+    access_token: &str,
+    domain_id: &str,
+    request: ConsumeDataInputV1,
+    limits: Limits,
+) -> Result<(LoadConsumer<S>, Unsubscriber<S>), CapabilityError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut stream = IdleTimeout::new(stream, limits.idle_timeout);
+    handshake::open(&mut stream, access_token, domain_id, &limits).await?;
+    write_message(&mut stream, &request)
+        .await
+        .map_err(|e| CapabilityError::frame("sending the load request", e))?;
+    let (reader, writer) = tokio::io::split(stream.into_inner());
+    let consumer = LoadConsumer {
+        reader: IdleTimeout::new(reader, limits.idle_timeout),
+        limits,
+        metadata_only: request.query.metadata_only,
+        keep_alive: request.keep_alive,
+        current: None,
+        finished: false,
+    };
+    let unsubscriber = Unsubscriber {
+        writer: IdleTimeout::new(writer, limits.idle_timeout),
+    };
+    Ok((consumer, unsubscriber))
+}
+
+/// The items of a `/load/v1` stream, one at a time.
+///
+/// Each item's content is read through the [`LoadedItem`] that
+/// [`next`](Self::next) returns, which checks it against the item's Merkle root; what
+/// is left unread is skipped at the next call.
+#[derive(Debug)]
+pub struct LoadConsumer<S> {
+    reader: IdleTimeout<ReadHalf<S>>,
+    limits: Limits,
+    metadata_only: bool,
+    keep_alive: bool,
+    current: Option<Content>,
+    finished: bool,
+}
+
+/// The content still to come of the current item.
+#[derive(Debug)]
+struct Content {
+    name: String,
+    remaining: u64,
+    expected: Root,
+    builder: MerkleBuilder,
+}
+
+impl<S: AsyncRead + Unpin + Send> LoadConsumer<S> {
+    /// The next item, or `None` once the receiver has closed the stream (after an
+    /// unsubscribe, with keep-alive).
+    ///
+    /// With keep-alive this waits as long as it takes for the next item to be stored.
+    ///
+    /// # Errors
+    /// Stream, frame and idle errors; [`CapabilityError::MissingRoot`] for an item
+    /// whose metadata has no valid root.
+    pub async fn next(&mut self) -> Result<Option<LoadedItem<'_, S>>, CapabilityError> {
+        self.skip_rest().await?;
+        if self.finished {
+            return Ok(None);
+        }
+        if self.keep_alive {
+            self.reader.wait_patiently();
+        }
+        let metadata: Option<Metadata> =
+            read_message_or_eof(&mut self.reader, self.limits.max_frame)
+                .await
+                .map_err(|e| CapabilityError::frame("reading the next item", e))?;
+        let Some(metadata) = metadata else {
+            self.finished = true;
+            return Ok(None);
+        };
+        if !self.metadata_only {
+            let expected = metadata
+                .hash
+                .as_deref()
+                .and_then(|hash| hash.parse::<Root>().ok())
+                .ok_or_else(|| CapabilityError::MissingRoot {
+                    name: metadata.name.clone(),
+                })?;
+            let content = Content {
+                name: metadata.name.clone(),
+                remaining: metadata.size.into(),
+                expected,
+                builder: MerkleBuilder::new(),
+            };
+            if content.remaining == 0 {
+                content.check()?;
+            } else {
+                self.current = Some(content);
+            }
+        }
+        Ok(Some(LoadedItem {
+            metadata,
+            consumer: self,
+        }))
+    }
+
+    /// Reads and drops what is left of the current item's content.
+    async fn skip_rest(&mut self) -> Result<(), CapabilityError> {
+        let Some(content) = self.current.take() else {
+            return Ok(());
+        };
+        let mut rest = (&mut self.reader).take(content.remaining);
+        let skipped = tokio::io::copy(&mut rest, &mut tokio::io::sink())
+            .await
+            .map_err(|e| CapabilityError::io("skipping unread content", e))?;
+        if skipped < content.remaining {
+            return Err(CapabilityError::Truncated {
+                name: content.name,
+                expected: content.remaining,
+                got: skipped,
+            });
+        }
+        Ok(())
+    }
+
+    fn poll_content(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let Some(content) = self.current.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let got = if buf.remaining() as u64 <= content.remaining {
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut self.reader).poll_read(cx, buf))?;
+            content.builder.update(&buf.filled()[before..]);
+            buf.filled().len() - before
+        } else {
+            // Never read past this item: what follows is the next item's frame.
+            let room = content.remaining as usize;
+            let mut limited = ReadBuf::new(buf.initialize_unfilled_to(room));
+            ready!(Pin::new(&mut self.reader).poll_read(cx, &mut limited))?;
+            content.builder.update(limited.filled());
+            let got = limited.filled().len();
+            buf.advance(got);
+            got
+        };
+        if got == 0 {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "content of {:?} cut short with {} bytes to come",
+                    content.name, content.remaining
+                ),
+            )));
+        }
+        content.remaining -= got as u64;
+        if content.remaining == 0 {
+            let done = self.current.take();
+            if let Some(done) = done {
+                done.check()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Content {
+    fn check(self) -> Result<(), CapabilityError> {
+        let local = self.builder.finalize();
+        if local == self.expected {
+            Ok(())
+        } else {
+            Err(CapabilityError::RootMismatch {
+                name: self.name,
+                local,
+                remote: self.expected.to_string(),
+            })
+        }
+    }
+}
+
+/// One item of a `/load/v1` stream: its metadata and, as an [`AsyncRead`], its
+/// content (empty with `metadata_only`).
+///
+/// Reading fails with [`io::ErrorKind::InvalidData`] when the content does not match
+/// the item's Merkle root; the error then carries a [`CapabilityError::RootMismatch`].
+#[derive(Debug)]
+pub struct LoadedItem<'a, S> {
+    metadata: Metadata,
+    consumer: &'a mut LoadConsumer<S>,
+}
+
+impl<S: AsyncRead + Unpin + Send> LoadedItem<'_, S> {
+    /// The item's metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// Reads the whole content into memory, refusing items over `max_len` bytes.
+    ///
+    /// # Errors
+    /// [`CapabilityError::ItemTooLarge`] over `max_len`; [`CapabilityError::RootMismatch`]
+    /// when the content does not match its root; stream errors.
+    pub async fn read_to_vec(
+        mut self,
+        max_len: u64,
+    ) -> Result<(Metadata, Vec<u8>), CapabilityError> {
+        let size = u64::from(self.metadata.size);
+        if size > max_len {
+            return Err(CapabilityError::ItemTooLarge { len: size });
+        }
+        let expected = if self.consumer.metadata_only { 0 } else { size };
+        let mut content = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
+        self.read_to_end(&mut content)
+            .await
+            .map_err(|e| content_error(&self.metadata.name, e))?;
+        Ok((self.metadata, content))
+    }
+
+    /// Copies the whole content to `writer`; returns the bytes copied.
+    ///
+    /// # Errors
+    /// As [`read_to_vec`](Self::read_to_vec), and [`CapabilityError::Io`] when `writer` fails.
+    pub async fn copy_to<W: AsyncWrite + Unpin>(
+        mut self,
+        writer: &mut W,
+    ) -> Result<u64, CapabilityError> {
+        let name = self.metadata.name.clone();
+        let copied = tokio::io::copy(&mut self, writer)
+            .await
+            .map_err(|e| content_error(&name, e))?;
+        Ok(copied)
+    }
+}
+
+fn content_error(name: &str, err: io::Error) -> CapabilityError {
+    let mismatch = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<CapabilityError>());
+    if let Some(CapabilityError::RootMismatch { local, remote, .. }) = mismatch {
+        return CapabilityError::RootMismatch {
+            name: name.to_owned(),
+            local: *local,
+            remote: remote.clone(),
+        };
+    }
+    CapabilityError::io("reading content", err)
+}
+
+impl<S: AsyncRead + Unpin + Send> AsyncRead for LoadedItem<'_, S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.get_mut().consumer.poll_content(cx, buf)
+    }
+}
+
+/// Ends a keep-alive `/load/v1` subscription.
+#[derive(Debug)]
+pub struct Unsubscriber<S> {
+    writer: IdleTimeout<WriteHalf<S>>,
+}
+
+impl<S: AsyncWrite + Unpin + Send> Unsubscriber<S> {
+    /// Sends `UnsubscribeDataQueryV1` and closes the write half; the receiver then
+    /// finishes the item in flight and closes the stream, which ends the
+    /// [`LoadConsumer`].
+    ///
+    /// # Errors
+    /// A stream or idle error.
+    pub async fn unsubscribe(mut self) -> Result<(), CapabilityError> {
+        write_message(&mut self.writer, &UnsubscribeDataQueryV1 {})
+            .await
+            .map_err(|e| CapabilityError::frame("unsubscribing", e))?;
+        self.writer
+            .shutdown()
+            .await
+            .map_err(|e| CapabilityError::io("unsubscribing", e))
+    }
+}

@@ -1,0 +1,333 @@
+//! `/store/v1`: the sender streams items, the receiver writes them into its
+//! datastore and answers each with its metadata, whose `hash` is the Merkle root it
+//! computed. The sender compares that root with its own: the proof of transfer.
+
+use std::path::Path;
+
+use domain_datastore::{Datastore, MerkleBuilder, Root};
+use domain_proto::domain_data::{Metadata, UpsertMetadata};
+use domain_proto::{read_message, read_message_or_eof, write_message};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::handshake::{self, PublicKeySource, StreamInfo};
+use crate::idle::IdleTimeout;
+use crate::{CapabilityError, Limits};
+
+/// What a `/store/v1` receiver stored on one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreSummary {
+    /// Items stored.
+    pub items: u64,
+    /// Content bytes stored.
+    pub bytes: u64,
+}
+
+/// Serves one inbound `/store/v1` stream: the handshake, then each item into
+/// `datastore`, until the sender closes its write half.
+///
+/// Content goes straight from the stream into [`Datastore::put`], which computes the
+/// root as the bytes pass; each item is visible only once it is whole. An item cut
+/// short stores nothing and ends the stream.
+///
+/// # Errors
+/// Any [`CapabilityError`]: the stream is lost, items answered before it stay stored.
+pub async fn serve_store<S, D, K>(
+    stream: S,
+    info: &StreamInfo<'_>,
+    datastore: &D,
+    keys: &K,
+    limits: &Limits,
+) -> Result<StoreSummary, CapabilityError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    D: Datastore,
+    K: PublicKeySource,
+{
+    let mut stream = IdleTimeout::new(stream, limits.idle_timeout);
+    let accepted = handshake::accept(&mut stream, info, keys, limits).await?;
+    let mut summary = StoreSummary::default();
+    loop {
+        let item: Option<UpsertMetadata> = read_message_or_eof(&mut stream, limits.max_frame)
+            .await
+            .map_err(|e| CapabilityError::frame("reading the next item", e))?;
+        let Some(item) = item else { break };
+        let name = item.name.clone();
+        let size = u64::from(item.size);
+        let metadata = datastore
+            .put(&accepted.domain, item, (&mut stream).take(size))
+            .await
+            .map_err(|e| CapabilityError::datastore("receiving content", &name, e))?;
+        write_message(&mut stream, &metadata)
+            .await
+            .map_err(|e| CapabilityError::frame("answering an item", e))?;
+        summary.items += 1;
+        summary.bytes += size;
+    }
+    stream
+        .shutdown()
+        .await
+        .map_err(|e| CapabilityError::io("closing the stream", e))?;
+    Ok(summary)
+}
+
+/// The sending side of a `/store/v1` stream.
+///
+/// ```no_run
+/// # async fn demo(stream: tokio::io::DuplexStream) -> Result<(), domain_capabilities::CapabilityError> {
+/// use domain_capabilities::{Limits, StoreSender};
+/// use domain_proto::domain_data::UpsertMetadata;
+///
+/// let mut sender = StoreSender::open(stream, "<token>", "my-domain", Limits::default()).await?;
+/// let item = UpsertMetadata { name: "scan".into(), data_type: "ply".into(), is_new: true, ..Default::default() };
+/// let stored = sender.send_bytes(item, b"hello").await?;
+/// println!("stored as {} with root {:?}", stored.id, stored.hash);
+/// sender.finish().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct StoreSender<S> {
+    stream: IdleTimeout<S>,
+    limits: Limits,
+    buf: Vec<u8>,
+}
+
+impl<S> StoreSender<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    /// Opens the stream with the handshake.
+    ///
+    /// # Errors
+    /// [`CapabilityError::Refused`] when the receiver refuses the token; stream errors.
+    pub async fn open(
+        stream: S,
+        access_token: &str,
+        domain_id: &str,
+        limits: Limits,
+    ) -> Result<Self, CapabilityError> {
+        let mut stream = IdleTimeout::new(stream, limits.idle_timeout);
+        handshake::open(&mut stream, access_token, domain_id, &limits).await?;
+        Ok(Self {
+            stream,
+            limits,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Sends one item whose content is exactly `item.size` bytes of `content`, and
+    /// returns the receiver's metadata once its root matches the one computed here.
+    ///
+    /// Bytes of `content` past `item.size` are left unread.
+    ///
+    /// # Errors
+    /// [`CapabilityError::ContentTooShort`] when `content` ends early (the stream is then
+    /// unusable), [`CapabilityError::RootMismatch`], [`CapabilityError::MissingRoot`],
+    /// [`CapabilityError::SizeMismatch`], or a stream error.
+    pub async fn send<R>(
+        &mut self,
+        item: UpsertMetadata,
+        content: R,
+    ) -> Result<Metadata, CapabilityError>
+    where
+        R: AsyncRead + Unpin,
+    {
+        let name = item.name.clone();
+        let size = u64::from(item.size);
+        write_message(&mut self.stream, &item)
+            .await
+            .map_err(|e| CapabilityError::frame("sending an item", e))?;
+        let local = self.send_content(&name, size, content).await?;
+        self.await_receipt(&name, size, local).await
+    }
+
+    /// Sends one item whose content is `content`; `item.size` is set from its length.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send), and [`CapabilityError::ItemTooLarge`] over 4 GiB - 1.
+    pub async fn send_bytes(
+        &mut self,
+        mut item: UpsertMetadata,
+        content: &[u8],
+    ) -> Result<Metadata, CapabilityError> {
+        item.size = size_field(content.len() as u64)?;
+        self.send(item, content).await
+    }
+
+    /// Sends the file at `path` as one item; `item.size` is set from the file's length.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send), [`CapabilityError::ItemTooLarge`], and
+    /// [`CapabilityError::Io`] when the file cannot be opened.
+    pub async fn send_file(
+        &mut self,
+        mut item: UpsertMetadata,
+        path: &Path,
+    ) -> Result<Metadata, CapabilityError> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| CapabilityError::io("opening the file to send", e))?;
+        let len = file
+            .metadata()
+            .await
+            .map_err(|e| CapabilityError::io("reading the file's length", e))?
+            .len();
+        item.size = size_field(len)?;
+        self.send(item, file).await
+    }
+
+    /// Closes the write half and waits for the receiver to close its own, which it
+    /// does once every item is stored.
+    ///
+    /// # Errors
+    /// A stream or idle error, or [`CapabilityError::Frame`] if the receiver sends more.
+    pub async fn finish(mut self) -> Result<(), CapabilityError> {
+        self.stream
+            .shutdown()
+            .await
+            .map_err(|e| CapabilityError::io("closing the stream", e))?;
+        let extra: Option<Metadata> = read_message_or_eof(&mut self.stream, self.limits.max_frame)
+            .await
+            .map_err(|e| CapabilityError::frame("waiting for the receiver to close", e))?;
+        match extra {
+            None => Ok(()),
+            Some(_) => Err(CapabilityError::Unexpected {
+                during: "waiting for the receiver to close",
+                what: "metadata after the last item",
+            }),
+        }
+    }
+
+    /// Copies exactly `size` bytes in large batches, hashing each batch as it goes.
+    async fn send_content<R: AsyncRead + Unpin>(
+        &mut self,
+        name: &str,
+        size: u64,
+        mut content: R,
+    ) -> Result<Root, CapabilityError> {
+        let batch = self.limits.io_batch.max(1);
+        if self.buf.len() < batch {
+            self.buf.resize(batch, 0);
+        }
+        let mut builder = MerkleBuilder::new();
+        let mut sent = 0u64;
+        while sent < size {
+            let want = (size - sent).min(batch as u64) as usize;
+            let filled = fill(&mut content, &mut self.buf[..want])
+                .await
+                .map_err(|e| CapabilityError::io("reading the content to send", e))?;
+            if filled == 0 {
+                // The receiver would wait for bytes that never come: close now so it
+                // sees the stream end and stores nothing.
+                let _ = self.stream.shutdown().await;
+                return Err(CapabilityError::ContentTooShort {
+                    name: name.to_owned(),
+                    expected: size,
+                    got: sent,
+                });
+            }
+            let chunk = &self.buf[..filled];
+            builder.update(chunk);
+            self.stream
+                .write_all(chunk)
+                .await
+                .map_err(|e| CapabilityError::io("sending content", e))?;
+            sent += filled as u64;
+        }
+        self.stream
+            .flush()
+            .await
+            .map_err(|e| CapabilityError::io("sending content", e))?;
+        Ok(builder.finalize())
+    }
+
+    async fn await_receipt(
+        &mut self,
+        name: &str,
+        size: u64,
+        local: Root,
+    ) -> Result<Metadata, CapabilityError> {
+        let metadata: Metadata = read_message(&mut self.stream, self.limits.max_frame)
+            .await
+            .map_err(|e| CapabilityError::frame("waiting for the receiver's metadata", e))?;
+        let remote = metadata
+            .hash
+            .as_deref()
+            .ok_or_else(|| CapabilityError::MissingRoot {
+                name: name.to_owned(),
+            })?;
+        if remote.parse::<Root>().ok() != Some(local) {
+            return Err(CapabilityError::RootMismatch {
+                name: name.to_owned(),
+                local,
+                remote: remote.chars().take(80).collect(),
+            });
+        }
+        if u64::from(metadata.size) != size {
+            return Err(CapabilityError::SizeMismatch {
+                name: name.to_owned(),
+                expected: size,
+                got: metadata.size.into(),
+            });
+        }
+        Ok(metadata)
+    }
+}
+
+/// Opens a `/store/v1` stream, sends every item, closes, and returns each item's
+/// metadata (roots checked) in order.
+///
+/// # Errors
+/// The first [`CapabilityError`]; items before it are stored.
+pub async fn store_items<S, R, I>(
+    stream: S,
+    access_token: &str,
+    domain_id: &str,
+    items: I,
+    limits: Limits,
+) -> Result<Vec<Metadata>, CapabilityError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    R: AsyncRead + Unpin,
+    I: IntoIterator<Item = (UpsertMetadata, R)>,
+{
+    let mut sender = StoreSender::open(stream, access_token, domain_id, limits).await?;
+    let mut stored = Vec::new();
+    for (item, content) in items {
+        stored.push(sender.send(item, content).await?);
+    }
+    sender.finish().await?;
+    Ok(stored)
+}
+
+fn size_field(len: u64) -> Result<u32, CapabilityError> {
+    u32::try_from(len).map_err(|_| CapabilityError::ItemTooLarge { len })
+}
+
+/// Reads until `buf` is full or the reader ends; returns the bytes read.
+pub(crate) async fn fill<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]).await? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_over_u32_are_refused() {
+        assert_eq!(size_field(u64::from(u32::MAX)).unwrap(), u32::MAX);
+        assert!(
+            matches!(size_field(1 << 32), Err(CapabilityError::ItemTooLarge { len }) if len == 1 << 32)
+        );
+    }
+}
