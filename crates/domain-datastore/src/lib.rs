@@ -24,8 +24,11 @@ pub use merkle::{
     CHUNK_SIZE, HashingReader, HashingWriter, MerkleBuilder, ParseRootError, Root, root_of,
 };
 
+pub mod local;
 pub mod store;
 pub mod subscription;
+
+pub use local::{LocalContent, LocalDatastore, LocalOptions, RepairReport};
 
 pub use store::{
     Datastore, DatastoreError, DomainId, InvalidDomainId, InvalidQuery, MAX_DOMAIN_ID_LEN,

@@ -319,7 +319,7 @@ pub enum DatastoreError {
     },
     /// The metadata database failed.
     #[error("metadata database: {0}")]
-    Db(#[source] Box<redb::Error>),
+    Db(#[source] std::sync::Arc<redb::Error>),
     /// Stored metadata does not decode or contradicts itself.
     #[error("corrupt metadata for item {id:?} in domain {domain}: {reason}")]
     Corrupt {
@@ -333,6 +333,9 @@ pub enum DatastoreError {
     /// The remote end of a remote backend failed or went away.
     #[error("remote datastore: {0}")]
     Remote(String),
+    /// The store is shutting down: its commit worker no longer takes work.
+    #[error("the datastore is shut down")]
+    ShutDown,
     /// A blocking worker of the store panicked or was cancelled.
     #[error("datastore worker failed: {0}")]
     Worker(#[from] tokio::task::JoinError),

@@ -1,0 +1,549 @@
+//! The local backend: metadata in redb, content as files named by their Merkle root.
+//!
+//! Layout of a store folder:
+//!
+//! ```text
+//! meta.redb               metadata, one table set per domain (see `tables`)
+//! tmp/<uuid>.part         uploads in progress; removed at open
+//! blobs/<domain>/<root>   content, one file per distinct Merkle root per domain
+//! ```
+//!
+//! A put streams the content into a temporary file in large batches, hashing each batch
+//! into the Merkle tree while it is written (one pass, nothing read back), fsyncs it, and
+//! hands it to the commit worker, which renames it into place, fsyncs the folder, commits
+//! the metadata and only then answers. Identical content is stored once per domain and
+//! reference-counted; the file goes when the last item using it goes.
+
+mod commit;
+mod repair;
+mod tables;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
+use redb::{Database, ReadableDatabase, ReadableTable};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::sync::{mpsc, oneshot};
+
+pub use repair::RepairReport;
+
+use crate::merkle::{MerkleBuilder, Root};
+use crate::store::{Datastore, DatastoreError, DomainId, QueryFilter};
+use crate::subscription::{DEFAULT_SUBSCRIPTION_CAPACITY, Subscribers, Subscription};
+use commit::{DeleteRequest, PutRequest, Request, Worker};
+use tables::ReadTables;
+
+/// Bytes read from the caller and written to disk per batch.
+const IO_BATCH: usize = 1 << 20;
+
+/// Settings of a [`LocalDatastore`].
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// Items each subscriber may have waiting before it is dropped.
+    pub subscription_capacity: usize,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        Self {
+            subscription_capacity: DEFAULT_SUBSCRIPTION_CAPACITY,
+        }
+    }
+}
+
+/// A [`Datastore`] in a folder of the local filesystem.
+///
+/// Cheap to clone (clones share the store). Only one process may open a folder at a time:
+/// the metadata database is locked while open.
+#[derive(Debug, Clone)]
+pub struct LocalDatastore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    tmp_dir: PathBuf,
+    blobs_dir: PathBuf,
+    db: Arc<Database>,
+    subscribers: Arc<Subscribers>,
+    commits: CommitQueue,
+    repair: RepairReport,
+}
+
+/// The sending side of the commit worker; dropping it stops the worker and waits for it,
+/// so the database is closed when the last clone of the store is dropped.
+struct CommitQueue {
+    sender: Option<mpsc::Sender<Request>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for CommitQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommitQueue").finish_non_exhaustive()
+    }
+}
+
+impl Drop for CommitQueue {
+    fn drop(&mut self) {
+        self.sender.take();
+        if let Some(worker) = self.worker.take() {
+            if worker.join().is_err() {
+                tracing::error!("the datastore commit worker panicked");
+            }
+        }
+    }
+}
+
+impl LocalDatastore {
+    /// Opens the store in `dir` (created if missing) with default options.
+    /// See [`open_with`](Self::open_with).
+    pub async fn open(dir: impl AsRef<Path>) -> Result<Self, DatastoreError> {
+        Self::open_with(dir, LocalOptions::default()).await
+    }
+
+    /// Opens the store in `dir` (created if missing), removes what an interrupted process
+    /// left and repairs disagreements between metadata and blob files; what was repaired is
+    /// in [`repair_report`](Self::repair_report).
+    pub async fn open_with(
+        dir: impl AsRef<Path>,
+        options: LocalOptions,
+    ) -> Result<Self, DatastoreError> {
+        let dir = dir.as_ref().to_owned();
+        tokio::task::spawn_blocking(move || Self::open_blocking(dir, options)).await?
+    }
+
+    fn open_blocking(dir: PathBuf, options: LocalOptions) -> Result<Self, DatastoreError> {
+        let tmp_dir = dir.join("tmp");
+        let blobs_dir = dir.join("blobs");
+        for d in [&dir, &tmp_dir, &blobs_dir] {
+            std::fs::create_dir_all(d).map_err(|e| io_error("create", d, e))?;
+        }
+        let db_path = dir.join("meta.redb");
+        // Opening takes the database's lock, so the repair below cannot race another process.
+        let db = Arc::new(Database::create(&db_path).map_err(db)?);
+        let repair = repair::repair(&db, &tmp_dir, &blobs_dir)?;
+        for d in [&dir, &blobs_dir] {
+            fsync_dir(d).map_err(|e| io_error("fsync", d, e))?;
+        }
+
+        let subscribers = Arc::new(Subscribers::new(options.subscription_capacity));
+        let (sender, receiver) = mpsc::channel(commit::QUEUE);
+        let worker = Worker {
+            db: Arc::clone(&db),
+            blobs_dir: blobs_dir.clone(),
+            subscribers: Arc::clone(&subscribers),
+        };
+        let worker = std::thread::Builder::new()
+            .name("datastore-commit".into())
+            .spawn(move || worker.run(receiver))
+            .map_err(|e| io_error("start the commit worker for", &dir, e))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                dir,
+                tmp_dir,
+                blobs_dir,
+                db,
+                subscribers,
+                commits: CommitQueue {
+                    sender: Some(sender),
+                    worker: Some(worker),
+                },
+                repair,
+            }),
+        })
+    }
+
+    /// The store's folder.
+    pub fn path(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// What opening the store found and repaired.
+    pub fn repair_report(&self) -> &RepairReport {
+        &self.inner.repair
+    }
+
+    /// The metadata of item `id`, without opening its content.
+    pub async fn metadata(&self, domain: &DomainId, id: &str) -> Result<Metadata, DatastoreError> {
+        let inner = Arc::clone(&self.inner);
+        let (domain, id) = (domain.clone(), id.to_owned());
+        tokio::task::spawn_blocking(move || inner.read_item(&domain, &id)).await?
+    }
+
+    /// The path of the blob file with `root` in `domain` (it may not exist).
+    pub fn blob_path(&self, domain: &DomainId, root: &Root) -> PathBuf {
+        self.inner
+            .blobs_dir
+            .join(domain.as_str())
+            .join(root.to_string())
+    }
+
+    async fn send(&self, request: Request) -> Result<(), DatastoreError> {
+        let sender = self
+            .inner
+            .commits
+            .sender
+            .as_ref()
+            .ok_or(DatastoreError::ShutDown)?;
+        sender
+            .send(request)
+            .await
+            .map_err(|_| DatastoreError::ShutDown)
+    }
+
+    async fn put_impl<R: AsyncRead + Send + Unpin>(
+        &self,
+        domain: &DomainId,
+        item: UpsertMetadata,
+        content: R,
+    ) -> Result<Metadata, DatastoreError> {
+        if !item.is_new {
+            // Fail before taking the bytes; the commit checks again.
+            self.metadata(domain, &item.id).await?;
+        }
+        let path = self
+            .inner
+            .tmp_dir
+            .join(format!("{}.part", uuid::Uuid::new_v4()));
+        let create_path = path.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            std::fs::File::create_new(&create_path).map_err(|e| io_error("create", &create_path, e))
+        })
+        .await??;
+        let temp = TempFile::new(path);
+        let (root, file) = write_content(file, temp.path(), &item, content).await?;
+
+        // When this content is already stored, the copy will be dropped: no need to sync it.
+        let blob = self.blob_path(domain, &root);
+        let synced = if tokio::fs::try_exists(&blob).await.unwrap_or(false) {
+            false
+        } else {
+            let sync_path = temp.path().to_owned();
+            tokio::task::spawn_blocking(move || {
+                file.sync_all()
+                    .map_err(|e| io_error("fsync", &sync_path, e))
+            })
+            .await??;
+            true
+        };
+
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Put(PutRequest {
+            domain: domain.clone(),
+            item,
+            root,
+            temp,
+            synced,
+            reply: Some(reply),
+        }))
+        .await?;
+        answer.await.map_err(|_| DatastoreError::ShutDown)?
+    }
+}
+
+impl Inner {
+    fn read_item(&self, domain: &DomainId, id: &str) -> Result<Metadata, DatastoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let tables = ReadTables::open(&txn, domain).map_err(db)?;
+        tables
+            .item(domain, id)?
+            .ok_or_else(|| DatastoreError::NotFound {
+                domain: domain.clone(),
+                id: id.to_owned(),
+            })
+    }
+
+    fn open_content(
+        &self,
+        domain: &DomainId,
+        id: &str,
+    ) -> Result<(Metadata, std::fs::File), DatastoreError> {
+        let item = self.read_item(domain, id)?;
+        let path = self
+            .blobs_dir
+            .join(domain.as_str())
+            .join(item.hash.as_deref().unwrap_or_default());
+        match std::fs::File::open(&path) {
+            Ok(file) => Ok((item, file)),
+            // Deleted between the metadata read and the open.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(DatastoreError::NotFound {
+                domain: domain.clone(),
+                id: id.to_owned(),
+            }),
+            Err(e) => Err(io_error("open", &path, e)),
+        }
+    }
+
+    fn query(
+        &self,
+        domain: &DomainId,
+        filter: &QueryFilter,
+    ) -> Result<Vec<Metadata>, DatastoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let tables = ReadTables::open(&txn, domain).map_err(db)?;
+        let Some(items) = &tables.items else {
+            return Ok(Vec::new());
+        };
+        let mut found = BTreeMap::new();
+        let mut add_id = |id: &str| -> Result<(), DatastoreError> {
+            if !found.contains_key(id) {
+                // An index entry without its item is skipped (a repaired undecodable item).
+                if let Some(item) = tables.item(domain, id)? {
+                    if filter.matches(&item) {
+                        found.insert(item.id.clone(), item);
+                    }
+                }
+            }
+            Ok(())
+        };
+        // The most selective way in: exact ids, then an index, then every item.
+        let index = if !filter.names().is_empty() {
+            Some((&tables.by_name, filter.names()))
+        } else if !filter.data_types().is_empty() {
+            Some((&tables.by_type, filter.data_types()))
+        } else {
+            None
+        };
+        if !filter.ids().is_empty() {
+            for id in filter.ids() {
+                add_id(id)?;
+            }
+        } else if let Some((index, keys)) = index {
+            let Some(index) = index else {
+                return Ok(Vec::new());
+            };
+            for key in keys {
+                for id in index.get(key.as_str()).map_err(db)? {
+                    add_id(id.map_err(db)?.value())?;
+                }
+            }
+        } else {
+            for entry in items.iter().map_err(db)? {
+                let (id, bytes) = entry.map_err(db)?;
+                let item = tables::decode(domain, id.value(), bytes.value())?;
+                if filter.matches(&item) {
+                    found.insert(item.id.clone(), item);
+                }
+            }
+        }
+        Ok(found.into_values().collect())
+    }
+}
+
+impl Datastore for LocalDatastore {
+    type Content = LocalContent;
+
+    async fn put<R: AsyncRead + Send + Unpin>(
+        &self,
+        domain: &DomainId,
+        item: UpsertMetadata,
+        content: R,
+    ) -> Result<Metadata, DatastoreError> {
+        self.put_impl(domain, item, content).await
+    }
+
+    async fn get(
+        &self,
+        domain: &DomainId,
+        id: &str,
+    ) -> Result<(Metadata, LocalContent), DatastoreError> {
+        let inner = Arc::clone(&self.inner);
+        let (domain, id) = (domain.clone(), id.to_owned());
+        let (item, file) =
+            tokio::task::spawn_blocking(move || inner.open_content(&domain, &id)).await??;
+        let len = u64::from(item.size);
+        Ok((
+            item,
+            LocalContent {
+                inner: tokio::fs::File::from_std(file).take(len),
+            },
+        ))
+    }
+
+    async fn query(
+        &self,
+        domain: &DomainId,
+        query: &Query,
+    ) -> Result<Vec<Metadata>, DatastoreError> {
+        let filter = QueryFilter::new(query)?;
+        let inner = Arc::clone(&self.inner);
+        let domain = domain.clone();
+        tokio::task::spawn_blocking(move || inner.query(&domain, &filter)).await?
+    }
+
+    async fn delete(&self, domain: &DomainId, id: &str) -> Result<(), DatastoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Delete(DeleteRequest {
+            domain: domain.clone(),
+            id: id.to_owned(),
+            reply,
+        }))
+        .await?;
+        answer.await.map_err(|_| DatastoreError::ShutDown)?
+    }
+
+    fn subscribe(&self, domain: &DomainId, query: &Query) -> Result<Subscription, DatastoreError> {
+        Ok(self
+            .inner
+            .subscribers
+            .subscribe(domain, QueryFilter::new(query)?))
+    }
+}
+
+/// The content of an item of a [`LocalDatastore`]: exactly `size` bytes of its blob file.
+#[derive(Debug)]
+pub struct LocalContent {
+    inner: tokio::io::Take<tokio::fs::File>,
+}
+
+impl AsyncRead for LocalContent {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+/// Streams `content` into `file` in large batches, hashing each batch on a blocking
+/// thread while it is written. Reads at most `size + 1` bytes; any other count than
+/// `size` is [`DatastoreError::SizeMismatch`].
+async fn write_content<R: AsyncRead + Unpin>(
+    file: std::fs::File,
+    path: &Path,
+    item: &UpsertMetadata,
+    content: R,
+) -> Result<(Root, std::fs::File), DatastoreError> {
+    // Full batches go to the writer, emptied ones come back for reuse: at most four exist.
+    let (full_tx, mut full_rx) = mpsc::channel::<Vec<u8>>(2);
+    let (free_tx, mut free_rx) = mpsc::channel::<Vec<u8>>(4);
+    let write_path = path.to_owned();
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        let mut tree = MerkleBuilder::new();
+        while let Some(batch) = full_rx.blocking_recv() {
+            // Hash and write the same bytes at once, on two cores when there are two.
+            let ((), written) = rayon::join(
+                || {
+                    tree.update_parallel(&batch);
+                },
+                || file.write_all(&batch),
+            );
+            written.map_err(|e| io_error("write", &write_path, e))?;
+            let _ = free_tx.try_send(batch);
+        }
+        Ok::<_, DatastoreError>((tree.finalize(), file))
+    });
+
+    let limit = u64::from(item.size) + 1;
+    let mut content = content.take(limit);
+    let mut total = 0_u64;
+    let reading = async {
+        loop {
+            let want = usize::try_from((limit - total).min(IO_BATCH as u64)).unwrap_or(IO_BATCH);
+            let mut batch = free_rx.try_recv().unwrap_or_default();
+            batch.resize(want, 0);
+            let mut filled = 0;
+            while filled < want {
+                let n = content.read(&mut batch[filled..]).await.map_err(|source| {
+                    DatastoreError::ReadContent {
+                        name: item.name.clone(),
+                        source,
+                    }
+                })?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            total += filled as u64;
+            if total > u64::from(item.size) {
+                return Err(DatastoreError::SizeMismatch {
+                    expected: item.size,
+                    got: total,
+                });
+            }
+            if filled == 0 {
+                return Ok(());
+            }
+            batch.truncate(filled);
+            let last = filled < want;
+            if full_tx.send(batch).await.is_err() || last {
+                // A closed writer has failed; its error is the one to report.
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    drop(full_tx);
+    let written = writer.await?;
+    reading?;
+    let (root, file) = written?;
+    if total != u64::from(item.size) {
+        return Err(DatastoreError::SizeMismatch {
+            expected: item.size,
+            got: total,
+        });
+    }
+    Ok((root, file))
+}
+
+/// A temporary file that is removed when dropped, unless it was moved into place.
+#[derive(Debug)]
+pub(crate) struct TempFile {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl TempFile {
+    fn new(path: PathBuf) -> Self {
+        Self { path, armed: true }
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file was renamed away: nothing to remove.
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    // The next open removes it.
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot remove temporary file");
+                }
+            }
+        }
+    }
+}
+
+/// Makes the entries of `dir` (creations, renames) durable.
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn io_error(op: &'static str, path: &Path, source: std::io::Error) -> DatastoreError {
+    DatastoreError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Converts any redb error into [`DatastoreError::Db`].
+fn db<E: Into<redb::Error>>(e: E) -> DatastoreError {
+    DatastoreError::Db(Arc::new(e.into()))
+}

@@ -1,0 +1,315 @@
+//! The commit worker: the one thread that changes metadata and blob files.
+//!
+//! Puts and deletes queue here once their bytes are on disk. The worker takes every
+//! request waiting (up to [`MAX_BATCH`]), renames their blobs into place, fsyncs each
+//! touched folder once, applies them all in one redb transaction (one fsync), then removes
+//! the blob files no item uses any more. Concurrent writers thus share the fixed cost of a
+//! durable commit, and because only this thread touches the blob folders and the reference
+//! counts, "the file exists" always means "some committed item uses it, or is about to".
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use domain_proto::domain_data::{Metadata, UpsertMetadata};
+use redb::Database;
+use tokio::sync::{mpsc, oneshot};
+
+use super::tables::{ReadTables, WriteTables, domain_known};
+use super::{TempFile, fsync_dir, io_error};
+use crate::merkle::Root;
+use crate::store::{DatastoreError, DomainId};
+use crate::subscription::Subscribers;
+
+/// Most requests committed in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// Requests waiting for the worker; senders wait when it is full.
+pub(super) const QUEUE: usize = 1024;
+
+/// A stored blob waiting to become an item.
+pub(super) struct PutRequest {
+    pub(super) domain: DomainId,
+    pub(super) item: UpsertMetadata,
+    pub(super) root: Root,
+    pub(super) temp: TempFile,
+    /// Whether the temporary file was fsynced (skipped when its blob already existed).
+    pub(super) synced: bool,
+    /// Taken when answered.
+    pub(super) reply: Option<oneshot::Sender<Result<Metadata, DatastoreError>>>,
+}
+
+/// An item to remove.
+pub(super) struct DeleteRequest {
+    pub(super) domain: DomainId,
+    pub(super) id: String,
+    pub(super) reply: oneshot::Sender<Result<(), DatastoreError>>,
+}
+
+/// Work for the commit worker.
+pub(super) enum Request {
+    Put(PutRequest),
+    Delete(DeleteRequest),
+}
+
+/// What the worker needs; it shares nothing else with the store.
+pub(super) struct Worker {
+    pub(super) db: Arc<Database>,
+    pub(super) blobs_dir: PathBuf,
+    pub(super) subscribers: Arc<Subscribers>,
+}
+
+impl Worker {
+    /// Serves requests until every sender is gone.
+    pub(super) fn run(self, mut requests: mpsc::Receiver<Request>) {
+        while let Some(first) = requests.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match requests.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+        }
+    }
+
+    fn blob_dir(&self, domain: &DomainId) -> PathBuf {
+        self.blobs_dir.join(domain.as_str())
+    }
+
+    fn commit(&self, batch: Vec<Request>) {
+        // Blobs placed by this batch, and blobs whose last user may be gone: after the
+        // transaction, each of these that no committed item uses is removed.
+        let mut maybe_unused: BTreeSet<(DomainId, String)> = BTreeSet::new();
+        let mut pending = Vec::with_capacity(batch.len());
+        let mut dirty_dirs = BTreeSet::new();
+        for request in batch {
+            match request {
+                Request::Put(mut put) => match self.place_blob(&mut put, &mut dirty_dirs) {
+                    Ok(placed) => {
+                        if placed {
+                            maybe_unused.insert((put.domain.clone(), put.root.to_string()));
+                        }
+                        pending.push(Request::Put(put));
+                    }
+                    Err(e) => {
+                        if let Some(reply) = put.reply.take() {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                },
+                delete @ Request::Delete(_) => pending.push(delete),
+            }
+        }
+        // The renames must be durable before any metadata names them; if a folder cannot
+        // be synced, this batch's puts fail (their placed blobs are removed below).
+        let sync_failure = dirty_dirs
+            .iter()
+            .find_map(|dir| fsync_dir(dir).err().map(|e| (dir.clone(), e)));
+        if let Some((dir, e)) = sync_failure {
+            pending.retain_mut(|request| match request {
+                Request::Put(put) => {
+                    if let Some(reply) = put.reply.take() {
+                        let copy = std::io::Error::new(e.kind(), e.to_string());
+                        let _ = reply.send(Err(io_error("fsync", &dir, copy)));
+                    }
+                    false
+                }
+                Request::Delete(_) => true,
+            });
+        }
+
+        let outcome = self.apply(&pending, &mut maybe_unused);
+        self.remove_unused(&maybe_unused);
+        match outcome {
+            Ok(results) => {
+                for (request, result) in pending.into_iter().zip(results) {
+                    match request {
+                        Request::Put(mut put) => {
+                            if let Ok(item) = &result {
+                                self.subscribers.publish(&put.domain, item);
+                            }
+                            if let Some(reply) = put.reply.take() {
+                                let _ = reply.send(result);
+                            }
+                        }
+                        Request::Delete(delete) => {
+                            let _ = delete.reply.send(result.map(drop));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "metadata commit failed");
+                let e = Arc::new(e);
+                for request in pending {
+                    match request {
+                        Request::Put(mut put) => {
+                            if let Some(reply) = put.reply.take() {
+                                let _ = reply.send(Err(DatastoreError::Db(Arc::clone(&e))));
+                            }
+                        }
+                        Request::Delete(delete) => {
+                            let _ = delete.reply.send(Err(DatastoreError::Db(Arc::clone(&e))));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves the put's temporary file to its blob path, unless that blob exists. True when
+    /// this call created the blob file.
+    fn place_blob(
+        &self,
+        put: &mut PutRequest,
+        dirty_dirs: &mut BTreeSet<PathBuf>,
+    ) -> Result<bool, DatastoreError> {
+        let dir = self.blob_dir(&put.domain);
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
+            dirty_dirs.insert(self.blobs_dir.clone());
+        }
+        let blob = dir.join(put.root.to_string());
+        if blob.exists() {
+            // Identical content is stored once; the temporary file goes when `put` drops.
+            return Ok(false);
+        }
+        if !put.synced {
+            let file = std::fs::File::open(put.temp.path())
+                .map_err(|e| io_error("open", put.temp.path(), e))?;
+            file.sync_all()
+                .map_err(|e| io_error("fsync", put.temp.path(), e))?;
+        }
+        std::fs::rename(put.temp.path(), &blob).map_err(|e| io_error("rename", &blob, e))?;
+        put.temp.disarm();
+        dirty_dirs.insert(dir);
+        Ok(true)
+    }
+
+    /// Applies every request in one transaction: per request, the stored (put) or removed
+    /// (delete) item, or why not. The outer error aborts all of them.
+    fn apply(
+        &self,
+        requests: &[Request],
+        maybe_unused: &mut BTreeSet<(DomainId, String)>,
+    ) -> Result<Vec<Result<Metadata, DatastoreError>>, redb::Error> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_write()?;
+        let mut outcomes = Vec::with_capacity(requests.len());
+        for request in requests {
+            outcomes.push(match request {
+                Request::Put(put) => apply_put(&txn, put, maybe_unused)?,
+                Request::Delete(delete) => apply_delete(&txn, delete, maybe_unused)?,
+            });
+        }
+        txn.commit()?;
+        Ok(outcomes)
+    }
+
+    /// Removes the blob files among `candidates` that no committed item uses.
+    fn remove_unused(&self, candidates: &BTreeSet<(DomainId, String)>) {
+        if candidates.is_empty() {
+            return;
+        }
+        let still_used = |domain: &DomainId, root: &str| -> Result<bool, redb::Error> {
+            let txn = redb::ReadableDatabase::begin_read(&*self.db)?;
+            let tables = ReadTables::open(&txn, domain)?;
+            Ok(match &tables.blobs {
+                Some(blobs) => redb::ReadableTable::get(blobs, root)?.is_some(),
+                None => false,
+            })
+        };
+        for (domain, root) in candidates {
+            match still_used(domain, root) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let path = self.blob_dir(domain).join(root);
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            // Left for the repair at the next open.
+                            tracing::warn!(path = %path.display(), error = %e, "cannot remove unused blob");
+                        }
+                    }
+                }
+                // Unsure whether it is used: keeping it is safe, the next open repairs.
+                Err(e) => tracing::warn!(%domain, root, error = %e, "cannot check blob use"),
+            }
+        }
+    }
+}
+
+fn apply_put(
+    txn: &redb::WriteTransaction,
+    put: &PutRequest,
+    maybe_unused: &mut BTreeSet<(DomainId, String)>,
+) -> Result<Result<Metadata, DatastoreError>, redb::Error> {
+    let item = &put.item;
+    let not_found = || DatastoreError::NotFound {
+        domain: put.domain.clone(),
+        id: item.id.clone(),
+    };
+    if !item.is_new && !domain_known(txn, &put.domain)? {
+        return Ok(Err(not_found()));
+    }
+    let mut tables = WriteTables::open(txn, &put.domain)?;
+    let (id, old) = if item.is_new {
+        (uuid::Uuid::new_v4().to_string(), None)
+    } else {
+        match tables.item(&put.domain, &item.id)? {
+            Ok(Some(old)) => (item.id.clone(), Some(old)),
+            Ok(None) => return Ok(Err(not_found())),
+            Err(e) => return Ok(Err(e)),
+        }
+    };
+    let stored = Metadata {
+        name: item.name.clone(),
+        data_type: item.data_type.clone(),
+        size: item.size,
+        id,
+        hash: Some(put.root.to_string()),
+        properties: item.properties.clone(),
+    };
+    if let Some(old) = &old {
+        tables.remove_item(old)?;
+    }
+    tables.insert_item(&stored)?;
+    // Acquire before releasing, so replacing an item by the same content keeps its blob.
+    tables.acquire_blob(&put.root.to_string())?;
+    if let Some(old_root) = old.as_ref().and_then(|o| o.hash.as_deref()) {
+        if tables.release_blob(old_root)? {
+            maybe_unused.insert((put.domain.clone(), old_root.to_owned()));
+        }
+    }
+    Ok(Ok(stored))
+}
+
+fn apply_delete(
+    txn: &redb::WriteTransaction,
+    delete: &DeleteRequest,
+    maybe_unused: &mut BTreeSet<(DomainId, String)>,
+) -> Result<Result<Metadata, DatastoreError>, redb::Error> {
+    let not_found = || DatastoreError::NotFound {
+        domain: delete.domain.clone(),
+        id: delete.id.clone(),
+    };
+    if !domain_known(txn, &delete.domain)? {
+        return Ok(Err(not_found()));
+    }
+    let mut tables = WriteTables::open(txn, &delete.domain)?;
+    let old = match tables.item(&delete.domain, &delete.id)? {
+        Ok(Some(old)) => old,
+        Ok(None) => return Ok(Err(not_found())),
+        Err(e) => return Ok(Err(e)),
+    };
+    tables.remove_item(&old)?;
+    if let Some(root) = old.hash.as_deref() {
+        if tables.release_blob(root)? {
+            maybe_unused.insert((delete.domain.clone(), root.to_owned()));
+        }
+    }
+    Ok(Ok(old))
+}

@@ -1,0 +1,207 @@
+//! The redb schema: one table set per domain, plus the list of domains.
+//!
+//! For domain `d`:
+//! - `d/items`: item id -> `Metadata` (protobuf), the source of truth;
+//! - `d/by_name`, `d/by_type`: name / data type -> item ids (multimaps), secondary indexes;
+//! - `d/blobs`: Merkle root (hex) -> how many items use that blob file.
+//!
+//! The domain id is validated ([`DomainId`]) before it names anything, and names and data
+//! types are only ever keys, never part of a table name or a path.
+
+use domain_proto::domain_data::Metadata;
+use prost::Message;
+use redb::{
+    MultimapTable, MultimapTableDefinition, ReadOnlyMultimapTable, ReadOnlyTable, ReadTransaction,
+    ReadableTable, Table, TableDefinition, TableError, WriteTransaction,
+};
+
+use crate::store::{DatastoreError, DomainId};
+
+/// Every domain that ever stored an item.
+pub(super) const DOMAINS: TableDefinition<'static, &str, ()> = TableDefinition::new("domains");
+
+/// The names of one domain's tables.
+pub(super) struct TableNames {
+    items: String,
+    by_name: String,
+    by_type: String,
+    blobs: String,
+}
+
+impl TableNames {
+    pub(super) fn new(domain: &DomainId) -> Self {
+        Self {
+            items: format!("{domain}/items"),
+            by_name: format!("{domain}/by_name"),
+            by_type: format!("{domain}/by_type"),
+            blobs: format!("{domain}/blobs"),
+        }
+    }
+
+    fn items(&self) -> TableDefinition<'_, &'static str, &'static [u8]> {
+        TableDefinition::new(&self.items)
+    }
+
+    fn by_name(&self) -> MultimapTableDefinition<'_, &'static str, &'static str> {
+        MultimapTableDefinition::new(&self.by_name)
+    }
+
+    fn by_type(&self) -> MultimapTableDefinition<'_, &'static str, &'static str> {
+        MultimapTableDefinition::new(&self.by_type)
+    }
+
+    fn blobs(&self) -> TableDefinition<'_, &'static str, u64> {
+        TableDefinition::new(&self.blobs)
+    }
+}
+
+/// A domain's tables open for writing.
+pub(super) struct WriteTables<'t> {
+    pub(super) items: Table<'t, &'static str, &'static [u8]>,
+    pub(super) by_name: MultimapTable<'t, &'static str, &'static str>,
+    pub(super) by_type: MultimapTable<'t, &'static str, &'static str>,
+    pub(super) blobs: Table<'t, &'static str, u64>,
+}
+
+impl<'t> WriteTables<'t> {
+    /// Opens (creating if needed) the tables of `domain` and records the domain.
+    pub(super) fn open(txn: &'t WriteTransaction, domain: &DomainId) -> Result<Self, redb::Error> {
+        txn.open_table(DOMAINS)?.insert(domain.as_str(), ())?;
+        let names = TableNames::new(domain);
+        Ok(Self {
+            items: txn.open_table(names.items())?,
+            by_name: txn.open_multimap_table(names.by_name())?,
+            by_type: txn.open_multimap_table(names.by_type())?,
+            blobs: txn.open_table(names.blobs())?,
+        })
+    }
+
+    /// Adds `item` under its id, to both indexes.
+    pub(super) fn insert_item(&mut self, item: &Metadata) -> Result<(), redb::Error> {
+        self.items
+            .insert(item.id.as_str(), item.encode_to_vec().as_slice())?;
+        self.by_name.insert(item.name.as_str(), item.id.as_str())?;
+        self.by_type
+            .insert(item.data_type.as_str(), item.id.as_str())?;
+        Ok(())
+    }
+
+    /// Removes `item` and its index entries.
+    pub(super) fn remove_item(&mut self, item: &Metadata) -> Result<(), redb::Error> {
+        self.items.remove(item.id.as_str())?;
+        self.by_name.remove(item.name.as_str(), item.id.as_str())?;
+        self.by_type
+            .remove(item.data_type.as_str(), item.id.as_str())?;
+        Ok(())
+    }
+
+    /// The item `id`, decoded.
+    pub(super) fn item(
+        &self,
+        domain: &DomainId,
+        id: &str,
+    ) -> Result<Result<Option<Metadata>, DatastoreError>, redb::Error> {
+        Ok(match self.items.get(id)? {
+            None => Ok(None),
+            Some(bytes) => decode(domain, id, bytes.value()).map(Some),
+        })
+    }
+
+    /// One more item uses blob `root`.
+    pub(super) fn acquire_blob(&mut self, root: &str) -> Result<(), redb::Error> {
+        let count = self.blobs.get(root)?.map_or(0, |c| c.value());
+        self.blobs.insert(root, count + 1)?;
+        Ok(())
+    }
+
+    /// One item fewer uses blob `root`; true when none is left.
+    pub(super) fn release_blob(&mut self, root: &str) -> Result<bool, redb::Error> {
+        let count = self.blobs.get(root)?.map_or(0, |c| c.value());
+        if count <= 1 {
+            self.blobs.remove(root)?;
+            Ok(true)
+        } else {
+            self.blobs.insert(root, count - 1)?;
+            Ok(false)
+        }
+    }
+}
+
+/// Whether `domain` has ever stored an item (without creating anything).
+pub(super) fn domain_known(txn: &WriteTransaction, domain: &DomainId) -> Result<bool, redb::Error> {
+    Ok(txn.open_table(DOMAINS)?.get(domain.as_str())?.is_some())
+}
+
+/// A domain's tables open for reading; `None` fields for a domain that has none yet.
+pub(super) struct ReadTables {
+    pub(super) items: Option<ReadOnlyTable<&'static str, &'static [u8]>>,
+    pub(super) by_name: Option<ReadOnlyMultimapTable<&'static str, &'static str>>,
+    pub(super) by_type: Option<ReadOnlyMultimapTable<&'static str, &'static str>>,
+    pub(super) blobs: Option<ReadOnlyTable<&'static str, u64>>,
+}
+
+impl ReadTables {
+    pub(super) fn open(txn: &ReadTransaction, domain: &DomainId) -> Result<Self, redb::Error> {
+        let names = TableNames::new(domain);
+        Ok(Self {
+            items: missing_is_none(txn.open_table(names.items()))?,
+            by_name: missing_is_none(txn.open_multimap_table(names.by_name()))?,
+            by_type: missing_is_none(txn.open_multimap_table(names.by_type()))?,
+            blobs: missing_is_none(txn.open_table(names.blobs()))?,
+        })
+    }
+
+    /// The item `id`, decoded.
+    pub(super) fn item(
+        &self,
+        domain: &DomainId,
+        id: &str,
+    ) -> Result<Option<Metadata>, DatastoreError> {
+        let Some(items) = &self.items else {
+            return Ok(None);
+        };
+        match items.get(id).map_err(super::db)? {
+            None => Ok(None),
+            Some(bytes) => decode(domain, id, bytes.value()).map(Some),
+        }
+    }
+}
+
+fn missing_is_none<T>(opened: Result<T, TableError>) -> Result<Option<T>, redb::Error> {
+    match opened {
+        Ok(table) => Ok(Some(table)),
+        Err(TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Decodes stored metadata, checking that it is what it claims to be.
+pub(super) fn decode(
+    domain: &DomainId,
+    id: &str,
+    bytes: &[u8],
+) -> Result<Metadata, DatastoreError> {
+    let corrupt = |reason: String| DatastoreError::Corrupt {
+        domain: domain.clone(),
+        id: id.to_owned(),
+        reason,
+    };
+    let item = Metadata::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
+    if item.id != id {
+        return Err(corrupt(format!(
+            "stored under {id:?} but names itself {:?}",
+            item.id
+        )));
+    }
+    if item
+        .hash
+        .as_deref()
+        .is_none_or(|h| h.parse::<crate::Root>().is_err())
+    {
+        return Err(corrupt(format!(
+            "hash {:?} is not a Merkle root",
+            item.hash
+        )));
+    }
+    Ok(item)
+}
