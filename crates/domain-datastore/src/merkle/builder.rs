@@ -1,6 +1,7 @@
 //! [`MerkleBuilder`]: the streaming tree, sequential and parallel.
 
 use std::fmt;
+use std::io;
 use std::sync::LazyLock;
 
 use blake3::hazmat::{ContextKey, HasherExt};
@@ -240,6 +241,28 @@ impl MerkleBuilder {
 impl Default for MerkleBuilder {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Feeds the builder from synchronous code, e.g. with [`std::io::copy`]; writes never fail.
+///
+/// ```
+/// use domain_datastore::{MerkleBuilder, root_of};
+///
+/// let data = vec![9_u8; 50_000];
+/// let mut builder = MerkleBuilder::new();
+/// std::io::copy(&mut &data[..], &mut builder)?;
+/// assert_eq!(builder.finalize(), root_of(&data));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+impl io::Write for MerkleBuilder {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
