@@ -55,7 +55,7 @@ impl Measured {
 /// `criterion_args` go to criterion unchanged: a filter such as `d_parallel` runs only the
 /// matching benches, and the others are shown from their previous run, marked as such.
 pub fn run(criterion_args: &[String]) -> anyhow::Result<()> {
-    let root = workspace_root();
+    let root = crate::workspace_root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let started = SystemTime::now();
 
@@ -73,15 +73,6 @@ pub fn run(criterion_args: &[String]) -> anyhow::Result<()> {
     let results = read_results(&group_dir, started)?;
     print!("{}", report(&results));
     Ok(())
-}
-
-/// The workspace root: the parent of this crate's folder.
-fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir
-        .parent()
-        .unwrap_or(manifest_dir)
-        .to_path_buf()
 }
 
 /// Where criterion writes: `$CRITERION_HOME`, else `<cargo target directory>/criterion`.
