@@ -1,0 +1,1242 @@
+//! The scheduler core: jobs as DAGs of tasks, assignment, the task state machine, retries,
+//! timeouts, liveness and persistence. No threads, no clock: every call takes `now`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain_proto::discovery::Node;
+use domain_proto::task::{
+    Any, Job, JobRequest, Status, Task, TaskHandler, resource_recruitment::RecruitmentPolicy,
+};
+use rayon::prelude::*;
+use tokio::sync::broadcast;
+
+use crate::events::{Event, JobStatus};
+use crate::registry::{JoinError, Needs, Registry};
+use crate::store::{Batch, JobRecord, NodeRecord, SchedulerStore, StoreError, TaskRecord};
+use crate::token::{TokenError, TokenGrant, TokenIssuer};
+use crate::validate::{JobRejected, TaskSpec, job_id, validate};
+
+/// The longest a task token lives, whatever the task's timeout (DESIGN §5).
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Tokens of one scheduling pass are signed in parallel in chunks of at least this many: below
+/// it, handing work to other threads costs more than signing.
+const PARALLEL_SIGNING_CHUNK: usize = 64;
+
+/// Settings of a [`Scheduler`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// The manager's own peer id: besides a task's sender and receiver, the only peer allowed to
+    /// change a task's status.
+    pub manager_id: String,
+    /// A node not seen (joined or heartbeat) for this long is dropped at the next
+    /// [`Scheduler::tick`], and its running tasks are retried elsewhere.
+    pub node_timeout: Duration,
+    /// Failed attempts retried before a task is FAILED (a node loss, a timeout and a reported
+    /// failure each count as one).
+    pub max_retries: u32,
+    /// The most tasks one job may hold.
+    pub max_tasks_per_job: usize,
+    /// Events buffered for each subscriber; a subscriber that falls further behind gets
+    /// `RecvError::Lagged` and should resynchronise from [`Scheduler::job`].
+    pub event_capacity: usize,
+}
+
+impl SchedulerConfig {
+    /// The defaults: nodes time out after 30 s, 3 retries, 100 000 tasks per job, 4096 buffered
+    /// events.
+    pub fn new(manager_id: impl Into<String>) -> Self {
+        Self {
+            manager_id: manager_id.into(),
+            node_timeout: Duration::from_secs(30),
+            max_retries: 3,
+            max_tasks_per_job: 100_000,
+            event_capacity: 4096,
+        }
+    }
+}
+
+/// Why a scheduler call failed. Calls that fail change nothing, except [`SchedulerError::Store`],
+/// after which the scheduler is poisoned.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// The job request was refused (answer `BadRequest` with this message).
+    #[error(transparent)]
+    Rejected(#[from] JobRejected),
+    /// A node's registration was refused.
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    /// No node with this id is registered.
+    #[error("node {node} is not registered")]
+    UnknownNode {
+        /// The node id.
+        node: String,
+    },
+    /// No job with this id.
+    #[error("job {job_id} is unknown")]
+    UnknownJob {
+        /// The job id.
+        job_id: String,
+    },
+    /// The job has no task of this name.
+    #[error("job {job_id} has no task {task:?}")]
+    UnknownTask {
+        /// The job id.
+        job_id: String,
+        /// The task name.
+        task: String,
+    },
+    /// The reporter is neither the manager nor the task's sender or receiver.
+    #[error("{reporter} may not change task {task:?} of job {job_id}")]
+    NotAllowed {
+        /// Peer id of the reporter.
+        reporter: String,
+        /// The job id.
+        job_id: String,
+        /// The task name.
+        task: String,
+    },
+    /// A report carries a status value outside the enum.
+    #[error("report for task {task:?} of job {job_id} has unknown status {value}")]
+    InvalidStatus {
+        /// The job id.
+        job_id: String,
+        /// The task name.
+        task: String,
+        /// The raw value.
+        value: i32,
+    },
+    /// The reported status cannot follow the task's current one.
+    #[error("task {task:?} of job {job_id} cannot go from {from:?} to {to:?}")]
+    InvalidTransition {
+        /// The job id.
+        job_id: String,
+        /// The task name.
+        task: String,
+        /// Its status now.
+        from: Status,
+        /// The status reported.
+        to: Status,
+    },
+    /// Only finished jobs can be removed.
+    #[error("job {job_id} is still running")]
+    JobRunning {
+        /// The job id.
+        job_id: String,
+    },
+    /// The store failed; the scheduler is poisoned (its memory may be ahead of the store).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An earlier store failure poisoned the scheduler: reopen it from the store.
+    #[error("the scheduler is poisoned by an earlier store failure; reopen it from its store")]
+    Poisoned,
+}
+
+/// Where a task is in its life; [`Phase::status`] is what the wire shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Not assigned yet: waiting for its needs, or about to be assigned. PENDING, no receiver.
+    Queued,
+    /// Ready, but no node fits. WAITING_FOR_RESOURCE.
+    Waiting,
+    /// An attempt failed; about to be assigned again. RETRY.
+    Retry,
+    /// Assigned: has a receiver, a token and a deadline. PENDING.
+    Pending,
+    /// STARTED.
+    Started,
+    /// PROCESSING.
+    Processing,
+    /// DONE.
+    Done,
+    /// FAILED.
+    Failed,
+}
+
+impl Phase {
+    fn status(self) -> Status {
+        match self {
+            Phase::Queued | Phase::Pending => Status::Pending,
+            Phase::Waiting => Status::WaitingForResource,
+            Phase::Retry => Status::Retry,
+            Phase::Started => Status::Started,
+            Phase::Processing => Status::Processing,
+            Phase::Done => Status::Done,
+            Phase::Failed => Status::Failed,
+        }
+    }
+
+    fn is_running(self) -> bool {
+        matches!(self, Phase::Pending | Phase::Started | Phase::Processing)
+    }
+
+    fn is_finished(self) -> bool {
+        matches!(self, Phase::Done | Phase::Failed)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TaskState {
+    phase: Phase,
+    /// Needs not DONE yet.
+    remaining_needs: u32,
+    receiver: Option<Arc<str>>,
+    last_receiver: Option<Arc<str>>,
+    retries: u32,
+    deadline: Option<u64>,
+    err_msg: String,
+    output: Option<Any>,
+    created_at: u64,
+    updated_at: u64,
+    /// Changed in the current operation (and listed in `Scheduler::dirty_tasks`).
+    dirty: bool,
+}
+
+#[derive(Debug)]
+struct JobState {
+    id: Arc<str>,
+    request: JobRequest,
+    submitter: String,
+    created_at: u64,
+    specs: Vec<TaskSpec>,
+    /// For each task, the tasks that need it.
+    dependents: Vec<Vec<u32>>,
+    index: HashMap<String, u32>,
+    tasks: Vec<TaskState>,
+    unfinished: usize,
+    failed: usize,
+}
+
+impl JobState {
+    fn new(
+        id: Arc<str>,
+        request: JobRequest,
+        specs: Vec<TaskSpec>,
+        submitter: String,
+        now: u64,
+    ) -> Self {
+        let mut dependents = vec![Vec::new(); specs.len()];
+        for (position, spec) in specs.iter().enumerate() {
+            for &need in &spec.needs {
+                // Positions fit in u32: `validate` checked.
+                dependents[need as usize].push(position as u32);
+            }
+        }
+        let index = request
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i as u32))
+            .collect();
+        let tasks = specs
+            .iter()
+            .map(|spec| TaskState {
+                phase: Phase::Queued,
+                remaining_needs: spec.needs.len() as u32,
+                receiver: None,
+                last_receiver: None,
+                retries: 0,
+                deadline: None,
+                err_msg: String::new(),
+                output: None,
+                created_at: now,
+                updated_at: now,
+                dirty: false,
+            })
+            .collect();
+        Self {
+            id,
+            unfinished: specs.len(),
+            failed: 0,
+            request,
+            submitter,
+            created_at: now,
+            specs,
+            dependents,
+            index,
+            tasks,
+        }
+    }
+
+    fn status(&self) -> JobStatus {
+        if self.unfinished > 0 {
+            JobStatus::Running
+        } else if self.failed > 0 {
+            JobStatus::Failed
+        } else {
+            JobStatus::Done
+        }
+    }
+
+    /// The task as the wire shows it: never with a token.
+    fn message(&self, position: usize) -> Task {
+        let request = &self.request.tasks[position];
+        let state = &self.tasks[position];
+        Task {
+            name: request.name.clone(),
+            receiver: state.receiver.as_deref().map(str::to_owned),
+            endpoint: request.capability_filters.endpoint.clone(),
+            access_token: None,
+            job_id: self.id.to_string(),
+            sender: request.sender.clone(),
+            status: state.phase.status() as i32,
+            output: state.output.clone(),
+        }
+    }
+
+    fn handler(&self, position: usize) -> TaskHandler {
+        let state = &self.tasks[position];
+        let dependencies = self.specs[position]
+            .needs
+            .iter()
+            .map(|&n| {
+                let n = n as usize;
+                (
+                    self.request.tasks[n].name.clone(),
+                    self.tasks[n].phase == Phase::Done,
+                )
+            })
+            .collect::<BTreeMap<_, _>>();
+        TaskHandler {
+            task: self.message(position),
+            dependencies,
+            job_id: self.id.to_string(),
+            err_msg: state.err_msg.clone(),
+            retries: state.retries,
+            updated_at: state.updated_at,
+            created_at: state.created_at,
+        }
+    }
+
+    fn record(&self, position: usize) -> TaskRecord {
+        let state = &self.tasks[position];
+        TaskRecord {
+            position: position as u32,
+            handler: self.handler(position),
+            deadline: state.deadline,
+            last_receiver: state.last_receiver.as_deref().map(str::to_owned),
+        }
+    }
+}
+
+/// One task of one job.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct TaskRef {
+    job: Arc<str>,
+    position: u32,
+}
+
+/// The scheduler: validates jobs, keeps the node registry, assigns tasks, follows them to the
+/// end, and persists every change before announcing it. See the crate docs for the rules.
+pub struct Scheduler {
+    config: SchedulerConfig,
+    store: Box<dyn SchedulerStore>,
+    issuer: Box<dyn TokenIssuer>,
+    registry: Registry,
+    jobs: HashMap<Arc<str>, JobState>,
+    /// Tasks to assign at the next scheduling pass, in arrival order.
+    ready: VecDeque<TaskRef>,
+    /// Tasks no node fits, in arrival order.
+    waiting: VecDeque<TaskRef>,
+    /// The registry generation `waiting` was last tried against.
+    waiting_generation: u64,
+    /// Running tasks by deadline: the timeouts to enforce, and the tasks of a node.
+    deadlines: BTreeSet<(u64, TaskRef)>,
+    events: broadcast::Sender<Event>,
+    // The current operation's changes, stored then published by `flush`.
+    dirty_tasks: Vec<TaskRef>,
+    new_jobs: Vec<Arc<str>>,
+    dirty_nodes: Vec<String>,
+    removed_nodes: Vec<String>,
+    removed_jobs: Vec<String>,
+    outbox: Vec<Event>,
+    poisoned: bool,
+}
+
+impl fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("config", &self.config)
+            .field("jobs", &self.jobs.len())
+            .field("nodes", &self.registry.len())
+            .field("running", &self.deadlines.len())
+            .field("waiting", &self.waiting.len())
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    /// Opens a scheduler on `store`, resuming every job where the store left it.
+    ///
+    /// Restored nodes count as seen at `now`: they get one `node_timeout` to heartbeat again
+    /// before their tasks are retried elsewhere, so a manager restart does not rerun the tasks
+    /// of healthy nodes. Tasks whose receiver is no longer registered are retried at once.
+    pub fn open(
+        config: SchedulerConfig,
+        store: Box<dyn SchedulerStore>,
+        issuer: Box<dyn TokenIssuer>,
+        now: u64,
+    ) -> Result<Self, SchedulerError> {
+        let snapshot = store.load()?;
+        let (events, _) = broadcast::channel(config.event_capacity.max(1));
+        let mut scheduler = Self {
+            config,
+            store,
+            issuer,
+            registry: Registry::default(),
+            jobs: HashMap::new(),
+            ready: VecDeque::new(),
+            waiting: VecDeque::new(),
+            waiting_generation: 0,
+            deadlines: BTreeSet::new(),
+            events,
+            dirty_tasks: Vec::new(),
+            new_jobs: Vec::new(),
+            dirty_nodes: Vec::new(),
+            removed_nodes: Vec::new(),
+            removed_jobs: Vec::new(),
+            outbox: Vec::new(),
+            poisoned: false,
+        };
+        scheduler.restore(snapshot, now)?;
+        scheduler.schedule(now);
+        scheduler.flush()?;
+        Ok(scheduler)
+    }
+
+    fn restore(&mut self, snapshot: crate::store::Snapshot, now: u64) -> Result<(), StoreError> {
+        let inconsistent = StoreError::Inconsistent;
+        for record in snapshot.nodes {
+            let id = record.node.id.clone();
+            self.registry
+                .join(record.node, now)
+                .map_err(|e| inconsistent(format!("stored node {id}: {e}")))?;
+        }
+        let mut records = snapshot.jobs;
+        records.sort_by(|a, b| (a.created_at, &a.job_id).cmp(&(b.created_at, &b.job_id)));
+        let mut order = Vec::with_capacity(records.len());
+        for record in records {
+            let specs = validate(&record.request, usize::MAX)
+                .map_err(|e| inconsistent(format!("stored job {}: {e}", record.job_id)))?;
+            let id: Arc<str> = Arc::from(record.job_id.as_str());
+            let job = JobState::new(
+                id.clone(),
+                record.request,
+                specs,
+                record.submitter,
+                record.created_at,
+            );
+            order.push(id.clone());
+            self.jobs.insert(id, job);
+        }
+        let mut seen: HashSet<(Arc<str>, u32)> = HashSet::new();
+        for record in snapshot.tasks {
+            let handler = record.handler;
+            let Some(job) = self.jobs.get_mut(handler.job_id.as_str()) else {
+                return Err(inconsistent(format!(
+                    "task of unknown job {}",
+                    handler.job_id
+                )));
+            };
+            let id = job.id.clone();
+            let Some(state) = job.tasks.get_mut(record.position as usize) else {
+                return Err(inconsistent(format!(
+                    "job {} has no task at position {}",
+                    handler.job_id, record.position
+                )));
+            };
+            let receiver = handler.task.receiver.as_deref().map(Arc::<str>::from);
+            let status = Status::try_from(handler.task.status).map_err(|_| {
+                inconsistent(format!(
+                    "task {:?} has status {}",
+                    handler.task.name, handler.task.status
+                ))
+            })?;
+            state.phase = match (status, &receiver) {
+                (Status::Pending, None) => Phase::Queued,
+                (Status::Pending, Some(_)) => Phase::Pending,
+                (Status::Started, Some(_)) => Phase::Started,
+                (Status::Processing, Some(_)) => Phase::Processing,
+                (Status::Started | Status::Processing, None) => Phase::Retry,
+                (Status::WaitingForResource, _) => Phase::Waiting,
+                (Status::Retry, _) => Phase::Retry,
+                (Status::Done, _) => Phase::Done,
+                (Status::Failed, _) => Phase::Failed,
+            };
+            // A DONE task keeps the node it ran on, for the record and for repeated reports.
+            state.receiver = if state.phase.is_running() || state.phase == Phase::Done {
+                receiver
+            } else {
+                None
+            };
+            state.last_receiver = record.last_receiver.map(Arc::from);
+            state.retries = handler.retries;
+            state.deadline = record.deadline;
+            state.err_msg = handler.err_msg;
+            state.output = handler.task.output;
+            state.created_at = handler.created_at;
+            state.updated_at = handler.updated_at;
+            seen.insert((id, record.position));
+        }
+        let mut lost = Vec::new();
+        for id in &order {
+            let Some(job) = self.jobs.get_mut(id) else {
+                continue;
+            };
+            for position in 0..job.tasks.len() {
+                if !seen.contains(&(id.clone(), position as u32)) {
+                    return Err(inconsistent(format!("job {id} lost its task #{position}")));
+                }
+                let remaining = job.specs[position]
+                    .needs
+                    .iter()
+                    .filter(|&&n| job.tasks[n as usize].phase != Phase::Done)
+                    .count();
+                let spec_timeout = job.specs[position].timeout;
+                let endpoint = &job.request.tasks[position].capability_filters.endpoint;
+                let state = &mut job.tasks[position];
+                state.remaining_needs = remaining as u32;
+                let task = TaskRef {
+                    job: id.clone(),
+                    position: position as u32,
+                };
+                match state.phase {
+                    Phase::Done => job.unfinished -= 1,
+                    Phase::Failed => {
+                        job.unfinished -= 1;
+                        job.failed += 1;
+                    }
+                    Phase::Queued if remaining > 0 => {}
+                    Phase::Queued | Phase::Waiting | Phase::Retry => self.ready.push_back(task),
+                    Phase::Pending | Phase::Started | Phase::Processing => {
+                        let deadline = *state
+                            .deadline
+                            .get_or_insert_with(|| now.saturating_add(millis(spec_timeout)));
+                        match &state.receiver {
+                            Some(node) if self.registry.contains(node) => {
+                                self.registry.acquire(node, endpoint);
+                                self.deadlines.insert((deadline, task));
+                            }
+                            _ => {
+                                self.deadlines.insert((deadline, task.clone()));
+                                lost.push(task);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for task in lost {
+            self.attempt_failed(&task, now, "its node is no longer registered".to_owned());
+        }
+        Ok(())
+    }
+
+    /// A receiver of the event stream. It sees events published after this call.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// Validates `request`, stores it as a job of `submitter`, and assigns the tasks that need
+    /// nothing. Returns the job id.
+    pub fn submit(
+        &mut self,
+        request: JobRequest,
+        submitter: &str,
+        now: u64,
+    ) -> Result<String, SchedulerError> {
+        self.operation(|s| {
+            let specs = validate(&request, s.config.max_tasks_per_job)?;
+            let id = job_id(&request);
+            if s.jobs.contains_key(id.as_str()) {
+                return Err(JobRejected::AlreadySubmitted { job_id: id }.into());
+            }
+            let id: Arc<str> = Arc::from(id);
+            let mut job = JobState::new(id.clone(), request, specs, submitter.to_owned(), now);
+            // Every task is stored with its job, in the same transaction.
+            for (position, state) in job.tasks.iter_mut().enumerate() {
+                let task = TaskRef {
+                    job: id.clone(),
+                    position: position as u32,
+                };
+                state.dirty = true;
+                s.dirty_tasks.push(task.clone());
+                if state.remaining_needs == 0 {
+                    s.ready.push_back(task);
+                }
+            }
+            s.outbox.push(Event::JobSubmitted {
+                job_id: id.to_string(),
+                name: job.request.name.clone(),
+                submitter: submitter.to_owned(),
+            });
+            s.jobs.insert(id.clone(), job);
+            s.new_jobs.push(id.clone());
+            s.schedule(now);
+            Ok(id.to_string())
+        })
+    }
+
+    /// Registers `node` (or updates a registration), counts it as seen at `now`, and assigns
+    /// tasks that were waiting for such a node.
+    pub fn join(&mut self, node: Node, now: u64) -> Result<(), SchedulerError> {
+        self.operation(|s| {
+            let record = NodeRecord { node: node.clone() };
+            s.registry.join(node, now)?;
+            s.dirty_nodes.push(record.node.id.clone());
+            s.schedule(now);
+            Ok(())
+        })
+    }
+
+    /// Records that `node_id` is alive at `now`. Liveness is not persisted: a restarted scheduler
+    /// counts every node as seen at its start.
+    pub fn heartbeat(&mut self, node_id: &str, now: u64) -> Result<(), SchedulerError> {
+        if self.poisoned {
+            return Err(SchedulerError::Poisoned);
+        }
+        if self.registry.heartbeat(node_id, now) {
+            Ok(())
+        } else {
+            Err(SchedulerError::UnknownNode {
+                node: node_id.to_owned(),
+            })
+        }
+    }
+
+    /// Removes `node_id` from the registry; its running tasks are retried on other nodes.
+    pub fn leave(&mut self, node_id: &str, now: u64) -> Result<(), SchedulerError> {
+        self.operation(|s| {
+            if !s.registry.contains(node_id) {
+                return Err(SchedulerError::UnknownNode {
+                    node: node_id.to_owned(),
+                });
+            }
+            s.drop_node(node_id, now, format!("node {node_id} left"));
+            s.schedule(now);
+            Ok(())
+        })
+    }
+
+    /// Applies a status change of a task reported by `reporter` (a peer id): `update.job_id`,
+    /// `update.name` and `update.status` say which task and what it became; `update.output`, if
+    /// present, is kept.
+    ///
+    /// Only the manager, the task's sender and its current receiver may report. STARTED and
+    /// PROCESSING follow an assignment; DONE ends the task and releases its dependents; FAILED
+    /// or RETRY ends the attempt (retried while retries remain). A repeated report of the current
+    /// status is accepted and changes nothing (gossip may deliver twice); any other report on a
+    /// finished task, or of PENDING or WAITING_FOR_RESOURCE, is an invalid transition.
+    pub fn report(
+        &mut self,
+        update: &Task,
+        reporter: &str,
+        now: u64,
+    ) -> Result<(), SchedulerError> {
+        self.operation(|s| {
+            let job_id = update.job_id.as_str();
+            let Some(job) = s.jobs.get(job_id) else {
+                return Err(SchedulerError::UnknownJob {
+                    job_id: job_id.to_owned(),
+                });
+            };
+            let Some(&position) = job.index.get(&update.name) else {
+                return Err(SchedulerError::UnknownTask {
+                    job_id: job_id.to_owned(),
+                    task: update.name.clone(),
+                });
+            };
+            let to =
+                Status::try_from(update.status).map_err(|_| SchedulerError::InvalidStatus {
+                    job_id: job_id.to_owned(),
+                    task: update.name.clone(),
+                    value: update.status,
+                })?;
+            let state = &job.tasks[position as usize];
+            let allowed = reporter == s.config.manager_id
+                || reporter == job.request.tasks[position as usize].sender
+                || state.receiver.as_deref() == Some(reporter);
+            if !allowed {
+                return Err(SchedulerError::NotAllowed {
+                    reporter: reporter.to_owned(),
+                    job_id: job_id.to_owned(),
+                    task: update.name.clone(),
+                });
+            }
+            let from = state.phase;
+            let invalid = || SchedulerError::InvalidTransition {
+                job_id: job_id.to_owned(),
+                task: update.name.clone(),
+                from: from.status(),
+                to,
+            };
+            let task = TaskRef {
+                job: job.id.clone(),
+                position,
+            };
+            match (from, to) {
+                (Phase::Done, Status::Done) | (Phase::Failed, Status::Failed) => {}
+                // A late STARTED after PROCESSING (gossip reorders) changes nothing.
+                (Phase::Started | Phase::Processing, Status::Started) => {}
+                (Phase::Pending, Status::Started) => {
+                    s.set_running_phase(&task, Phase::Started, update.output.clone(), now)
+                }
+                (Phase::Pending | Phase::Started | Phase::Processing, Status::Processing) => {
+                    s.set_running_phase(&task, Phase::Processing, update.output.clone(), now)
+                }
+                (Phase::Pending | Phase::Started | Phase::Processing, Status::Done) => {
+                    s.complete(&task, update.output.clone(), now)
+                }
+                (
+                    Phase::Pending | Phase::Started | Phase::Processing,
+                    Status::Failed | Status::Retry,
+                ) => s.attempt_failed(
+                    &task,
+                    now,
+                    format!("{reporter} reported {}", to.as_str_name()),
+                ),
+                _ => return Err(invalid()),
+            }
+            s.schedule(now);
+            Ok(())
+        })
+    }
+
+    /// Drops nodes unseen for `node_timeout` (retrying their tasks), retries tasks whose
+    /// deadline passed, and assigns what can be assigned. Call it periodically; it is cheap
+    /// when nothing is due (see [`Scheduler::next_deadline`]).
+    pub fn tick(&mut self, now: u64) -> Result<(), SchedulerError> {
+        self.operation(|s| {
+            let timeout = millis(s.config.node_timeout);
+            for node in s.registry.unseen_for(timeout, now) {
+                s.drop_node(
+                    &node,
+                    now,
+                    format!("node {node} was not seen for {timeout} ms"),
+                );
+            }
+            loop {
+                let due = match s.deadlines.first() {
+                    Some((deadline, task)) if *deadline <= now => task.clone(),
+                    _ => break,
+                };
+                let timeout = s
+                    .jobs
+                    .get(&due.job)
+                    .map(|job| job.request.tasks[due.position as usize].timeout.clone())
+                    .unwrap_or_default();
+                s.attempt_failed(&due, now, format!("timed out (timeout {timeout})"));
+            }
+            s.schedule(now);
+            Ok(())
+        })
+    }
+
+    /// Forgets a finished job and its tasks, in memory and in the store.
+    pub fn remove_job(&mut self, job_id: &str) -> Result<(), SchedulerError> {
+        self.operation(|s| {
+            let Some(job) = s.jobs.get(job_id) else {
+                return Err(SchedulerError::UnknownJob {
+                    job_id: job_id.to_owned(),
+                });
+            };
+            if job.status() == JobStatus::Running {
+                return Err(SchedulerError::JobRunning {
+                    job_id: job_id.to_owned(),
+                });
+            }
+            s.jobs.remove(job_id);
+            s.removed_jobs.push(job_id.to_owned());
+            Ok(())
+        })
+    }
+
+    /// The job with the current state of its tasks (no tokens): what `/monitor/v1` sends.
+    pub fn job(&self, job_id: &str) -> Option<Job> {
+        let job = self.jobs.get(job_id)?;
+        Some(Job {
+            id: job.id.to_string(),
+            name: job.request.name.clone(),
+            tasks: (0..job.tasks.len()).map(|i| job.message(i)).collect(),
+        })
+    }
+
+    /// How the job stands.
+    pub fn job_status(&self, job_id: &str) -> Option<JobStatus> {
+        self.jobs.get(job_id).map(JobState::status)
+    }
+
+    /// Ids of all jobs, oldest first.
+    pub fn job_ids(&self) -> Vec<String> {
+        let mut jobs: Vec<&JobState> = self.jobs.values().collect();
+        jobs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        jobs.into_iter().map(|j| j.id.to_string()).collect()
+    }
+
+    /// A task's full bookkeeping: the task (no token), the state of its needs, retries, error.
+    pub fn task(&self, job_id: &str, task: &str) -> Option<TaskHandler> {
+        let job = self.jobs.get(job_id)?;
+        let &position = job.index.get(task)?;
+        Some(job.handler(position as usize))
+    }
+
+    /// The registered nodes, in id order.
+    pub fn nodes(&self) -> Vec<Node> {
+        self.registry.nodes().into_iter().cloned().collect()
+    }
+
+    /// A registered node.
+    pub fn node(&self, node_id: &str) -> Option<&Node> {
+        self.registry.get(node_id)
+    }
+
+    /// Tasks running on a node (assigned and not finished), over all its endpoints.
+    pub fn node_load(&self, node_id: &str) -> Option<u32> {
+        self.registry.load(node_id)
+    }
+
+    /// The earliest deadline of a running task: the next time [`Scheduler::tick`] has a timeout
+    /// to enforce.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.deadlines.first().map(|(deadline, _)| *deadline)
+    }
+
+    /// Runs one operation: refuses if poisoned, then stores and publishes whatever it changed
+    /// (also when it fails after a change, so memory and store never drift apart).
+    fn operation<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, SchedulerError>,
+    ) -> Result<T, SchedulerError> {
+        if self.poisoned {
+            return Err(SchedulerError::Poisoned);
+        }
+        let result = f(self);
+        self.flush()?;
+        result
+    }
+
+    fn flush(&mut self) -> Result<(), SchedulerError> {
+        let mut batch = Batch::default();
+        for id in self.new_jobs.drain(..) {
+            if let Some(job) = self.jobs.get(&id) {
+                batch.jobs.push(JobRecord {
+                    job_id: id.to_string(),
+                    request: job.request.clone(),
+                    submitter: job.submitter.clone(),
+                    created_at: job.created_at,
+                });
+            }
+        }
+        for task in self.dirty_tasks.drain(..) {
+            if let Some(job) = self.jobs.get_mut(&task.job) {
+                job.tasks[task.position as usize].dirty = false;
+                batch.tasks.push(job.record(task.position as usize));
+            }
+        }
+        for id in self.dirty_nodes.drain(..) {
+            if let Some(node) = self.registry.get(&id) {
+                batch.nodes.push(NodeRecord { node: node.clone() });
+            }
+        }
+        batch.removed_nodes.append(&mut self.removed_nodes);
+        batch.removed_jobs.append(&mut self.removed_jobs);
+        if let Err(e) = self.store.commit(batch) {
+            self.poisoned = true;
+            self.outbox.clear();
+            return Err(e.into());
+        }
+        for event in self.outbox.drain(..) {
+            // No subscriber is not an error: events are announcements, the state is stored.
+            let _ = self.events.send(event);
+        }
+        Ok(())
+    }
+
+    /// Marks a task changed in this operation; returns its state.
+    fn touch(&mut self, task: &TaskRef, now: u64) -> Option<&mut TaskState> {
+        let state = self
+            .jobs
+            .get_mut(&task.job)?
+            .tasks
+            .get_mut(task.position as usize)?;
+        if !state.dirty {
+            state.dirty = true;
+            self.dirty_tasks.push(task.clone());
+        }
+        state.updated_at = now;
+        Some(state)
+    }
+
+    fn emit_task(&mut self, task: &TaskRef, reason: Option<String>) {
+        if let Some(job) = self.jobs.get(&task.job) {
+            let message = job.message(task.position as usize);
+            self.outbox.push(Event::TaskChanged {
+                task: message,
+                reason,
+            });
+        }
+    }
+
+    fn endpoint(&self, task: &TaskRef) -> Option<&str> {
+        let job = self.jobs.get(&task.job)?;
+        Some(
+            job.request.tasks[task.position as usize]
+                .capability_filters
+                .endpoint
+                .as_str(),
+        )
+    }
+
+    /// Ends the running attempt of a task: frees its node's capacity and forgets its deadline.
+    /// Returns the node it ran on.
+    fn end_attempt(&mut self, task: &TaskRef, now: u64) -> Option<Arc<str>> {
+        let endpoint = self.endpoint(task)?.to_owned();
+        let state = self.touch(task, now)?;
+        let receiver = state.receiver.take();
+        let deadline = state.deadline.take();
+        if let Some(deadline) = deadline {
+            self.deadlines.remove(&(deadline, task.clone()));
+        }
+        if let Some(node) = &receiver {
+            self.registry.release(node, &endpoint);
+        }
+        receiver
+    }
+
+    fn set_running_phase(&mut self, task: &TaskRef, phase: Phase, output: Option<Any>, now: u64) {
+        if let Some(state) = self.touch(task, now) {
+            state.phase = phase;
+            if output.is_some() {
+                state.output = output;
+            }
+            self.emit_task(task, None);
+        }
+    }
+
+    fn complete(&mut self, task: &TaskRef, output: Option<Any>, now: u64) {
+        let node = self.end_attempt(task, now);
+        let Some(state) = self.touch(task, now) else {
+            return;
+        };
+        state.phase = Phase::Done;
+        state.receiver = node;
+        state.err_msg.clear();
+        if output.is_some() {
+            state.output = output;
+        }
+        self.emit_task(task, None);
+        let Some(job) = self.jobs.get_mut(&task.job) else {
+            return;
+        };
+        job.unfinished -= 1;
+        for &dependent in &job.dependents[task.position as usize] {
+            let state = &mut job.tasks[dependent as usize];
+            state.remaining_needs -= 1;
+            if state.remaining_needs == 0 && state.phase == Phase::Queued {
+                self.ready.push_back(TaskRef {
+                    job: task.job.clone(),
+                    position: dependent,
+                });
+            }
+        }
+        // A dependent's needs map changed: store it, so its record says which needs are DONE.
+        let dependents = job.dependents[task.position as usize].clone();
+        for dependent in dependents {
+            self.touch(
+                &TaskRef {
+                    job: task.job.clone(),
+                    position: dependent,
+                },
+                now,
+            );
+        }
+        self.finish_job_if_done(&task.job);
+    }
+
+    /// An attempt failed (reported, timed out, node lost): RETRY while retries remain, else
+    /// FAILED.
+    fn attempt_failed(&mut self, task: &TaskRef, now: u64, reason: String) {
+        let node = self.end_attempt(task, now);
+        let max_retries = self.config.max_retries;
+        let Some(state) = self.touch(task, now) else {
+            return;
+        };
+        let reason = match &node {
+            Some(node) => format!("attempt on {node} failed: {reason}"),
+            None => reason,
+        };
+        state.last_receiver = node.or(state.last_receiver.take());
+        if state.retries >= max_retries {
+            let reason = format!("{reason}; no retries left after {max_retries}");
+            self.fail(task, now, reason);
+        } else {
+            state.retries += 1;
+            state.phase = Phase::Retry;
+            state.err_msg = reason.clone();
+            self.emit_task(task, Some(reason));
+            self.ready.push_back(task.clone());
+        }
+    }
+
+    /// FAILED, and every task that needs it, directly or not.
+    fn fail(&mut self, task: &TaskRef, now: u64, reason: String) {
+        let mut stack = vec![(task.position, reason)];
+        while let Some((position, reason)) = stack.pop() {
+            let current = TaskRef {
+                job: task.job.clone(),
+                position,
+            };
+            let Some(state) = self.touch(&current, now) else {
+                return;
+            };
+            if state.phase.is_finished() {
+                continue;
+            }
+            state.phase = Phase::Failed;
+            state.err_msg = reason.clone();
+            self.emit_task(&current, Some(reason));
+            let Some(job) = self.jobs.get_mut(&task.job) else {
+                return;
+            };
+            job.unfinished -= 1;
+            job.failed += 1;
+            let name = &job.request.tasks[position as usize].name;
+            for &dependent in &job.dependents[position as usize] {
+                stack.push((dependent, format!("needed task {name:?} failed")));
+            }
+        }
+        self.finish_job_if_done(&task.job);
+    }
+
+    fn finish_job_if_done(&mut self, job_id: &Arc<str>) {
+        if let Some(job) = self.jobs.get(job_id) {
+            let status = job.status();
+            if status != JobStatus::Running {
+                self.outbox.push(Event::JobFinished {
+                    job_id: job_id.to_string(),
+                    status,
+                });
+            }
+        }
+    }
+
+    fn drop_node(&mut self, node: &str, now: u64, reason: String) {
+        let running: Vec<TaskRef> = self
+            .deadlines
+            .iter()
+            .filter(|(_, task)| {
+                self.jobs
+                    .get(&task.job)
+                    .and_then(|job| job.tasks[task.position as usize].receiver.as_deref())
+                    == Some(node)
+            })
+            .map(|(_, task)| task.clone())
+            .collect();
+        for task in running {
+            self.attempt_failed(&task, now, reason.clone());
+        }
+        self.registry.leave(node);
+        self.removed_nodes.push(node.to_owned());
+    }
+
+    /// Assigns every ready task a node, or parks it as WAITING_FOR_RESOURCE (policy FAIL: fails
+    /// it). Waiting tasks are looked at again only when the registry gained room since.
+    fn schedule(&mut self, now: u64) {
+        let mut candidates: Vec<TaskRef> = Vec::with_capacity(self.ready.len());
+        if self.registry.generation() != self.waiting_generation && !self.waiting.is_empty() {
+            candidates.extend(self.waiting.drain(..));
+        }
+        self.waiting_generation = self.registry.generation();
+        candidates.extend(self.ready.drain(..));
+        if candidates.is_empty() {
+            return;
+        }
+
+        // Pick nodes, one task at a time (each pick changes the loads the next one sees).
+        let mut plans: Vec<(TaskRef, Arc<str>)> = Vec::new();
+        let mut unplaced: Vec<TaskRef> = Vec::new();
+        // Endpoints with no node left with room, for tasks with no other condition.
+        let mut exhausted: HashSet<&str> = HashSet::new();
+        for task in candidates {
+            let Some(job) = self.jobs.get(&task.job) else {
+                continue;
+            };
+            let position = task.position as usize;
+            let state = &job.tasks[position];
+            let assignable = match state.phase {
+                Phase::Queued => state.remaining_needs == 0,
+                Phase::Waiting | Phase::Retry => true,
+                _ => false,
+            };
+            if !assignable {
+                continue;
+            }
+            let request = &job.request.tasks[position];
+            let spec = &job.specs[position];
+            let needs = Needs {
+                endpoint: &request.capability_filters.endpoint,
+                min_cpu: spec.min_cpu,
+                min_gpu: spec.min_gpu,
+                only: request.receiver.as_deref(),
+                avoid: state.last_receiver.as_deref(),
+            };
+            let unconditional = needs.only.is_none() && needs.min_cpu == 0 && needs.min_gpu == 0;
+            let node = if unconditional && exhausted.contains(needs.endpoint) {
+                None
+            } else {
+                self.registry.pick(&needs)
+            };
+            match node {
+                Some(node) => {
+                    self.registry.acquire(&node, needs.endpoint);
+                    plans.push((task, node));
+                }
+                None => {
+                    if unconditional {
+                        exhausted.insert(needs.endpoint);
+                    }
+                    unplaced.push(task);
+                }
+            }
+        }
+        drop(exhausted);
+
+        let tokens = self.issue_tokens(&plans, now);
+        for ((task, node), token) in plans.into_iter().zip(tokens) {
+            match token {
+                Ok(token) => self.assign(&task, node, token, now),
+                Err(e) => {
+                    if let Some(endpoint) = self.endpoint(&task).map(str::to_owned) {
+                        self.registry.release(&node, &endpoint);
+                    }
+                    self.fail(&task, now, e.to_string());
+                }
+            }
+        }
+
+        for task in unplaced {
+            let Some(job) = self.jobs.get(&task.job) else {
+                continue;
+            };
+            let position = task.position as usize;
+            let reason = no_node_reason(&job.request.tasks[position], &job.specs[position]);
+            if job.specs[position].policy == RecruitmentPolicy::Fail {
+                self.fail(&task, now, reason);
+                continue;
+            }
+            if job.tasks[position].phase != Phase::Waiting {
+                if let Some(state) = self.touch(&task, now) {
+                    state.phase = Phase::Waiting;
+                    state.err_msg = reason.clone();
+                }
+                self.emit_task(&task, Some(reason));
+            }
+            self.waiting.push_back(task);
+        }
+    }
+
+    /// Signs the tokens of a pass, in parallel when there are many.
+    fn issue_tokens(
+        &self,
+        plans: &[(TaskRef, Arc<str>)],
+        now: u64,
+    ) -> Vec<Result<String, TokenError>> {
+        let jobs = &self.jobs;
+        let issuer = &*self.issuer;
+        let issue = |(task, node): &(TaskRef, Arc<str>)| -> Option<Result<String, TokenError>> {
+            let job = jobs.get(&task.job)?;
+            let position = task.position as usize;
+            let request = &job.request.tasks[position];
+            let grant = TokenGrant {
+                domain_id: &job.request.domain_id,
+                job_id: &job.id,
+                task_name: &request.name,
+                sender: &request.sender,
+                receiver: node,
+                endpoint: &request.capability_filters.endpoint,
+                issued_at: now,
+                lifetime: job.specs[position].timeout.min(MAX_TOKEN_LIFETIME),
+            };
+            Some(issuer.issue(&grant))
+        };
+        let missing = |(task, _): &(TaskRef, Arc<str>)| {
+            Err(TokenError {
+                domain_id: String::new(),
+                job_id: task.job.to_string(),
+                task: format!("#{}", task.position),
+                source: "the job vanished during scheduling".into(),
+            })
+        };
+        if plans.len() < 2 * PARALLEL_SIGNING_CHUNK {
+            plans
+                .iter()
+                .map(|p| issue(p).unwrap_or_else(|| missing(p)))
+                .collect()
+        } else {
+            plans
+                .par_iter()
+                .with_min_len(PARALLEL_SIGNING_CHUNK)
+                .map(|p| issue(p).unwrap_or_else(|| missing(p)))
+                .collect()
+        }
+    }
+
+    fn assign(&mut self, task: &TaskRef, node: Arc<str>, token: String, now: u64) {
+        let Some(timeout) = self
+            .jobs
+            .get(&task.job)
+            .map(|j| j.specs[task.position as usize].timeout)
+        else {
+            return;
+        };
+        let deadline = now.saturating_add(millis(timeout));
+        let Some(state) = self.touch(task, now) else {
+            return;
+        };
+        state.phase = Phase::Pending;
+        state.receiver = Some(node);
+        state.deadline = Some(deadline);
+        state.err_msg.clear();
+        self.deadlines.insert((deadline, task.clone()));
+        if let Some(job) = self.jobs.get(&task.job) {
+            self.outbox.push(Event::TaskAssigned {
+                submitter: job.submitter.clone(),
+                task: job.message(task.position as usize),
+                access_token: token,
+            });
+        }
+    }
+}
+
+fn no_node_reason(request: &domain_proto::task::TaskRequest, spec: &TaskSpec) -> String {
+    let mut reason = match &request.receiver {
+        Some(receiver) => format!(
+            "receiver {receiver} is not registered with free capacity for {}",
+            request.capability_filters.endpoint
+        ),
+        None => format!(
+            "no node has free capacity for {}",
+            request.capability_filters.endpoint
+        ),
+    };
+    if spec.min_cpu > 0 {
+        reason.push_str(&format!(" with at least {} cpu", spec.min_cpu));
+    }
+    if spec.min_gpu > 0 {
+        reason.push_str(&format!(" with at least {} gpu", spec.min_gpu));
+    }
+    reason
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
