@@ -1,0 +1,177 @@
+//! The swarm of DESIGN §6: transports and the composed network behaviour.
+
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, OptionalTransport};
+use libp2p::core::upgrade::Version;
+use libp2p::identity::Keypair;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    PeerId, StreamProtocol, Swarm, Transport, autonat, connection_limits, dcutr, gossipsub,
+    identify, kad, noise, ping, quic, relay, tcp, yamux,
+};
+
+use crate::config::{ClusterConfig, Role};
+use crate::error::ClusterError;
+
+/// Every protocol the swarm speaks, one field per libp2p behaviour.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    /// First, so that a connection over the limits is refused before any other
+    /// behaviour sets up state for it.
+    pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) gossipsub: gossipsub::Behaviour,
+    pub(crate) relay_server: Toggle<relay::Behaviour>,
+    pub(crate) relay_client: Toggle<relay::client::Behaviour>,
+    pub(crate) dcutr: Toggle<dcutr::Behaviour>,
+    pub(crate) autonat: autonat::Behaviour,
+    pub(crate) stream: libp2p_stream::Behaviour,
+}
+
+/// Builds the swarm: transports, behaviours and swarm settings for `config`.
+pub(crate) fn build_swarm(config: &ClusterConfig) -> Result<Swarm<Behaviour>, ClusterError> {
+    let keypair = config.identity.keypair();
+    let peer_id = keypair.public().to_peer_id();
+    let relay_parts = match config.role {
+        Role::Manager => None,
+        Role::Node | Role::Client => Some(relay::client::new(peer_id)),
+    };
+    let (relay_transport, relay_client) = match relay_parts {
+        Some((transport, behaviour)) => (Some(transport), Some(behaviour)),
+        None => (None, None),
+    };
+    let transport = build_transport(keypair, relay_transport)?;
+    let behaviour = build_behaviour(config, keypair, peer_id, relay_client)?;
+    let swarm_config = libp2p::swarm::Config::with_tokio_executor()
+        .with_idle_connection_timeout(config.idle_connection_timeout);
+    Ok(Swarm::new(transport, behaviour, peer_id, swarm_config))
+}
+
+/// TCP + Noise + Yamux, WebSocket (over TCP) + Noise + Yamux, QUIC, and on
+/// nodes and clients relayed circuits + Noise + Yamux.
+fn build_transport(
+    keypair: &Keypair,
+    relay_transport: Option<relay::client::Transport>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, ClusterError> {
+    let noise = noise::Config::new(keypair)?;
+    let tcp_config = tcp::Config::default().nodelay(true);
+
+    let tcp = tcp::tokio::Transport::new(tcp_config.clone())
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise.clone())
+        .multiplex(yamux::Config::default());
+
+    // WebSocket is for browsers; no DNS resolver is wired in (DESIGN §6: no
+    // public DNS), so `/dns/...` WebSocket addresses are not dialled.
+    let ws = libp2p_websocket::Config::new(tcp::tokio::Transport::new(tcp_config))
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise.clone())
+        .multiplex(yamux::Config::default());
+
+    let relayed = match relay_transport {
+        Some(relay) => OptionalTransport::some(
+            relay
+                .upgrade(Version::V1Lazy)
+                .authenticate(noise)
+                .multiplex(yamux::Config::default()),
+        ),
+        None => OptionalTransport::none(),
+    };
+
+    let quic = quic::tokio::Transport::new(quic::Config::new(keypair))
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+
+    // Each transport's muxer is boxed before they are joined: their stream
+    // types differ. WebSocket comes first: plain TCP refuses `/tcp/<port>/ws`
+    // anyway, but the order states the intent.
+    let transport = ws
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .or_transport(relayed.map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer))))
+        .map(|either, _| either.into_inner())
+        .or_transport(tcp.map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer))))
+        .map(|either, _| either.into_inner())
+        .or_transport(quic)
+        .map(|either, _| either.into_inner())
+        .boxed();
+    Ok(transport)
+}
+
+fn build_behaviour(
+    config: &ClusterConfig,
+    keypair: &Keypair,
+    peer_id: PeerId,
+    relay_client: Option<relay::client::Behaviour>,
+) -> Result<Behaviour, ClusterError> {
+    let limits = &config.connection_limits;
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_pending_incoming(limits.max_pending_incoming)
+        .with_max_pending_outgoing(limits.max_pending_outgoing)
+        .with_max_established_incoming(limits.max_established_incoming)
+        .with_max_established_outgoing(limits.max_established_outgoing)
+        .with_max_established_per_peer(limits.max_established_per_peer)
+        .with_max_established(limits.max_established_total);
+
+    let identify = identify::Behaviour::new(
+        identify::Config::new(
+            domain_proto::protocols::IDENTIFY.to_owned(),
+            keypair.public(),
+        )
+        .with_agent_version(format!("domain-cluster/{}", env!("CARGO_PKG_VERSION"))),
+    );
+
+    let mut kad = kad::Behaviour::with_config(
+        peer_id,
+        kad::store::MemoryStore::new(peer_id),
+        kad::Config::new(StreamProtocol::new(domain_proto::protocols::KADEMLIA)),
+    );
+    kad.set_mode(match config.role {
+        Role::Manager => Some(kad::Mode::Server),
+        Role::Client => Some(kad::Mode::Client),
+        // A node serves the DHT once it has a confirmed external address.
+        Role::Node => None,
+    });
+
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .heartbeat_interval(config.gossip_heartbeat)
+        .build()?;
+    let gossipsub = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(keypair.clone()),
+        gossip_config,
+    )
+    .map_err(ClusterError::GossipsubSetup)?;
+
+    let relay_server = (config.role == Role::Manager).then(|| {
+        let l = &config.relay_limits;
+        relay::Behaviour::new(
+            peer_id,
+            relay::Config {
+                max_reservations: l.max_reservations,
+                max_circuits: l.max_circuits,
+                max_circuits_per_peer: l.max_circuits_per_peer,
+                max_circuit_duration: l.max_circuit_duration,
+                max_circuit_bytes: l.max_circuit_bytes,
+                ..relay::Config::default()
+            },
+        )
+    });
+    let dcutr = relay_client
+        .is_some()
+        .then(|| dcutr::Behaviour::new(peer_id));
+
+    Ok(Behaviour {
+        limits: connection_limits::Behaviour::new(limits),
+        identify,
+        ping: ping::Behaviour::default(),
+        kad,
+        gossipsub,
+        relay_server: relay_server.into(),
+        relay_client: relay_client.into(),
+        dcutr: dcutr.into(),
+        autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
+        stream: libp2p_stream::Behaviour::new(),
+    })
+}

@@ -1,0 +1,200 @@
+//! How a peer joins the swarm: its role, addresses, limits and timeouts.
+
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use libp2p::multiaddr::Protocol;
+
+use crate::identity::Identity;
+
+/// What a peer is in the cluster (DESIGN §1); it decides which behaviours run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The domain manager: Kademlia server, relay server, always reachable.
+    Manager,
+    /// A node: registers capabilities, reserves a slot on the manager's relay so
+    /// that peers can reach it from behind NAT.
+    Node,
+    /// A client: submits jobs and moves data, offers nothing.
+    Client,
+}
+
+/// Caps on connections, enforced by libp2p's `connection_limits` behaviour.
+/// `None` means no cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Inbound connections still in their handshake.
+    pub max_pending_incoming: Option<u32>,
+    /// Outbound connections still in their handshake.
+    pub max_pending_outgoing: Option<u32>,
+    /// Established inbound connections.
+    pub max_established_incoming: Option<u32>,
+    /// Established outbound connections.
+    pub max_established_outgoing: Option<u32>,
+    /// Established connections with any one peer.
+    pub max_established_per_peer: Option<u32>,
+    /// Established connections in all.
+    pub max_established_total: Option<u32>,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_pending_incoming: Some(128),
+            max_pending_outgoing: Some(128),
+            max_established_incoming: Some(1024),
+            max_established_outgoing: Some(1024),
+            // A direct, a relayed and a hole-punched connection can coexist
+            // briefly, over more than one transport.
+            max_established_per_peer: Some(8),
+            max_established_total: Some(2048),
+        }
+    }
+}
+
+/// Limits of the relay server that the manager runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Peers that may hold a reservation at once.
+    pub max_reservations: usize,
+    /// Circuits relayed at once.
+    pub max_circuits: usize,
+    /// Circuits relayed at once for one peer.
+    pub max_circuits_per_peer: usize,
+    /// How long one circuit may live.
+    pub max_circuit_duration: Duration,
+    /// How many bytes one circuit may carry; 0 means no cap.
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            max_reservations: 1024,
+            max_circuits: 256,
+            max_circuits_per_peer: 16,
+            // Task streams carry domain data: libp2p's defaults (2 minutes,
+            // 128 KiB) suit hole punching only, not a fallback data path.
+            max_circuit_duration: Duration::from_secs(60 * 60),
+            max_circuit_bytes: 0,
+        }
+    }
+}
+
+/// Everything [`Cluster::start`](crate::Cluster::start) needs.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The peer's identity (see [`Identity::load_or_create`]).
+    pub identity: Identity,
+    /// What the peer is.
+    pub role: Role,
+    /// Addresses to listen on, e.g. `/ip4/127.0.0.1/tcp/0`,
+    /// `/ip4/127.0.0.1/udp/0/quic-v1`, `/ip4/127.0.0.1/tcp/0/ws`.
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Addresses others reach this peer at, announced as confirmed. The manager
+    /// also announces every address it listens on, since it is reachable by
+    /// definition (its relay server serves only while it has one).
+    pub external_addrs: Vec<Multiaddr>,
+    /// The manager's address, ending with `/p2p/<manager id>`: Kademlia
+    /// bootstrap, AutoNAT server and relay for nodes and clients.
+    pub bootstrap: Option<Multiaddr>,
+    /// Whether a node reserves a slot on the manager's relay and listens through
+    /// it (ignored for other roles).
+    pub relay_reservation: bool,
+    /// Connection caps.
+    pub connection_limits: ConnectionLimits,
+    /// Relay server limits (manager only).
+    pub relay_limits: RelayLimits,
+    /// How long a connection with no open stream stays up.
+    pub idle_connection_timeout: Duration,
+    /// The limit on every remote wait of the handle: dials, stream opening,
+    /// request/response exchanges, listen readiness.
+    pub request_timeout: Duration,
+    /// Gossipsub heartbeat period (mesh upkeep).
+    pub gossip_heartbeat: Duration,
+    /// Commands queued for the event loop before senders wait.
+    pub command_buffer: usize,
+    /// Gossip events kept for each slow subscriber before it lags and loses some.
+    pub gossip_buffer: usize,
+}
+
+impl ClusterConfig {
+    /// A configuration with the defaults and no listen address.
+    #[must_use]
+    pub fn new(identity: Identity, role: Role) -> Self {
+        Self {
+            identity,
+            role,
+            listen_addrs: Vec::new(),
+            external_addrs: Vec::new(),
+            bootstrap: None,
+            relay_reservation: true,
+            connection_limits: ConnectionLimits::default(),
+            relay_limits: RelayLimits::default(),
+            idle_connection_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            gossip_heartbeat: Duration::from_secs(1),
+            command_buffer: 64,
+            gossip_buffer: 1024,
+        }
+    }
+
+    /// A configuration listening on loopback over TCP, QUIC and WebSocket, on
+    /// ports the system picks (tests, the demo).
+    #[must_use]
+    pub fn loopback(identity: Identity, role: Role) -> Self {
+        Self::new(identity, role).with_listen_addrs(loopback_listen_addrs())
+    }
+
+    /// Replaces the listen addresses.
+    #[must_use]
+    pub fn with_listen_addrs(mut self, addrs: impl IntoIterator<Item = Multiaddr>) -> Self {
+        self.listen_addrs = addrs.into_iter().collect();
+        self
+    }
+
+    /// Sets the manager's address (ending with `/p2p/<manager id>`).
+    #[must_use]
+    pub fn with_bootstrap(mut self, manager: Multiaddr) -> Self {
+        self.bootstrap = Some(manager);
+        self
+    }
+}
+
+/// `/ip4/127.0.0.1/tcp/0`, `/ip4/127.0.0.1/udp/0/quic-v1` and `/ip4/127.0.0.1/tcp/0/ws`.
+#[must_use]
+pub fn loopback_listen_addrs() -> Vec<Multiaddr> {
+    let ip = Protocol::Ip4(std::net::Ipv4Addr::LOCALHOST);
+    vec![
+        Multiaddr::empty().with(ip.clone()).with(Protocol::Tcp(0)),
+        Multiaddr::empty()
+            .with(ip.clone())
+            .with(Protocol::Udp(0))
+            .with(Protocol::QuicV1),
+        Multiaddr::empty()
+            .with(ip)
+            .with(Protocol::Tcp(0))
+            .with(Protocol::Ws("/".into())),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_addresses_are_the_three_transports_on_127_0_0_1() {
+        let addrs: Vec<String> = loopback_listen_addrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            addrs,
+            [
+                "/ip4/127.0.0.1/tcp/0",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+                "/ip4/127.0.0.1/tcp/0/ws"
+            ]
+        );
+    }
+}

@@ -1,0 +1,549 @@
+//! The one owner of the swarm (DESIGN §6): it polls swarm events and takes
+//! [`Command`]s from handles over a bounded channel, answering on oneshot
+//! channels, in the manner of rust-libp2p's file-sharing example.
+
+use std::collections::{HashMap, HashSet};
+
+use futures::StreamExt as _;
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, gossipsub, identify, kad, relay};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::behaviour::{Behaviour, BehaviourEvent};
+use crate::config::Role;
+use crate::error::ClusterError;
+use crate::gossip::GossipEvent;
+
+/// What a dial aims at.
+#[derive(Debug, Clone)]
+pub(crate) enum DialTarget {
+    /// An address, possibly ending with `/p2p/<peer>`.
+    Addr(Multiaddr),
+    /// A peer, at the addresses the behaviours know for it (Kademlia, identify).
+    Peer(PeerId),
+}
+
+impl std::fmt::Display for DialTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Addr(addr) => addr.fmt(f),
+            Self::Peer(peer) => peer.fmt(f),
+        }
+    }
+}
+
+/// A request from a handle to the event loop.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Connect unless already connected; answers with the remote peer id.
+    Dial {
+        target: DialTarget,
+        reply: oneshot::Sender<Result<PeerId, ClusterError>>,
+    },
+    /// Subscribe to a gossip topic; `true` if newly subscribed.
+    Subscribe {
+        topic: String,
+        reply: oneshot::Sender<Result<bool, ClusterError>>,
+    },
+    /// Unsubscribe from a gossip topic; `true` if it was subscribed.
+    Unsubscribe {
+        topic: String,
+        reply: oneshot::Sender<bool>,
+    },
+    /// Publish on a gossip topic.
+    Publish {
+        topic: String,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), ClusterError>>,
+    },
+    /// The remote addresses of the open connections to a peer.
+    PeerAddrs {
+        peer: PeerId,
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    /// Every connected peer.
+    ConnectedPeers { reply: oneshot::Sender<Vec<PeerId>> },
+    /// Stop the event loop, closing every connection.
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// The state of a node's reservation on the manager's relay.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) enum RelayStatus {
+    /// This peer does not reserve a relay slot (manager, client, or no bootstrap).
+    #[default]
+    NotRequested,
+    /// Waiting for the manager's answer (or for the connection to it).
+    Pending,
+    /// The reservation holds; the circuit address is among the listen addresses.
+    Reserved,
+    /// The reservation was refused or lost.
+    Failed(String),
+}
+
+/// What the swarm listens on, as handles see it through a `watch` channel.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ListenState {
+    /// Every listen address, with `/p2p/<local id>`.
+    pub(crate) addrs: Vec<Multiaddr>,
+    /// Configured listeners that have reported neither an address nor a failure.
+    pub(crate) pending_listeners: usize,
+    /// Failures of configured listeners before their first address.
+    pub(crate) failures: Vec<String>,
+    /// The relay reservation.
+    pub(crate) relay: RelayStatus,
+}
+
+/// The manager's address and peer id, for nodes and clients.
+#[derive(Debug, Clone)]
+pub(crate) struct Bootstrap {
+    pub(crate) peer: PeerId,
+    pub(crate) addr: Multiaddr,
+}
+
+pub(crate) struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    role: Role,
+    commands: mpsc::Receiver<Command>,
+    gossip: broadcast::Sender<GossipEvent>,
+    listen: watch::Sender<ListenState>,
+    /// Configured listeners yet to report.
+    pending_listeners: HashSet<libp2p::core::transport::ListenerId>,
+    /// The listener that holds the relay reservation, once requested.
+    relay_listener: Option<libp2p::core::transport::ListenerId>,
+    bootstrap: Option<Bootstrap>,
+    /// Whether a node should reserve a relay slot once connected to the manager.
+    wants_relay: bool,
+    /// Whether the first connection to the manager has been used to bootstrap.
+    bootstrapped: bool,
+    /// Dials a handle waits for, by the id of their connection.
+    pending_dials: HashMap<ConnectionId, (String, oneshot::Sender<Result<PeerId, ClusterError>>)>,
+    /// The open connections, by peer, with their remote address.
+    connections: HashMap<PeerId, HashMap<ConnectionId, Multiaddr>>,
+}
+
+pub(crate) struct EventLoopParts {
+    pub(crate) swarm: Swarm<Behaviour>,
+    pub(crate) role: Role,
+    pub(crate) commands: mpsc::Receiver<Command>,
+    pub(crate) gossip: broadcast::Sender<GossipEvent>,
+    pub(crate) listen: watch::Sender<ListenState>,
+    pub(crate) pending_listeners: HashSet<libp2p::core::transport::ListenerId>,
+    pub(crate) bootstrap: Option<Bootstrap>,
+    pub(crate) wants_relay: bool,
+}
+
+impl EventLoop {
+    pub(crate) fn new(parts: EventLoopParts) -> Self {
+        let EventLoopParts {
+            swarm,
+            role,
+            commands,
+            gossip,
+            listen,
+            pending_listeners,
+            bootstrap,
+            wants_relay,
+        } = parts;
+        Self {
+            swarm,
+            role,
+            commands,
+            gossip,
+            listen,
+            pending_listeners,
+            relay_listener: None,
+            bootstrap,
+            wants_relay,
+            bootstrapped: false,
+            pending_dials: HashMap::new(),
+            connections: HashMap::new(),
+        }
+    }
+
+    /// Runs until [`Command::Shutdown`] or until every handle is dropped.
+    pub(crate) async fn run(mut self) {
+        if let Some(bootstrap) = self.bootstrap.clone() {
+            self.start_bootstrap(&bootstrap);
+        }
+        let shutdown_reply = loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => break Some(reply),
+                    Some(command) => self.on_command(command),
+                    None => break None,
+                },
+            }
+        };
+        tracing::debug!(peer = %self.swarm.local_peer_id(), "cluster event loop stopping");
+        // Dropping the swarm closes every connection and listener; handles
+        // waiting on the watch or gossip channels see them close.
+        drop(self);
+        if let Some(reply) = shutdown_reply {
+            let _ = reply.send(());
+        }
+    }
+
+    fn start_bootstrap(&mut self, bootstrap: &Bootstrap) {
+        let transport_addr = without_p2p(&bootstrap.addr);
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .add_address(&bootstrap.peer, transport_addr.clone());
+        self.swarm
+            .behaviour_mut()
+            .autonat
+            .add_server(bootstrap.peer, Some(transport_addr));
+        let opts = DialOpts::peer_id(bootstrap.peer)
+            .addresses(vec![bootstrap.addr.clone()])
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(error) = self.swarm.dial(opts) {
+            tracing::warn!(manager = %bootstrap.addr, %error, "cannot dial the manager");
+        }
+        if self.wants_relay {
+            self.update_listen(|state| state.relay = RelayStatus::Pending);
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Dial { target, reply } => self.dial(target, reply),
+            Command::Subscribe { topic, reply } => {
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .subscribe(&gossipsub::IdentTopic::new(topic.clone()))
+                    .map_err(|source| ClusterError::Subscribe { topic, source });
+                let _ = reply.send(result);
+            }
+            Command::Unsubscribe { topic, reply } => {
+                let was = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .unsubscribe(&gossipsub::IdentTopic::new(topic));
+                let _ = reply.send(was);
+            }
+            Command::Publish { topic, data, reply } => {
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(gossipsub::IdentTopic::new(topic.clone()), data)
+                    .map(drop)
+                    .map_err(|source| ClusterError::Publish { topic, source });
+                let _ = reply.send(result);
+            }
+            Command::PeerAddrs { peer, reply } => {
+                let addrs = self
+                    .connections
+                    .get(&peer)
+                    .map(|c| c.values().cloned().collect())
+                    .unwrap_or_default();
+                let _ = reply.send(addrs);
+            }
+            Command::ConnectedPeers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            // Handled by `run`, which owns the loop.
+            Command::Shutdown { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn dial(&mut self, target: DialTarget, reply: oneshot::Sender<Result<PeerId, ClusterError>>) {
+        let peer = match &target {
+            DialTarget::Peer(peer) => Some(*peer),
+            DialTarget::Addr(addr) => last_peer_id(addr),
+        };
+        if let Some(peer) = peer
+            && self.swarm.is_connected(&peer)
+        {
+            let _ = reply.send(Ok(peer));
+            return;
+        }
+        let opts = match (&target, peer) {
+            (DialTarget::Addr(addr), Some(peer)) => DialOpts::peer_id(peer)
+                .addresses(vec![addr.clone()])
+                .condition(PeerCondition::Disconnected)
+                .build(),
+            (DialTarget::Addr(addr), None) => {
+                DialOpts::unknown_peer_id().address(addr.clone()).build()
+            }
+            (DialTarget::Peer(peer), _) => DialOpts::peer_id(*peer)
+                .condition(PeerCondition::Disconnected)
+                .build(),
+        };
+        let connection_id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.pending_dials
+                    .insert(connection_id, (target.to_string(), reply));
+            }
+            Err(source) => {
+                let _ = reply.send(Err(ClusterError::Dial {
+                    target: target.to_string(),
+                    source: Box::new(source),
+                }));
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, addr = %remote_addr(&endpoint), "connection established");
+                self.connections
+                    .entry(peer_id)
+                    .or_default()
+                    .insert(connection_id, remote_addr(&endpoint).clone());
+                if let Some((_, reply)) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Ok(peer_id));
+                }
+                if self.bootstrap.as_ref().is_some_and(|b| b.peer == peer_id) && !self.bootstrapped
+                {
+                    self.on_manager_connected();
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                cause,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, ?cause, "connection closed");
+                if let Some(conns) = self.connections.get_mut(&peer_id) {
+                    conns.remove(&connection_id);
+                    if conns.is_empty() {
+                        self.connections.remove(&peer_id);
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                tracing::debug!(?peer_id, %error, "outgoing connection failed");
+                if let Some((target, reply)) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Err(ClusterError::Dial {
+                        target,
+                        source: Box::new(error),
+                    }));
+                }
+            }
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                tracing::info!(%address, "listening");
+                if self.role == Role::Manager && !address.iter().any(|p| p == Protocol::P2pCircuit)
+                {
+                    // The manager is reachable by definition, and its relay
+                    // server serves only while it has a confirmed address.
+                    self.swarm.add_external_address(address.clone());
+                }
+                let full = with_peer_id(address, *self.swarm.local_peer_id());
+                let is_relay = self.relay_listener == Some(listener_id);
+                let first = self.pending_listeners.remove(&listener_id);
+                self.update_listen(|state| {
+                    if !state.addrs.contains(&full) {
+                        state.addrs.push(full);
+                    }
+                    if first {
+                        state.pending_listeners = state.pending_listeners.saturating_sub(1);
+                    }
+                    if is_relay {
+                        state.relay = RelayStatus::Reserved;
+                    }
+                });
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                let full = with_peer_id(address, *self.swarm.local_peer_id());
+                self.update_listen(|state| state.addrs.retain(|a| *a != full));
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => {
+                let local = *self.swarm.local_peer_id();
+                let reason = match reason {
+                    Ok(()) => "closed".to_owned(),
+                    Err(error) => error.to_string(),
+                };
+                tracing::warn!(?listener_id, %reason, "listener closed");
+                let first = self.pending_listeners.remove(&listener_id);
+                let is_relay = self.relay_listener == Some(listener_id);
+                if is_relay {
+                    self.relay_listener = None;
+                }
+                self.update_listen(|state| {
+                    let gone: Vec<Multiaddr> = addresses
+                        .into_iter()
+                        .map(|a| with_peer_id(a, local))
+                        .collect();
+                    state.addrs.retain(|a| !gone.contains(a));
+                    if first {
+                        state.pending_listeners = state.pending_listeners.saturating_sub(1);
+                        state.failures.push(reason.clone());
+                    }
+                    if is_relay {
+                        state.relay = RelayStatus::Failed(reason);
+                    }
+                });
+            }
+            SwarmEvent::ListenerError { listener_id, error } => {
+                tracing::warn!(?listener_id, %error, "listener error");
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                tracing::debug!(%send_back_addr, %error, "incoming connection failed");
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+            }
+            _ => {}
+        }
+    }
+
+    /// On the first connection to the manager: join the DHT and, on a node,
+    /// reserve a relay slot so peers that cannot dial it directly reach it
+    /// through the manager.
+    fn on_manager_connected(&mut self) {
+        self.bootstrapped = true;
+        if let Err(error) = self.swarm.behaviour_mut().kad.bootstrap() {
+            tracing::warn!(%error, "cannot bootstrap Kademlia");
+        }
+        let Some(bootstrap) = self.bootstrap.clone() else {
+            return;
+        };
+        if !self.wants_relay {
+            return;
+        }
+        let circuit = bootstrap.addr.with(Protocol::P2pCircuit);
+        match self.swarm.listen_on(circuit.clone()) {
+            Ok(listener) => self.relay_listener = Some(listener),
+            Err(error) => {
+                tracing::warn!(%circuit, %error, "cannot listen through the relay");
+                self.update_listen(|state| state.relay = RelayStatus::Failed(error.to_string()));
+            }
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Gossipsub(event) => self.on_gossip_event(event),
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                // Peers that speak our Kademlia protocol go into the routing
+                // table with the addresses they listen on (relayed ones included).
+                let kad_protocol = libp2p::StreamProtocol::new(domain_proto::protocols::KADEMLIA);
+                if info.protocols.contains(&kad_protocol) {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { result, .. }) => {
+                tracing::debug!(?result, "kademlia query progressed");
+            }
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => {
+                tracing::info!(relay = %relay_peer_id, renewal, "relay reservation accepted");
+            }
+            BehaviourEvent::RelayServer(event) => tracing::debug!(?event, "relay server"),
+            BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => {
+                tracing::debug!(peer = %remote_peer_id, ?result, "direct connection upgrade");
+            }
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
+                tracing::info!(?old, ?new, "NAT status changed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_gossip_event(&mut self, event: gossipsub::Event) {
+        let event = match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message,
+                ..
+            } => GossipEvent::Message {
+                topic: message.topic.into_string(),
+                source: message.source,
+                propagation_source,
+                data: message.data,
+            },
+            gossipsub::Event::Subscribed { peer_id, topic, .. } => GossipEvent::Subscribed {
+                peer: peer_id,
+                topic: topic.into_string(),
+            },
+            gossipsub::Event::Unsubscribed { peer_id, topic } => GossipEvent::Unsubscribed {
+                peer: peer_id,
+                topic: topic.into_string(),
+            },
+            _ => return,
+        };
+        // No subscriber is not an error: nobody listens to gossip right now.
+        let _ = self.gossip.send(event);
+    }
+
+    fn update_listen(&self, change: impl FnOnce(&mut ListenState)) {
+        self.listen.send_modify(change);
+    }
+}
+
+fn remote_addr(endpoint: &ConnectedPoint) -> &Multiaddr {
+    match endpoint {
+        ConnectedPoint::Dialer { address, .. } => address,
+        ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
+    }
+}
+
+/// The peer id an address ends with, if it ends with one.
+pub(crate) fn last_peer_id(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => Some(peer),
+        _ => None,
+    }
+}
+
+/// `addr` without its trailing `/p2p/<id>`.
+pub(crate) fn without_p2p(addr: &Multiaddr) -> Multiaddr {
+    let mut addr = addr.clone();
+    if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+        addr.pop();
+    }
+    addr
+}
+
+/// `addr` ending with `/p2p/<peer>`.
+pub(crate) fn with_peer_id(addr: Multiaddr, peer: PeerId) -> Multiaddr {
+    if last_peer_id(&addr) == Some(peer) {
+        addr
+    } else {
+        addr.with(Protocol::P2p(peer))
+    }
+}

@@ -1,0 +1,209 @@
+//! The client side of the manager's protocols (DESIGN §3), built on streams
+//! and domain-proto's framing: `/join/v1`, `/jobs/v1`, `/monitor/v1`, and
+//! `/public-key/v1` towards any peer.
+
+use std::marker::PhantomData;
+
+use domain_proto::discovery::{JoinClusterRequest, JoinClusterResponse, Node};
+use domain_proto::protocols::{
+    JOBS_V1, JOIN_V1, MAX_DOMAIN_ID_LEN, MONITOR_ACK, MONITOR_V1, PUBLIC_KEY_V1,
+};
+use domain_proto::task::{Code, Job, JobRequest, SubmitJobResponse, Task};
+use domain_proto::{DEFAULT_MAX_FRAME, read_message, read_message_or_eof, write_message};
+use libp2p::PeerId;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::error::ClusterError;
+use crate::handle::ClusterHandle;
+use crate::stream::ClusterStream;
+
+/// Length of an Ed25519 public key, the whole `/public-key/v1` response.
+pub const PUBLIC_KEY_LEN: usize = 32;
+
+/// Frames of one message type arriving on a stream, until the peer closes it.
+///
+/// The wait for the next frame has no time limit: jobs and tasks change when
+/// they change. Dropping the stream tells the manager this client is done.
+pub struct FrameStream<M> {
+    stream: ClusterStream,
+    protocol: &'static str,
+    peer: PeerId,
+    message: PhantomData<fn() -> M>,
+}
+
+/// The tasks of a submitted job, each as it becomes PENDING, with its token.
+pub type TaskStream = FrameStream<Task>;
+
+/// Every job's changes, as the manager reports them on `/monitor/v1`.
+pub type JobStream = FrameStream<Job>;
+
+impl<M: prost::Message + Default> FrameStream<M> {
+    fn new(stream: ClusterStream, protocol: &'static str, peer: PeerId) -> Self {
+        Self {
+            stream,
+            protocol,
+            peer,
+            message: PhantomData,
+        }
+    }
+
+    /// The next message, or `None` when the peer has closed the stream.
+    ///
+    /// # Errors
+    /// [`ClusterError::Frame`] when the stream fails or carries a malformed frame.
+    pub async fn next(&mut self) -> Result<Option<M>, ClusterError> {
+        read_message_or_eof(&mut self.stream, DEFAULT_MAX_FRAME)
+            .await
+            .map_err(|source| ClusterError::Frame {
+                protocol: self.protocol,
+                peer: self.peer,
+                source: Box::new(source),
+            })
+    }
+
+    /// The peer on the other end.
+    #[must_use]
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+}
+
+impl<M> std::fmt::Debug for FrameStream<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameStream")
+            .field("protocol", &self.protocol)
+            .field("peer", &self.peer)
+            .finish()
+    }
+}
+
+/// A job the manager accepted.
+#[derive(Debug)]
+pub struct SubmittedJob {
+    /// The id the manager gave the job (also its task-update topic).
+    pub job_id: String,
+    /// Its tasks, as they become PENDING.
+    pub tasks: TaskStream,
+}
+
+impl ClusterHandle {
+    /// Registers this node and its capabilities with the manager (`/join/v1`).
+    /// The manager requires `node.id` to be this peer's id.
+    ///
+    /// # Errors
+    /// Those of [`open_stream`](Self::open_stream); [`ClusterError::Frame`]
+    /// when the exchange fails (a manager that refuses the node drops the
+    /// stream); [`ClusterError::Timeout`].
+    pub async fn join(&self, manager: PeerId, node: Node) -> Result<(), ClusterError> {
+        let mut stream = self.open_stream(manager, JOIN_V1).await?;
+        let frame_err = |source: domain_proto::FrameError| ClusterError::Frame {
+            protocol: JOIN_V1,
+            peer: manager,
+            source: Box::new(source),
+        };
+        self.timed(format!("{JOIN_V1} with {manager}"), async {
+            write_message(&mut stream, &JoinClusterRequest { node }).await?;
+            read_message::<JoinClusterResponse, _>(&mut stream, DEFAULT_MAX_FRAME).await
+        })
+        .await?
+        .map_err(frame_err)?;
+        Ok(())
+    }
+
+    /// Submits a job to the manager (`/jobs/v1`) and returns its id and the
+    /// stream on which its tasks arrive.
+    ///
+    /// # Errors
+    /// [`ClusterError::JobRejected`] with the manager's reason;
+    /// [`ClusterError::UnexpectedJobResponse`]; those of
+    /// [`open_stream`](Self::open_stream); [`ClusterError::Frame`];
+    /// [`ClusterError::Timeout`].
+    pub async fn submit_job(
+        &self,
+        manager: PeerId,
+        request: JobRequest,
+    ) -> Result<SubmittedJob, ClusterError> {
+        let name = request.name.clone();
+        let mut stream = self.open_stream(manager, JOBS_V1).await?;
+        let response = self
+            .timed(format!("{JOBS_V1} with {manager}"), async {
+                write_message(&mut stream, &request).await?;
+                read_message::<SubmitJobResponse, _>(&mut stream, DEFAULT_MAX_FRAME).await
+            })
+            .await?
+            .map_err(|source| ClusterError::Frame {
+                protocol: JOBS_V1,
+                peer: manager,
+                source: Box::new(source),
+            })?;
+        match Code::try_from(response.code) {
+            Ok(Code::Accepted | Code::Ok | Code::Created) => Ok(SubmittedJob {
+                job_id: response.job_id,
+                tasks: FrameStream::new(stream, JOBS_V1, manager),
+            }),
+            Ok(Code::BadRequest) => Err(ClusterError::JobRejected {
+                name,
+                message: response.err_msg,
+            }),
+            Err(_) => Err(ClusterError::UnexpectedJobResponse {
+                name,
+                code: response.code,
+            }),
+        }
+    }
+
+    /// Follows every job's changes on the manager (`/monitor/v1`).
+    ///
+    /// # Errors
+    /// Those of [`open_stream`](Self::open_stream); [`ClusterError::StreamIo`]
+    /// when the request cannot be sent; [`ClusterError::Timeout`].
+    pub async fn monitor(&self, manager: PeerId) -> Result<JobStream, ClusterError> {
+        let mut stream = self.open_stream(manager, MONITOR_V1).await?;
+        self.timed(format!("{MONITOR_V1} with {manager}"), async {
+            stream.write_all(MONITOR_ACK).await?;
+            stream.flush().await
+        })
+        .await?
+        .map_err(|source| ClusterError::StreamIo {
+            protocol: MONITOR_V1,
+            peer: manager,
+            source,
+        })?;
+        Ok(FrameStream::new(stream, MONITOR_V1, manager))
+    }
+
+    /// Asks `peer` for a domain's Ed25519 public key (`/public-key/v1`): the
+    /// domain id as raw UTF-8, the write half closed, then exactly 32 bytes back.
+    ///
+    /// # Errors
+    /// [`ClusterError::DomainIdTooLong`] before anything is sent;
+    /// [`ClusterError::StreamIo`] when the exchange fails or the answer is
+    /// shorter than a key; those of [`open_stream`](Self::open_stream);
+    /// [`ClusterError::Timeout`].
+    pub async fn public_key(
+        &self,
+        peer: PeerId,
+        domain_id: &str,
+    ) -> Result<[u8; PUBLIC_KEY_LEN], ClusterError> {
+        if domain_id.len() > MAX_DOMAIN_ID_LEN {
+            return Err(ClusterError::DomainIdTooLong {
+                len: domain_id.len(),
+                limit: MAX_DOMAIN_ID_LEN,
+            });
+        }
+        let mut stream = self.open_stream(peer, PUBLIC_KEY_V1).await?;
+        let mut key = [0u8; PUBLIC_KEY_LEN];
+        self.timed(format!("{PUBLIC_KEY_V1} with {peer}"), async {
+            stream.write_all(domain_id.as_bytes()).await?;
+            stream.shutdown().await?;
+            stream.read_exact(&mut key).await.map(drop)
+        })
+        .await?
+        .map_err(|source| ClusterError::StreamIo {
+            protocol: PUBLIC_KEY_V1,
+            peer,
+            source,
+        })?;
+        Ok(key)
+    }
+}

@@ -1,0 +1,10 @@
+//! The swarm on loopback: transports, bulk transfer, relay, gossip, and the
+//! client side of the manager's protocols against in-test servers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod gossip;
+mod lifecycle;
+mod relay;
+mod requests;
+mod transports;

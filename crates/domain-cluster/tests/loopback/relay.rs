@@ -1,0 +1,117 @@
+//! Reaching a node that cannot be dialled directly, through the manager's relay.
+
+use domain_cluster::ClusterError;
+use domain_cluster::config::Role;
+use libp2p::multiaddr::Protocol;
+
+use crate::common::{echo, joined, loopback, manager, serve_echo, start, tcp_addr, within};
+
+const ECHO: &str = "/test/echo/1";
+
+fn relayed(addrs: &[libp2p::Multiaddr]) -> bool {
+    addrs
+        .iter()
+        .any(|a| a.iter().any(|p| p == Protocol::P2pCircuit))
+}
+
+/// A node with no listen address of its own (as behind NAT) that reserved a
+/// slot on the manager's relay.
+async fn hidden_node(manager: &crate::common::Peer) -> crate::common::Peer {
+    let config = loopback(Role::Node)
+        .with_listen_addrs([])
+        .with_bootstrap(tcp_addr(&manager.addrs));
+    start(config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reserves_a_relay_slot_on_the_manager() {
+    let manager = manager().await;
+    let node = hidden_node(&manager).await;
+    let circuits = within("relay reservation", node.handle.relay_addrs())
+        .await
+        .unwrap();
+    assert!(!circuits.is_empty());
+    // Each is one of the manager's addresses, then the circuit to this node.
+    let node_id = node.handle.local_peer_id();
+    for circuit in &circuits {
+        assert!(
+            manager.addrs.iter().any(|m| *circuit
+                == m.clone()
+                    .with(Protocol::P2pCircuit)
+                    .with(Protocol::P2p(node_id))),
+            "{circuit} is not a circuit through the manager"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_stream_falls_back_to_the_relay_when_the_peer_has_no_direct_address() {
+    let manager = manager().await;
+    let node = hidden_node(&manager).await;
+    within("relay reservation", node.handle.relay_addrs())
+        .await
+        .unwrap();
+    let _server = serve_echo(&node.handle, ECHO);
+
+    let client = joined(Role::Client, &manager).await;
+    let node_id = node.handle.local_peer_id();
+    let back = echo(&client.handle, node_id, ECHO, b"through the relay").await;
+    assert_eq!(back, b"through the relay");
+    let conns = client.handle.peer_addrs(node_id).await.unwrap();
+    assert!(
+        relayed(&conns),
+        "expected a relayed connection, got {conns:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_circuit_address_dials_through_the_manager() {
+    let manager = manager().await;
+    let node = hidden_node(&manager).await;
+    let circuit = within("relay reservation", node.handle.relay_addrs())
+        .await
+        .unwrap()
+        .remove(0);
+    let _server = serve_echo(&node.handle, ECHO);
+
+    let client = joined(Role::Client, &manager).await;
+    let peer = within("circuit dial", client.handle.dial(circuit))
+        .await
+        .unwrap();
+    assert_eq!(peer, node.handle.local_peer_id());
+    assert!(relayed(&client.handle.peer_addrs(peer).await.unwrap()));
+    assert_eq!(
+        echo(&client.handle, peer, ECHO, b"circuit").await,
+        b"circuit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_unreachable_directly_and_through_the_relay_is_reported_with_both_reasons() {
+    let manager = manager().await;
+    let client = joined(Role::Client, &manager).await;
+    // A peer nobody knows and that holds no reservation.
+    let stranger = libp2p::PeerId::random();
+    let err = within("open_stream", client.handle.open_stream(stranger, ECHO))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClusterError::Unreachable { peer, .. } if peer == stranger),
+        "unexpected error: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manager_and_clients_hold_no_relay_reservation() {
+    let manager = manager().await;
+    let client = joined(Role::Client, &manager).await;
+    for peer in [&manager, &client] {
+        let err = within("relay_addrs", peer.handle.relay_addrs())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ClusterError::NoRelayReservation { .. }),
+            "unexpected error: {err}"
+        );
+    }
+}
