@@ -9,12 +9,13 @@
 //! use domain_client::cli::{Cli, Command};
 //!
 //! let cli = Cli::try_parse_from(["domain", "hash", "scan.ply", "-"])?;
-//! let Command::Hash(args) = cli.command;
+//! let Command::Hash(args) = cli.command else { panic!("parsed as another command") };
 //! assert_eq!(args.files.len(), 2);
 //! # Ok::<(), clap::Error>(())
 //! ```
 
 pub mod hash;
+pub mod store;
 
 use std::io;
 use std::process::ExitCode;
@@ -36,6 +37,8 @@ pub enum Command {
     /// Print the Merkle root of files, as a domain stores them.
     #[command(long_about = hash::LONG_ABOUT)]
     Hash(hash::HashArgs),
+    /// Store, list, read and remove items in a local datastore folder.
+    Store(store::StoreArgs),
 }
 
 /// Runs a parsed command line against the process's standard streams.
@@ -46,5 +49,6 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Hash(args) => hash::run(&args, &mut io::stdout().lock(), &mut io::stderr()),
+        Command::Store(args) => store::run(&args, &mut io::stdout().lock()),
     }
 }

@@ -17,6 +17,15 @@ pub const MAX_DOMAIN_ID_LEN: usize = 256;
 /// Longest regular expression accepted in a [`Query`], in bytes (DESIGN §9).
 pub const MAX_REGEX_LEN: usize = 4096;
 
+/// The `regex` crate's message (which points at the error on a second line) on one line.
+fn one_line(error: &regex::Error) -> String {
+    error
+        .to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Memory a compiled query regex may use; larger programs are refused rather than built.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
@@ -163,15 +172,17 @@ pub enum InvalidQuery {
         max: usize,
     },
     /// A regular expression does not parse, or compiles to a program over the size limit.
-    #[error("{field} {pattern:?} is not a usable regular expression: {source}")]
+    #[error(
+        "{field} {pattern:?} is not a usable regular expression: {}",
+        one_line(error)
+    )]
     Regex {
         /// The offending field.
         field: RegexField,
         /// The pattern as given.
         pattern: String,
         /// What the `regex` crate reported.
-        #[source]
-        source: regex::Error,
+        error: regex::Error,
     },
 }
 
@@ -268,10 +279,10 @@ fn compile(field: RegexField, pattern: Option<&str>) -> Result<Option<Regex>, In
         .dfa_size_limit(REGEX_SIZE_LIMIT)
         .build()
         .map(Some)
-        .map_err(|source| InvalidQuery::Regex {
+        .map_err(|error| InvalidQuery::Regex {
             field,
             pattern: pattern.to_owned(),
-            source,
+            error,
         })
 }
 
@@ -295,10 +306,10 @@ pub enum DatastoreError {
         id: String,
     },
     /// The query cannot be run.
-    #[error("invalid query: {0}")]
+    #[error("invalid query")]
     InvalidQuery(#[from] InvalidQuery),
     /// Reading the content to store failed (the caller's stream, not the store).
-    #[error("reading the content of {name:?} failed: {source}")]
+    #[error("reading the content of {name:?} failed")]
     ReadContent {
         /// `UpsertMetadata.name` of the item being stored.
         name: String,
@@ -307,7 +318,7 @@ pub enum DatastoreError {
         source: std::io::Error,
     },
     /// A file or folder of the store could not be used.
-    #[error("{op} {path}: {source}", path = path.display())]
+    #[error("{op} {path}", path = path.display())]
     Io {
         /// What was being done ("create", "fsync", "rename", ...).
         op: &'static str,
@@ -318,7 +329,7 @@ pub enum DatastoreError {
         source: std::io::Error,
     },
     /// The metadata database failed.
-    #[error("metadata database: {0}")]
+    #[error("metadata database failed")]
     Db(#[source] std::sync::Arc<redb::Error>),
     /// Stored metadata does not decode or contradicts itself.
     #[error("corrupt metadata for item {id:?} in domain {domain}: {reason}")]
@@ -337,7 +348,7 @@ pub enum DatastoreError {
     #[error("the datastore is shut down")]
     ShutDown,
     /// A blocking worker of the store panicked or was cancelled.
-    #[error("datastore worker failed: {0}")]
+    #[error("datastore worker failed")]
     Worker(#[from] tokio::task::JoinError),
 }
 
