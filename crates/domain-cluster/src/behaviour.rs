@@ -11,8 +11,11 @@ use libp2p::{
     identify, kad, noise, ping, quic, relay, tcp, yamux,
 };
 
+use std::sync::Arc;
+
 use crate::config::{ClusterConfig, Role};
 use crate::error::ClusterError;
+use crate::streams::Registry;
 
 /// Every protocol the swarm speaks, one field per libp2p behaviour.
 #[derive(NetworkBehaviour)]
@@ -28,11 +31,15 @@ pub(crate) struct Behaviour {
     pub(crate) relay_client: Toggle<relay::client::Behaviour>,
     pub(crate) dcutr: Toggle<dcutr::Behaviour>,
     pub(crate) autonat: autonat::Behaviour,
-    pub(crate) stream: libp2p_stream::Behaviour,
+    pub(crate) stream: crate::streams::Behaviour,
 }
 
-/// Builds the swarm: transports, behaviours and swarm settings for `config`.
-pub(crate) fn build_swarm(config: &ClusterConfig) -> Result<Swarm<Behaviour>, ClusterError> {
+/// Builds the swarm: transports, behaviours and swarm settings for `config`;
+/// inbound streams go to acceptors registered in `registry`.
+pub(crate) fn build_swarm(
+    config: &ClusterConfig,
+    registry: Arc<Registry>,
+) -> Result<Swarm<Behaviour>, ClusterError> {
     let keypair = config.identity.keypair();
     let peer_id = keypair.public().to_peer_id();
     let relay_parts = match config.role {
@@ -44,7 +51,7 @@ pub(crate) fn build_swarm(config: &ClusterConfig) -> Result<Swarm<Behaviour>, Cl
         None => (None, None),
     };
     let transport = build_transport(keypair, relay_transport)?;
-    let behaviour = build_behaviour(config, keypair, peer_id, relay_client)?;
+    let behaviour = build_behaviour(config, keypair, peer_id, relay_client, registry)?;
     let swarm_config = libp2p::swarm::Config::with_tokio_executor()
         .with_idle_connection_timeout(config.idle_connection_timeout);
     Ok(Swarm::new(transport, behaviour, peer_id, swarm_config))
@@ -104,6 +111,7 @@ fn build_behaviour(
     keypair: &Keypair,
     peer_id: PeerId,
     relay_client: Option<relay::client::Behaviour>,
+    registry: Arc<Registry>,
 ) -> Result<Behaviour, ClusterError> {
     let limits = &config.connection_limits;
     let limits = connection_limits::ConnectionLimits::default()
@@ -172,6 +180,6 @@ fn build_behaviour(
         relay_client: relay_client.into(),
         dcutr: dcutr.into(),
         autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
-        stream: libp2p_stream::Behaviour::new(),
+        stream: crate::streams::Behaviour::new(registry, config.request_timeout),
     })
 }

@@ -114,6 +114,9 @@ pub struct ClusterConfig {
     pub gossip_heartbeat: Duration,
     /// Commands queued for the event loop before senders wait.
     pub command_buffer: usize,
+    /// Inbound streams of one protocol queued for its acceptor; past that,
+    /// new ones are refused until the acceptor takes some.
+    pub accept_backlog: usize,
     /// Gossip events kept for each slow subscriber before it lags and loses some.
     pub gossip_buffer: usize,
 }
@@ -135,6 +138,7 @@ impl ClusterConfig {
             request_timeout: Duration::from_secs(30),
             gossip_heartbeat: Duration::from_secs(1),
             command_buffer: 64,
+            accept_backlog: 64,
             gossip_buffer: 1024,
         }
     }

@@ -126,8 +126,8 @@ pub enum ClusterError {
         peer: PeerId,
         /// The protocol id.
         protocol: String,
-        /// libp2p-stream's reason.
-        source: Box<libp2p_stream::OpenStreamError>,
+        /// Why it failed.
+        source: Box<crate::streams::OpenStreamError>,
     },
     /// A remote wait took longer than allowed.
     #[error("{operation} timed out after {after:?}")]

@@ -16,6 +16,7 @@ use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::config::Role;
 use crate::error::ClusterError;
 use crate::gossip::GossipEvent;
+use crate::streams::OpenStreamError;
 
 /// What a dial aims at.
 #[derive(Debug, Clone)]
@@ -42,6 +43,12 @@ pub(crate) enum Command {
     Dial {
         target: DialTarget,
         reply: oneshot::Sender<Result<PeerId, ClusterError>>,
+    },
+    /// Open a stream over an existing connection to the peer.
+    OpenStream {
+        peer: PeerId,
+        protocol: libp2p::StreamProtocol,
+        reply: oneshot::Sender<Result<libp2p::Stream, OpenStreamError>>,
     },
     /// Subscribe to a gossip topic; `true` if newly subscribed.
     Subscribe {
@@ -213,6 +220,16 @@ impl EventLoop {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Dial { target, reply } => self.dial(target, reply),
+            Command::OpenStream {
+                peer,
+                protocol,
+                reply,
+            } => {
+                self.swarm
+                    .behaviour_mut()
+                    .stream
+                    .open_stream(peer, protocol, reply);
+            }
             Command::Subscribe { topic, reply } => {
                 let result = self
                     .swarm

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use domain_proto::task::Task;
@@ -19,6 +20,7 @@ use crate::event_loop::{
 };
 use crate::gossip::{self, GossipEvents, TaskUpdates};
 use crate::stream::{ClusterStream, IncomingStreams, compat};
+use crate::streams::Registry;
 
 /// Starts a peer's swarm.
 #[derive(Debug)]
@@ -46,9 +48,9 @@ impl Cluster {
             }),
             None => None,
         };
-        let mut swarm = runtime_scoped(&runtime, || build_swarm(&config))?;
+        let registry = Registry::new(config.accept_backlog);
+        let mut swarm = runtime_scoped(&runtime, || build_swarm(&config, Arc::clone(&registry)))?;
         let local_peer_id = *swarm.local_peer_id();
-        let control = swarm.behaviour().stream.new_control();
 
         let mut pending_listeners = HashSet::new();
         for addr in &config.listen_addrs {
@@ -85,7 +87,7 @@ impl Cluster {
         };
         let handle = ClusterHandle {
             commands: command_tx,
-            control,
+            registry,
             local_peer_id,
             listen: listen_rx,
             gossip: gossip_tx.downgrade(),
@@ -121,7 +123,7 @@ fn runtime_scoped<T>(runtime: &tokio::runtime::Handle, f: impl FnOnce() -> T) ->
 #[derive(Clone)]
 pub struct ClusterHandle {
     commands: mpsc::Sender<Command>,
-    control: libp2p_stream::Control,
+    registry: Arc<Registry>,
     local_peer_id: PeerId,
     listen: watch::Receiver<ListenState>,
     /// Weak, so that the channel closes (and subscribers see it) when the
@@ -247,13 +249,16 @@ impl ClusterHandle {
     ) -> Result<ClusterStream, ClusterError> {
         let protocol_id = parse_protocol(protocol)?;
         self.connect(peer).await?;
-        let mut control = self.control.clone();
         let stream = self
             .timed(
                 format!("opening a {protocol} stream to {peer}"),
-                control.open_stream(peer, protocol_id),
+                self.request(|reply| Command::OpenStream {
+                    peer,
+                    protocol: protocol_id,
+                    reply,
+                }),
             )
-            .await?
+            .await??
             .map_err(|source| ClusterError::OpenStream {
                 peer,
                 protocol: protocol.to_owned(),
@@ -295,8 +300,7 @@ impl ClusterHandle {
     /// [`ClusterError::AlreadyAccepting`], [`ClusterError::InvalidProtocol`].
     pub fn accept(&self, protocol: &str) -> Result<IncomingStreams, ClusterError> {
         let protocol_id = parse_protocol(protocol)?;
-        let mut control = self.control.clone();
-        control
+        self.registry
             .accept(protocol_id)
             .map(IncomingStreams::new)
             .map_err(|_| ClusterError::AlreadyAccepting {

@@ -7,7 +7,7 @@
 //! ping, Kademlia (`/posemesh/kad/1.0.0`, server mode on the manager), gossipsub
 //! with signed messages and strict validation, relay (server on the manager,
 //! client on nodes and clients), DCUtR, AutoNAT, connection limits, and raw
-//! streams per protocol id (libp2p-stream), adapted to Tokio's I/O traits so
+//! streams per protocol id (a bounded-backlog take on libp2p-stream), adapted to Tokio's I/O traits so
 //! that handlers generic over `AsyncRead + AsyncWrite` take them as they are.
 //!
 //! - [`Identity`](identity::Identity): the peer's Ed25519 key, kept in a 0600 file.
@@ -64,9 +64,11 @@ mod handle;
 pub mod identity;
 mod requests;
 pub mod stream;
+mod streams;
 
 pub use error::{ClusterError, IdentityError};
 pub use handle::{Cluster, ClusterHandle};
 pub use libp2p::{Multiaddr, PeerId};
 pub use requests::{FrameStream, JobStream, PUBLIC_KEY_LEN, SubmittedJob, TaskStream};
 pub use stream::{ClusterStream, IncomingStreams};
+pub use streams::OpenStreamError;

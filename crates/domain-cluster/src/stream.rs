@@ -9,8 +9,8 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures::StreamExt;
 use libp2p::PeerId;
+use tokio::sync::mpsc;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt as _};
 
 /// A stream to a peer, readable and writable with Tokio's `AsyncRead`/`AsyncWrite`.
@@ -23,23 +23,26 @@ pub(crate) fn compat(stream: libp2p::Stream) -> ClusterStream {
 
 /// Inbound streams of one protocol, as `(remote peer, stream)` pairs.
 ///
-/// Dropping it stops accepting: later streams of the protocol are refused.
-/// libp2p-stream keeps at most one inbound stream waiting per protocol and
-/// drops the ones that arrive while it is taken, so the consumer should hand
-/// each stream to a task of its own and come back for the next at once.
+/// Up to [`accept_backlog`](crate::config::ClusterConfig::accept_backlog)
+/// streams wait here for the consumer; past that, new ones are refused (the
+/// opener sees its stream reset), so the consumer should hand each stream to
+/// a task of its own. Dropping it stops accepting the protocol.
 #[must_use = "inbound streams are refused unless this is polled"]
 pub struct IncomingStreams {
-    inner: libp2p_stream::IncomingStreams,
+    inner: mpsc::Receiver<(PeerId, libp2p::Stream)>,
 }
 
 impl IncomingStreams {
-    pub(crate) fn new(inner: libp2p_stream::IncomingStreams) -> Self {
+    pub(crate) fn new(inner: mpsc::Receiver<(PeerId, libp2p::Stream)>) -> Self {
         Self { inner }
     }
 
     /// The next inbound stream, or `None` once the cluster has shut down.
     pub async fn next(&mut self) -> Option<(PeerId, ClusterStream)> {
-        StreamExt::next(self).await
+        self.inner
+            .recv()
+            .await
+            .map(|(peer, stream)| (peer, compat(stream)))
     }
 }
 
@@ -48,7 +51,7 @@ impl futures::Stream for IncomingStreams {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.inner
-            .poll_next_unpin(cx)
+            .poll_recv(cx)
             .map(|next| next.map(|(peer, stream)| (peer, compat(stream))))
     }
 }

@@ -278,3 +278,42 @@ async fn concurrent_streams_writing_both_ways_do_not_deadlock_yamux() {
         }
     }
 }
+
+/// Streams queue for a busy acceptor instead of being dropped: all 32 opened
+/// at once arrive, though nobody takes one until every open has returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_opened_at_once_queue_for_an_acceptor_that_is_not_ready() {
+    const STREAMS: u8 = 32;
+    let a = start(loopback(Role::Client)).await;
+    let b = start(loopback(Role::Node)).await;
+    let mut incoming = b.handle.accept("/test/queue/1").unwrap();
+    let peer = within("dial", a.handle.dial(tcp_addr(&b.addrs)))
+        .await
+        .unwrap();
+
+    let opens = (0..STREAMS).map(|i| {
+        let a = a.handle.clone();
+        async move {
+            let mut stream = a.open_stream(peer, "/test/queue/1").await.unwrap();
+            stream.write_all(&[i]).await.unwrap();
+            stream.shutdown().await.unwrap();
+            stream
+        }
+    });
+    let _open = within("opening every stream", futures::future::join_all(opens)).await;
+
+    let mut seen = Vec::new();
+    for _ in 0..STREAMS {
+        let (from, mut stream) = within("next inbound stream", incoming.next())
+            .await
+            .unwrap();
+        assert_eq!(from, a.handle.local_peer_id());
+        let mut byte = Vec::new();
+        within("reading the stream's byte", stream.read_to_end(&mut byte))
+            .await
+            .unwrap();
+        seen.extend(byte);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..STREAMS).collect::<Vec<_>>());
+}
