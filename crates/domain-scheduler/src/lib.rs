@@ -108,7 +108,8 @@ pub use events::{Event, JobStatus};
 pub use registry::{JoinError, MAX_CAPABILITIES};
 pub use scheduler::{MAX_TOKEN_LIFETIME, Scheduler, SchedulerConfig, SchedulerError};
 pub use store::{
-    Batch, JobRecord, NodeRecord, RedbStore, SchedulerStore, Snapshot, StoreError, TaskRecord,
+    Batch, JobRecord, NodeRecord, REDB_CACHE_SIZE, RedbStore, SchedulerStore, Snapshot, StoreError,
+    TaskRecord,
 };
 pub use timeout::{MAX_TIMEOUT, TimeoutError, parse_timeout};
 pub use token::{DomainKeyIssuer, TokenError, TokenGrant, TokenIssuer};

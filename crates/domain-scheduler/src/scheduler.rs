@@ -26,6 +26,9 @@ pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// it, handing work to other threads costs more than signing.
 const PARALLEL_SIGNING_CHUNK: usize = 64;
 
+/// Capacity kept by the per-operation buffers between operations.
+const RETAINED_BUFFER: usize = 1024;
+
 /// Settings of a [`Scheduler`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchedulerConfig {
@@ -621,7 +624,9 @@ impl Scheduler {
                     node: node_id.to_owned(),
                 });
             }
-            s.drop_node(node_id, now, format!("node {node_id} left"));
+            s.drop_nodes(&[Arc::from(node_id)], now, |node| {
+                format!("node {node} left")
+            });
             s.schedule(now);
             Ok(())
         })
@@ -706,6 +711,8 @@ impl Scheduler {
                 ),
                 _ => return Err(invalid()),
             }
+            // A node that reports is alive.
+            s.registry.heartbeat(reporter, now);
             s.schedule(now);
             Ok(())
         })
@@ -717,13 +724,10 @@ impl Scheduler {
     pub fn tick(&mut self, now: u64) -> Result<(), SchedulerError> {
         self.operation(|s| {
             let timeout = millis(s.config.node_timeout);
-            for node in s.registry.unseen_for(timeout, now) {
-                s.drop_node(
-                    &node,
-                    now,
-                    format!("node {node} was not seen for {timeout} ms"),
-                );
-            }
+            let unseen = s.registry.unseen_for(timeout, now);
+            s.drop_nodes(&unseen, now, |node| {
+                format!("node {node} was not seen for {timeout} ms")
+            });
             loop {
                 let due = match s.deadlines.first() {
                     Some((deadline, task)) if *deadline <= now => task.clone(),
@@ -858,6 +862,9 @@ impl Scheduler {
             // No subscriber is not an error: events are announcements, the state is stored.
             let _ = self.events.send(event);
         }
+        // A large submit leaves large buffers behind; keep what a usual operation needs.
+        self.outbox.shrink_to(RETAINED_BUFFER);
+        self.dirty_tasks.shrink_to(RETAINED_BUFFER);
         Ok(())
     }
 
@@ -1029,23 +1036,28 @@ impl Scheduler {
         }
     }
 
-    fn drop_node(&mut self, node: &str, now: u64, reason: String) {
-        let running: Vec<TaskRef> = self
+    /// Removes nodes from the registry and retries their running tasks elsewhere.
+    ///
+    /// One pass over the running tasks for all the nodes: a partition can take thousands of
+    /// nodes away in one tick.
+    fn drop_nodes(&mut self, nodes: &[Arc<str>], now: u64, reason: impl Fn(&str) -> String) {
+        let gone: HashSet<&str> = nodes.iter().map(|n| &**n).collect();
+        let running: Vec<(TaskRef, String)> = self
             .deadlines
             .iter()
-            .filter(|(_, task)| {
-                self.jobs
-                    .get(&task.job)
-                    .and_then(|job| job.tasks[task.position as usize].receiver.as_deref())
-                    == Some(node)
+            .filter_map(|(_, task)| {
+                let job = self.jobs.get(&task.job)?;
+                let node = job.tasks[task.position as usize].receiver.as_deref()?;
+                gone.contains(node).then(|| (task.clone(), reason(node)))
             })
-            .map(|(_, task)| task.clone())
             .collect();
-        for task in running {
-            self.attempt_failed(&task, now, reason.clone());
+        for (task, reason) in running {
+            self.attempt_failed(&task, now, reason);
         }
-        self.registry.leave(node);
-        self.removed_nodes.push(node.to_owned());
+        for node in nodes {
+            self.registry.leave(node);
+            self.removed_nodes.push(node.to_string());
+        }
     }
 
     /// Assigns every ready task a node, or parks it as WAITING_FOR_RESOURCE (policy FAIL: fails

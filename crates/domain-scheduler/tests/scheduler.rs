@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, UNIX_EPOCH};
 
 use common::*;
-use domain_proto::task::{Code, Status, resource_recruitment::RecruitmentPolicy};
+use domain_proto::task::{Code, Status, TaskRequest, resource_recruitment::RecruitmentPolicy};
 use domain_scheduler::{
     Event, JobRejected, JobStatus, SchedulerConfig, SchedulerError, TimeoutError, submit_response,
 };
@@ -924,4 +924,65 @@ fn finished_jobs_can_be_removed_and_running_ones_cannot() {
     h.scheduler.remove_job(&id).unwrap();
     assert!(h.scheduler.job(&id).is_none());
     assert!(h.scheduler.job_ids().is_empty());
+}
+
+#[test]
+fn a_report_from_the_receiver_counts_as_a_heartbeat() {
+    let mut h = Harness::with_config(SchedulerConfig {
+        node_timeout: Duration::from_secs(5),
+        ..config()
+    });
+    h.scheduler.join(node("worker", &[(STORE, -1)]), 0).unwrap();
+    let mut long = task("long", STORE, &[]);
+    long.timeout = "1h".into();
+    let id = h.scheduler.submit(job("j", vec![long]), CLIENT, 0).unwrap();
+    let t = h.assigned().remove(0);
+    h.report(&t, Status::Processing, "worker", 4_000);
+    h.scheduler.tick(8_000).unwrap();
+    assert_eq!(h.status(&id, "long"), Status::Processing);
+    assert!(h.scheduler.node("worker").is_some());
+    h.scheduler.tick(9_000).unwrap();
+    assert!(h.scheduler.node("worker").is_none());
+}
+
+#[test]
+fn losing_many_nodes_at_once_moves_all_their_tasks_in_one_tick() {
+    let mut h = Harness::with_config(SchedulerConfig {
+        node_timeout: Duration::from_secs(5),
+        ..config()
+    });
+    for i in 0..50 {
+        h.scheduler
+            .join(node(&format!("lost-{i:02}"), &[(STORE, 2)]), 0)
+            .unwrap();
+    }
+    let tasks = (0..100)
+        .map(|i| TaskRequest {
+            timeout: "1h".into(),
+            ..task(&format!("t{i:03}"), STORE, &[])
+        })
+        .collect();
+    let id = h.scheduler.submit(job("j", tasks), CLIENT, 0).unwrap();
+    assert_eq!(h.assigned().len(), 100);
+    h.scheduler
+        .join(node("survivor", &[(STORE, -1)]), 4_000)
+        .unwrap();
+    h.scheduler.tick(5_000).unwrap();
+    assert_eq!(h.scheduler.nodes().len(), 1);
+    let moved = h.assigned();
+    assert_eq!(moved.len(), 100);
+    assert!(
+        moved
+            .iter()
+            .all(|t| t.receiver.as_deref() == Some("survivor"))
+    );
+    assert_eq!(h.scheduler.node_load("survivor"), Some(100));
+    assert!(
+        h.scheduler
+            .job(&id)
+            .unwrap()
+            .tasks
+            .iter()
+            .all(|t| t.status() == Status::Pending)
+    );
 }
