@@ -648,74 +648,106 @@ impl Scheduler {
         now: u64,
     ) -> Result<(), SchedulerError> {
         self.operation(|s| {
-            let job_id = update.job_id.as_str();
-            let Some(job) = s.jobs.get(job_id) else {
-                return Err(SchedulerError::UnknownJob {
-                    job_id: job_id.to_owned(),
-                });
-            };
-            let Some(&position) = job.index.get(&update.name) else {
-                return Err(SchedulerError::UnknownTask {
-                    job_id: job_id.to_owned(),
-                    task: update.name.clone(),
-                });
-            };
-            let to =
-                Status::try_from(update.status).map_err(|_| SchedulerError::InvalidStatus {
-                    job_id: job_id.to_owned(),
-                    task: update.name.clone(),
-                    value: update.status,
-                })?;
-            let state = &job.tasks[position as usize];
-            let allowed = reporter == s.config.manager_id
-                || reporter == job.request.tasks[position as usize].sender
-                || state.receiver.as_deref() == Some(reporter);
-            if !allowed {
-                return Err(SchedulerError::NotAllowed {
-                    reporter: reporter.to_owned(),
-                    job_id: job_id.to_owned(),
-                    task: update.name.clone(),
-                });
-            }
-            let from = state.phase;
-            let invalid = || SchedulerError::InvalidTransition {
-                job_id: job_id.to_owned(),
-                task: update.name.clone(),
-                from: from.status(),
-                to,
-            };
-            let task = TaskRef {
-                job: job.id.clone(),
-                position,
-            };
-            match (from, to) {
-                (Phase::Done, Status::Done) | (Phase::Failed, Status::Failed) => {}
-                // A late STARTED after PROCESSING (gossip reorders) changes nothing.
-                (Phase::Started | Phase::Processing, Status::Started) => {}
-                (Phase::Pending, Status::Started) => {
-                    s.set_running_phase(&task, Phase::Started, update.output.clone(), now)
-                }
-                (Phase::Pending | Phase::Started | Phase::Processing, Status::Processing) => {
-                    s.set_running_phase(&task, Phase::Processing, update.output.clone(), now)
-                }
-                (Phase::Pending | Phase::Started | Phase::Processing, Status::Done) => {
-                    s.complete(&task, update.output.clone(), now)
-                }
-                (
-                    Phase::Pending | Phase::Started | Phase::Processing,
-                    Status::Failed | Status::Retry,
-                ) => s.attempt_failed(
-                    &task,
-                    now,
-                    format!("{reporter} reported {}", to.as_str_name()),
-                ),
-                _ => return Err(invalid()),
-            }
-            // A node that reports is alive.
-            s.registry.heartbeat(reporter, now);
+            s.apply_report(update, reporter, now)?;
             s.schedule(now);
             Ok(())
         })
+    }
+
+    /// Applies many reports as one operation: one store transaction (one fsync) for all of
+    /// them, where [`Scheduler::report`] pays one each. The cluster can drain its queue of
+    /// gossiped updates into one call.
+    ///
+    /// The outer error is a store failure (nothing of the batch is announced); each report has
+    /// its own result otherwise, with the same rules as [`Scheduler::report`].
+    pub fn report_many<'a>(
+        &mut self,
+        reports: impl IntoIterator<Item = (&'a Task, &'a str)>,
+        now: u64,
+    ) -> Result<Vec<Result<(), SchedulerError>>, SchedulerError> {
+        self.operation(|s| {
+            let results = reports
+                .into_iter()
+                .map(|(update, reporter)| s.apply_report(update, reporter, now))
+                .collect();
+            s.schedule(now);
+            Ok(results)
+        })
+    }
+
+    /// Checks and applies one report (see [`Scheduler::report`]); leaves assignment to the
+    /// caller.
+    fn apply_report(
+        &mut self,
+        update: &Task,
+        reporter: &str,
+        now: u64,
+    ) -> Result<(), SchedulerError> {
+        let job_id = update.job_id.as_str();
+        let Some(job) = self.jobs.get(job_id) else {
+            return Err(SchedulerError::UnknownJob {
+                job_id: job_id.to_owned(),
+            });
+        };
+        let Some(&position) = job.index.get(&update.name) else {
+            return Err(SchedulerError::UnknownTask {
+                job_id: job_id.to_owned(),
+                task: update.name.clone(),
+            });
+        };
+        let to = Status::try_from(update.status).map_err(|_| SchedulerError::InvalidStatus {
+            job_id: job_id.to_owned(),
+            task: update.name.clone(),
+            value: update.status,
+        })?;
+        let state = &job.tasks[position as usize];
+        let allowed = reporter == self.config.manager_id
+            || reporter == job.request.tasks[position as usize].sender
+            || state.receiver.as_deref() == Some(reporter);
+        if !allowed {
+            return Err(SchedulerError::NotAllowed {
+                reporter: reporter.to_owned(),
+                job_id: job_id.to_owned(),
+                task: update.name.clone(),
+            });
+        }
+        let from = state.phase;
+        let invalid = || SchedulerError::InvalidTransition {
+            job_id: job_id.to_owned(),
+            task: update.name.clone(),
+            from: from.status(),
+            to,
+        };
+        let task = TaskRef {
+            job: job.id.clone(),
+            position,
+        };
+        match (from, to) {
+            (Phase::Done, Status::Done) | (Phase::Failed, Status::Failed) => {}
+            // A late STARTED after PROCESSING (gossip reorders) changes nothing.
+            (Phase::Started | Phase::Processing, Status::Started) => {}
+            (Phase::Pending, Status::Started) => {
+                self.set_running_phase(&task, Phase::Started, update.output.clone(), now)
+            }
+            (Phase::Pending | Phase::Started | Phase::Processing, Status::Processing) => {
+                self.set_running_phase(&task, Phase::Processing, update.output.clone(), now)
+            }
+            (Phase::Pending | Phase::Started | Phase::Processing, Status::Done) => {
+                self.complete(&task, update.output.clone(), now)
+            }
+            (
+                Phase::Pending | Phase::Started | Phase::Processing,
+                Status::Failed | Status::Retry,
+            ) => self.attempt_failed(
+                &task,
+                now,
+                format!("{reporter} reported {}", to.as_str_name()),
+            ),
+            _ => return Err(invalid()),
+        }
+        // A node that reports is alive.
+        self.registry.heartbeat(reporter, now);
+        Ok(())
     }
 
     /// Drops nodes unseen for `node_timeout` (retrying their tasks), retries tasks whose

@@ -986,3 +986,38 @@ fn losing_many_nodes_at_once_moves_all_their_tasks_in_one_tick() {
             .all(|t| t.status() == Status::Pending)
     );
 }
+
+#[test]
+fn many_reports_apply_in_one_operation_each_with_its_own_result() {
+    let mut h = Harness::new();
+    h.scheduler.join(node("n1", &[(STORE, -1)]), 0).unwrap();
+    let id = h
+        .scheduler
+        .submit(
+            job(
+                "j",
+                vec![
+                    task("a", STORE, &[]),
+                    task("b", STORE, &[]),
+                    task("c", STORE, &["a", "b"]),
+                ],
+            ),
+            CLIENT,
+            0,
+        )
+        .unwrap();
+    let assigned = h.assigned();
+    let (a, b) = (
+        update(&assigned[0], Status::Done),
+        update(&assigned[1], Status::Done),
+    );
+    let results = h
+        .scheduler
+        .report_many([(&a, "n1"), (&b, "mallory"), (&b, "n1")], 1)
+        .unwrap();
+    assert!(results[0].is_ok());
+    assert!(matches!(results[1], Err(SchedulerError::NotAllowed { .. })));
+    assert!(results[2].is_ok());
+    assert_eq!(names(&h.assigned()), ["c"]);
+    assert_eq!(h.status(&id, "c"), Status::Pending);
+}
