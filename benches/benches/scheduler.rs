@@ -6,7 +6,9 @@
 //! Target: 50 000 assignments/s or more.
 //!
 //! - `submit_assign_100k_tasks_10k_nodes`: the above, throughput in tasks;
-//! - `issue_one_token`: one token alone, the part of each assignment spent signing.
+//! - `issue_one_token`: one token alone, the part of each assignment spent signing;
+//! - `report_done_one_commit_each` / `report_many_1000_done`: DONE reports on running tasks,
+//!   one transaction (one fsync) per report, or 1000 per transaction with `report_many`.
 //!
 //! Before the measurements the bench prints the resident memory of a scheduler holding the
 //! 10 000 nodes and the 100 000 assigned tasks (VmRSS and peak VmHWM from /proc/self/status).
@@ -14,12 +16,14 @@
 
 use std::hint::black_box;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use domain_auth::DomainKeyStore;
 use domain_proto::discovery::{Capability, Node};
-use domain_proto::task::{CapabilityFilters, JobRequest, ResourceRecruitment, TaskRequest};
+use domain_proto::task::{
+    CapabilityFilters, JobRequest, ResourceRecruitment, Status, Task, TaskRequest,
+};
 use domain_scheduler::{
     Batch, DomainKeyIssuer, NodeRecord, RedbStore, Scheduler, SchedulerConfig, SchedulerStore,
     TokenGrant, TokenIssuer,
@@ -161,6 +165,8 @@ fn bench_scheduler(c: &mut Criterion) {
     });
     group.finish();
 
+    bench_reports(c, &nodes);
+
     let dir = tempfile::tempdir().unwrap();
     let issuer = DomainKeyIssuer::new(DomainKeyStore::open(dir.path().join("keys")).unwrap());
     let grant = TokenGrant {
@@ -181,6 +187,85 @@ fn bench_scheduler(c: &mut Criterion) {
     group.bench_function("issue_one_token", |b| {
         b.iter(|| issuer.issue(black_box(&grant)).unwrap())
     });
+    group.finish();
+}
+
+/// Running tasks to report on, refilled with a new job (outside the measurement) when used up.
+struct Running {
+    scheduler: Scheduler,
+    tasks: Vec<Task>,
+    nonce: u64,
+}
+
+impl Running {
+    fn next(&mut self, count: usize) -> Vec<Task> {
+        if self.tasks.len() < count {
+            self.nonce += 1;
+            let id = self
+                .scheduler
+                .submit(request(self.nonce), "12D3KooWclient", 2)
+                .unwrap();
+            let job = self.scheduler.job(&id).unwrap();
+            self.tasks
+                .extend(job.tasks.into_iter().filter(|t| t.receiver.is_some()));
+        }
+        let rest = self.tasks.len() - count;
+        self.tasks
+            .split_off(rest)
+            .into_iter()
+            .map(|t| Task {
+                status: Status::Done as i32,
+                ..t
+            })
+            .collect()
+    }
+}
+
+/// The cost of a report: each in its own transaction (one fsync each), or 1000 in one.
+fn bench_reports(c: &mut Criterion, nodes: &[NodeRecord]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut running = Running {
+        scheduler: scheduler(dir.path(), nodes),
+        tasks: Vec::new(),
+        nonce: 0,
+    };
+    let mut group = c.benchmark_group("scheduler");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    for batch in [1, 1000] {
+        group.throughput(Throughput::Elements(batch as u64));
+        let name = if batch == 1 {
+            "report_done_one_commit_each".to_owned()
+        } else {
+            format!("report_many_{batch}_done")
+        };
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let updates = running.next(batch);
+                    let reports: Vec<(&Task, &str)> = updates
+                        .iter()
+                        .map(|t| (t, t.receiver.as_deref().unwrap()))
+                        .collect();
+                    let start = Instant::now();
+                    if batch == 1 {
+                        running
+                            .scheduler
+                            .report(reports[0].0, reports[0].1, 3)
+                            .unwrap();
+                    } else {
+                        let results = running.scheduler.report_many(reports, 3).unwrap();
+                        assert!(results.iter().all(Result::is_ok));
+                    }
+                    total += start.elapsed();
+                }
+                total
+            });
+        });
+    }
     group.finish();
 }
 
