@@ -32,14 +32,20 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use repair::RepairReport;
 
-use crate::merkle::{MerkleBuilder, Root};
+use crate::merkle::{MerkleBuilder, Root, root_of};
 use crate::store::{Datastore, DatastoreError, DomainId, QueryFilter};
 use crate::subscription::{DEFAULT_SUBSCRIPTION_CAPACITY, Subscribers, Subscription};
-use commit::{DeleteRequest, PutRequest, Request, Worker};
+use commit::{Content, DeleteRequest, PutRequest, Request, Worker};
 use tables::ReadTables;
 
 /// Bytes read from the caller and written to disk per batch.
 const IO_BATCH: usize = 1 << 20;
+
+/// Items up to this size are read into memory and hashed at once; larger ones stream.
+const INLINE_MAX: u32 = 64 << 10;
+
+/// A large put syncs its file every this many bytes, so the disk works while hashing goes on.
+const SYNC_EVERY: usize = 32 << 20;
 
 /// Settings of a [`LocalDatastore`].
 #[derive(Debug, Clone)]
@@ -137,6 +143,7 @@ impl LocalDatastore {
         let worker = Worker {
             db: Arc::clone(&db),
             blobs_dir: blobs_dir.clone(),
+            tmp_dir: tmp_dir.clone(),
             subscribers: Arc::clone(&subscribers),
         };
         let worker = std::thread::Builder::new()
@@ -207,30 +214,48 @@ impl LocalDatastore {
             // Fail before taking the bytes; the commit checks again.
             self.metadata(domain, &item.id).await?;
         }
-        let path = self
+        let blob_exists = |root: &Root| {
+            let blob = self.blob_path(domain, root);
+            async move { tokio::fs::try_exists(&blob).await.unwrap_or(false) }
+        };
+        let temp_path = self
             .inner
             .tmp_dir
             .join(format!("{}.part", uuid::Uuid::new_v4()));
-        let create_path = path.clone();
-        let file = tokio::task::spawn_blocking(move || {
-            std::fs::File::create_new(&create_path).map_err(|e| io_error("create", &create_path, e))
-        })
-        .await??;
-        let temp = TempFile::new(path);
-        let (root, file) = write_content(file, temp.path(), &item, content).await?;
-
-        // When this content is already stored, the copy will be dropped: no need to sync it.
-        let blob = self.blob_path(domain, &root);
-        let synced = if tokio::fs::try_exists(&blob).await.unwrap_or(false) {
-            false
+        let (root, content) = if item.size <= INLINE_MAX {
+            let bytes = read_small(&item, content).await?;
+            let root = root_of(&bytes);
+            // Identical content is stored once: when it is there, no file is written at all.
+            let content = if blob_exists(&root).await {
+                Content::Inline(bytes)
+            } else {
+                let temp =
+                    tokio::task::spawn_blocking(move || write_small(temp_path, &bytes)).await??;
+                Content::File { temp, synced: true }
+            };
+            (root, content)
         } else {
-            let sync_path = temp.path().to_owned();
-            tokio::task::spawn_blocking(move || {
-                file.sync_all()
-                    .map_err(|e| io_error("fsync", &sync_path, e))
+            let create_path = temp_path.clone();
+            let file = tokio::task::spawn_blocking(move || {
+                std::fs::File::create_new(&create_path)
+                    .map_err(|e| io_error("create", &create_path, e))
             })
             .await??;
-            true
+            let temp = TempFile::new(temp_path);
+            let (root, file) = write_content(file, temp.path(), &item, content).await?;
+            // When this content is already stored, the copy will be dropped: no need to sync it.
+            let synced = if blob_exists(&root).await {
+                false
+            } else {
+                let sync_path = temp.path().to_owned();
+                tokio::task::spawn_blocking(move || {
+                    file.sync_all()
+                        .map_err(|e| io_error("fsync", &sync_path, e))
+                })
+                .await??;
+                true
+            };
+            (root, Content::File { temp, synced })
         };
 
         let (reply, answer) = oneshot::channel();
@@ -238,8 +263,7 @@ impl LocalDatastore {
             domain: domain.clone(),
             item,
             root,
-            temp,
-            synced,
+            content,
             reply: Some(reply),
         }))
         .await?;
@@ -412,34 +436,82 @@ impl AsyncRead for LocalContent {
     }
 }
 
-/// Streams `content` into `file` in large batches, hashing each batch on a blocking
-/// thread while it is written. Reads at most `size + 1` bytes; any other count than
-/// `size` is [`DatastoreError::SizeMismatch`].
+/// Reads the whole content of a small item (at most `size + 1` bytes).
+async fn read_small<R: AsyncRead + Unpin>(
+    item: &UpsertMetadata,
+    content: R,
+) -> Result<Vec<u8>, DatastoreError> {
+    let limit = u64::from(item.size) + 1;
+    let mut bytes = Vec::with_capacity(item.size as usize + 1);
+    content
+        .take(limit)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|source| DatastoreError::ReadContent {
+            name: item.name.clone(),
+            source,
+        })?;
+    if bytes.len() as u64 != u64::from(item.size) {
+        return Err(DatastoreError::SizeMismatch {
+            expected: item.size,
+            got: bytes.len() as u64,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Writes and fsyncs a small item's temporary file.
+fn write_small(path: PathBuf, bytes: &[u8]) -> Result<TempFile, DatastoreError> {
+    let mut file = std::fs::File::create_new(&path).map_err(|e| io_error("create", &path, e))?;
+    let temp = TempFile::new(path);
+    file.write_all(bytes)
+        .map_err(|e| io_error("write", temp.path(), e))?;
+    file.sync_all()
+        .map_err(|e| io_error("fsync", temp.path(), e))?;
+    Ok(temp)
+}
+
+/// Streams `content` into `file` in large batches. Each batch goes at once to a hashing
+/// thread (which builds the Merkle tree on all cores) and to a writing thread, so hashing
+/// and writing overlap across batches; the writer also syncs every [`SYNC_EVERY`] bytes
+/// so that the final fsync has little left to wait for. Reads at most `size + 1` bytes;
+/// any other count than `size` is [`DatastoreError::SizeMismatch`].
 async fn write_content<R: AsyncRead + Unpin>(
     file: std::fs::File,
     path: &Path,
     item: &UpsertMetadata,
     content: R,
 ) -> Result<(Root, std::fs::File), DatastoreError> {
-    // Full batches go to the writer, emptied ones come back for reuse: at most four exist.
-    let (full_tx, mut full_rx) = mpsc::channel::<Vec<u8>>(2);
-    let (free_tx, mut free_rx) = mpsc::channel::<Vec<u8>>(4);
+    // Batches are shared by both threads and come back for reuse once both are done, so a
+    // put holds at most a handful of them.
+    let (hash_tx, mut hash_rx) = mpsc::channel::<Arc<Vec<u8>>>(2);
+    let (write_tx, mut write_rx) = mpsc::channel::<Arc<Vec<u8>>>(2);
+    let (free_tx, mut free_rx) = mpsc::channel::<Vec<u8>>(8);
+    let hash_free = free_tx.clone();
+    let hasher = tokio::task::spawn_blocking(move || {
+        let mut tree = MerkleBuilder::new();
+        while let Some(batch) = hash_rx.blocking_recv() {
+            tree.update_parallel(&batch);
+            recycle(batch, &hash_free);
+        }
+        tree.finalize()
+    });
     let write_path = path.to_owned();
     let writer = tokio::task::spawn_blocking(move || {
         let mut file = file;
-        let mut tree = MerkleBuilder::new();
-        while let Some(batch) = full_rx.blocking_recv() {
-            // Hash and write the same bytes at once, on two cores when there are two.
-            let ((), written) = rayon::join(
-                || {
-                    tree.update_parallel(&batch);
-                },
-                || file.write_all(&batch),
-            );
-            written.map_err(|e| io_error("write", &write_path, e))?;
-            let _ = free_tx.try_send(batch);
+        let mut unsynced = 0;
+        while let Some(batch) = write_rx.blocking_recv() {
+            file.write_all(&batch)
+                .map_err(|e| io_error("write", &write_path, e))?;
+            unsynced += batch.len();
+            if unsynced >= SYNC_EVERY {
+                file.sync_data()
+                    .map_err(|e| io_error("fsync", &write_path, e))?;
+                unsynced = 0;
+            }
+            recycle(batch, &free_tx);
         }
-        Ok::<_, DatastoreError>((tree.finalize(), file))
+        Ok::<_, DatastoreError>(file)
     });
 
     let limit = u64::from(item.size) + 1;
@@ -475,17 +547,21 @@ async fn write_content<R: AsyncRead + Unpin>(
             }
             batch.truncate(filled);
             let last = filled < want;
-            if full_tx.send(batch).await.is_err() || last {
-                // A closed writer has failed; its error is the one to report.
+            let batch = Arc::new(batch);
+            let sent = hash_tx.send(Arc::clone(&batch)).await.is_ok()
+                && write_tx.send(batch).await.is_ok();
+            if !sent || last {
+                // A closed thread has failed; its error is the one to report.
                 return Ok(());
             }
         }
     }
     .await;
-    drop(full_tx);
+    drop((hash_tx, write_tx));
+    let root = hasher.await?;
     let written = writer.await?;
     reading?;
-    let (root, file) = written?;
+    let file = written?;
     if total != u64::from(item.size) {
         return Err(DatastoreError::SizeMismatch {
             expected: item.size,
@@ -493,6 +569,13 @@ async fn write_content<R: AsyncRead + Unpin>(
         });
     }
     Ok((root, file))
+}
+
+/// Hands a batch back for reuse once the last of its users is done with it.
+fn recycle(batch: Arc<Vec<u8>>, free: &mpsc::Sender<Vec<u8>>) {
+    if let Some(batch) = Arc::into_inner(batch) {
+        let _ = free.try_send(batch);
+    }
 }
 
 /// A temporary file that is removed when dropped, unless it was moved into place.

@@ -8,6 +8,7 @@
 //! counts, "the file exists" always means "some committed item uses it, or is about to".
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -32,11 +33,17 @@ pub(super) struct PutRequest {
     pub(super) domain: DomainId,
     pub(super) item: UpsertMetadata,
     pub(super) root: Root,
-    pub(super) temp: TempFile,
-    /// Whether the temporary file was fsynced (skipped when its blob already existed).
-    pub(super) synced: bool,
+    pub(super) content: Content,
     /// Taken when answered.
     pub(super) reply: Option<oneshot::Sender<Result<Metadata, DatastoreError>>>,
+}
+
+/// Where a put's bytes are.
+pub(super) enum Content {
+    /// In a temporary file, fsynced or not (not when its blob already existed).
+    File { temp: TempFile, synced: bool },
+    /// In memory: a small item whose blob existed when it arrived, so no file was written.
+    Inline(Vec<u8>),
 }
 
 /// An item to remove.
@@ -56,6 +63,7 @@ pub(super) enum Request {
 pub(super) struct Worker {
     pub(super) db: Arc<Database>,
     pub(super) blobs_dir: PathBuf,
+    pub(super) tmp_dir: PathBuf,
     pub(super) subscribers: Arc<Subscribers>,
 }
 
@@ -173,17 +181,34 @@ impl Worker {
         }
         let blob = dir.join(put.root.to_string());
         if blob.exists() {
-            // Identical content is stored once; the temporary file goes when `put` drops.
+            // Identical content is stored once; a temporary file goes when `put` drops.
             return Ok(false);
         }
-        if !put.synced {
-            let file = std::fs::File::open(put.temp.path())
-                .map_err(|e| io_error("open", put.temp.path(), e))?;
-            file.sync_all()
-                .map_err(|e| io_error("fsync", put.temp.path(), e))?;
+        match &mut put.content {
+            Content::File { temp, synced } => {
+                if !*synced {
+                    let file = std::fs::File::open(temp.path())
+                        .map_err(|e| io_error("open", temp.path(), e))?;
+                    file.sync_all()
+                        .map_err(|e| io_error("fsync", temp.path(), e))?;
+                }
+                std::fs::rename(temp.path(), &blob).map_err(|e| io_error("rename", &blob, e))?;
+                temp.disarm();
+            }
+            // The blob went between the put's check and this commit: write it here.
+            Content::Inline(bytes) => {
+                let mut temp =
+                    TempFile::new(self.tmp_dir.join(format!("{}.part", uuid::Uuid::new_v4())));
+                let mut file = std::fs::File::create_new(temp.path())
+                    .map_err(|e| io_error("create", temp.path(), e))?;
+                file.write_all(bytes)
+                    .map_err(|e| io_error("write", temp.path(), e))?;
+                file.sync_all()
+                    .map_err(|e| io_error("fsync", temp.path(), e))?;
+                std::fs::rename(temp.path(), &blob).map_err(|e| io_error("rename", &blob, e))?;
+                temp.disarm();
+            }
         }
-        std::fs::rename(put.temp.path(), &blob).map_err(|e| io_error("rename", &blob, e))?;
-        put.temp.disarm();
         dirty_dirs.insert(dir);
         Ok(true)
     }
