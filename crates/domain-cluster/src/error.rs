@@ -203,6 +203,12 @@ pub enum ClusterError {
         /// How many events were lost.
         missed: u64,
     },
+    /// A peer-event subscriber fell behind and events were dropped for it.
+    #[error("peer events fell behind: {missed} events were dropped")]
+    PeerEventsLagged {
+        /// How many events were lost.
+        missed: u64,
+    },
     /// A task update on gossip could not be decoded.
     #[error("bad task update on topic {topic} from {source_peer:?}: {error}")]
     BadTaskUpdate {

@@ -3,12 +3,14 @@
 //! channels, in the manner of rust-libp2p's file-sharing example.
 
 use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
+use std::time::Duration;
 
 use futures::StreamExt as _;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, gossipsub, identify, kad, relay};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -16,6 +18,7 @@ use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::config::Role;
 use crate::error::ClusterError;
 use crate::gossip::GossipEvent;
+use crate::peers::PeerEvent;
 use crate::streams::OpenStreamError;
 
 /// What a dial aims at.
@@ -116,9 +119,13 @@ pub(crate) struct EventLoop {
     role: Role,
     commands: mpsc::Receiver<Command>,
     gossip: broadcast::Sender<GossipEvent>,
+    peer_events: broadcast::Sender<PeerEvent>,
     listen: watch::Sender<ListenState>,
     /// Configured listeners yet to report.
     pending_listeners: HashSet<libp2p::core::transport::ListenerId>,
+    /// The addresses of each listener, with `/p2p/<local id>`, in the order
+    /// listeners first reported one.
+    listener_addrs: Vec<(libp2p::core::transport::ListenerId, Vec<Multiaddr>)>,
     /// The listener that holds the relay reservation, once requested.
     relay_listener: Option<libp2p::core::transport::ListenerId>,
     bootstrap: Option<Bootstrap>,
@@ -126,6 +133,10 @@ pub(crate) struct EventLoop {
     wants_relay: bool,
     /// Whether the first connection to the manager has been used to bootstrap.
     bootstrapped: bool,
+    /// When to dial the manager again, after losing it (nodes only).
+    redial: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The wait before the next redial; doubles up to [`MAX_REDIAL_BACKOFF`].
+    redial_backoff: Duration,
     /// Dials a handle waits for, by the id of their connection.
     pending_dials: HashMap<ConnectionId, (String, oneshot::Sender<Result<PeerId, ClusterError>>)>,
     /// The open connections, by peer, with their remote address.
@@ -137,6 +148,7 @@ pub(crate) struct EventLoopParts {
     pub(crate) role: Role,
     pub(crate) commands: mpsc::Receiver<Command>,
     pub(crate) gossip: broadcast::Sender<GossipEvent>,
+    pub(crate) peer_events: broadcast::Sender<PeerEvent>,
     pub(crate) listen: watch::Sender<ListenState>,
     pub(crate) pending_listeners: HashSet<libp2p::core::transport::ListenerId>,
     pub(crate) bootstrap: Option<Bootstrap>,
@@ -150,6 +162,7 @@ impl EventLoop {
             role,
             commands,
             gossip,
+            peer_events,
             listen,
             pending_listeners,
             bootstrap,
@@ -160,12 +173,16 @@ impl EventLoop {
             role,
             commands,
             gossip,
+            peer_events,
             listen,
             pending_listeners,
+            listener_addrs: Vec::new(),
             relay_listener: None,
             bootstrap,
             wants_relay,
             bootstrapped: false,
+            redial: None,
+            redial_backoff: MIN_REDIAL_BACKOFF,
             pending_dials: HashMap::new(),
             connections: HashMap::new(),
         }
@@ -179,6 +196,10 @@ impl EventLoop {
         let shutdown_reply = loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                () = until(&mut self.redial) => {
+                    self.redial = None;
+                    self.dial_manager();
+                }
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown { reply }) => break Some(reply),
                     Some(command) => self.on_command(command),
@@ -205,16 +226,42 @@ impl EventLoop {
             .behaviour_mut()
             .autonat
             .add_server(bootstrap.peer, Some(transport_addr));
+        self.dial_manager();
+    }
+
+    /// Dials the manager unless connected or dialling already.
+    fn dial_manager(&mut self) {
+        let Some(bootstrap) = &self.bootstrap else {
+            return;
+        };
         let opts = DialOpts::peer_id(bootstrap.peer)
             .addresses(vec![bootstrap.addr.clone()])
             .condition(PeerCondition::DisconnectedAndNotDialing)
             .build();
-        if let Err(error) = self.swarm.dial(opts) {
-            tracing::warn!(manager = %bootstrap.addr, %error, "cannot dial the manager");
+        match self.swarm.dial(opts) {
+            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
+            Err(error) => {
+                tracing::warn!(manager = %bootstrap.addr, %error, "cannot dial the manager");
+                self.schedule_redial();
+            }
         }
-        if self.wants_relay {
-            self.update_listen(|state| state.relay = RelayStatus::Pending);
+    }
+
+    /// A node keeps its connection to the manager, which holds its relay
+    /// reservation: when it is lost, dial again after a growing pause.
+    fn schedule_redial(&mut self) {
+        let Some(bootstrap) = &self.bootstrap else {
+            return;
+        };
+        if self.role != Role::Node
+            || self.redial.is_some()
+            || self.swarm.is_connected(&bootstrap.peer)
+        {
+            return;
         }
+        tracing::info!(manager = %bootstrap.addr, after = ?self.redial_backoff, "dialling the manager again");
+        self.redial = Some(Box::pin(tokio::time::sleep(self.redial_backoff)));
+        self.redial_backoff = (self.redial_backoff * 2).min(MAX_REDIAL_BACKOFF);
     }
 
     fn on_command(&mut self, command: Command) {
@@ -320,6 +367,7 @@ impl EventLoop {
                 peer_id,
                 connection_id,
                 endpoint,
+                num_established,
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, addr = %remote_addr(&endpoint), "connection established");
@@ -330,15 +378,22 @@ impl EventLoop {
                 if let Some((_, reply)) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Ok(peer_id));
                 }
-                if self.bootstrap.as_ref().is_some_and(|b| b.peer == peer_id) && !self.bootstrapped
-                {
+                if self.bootstrap.as_ref().is_some_and(|b| b.peer == peer_id) {
                     self.on_manager_connected();
+                }
+                if num_established.get() == 1 {
+                    let addr = remote_addr(&endpoint).clone();
+                    let _ = self.peer_events.send(PeerEvent::Connected {
+                        peer: peer_id,
+                        addr,
+                    });
                 }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 connection_id,
                 cause,
+                num_established,
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
@@ -347,6 +402,18 @@ impl EventLoop {
                     if conns.is_empty() {
                         self.connections.remove(&peer_id);
                     }
+                }
+                if num_established == 0 {
+                    if self.bootstrap.as_ref().is_some_and(|b| b.peer == peer_id) {
+                        if self.wants_relay {
+                            // The reservation went with the connection.
+                            self.update_listen(|state| state.relay = RelayStatus::Pending);
+                        }
+                        self.schedule_redial();
+                    }
+                    let _ = self
+                        .peer_events
+                        .send(PeerEvent::Disconnected { peer: peer_id });
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -361,6 +428,9 @@ impl EventLoop {
                         source: Box::new(error),
                     }));
                 }
+                if peer_id.is_some() && peer_id == self.bootstrap.as_ref().map(|b| b.peer) {
+                    self.schedule_redial();
+                }
             }
             SwarmEvent::NewListenAddr {
                 listener_id,
@@ -374,12 +444,20 @@ impl EventLoop {
                     self.swarm.add_external_address(address.clone());
                 }
                 let full = with_peer_id(address, *self.swarm.local_peer_id());
+                match self
+                    .listener_addrs
+                    .iter_mut()
+                    .find(|(id, _)| *id == listener_id)
+                {
+                    Some((_, addrs)) if !addrs.contains(&full) => addrs.push(full),
+                    Some(_) => {}
+                    None => self.listener_addrs.push((listener_id, vec![full])),
+                }
+                let addrs = self.all_listen_addrs();
                 let is_relay = self.relay_listener == Some(listener_id);
                 let first = self.pending_listeners.remove(&listener_id);
                 self.update_listen(|state| {
-                    if !state.addrs.contains(&full) {
-                        state.addrs.push(full);
-                    }
+                    state.addrs = addrs;
                     if first {
                         state.pending_listeners = state.pending_listeners.saturating_sub(1);
                     }
@@ -388,16 +466,32 @@ impl EventLoop {
                     }
                 });
             }
-            SwarmEvent::ExpiredListenAddr { address, .. } => {
+            SwarmEvent::ExpiredListenAddr {
+                listener_id,
+                address,
+            } => {
                 let full = with_peer_id(address, *self.swarm.local_peer_id());
-                self.update_listen(|state| state.addrs.retain(|a| *a != full));
+                if let Some((_, addrs)) = self
+                    .listener_addrs
+                    .iter_mut()
+                    .find(|(id, _)| *id == listener_id)
+                {
+                    addrs.retain(|a| *a != full);
+                }
+                let addrs = self.all_listen_addrs();
+                self.update_listen(|state| state.addrs = addrs);
             }
             SwarmEvent::ListenerClosed {
                 listener_id,
-                addresses,
                 reason,
+                ..
             } => {
-                let local = *self.swarm.local_peer_id();
+                self.listener_addrs.retain(|(id, _)| *id != listener_id);
+                let addrs = self.all_listen_addrs();
+                // A relay listener closes cleanly when the connection holding
+                // its reservation goes; it closes with an error when the
+                // relay refuses the reservation.
+                let lost = reason.is_ok();
                 let reason = match reason {
                     Ok(()) => "closed".to_owned(),
                     Err(error) => error.to_string(),
@@ -409,19 +503,18 @@ impl EventLoop {
                     self.relay_listener = None;
                 }
                 self.update_listen(|state| {
-                    let gone: Vec<Multiaddr> = addresses
-                        .into_iter()
-                        .map(|a| with_peer_id(a, local))
-                        .collect();
-                    state.addrs.retain(|a| !gone.contains(a));
+                    state.addrs = addrs;
                     if first {
                         state.pending_listeners = state.pending_listeners.saturating_sub(1);
                         state.failures.push(reason.clone());
                     }
-                    if is_relay {
+                    if is_relay && !lost {
                         state.relay = RelayStatus::Failed(reason);
                     }
                 });
+                if is_relay && lost {
+                    self.reserve_relay_slot();
+                }
             }
             SwarmEvent::ListenerError { listener_id, error } => {
                 tracing::warn!(?listener_id, %error, "listener error");
@@ -440,18 +533,34 @@ impl EventLoop {
         }
     }
 
-    /// On the first connection to the manager: join the DHT and, on a node,
-    /// reserve a relay slot so peers that cannot dial it directly reach it
-    /// through the manager.
+    /// On a connection to the manager: the first time, join the DHT; on a
+    /// node without a reservation, reserve a relay slot so that peers that
+    /// cannot dial it directly reach it through the manager.
     fn on_manager_connected(&mut self) {
-        self.bootstrapped = true;
-        if let Err(error) = self.swarm.behaviour_mut().kad.bootstrap() {
-            tracing::warn!(%error, "cannot bootstrap Kademlia");
+        self.redial = None;
+        self.redial_backoff = MIN_REDIAL_BACKOFF;
+        if !self.bootstrapped {
+            self.bootstrapped = true;
+            if let Err(error) = self.swarm.behaviour_mut().kad.bootstrap() {
+                tracing::warn!(%error, "cannot bootstrap Kademlia");
+            }
         }
+        self.reserve_relay_slot();
+    }
+
+    /// Listens through the manager's relay, once connected to it, unless a
+    /// reservation is held or under way.
+    fn reserve_relay_slot(&mut self) {
         let Some(bootstrap) = self.bootstrap.clone() else {
             return;
         };
-        if !self.wants_relay {
+        if !self.wants_relay || self.relay_listener.is_some() {
+            return;
+        }
+        self.update_listen(|state| state.relay = RelayStatus::Pending);
+        if !self.swarm.is_connected(&bootstrap.peer) {
+            // Reserved again once the redial connects.
+            self.schedule_redial();
             return;
         }
         let circuit = bootstrap.addr.with(Protocol::P2pCircuit);
@@ -527,8 +636,32 @@ impl EventLoop {
         let _ = self.gossip.send(event);
     }
 
+    /// Every listener's addresses, each once, in the order listeners reported.
+    fn all_listen_addrs(&self) -> Vec<Multiaddr> {
+        let mut all = Vec::new();
+        for addr in self.listener_addrs.iter().flat_map(|(_, addrs)| addrs) {
+            if !all.contains(addr) {
+                all.push(addr.clone());
+            }
+        }
+        all
+    }
+
     fn update_listen(&self, change: impl FnOnce(&mut ListenState)) {
         self.listen.send_modify(change);
+    }
+}
+
+/// The first pause before dialling a lost manager again.
+const MIN_REDIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest pause between dials of a lost manager.
+const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Waits for `deadline`, or forever when there is none.
+async fn until(deadline: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match deadline {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

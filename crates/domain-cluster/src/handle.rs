@@ -19,6 +19,7 @@ use crate::event_loop::{
     last_peer_id,
 };
 use crate::gossip::{self, GossipEvents, TaskUpdates};
+use crate::peers::{PeerEvent, PeerEvents};
 use crate::stream::{ClusterStream, IncomingStreams, compat};
 use crate::streams::Registry;
 
@@ -72,6 +73,7 @@ impl Cluster {
             config.role == Role::Node && config.relay_reservation && bootstrap.is_some();
         let (command_tx, command_rx) = mpsc::channel(config.command_buffer.max(1));
         let (gossip_tx, _) = broadcast::channel(config.gossip_buffer.max(1));
+        let (peer_events_tx, _) = broadcast::channel(config.gossip_buffer.max(1));
         let (listen_tx, listen_rx) = watch::channel(ListenState {
             pending_listeners: pending_listeners.len(),
             relay: if wants_relay {
@@ -91,6 +93,7 @@ impl Cluster {
             local_peer_id,
             listen: listen_rx,
             gossip: gossip_tx.downgrade(),
+            peer_events: peer_events_tx.downgrade(),
             relay,
             request_timeout: config.request_timeout,
         };
@@ -99,6 +102,7 @@ impl Cluster {
             role: config.role,
             commands: command_rx,
             gossip: gossip_tx,
+            peer_events: peer_events_tx,
             listen: listen_tx,
             pending_listeners,
             bootstrap,
@@ -129,6 +133,7 @@ pub struct ClusterHandle {
     /// Weak, so that the channel closes (and subscribers see it) when the
     /// event loop stops, however many handles remain.
     gossip: broadcast::WeakSender<gossip::GossipEvent>,
+    peer_events: broadcast::WeakSender<PeerEvent>,
     relay: Option<Bootstrap>,
     request_timeout: Duration,
 }
@@ -325,6 +330,17 @@ impl ClusterHandle {
     pub async fn connected_peers(&self) -> Result<Vec<PeerId>, ClusterError> {
         self.request(|reply| Command::ConnectedPeers { reply })
             .await
+    }
+
+    /// Peers connecting and disconnecting, from now on.
+    ///
+    /// # Errors
+    /// [`ClusterError::Shutdown`].
+    pub fn peer_events(&self) -> Result<PeerEvents, ClusterError> {
+        self.peer_events
+            .upgrade()
+            .map(|sender| PeerEvents::new(sender.subscribe()))
+            .ok_or(ClusterError::Shutdown)
     }
 
     /// Subscribes to a gossip topic; `true` when newly subscribed. Messages

@@ -62,6 +62,7 @@ mod event_loop;
 pub mod gossip;
 mod handle;
 pub mod identity;
+pub mod peers;
 mod requests;
 pub mod stream;
 mod streams;

@@ -1,7 +1,10 @@
 //! Reaching a node that cannot be dialled directly, through the manager's relay.
 
 use domain_cluster::ClusterError;
-use domain_cluster::config::Role;
+use domain_cluster::config::{ClusterConfig, Role};
+use domain_cluster::identity::Identity;
+use domain_cluster::peers::PeerEvent;
+use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
 
 use crate::common::{echo, joined, loopback, manager, serve_echo, start, tcp_addr, within};
@@ -114,4 +117,90 @@ async fn the_manager_and_clients_hold_no_relay_reservation() {
             "unexpected error: {err}"
         );
     }
+}
+
+/// Waits for `event` among `events`.
+async fn await_peer_event(
+    events: &mut domain_cluster::peers::PeerEvents,
+    wanted: impl Fn(&PeerEvent) -> bool,
+) {
+    within("peer event", async {
+        while !wanted(&events.recv().await.unwrap()) {}
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reconnects_and_reserves_again_after_the_manager_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = Identity::load_or_create(dir.path().join("manager.key")).unwrap();
+    let tcp_only = |addr: Multiaddr| {
+        ClusterConfig::new(identity.clone(), Role::Manager).with_listen_addrs([addr])
+    };
+    let first = start(tcp_only("/ip4/127.0.0.1/tcp/0".parse().unwrap())).await;
+    let manager_addr = first.addrs[0].clone();
+    let manager_id = first.handle.local_peer_id();
+
+    let node = start(
+        loopback(Role::Node)
+            .with_listen_addrs([])
+            .with_bootstrap(manager_addr.clone()),
+    )
+    .await;
+    within("first reservation", node.handle.relay_addrs())
+        .await
+        .unwrap();
+    let mut events = node.handle.peer_events().unwrap();
+
+    first.handle.shutdown().await.unwrap();
+    within("first manager stopping", first.task).await.unwrap();
+    await_peer_event(&mut events, |e| {
+        *e == PeerEvent::Disconnected { peer: manager_id }
+    })
+    .await;
+
+    // The same manager again, at the same address.
+    let mut transport_addr = manager_addr.clone();
+    transport_addr.pop();
+    let second = start(tcp_only(transport_addr)).await;
+    await_peer_event(
+        &mut events,
+        |e| matches!(e, PeerEvent::Connected { peer, .. } if *peer == manager_id),
+    )
+    .await;
+    let circuit = within("second reservation", node.handle.relay_addrs())
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        circuit,
+        manager_addr
+            .with(Protocol::P2pCircuit)
+            .with(Protocol::P2p(node.handle.local_peer_id()))
+    );
+
+    let _server = serve_echo(&node.handle, ECHO);
+    let client = joined(Role::Client, &second).await;
+    assert_eq!(
+        echo(&client.handle, node.handle.local_peer_id(), ECHO, b"again").await,
+        b"again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_events_report_the_first_connection_and_the_last_disconnection() {
+    let manager = manager().await;
+    let mut events = manager.handle.peer_events().unwrap();
+    let client = joined(Role::Client, &manager).await;
+    let client_id = client.handle.local_peer_id();
+    await_peer_event(
+        &mut events,
+        |e| matches!(e, PeerEvent::Connected { peer, .. } if *peer == client_id),
+    )
+    .await;
+    client.handle.shutdown().await.unwrap();
+    await_peer_event(&mut events, |e| {
+        *e == PeerEvent::Disconnected { peer: client_id }
+    })
+    .await;
 }
