@@ -40,8 +40,17 @@
 //!   is FAILED. A FAILED task fails every task that needs it. A job ends when every task is DONE
 //!   or FAILED ([`Event::JobFinished`]).
 //! - **Reports.** Only the manager, the task's sender and its current receiver may change a
-//!   task's status ([`SchedulerError::NotAllowed`]); nothing changes a DONE task, so a task that
-//!   reported DONE never runs again, not even after a restart.
+//!   task's status ([`SchedulerError::NotAllowed`]); nothing changes a DONE task (it keeps the
+//!   receiver it ran on), so a task that reported DONE never runs again, not even after a
+//!   restart. A report from a registered node also counts as its heartbeat.
+//!   [`Scheduler::report_many`] applies a queue of reports in one transaction.
+//! - **Persistence.** Each call is one store transaction, committed before its events are
+//!   published; a failed commit poisons the scheduler ([`SchedulerError::Poisoned`]: reopen it).
+//!   Deadlines are absolute times, so one that passed while the manager was down is enforced at
+//!   the first tick; node liveness is not stored, and restored nodes get one `node_timeout` to
+//!   heartbeat again.
+//! - **Not acted on yet.** `max_budget` and the termination policy are kept with the job but
+//!   change nothing; recruitment policies other than FAIL all wait for a node.
 //!
 //! # Example
 //! ```

@@ -269,3 +269,115 @@ fn find_cycle(specs: &[TaskSpec]) -> Option<Vec<u32>> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain_proto::task::{CapabilityFilters, ResourceRecruitment, TaskRequest};
+    use proptest::prelude::*;
+
+    fn request(needs: &[Vec<usize>]) -> JobRequest {
+        let tasks = needs
+            .iter()
+            .enumerate()
+            .map(|(i, needs)| TaskRequest {
+                name: format!("t{i}"),
+                capability_filters: CapabilityFilters {
+                    endpoint: "/store/v1".into(),
+                    ..Default::default()
+                },
+                timeout: "1s".into(),
+                needs: needs.iter().map(|j| format!("t{j}")).collect(),
+                resource_recruitment: ResourceRecruitment::default(),
+                sender: "s".into(),
+                ..Default::default()
+            })
+            .collect();
+        JobRequest {
+            name: "j".into(),
+            tasks,
+            nonce: "n".into(),
+            domain_id: "d".into(),
+        }
+    }
+
+    /// Kahn's algorithm: the reference answer to "is there a cycle?".
+    fn has_cycle(needs: &[Vec<usize>]) -> bool {
+        let mut missing: Vec<usize> = needs
+            .iter()
+            .map(|n| n.iter().collect::<std::collections::HashSet<_>>().len())
+            .collect();
+        let mut ready: Vec<usize> = (0..needs.len()).filter(|&i| missing[i] == 0).collect();
+        let mut finished = 0;
+        while let Some(done) = ready.pop() {
+            finished += 1;
+            for (i, n) in needs.iter().enumerate() {
+                if n.contains(&done) {
+                    missing[i] -= 1;
+                    if missing[i] == 0 {
+                        ready.push(i);
+                    }
+                }
+            }
+        }
+        finished < needs.len()
+    }
+
+    fn graphs() -> impl Strategy<Value = Vec<Vec<usize>>> {
+        (1usize..=10)
+            .prop_flat_map(|n| proptest::collection::vec(proptest::collection::vec(0..n, 0..3), n))
+    }
+
+    proptest! {
+        #[test]
+        fn a_cycle_is_reported_exactly_when_the_needs_graph_has_one(needs in graphs()) {
+            match validate(&request(&needs), usize::MAX) {
+                Ok(specs) => {
+                    prop_assert!(!has_cycle(&needs));
+                    prop_assert_eq!(specs.len(), needs.len());
+                }
+                Err(JobRejected::Cycle { path }) => {
+                    prop_assert!(has_cycle(&needs));
+                    prop_assert!(path.len() >= 2);
+                    prop_assert_eq!(path.first(), path.last());
+                    for pair in path.windows(2) {
+                        let from: usize = pair[0][1..].parse().unwrap();
+                        let to = format!("t{}", &pair[1][1..]);
+                        prop_assert!(request(&needs).tasks[from].needs.contains(&to));
+                    }
+                }
+                Err(other) => prop_assert!(false, "unexpected rejection {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_chain_of_100_000_tasks_validates_without_deep_recursion() {
+        let needs: Vec<Vec<usize>> = (0..100_000)
+            .map(|i| if i == 0 { vec![] } else { vec![i - 1] })
+            .collect();
+        let specs = validate(&request(&needs), usize::MAX).unwrap();
+        assert_eq!(specs[99_999].needs, [99_998]);
+    }
+
+    #[test]
+    fn repeated_needs_count_once() {
+        let specs = validate(&request(&[vec![], vec![0, 0, 0]]), usize::MAX).unwrap();
+        assert_eq!(specs[1].needs, [0]);
+    }
+
+    #[test]
+    fn the_job_id_is_the_blake3_of_the_encoded_request_and_depends_on_the_nonce() {
+        let a = request(&[vec![]]);
+        let id = job_id(&a);
+        assert_eq!(id, blake3::hash(&a.encode_to_vec()).to_hex().to_string());
+        assert_eq!(id, job_id(&a.clone()));
+        assert_ne!(
+            id,
+            job_id(&JobRequest {
+                nonce: "other".into(),
+                ..a
+            })
+        );
+    }
+}
