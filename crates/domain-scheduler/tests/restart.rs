@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use common::*;
 use domain_proto::task::{Status, Task, TaskRequest};
-use domain_scheduler::{Event, JobStatus, RedbStore, Scheduler, SchedulerConfig, SchedulerError};
+use domain_scheduler::{
+    Batch, Event, JobStatus, RedbStore, Scheduler, SchedulerConfig, SchedulerError, SchedulerStore,
+    Snapshot, StoreError,
+};
 
 fn open(dir: &Path, config: SchedulerConfig, now: u64) -> Scheduler {
     let store = RedbStore::open(dir.join("scheduler.redb")).unwrap();
@@ -198,4 +201,74 @@ fn a_reopened_scheduler_keeps_waiting_and_blocked_tasks() {
         .filter_map(Event::task_for_submitter)
         .collect();
     assert_eq!(names(&assigned), ["first"]);
+}
+
+/// The real redb store, with a disk that fails on the n-th commit (the fault cannot be caused
+/// from outside on a healthy file system).
+struct FailingDisk {
+    inner: RedbStore,
+    commits_left: usize,
+}
+
+impl SchedulerStore for FailingDisk {
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        self.inner.load()
+    }
+
+    fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
+        if self.commits_left == 0 {
+            return Err(redb::Error::from(std::io::Error::other("no space left on device")).into());
+        }
+        self.commits_left -= 1;
+        self.inner.commit(batch)
+    }
+}
+
+#[test]
+fn a_failed_commit_announces_nothing_and_poisons_until_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scheduler.redb");
+    let id = {
+        let inner = RedbStore::open(&path).unwrap();
+        // Commits for the open, the join and the submit succeed; the report's fails.
+        let store = FailingDisk {
+            inner,
+            commits_left: 3,
+        };
+        let mut s = Scheduler::open(config(), Box::new(store), issuer(dir.path()), 0).unwrap();
+        let mut events = s.subscribe();
+        s.join(node("n1", &[(STORE, -1)]), 0).unwrap();
+        let id = s
+            .submit(job("j", vec![task("t", STORE, &[])]), CLIENT, 1)
+            .unwrap();
+        let t = drain(&mut events)
+            .iter()
+            .find_map(Event::task_for_submitter)
+            .unwrap();
+        let err = s.report(&update(&t, Status::Done), "n1", 2).unwrap_err();
+        assert!(matches!(err, SchedulerError::Store(_)), "{err}");
+        assert!(
+            drain(&mut events).is_empty(),
+            "an unstored change is never announced"
+        );
+        assert!(matches!(s.tick(3), Err(SchedulerError::Poisoned)));
+        assert!(matches!(
+            s.heartbeat("n1", 3),
+            Err(SchedulerError::Poisoned)
+        ));
+        id
+    };
+    let s = open(dir.path(), config(), 10);
+    assert_eq!(
+        status(&s, &id, "t"),
+        Status::Pending,
+        "the store holds the last committed state"
+    );
+    assert_eq!(s.node_load("n1"), Some(1));
+}
+
+#[test]
+fn the_scheduler_can_move_to_another_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Scheduler>();
 }
