@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::SystemTime;
 
-use domain_auth::{Expected, PublicKey, TaskClaims, verify};
+use domain_auth::{Expected, PublicKey, Rejection, TaskClaims, verify};
 use domain_datastore::DomainId;
 use domain_proto::task::{Code, DomainClusterHandshakeRequest, DomainClusterHandshakeResponse};
 use domain_proto::{read_message, read_message_or_eof, write_message};
@@ -24,6 +24,15 @@ pub trait PublicKeySource: Send + Sync {
     /// The public key of `domain_id`, or why there is none.
     fn public_key(&self, domain_id: &str)
     -> impl Future<Output = Result<PublicKey, String>> + Send;
+
+    /// A fresher key of `domain_id` than [`public_key`](Self::public_key) gave, asked
+    /// for once when a token's signature does not verify: a source that caches keys
+    /// fetched elsewhere refetches here, so that a rotated domain key is picked up.
+    /// `None` (the default) when there is nothing fresher to have.
+    fn refreshed_key(&self, domain_id: &str) -> impl Future<Output = Option<PublicKey>> + Send {
+        let _ = domain_id;
+        std::future::ready(None)
+    }
 }
 
 impl<T: PublicKeySource> PublicKeySource for &T {
@@ -33,6 +42,10 @@ impl<T: PublicKeySource> PublicKeySource for &T {
     ) -> impl Future<Output = Result<PublicKey, String>> + Send {
         (**self).public_key(domain_id)
     }
+
+    fn refreshed_key(&self, domain_id: &str) -> impl Future<Output = Option<PublicKey>> + Send {
+        (**self).refreshed_key(domain_id)
+    }
 }
 
 impl<T: PublicKeySource> PublicKeySource for std::sync::Arc<T> {
@@ -41,6 +54,10 @@ impl<T: PublicKeySource> PublicKeySource for std::sync::Arc<T> {
         domain_id: &str,
     ) -> impl Future<Output = Result<PublicKey, String>> + Send {
         (**self).public_key(domain_id)
+    }
+
+    fn refreshed_key(&self, domain_id: &str) -> impl Future<Output = Option<PublicKey>> + Send {
+        (**self).refreshed_key(domain_id)
     }
 }
 
@@ -251,6 +268,162 @@ async fn check<K: PublicKeySource>(
         sender: info.remote_peer,
         endpoint: info.protocol,
     };
-    let claims = verify(&request.access_token, &key, &expected, now)?;
+    let claims = match verify(&request.access_token, &key, &expected, now) {
+        Err(Rejection::BadSignature { .. }) => match keys.refreshed_key(domain.as_str()).await {
+            Some(fresh) if fresh != key => verify(&request.access_token, &fresh, &expected, now)?,
+            _ => {
+                return Err(Rejection::BadSignature {
+                    domain_id: domain.to_string(),
+                }
+                .into());
+            }
+        },
+        verified => verified?,
+    };
     Ok(Accepted { domain, claims })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use domain_auth::DomainKey;
+    use domain_datastore::LocalDatastore;
+    use domain_proto::protocols::STORE_V1;
+
+    use super::*;
+    use crate::{Served, StoreSender, accept_task_stream};
+
+    const DOMAIN: &str = "domain-1";
+    const INFO: StreamInfo<'static> = StreamInfo {
+        local_peer: "receiver",
+        remote_peer: "sender",
+        protocol: STORE_V1,
+    };
+
+    /// A cache holding a stale key, and the fresh one it would fetch.
+    struct RotatingKeys {
+        cached: Mutex<PublicKey>,
+        fresh: Option<PublicKey>,
+    }
+
+    impl PublicKeySource for RotatingKeys {
+        async fn public_key(&self, _domain_id: &str) -> Result<PublicKey, String> {
+            Ok(*self.cached.lock().unwrap())
+        }
+
+        async fn refreshed_key(&self, _domain_id: &str) -> Option<PublicKey> {
+            let fresh = self.fresh?;
+            *self.cached.lock().unwrap() = fresh;
+            Some(fresh)
+        }
+    }
+
+    fn token(key: &DomainKey) -> String {
+        let claims = TaskClaims::new(
+            DOMAIN,
+            "job-1",
+            "task-1",
+            "sender",
+            "receiver",
+            STORE_V1,
+            SystemTime::now(),
+            Duration::from_secs(60),
+        );
+        key.issue(&claims).unwrap()
+    }
+
+    async fn handshake(token: &str, keys: &RotatingKeys) -> Result<Accepted, CapabilityError> {
+        let limits = Limits::default();
+        let (mut opener, mut receiver) = tokio::io::duplex(4096);
+        let (opened, accepted) = tokio::join!(
+            open(&mut opener, token, DOMAIN, &limits),
+            accept(&mut receiver, &INFO, keys, &limits),
+        );
+        assert_eq!(opened.is_ok(), accepted.is_ok());
+        accepted
+    }
+
+    #[tokio::test]
+    async fn a_token_of_a_rotated_key_is_accepted_once_the_source_refreshes_it() {
+        let old = DomainKey::generate(DOMAIN).unwrap();
+        let new = DomainKey::generate(DOMAIN).unwrap();
+        let keys = RotatingKeys {
+            cached: Mutex::new(old.public_key()),
+            fresh: Some(new.public_key()),
+        };
+        let accepted = handshake(&token(&new), &keys).await.unwrap();
+        assert_eq!(accepted.claims.job_id, "job-1");
+        assert_eq!(*keys.cached.lock().unwrap(), new.public_key());
+    }
+
+    #[tokio::test]
+    async fn a_bad_signature_is_refused_when_the_source_has_no_fresher_key() {
+        let signer = DomainKey::generate(DOMAIN).unwrap();
+        let other = DomainKey::generate(DOMAIN).unwrap();
+        let stale = RotatingKeys {
+            cached: Mutex::new(other.public_key()),
+            fresh: None,
+        };
+        let same = RotatingKeys {
+            cached: Mutex::new(other.public_key()),
+            fresh: Some(other.public_key()),
+        };
+        for keys in [stale, same] {
+            let refused = handshake(&token(&signer), &keys).await.unwrap_err();
+            assert!(
+                matches!(
+                    refused,
+                    CapabilityError::Rejected(Rejection::BadSignature { .. })
+                ),
+                "{refused}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_accepted_task_stream_shows_its_claims_before_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDatastore::open(dir.path()).await.unwrap();
+        let key = DomainKey::generate(DOMAIN).unwrap();
+        let keys = StaticKeys::new().with(DOMAIN, key.public_key());
+        let limits = Limits::default();
+        let (opener, receiver) = tokio::io::duplex(64 * 1024);
+        let token = token(&key);
+        let sending = async {
+            let mut sender = StoreSender::open(opener, &token, DOMAIN, limits).await?;
+            let item = domain_proto::domain_data::UpsertMetadata {
+                name: "a".into(),
+                is_new: true,
+                ..Default::default()
+            };
+            sender.send_bytes(item, b"abc").await?;
+            sender.finish().await
+        };
+        let serving = async {
+            let accepted = accept_task_stream(receiver, &INFO, &keys, &limits).await?;
+            assert_eq!(accepted.accepted().claims.task_name, "task-1");
+            accepted.serve(&store).await
+        };
+        let (sent, served) = tokio::join!(sending, serving);
+        sent.unwrap();
+        assert!(matches!(served.unwrap(), Served::Store(s) if s.items == 1 && s.bytes == 3));
+    }
+
+    #[tokio::test]
+    async fn a_stream_of_another_protocol_is_refused_before_any_read() {
+        let (_opener, receiver) = tokio::io::duplex(64);
+        let info = StreamInfo {
+            protocol: "/compute/v1",
+            ..INFO
+        };
+        let refused = accept_task_stream(receiver, &info, &StaticKeys::new(), &Limits::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            refused,
+            CapabilityError::UnsupportedProtocol { .. }
+        ));
+    }
 }

@@ -11,7 +11,9 @@
 //!   against each root) and an [`Unsubscriber`] for keep-alive subscriptions;
 //!   [`serve_load`] answers from a datastore.
 //! - `/public-key/v1`: [`fetch_public_key`] and [`serve_public_key`].
-//! - [`serve`] routes an inbound task stream to its handler by protocol id.
+//! - [`serve`] routes an inbound task stream to its handler by protocol id;
+//!   [`accept_task_stream`] does it in two steps, handing out the verified claims
+//!   ([`AcceptedStream`]) between the handshake and the exchange.
 //!
 //! Every read and write runs under the idle timeout of [`Limits`] ([`IdleTimeout`]),
 //! every frame under its size limit; a misbehaving peer gets a typed
@@ -120,15 +122,97 @@ where
     D: Datastore,
     K: PublicKeySource,
 {
-    match info.protocol {
-        STORE_V1 => serve_store(stream, info, datastore, keys, limits)
-            .await
-            .map(Served::Store),
-        LOAD_V1 => serve_load(stream, info, datastore, keys, limits)
-            .await
-            .map(Served::Load),
-        other => Err(CapabilityError::UnsupportedProtocol {
-            protocol: other.to_owned(),
-        }),
+    accept_task_stream(stream, info, keys, limits)
+        .await?
+        .serve(datastore)
+        .await
+}
+
+/// The task protocols a node serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TaskProtocol {
+    Store,
+    Load,
+}
+
+/// An inbound task stream whose handshake was accepted: the verified claims, and
+/// the stream ready for its protocol's exchange.
+///
+/// [`serve`] in two steps, for a node that acts on the claims (reports the task's
+/// status, logs its job) before the data moves.
+#[derive(Debug)]
+pub struct AcceptedStream<S> {
+    stream: IdleTimeout<S>,
+    accepted: Accepted,
+    protocol: TaskProtocol,
+    limits: Limits,
+}
+
+/// Receives the handshake of an inbound task stream opened on `info.protocol`
+/// (`/store/v1` or `/load/v1`); [`AcceptedStream::serve`] does the rest.
+///
+/// # Errors
+/// [`CapabilityError::UnsupportedProtocol`] for another protocol (before reading
+/// anything); otherwise those of [`handshake::accept`].
+pub async fn accept_task_stream<S, K>(
+    stream: S,
+    info: &StreamInfo<'_>,
+    keys: &K,
+    limits: &Limits,
+) -> Result<AcceptedStream<S>, CapabilityError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    K: PublicKeySource,
+{
+    let protocol = match info.protocol {
+        STORE_V1 => TaskProtocol::Store,
+        LOAD_V1 => TaskProtocol::Load,
+        other => {
+            return Err(CapabilityError::UnsupportedProtocol {
+                protocol: other.to_owned(),
+            });
+        }
+    };
+    let mut stream = IdleTimeout::new(stream, limits.idle_timeout);
+    let accepted = handshake::accept(&mut stream, info, keys, limits).await?;
+    Ok(AcceptedStream {
+        stream,
+        accepted,
+        protocol,
+        limits: *limits,
+    })
+}
+
+impl<S> AcceptedStream<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    /// The accepted handshake: the domain and the verified token claims.
+    pub fn accepted(&self) -> &Accepted {
+        &self.accepted
+    }
+
+    /// Runs the protocol's exchange with `datastore`, as [`serve_store`] or
+    /// [`serve_load`] do after their handshake.
+    ///
+    /// # Errors
+    /// What the protocol's handler returns.
+    pub async fn serve<D: Datastore>(self, datastore: &D) -> Result<Served, CapabilityError> {
+        let Self {
+            stream,
+            accepted,
+            protocol,
+            limits,
+        } = self;
+        match protocol {
+            TaskProtocol::Store => {
+                store::store_accepted(stream, &accepted.domain, datastore, &limits)
+                    .await
+                    .map(Served::Store)
+            }
+            TaskProtocol::Load => load::load_accepted(stream, accepted.domain, datastore, &limits)
+                .await
+                .map(Served::Load),
+        }
     }
 }

@@ -49,11 +49,24 @@ where
 {
     let mut stream = IdleTimeout::new(stream, limits.idle_timeout);
     let accepted = handshake::accept(&mut stream, info, keys, limits).await?;
+    load_accepted(stream, accepted.domain, datastore, limits).await
+}
+
+/// The part of [`serve_load`] after an accepted handshake.
+pub(crate) async fn load_accepted<S, D>(
+    mut stream: IdleTimeout<S>,
+    domain: DomainId,
+    datastore: &D,
+    limits: &Limits,
+) -> Result<LoadSummary, CapabilityError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    D: Datastore,
+{
     let request: ConsumeDataInputV1 = read_message(&mut stream, limits.max_frame)
         .await
         .map_err(|e| CapabilityError::frame("reading the load request", e))?;
     let query = request.query;
-    let domain = accepted.domain;
     // Subscribing before the query leaves no gap; the overlap is skipped below.
     let subscription = match request.keep_alive {
         true => Some(

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use domain_datastore::{Datastore, MerkleBuilder, Root};
+use domain_datastore::{Datastore, DomainId, MerkleBuilder, Root};
 use domain_proto::domain_data::{Metadata, UpsertMetadata};
 use domain_proto::{read_message, read_message_or_eof, write_message};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -45,6 +45,20 @@ where
 {
     let mut stream = IdleTimeout::new(stream, limits.idle_timeout);
     let accepted = handshake::accept(&mut stream, info, keys, limits).await?;
+    store_accepted(stream, &accepted.domain, datastore, limits).await
+}
+
+/// The part of [`serve_store`] after an accepted handshake.
+pub(crate) async fn store_accepted<S, D>(
+    mut stream: IdleTimeout<S>,
+    domain: &DomainId,
+    datastore: &D,
+    limits: &Limits,
+) -> Result<StoreSummary, CapabilityError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    D: Datastore,
+{
     let mut summary = StoreSummary::default();
     loop {
         let item: Option<UpsertMetadata> = read_message_or_eof(&mut stream, limits.max_frame)
@@ -54,7 +68,7 @@ where
         let name = item.name.clone();
         let size = u64::from(item.size);
         let metadata = datastore
-            .put(&accepted.domain, item, (&mut stream).take(size))
+            .put(domain, item, (&mut stream).take(size))
             .await
             .map_err(|e| CapabilityError::datastore("receiving content", &name, e))?;
         write_message(&mut stream, &metadata)
