@@ -77,6 +77,12 @@ pub enum ClusterError {
         /// The transport's reason.
         source: libp2p::TransportError<std::io::Error>,
     },
+    /// A configured listener closed before it reported an address.
+    #[error("listeners failed: {}", reasons.join("; "))]
+    ListenerFailed {
+        /// Why each failed listener closed.
+        reasons: Vec<String>,
+    },
     /// A multiaddr that must name its peer (`/p2p/<id>`) does not.
     #[error("address {addr} does not end with /p2p/<peer id>")]
     MissingPeerId {

@@ -50,19 +50,19 @@ impl Cluster {
             None => None,
         };
         let registry = Registry::new(config.accept_backlog);
-        let mut swarm = runtime_scoped(&runtime, || build_swarm(&config, Arc::clone(&registry)))?;
+        let mut swarm = build_swarm(&config, Arc::clone(&registry))?;
         let local_peer_id = *swarm.local_peer_id();
 
         let mut pending_listeners = HashSet::new();
         for addr in &config.listen_addrs {
-            // QUIC binds its UDP socket here, which needs the runtime's reactor.
+            // QUIC binds its UDP socket here, inside the runtime found above.
             let listener =
-                runtime_scoped(&runtime, || swarm.listen_on(addr.clone())).map_err(|source| {
-                    ClusterError::Listen {
+                swarm
+                    .listen_on(addr.clone())
+                    .map_err(|source| ClusterError::Listen {
                         addr: addr.clone(),
                         source,
-                    }
-                })?;
+                    })?;
             pending_listeners.insert(listener);
         }
         for addr in &config.external_addrs {
@@ -113,13 +113,6 @@ impl Cluster {
     }
 }
 
-/// Runs `f` inside the runtime's context, so that transports that register
-/// sockets with the reactor find it even when called from outside a task.
-fn runtime_scoped<T>(runtime: &tokio::runtime::Handle, f: impl FnOnce() -> T) -> T {
-    let _guard = runtime.enter();
-    f()
-}
-
 /// A cloneable handle on a running peer: dials, streams, gossip.
 ///
 /// Every method that waits on a remote peer gives up after the configured
@@ -164,7 +157,9 @@ impl ClusterHandle {
     /// once every configured listener has reported its first address.
     ///
     /// # Errors
-    /// [`ClusterError::Timeout`] when the listeners do not report in time,
+    /// [`ClusterError::ListenerFailed`] when a configured listener closed
+    /// before reporting an address (its port taken, say);
+    /// [`ClusterError::Timeout`] when the listeners do not report in time;
     /// [`ClusterError::Shutdown`] when the event loop has stopped.
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, ClusterError> {
         let mut listen = self.listen.clone();
@@ -177,6 +172,11 @@ impl ClusterHandle {
             })
             .await?
             .map_err(|_| ClusterError::Shutdown)?;
+        if !state.failures.is_empty() {
+            return Err(ClusterError::ListenerFailed {
+                reasons: state.failures,
+            });
+        }
         Ok(state.addrs)
     }
 

@@ -17,6 +17,9 @@
 //!   the manager's relay when a direct dial fails), [`accept`](ClusterHandle::accept),
 //!   gossip, task updates, and the client side of `/join/v1`, `/jobs/v1`,
 //!   `/monitor/v1` and `/public-key/v1`.
+//! - [`gossip`]: gossip events and task updates (length-delimited `Task`s
+//!   without access tokens, on a topic named by the job id); [`peers`]:
+//!   connection events.
 //! - [`ClusterError`]: every failure, naming its input.
 //!
 //! Two peers on loopback exchanging a stream:

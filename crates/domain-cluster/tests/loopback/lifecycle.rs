@@ -154,3 +154,17 @@ async fn listening_on_an_unsupported_address_is_an_error_naming_it() {
         other => panic!("unexpected result: {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listening_on_a_taken_port_is_an_error_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", taken.local_addr().unwrap().port())
+        .parse()
+        .unwrap();
+    let config =
+        ClusterConfig::new(Identity::generate(), Role::Node).with_listen_addrs([addr.clone()]);
+    match Cluster::start(config) {
+        Err(ClusterError::Listen { addr: refused, .. }) => assert_eq!(refused, addr),
+        other => panic!("unexpected result: {other:?}"),
+    }
+}
