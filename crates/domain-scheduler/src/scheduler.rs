@@ -211,6 +211,8 @@ struct JobState {
     tasks: Vec<TaskState>,
     unfinished: usize,
     failed: usize,
+    /// [`Event::JobFinished`] was published (or the job was finished when restored).
+    finish_announced: bool,
 }
 
 impl JobState {
@@ -254,6 +256,7 @@ impl JobState {
             id,
             unfinished: specs.len(),
             failed: 0,
+            finish_announced: false,
             request,
             submitter,
             created_at: now,
@@ -533,6 +536,9 @@ impl Scheduler {
                 }
             }
         }
+        for job in self.jobs.values_mut() {
+            job.finish_announced = job.status() != JobStatus::Running;
+        }
         for task in lost {
             self.attempt_failed(&task, now, "its node is no longer registered".to_owned());
         }
@@ -806,6 +812,16 @@ impl Scheduler {
         })
     }
 
+    /// The request a job was made from, as submitted (its domain, tasks, senders, timeouts).
+    pub fn job_request(&self, job_id: &str) -> Option<&JobRequest> {
+        self.jobs.get(job_id).map(|job| &job.request)
+    }
+
+    /// Peer id of the job's submitter: the one its task tokens go to.
+    pub fn job_submitter(&self, job_id: &str) -> Option<&str> {
+        self.jobs.get(job_id).map(|job| job.submitter.as_str())
+    }
+
     /// How the job stands.
     pub fn job_status(&self, job_id: &str) -> Option<JobStatus> {
         self.jobs.get(job_id).map(JobState::status)
@@ -1057,9 +1073,10 @@ impl Scheduler {
     }
 
     fn finish_job_if_done(&mut self, job_id: &Arc<str>) {
-        if let Some(job) = self.jobs.get(job_id) {
+        if let Some(job) = self.jobs.get_mut(job_id) {
             let status = job.status();
-            if status != JobStatus::Running {
+            if status != JobStatus::Running && !job.finish_announced {
+                job.finish_announced = true;
                 self.outbox.push(Event::JobFinished {
                     job_id: job_id.to_string(),
                     status,

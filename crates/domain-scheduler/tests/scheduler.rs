@@ -412,6 +412,19 @@ fn policy_fail_fails_at_once_and_fails_its_dependents() {
         "needed task \"after\" failed"
     );
     assert_eq!(h.scheduler.job_status(&id), Some(JobStatus::Failed));
+    let finished: Vec<Event> = h
+        .drain()
+        .into_iter()
+        .filter(|e| matches!(e, Event::JobFinished { .. }))
+        .collect();
+    assert_eq!(
+        finished,
+        [Event::JobFinished {
+            job_id: id.clone(),
+            status: JobStatus::Failed
+        }],
+        "announced once"
+    );
 }
 
 #[test]
