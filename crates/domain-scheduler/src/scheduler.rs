@@ -1175,6 +1175,8 @@ impl Scheduler {
         for ((task, node), token) in plans.into_iter().zip(tokens) {
             match token {
                 Ok(token) => self.assign(&task, node, token, now),
+                // No retry: a domain whose key cannot be loaded or used fails every token the
+                // same way, and the error names the cause for the submitter.
                 Err(e) => {
                     if let Some(endpoint) = self.endpoint(&task).map(str::to_owned) {
                         self.registry.release(&node, &endpoint);
