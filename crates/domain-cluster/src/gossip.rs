@@ -221,6 +221,35 @@ mod tests {
         assert_eq!(decode_task_update(&payload).unwrap().access_token, None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_task_update_round_trips_without_its_token(
+            name in ".{0,40}",
+            receiver in proptest::option::of(".{0,60}"),
+            token in proptest::option::of(".{0,200}"),
+            job_id in "[0-9a-f]{0,64}",
+            status in 0i32..7,
+        ) {
+            let task = Task {
+                name,
+                receiver,
+                endpoint: domain_proto::protocols::LOAD_V1.into(),
+                access_token: token,
+                job_id,
+                sender: "12D3KooWSender".into(),
+                status,
+                output: None,
+            };
+            let decoded = decode_task_update(&encode_task_update(&task).unwrap()).unwrap();
+            proptest::prop_assert_eq!(decoded, Task { access_token: None, ..task });
+        }
+
+        #[test]
+        fn arbitrary_payloads_decode_or_fail_without_panicking(payload in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = decode_task_update(&payload);
+        }
+    }
+
     #[test]
     fn a_payload_without_its_length_prefix_is_refused() {
         let task = task_with_token();
