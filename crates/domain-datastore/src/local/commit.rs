@@ -338,3 +338,92 @@ fn apply_delete(
     }
     Ok(Ok(old))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merkle::root_of;
+
+    fn worker(dir: &std::path::Path) -> Worker {
+        let (blobs_dir, tmp_dir) = (dir.join("blobs"), dir.join("tmp"));
+        std::fs::create_dir_all(&blobs_dir).unwrap();
+        std::fs::create_dir_all(&tmp_dir).unwrap();
+        Worker {
+            db: Arc::new(Database::create(dir.join("meta.redb")).unwrap()),
+            blobs_dir,
+            tmp_dir,
+            subscribers: Arc::new(Subscribers::default()),
+        }
+    }
+
+    fn put(
+        domain: &DomainId,
+        bytes: &[u8],
+    ) -> (
+        PutRequest,
+        oneshot::Receiver<Result<Metadata, DatastoreError>>,
+    ) {
+        let (reply, answer) = oneshot::channel();
+        let item = UpsertMetadata {
+            name: "n".into(),
+            data_type: "t".into(),
+            size: u32::try_from(bytes.len()).unwrap(),
+            is_new: true,
+            ..Default::default()
+        };
+        let request = PutRequest {
+            domain: domain.clone(),
+            item,
+            root: root_of(bytes),
+            content: Content::Inline(bytes.to_vec()),
+            reply: Some(reply),
+        };
+        (request, answer)
+    }
+
+    #[test]
+    fn inline_content_whose_blob_vanished_is_written_by_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let worker = worker(dir.path());
+        let domain = DomainId::new("d").unwrap();
+        // The put saw the blob, then a delete removed it before this commit.
+        let (request, mut answer) = put(&domain, b"small content");
+        worker.commit(vec![Request::Put(request)]);
+        let stored = answer.try_recv().unwrap().unwrap();
+        let blob = dir
+            .path()
+            .join("blobs/d")
+            .join(root_of(b"small content").to_string());
+        assert_eq!(std::fs::read(blob).unwrap(), b"small content");
+        assert_eq!(stored.hash, Some(root_of(b"small content").to_string()));
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[test]
+    fn one_batch_dedupes_within_itself_and_counts_every_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let worker = worker(dir.path());
+        let domain = DomainId::new("d").unwrap();
+        let (first, mut first_answer) = put(&domain, b"same");
+        let (second, mut second_answer) = put(&domain, b"same");
+        worker.commit(vec![Request::Put(first), Request::Put(second)]);
+        let first = first_answer.try_recv().unwrap().unwrap();
+        second_answer.try_recv().unwrap().unwrap();
+
+        let (reply, mut deleted) = oneshot::channel();
+        worker.commit(vec![Request::Delete(DeleteRequest {
+            domain: domain.clone(),
+            id: first.id,
+            reply,
+        })]);
+        deleted.try_recv().unwrap().unwrap();
+        let blob = dir
+            .path()
+            .join("blobs/d")
+            .join(root_of(b"same").to_string());
+        assert!(blob.exists(), "the second item still uses the blob");
+    }
+}
