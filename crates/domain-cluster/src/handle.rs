@@ -21,7 +21,7 @@ use crate::event_loop::{
 use crate::gossip::{self, GossipEvents, TaskUpdates};
 use crate::peers::{PeerEvent, PeerEvents};
 use crate::stream::{ClusterStream, IncomingStreams, compat};
-use crate::streams::Registry;
+use crate::streams::{OpenStreamError, Registry};
 
 /// Starts a peer's swarm.
 #[derive(Debug)]
@@ -254,21 +254,31 @@ impl ClusterHandle {
     ) -> Result<ClusterStream, ClusterError> {
         let protocol_id = parse_protocol(protocol)?;
         self.connect(peer).await?;
-        let stream = self
-            .timed(
-                format!("opening a {protocol} stream to {peer}"),
-                self.request(|reply| Command::OpenStream {
-                    peer,
-                    protocol: protocol_id,
-                    reply,
-                }),
-            )
-            .await??
-            .map_err(|source| ClusterError::OpenStream {
-                peer,
-                protocol: protocol.to_owned(),
-                source: Box::new(source),
-            })?;
+        let (reply, answer) = oneshot::channel();
+        let command = Command::OpenStream {
+            peer,
+            protocol: protocol_id,
+            reply,
+        };
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| ClusterError::Shutdown)?;
+        let outcome = self
+            .timed(format!("opening a {protocol} stream to {peer}"), answer)
+            .await?;
+        let stream = match outcome {
+            Ok(result) => result,
+            // The request is dropped with its connection when that closes
+            // before the stream is negotiated.
+            Err(_) if !self.commands.is_closed() => Err(OpenStreamError::NotConnected),
+            Err(_) => return Err(ClusterError::Shutdown),
+        }
+        .map_err(|source| ClusterError::OpenStream {
+            peer,
+            protocol: protocol.to_owned(),
+            source: Box::new(source),
+        })?;
         Ok(compat(stream))
     }
 
