@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use ed25519_dalek::SigningKey;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use ed25519_dalek::{Signer, SigningKey};
 
 use crate::token::{TaskClaims, TokenError};
 
@@ -114,10 +115,18 @@ pub struct DomainKey {
 struct KeyInner {
     domain_id: String,
     public: PublicKey,
-    // jsonwebtoken signs from PKCS#8 DER; both copies zeroize on drop.
-    encoding: EncodingKey,
-    _signing: SigningKey,
+    /// Zeroized on drop by ed25519-dalek.
+    signing: SigningKey,
 }
+
+/// `base64url({"typ":"JWT","alg":"EdDSA"})`: the header of every token we issue.
+///
+/// Tokens are signed here with the kept [`SigningKey`] rather than through
+/// `jsonwebtoken::encode`, which parses the PKCS#8 key again on every call: that
+/// doubled the cost of a token, and the manager signs one per assignment.
+/// [`verify`](crate::verify) (through jsonwebtoken) is the check that they are
+/// standard EdDSA JWTs.
+const TOKEN_HEADER: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJFZERTQSJ9";
 
 impl DomainKey {
     /// Makes a fresh random key for `domain_id` (not stored anywhere).
@@ -132,18 +141,11 @@ impl DomainKey {
     }
 
     fn from_signing(domain_id: &str, signing: SigningKey) -> Result<Self, KeyStoreError> {
-        let der = signing
-            .to_pkcs8_der()
-            .map_err(|source| KeyStoreError::Encode {
-                domain_id: domain_id.to_owned(),
-                reason: source.to_string(),
-            })?;
         Ok(Self {
             inner: Arc::new(KeyInner {
                 domain_id: domain_id.to_owned(),
                 public: PublicKey(signing.verifying_key().to_bytes()),
-                encoding: EncodingKey::from_ed_der(der.as_bytes()),
-                _signing: signing,
+                signing,
             }),
         })
     }
@@ -170,17 +172,23 @@ impl DomainKey {
                 claims_domain: claims.domain_id.clone(),
             });
         }
-        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &self.inner.encoding).map_err(
-            |source| TokenError::Sign {
-                domain_id: claims.domain_id.clone(),
-                reason: source.to_string(),
-            },
-        )
+        let payload = serde_json::to_vec(claims).map_err(|source| TokenError::Sign {
+            domain_id: claims.domain_id.clone(),
+            reason: source.to_string(),
+        })?;
+        let mut token = String::with_capacity(TOKEN_HEADER.len() + 2 * payload.len() + 90);
+        token.push_str(TOKEN_HEADER);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+        let signature = self.inner.signing.sign(token.as_bytes());
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut token);
+        Ok(token)
     }
 
     fn to_pem(&self) -> Result<zeroize::Zeroizing<String>, KeyStoreError> {
         self.inner
-            ._signing
+            .signing
             .to_pkcs8_pem(LineEnding::LF)
             .map_err(|source| KeyStoreError::Encode {
                 domain_id: self.inner.domain_id.clone(),
@@ -475,6 +483,13 @@ fn sync_dir(dir: &Path) -> Result<(), KeyStoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_header_is_base64url_of_an_eddsa_jwt_header() {
+        let header = URL_SAFE_NO_PAD.decode(TOKEN_HEADER).unwrap();
+        let header: serde_json::Value = serde_json::from_slice(&header).unwrap();
+        assert_eq!(header, serde_json::json!({"typ": "JWT", "alg": "EdDSA"}));
+    }
 
     #[test]
     fn public_key_round_trips_through_hex() {
