@@ -1,0 +1,45 @@
+//! A domain-cluster node (DESIGN §1, §3, §5, §6, §9): it joins the manager,
+//! registers `/store/v1` and `/load/v1` with their capacities, and serves them
+//! from its local datastore.
+//!
+//! - [`Node`]: [`Node::start`] opens the [`LocalDatastore`](domain_datastore::LocalDatastore)
+//!   under `DIR/store`, keeps the peer identity at `DIR/identity.key`, starts the
+//!   swarm with the manager as bootstrap peer, joins the manager and re-joins it
+//!   every [`join_interval`](NodeConfig::join_interval) (the heartbeat; the manager's
+//!   address is dialled again each time, so a restarted manager is found). Task
+//!   streams are served with domain-capabilities' handlers, at most
+//!   [`MAX_CONCURRENT_TASK_STREAMS`](domain_capabilities::MAX_CONCURRENT_TASK_STREAMS)
+//!   at once: one more is dropped at once, not queued. [`Node::shutdown`] stops
+//!   accepting, lets running streams finish within the grace period, and cuts the rest.
+//! - [`ManagerKeys`]: domain public keys fetched from the manager over
+//!   `/public-key/v1`, cached, fetched again when a token's signature fails.
+//! - [`StatusReporter`]: PROCESSING when a stream's handshake succeeds, DONE or
+//!   FAILED when it ends, published on the gossip topic of the job the verified
+//!   token names, without token.
+//! - [`NodeConfig`] and [`NodeSettings`]: the configuration, and the partial form
+//!   that the TOML file and the command line of `domain-node run` fill in.
+//!
+//! ```
+//! use domain_node::{NodeConfig, NodeSettings};
+//!
+//! let settings = NodeSettings {
+//!     manager: Some("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWLRPJAA5o6Ztr9vdumNjgx3D7T9dbtXbZpGbSaDcJkfAP".into()),
+//!     data_dir: Some("/var/lib/domain-node".into()),
+//!     load_capacity: Some(-1),
+//!     ..NodeSettings::default()
+//! };
+//! let config: NodeConfig = settings.into_config()?;
+//! assert_eq!(config.store_dir(), std::path::Path::new("/var/lib/domain-node/store"));
+//! assert_eq!((config.store_capacity, config.load_capacity), (16, -1));
+//! # Ok::<(), domain_node::ConfigError>(())
+//! ```
+
+pub mod config;
+pub mod keys;
+mod node;
+pub mod status;
+
+pub use config::{ConfigError, NodeConfig, NodeSettings};
+pub use keys::ManagerKeys;
+pub use node::{Node, NodeError, ShutdownReport, first_tcp_addr};
+pub use status::StatusReporter;

@@ -1,0 +1,158 @@
+//! `domain-node`: a node of a domain cluster. See the domain-node library.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use domain_node::{Node, NodeSettings, first_tcp_addr};
+use tracing_subscriber::EnvFilter;
+
+/// A node of a domain cluster: joins the manager and serves `/store/v1` and
+/// `/load/v1` from its local datastore.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the node until Ctrl-C or SIGTERM. Prints `listening <multiaddr>`
+    /// per address, then `ready <tcp multiaddr>` once it has joined the manager.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The manager's multiaddr, ending with /p2p/<manager peer id>.
+    #[arg(long, value_name = "MULTIADDR")]
+    manager: Option<String>,
+    /// Holds identity.key and the datastore (store/).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// An address to listen on (repeatable) [default: loopback TCP and QUIC].
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<String>,
+    /// The name to register with [default: the peer id].
+    #[arg(long, value_name = "N")]
+    name: Option<String>,
+    /// Concurrent /store/v1 tasks to take, -1 for unlimited [default: 16].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    store_capacity: Option<i32>,
+    /// Concurrent /load/v1 tasks to take, -1 for unlimited [default: 16].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    load_capacity: Option<i32>,
+    /// Time between joins, the node's heartbeat [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    join_interval: Option<String>,
+    /// How long running task streams may go on after Ctrl-C or SIGTERM [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    shutdown_grace: Option<String>,
+    /// The limit on each remote wait [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    request_timeout: Option<String>,
+    /// A TOML file with the same keys as these flags (flags win).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn settings(self) -> anyhow::Result<NodeSettings> {
+        let file = match &self.config {
+            Some(path) => NodeSettings::load(path)?,
+            None => NodeSettings::default(),
+        };
+        let flags = NodeSettings {
+            manager: self.manager,
+            data_dir: self.data_dir,
+            listen: self.listen,
+            name: self.name,
+            store_capacity: self.store_capacity,
+            load_capacity: self.load_capacity,
+            join_interval: self.join_interval,
+            shutdown_grace: self.shutdown_grace,
+            request_timeout: self.request_timeout,
+        };
+        Ok(file.overridden_by(flags))
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("domain-node: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match cli.command {
+        Command::Run(args) => runtime.block_on(run_node(args)),
+    }
+}
+
+async fn run_node(args: RunArgs) -> anyhow::Result<()> {
+    let config = args.settings()?.into_config()?;
+    let data_dir = config.data_dir.clone();
+    let node = Node::start(config)
+        .await
+        .with_context(|| format!("cannot start the node in {}", data_dir.display()))?;
+    let addrs = node.listen_addrs().await.context("no listen address")?;
+    let ready = first_tcp_addr(&addrs).context("the node listens on no TCP address")?;
+    {
+        let mut out = std::io::stdout().lock();
+        for addr in &addrs {
+            writeln!(out, "listening {addr}").context("cannot write to stdout")?;
+        }
+        out.flush().context("cannot write to stdout")?;
+    }
+    tokio::select! {
+        joined = node.joined() => {
+            joined?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "ready {ready}").context("cannot write to stdout")?;
+            out.flush().context("cannot write to stdout")?;
+            drop(out);
+            shutdown_signal().await?;
+        }
+        signal = shutdown_signal() => signal?,
+    }
+    tracing::info!("shutting down");
+    let report = node.shutdown().await.context("cannot shut down cleanly")?;
+    if report.streams_cut > 0 {
+        tracing::warn!(streams = report.streams_cut, "task streams were cut short");
+    }
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM on Unix.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            ctrl_c = tokio::signal::ctrl_c() => ctrl_c.context("cannot listen for Ctrl-C"),
+            _ = terminate.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot listen for Ctrl-C")
+    }
+}

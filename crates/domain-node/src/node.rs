@@ -1,0 +1,524 @@
+//! The running node: datastore, swarm, join loop, task-stream acceptors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain_capabilities::{
+    CapabilityError, Limits, MAX_CONCURRENT_TASK_STREAMS, Served, StreamInfo, accept_task_stream,
+};
+use domain_cluster::config::{ClusterConfig, Role};
+use domain_cluster::identity::Identity;
+use domain_cluster::{
+    Cluster, ClusterError, ClusterHandle, ClusterStream, IdentityError, IncomingStreams, Multiaddr,
+    PeerId,
+};
+use domain_datastore::{DatastoreError, LocalDatastore};
+use domain_proto::discovery::{Capability, Node as NodeInfo};
+use domain_proto::protocols::{LOAD_V1, STORE_V1};
+use domain_proto::task::Status;
+use libp2p::multiaddr::Protocol;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, NodeConfig};
+use crate::keys::ManagerKeys;
+use crate::status::StatusReporter;
+
+/// The first retry of a failed join; later ones double up to the join interval.
+const FIRST_JOIN_RETRY: Duration = Duration::from_millis(250);
+
+/// How long shutdown waits for the status worker to publish what is queued.
+const REPORT_DRAIN: Duration = Duration::from_secs(5);
+
+/// Why a node cannot start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is not usable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data folder cannot be created.
+    #[error("cannot create data folder {path}: {source}")]
+    DataDir {
+        /// The folder.
+        path: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The identity file is not usable.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The datastore cannot be opened.
+    #[error("cannot open the datastore in {path}: {source}")]
+    Datastore {
+        /// The store's folder.
+        path: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: DatastoreError,
+    },
+    /// The swarm failed.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The node stopped before the awaited event.
+    #[error("the node stopped")]
+    Stopped,
+}
+
+/// What [`Node::shutdown`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Task streams still running when the grace period ended, cut short.
+    pub streams_cut: usize,
+}
+
+/// A running node.
+///
+/// ```no_run
+/// # async fn demo(manager: domain_cluster::Multiaddr) -> Result<(), domain_node::NodeError> {
+/// use domain_node::{Node, NodeConfig};
+///
+/// let node = Node::start(NodeConfig::new(manager, "/var/lib/domain-node")?).await?;
+/// node.joined().await?;
+/// println!("ready {}", node.ready_addr().await?);
+/// node.shutdown().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Node {
+    cluster: ClusterHandle,
+    cluster_task: JoinHandle<()>,
+    datastore: LocalDatastore,
+    keys: ManagerKeys,
+    joins: watch::Receiver<u64>,
+    /// Stops the join loop and the acceptors.
+    stop: CancellationToken,
+    /// Cuts the task streams still running after the grace period.
+    cut: CancellationToken,
+    permits: Arc<Semaphore>,
+    background: Vec<JoinHandle<()>>,
+    reporter_task: JoinHandle<()>,
+    grace: Duration,
+}
+
+/// What every task-stream handler shares.
+#[derive(Debug)]
+struct Context {
+    local_peer: String,
+    datastore: LocalDatastore,
+    keys: ManagerKeys,
+    reporter: StatusReporter,
+    limits: Limits,
+    cut: CancellationToken,
+}
+
+impl Node {
+    /// Opens the datastore under `DIR/store`, loads (or creates) the identity at
+    /// `DIR/identity.key`, starts the swarm with the manager as bootstrap peer,
+    /// accepts `/store/v1` and `/load/v1` streams and starts joining the manager.
+    ///
+    /// # Errors
+    /// A [`NodeError`] naming what could not be set up.
+    pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        let manager = match config.manager.iter().last() {
+            Some(Protocol::P2p(peer)) => peer,
+            _ => {
+                return Err(ConfigError::ManagerWithoutPeerId {
+                    addr: config.manager,
+                }
+                .into());
+            }
+        };
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let identity = Identity::load_or_create(config.identity_path())?;
+        let store_dir = config.store_dir();
+        let datastore =
+            LocalDatastore::open(&store_dir)
+                .await
+                .map_err(|source| NodeError::Datastore {
+                    path: store_dir,
+                    source,
+                })?;
+
+        let mut cluster_config = ClusterConfig::new(identity, Role::Node)
+            .with_listen_addrs(config.listen.clone())
+            .with_bootstrap(config.manager.clone());
+        cluster_config.request_timeout = config.request_timeout;
+        let (cluster, cluster_task) = Cluster::start(cluster_config)?;
+        let local_peer = cluster.local_peer_id();
+
+        // Accept before joining: once the manager knows the node it may assign it tasks.
+        let acceptors = [STORE_V1, LOAD_V1].map(|protocol| {
+            cluster
+                .accept(protocol)
+                .map(|incoming| (protocol, incoming))
+        });
+        let acceptors = acceptors.into_iter().collect::<Result<Vec<_>, _>>()?;
+
+        let keys = ManagerKeys::new(cluster.clone(), config.manager.clone(), manager);
+        let (reporter, reporter_task) = StatusReporter::start(cluster.clone());
+        let stop = CancellationToken::new();
+        let cut = CancellationToken::new();
+        let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_TASK_STREAMS));
+        let context = Arc::new(Context {
+            local_peer: local_peer.to_string(),
+            datastore: datastore.clone(),
+            keys: keys.clone(),
+            reporter,
+            limits: config.limits,
+            cut: cut.clone(),
+        });
+
+        let mut background: Vec<JoinHandle<()>> = acceptors
+            .into_iter()
+            .map(|(protocol, incoming)| {
+                tokio::spawn(accept_streams(
+                    protocol,
+                    incoming,
+                    Arc::clone(&context),
+                    Arc::clone(&permits),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+
+        let info = NodeInfo {
+            id: local_peer.to_string(),
+            name: config.name.unwrap_or_else(|| local_peer.to_string()),
+            // Store and load need no GPU; the CPU count lets tasks with a
+            // `min_cpu` find the node.
+            cpu: std::thread::available_parallelism()
+                .ok()
+                .and_then(|n| i32::try_from(n.get()).ok()),
+            gpu: None,
+            capabilities: vec![
+                Capability {
+                    endpoint: STORE_V1.to_owned(),
+                    capacity: config.store_capacity,
+                },
+                Capability {
+                    endpoint: LOAD_V1.to_owned(),
+                    capacity: config.load_capacity,
+                },
+            ],
+        };
+        let (joins_tx, joins) = watch::channel(0);
+        background.push(tokio::spawn(join_loop(
+            JoinLoop {
+                cluster: cluster.clone(),
+                manager_addr: config.manager,
+                manager,
+                info,
+                interval: config.join_interval,
+                joins: joins_tx,
+            },
+            stop.clone(),
+        )));
+
+        Ok(Self {
+            cluster,
+            cluster_task,
+            datastore,
+            keys,
+            joins,
+            stop,
+            cut,
+            permits,
+            background,
+            reporter_task,
+            grace: config.shutdown_grace,
+        })
+    }
+
+    /// This node's peer id.
+    #[must_use]
+    pub fn peer_id(&self) -> PeerId {
+        self.cluster.local_peer_id()
+    }
+
+    /// The node's swarm.
+    #[must_use]
+    pub fn cluster(&self) -> &ClusterHandle {
+        &self.cluster
+    }
+
+    /// The node's datastore.
+    #[must_use]
+    pub fn datastore(&self) -> &LocalDatastore {
+        &self.datastore
+    }
+
+    /// The domain keys fetched from the manager so far.
+    #[must_use]
+    pub fn keys(&self) -> &ManagerKeys {
+        &self.keys
+    }
+
+    /// The addresses the node listens on, each ending with `/p2p/<node id>`.
+    ///
+    /// # Errors
+    /// [`NodeError::Cluster`] when the listeners do not report in time.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NodeError> {
+        Ok(self.cluster.listen_addrs().await?)
+    }
+
+    /// The first plain TCP address the node listens on, with `/p2p/<node id>`:
+    /// the address its `ready` line shows.
+    ///
+    /// # Errors
+    /// [`NodeError::Cluster`] as [`listen_addrs`](Self::listen_addrs);
+    /// [`NodeError::Stopped`] when the node listens on no TCP address.
+    pub async fn ready_addr(&self) -> Result<Multiaddr, NodeError> {
+        first_tcp_addr(&self.listen_addrs().await?).ok_or(NodeError::Stopped)
+    }
+
+    /// Successful joins so far; it changes at each one (the heartbeat).
+    #[must_use]
+    pub fn joins(&self) -> watch::Receiver<u64> {
+        self.joins.clone()
+    }
+
+    /// Waits for the first successful join. Joins are retried without end; put
+    /// a timeout around this to give up.
+    ///
+    /// # Errors
+    /// [`NodeError::Stopped`] when the node stops first.
+    pub async fn joined(&self) -> Result<(), NodeError> {
+        let mut joins = self.joins.clone();
+        joins
+            .wait_for(|n| *n > 0)
+            .await
+            .map(drop)
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// Task streams running now.
+    #[must_use]
+    pub fn running_streams(&self) -> usize {
+        MAX_CONCURRENT_TASK_STREAMS - self.permits.available_permits()
+    }
+
+    /// Stops gracefully: stops accepting streams and joining, lets running task
+    /// streams finish for up to the grace period and cuts the rest (reported
+    /// FAILED), publishes the queued status reports, stops the swarm and closes
+    /// the datastore.
+    ///
+    /// # Errors
+    /// [`NodeError::Cluster`] when the swarm had already stopped.
+    pub async fn shutdown(self) -> Result<ShutdownReport, NodeError> {
+        let Self {
+            cluster,
+            cluster_task,
+            datastore,
+            keys,
+            joins,
+            stop,
+            cut,
+            permits,
+            background,
+            reporter_task,
+            grace,
+        } = self;
+        stop.cancel();
+        for task in background {
+            // The acceptors and the join loop end at the cancellation; a panic
+            // in one has been logged by the runtime already.
+            let _ = task.await;
+        }
+        let all = u32::try_from(MAX_CONCURRENT_TASK_STREAMS).unwrap_or(u32::MAX);
+        let mut streams_cut = 0;
+        if tokio::time::timeout(grace, permits.acquire_many(all))
+            .await
+            .is_err()
+        {
+            streams_cut = MAX_CONCURRENT_TASK_STREAMS - permits.available_permits();
+            tracing::warn!(
+                streams = streams_cut,
+                ?grace,
+                "cutting the task streams still running after the grace period"
+            );
+            cut.cancel();
+            // Cut handlers report and return at once.
+            let _ = permits.acquire_many(all).await;
+        }
+        drop((keys, joins));
+        // The last reporter clone went with the handlers' context: the worker
+        // publishes what is queued, then ends.
+        if tokio::time::timeout(REPORT_DRAIN, reporter_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("status reports still unpublished at shutdown");
+        }
+        cluster.shutdown().await?;
+        let _ = cluster_task.await;
+        // The last clone of the store closes its database (and waits for its commits).
+        drop(datastore);
+        Ok(ShutdownReport { streams_cut })
+    }
+}
+
+/// The first address of `addrs` over plain TCP (no WebSocket, no relay).
+#[must_use]
+pub fn first_tcp_addr(addrs: &[Multiaddr]) -> Option<Multiaddr> {
+    addrs
+        .iter()
+        .find(|addr| {
+            addr.iter().any(|p| matches!(p, Protocol::Tcp(_)))
+                && !addr
+                    .iter()
+                    .any(|p| matches!(p, Protocol::Ws(_) | Protocol::Wss(_) | Protocol::P2pCircuit))
+        })
+        .cloned()
+}
+
+async fn accept_streams(
+    protocol: &'static str,
+    mut incoming: IncomingStreams,
+    context: Arc<Context>,
+    permits: Arc<Semaphore>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (peer, stream) = tokio::select! {
+            () = stop.cancelled() => break,
+            next = incoming.next() => match next {
+                Some(next) => next,
+                None => break,
+            },
+        };
+        // Over the limit, a stream is dropped at once: queueing it would hold the
+        // sender's token until it expires, and the scheduler will retry the task.
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            tracing::warn!(%peer, protocol, limit = MAX_CONCURRENT_TASK_STREAMS, "too many task streams; dropping one");
+            drop(stream);
+            continue;
+        };
+        let context = Arc::clone(&context);
+        tokio::spawn(async move {
+            context.serve(peer, protocol, stream).await;
+            drop(permit);
+        });
+    }
+    // Dropping `incoming` frees the protocol: new streams are refused from now on.
+}
+
+impl Context {
+    async fn serve(&self, peer: PeerId, protocol: &'static str, stream: ClusterStream) {
+        let remote_peer = peer.to_string();
+        let info = StreamInfo {
+            local_peer: &self.local_peer,
+            remote_peer: &remote_peer,
+            protocol,
+        };
+        // The handshake gets one idle period in all, not one per byte.
+        let handshake = tokio::time::timeout(
+            self.limits.idle_timeout,
+            accept_task_stream(stream, &info, &self.keys, &self.limits),
+        );
+        let accepted = tokio::select! {
+            () = self.cut.cancelled() => return,
+            accepted = handshake => accepted,
+        };
+        let accepted = match accepted {
+            Ok(Ok(accepted)) => accepted,
+            Ok(Err(error)) => {
+                tracing::warn!(%peer, protocol, %error, "task stream refused");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, protocol, "task stream refused: no handshake in time");
+                return;
+            }
+        };
+        let claims = accepted.accepted().claims.clone();
+        tracing::info!(%peer, protocol, job = claims.job_id, task = claims.task_name, domain = claims.domain_id, "task stream accepted");
+        self.reporter.report(&claims, Status::Processing).await;
+        let outcome = tokio::select! {
+            () = self.cut.cancelled() => None,
+            served = accepted.serve(&self.datastore) => Some(served),
+        };
+        let status = match outcome {
+            Some(Ok(served)) => {
+                let (items, bytes) = match served {
+                    Served::Store(s) => (s.items, s.bytes),
+                    Served::Load(s) => (s.items, s.bytes),
+                };
+                tracing::info!(%peer, protocol, job = claims.job_id, task = claims.task_name, items, bytes, "task stream done");
+                Status::Done
+            }
+            Some(Err(error)) => {
+                log_failure(peer, protocol, &claims.job_id, &claims.task_name, &error);
+                Status::Failed
+            }
+            None => {
+                tracing::warn!(%peer, protocol, job = claims.job_id, task = claims.task_name, "task stream cut by shutdown");
+                Status::Failed
+            }
+        };
+        self.reporter.report(&claims, status).await;
+    }
+}
+
+fn log_failure(peer: PeerId, protocol: &str, job: &str, task: &str, error: &CapabilityError) {
+    tracing::warn!(%peer, protocol, job, task, %error, "task stream failed");
+}
+
+/// What the join loop needs.
+struct JoinLoop {
+    cluster: ClusterHandle,
+    manager_addr: Multiaddr,
+    manager: PeerId,
+    info: NodeInfo,
+    interval: Duration,
+    joins: watch::Sender<u64>,
+}
+
+/// Joins the manager every interval (the join is the node's heartbeat);
+/// after a failure retries sooner, doubling the wait up to the interval.
+async fn join_loop(state: JoinLoop, stop: CancellationToken) {
+    let mut failures: u32 = 0;
+    loop {
+        let attempt = async {
+            // Dial the full address each time: after a manager restart the swarm
+            // may have dropped the addresses it knew for it.
+            state.cluster.dial(state.manager_addr.clone()).await?;
+            state.cluster.join(state.manager, state.info.clone()).await
+        };
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            result = attempt => result,
+        };
+        let wait = match result {
+            Ok(()) => {
+                if failures > 0 || *state.joins.borrow() == 0 {
+                    tracing::info!(manager = %state.manager_addr, "joined the manager");
+                }
+                failures = 0;
+                state.joins.send_modify(|n| *n += 1);
+                state.interval
+            }
+            Err(ClusterError::Shutdown) => return,
+            Err(error) => {
+                if failures == 0 {
+                    tracing::warn!(manager = %state.manager_addr, %error, "cannot join the manager; retrying");
+                } else {
+                    tracing::debug!(%error, failures, "join failed again");
+                }
+                failures = failures.saturating_add(1);
+                FIRST_JOIN_RETRY
+                    .saturating_mul(1 << (failures - 1).min(16))
+                    .min(state.interval)
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Task status reports on gossip (DESIGN §3, "Task updates").
+//!
+//! A stream handler hands each report to a bounded queue; one worker publishes
+//! them in order on the job's topic, subscribing to it first (gossipsub forms
+//! its mesh from subscribers) and leaving it once no task of the job runs here.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use domain_auth::TaskClaims;
+use domain_cluster::{ClusterError, ClusterHandle};
+use domain_proto::task::{Status, Task};
+use libp2p::gossipsub::PublishError;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Reports waiting for the worker before handlers wait.
+pub const REPORT_QUEUE: usize = 1024;
+
+/// Publishing attempts per report: the first right away, then after 100 ms,
+/// 200 ms, ... while no peer of the topic is known yet or their queues are full.
+pub const PUBLISH_ATTEMPTS: u32 = 6;
+
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+/// Sends task status reports to the publishing worker. Cheap to clone; the
+/// worker ends once every clone is dropped and the queue is drained.
+#[derive(Debug, Clone)]
+pub struct StatusReporter {
+    queue: mpsc::Sender<Report>,
+}
+
+#[derive(Debug)]
+struct Report {
+    task: Task,
+}
+
+impl StatusReporter {
+    /// Starts the worker that publishes through `cluster`; returns the reporter
+    /// and the worker's task.
+    #[must_use]
+    pub fn start(cluster: ClusterHandle) -> (Self, JoinHandle<()>) {
+        let (queue, reports) = mpsc::channel(REPORT_QUEUE);
+        let worker = tokio::spawn(publish_reports(cluster, reports));
+        (Self { queue }, worker)
+    }
+
+    /// Reports that the task that `claims` name is now in `status`.
+    pub async fn report(&self, claims: &TaskClaims, status: Status) {
+        let task = task_update(claims, status);
+        if self.queue.send(Report { task }).await.is_err() {
+            tracing::warn!(
+                job = claims.job_id,
+                task = claims.task_name,
+                ?status,
+                "status not reported: the node is shutting down"
+            );
+        }
+    }
+}
+
+/// The gossiped form of a task's new status: what the verified claims say of
+/// it, and no token.
+#[must_use]
+pub fn task_update(claims: &TaskClaims, status: Status) -> Task {
+    Task {
+        name: claims.task_name.clone(),
+        receiver: Some(claims.receiver.clone()),
+        endpoint: claims.endpoint.clone(),
+        access_token: None,
+        job_id: claims.job_id.clone(),
+        sender: claims.sender.clone(),
+        status: status as i32,
+        output: None,
+    }
+}
+
+fn is_final(status: i32) -> bool {
+    matches!(Status::try_from(status), Ok(Status::Done | Status::Failed))
+}
+
+async fn publish_reports(cluster: ClusterHandle, mut reports: mpsc::Receiver<Report>) {
+    // Tasks reported started and not yet ended, per job: the node stays on a
+    // job's topic while any runs. Bounded by the streams a node serves at once.
+    let mut running: HashMap<String, usize> = HashMap::new();
+    while let Some(Report { task }) = reports.recv().await {
+        let job_id = task.job_id.clone();
+        if let Err(error) = publish(&cluster, &task).await {
+            tracing::warn!(
+                job = job_id,
+                task = task.name,
+                status = ?task.status(),
+                %error,
+                "task status not published"
+            );
+        }
+        if is_final(task.status) {
+            let left = running.get_mut(&job_id).map(|n| {
+                *n = n.saturating_sub(1);
+                *n
+            });
+            if left == Some(0) {
+                running.remove(&job_id);
+                if let Err(error) = cluster.unsubscribe(&job_id).await {
+                    tracing::debug!(job = job_id, %error, "cannot leave the job's topic");
+                }
+            }
+        } else {
+            *running.entry(job_id).or_default() += 1;
+        }
+    }
+}
+
+async fn publish(cluster: &ClusterHandle, task: &Task) -> Result<(), ClusterError> {
+    cluster.subscribe(&task.job_id).await?;
+    let mut delay = FIRST_RETRY;
+    let mut attempt = 1;
+    loop {
+        match cluster.publish_task_update(&task.job_id, task).await {
+            Ok(()) => {
+                tracing::debug!(job = task.job_id, task = task.name, status = ?task.status(), "task status published");
+                return Ok(());
+            }
+            // Right after subscribing, the topic's other peers may not be known yet.
+            Err(ClusterError::Publish {
+                source: PublishError::NoPeersSubscribedToTopic | PublishError::AllQueuesFull(_),
+                ..
+            }) if attempt < PUBLISH_ATTEMPTS => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
