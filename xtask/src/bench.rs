@@ -187,7 +187,7 @@ fn report(results: &[Measured]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n{:<26} {:>10} {:>11} {:>7} {:>7}",
+        "\n{:<26} {:>10} {:>12} {:>7} {:>7}",
         "bench", "mean", "throughput", "x a", "x b"
     );
     for result in results {
