@@ -122,6 +122,9 @@ fn build_behaviour(
         .with_max_established_per_peer(limits.max_established_per_peer)
         .with_max_established(limits.max_established_total);
 
+    // Identify's stream protocol is libp2p's fixed `/ipfs/id/1.0.0`;
+    // `/posemesh/id/1.0.0` is the protocol version it announces, as posemesh
+    // peers do.
     let identify = identify::Behaviour::new(
         identify::Config::new(
             domain_proto::protocols::IDENTIFY.to_owned(),

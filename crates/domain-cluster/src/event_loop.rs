@@ -577,6 +577,11 @@ impl EventLoop {
         match event {
             BehaviourEvent::Gossipsub(event) => self.on_gossip_event(event),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let _ = self.peer_events.send(PeerEvent::Identified {
+                    peer: peer_id,
+                    protocol_version: info.protocol_version.clone(),
+                    agent_version: info.agent_version.clone(),
+                });
                 // Peers that speak our Kademlia protocol go into the routing
                 // table with the addresses they listen on (relayed ones included).
                 let kad_protocol = libp2p::StreamProtocol::new(domain_proto::protocols::KADEMLIA);

@@ -9,7 +9,8 @@ use tokio::sync::broadcast;
 
 use crate::error::ClusterError;
 
-/// A peer's first connection opened, or its last one closed.
+/// A peer's first connection opened, its identity learned, or its last
+/// connection closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerEvent {
     /// The first connection to the peer is up.
@@ -18,6 +19,16 @@ pub enum PeerEvent {
         peer: PeerId,
         /// The connection's remote address (with `/p2p-circuit` when relayed).
         addr: Multiaddr,
+    },
+    /// The peer told who it is (identify). Its `protocol_version` is
+    /// `/posemesh/id/1.0.0` for posemesh peers and ours.
+    Identified {
+        /// The peer.
+        peer: PeerId,
+        /// The protocol version it announces.
+        protocol_version: String,
+        /// Its software and version.
+        agent_version: String,
     },
     /// The last connection to the peer has closed.
     Disconnected {

@@ -168,3 +168,48 @@ async fn listening_on_a_taken_port_is_an_error_naming_the_address() {
         other => panic!("unexpected result: {other:?}"),
     }
 }
+
+/// Posemesh peers find ours by protocol name: Kademlia runs under
+/// `/posemesh/kad/1.0.0`, and identify announces `/posemesh/id/1.0.0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manager_speaks_posemesh_kademlia_and_announces_the_posemesh_identify_version() {
+    use domain_cluster::peers::PeerEvent;
+    use domain_proto::protocols::{IDENTIFY, KADEMLIA};
+    let manager = manager().await;
+    let mut events = manager.handle.peer_events().unwrap();
+    let client = crate::common::joined(Role::Client, &manager).await;
+    let (manager_id, client_id) = (
+        manager.handle.local_peer_id(),
+        client.handle.local_peer_id(),
+    );
+
+    within(KADEMLIA, client.handle.open_stream(manager_id, KADEMLIA))
+        .await
+        .unwrap();
+    let err = within(
+        "/ipfs/kad/1.0.0",
+        client.handle.open_stream(manager_id, "/ipfs/kad/1.0.0"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, ClusterError::OpenStream { .. }),
+        "unexpected error: {err}"
+    );
+
+    let version = within("identify", async {
+        loop {
+            if let PeerEvent::Identified {
+                peer,
+                protocol_version,
+                ..
+            } = events.recv().await.unwrap()
+                && peer == client_id
+            {
+                return protocol_version;
+            }
+        }
+    })
+    .await;
+    assert_eq!(version, IDENTIFY);
+}
