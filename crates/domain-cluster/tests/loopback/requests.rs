@@ -332,3 +332,39 @@ async fn a_domain_id_over_256_bytes_is_refused_before_anything_is_sent() {
         "unexpected error: {err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_frame_over_the_limit_is_a_typed_error_before_any_allocation() {
+    let manager = manager().await;
+    let mut incoming = manager.handle.accept(MONITOR_V1).unwrap();
+    tokio::spawn(async move {
+        let (_, mut stream) = incoming.next().await.unwrap();
+        let mut ack = [0u8; 3];
+        stream.read_exact(&mut ack).await.unwrap();
+        // A 4-byte prefix announcing 1 GiB, then nothing.
+        stream.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
+        stream.flush().await.unwrap();
+        // Held open: the client must refuse on the prefix alone.
+        std::future::pending::<()>().await;
+    });
+
+    let client = joined(Role::Client, &manager).await;
+    let mut monitor = within(
+        "monitor",
+        client.handle.monitor(manager.handle.local_peer_id()),
+    )
+    .await
+    .unwrap();
+    let err = within("next job", monitor.next()).await.unwrap_err();
+    match err {
+        ClusterError::Frame {
+            protocol, source, ..
+        } => {
+            assert_eq!(protocol, MONITOR_V1);
+            assert!(
+                matches!(*source, domain_proto::FrameError::TooLarge { len, .. } if len == 1 << 30)
+            );
+        }
+        other => panic!("unexpected error: {other}"),
+    }
+}
