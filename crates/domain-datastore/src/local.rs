@@ -44,8 +44,8 @@ const IO_BATCH: usize = 1 << 20;
 /// Items up to this size are read into memory and hashed at once; larger ones stream.
 const INLINE_MAX: u32 = 64 << 10;
 
-/// A large put syncs its file every this many bytes, so the disk works while hashing goes on.
-const SYNC_EVERY: usize = 32 << 20;
+/// A large put starts the writeback of each window of this many bytes once it is written.
+const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// Settings of a [`LocalDatastore`].
 #[derive(Debug, Clone)]
@@ -473,8 +473,8 @@ fn write_small(path: PathBuf, bytes: &[u8]) -> Result<TempFile, DatastoreError> 
 
 /// Streams `content` into `file` in large batches. Each batch goes at once to a hashing
 /// thread (which builds the Merkle tree on all cores) and to a writing thread, so hashing
-/// and writing overlap across batches; the writer also syncs every [`SYNC_EVERY`] bytes
-/// so that the final fsync has little left to wait for. Reads at most `size + 1` bytes;
+/// and writing overlap across batches; the writer starts the writeback of every
+/// [`WRITEBACK_EVERY`] bytes so that the final fsync has little left to wait for. Reads at most `size + 1` bytes;
 /// any other count than `size` is [`DatastoreError::SizeMismatch`].
 async fn write_content<R: AsyncRead + Unpin>(
     file: std::fs::File,
@@ -499,15 +499,14 @@ async fn write_content<R: AsyncRead + Unpin>(
     let write_path = path.to_owned();
     let writer = tokio::task::spawn_blocking(move || {
         let mut file = file;
-        let mut unsynced = 0;
+        let (mut written, mut flushed) = (0_u64, 0_u64);
         while let Some(batch) = write_rx.blocking_recv() {
             file.write_all(&batch)
                 .map_err(|e| io_error("write", &write_path, e))?;
-            unsynced += batch.len();
-            if unsynced >= SYNC_EVERY {
-                file.sync_data()
-                    .map_err(|e| io_error("fsync", &write_path, e))?;
-                unsynced = 0;
+            written += batch.len() as u64;
+            if written - flushed >= WRITEBACK_EVERY {
+                start_writeback(&file, flushed, written - flushed);
+                flushed = written;
             }
             recycle(batch, &free_tx);
         }
@@ -570,6 +569,24 @@ async fn write_content<R: AsyncRead + Unpin>(
     }
     Ok((root, file))
 }
+
+/// Asks the kernel to start writing `len` bytes of `file` from `offset` to disk now,
+/// without waiting: the disk works while hashing goes on, and the final fsync has little
+/// left to do. (An fsync per window would wait for the disk's cache flush each time.)
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    // POSIX_FADV_DONTNEED starts writeback of the dirty range (and drops the pages once
+    // clean: a stored blob is not read back soon). Only advice: a failure changes nothing.
+    let _ = rustix::fs::fadvise(
+        file,
+        offset,
+        std::num::NonZeroU64::new(len),
+        rustix::fs::Advice::DontNeed,
+    );
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_: &std::fs::File, _: u64, _: u64) {}
 
 /// Hands a batch back for reuse once the last of its users is done with it.
 fn recycle(batch: Arc<Vec<u8>>, free: &mpsc::Sender<Vec<u8>>) {
