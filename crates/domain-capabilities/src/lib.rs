@@ -86,13 +86,18 @@ pub struct Limits {
     pub io_batch: usize,
 }
 
+impl Limits {
+    /// The defaults of DESIGN §9: 4 MiB frames, 30 s idle, 1 MiB content batches.
+    pub const DEFAULT: Self = Self {
+        max_frame: DEFAULT_MAX_FRAME,
+        idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        io_batch: DEFAULT_IO_BATCH,
+    };
+}
+
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_frame: DEFAULT_MAX_FRAME,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            io_batch: DEFAULT_IO_BATCH,
-        }
+        Self::DEFAULT
     }
 }
 

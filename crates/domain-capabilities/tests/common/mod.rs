@@ -1,0 +1,93 @@
+//! Shared set-up of the capability tests: a real local datastore in a temp dir, a
+//! domain key, and tokens for the two peers of a stream.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, SystemTime};
+
+use domain_auth::{DomainKey, TaskClaims};
+use domain_capabilities::{StaticKeys, StreamInfo};
+use domain_datastore::{DomainId, LocalDatastore};
+use domain_proto::domain_data::UpsertMetadata;
+
+pub const DOMAIN: &str = "domain-1";
+pub const SENDER: &str = "12D3KooWSenderPeer";
+pub const RECEIVER: &str = "12D3KooWReceiverPeer";
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub store: LocalDatastore,
+    pub key: DomainKey,
+    pub keys: StaticKeys,
+}
+
+impl Fixture {
+    pub async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDatastore::open(dir.path().join("store"))
+            .await
+            .unwrap();
+        let key = DomainKey::generate(DOMAIN).unwrap();
+        let keys = StaticKeys::new().with(DOMAIN, key.public_key());
+        Self {
+            dir,
+            store,
+            key,
+            keys,
+        }
+    }
+
+    pub fn token(&self, endpoint: &str) -> String {
+        self.key.issue(&claims(endpoint)).unwrap()
+    }
+
+    pub fn domain(&self) -> DomainId {
+        DomainId::new(DOMAIN).unwrap()
+    }
+}
+
+pub fn claims(endpoint: &str) -> TaskClaims {
+    TaskClaims::new(
+        DOMAIN,
+        "job-1",
+        "task-1",
+        SENDER,
+        RECEIVER,
+        endpoint,
+        SystemTime::now(),
+        Duration::from_secs(600),
+    )
+}
+
+/// The receiver's view of a `/store/v1` stream from the sender.
+pub const STORE_INFO: StreamInfo<'static> = StreamInfo {
+    local_peer: RECEIVER,
+    remote_peer: SENDER,
+    protocol: domain_proto::protocols::STORE_V1,
+};
+
+/// The receiver's view of a `/load/v1` stream from the sender.
+pub const LOAD_INFO: StreamInfo<'static> = StreamInfo {
+    local_peer: RECEIVER,
+    remote_peer: SENDER,
+    protocol: domain_proto::protocols::LOAD_V1,
+};
+
+/// Byte i is i mod 251, as in the Merkle vectors: no chunk repeats another.
+pub fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+pub fn new_item(name: &str, size: usize) -> UpsertMetadata {
+    UpsertMetadata {
+        name: name.into(),
+        data_type: "test/bytes".into(),
+        size: u32::try_from(size).unwrap(),
+        is_new: true,
+        ..Default::default()
+    }
+}
+
+/// A duplex pipe with a buffer as large as a content batch.
+pub fn pipe() -> (tokio::io::DuplexStream, tokio::io::DuplexStream) {
+    tokio::io::duplex(1 << 20)
+}
