@@ -1,0 +1,116 @@
+//! The `/store/v1` protocol's overhead over the datastore it feeds.
+//!
+//! Group `capabilities_store` (128 MiB, in the same run, into the same store):
+//! - `a_datastore_put`: [`LocalDatastore::put`] of the bytes from memory;
+//! - `b_store_v1_duplex`: the same bytes through `/store/v1` — handshake with token
+//!   verification, [`StoreSender`] hashing its own root while it streams in 1 MiB
+//!   batches, over a `tokio::io::duplex` to [`serve_store`], which streams them into
+//!   the same `put` and answers the root the sender checks.
+//!
+//! Target: b >= 0.95 x a in throughput. Each timed item is deleted outside the timing,
+//! so every put writes (and fsyncs) a new blob.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant, SystemTime};
+
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use domain_auth::{DomainKey, TaskClaims};
+use domain_benches::{MIB, pattern};
+use domain_capabilities::{Limits, StaticKeys, StoreSender, StreamInfo, serve_store};
+use domain_datastore::{Datastore, DomainId, LocalDatastore};
+use domain_proto::domain_data::UpsertMetadata;
+use domain_proto::protocols::STORE_V1;
+
+const LEN: usize = 128 * MIB;
+const DOMAIN: &str = "bench";
+const INFO: StreamInfo<'static> = StreamInfo {
+    local_peer: "receiver",
+    remote_peer: "sender",
+    protocol: STORE_V1,
+};
+
+fn item() -> UpsertMetadata {
+    UpsertMetadata {
+        name: "big".into(),
+        data_type: "bin".into(),
+        size: u32::try_from(LEN).unwrap(),
+        is_new: true,
+        ..Default::default()
+    }
+}
+
+fn store(c: &mut Criterion) {
+    let data = pattern(LEN);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = runtime
+        .block_on(LocalDatastore::open(dir.path().join("store")))
+        .unwrap();
+    let domain = DomainId::new(DOMAIN).unwrap();
+    let key = DomainKey::generate(DOMAIN).unwrap();
+    let keys = StaticKeys::new().with(DOMAIN, key.public_key());
+
+    let mut group = c.benchmark_group("capabilities_store");
+    group
+        .throughput(Throughput::Bytes(LEN as u64))
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(10));
+
+    group.bench_function("a_datastore_put", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let started = Instant::now();
+                    let stored = store.put(&domain, item(), data.as_slice()).await.unwrap();
+                    total += started.elapsed();
+                    store.delete(&domain, &stored.id).await.unwrap();
+                }
+                total
+            })
+        });
+    });
+    group.bench_function("b_store_v1_duplex", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let claims = TaskClaims::new(
+                        DOMAIN,
+                        "job",
+                        "task",
+                        INFO.remote_peer,
+                        INFO.local_peer,
+                        STORE_V1,
+                        SystemTime::now(),
+                        Duration::from_secs(600),
+                    );
+                    let token = key.issue(&claims).unwrap();
+                    let (client, server) = tokio::io::duplex(MIB);
+                    let started = Instant::now();
+                    let receiver = tokio::spawn({
+                        let (store, keys) = (store.clone(), keys.clone());
+                        async move { serve_store(server, &INFO, &store, &keys, &Limits::DEFAULT).await }
+                    });
+                    let mut sender = StoreSender::open(client, &token, DOMAIN, Limits::DEFAULT).await.unwrap();
+                    let stored = sender.send(item(), data.as_slice()).await.unwrap();
+                    sender.finish().await.unwrap();
+                    receiver.await.unwrap().unwrap();
+                    total += started.elapsed();
+                    store.delete(&domain, &stored.id).await.unwrap();
+                }
+                total
+            })
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, store);
+criterion_main!(benches);
