@@ -1,0 +1,248 @@
+//! What a manager runs with: [`ManagerConfig`], and the TOML file ([`ConfigFile`]) whose keys
+//! mirror the command-line flags (`data-dir`, `listen`, `tick-interval`, …).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use domain_cluster::Multiaddr;
+use domain_scheduler::parse_timeout;
+use serde::Deserialize;
+
+use crate::domains::DomainSpec;
+use crate::error::ConfigError;
+
+/// Everything [`Manager::start`](crate::Manager::start) needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagerConfig {
+    /// Where the manager keeps its identity (`identity.key`), domain keys (`keys/`), scheduler
+    /// state (`scheduler.redb`) and the domains made with `domain create` (`domains.toml`).
+    pub data_dir: PathBuf,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Domains declared in the configuration file, besides those of `domains.toml`.
+    pub domains: Vec<DomainSpec>,
+    /// How often the scheduler enforces timeouts, drops silent nodes and retries assignments.
+    pub tick_interval: Duration,
+    /// A node that has not joined again for this long is dropped and its tasks go elsewhere.
+    pub node_timeout: Duration,
+    /// Failed attempts retried before a task is FAILED.
+    pub max_retries: u32,
+    /// The most tasks one job may hold.
+    pub max_tasks_per_job: usize,
+    /// The limit on every wait for a remote peer (a request frame, a write to a slow reader).
+    pub request_timeout: Duration,
+}
+
+impl ManagerConfig {
+    /// The defaults, keeping state in `data_dir`: listen on loopback TCP and QUIC with ports the
+    /// system picks, tick every second, drop nodes silent for 30 s, 3 retries, 10 000 tasks per
+    /// job, 30 s remote waits.
+    #[must_use]
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: default_listen(),
+            domains: Vec::new(),
+            tick_interval: Duration::from_secs(1),
+            node_timeout: Duration::from_secs(30),
+            max_retries: 3,
+            max_tasks_per_job: 10_000,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The manager's identity file.
+    #[must_use]
+    pub fn identity_path(&self) -> PathBuf {
+        self.data_dir.join("identity.key")
+    }
+
+    /// The folder of domain keys.
+    #[must_use]
+    pub fn keys_dir(&self) -> PathBuf {
+        keys_dir(&self.data_dir)
+    }
+
+    /// The scheduler's database.
+    #[must_use]
+    pub fn scheduler_path(&self) -> PathBuf {
+        self.data_dir.join("scheduler.redb")
+    }
+
+    /// Applies the settings of a configuration file; flags applied afterwards override them.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for a setting that does not parse.
+    pub fn apply_file(&mut self, file: ConfigFile) -> Result<(), ConfigError> {
+        let path = file.path.clone().unwrap_or_default();
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            path: path.clone(),
+            key: key.to_owned(),
+            reason,
+        };
+        if let Some(dir) = file.data_dir {
+            self.data_dir = dir;
+        }
+        if let Some(listen) = file.listen {
+            self.listen = listen
+                .iter()
+                .map(|a| {
+                    a.parse()
+                        .map_err(|e| invalid("listen", format!("{a:?}: {e}")))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(interval) = file.tick_interval {
+            self.tick_interval =
+                parse_duration(&interval).map_err(|reason| invalid("tick-interval", reason))?;
+        }
+        if let Some(timeout) = file.node_timeout {
+            self.node_timeout =
+                parse_duration(&timeout).map_err(|reason| invalid("node-timeout", reason))?;
+        }
+        if let Some(timeout) = file.request_timeout {
+            self.request_timeout =
+                parse_duration(&timeout).map_err(|reason| invalid("request-timeout", reason))?;
+        }
+        if let Some(retries) = file.max_retries {
+            self.max_retries = retries;
+        }
+        if let Some(tasks) = file.max_tasks_per_job {
+            self.max_tasks_per_job = tasks;
+        }
+        self.domains.extend(file.domain);
+        Ok(())
+    }
+}
+
+/// `DIR/keys`: where the domain keys of a manager with data folder `data_dir` live.
+#[must_use]
+pub fn keys_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("keys")
+}
+
+/// `/ip4/127.0.0.1/tcp/0` and `/ip4/127.0.0.1/udp/0/quic-v1`.
+#[must_use]
+pub fn default_listen() -> Vec<Multiaddr> {
+    ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"]
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect()
+}
+
+/// A duration as the scheduler writes task timeouts: `"500ms"`, `"30s"`, `"10m"`, `"2h"`, a
+/// bare number of milliseconds. Zero is refused: a zero interval would spin.
+///
+/// # Errors
+/// The reason, as text.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    match parse_timeout(text) {
+        Ok(d) if d.is_zero() => Err(format!("{text:?} is zero")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The manager's TOML configuration file. Every key is optional; command-line flags override
+/// what it says.
+///
+/// ```toml
+/// data-dir = "/var/lib/domain-manager"
+/// listen = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"]
+/// tick-interval = "1s"
+/// node-timeout = "30s"
+///
+/// [[domain]]
+/// id = "my-domain"
+/// allow = ["12D3KooWJWo7dJKXbZLoSvQfLEdHiKsvj7Y9P3D1nYZNjSjoEwU1"]
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ConfigFile {
+    /// The file this was read from, for error messages.
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
+    /// `data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `listen`: multiaddrs.
+    pub listen: Option<Vec<String>>,
+    /// `tick-interval`, e.g. `"1s"`.
+    pub tick_interval: Option<String>,
+    /// `node-timeout`, e.g. `"30s"`.
+    pub node_timeout: Option<String>,
+    /// `request-timeout`, e.g. `"30s"`.
+    pub request_timeout: Option<String>,
+    /// `max-retries`.
+    pub max_retries: Option<u32>,
+    /// `max-tasks-per-job`.
+    pub max_tasks_per_job: Option<usize>,
+    /// `[[domain]]` tables: `id` and `allow` (client peer ids).
+    #[serde(default)]
+    pub domain: Vec<DomainSpec>,
+}
+
+impl ConfigFile {
+    /// Reads and parses the file at `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] when it cannot be read, [`ConfigError::Parse`] when it is not a
+    /// valid configuration (an unknown key, a wrong type, a peer id that does not parse).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut file: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            reason: e.message().to_owned(),
+        })?;
+        file.path = Some(path.to_owned());
+        Ok(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_sets_what_it_names_and_keeps_the_defaults_otherwise() {
+        let file: ConfigFile = toml::from_str(
+            r#"
+            listen = ["/ip4/127.0.0.1/tcp/4001"]
+            tick-interval = "250ms"
+            [[domain]]
+            id = "d"
+            allow = ["12D3KooWJWo7dJKXbZLoSvQfLEdHiKsvj7Y9P3D1nYZNjSjoEwU1"]
+            "#,
+        )
+        .unwrap();
+        let mut config = ManagerConfig::new("/data");
+        config.apply_file(file).unwrap();
+        assert_eq!(config.listen, ["/ip4/127.0.0.1/tcp/4001".parse().unwrap()]);
+        assert_eq!(config.tick_interval, Duration::from_millis(250));
+        assert_eq!(config.node_timeout, Duration::from_secs(30));
+        assert_eq!(config.domains.len(), 1);
+        assert_eq!(config.data_dir, PathBuf::from("/data"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_their_name() {
+        assert!(toml::from_str::<ConfigFile>("lisen = []").is_err());
+        let file: ConfigFile = toml::from_str(r#"node-timeout = "soon""#).unwrap();
+        let err = ManagerConfig::new("/d").apply_file(file).unwrap_err();
+        assert!(err.to_string().contains("node-timeout"), "{err}");
+        let file: ConfigFile = toml::from_str(r#"tick-interval = "0s""#).unwrap();
+        assert!(ManagerConfig::new("/d").apply_file(file).is_err());
+    }
+
+    #[test]
+    fn the_default_listen_addresses_are_loopback_tcp_and_quic() {
+        let addrs: Vec<String> = default_listen().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            addrs,
+            ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"]
+        );
+    }
+}

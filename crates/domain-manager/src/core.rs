@@ -1,0 +1,437 @@
+//! The scheduler's thread: the one owner of the [`Scheduler`], fed by a bounded queue of
+//! [`Request`]s.
+//!
+//! Every scheduler operation commits to redb (an fsync) before it returns, so it runs on a
+//! thread of its own rather than on the async workers. After each operation the thread drains
+//! the scheduler's events in order and hands them to the dispatcher (gossip, submitters' streams)
+//! through a bounded queue, and publishes a [`JobView`] of each job that changed to the monitors.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use domain_proto::discovery::Node;
+use domain_proto::task::{Job, JobRequest, Status, Task};
+use domain_scheduler::{
+    DomainKeyIssuer, Event, JobStatus, MAX_TOKEN_LIFETIME, Scheduler, SchedulerError, TokenGrant,
+    TokenIssuer, job_id, parse_timeout,
+};
+use tokio::sync::broadcast::error::TryRecvError;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Gossiped reports applied in one scheduler transaction, at most.
+const MAX_REPORT_BATCH: usize = 1024;
+
+/// What the async side asks of the scheduler thread.
+pub(crate) enum Request {
+    /// A job from `/jobs/v1`; its tokens go to `tokens`.
+    Submit {
+        request: JobRequest,
+        submitter: String,
+        tokens: mpsc::Sender<Task>,
+        reply: oneshot::Sender<Result<Submission, SchedulerError>>,
+    },
+    /// A node joined (or joined again: the heartbeat).
+    Join {
+        node: Node,
+        reply: oneshot::Sender<Result<(), SchedulerError>>,
+    },
+    /// A task update from gossip, signed by `reporter`.
+    Report { task: Task, reporter: String },
+    /// Time passed: enforce timeouts and liveness, retry assignments.
+    Tick,
+    /// A monitor starts: every job now, and the changes from then on.
+    Watch { reply: oneshot::Sender<Watch> },
+    /// One job's state.
+    Job {
+        job_id: String,
+        reply: oneshot::Sender<Option<Job>>,
+    },
+    /// The registered nodes.
+    Nodes { reply: oneshot::Sender<Vec<Node>> },
+}
+
+/// An accepted submission.
+#[derive(Debug)]
+pub(crate) struct Submission {
+    /// The job id.
+    pub job_id: String,
+    /// The submitter sent again the request of a job it had submitted before (after losing its
+    /// stream, or the manager restarting): no new job, the stream follows the existing one.
+    pub resumed: bool,
+}
+
+/// What the dispatcher does, in the order the scheduler thread decides.
+pub(crate) enum Outbound {
+    /// Follow the job's topic (a job resumed at start).
+    Follow { job_id: String },
+    /// Send the job's next tokens to this submitter stream.
+    Attach {
+        job_id: String,
+        tokens: mpsc::Sender<Task>,
+    },
+    /// A scheduler event to gossip and route (boxed: events are large, the others small).
+    Event(Box<Event>),
+}
+
+/// A job and the tasks of it that a monitor is told about: all of them when it starts following
+/// or when the job is new, the ones that changed otherwise. Tasks carry no token.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct JobView {
+    /// The job's domain (who may watch it).
+    pub domain: Arc<str>,
+    /// The job id and name, and the tasks reported.
+    pub job: Job,
+}
+
+/// A monitor's start: the jobs as they are, and the changes after that, consistent with them.
+pub(crate) struct Watch {
+    pub jobs: Vec<Arc<JobView>>,
+    pub updates: broadcast::Receiver<Arc<JobView>>,
+}
+
+/// Milliseconds since the Unix epoch, the scheduler's clock.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The dispatcher is gone: the manager is stopping.
+struct Stopping;
+
+/// The scheduler and the channels around it, owned by the scheduler thread.
+pub(crate) struct Core {
+    pub scheduler: Scheduler,
+    pub events: broadcast::Receiver<Event>,
+    pub issuer: Arc<DomainKeyIssuer>,
+    pub outbound: mpsc::Sender<Outbound>,
+    pub views: broadcast::Sender<Arc<JobView>>,
+}
+
+impl Core {
+    /// Tells the dispatcher to follow every job still running; call once, after start.
+    fn follow_running_jobs(&self) -> Result<(), Stopping> {
+        for job_id in self.scheduler.job_ids() {
+            if self.scheduler.job_status(&job_id) == Some(JobStatus::Running) {
+                self.send(Outbound::Follow { job_id })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Serves requests until every sender is gone, the dispatcher stops, or the store fails.
+    pub(crate) fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+    ) -> Result<(), SchedulerError> {
+        if self.follow_running_jobs().is_err() {
+            return Ok(());
+        }
+        let mut deferred = None;
+        loop {
+            let request = match deferred.take() {
+                Some(request) => request,
+                None => match requests.blocking_recv() {
+                    Some(request) => request,
+                    None => return Ok(()),
+                },
+            };
+            let outcome = match request {
+                Request::Report { task, reporter } => {
+                    let mut batch = vec![(task, reporter)];
+                    while batch.len() < MAX_REPORT_BATCH {
+                        match requests.try_recv() {
+                            Ok(Request::Report { task, reporter }) => batch.push((task, reporter)),
+                            Ok(other) => {
+                                deferred = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.report(&batch)
+                }
+                Request::Submit {
+                    request,
+                    submitter,
+                    tokens,
+                    reply,
+                } => {
+                    let result = self.submit(request, &submitter, tokens);
+                    let fatal = fatal(&result);
+                    let _ = reply.send(result);
+                    fatal
+                }
+                Request::Join { node, reply } => {
+                    let result = self.join(node);
+                    let fatal = fatal(&result);
+                    let _ = reply.send(result);
+                    fatal
+                }
+                Request::Tick => self
+                    .scheduler
+                    .tick(now_ms())
+                    .map_or_else(|e| if is_fatal(&e) { Err(e) } else { Ok(()) }, |()| Ok(())),
+                Request::Watch { reply } => {
+                    let jobs = self
+                        .scheduler
+                        .job_ids()
+                        .iter()
+                        .filter_map(|id| self.full_view(id))
+                        .collect();
+                    let _ = reply.send(Watch {
+                        jobs,
+                        updates: self.views.subscribe(),
+                    });
+                    Ok(())
+                }
+                Request::Job { job_id, reply } => {
+                    let _ = reply.send(self.scheduler.job(&job_id));
+                    Ok(())
+                }
+                Request::Nodes { reply } => {
+                    let _ = reply.send(self.scheduler.nodes());
+                    Ok(())
+                }
+            };
+            // Announce what the operation changed, also when it failed after a change.
+            let dispatched = self.dispatch();
+            outcome?;
+            if dispatched.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn submit(
+        &mut self,
+        request: JobRequest,
+        submitter: &str,
+        tokens: mpsc::Sender<Task>,
+    ) -> Result<Submission, SchedulerError> {
+        let id = job_id(&request);
+        if self.scheduler.job_submitter(&id) == Some(submitter) {
+            return Ok(self.resume(id, tokens));
+        }
+        let job_id = self.scheduler.submit(request, submitter, now_ms())?;
+        // Queued before the job's events, which are still in `self.events`.
+        let _ = self.send(Outbound::Attach {
+            job_id: job_id.clone(),
+            tokens,
+        });
+        Ok(Submission {
+            job_id,
+            resumed: false,
+        })
+    }
+
+    /// Hands a submitter that sent a job's request again fresh tokens for the job's tasks that
+    /// are assigned now, and the job's next ones. Nothing is scheduled anew.
+    fn resume(&mut self, job_id: String, tokens: mpsc::Sender<Task>) -> Submission {
+        if self.scheduler.job_status(&job_id) == Some(JobStatus::Running) {
+            for task in self.current_tokens(&job_id) {
+                // The queue holds every token of the job, so it has room for these.
+                let _ = tokens.try_send(task);
+            }
+            let _ = self.send(Outbound::Attach {
+                job_id: job_id.clone(),
+                tokens,
+            });
+        }
+        // A finished job gets no tokens: dropping `tokens` ends the stream after its answer.
+        tracing::info!(job = %job_id, "submitter resumed its job");
+        Submission {
+            job_id,
+            resumed: true,
+        }
+    }
+
+    /// A new token for each task of the job that is assigned and not finished, bound as the
+    /// scheduler's own: same domain, job, task, sender, receiver and endpoint.
+    fn current_tokens(&self, job_id: &str) -> Vec<Task> {
+        let Some(request) = self.scheduler.job_request(job_id) else {
+            return Vec::new();
+        };
+        let now = now_ms();
+        let mut out = Vec::new();
+        for spec in &request.tasks {
+            let Some(handler) = self.scheduler.task(job_id, &spec.name) else {
+                continue;
+            };
+            let task = handler.task;
+            let running = matches!(
+                Status::try_from(task.status),
+                Ok(Status::Pending | Status::Started | Status::Processing)
+            );
+            let Some(receiver) = task.receiver.as_deref().filter(|_| running) else {
+                continue;
+            };
+            let lifetime = token_lifetime(&spec.timeout);
+            let grant = TokenGrant {
+                domain_id: &request.domain_id,
+                job_id,
+                task_name: &task.name,
+                sender: &task.sender,
+                receiver,
+                endpoint: &task.endpoint,
+                issued_at: now,
+                lifetime,
+            };
+            match self.issuer.issue(&grant) {
+                Ok(token) => out.push(Task {
+                    access_token: Some(token),
+                    ..task
+                }),
+                Err(e) => tracing::warn!(job = %job_id, task = %task.name, "{e}"),
+            }
+        }
+        out
+    }
+
+    fn join(&mut self, node: Node) -> Result<(), SchedulerError> {
+        let now = now_ms();
+        // A join with nothing new is the node's heartbeat: no write.
+        if self.scheduler.node(&node.id) == Some(&node) {
+            self.scheduler.heartbeat(&node.id, now)
+        } else {
+            tracing::info!(node = %node.id, name = %node.name, "node joined");
+            self.scheduler.join(node, now)
+        }
+    }
+
+    fn report(&mut self, batch: &[(Task, String)]) -> Result<(), SchedulerError> {
+        let reports = batch
+            .iter()
+            .map(|(task, reporter)| (task, reporter.as_str()));
+        let results = self.scheduler.report_many(reports, now_ms())?;
+        for ((task, reporter), result) in batch.iter().zip(results) {
+            match result {
+                Ok(()) => tracing::debug!(
+                    job = %task.job_id, task = %task.name, %reporter,
+                    status = task.status, "task update applied"
+                ),
+                Err(e @ SchedulerError::NotAllowed { .. }) => {
+                    tracing::warn!(%reporter, "ignored a task update: {e}");
+                }
+                Err(e) => tracing::debug!(%reporter, "ignored a task update: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&self, item: Outbound) -> Result<(), Stopping> {
+        self.outbound.blocking_send(item).map_err(|_| Stopping)
+    }
+
+    /// Hands the events of the last operation to the dispatcher and the monitors.
+    fn dispatch(&mut self) -> Result<(), Stopping> {
+        let mut new_jobs = BTreeSet::new();
+        let mut changed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        loop {
+            match self.events.try_recv() {
+                Ok(event) => {
+                    match &event {
+                        Event::JobSubmitted { job_id, .. } => {
+                            new_jobs.insert(job_id.clone());
+                        }
+                        Event::TaskAssigned { task, .. } | Event::TaskChanged { task, .. } => {
+                            changed
+                                .entry(task.job_id.clone())
+                                .or_default()
+                                .insert(task.name.clone());
+                        }
+                        Event::JobFinished { .. } => {}
+                    }
+                    self.send(Outbound::Event(Box::new(event)))?;
+                }
+                Err(TryRecvError::Lagged(missed)) => {
+                    // Only one operation's events are ever queued, so this takes an operation
+                    // on more tasks than the queue holds. Monitors get every job whole; tokens
+                    // of lost assignments are gone, and those tasks retry at their timeout.
+                    tracing::error!(missed, "scheduler events lost; resending every job");
+                    new_jobs.extend(self.scheduler.job_ids());
+                }
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        if self.views.receiver_count() == 0 {
+            return Ok(());
+        }
+        for job_id in &new_jobs {
+            if let Some(view) = self.full_view(job_id) {
+                let _ = self.views.send(view);
+            }
+        }
+        for (job_id, names) in changed {
+            if new_jobs.contains(&job_id) {
+                continue;
+            }
+            if let Some(view) = self.partial_view(&job_id, &names) {
+                let _ = self.views.send(view);
+            }
+        }
+        Ok(())
+    }
+
+    fn full_view(&self, job_id: &str) -> Option<Arc<JobView>> {
+        let domain = self.scheduler.job_request(job_id)?.domain_id.as_str();
+        let job = self.scheduler.job(job_id)?;
+        Some(Arc::new(JobView {
+            domain: Arc::from(domain),
+            job,
+        }))
+    }
+
+    fn partial_view(&self, job_id: &str, names: &BTreeSet<String>) -> Option<Arc<JobView>> {
+        let request = self.scheduler.job_request(job_id)?;
+        let tasks = request
+            .tasks
+            .iter()
+            .filter(|t| names.contains(&t.name))
+            .filter_map(|t| self.scheduler.task(job_id, &t.name))
+            .map(|handler| handler.task)
+            .collect();
+        Some(Arc::new(JobView {
+            domain: Arc::from(request.domain_id.as_str()),
+            job: Job {
+                id: job_id.to_owned(),
+                name: request.name.clone(),
+                tasks,
+            },
+        }))
+    }
+}
+
+/// Store failures poison the scheduler: the thread stops and the manager with it.
+fn is_fatal(e: &SchedulerError) -> bool {
+    matches!(e, SchedulerError::Store(_) | SchedulerError::Poisoned)
+}
+
+fn fatal<T>(result: &Result<T, SchedulerError>) -> Result<(), SchedulerError> {
+    match result {
+        Err(e) if is_fatal(e) => {
+            tracing::error!("{e}");
+            Err(SchedulerError::Poisoned)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The token lifetime the scheduler gives a task with this timeout: the timeout, at most an hour.
+fn token_lifetime(timeout: &str) -> Duration {
+    parse_timeout(timeout)
+        .unwrap_or(MAX_TOKEN_LIFETIME)
+        .min(MAX_TOKEN_LIFETIME)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resumed_tokens_live_as_long_as_the_task_timeout_but_at_most_an_hour() {
+        assert_eq!(token_lifetime("30s"), Duration::from_secs(30));
+        assert_eq!(token_lifetime("2h"), MAX_TOKEN_LIFETIME);
+    }
+}

@@ -1,0 +1,350 @@
+//! Which domains a manager serves and who may submit jobs to them.
+//!
+//! Domains come from the configuration file and from `DIR/domains.toml`, which
+//! [`create_domain`] writes (`domain-manager domain create`). A [`DomainPolicy`] with no domain
+//! at all is *open*: any domain, any submitter (the local demo); the manager warns about it at
+//! start.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use domain_auth::{DomainKeyStore, MAX_DOMAIN_ID_LEN, PublicKey};
+use domain_cluster::PeerId;
+use serde::{Deserialize, Serialize};
+
+use crate::config::keys_dir;
+use crate::error::ConfigError;
+
+/// A domain and the client peer ids allowed to submit jobs to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainSpec {
+    /// The domain id.
+    pub id: String,
+    /// Peer ids (base58, `12D3KooW…`) of the clients that may submit jobs.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// Why a job is refused before it reaches the scheduler; the text is the `BadRequest` message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The manager does not serve this domain.
+    #[error("unknown domain {domain:?}")]
+    UnknownDomain {
+        /// The domain asked for.
+        domain: String,
+    },
+    /// The submitter is not on the domain's allow-list.
+    #[error("peer {peer} is not allowed to submit jobs to domain {domain:?}")]
+    NotAllowed {
+        /// The domain.
+        domain: String,
+        /// The submitter.
+        peer: PeerId,
+    },
+    /// The domain id cannot be one.
+    #[error("domain id {domain:?} is not valid: {reason}")]
+    InvalidDomain {
+        /// The domain id (at most its first 80 characters).
+        domain: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+/// The domains a manager serves, each with its allowed submitters; empty means open.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct DomainPolicy {
+    domains: BTreeMap<String, BTreeSet<PeerId>>,
+}
+
+impl fmt::Debug for DomainPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_open() {
+            f.write_str("DomainPolicy(open)")
+        } else {
+            f.debug_map().entries(self.domains.iter()).finish()
+        }
+    }
+}
+
+impl DomainPolicy {
+    /// The open policy: any domain, any submitter.
+    #[must_use]
+    pub fn open() -> Self {
+        Self::default()
+    }
+
+    /// The policy of `specs`; a domain named twice gets the union of its allow-lists.
+    ///
+    /// # Errors
+    /// [`ConfigError::Domain`] for an invalid domain id or a peer id that does not parse.
+    pub fn from_specs<'a>(
+        specs: impl IntoIterator<Item = &'a DomainSpec>,
+    ) -> Result<Self, ConfigError> {
+        let mut domains: BTreeMap<String, BTreeSet<PeerId>> = BTreeMap::new();
+        for spec in specs {
+            check_domain_id(&spec.id).map_err(|e| ConfigError::Domain {
+                domain: spec.id.chars().take(80).collect(),
+                reason: e.to_string(),
+            })?;
+            let allowed = domains.entry(spec.id.clone()).or_default();
+            for peer in &spec.allow {
+                let peer = peer.parse().map_err(|e| ConfigError::Domain {
+                    domain: spec.id.clone(),
+                    reason: format!("allowed peer {peer:?} is not a peer id: {e}"),
+                })?;
+                allowed.insert(peer);
+            }
+        }
+        Ok(Self { domains })
+    }
+
+    /// True when no domain is declared: every domain and submitter is accepted.
+    #[must_use]
+    pub fn is_open(&self) -> bool {
+        self.domains.is_empty()
+    }
+
+    /// The declared domains, in id order.
+    pub fn domains(&self) -> impl Iterator<Item = &str> {
+        self.domains.keys().map(String::as_str)
+    }
+
+    /// The peers allowed to submit to `domain` (empty for an undeclared domain).
+    pub fn allowed(&self, domain: &str) -> impl Iterator<Item = &PeerId> {
+        self.domains.get(domain).into_iter().flatten()
+    }
+
+    /// Whether `peer` may submit jobs to `domain`.
+    ///
+    /// # Errors
+    /// The [`Refusal`] to answer with.
+    pub fn check_submitter(&self, domain: &str, peer: &PeerId) -> Result<(), Refusal> {
+        check_domain_id(domain)?;
+        if self.is_open() {
+            return Ok(());
+        }
+        match self.domains.get(domain) {
+            None => Err(Refusal::UnknownDomain {
+                domain: domain.to_owned(),
+            }),
+            Some(allowed) if allowed.contains(peer) => Ok(()),
+            Some(_) => Err(Refusal::NotAllowed {
+                domain: domain.to_owned(),
+                peer: *peer,
+            }),
+        }
+    }
+
+    /// Whether `peer` may follow the jobs of `domain` on `/monitor/v1`: the same peers that may
+    /// submit to it.
+    #[must_use]
+    pub fn may_watch(&self, domain: &str, peer: &PeerId) -> bool {
+        self.check_submitter(domain, peer).is_ok()
+    }
+
+    /// Whether the manager serves `domain` at all (open, or declared).
+    #[must_use]
+    pub fn serves(&self, domain: &str) -> bool {
+        check_domain_id(domain).is_ok() && (self.is_open() || self.domains.contains_key(domain))
+    }
+}
+
+fn check_domain_id(domain: &str) -> Result<(), Refusal> {
+    let reason = if domain.is_empty() {
+        "it is empty"
+    } else if domain.len() > MAX_DOMAIN_ID_LEN {
+        "it is longer than 256 bytes"
+    } else {
+        return Ok(());
+    };
+    Err(Refusal::InvalidDomain {
+        domain: domain.chars().take(80).collect(),
+        reason,
+    })
+}
+
+/// `DIR/domains.toml`: the domains made with `domain-manager domain create`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainsFile {
+    /// The domains, in creation order.
+    #[serde(default)]
+    pub domain: Vec<DomainSpec>,
+}
+
+impl DomainsFile {
+    /// The file's path in the data folder `data_dir`.
+    #[must_use]
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("domains.toml")
+    }
+
+    /// Reads the file of `data_dir`; a missing file holds no domain.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] or [`ConfigError::Parse`].
+    pub fn load(data_dir: &Path) -> Result<Self, ConfigError> {
+        let path = Self::path(data_dir);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path,
+                reason: e.message().to_owned(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    /// Writes the file of `data_dir` whole or not at all: a synced temporary file renamed into
+    /// place.
+    ///
+    /// # Errors
+    /// [`ConfigError::Write`].
+    pub fn save(&self, data_dir: &Path) -> Result<(), ConfigError> {
+        let path = Self::path(data_dir);
+        let write_err = |source| ConfigError::Write {
+            path: path.clone(),
+            source,
+        };
+        let text = toml::to_string_pretty(self).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut file = tempfile::NamedTempFile::new_in(data_dir).map_err(write_err)?;
+        file.write_all(text.as_bytes()).map_err(write_err)?;
+        file.as_file().sync_all().map_err(write_err)?;
+        file.persist(&path).map_err(|e| write_err(e.error))?;
+        // The rename is durable once the folder is.
+        std::fs::File::open(data_dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(write_err)?;
+        Ok(())
+    }
+}
+
+/// Creates (or completes) a domain in the data folder `data_dir`: makes its key if it has none,
+/// records it in `domains.toml` with `allow` added to its allow-list, and returns its public key.
+///
+/// Running it again for the same domain keeps its key and adds the new peers.
+///
+/// # Errors
+/// [`ConfigError::Domain`] for an invalid domain id or peer id, [`ConfigError::Keys`] when the
+/// key store fails, and the errors of [`DomainsFile::load`] and [`DomainsFile::save`].
+pub fn create_domain(
+    data_dir: &Path,
+    domain: &str,
+    allow: &[PeerId],
+) -> Result<PublicKey, ConfigError> {
+    check_domain_id(domain).map_err(|e| ConfigError::Domain {
+        domain: domain.chars().take(80).collect(),
+        reason: e.to_string(),
+    })?;
+    std::fs::create_dir_all(data_dir).map_err(|source| ConfigError::Write {
+        path: data_dir.to_owned(),
+        source,
+    })?;
+    let mut file = DomainsFile::load(data_dir)?;
+    // Validates what is already there before adding to it.
+    DomainPolicy::from_specs(&file.domain)?;
+    let keys = DomainKeyStore::open(keys_dir(data_dir))?;
+    let public = keys.key(domain)?.public_key();
+    let allow: Vec<String> = allow.iter().map(ToString::to_string).collect();
+    match file.domain.iter_mut().find(|d| d.id == domain) {
+        Some(spec) => {
+            for peer in allow {
+                if !spec.allow.contains(&peer) {
+                    spec.allow.push(peer);
+                }
+            }
+        }
+        None => file.domain.push(DomainSpec {
+            id: domain.to_owned(),
+            allow,
+        }),
+    }
+    file.save(data_dir)?;
+    Ok(public)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> PeerId {
+        PeerId::random()
+    }
+
+    #[test]
+    fn an_open_policy_accepts_any_domain_and_submitter_but_not_an_invalid_id() {
+        let policy = DomainPolicy::open();
+        assert!(policy.check_submitter("anything", &peer()).is_ok());
+        assert!(matches!(
+            policy.check_submitter("", &peer()),
+            Err(Refusal::InvalidDomain { .. })
+        ));
+        assert!(policy.check_submitter(&"d".repeat(257), &peer()).is_err());
+    }
+
+    #[test]
+    fn a_declared_policy_refuses_unknown_domains_and_peers_not_allowed() {
+        let alice = peer();
+        let specs = [
+            DomainSpec {
+                id: "a".into(),
+                allow: vec![alice.to_string()],
+            },
+            DomainSpec {
+                id: "b".into(),
+                allow: vec![],
+            },
+        ];
+        let policy = DomainPolicy::from_specs(&specs).unwrap();
+        assert!(policy.check_submitter("a", &alice).is_ok());
+        assert_eq!(
+            policy.check_submitter("c", &alice),
+            Err(Refusal::UnknownDomain { domain: "c".into() })
+        );
+        let bob = peer();
+        let refusal = policy.check_submitter("a", &bob).unwrap_err();
+        assert_eq!(
+            refusal.to_string(),
+            format!("peer {bob} is not allowed to submit jobs to domain \"a\"")
+        );
+        assert!(policy.check_submitter("b", &alice).is_err());
+        assert!(policy.serves("b") && !policy.serves("c"));
+    }
+
+    #[test]
+    fn a_bad_peer_id_in_an_allow_list_is_named() {
+        let specs = [DomainSpec {
+            id: "a".into(),
+            allow: vec!["not-a-peer".into()],
+        }];
+        let err = DomainPolicy::from_specs(&specs).unwrap_err();
+        assert!(err.to_string().contains("not-a-peer"), "{err}");
+    }
+
+    #[test]
+    fn creating_a_domain_twice_keeps_its_key_and_merges_its_allow_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let (alice, bob) = (peer(), peer());
+        let first = create_domain(dir.path(), "d", &[alice]).unwrap();
+        let second = create_domain(dir.path(), "d", &[alice, bob]).unwrap();
+        assert_eq!(first, second);
+        let file = DomainsFile::load(dir.path()).unwrap();
+        assert_eq!(
+            file.domain,
+            [DomainSpec {
+                id: "d".into(),
+                allow: vec![alice.to_string(), bob.to_string()]
+            }]
+        );
+        let keys = DomainKeyStore::open(keys_dir(dir.path())).unwrap();
+        assert_eq!(keys.key("d").unwrap().public_key(), first);
+    }
+}

@@ -1,0 +1,88 @@
+//! The manager's errors: [`ConfigError`] for what it is given, [`ManagerError`] for running.
+
+use std::path::PathBuf;
+
+use domain_auth::KeyStoreError;
+use domain_cluster::{ClusterError, IdentityError};
+use domain_scheduler::SchedulerError;
+
+/// A configuration, domain list or domain key that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A file cannot be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file or folder.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A file is not valid TOML of the expected shape.
+    #[error("{path}: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A setting has a value that does not parse.
+    #[error("{path}: {key}: {reason}")]
+    Invalid {
+        /// The file (empty when the value came from elsewhere).
+        path: PathBuf,
+        /// The setting's key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A declared domain is not valid.
+    #[error("domain {domain:?}: {reason}")]
+    Domain {
+        /// The domain id (at most its first 80 characters).
+        domain: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The domain key store failed.
+    #[error(transparent)]
+    Keys(#[from] KeyStoreError),
+}
+
+/// Why the manager could not start, or failed while running.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// The configuration, the domain list or a domain key cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data folder cannot be created.
+    #[error("cannot create the data folder {path}: {source}")]
+    DataDir {
+        /// The folder.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The identity file cannot be used.
+    #[error("identity: {0}")]
+    Identity(#[from] IdentityError),
+    /// The scheduler's state cannot be opened (a corrupt or locked database, a poisoned store).
+    #[error("scheduler: {0}")]
+    Scheduler(#[from] SchedulerError),
+    /// The swarm failed.
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
+    /// The scheduler thread could not be started.
+    #[error("cannot start the scheduler thread: {0}")]
+    Thread(std::io::Error),
+    /// The manager has stopped (or its scheduler thread died).
+    #[error("the manager has stopped")]
+    Stopped,
+}

@@ -1,0 +1,219 @@
+//! `domain-manager`: runs a domain manager, or manages its domains. Parses arguments, loads the
+//! configuration, and hands over to [`domain_manager`].
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use domain_cluster::{Multiaddr, PeerId};
+use domain_manager::config::parse_duration;
+use domain_manager::{ConfigFile, DomainPolicy, DomainsFile, Manager, ManagerConfig};
+
+/// The domain manager of a domain cluster.
+#[derive(Debug, Parser)]
+#[command(name = "domain-manager", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the manager; prints `listening <addr>` lines, then `ready <tcp addr>`.
+    Run(RunArgs),
+    /// Create or list the manager's domains.
+    #[command(subcommand)]
+    Domain(DomainCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Folder of the identity, domain keys, scheduler state and domains (overrides `data-dir`).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on; repeat for more (replaces `listen`). Default: loopback TCP and
+    /// QUIC on ports the system picks.
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
+    /// TOML configuration file; flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// How often the scheduler enforces timeouts and retries, e.g. `1s`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    tick_interval: Option<std::time::Duration>,
+    /// Drop a node that has not joined again for this long, e.g. `30s`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    node_timeout: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Subcommand)]
+enum DomainCommand {
+    /// Create a domain (its key, its allow-list); prints its public key in hex.
+    Create {
+        /// The domain id.
+        id: String,
+        /// The manager's data folder.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Peer id of a client allowed to submit jobs; repeat for more.
+        #[arg(long, value_name = "PEER_ID")]
+        allow: Vec<PeerId>,
+    },
+    /// List the domains: id, public key, allowed peers.
+    List {
+        /// The manager's data folder.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Also the domains declared in this configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("domain-manager: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            let config = run_config(args)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(serve(config))
+        }
+        Command::Domain(DomainCommand::Create {
+            id,
+            data_dir,
+            allow,
+        }) => {
+            let key = domain_manager::create_domain(&data_dir, &id, &allow)
+                .with_context(|| format!("creating domain {id:?} in {}", data_dir.display()))?;
+            if allow.is_empty() {
+                tracing::warn!(domain = %id, "no peer may submit jobs to this domain yet: add one with --allow");
+            }
+            println!("{key}");
+            Ok(())
+        }
+        Command::Domain(DomainCommand::List { data_dir, config }) => list(&data_dir, config),
+    }
+}
+
+fn run_config(args: RunArgs) -> anyhow::Result<ManagerConfig> {
+    let mut config = ManagerConfig::new(PathBuf::new());
+    if let Some(path) = &args.config {
+        let file = ConfigFile::load(path)?;
+        config.apply_file(file)?;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if config.data_dir.as_os_str().is_empty() {
+        bail!("no data folder: give --data-dir DIR or `data-dir` in the configuration file");
+    }
+    if !args.listen.is_empty() {
+        config.listen = args.listen;
+    }
+    if let Some(interval) = args.tick_interval {
+        config.tick_interval = interval;
+    }
+    if let Some(timeout) = args.node_timeout {
+        config.node_timeout = timeout;
+    }
+    Ok(config)
+}
+
+async fn serve(config: ManagerConfig) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let mut manager = Manager::start(config)
+        .await
+        .with_context(|| format!("starting the manager in {}", data_dir.display()))?;
+    {
+        let mut out = std::io::stdout().lock();
+        for addr in manager.listen_addrs() {
+            writeln!(out, "listening {addr}")?;
+        }
+        let ready = manager
+            .tcp_addr()
+            .or_else(|| manager.listen_addrs().first())
+            .context("the manager listens on no address")?;
+        writeln!(out, "ready {ready}")?;
+        out.flush()?;
+    }
+    let stopped = tokio::select! {
+        signal = shutdown_signal() => {
+            signal?;
+            None
+        }
+        outcome = manager.stopped() => Some(outcome),
+    };
+    match stopped {
+        None => {
+            tracing::info!("stopping");
+            manager.shutdown().await?;
+            Ok(())
+        }
+        Some(outcome) => {
+            let _ = manager.shutdown().await;
+            outcome.context("the manager stopped")
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listening for SIGTERM")?;
+        tokio::select! {
+            ctrl_c = tokio::signal::ctrl_c() => ctrl_c.context("listening for Ctrl-C"),
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .context("listening for Ctrl-C")
+    }
+}
+
+fn list(data_dir: &Path, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut specs = DomainsFile::load(data_dir)?.domain;
+    if let Some(path) = config {
+        specs.extend(ConfigFile::load(path)?.domain);
+    }
+    let policy = DomainPolicy::from_specs(&specs)?;
+    let keys = domain_auth::DomainKeyStore::open(domain_manager::config::keys_dir(data_dir))
+        .context("opening the domain keys")?;
+    let mut out = std::io::stdout().lock();
+    for domain in policy.domains() {
+        let key = if keys.key_path(domain).exists() {
+            keys.key(domain)?.public_key().to_string()
+        } else {
+            "-".to_owned()
+        };
+        let allowed: Vec<String> = policy.allowed(domain).map(ToString::to_string).collect();
+        writeln!(out, "{domain}\t{key}\t{}", allowed.join(","))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,875 @@
+//! [`Manager`]: starts the swarm and the scheduler thread, serves the manager's protocols, and
+//! stops them all.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain_auth::{DomainKeyStore, PublicKey};
+use domain_capabilities::{Limits, PublicKeySource, serve_public_key};
+use domain_cluster::config::{ClusterConfig, Role};
+use domain_cluster::gossip::{GossipEvent, decode_task_update};
+use domain_cluster::identity::Identity;
+use domain_cluster::{
+    Cluster, ClusterError, ClusterHandle, ClusterStream, IncomingStreams, Multiaddr, PeerId,
+};
+use domain_proto::discovery::{JoinClusterRequest, JoinClusterResponse, Node};
+use domain_proto::protocols::{JOBS_V1, JOIN_V1, MONITOR_ACK, MONITOR_V1, PUBLIC_KEY_V1};
+use domain_proto::task::{Code, Job, JobRequest, SubmitJobResponse, Task};
+use domain_proto::{DEFAULT_MAX_FRAME, read_message, write_message};
+use domain_scheduler::{
+    DomainKeyIssuer, Event, RedbStore, Scheduler, SchedulerConfig, SchedulerError, TokenError,
+    TokenGrant, TokenIssuer, submit_response,
+};
+use libp2p::multiaddr::Protocol;
+use prost::Message as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::config::ManagerConfig;
+use crate::core::{Core, JobView, Outbound, Request, Submission, Watch};
+use crate::domains::{DomainPolicy, DomainsFile};
+use crate::error::ManagerError;
+
+/// Requests queued for the scheduler thread before their senders wait.
+const REQUEST_QUEUE: usize = 1024;
+
+/// Scheduler events queued for the dispatcher before the scheduler thread waits.
+const OUTBOUND_QUEUE: usize = 4096;
+
+/// Job changes kept for each monitor before it lags (and is sent every job again).
+const VIEW_QUEUE: usize = 1024;
+
+/// Events of one scheduler operation kept before the oldest are lost (see `Core::dispatch`).
+const EVENT_QUEUE: usize = 16 * 1024;
+
+/// Streams of one protocol served at once; more are dropped as they arrive.
+pub const MAX_STREAMS_PER_PROTOCOL: usize = 1024;
+
+/// A `/monitor/v1` frame carries tasks up to about this many encoded bytes, well under the
+/// 4 MiB frame limit; a larger job is sent as several frames of the same job.
+const MONITOR_FRAME_BUDGET: usize = 1024 * 1024;
+
+/// A running domain manager.
+///
+/// [`start`](Self::start) opens the state in the data folder, starts the swarm
+/// ([`Role::Manager`](domain_cluster::config::Role::Manager): Kademlia server, relay server, gossip) and serves `/join/v1`,
+/// `/jobs/v1`, `/monitor/v1` and `/public-key/v1`; [`shutdown`](Self::shutdown) stops it.
+/// Dropping it without `shutdown` stops serving but leaves the swarm to end with the runtime.
+pub struct Manager {
+    cluster: ClusterHandle,
+    cluster_task: Option<JoinHandle<()>>,
+    requests: Option<mpsc::Sender<Request>>,
+    tasks: Vec<JoinHandle<()>>,
+    core_done: Option<oneshot::Receiver<Result<(), SchedulerError>>>,
+    addrs: Vec<Multiaddr>,
+    policy: Arc<DomainPolicy>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("peer_id", &self.cluster.local_peer_id())
+            .field("addrs", &self.addrs)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every stream handler shares.
+struct Shared {
+    requests: mpsc::Sender<Request>,
+    policy: Arc<DomainPolicy>,
+    request_timeout: Duration,
+    tokens_per_task: usize,
+    max_tokens_per_job: usize,
+}
+
+impl Manager {
+    /// Opens the manager's state in `config.data_dir` (created if missing), starts listening,
+    /// and serves until [`shutdown`](Self::shutdown).
+    ///
+    /// Declared domains get their key now, so `/public-key/v1` serves them from the start.
+    ///
+    /// # Errors
+    /// [`ManagerError::DataDir`], [`ManagerError::Config`] for a bad domain list or key folder,
+    /// [`ManagerError::Identity`], [`ManagerError::Scheduler`] when the scheduler database
+    /// cannot be opened (locked by another manager, corrupt), [`ManagerError::Cluster`] when an
+    /// address cannot be listened on.
+    pub async fn start(config: ManagerConfig) -> Result<Self, ManagerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ManagerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let stored = DomainsFile::load(&config.data_dir)?;
+        let policy = Arc::new(DomainPolicy::from_specs(
+            stored.domain.iter().chain(&config.domains),
+        )?);
+        if policy.is_open() {
+            tracing::warn!(
+                "no domain is declared: accepting jobs for any domain from any peer \
+                 (declare domains with `domain-manager domain create`)"
+            );
+        }
+        let identity = Identity::load_or_create(config.identity_path())?;
+        let keys = DomainKeyStore::open(config.keys_dir()).map_err(crate::ConfigError::from)?;
+        for domain in policy.domains() {
+            keys.key(domain).map_err(crate::ConfigError::from)?;
+        }
+        let issuer = Arc::new(DomainKeyIssuer::new(keys));
+
+        let (requests_tx, requests_rx) = mpsc::channel(REQUEST_QUEUE);
+        let (outbound_tx, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let (views, _) = broadcast::channel(VIEW_QUEUE);
+        let core_done = start_core(
+            &config,
+            identity.peer_id(),
+            Arc::clone(&issuer),
+            outbound_tx,
+            views,
+            requests_rx,
+        )
+        .await?;
+
+        let mut cluster_config = ClusterConfig::new(identity, Role::Manager)
+            .with_listen_addrs(config.listen.iter().cloned());
+        cluster_config.request_timeout = config.request_timeout;
+        let (cluster, cluster_task) = Cluster::start(cluster_config)?;
+
+        let shared = Arc::new(Shared {
+            requests: requests_tx.clone(),
+            policy: Arc::clone(&policy),
+            request_timeout: config.request_timeout,
+            tokens_per_task: config.max_retries.saturating_add(1) as usize,
+            max_tokens_per_job: config
+                .max_tasks_per_job
+                .saturating_mul(config.max_retries.saturating_add(1) as usize)
+                .max(1),
+        });
+        let keys = Arc::new(ServedKeys {
+            issuer,
+            policy: Arc::clone(&policy),
+        });
+        let mut tasks = vec![
+            tokio::spawn(dispatch(cluster.clone(), outbound_rx)),
+            tokio::spawn(follow_gossip(cluster.clone(), requests_tx.clone())),
+            tokio::spawn(tick(requests_tx.clone(), config.tick_interval)),
+        ];
+        let accepted = (|| -> Result<_, ClusterError> {
+            Ok([
+                (cluster.accept(JOIN_V1)?, JOIN_V1),
+                (cluster.accept(JOBS_V1)?, JOBS_V1),
+                (cluster.accept(MONITOR_V1)?, MONITOR_V1),
+                (cluster.accept(PUBLIC_KEY_V1)?, PUBLIC_KEY_V1),
+            ])
+        })();
+        let accepted = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tasks.iter().for_each(JoinHandle::abort);
+                let _ = cluster.shutdown().await;
+                return Err(e.into());
+            }
+        };
+        for (incoming, protocol) in accepted {
+            let shared = Arc::clone(&shared);
+            let keys = Arc::clone(&keys);
+            tasks.push(tokio::spawn(serve_protocol(
+                incoming,
+                protocol,
+                move |peer, stream| {
+                    let shared = Arc::clone(&shared);
+                    let keys = Arc::clone(&keys);
+                    async move {
+                        match protocol {
+                            JOIN_V1 => serve_join(&shared, peer, stream).await,
+                            JOBS_V1 => serve_jobs(&shared, peer, stream).await,
+                            MONITOR_V1 => serve_monitor(&shared, peer, stream).await,
+                            _ => serve_key(&shared, &keys, peer, stream).await,
+                        }
+                    }
+                },
+            )));
+        }
+        let addrs = match cluster.listen_addrs().await {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                tasks.iter().for_each(JoinHandle::abort);
+                let _ = cluster.shutdown().await;
+                return Err(e.into());
+            }
+        };
+        tracing::info!(peer = %cluster.local_peer_id(), "manager started");
+        Ok(Self {
+            cluster,
+            cluster_task: Some(cluster_task),
+            requests: Some(requests_tx),
+            tasks,
+            core_done: Some(core_done),
+            addrs,
+            policy,
+        })
+    }
+
+    /// The manager's peer id.
+    #[must_use]
+    pub fn peer_id(&self) -> PeerId {
+        self.cluster.local_peer_id()
+    }
+
+    /// The manager's swarm.
+    #[must_use]
+    pub fn cluster(&self) -> &ClusterHandle {
+        &self.cluster
+    }
+
+    /// Every address the manager listens on, each ending with `/p2p/<its peer id>`.
+    #[must_use]
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.addrs
+    }
+
+    /// The first plain TCP address (not WebSocket, not relayed): the one to give nodes and
+    /// clients, printed on the `ready` line.
+    #[must_use]
+    pub fn tcp_addr(&self) -> Option<&Multiaddr> {
+        self.addrs.iter().find(|a| is_plain_tcp(a))
+    }
+
+    /// The domains served and who may submit to them.
+    #[must_use]
+    pub fn policy(&self) -> &DomainPolicy {
+        &self.policy
+    }
+
+    /// A job's state (no tokens), or `None` for an unknown job.
+    ///
+    /// # Errors
+    /// [`ManagerError::Stopped`].
+    pub async fn job(&self, job_id: &str) -> Result<Option<Job>, ManagerError> {
+        let job_id = job_id.to_owned();
+        self.ask(|reply| Request::Job { job_id, reply }).await
+    }
+
+    /// The registered nodes, in id order.
+    ///
+    /// # Errors
+    /// [`ManagerError::Stopped`].
+    pub async fn nodes(&self) -> Result<Vec<Node>, ManagerError> {
+        self.ask(|reply| Request::Nodes { reply }).await
+    }
+
+    async fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, ManagerError> {
+        let requests = self.requests.as_ref().ok_or(ManagerError::Stopped)?;
+        ask(requests, request).await.ok_or(ManagerError::Stopped)
+    }
+
+    /// Resolves when the manager stops by itself: its scheduler failed (a store error) or its
+    /// swarm ended. Never resolves while it runs well; call it at most once.
+    ///
+    /// # Errors
+    /// The failure: [`ManagerError::Scheduler`], or [`ManagerError::Stopped`].
+    pub async fn stopped(&mut self) -> Result<(), ManagerError> {
+        let core = async {
+            match self.core_done.as_mut() {
+                Some(done) => done.await,
+                None => std::future::pending().await,
+            }
+        };
+        let swarm = async {
+            match self.cluster_task.as_mut() {
+                Some(task) => task.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            outcome = core => {
+                self.core_done = None;
+                match outcome {
+                    Ok(Ok(())) => Err(ManagerError::Stopped),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(_) => Err(ManagerError::Stopped),
+                }
+            }
+            _ = swarm => {
+                self.cluster_task = None;
+                Err(ManagerError::Stopped)
+            }
+        }
+    }
+
+    /// Stops gracefully: stops accepting streams and gossip, lets the scheduler finish the
+    /// operation in progress (every operation is committed before it is announced), then closes
+    /// the swarm.
+    ///
+    /// # Errors
+    /// [`ManagerError::Scheduler`] when the scheduler had failed.
+    pub async fn shutdown(mut self) -> Result<(), ManagerError> {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        // The thread ends once the last request sender is gone.
+        self.requests = None;
+        let outcome = match self.core_done.take() {
+            Some(done) => done.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        };
+        let _ = self.cluster.shutdown().await;
+        if let Some(task) = self.cluster_task.take() {
+            let _ = task.await;
+        }
+        tracing::info!("manager stopped");
+        outcome.map_err(ManagerError::from)
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Whether `addr` is a direct TCP address (no WebSocket, no relay circuit).
+#[must_use]
+pub fn is_plain_tcp(addr: &Multiaddr) -> bool {
+    let mut tcp = false;
+    for protocol in addr.iter() {
+        match protocol {
+            Protocol::Tcp(_) => tcp = true,
+            Protocol::Ws(_) | Protocol::Wss(_) | Protocol::P2pCircuit => return false,
+            _ => {}
+        }
+    }
+    tcp
+}
+
+/// Starts the scheduler thread and waits for the scheduler to open.
+async fn start_core(
+    config: &ManagerConfig,
+    peer: PeerId,
+    issuer: Arc<DomainKeyIssuer>,
+    outbound: mpsc::Sender<Outbound>,
+    views: broadcast::Sender<Arc<JobView>>,
+    requests: mpsc::Receiver<Request>,
+) -> Result<oneshot::Receiver<Result<(), SchedulerError>>, ManagerError> {
+    let mut scheduler_config = SchedulerConfig::new(peer.to_string());
+    scheduler_config.node_timeout = config.node_timeout;
+    scheduler_config.max_retries = config.max_retries;
+    scheduler_config.max_tasks_per_job = config.max_tasks_per_job;
+    scheduler_config.event_capacity = EVENT_QUEUE;
+    let path = config.scheduler_path();
+    let (opened_tx, opened) = oneshot::channel();
+    let (done_tx, done) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("scheduler".into())
+        .spawn(move || {
+            let open = || -> Result<Scheduler, SchedulerError> {
+                let store = RedbStore::open(&path)?;
+                Scheduler::open(
+                    scheduler_config,
+                    Box::new(store),
+                    Box::new(SharedIssuer(Arc::clone(&issuer))),
+                    crate::core::now_ms(),
+                )
+            };
+            let scheduler = match open() {
+                Ok(scheduler) => scheduler,
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = opened_tx.send(Ok(()));
+            let core = Core {
+                events: scheduler.subscribe(),
+                scheduler,
+                issuer,
+                outbound,
+                views,
+            };
+            let _ = done_tx.send(core.run(requests));
+        })
+        .map_err(ManagerError::Thread)?;
+    match opened.await {
+        Ok(Ok(())) => Ok(done),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(ManagerError::Stopped),
+    }
+}
+
+/// Lets the scheduler and the manager share one [`DomainKeyIssuer`].
+struct SharedIssuer(Arc<DomainKeyIssuer>);
+
+impl TokenIssuer for SharedIssuer {
+    fn issue(&self, grant: &TokenGrant<'_>) -> Result<String, TokenError> {
+        self.0.issue(grant)
+    }
+}
+
+/// Sends a request to the scheduler thread and waits for its answer; `None` once it has stopped.
+async fn ask<T>(
+    requests: &mpsc::Sender<Request>,
+    request: impl FnOnce(oneshot::Sender<T>) -> Request,
+) -> Option<T> {
+    let (reply, answer) = oneshot::channel();
+    requests.send(request(reply)).await.ok()?;
+    answer.await.ok()
+}
+
+/// Drives the scheduler's clock. A tick that finds the queue full is skipped: the scheduler is
+/// busy, and the next one does the same work.
+async fn tick(requests: mpsc::Sender<Request>, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if let Err(mpsc::error::TrySendError::Closed(_)) = requests.try_send(Request::Tick) {
+            return;
+        }
+    }
+}
+
+/// Hands each task update gossiped on a job's topic to the scheduler, which believes only the
+/// task's sender and receiver.
+async fn follow_gossip(cluster: ClusterHandle, requests: mpsc::Sender<Request>) {
+    let mut events = match cluster.gossip_events() {
+        Ok(events) => events,
+        Err(_) => return,
+    };
+    loop {
+        let (topic, source, data) = match events.recv().await {
+            Ok(GossipEvent::Message {
+                topic,
+                source,
+                data,
+                ..
+            }) => (topic, source, data),
+            Ok(_) => continue,
+            Err(ClusterError::GossipLagged { missed }) => {
+                tracing::warn!(
+                    missed,
+                    "task updates lost: the scheduler fell behind gossip"
+                );
+                continue;
+            }
+            Err(_) => return,
+        };
+        let Some(reporter) = source else { continue };
+        let task = match decode_task_update(&data) {
+            Ok(task) => task,
+            Err(e) => {
+                tracing::debug!(%topic, %reporter, "not a task update: {e}");
+                continue;
+            }
+        };
+        if task.job_id != topic {
+            tracing::debug!(%topic, %reporter, job = %task.job_id, "task update on another job's topic");
+            continue;
+        }
+        let report = Request::Report {
+            task,
+            reporter: reporter.to_string(),
+        };
+        if requests.send(report).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Gossips every task change, routes each token to its submitter's stream, and follows each
+/// running job's topic, in the order the scheduler made them.
+async fn dispatch(cluster: ClusterHandle, mut outbound: mpsc::Receiver<Outbound>) {
+    let mut submitters: std::collections::HashMap<String, mpsc::Sender<Task>> =
+        std::collections::HashMap::new();
+    while let Some(item) = outbound.recv().await {
+        match item {
+            Outbound::Follow { job_id } => subscribe(&cluster, &job_id).await,
+            Outbound::Attach { job_id, tokens } => {
+                submitters.insert(job_id, tokens);
+            }
+            Outbound::Event(event) => match event.as_ref() {
+                // Subscribed before any token goes out, so that the manager hears the first
+                // update a node publishes.
+                Event::JobSubmitted { job_id, .. } => subscribe(&cluster, job_id).await,
+                Event::TaskAssigned { task, .. } => {
+                    if let (Some(with_token), Some(submitter)) =
+                        (event.task_for_submitter(), submitters.get(&task.job_id))
+                    {
+                        match submitter.try_send(with_token) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                tracing::warn!(job = %task.job_id, "submitter does not read its tokens; closing its stream");
+                                submitters.remove(&task.job_id);
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => {
+                                submitters.remove(&task.job_id);
+                            }
+                        }
+                    }
+                    publish(&cluster, task).await;
+                }
+                Event::TaskChanged { task, reason } => {
+                    if let Some(reason) = reason {
+                        tracing::info!(job = %task.job_id, task = %task.name, status = task.status, "{reason}");
+                    }
+                    publish(&cluster, task).await;
+                }
+                Event::JobFinished { job_id, status } => {
+                    tracing::info!(job = %job_id, ?status, "job finished");
+                    // Dropping the sender ends the submitter's stream.
+                    submitters.remove(job_id);
+                    if let Err(e) = cluster.unsubscribe(job_id).await {
+                        tracing::debug!(job = %job_id, "unsubscribe: {e}");
+                    }
+                }
+            },
+        }
+    }
+}
+
+async fn subscribe(cluster: &ClusterHandle, job_id: &str) {
+    if let Err(e) = cluster.subscribe(job_id).await {
+        tracing::warn!(job = %job_id, "cannot follow the job's task updates: {e}");
+    }
+}
+
+async fn publish(cluster: &ClusterHandle, task: &Task) {
+    // With no subscriber yet, gossipsub refuses to publish; nobody misses anything then.
+    if let Err(e) = cluster.publish_task_update(&task.job_id, task).await {
+        tracing::debug!(job = %task.job_id, task = %task.name, "task update not gossiped: {e}");
+    }
+}
+
+/// Accepts the streams of one protocol, each served by a task of its own, at most
+/// [`MAX_STREAMS_PER_PROTOCOL`] at once. Aborting it aborts every stream it serves.
+async fn serve_protocol<F, Fut>(mut incoming: IncomingStreams, protocol: &'static str, serve: F)
+where
+    F: Fn(PeerId, ClusterStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut running = JoinSet::new();
+    loop {
+        tokio::select! {
+            next = incoming.next() => {
+                let Some((peer, stream)) = next else { return };
+                if running.len() >= MAX_STREAMS_PER_PROTOCOL {
+                    tracing::warn!(%peer, protocol, "too many streams; dropping one");
+                    continue;
+                }
+                running.spawn(serve(peer, stream));
+            }
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+        }
+    }
+}
+
+/// `/join/v1`: registers the node (or counts its heartbeat) and answers; a node that claims
+/// another peer's id, or that the registry refuses, loses its stream without an answer.
+async fn serve_join(shared: &Shared, peer: PeerId, mut stream: ClusterStream) {
+    let request = tokio::time::timeout(
+        shared.request_timeout,
+        read_message::<JoinClusterRequest, _>(&mut stream, DEFAULT_MAX_FRAME),
+    )
+    .await;
+    let node = match request {
+        Ok(Ok(request)) => request.node,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "bad {JOIN_V1} request: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no {JOIN_V1} request in time");
+            return;
+        }
+    };
+    if node.id != peer.to_string() {
+        tracing::warn!(%peer, claimed = %node.id, "refused a join: the node id is not the peer's");
+        return;
+    }
+    match ask(&shared.requests, |reply| Request::Join { node, reply }).await {
+        Some(Ok(())) => {
+            let answered = tokio::time::timeout(shared.request_timeout, async {
+                write_message(&mut stream, &JoinClusterResponse {}).await?;
+                stream
+                    .shutdown()
+                    .await
+                    .map_err(domain_proto::FrameError::from)
+            })
+            .await;
+            if !matches!(answered, Ok(Ok(()))) {
+                tracing::debug!(%peer, "could not answer a join");
+            }
+        }
+        Some(Err(e)) => tracing::warn!(%peer, "refused a join: {e}"),
+        None => {}
+    }
+}
+
+/// `/jobs/v1`: checks the domain and the submitter, submits, answers, then writes each task
+/// with its token as it becomes PENDING, until the job ends or the submitter goes away.
+async fn serve_jobs(shared: &Shared, peer: PeerId, stream: ClusterStream) {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let request = tokio::time::timeout(
+        shared.request_timeout,
+        read_message::<JobRequest, _>(&mut reader, DEFAULT_MAX_FRAME),
+    )
+    .await;
+    let request = match request {
+        Ok(Ok(request)) => request,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "bad {JOBS_V1} request: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no {JOBS_V1} request in time");
+            return;
+        }
+    };
+    if let Err(refusal) = shared.policy.check_submitter(&request.domain_id, &peer) {
+        tracing::warn!(%peer, job = %request.name, "refused a job: {refusal}");
+        let response = SubmitJobResponse {
+            code: Code::BadRequest as i32,
+            job_id: String::new(),
+            err_msg: refusal.to_string(),
+        };
+        let _ = send_frame(shared, &mut writer, &response).await;
+        let _ = writer.shutdown().await;
+        return;
+    }
+    // Room for every token the job can get (each task, each retry): the dispatcher never waits.
+    let room = request
+        .tasks
+        .len()
+        .saturating_mul(shared.tokens_per_task)
+        .clamp(1, shared.max_tokens_per_job);
+    let (tokens_tx, mut tokens) = mpsc::channel(room.max(1));
+    let name = request.name.clone();
+    let submitted = ask(&shared.requests, |reply| Request::Submit {
+        request,
+        submitter: peer.to_string(),
+        tokens: tokens_tx,
+        reply,
+    })
+    .await;
+    let Some(result) = submitted else { return };
+    let response = match &result {
+        Ok(Submission { job_id, resumed }) => {
+            tracing::info!(%peer, job = %job_id, name = %name, resumed, "job accepted");
+            submit_response(&Ok(job_id.clone()))
+        }
+        Err(e) => {
+            tracing::warn!(%peer, job = %name, "refused a job: {e}");
+            SubmitJobResponse {
+                code: Code::BadRequest as i32,
+                job_id: String::new(),
+                err_msg: e.to_string(),
+            }
+        }
+    };
+    if send_frame(shared, &mut writer, &response).await.is_err() || result.is_err() {
+        let _ = writer.shutdown().await;
+        return;
+    }
+    let mut probe = [0u8; 1];
+    loop {
+        tokio::select! {
+            task = tokens.recv() => {
+                let Some(task) = task else { break };
+                if send_frame(shared, &mut writer, &task).await.is_err() {
+                    break;
+                }
+            }
+            // The submitter writes nothing more: any byte, its close or an error ends the stream.
+            _ = reader.read(&mut probe) => break,
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// `/monitor/v1`: after the client's `ack`, every job it may watch, then each change.
+async fn serve_monitor(shared: &Shared, peer: PeerId, stream: ClusterStream) {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut ack = [0u8; MONITOR_ACK.len()];
+    match tokio::time::timeout(shared.request_timeout, reader.read_exact(&mut ack)).await {
+        Ok(Ok(_)) if &ack == MONITOR_ACK => {}
+        _ => {
+            tracing::debug!(%peer, "no {MONITOR_V1} ack");
+            return;
+        }
+    }
+    let mut probe = [0u8; 1];
+    'watch: loop {
+        let Some(Watch { jobs, mut updates }) =
+            ask(&shared.requests, |reply| Request::Watch { reply }).await
+        else {
+            break;
+        };
+        for view in jobs {
+            if send_view(shared, peer, &mut writer, &view).await.is_err() {
+                break 'watch;
+            }
+        }
+        loop {
+            tokio::select! {
+                update = updates.recv() => match update {
+                    Ok(view) => {
+                        if send_view(shared, peer, &mut writer, &view).await.is_err() {
+                            break 'watch;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(%peer, missed, "monitor fell behind; sending every job again");
+                        continue 'watch;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break 'watch,
+                },
+                _ = reader.read(&mut probe) => break 'watch,
+            }
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// Writes a job view as one or more `Job` frames, if `peer` may watch its domain.
+async fn send_view<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    peer: PeerId,
+    writer: &mut W,
+    view: &JobView,
+) -> Result<(), ()> {
+    if !shared.policy.may_watch(&view.domain, &peer) {
+        return Ok(());
+    }
+    for job in split_job(&view.job, MONITOR_FRAME_BUDGET) {
+        send_frame(shared, writer, &job).await?;
+    }
+    Ok(())
+}
+
+/// Splits a job into jobs of the same id and name whose tasks take about `budget` encoded bytes
+/// each (at least one task each).
+fn split_job(job: &Job, budget: usize) -> Vec<Job> {
+    let empty = || Job {
+        id: job.id.clone(),
+        name: job.name.clone(),
+        tasks: Vec::new(),
+    };
+    let mut frames = vec![empty()];
+    let mut used = 0;
+    for task in &job.tasks {
+        let len = task.encoded_len();
+        if used + len > budget && frames.last().is_some_and(|f| !f.tasks.is_empty()) {
+            frames.push(empty());
+            used = 0;
+        }
+        used += len;
+        if let Some(frame) = frames.last_mut() {
+            frame.tasks.push(task.clone());
+        }
+    }
+    frames
+}
+
+/// Writes one frame within the request timeout.
+async fn send_frame<W: AsyncWrite + Unpin, M: prost::Message>(
+    shared: &Shared,
+    writer: &mut W,
+    message: &M,
+) -> Result<(), ()> {
+    match tokio::time::timeout(shared.request_timeout, write_message(writer, message)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// The public keys `/public-key/v1` serves: those of the domains served that have a key. Keys
+/// are never created on request, so a peer cannot make the manager write files.
+struct ServedKeys {
+    issuer: Arc<DomainKeyIssuer>,
+    policy: Arc<DomainPolicy>,
+}
+
+impl ServedKeys {
+    fn lookup(&self, domain: &str) -> Result<PublicKey, String> {
+        if !self.policy.serves(domain) {
+            return Err("unknown domain".into());
+        }
+        let keys = self.issuer.keys();
+        if !keys.key_path(domain).exists() {
+            return Err("the domain has no key yet".into());
+        }
+        keys.key(domain)
+            .map(|key| key.public_key())
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl PublicKeySource for ServedKeys {
+    fn public_key(
+        &self,
+        domain_id: &str,
+    ) -> impl Future<Output = Result<PublicKey, String>> + Send {
+        std::future::ready(self.lookup(domain_id))
+    }
+}
+
+async fn serve_key<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    shared: &Shared,
+    keys: &ServedKeys,
+    peer: PeerId,
+    stream: S,
+) {
+    let limits = Limits {
+        idle_timeout: shared.request_timeout,
+        ..Limits::default()
+    };
+    match serve_public_key(stream, keys, &limits).await {
+        Ok(domain) => tracing::debug!(%peer, %domain, "served a public key"),
+        Err(e) => tracing::debug!(%peer, "{PUBLIC_KEY_V1}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_job_is_split_into_frames_under_the_budget_keeping_every_task() {
+        let task = |i: usize| Task {
+            name: format!("task-{i}"),
+            endpoint: "/store/v1".into(),
+            job_id: "j".into(),
+            sender: "s".repeat(50),
+            ..Default::default()
+        };
+        let job = Job {
+            id: "j".into(),
+            name: "n".into(),
+            tasks: (0..1000).map(task).collect(),
+        };
+        let frames = split_job(&job, 4096);
+        assert!(frames.len() > 1);
+        assert!(frames.iter().all(|f| f.encoded_len() <= 4096 + 200));
+        let names: Vec<_> = frames.iter().flat_map(|f| &f.tasks).cloned().collect();
+        assert_eq!(names, job.tasks);
+        assert!(frames.iter().all(|f| f.id == "j" && f.name == "n"));
+    }
+
+    #[test]
+    fn only_direct_tcp_addresses_are_plain_tcp() {
+        let yes: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        let ws: Multiaddr = "/ip4/127.0.0.1/tcp/1/ws".parse().unwrap();
+        let quic: Multiaddr = "/ip4/127.0.0.1/udp/1/quic-v1".parse().unwrap();
+        assert!(is_plain_tcp(&yes));
+        assert!(!is_plain_tcp(&ws) && !is_plain_tcp(&quic));
+    }
+}

@@ -1,0 +1,106 @@
+//! The `domain-manager` binary: its domain commands, the lines it prints, a graceful stop.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_domain-manager");
+
+fn manager(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+#[test]
+fn domain_create_prints_the_public_key_and_domain_list_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let peer = "12D3KooWJWo7dJKXbZLoSvQfLEdHiKsvj7Y9P3D1nYZNjSjoEwU1";
+    let created = manager(&[
+        "domain",
+        "create",
+        "scans",
+        "--data-dir",
+        data,
+        "--allow",
+        peer,
+    ]);
+    assert!(created.status.success(), "{created:?}");
+    let key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    assert_eq!(key.len(), 64);
+    assert!(key.chars().all(|c| c.is_ascii_hexdigit()));
+
+    let listed = manager(&["domain", "list", "--data-dir", data]);
+    assert!(listed.status.success(), "{listed:?}");
+    assert_eq!(
+        String::from_utf8(listed.stdout).unwrap(),
+        format!("scans\t{key}\t{peer}\n")
+    );
+
+    let bad = manager(&[
+        "domain",
+        "create",
+        "x",
+        "--data-dir",
+        data,
+        "--allow",
+        "nobody",
+    ]);
+    assert!(!bad.status.success());
+}
+
+#[test]
+fn run_prints_its_addresses_then_ready_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--data-dir", dir.path().to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut listening = Vec::new();
+    let ready = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("no ready line");
+        match line.split_once(' ') {
+            Some(("listening", addr)) => listening.push(addr.to_owned()),
+            Some(("ready", addr)) => break addr.to_owned(),
+            _ => panic!("unexpected line {line:?}"),
+        }
+    };
+    // The default: loopback TCP and QUIC, each with the peer id.
+    assert_eq!(listening.len(), 2, "{listening:?}");
+    assert!(
+        listening
+            .iter()
+            .all(|a| a.starts_with("/ip4/127.0.0.1/") && a.contains("/p2p/12D3KooW"))
+    );
+    assert!(
+        ready.contains("/tcp/") && listening.contains(&ready),
+        "{ready}"
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    // The state it leaves behind.
+    assert!(dir.path().join("identity.key").exists());
+    assert!(dir.path().join("scheduler.redb").exists());
+}

@@ -1,0 +1,188 @@
+//! Helpers of the manager's tests: a manager in a temp folder, peers that join it, jobs.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use domain_cluster::JobStream;
+use domain_cluster::config::{ClusterConfig, Role};
+use domain_cluster::gossip::GossipEvent;
+use domain_cluster::identity::Identity;
+use domain_cluster::{Cluster, ClusterError, ClusterHandle, Multiaddr, PeerId};
+use domain_manager::{Manager, ManagerConfig};
+use domain_proto::discovery::{Capability, Node};
+use domain_proto::protocols::{LOAD_V1, STORE_V1};
+use domain_proto::task::{
+    CapabilityFilters, Job, JobRequest, ResourceRecruitment, Status, Task, TaskRequest,
+};
+use prost::Message as _;
+
+/// The longest a test waits for one step: far above what loopback needs on a busy machine.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Fails the test, naming `what`, when `future` does not finish within [`WAIT`].
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// A manager configuration in `dir`: loopback TCP, quick ticks.
+pub fn config(dir: &Path) -> ManagerConfig {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut config = ManagerConfig::new(dir);
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    config.tick_interval = Duration::from_millis(50);
+    config.request_timeout = Duration::from_secs(20);
+    config
+}
+
+pub async fn start(config: ManagerConfig) -> (Manager, Multiaddr) {
+    let manager = within("starting the manager", Manager::start(config))
+        .await
+        .unwrap();
+    let addr = manager.tcp_addr().unwrap().clone();
+    (manager, addr)
+}
+
+/// A peer of `role` with `identity`, bootstrapped from the manager at `addr`.
+pub fn peer_with(identity: Identity, role: Role, addr: &Multiaddr) -> ClusterHandle {
+    let mut config = ClusterConfig::new(identity, role).with_bootstrap(addr.clone());
+    config.relay_reservation = false;
+    config.gossip_heartbeat = Duration::from_millis(100);
+    config.request_timeout = Duration::from_secs(20);
+    Cluster::start(config).unwrap().0
+}
+
+pub fn peer(role: Role, addr: &Multiaddr) -> ClusterHandle {
+    peer_with(Identity::generate(), role, addr)
+}
+
+/// A node offering `/store/v1` and `/load/v1` with no capacity limit.
+pub fn node_message(id: PeerId) -> Node {
+    Node {
+        id: id.to_string(),
+        name: "test-node".into(),
+        capabilities: vec![
+            Capability {
+                endpoint: STORE_V1.into(),
+                capacity: -1,
+            },
+            Capability {
+                endpoint: LOAD_V1.into(),
+                capacity: -1,
+            },
+        ],
+        ..Default::default()
+    }
+}
+
+/// A node that has joined `manager`.
+pub async fn joined_node(manager: &Manager, addr: &Multiaddr) -> ClusterHandle {
+    let node = peer(Role::Node, addr);
+    within(
+        "joining",
+        node.join(manager.peer_id(), node_message(node.local_peer_id())),
+    )
+    .await
+    .unwrap();
+    node
+}
+
+/// A `/store/v1` task sent by `sender` that needs `needs`.
+pub fn store_task(name: &str, sender: PeerId, needs: &[&str]) -> TaskRequest {
+    TaskRequest {
+        name: name.into(),
+        capability_filters: CapabilityFilters {
+            endpoint: STORE_V1.into(),
+            ..Default::default()
+        },
+        timeout: "5m".into(),
+        needs: needs.iter().map(|n| (*n).to_owned()).collect(),
+        resource_recruitment: ResourceRecruitment::default(),
+        sender: sender.to_string(),
+        ..Default::default()
+    }
+}
+
+pub fn job(domain: &str, nonce: &str, tasks: Vec<TaskRequest>) -> JobRequest {
+    JobRequest {
+        name: "test-job".into(),
+        tasks,
+        nonce: nonce.into(),
+        domain_id: domain.into(),
+    }
+}
+
+/// `task` with a new status, as a sender or receiver reports it (no token).
+pub fn with_status(task: &Task, status: Status) -> Task {
+    Task {
+        status: status as i32,
+        access_token: None,
+        ..task.clone()
+    }
+}
+
+/// Publishes a task update once some peer hears the job's topic (gossipsub refuses to publish
+/// before it knows a subscriber).
+pub async fn publish(peer: &ClusterHandle, task: &Task) {
+    peer.follow_task_updates(&task.job_id).await.unwrap();
+    within("publishing a task update", async {
+        loop {
+            match peer.publish_task_update(&task.job_id, task).await {
+                Ok(()) => return,
+                Err(ClusterError::Publish { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("publish: {e}"),
+            }
+        }
+    })
+    .await;
+}
+
+/// Reads monitor frames until one shows `task` of `job_id` in `status`; returns every frame
+/// read.
+pub async fn monitor_until(
+    monitor: &mut JobStream,
+    job_id: &str,
+    task: &str,
+    status: Status,
+) -> Vec<Job> {
+    let mut seen = Vec::new();
+    within("the monitor showing a task's status", async {
+        loop {
+            let job = monitor.next().await.unwrap().expect("monitor stream ended");
+            let reached = job.id == job_id
+                && job
+                    .tasks
+                    .iter()
+                    .any(|t| t.name == task && t.status == status as i32);
+            seen.push(job);
+            if reached {
+                return;
+            }
+        }
+    })
+    .await;
+    seen
+}
+
+/// The next gossip message on `topic`, decoded without dropping a token it may carry.
+pub async fn next_raw_task(events: &mut domain_cluster::gossip::GossipEvents, topic: &str) -> Task {
+    within("a gossiped task", async {
+        loop {
+            if let GossipEvent::Message { topic: t, data, .. } = events.recv().await.unwrap()
+                && t == topic
+            {
+                return Task::decode_length_delimited(data.as_slice()).unwrap();
+            }
+        }
+    })
+    .await
+}
