@@ -14,8 +14,12 @@
 //! # Ok::<(), clap::Error>(())
 //! ```
 
+pub mod download;
 pub mod hash;
+pub mod list;
+pub mod remote;
 pub mod store;
+pub mod upload;
 
 use std::io;
 use std::process::ExitCode;
@@ -39,6 +43,12 @@ pub enum Command {
     Hash(hash::HashArgs),
     /// Store, list, read and remove items in a local datastore folder.
     Store(store::StoreArgs),
+    /// Upload files to a domain through the manager (or to a node, with a token).
+    Upload(upload::UploadArgs),
+    /// Download items by id into a folder, each checked against its Merkle root.
+    Download(download::DownloadArgs),
+    /// List the items of a domain on the node the manager picks.
+    List(list::ListArgs),
 }
 
 /// Runs a parsed command line against the process's standard streams.
@@ -50,5 +60,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Hash(args) => hash::run(&args, &mut io::stdout().lock(), &mut io::stderr()),
         Command::Store(args) => store::run(&args, &mut io::stdout().lock()),
+        Command::Upload(args) => upload::run(&args, &mut io::stdout().lock()),
+        Command::Download(args) => {
+            download::run(&args, &mut io::stdout().lock(), &mut io::stderr())
+        }
+        Command::List(args) => list::run(&args, &mut io::stdout().lock()),
     }
 }

@@ -1,7 +1,11 @@
 //! Client of a domain cluster: the library behind the `domain` command.
 //!
+//! - [`client`]: [`Client`](client::Client) uploads and downloads through a cluster: a job
+//!   on the manager, then a task stream to the node it assigns, roots compared on both
+//!   ends; or straight to a node with a token obtained elsewhere.
 //! - [`cli`]: the `domain` command line, one module per command
-//!   (`domain hash` prints the Merkle root a domain stores a file under).
+//!   (`domain hash` prints the Merkle root a domain stores a file under; `domain upload`
+//!   and `domain download` use [`client`]).
 //!
 //! ```
 //! use domain_client::cli::hash::root_of_reader;
@@ -14,3 +18,4 @@
 //! ```
 
 pub mod cli;
+pub mod client;

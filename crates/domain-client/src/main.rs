@@ -7,6 +7,14 @@ use clap::Parser;
 use domain_client::cli::{self, Cli};
 
 fn main() -> ExitCode {
+    // Logs go to standard error, so that standard output stays the command's result.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match cli::run(Cli::parse()) {
         Ok(code) => code,
         Err(error) => {

@@ -1,0 +1,96 @@
+//! What `domain upload`, `download` and `list` share: how to reach the cluster.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use domain_cluster::Multiaddr;
+use domain_cluster::identity::Identity;
+
+use crate::client::{Client, ClientConfig, Direct, default_identity_path};
+
+/// Where to send a transfer: through the manager, or straight to a node with a token.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RemoteArgs {
+    /// The manager's address, ending with `/p2p/<peer id>`.
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        env = "DOMAIN_MANAGER",
+        required_unless_present = "node"
+    )]
+    pub manager: Option<Multiaddr>,
+    /// A node's address, ending with `/p2p/<peer id>`: skip the manager and use `--token`.
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        conflicts_with = "manager",
+        requires = "token"
+    )]
+    pub node: Option<Multiaddr>,
+    /// The task token for `--node`, issued to this client's identity.
+    #[arg(long, value_name = "TOKEN", requires = "node")]
+    pub token: Option<String>,
+    /// The client's identity key file (created when missing) [default:
+    /// $XDG_CONFIG_HOME/domain/identity.key or ~/.config/domain/identity.key].
+    #[arg(long, value_name = "FILE", env = "DOMAIN_IDENTITY")]
+    pub identity: Option<PathBuf>,
+}
+
+impl RemoteArgs {
+    /// The node and token of the direct form, when given.
+    #[must_use]
+    pub fn direct(&self) -> Option<Direct> {
+        match (&self.node, &self.token) {
+            (Some(node), Some(token)) => Some(Direct {
+                node: node.clone(),
+                token: token.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Loads (or creates) the identity and starts the client's peer.
+    ///
+    /// # Errors
+    /// When the identity cannot be had or the peer cannot start.
+    pub async fn start_client(&self) -> anyhow::Result<Client> {
+        let path = match &self.identity {
+            Some(path) => path.clone(),
+            None => default_identity_path()
+                .context("no home folder for the identity: pass --identity FILE")?,
+        };
+        if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            create_private_dir(folder).with_context(|| format!("creating {}", folder.display()))?;
+        }
+        let identity = Identity::load_or_create(&path)
+            .with_context(|| format!("loading the identity {}", path.display()))?;
+        let manager = if self.direct().is_some() {
+            None
+        } else {
+            match &self.manager {
+                Some(addr) => Some(addr.clone()),
+                None => bail!("pass --manager MULTIADDR, or --node MULTIADDR --token TOKEN"),
+            }
+        };
+        Client::start(identity, manager, ClientConfig::default())
+            .await
+            .context("starting the client")
+    }
+}
+
+/// Creates `folder` (and its parents) readable by its owner only, as a key's folder should be.
+fn create_private_dir(folder: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(folder)
+}
+
+/// The runtime of the network commands.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}

@@ -1,0 +1,1052 @@
+//! Moving data through a domain cluster: upload and download as jobs.
+//!
+//! A [`Client`] is a peer with no capability. To upload, it submits a job of one
+//! `/store/v1` task to the manager, waits on the job's `/jobs/v1` stream for the task's
+//! assignment (the receiving node and a token bound to this client), opens the task
+//! stream to that node and sends every item on it, comparing the node's Merkle root
+//! with its own for each. A download is the same with a `/load/v1` task that asks for
+//! the items by id; each item's bytes are checked against its root before the file
+//! appears. The `*_direct` forms skip the manager and use a node address and a token
+//! obtained elsewhere (scripts, tests, other tools).
+//!
+//! When a transfer fails, the client reports the task FAILED on the job's gossip topic
+//! (it is the task's sender, so the manager accepts the report), the manager assigns the
+//! task again, and the client tries the new assignment, up to
+//! [`ClientConfig::max_attempts`] in all. Content is therefore always replayable: a
+//! file path or bytes in memory ([`Content`]), never a one-shot reader.
+//!
+//! The manager keeps no index of which node holds an item. A download first asks the
+//! node the manager assigns to its `/load/v1` task; for ids that node does not hold, it
+//! asks, with tasks pinned to each, the other nodes that have stored data (the receivers
+//! of finished `/store/v1` tasks on the manager's `/monitor/v1` stream). Ids found nowhere
+//! come back in [`Downloads::missing`].
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain_capabilities::{CapabilityError, Limits, StoreSender, open_load};
+use domain_cluster::config::{ClusterConfig, Role};
+use domain_cluster::identity::Identity;
+use domain_cluster::{Cluster, ClusterError, ClusterHandle, Multiaddr, PeerId, SubmittedJob};
+use domain_datastore::DomainId;
+use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
+use domain_proto::protocols::{LOAD_V1, STORE_V1};
+use domain_proto::task::{
+    CapabilityFilters, ConsumeDataInputV1, JobRequest, ResourceRecruitment, Status, Task,
+    TaskRequest, resource_recruitment::RecruitmentPolicy,
+};
+use libp2p::multiaddr::Protocol;
+use tokio::io::AsyncWriteExt as _;
+
+/// Most items a listing collects, so that a node cannot grow the client's memory
+/// without bound.
+pub const MAX_LISTED_ITEMS: usize = 1_000_000;
+
+/// How a [`Client`] runs its jobs.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The timeout of each task, in the scheduler's syntax ("30s", "10m"): the manager
+    /// assigns the task again when it has not finished by then, and the token expires.
+    pub task_timeout: String,
+    /// How long to wait for the manager to assign a task (a node with free capacity).
+    pub assignment_timeout: Duration,
+    /// Attempts per task, each on the node the manager assigns; the scheduler allows
+    /// one attempt and three retries.
+    pub max_attempts: u32,
+    /// Limits of the task streams (frame size, idle timeout, I/O batch).
+    pub limits: Limits,
+    /// The limit on each remote wait of the swarm (dials, opening streams).
+    pub request_timeout: Duration,
+    /// A download looking for items on other nodes gives up once the manager's job
+    /// stream has been quiet this long.
+    pub search_quiet: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            task_timeout: "10m".to_owned(),
+            assignment_timeout: Duration::from_secs(60),
+            max_attempts: 4,
+            limits: Limits::default(),
+            request_timeout: Duration::from_secs(30),
+            search_quiet: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The swarm could not be started or stopped.
+    #[error("cannot run the client's peer: {0}")]
+    Cluster(#[source] Box<ClusterError>),
+    /// The manager's address does not end with `/p2p/<peer id>`.
+    #[error("the manager address {addr} does not end with /p2p/<peer id>")]
+    ManagerAddress {
+        /// The address given.
+        addr: Multiaddr,
+    },
+    /// The operation needs a manager and the client was started without one.
+    #[error("this client has no manager address; pass one, or a node address and a token")]
+    NoManager,
+    /// The manager refused the job, or an exchange with it failed.
+    #[error("job {job}: {source}")]
+    Manager {
+        /// The job's name.
+        job: String,
+        /// What went wrong.
+        #[source]
+        source: Box<ClusterError>,
+    },
+    /// No assignment came for the task in time (no node with the capability and free
+    /// capacity).
+    #[error("job {job_id}: no node was assigned to task {task} within {waited:?}")]
+    NoAssignment {
+        /// The job.
+        job_id: String,
+        /// The task.
+        task: String,
+        /// How long the client waited.
+        waited: Duration,
+    },
+    /// The manager closed the job's stream before the task ran to completion here.
+    #[error("job {job_id}: the manager ended the job before task {task} could run")]
+    JobEnded {
+        /// The job.
+        job_id: String,
+        /// The task.
+        task: String,
+    },
+    /// The manager sent an assignment this client cannot use.
+    #[error("job {job_id}: unusable assignment of task {task}: {reason}")]
+    BadAssignment {
+        /// The job.
+        job_id: String,
+        /// The task.
+        task: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The node could not be reached.
+    #[error("cannot reach node {node}: {source}")]
+    Connect {
+        /// The node, as an address or a peer id.
+        node: String,
+        /// Why.
+        #[source]
+        source: Box<ClusterError>,
+    },
+    /// A task stream with the node failed (refused token, root mismatch, broken stream).
+    #[error("{protocol} with node {node}: {source}")]
+    Transfer {
+        /// The protocol.
+        protocol: &'static str,
+        /// The node.
+        node: PeerId,
+        /// What went wrong.
+        #[source]
+        source: Box<CapabilityError>,
+    },
+    /// The node sent an item that was not asked for.
+    #[error("node {node} sent item {id:?}, which was not asked for")]
+    UnexpectedItem {
+        /// The node.
+        node: PeerId,
+        /// The item's id (untrusted).
+        id: String,
+    },
+    /// The node's listing holds more items than [`MAX_LISTED_ITEMS`].
+    #[error("node {node} lists more than {MAX_LISTED_ITEMS} items")]
+    TooManyItems {
+        /// The node.
+        node: PeerId,
+    },
+    /// An item id cannot name a file: empty, with a path separator, or starting with a dot.
+    #[error("item id {id:?} cannot be a file name")]
+    InvalidId {
+        /// The id.
+        id: String,
+    },
+    /// A file to upload is larger than an item can be (4 GiB - 1).
+    #[error("{} is {len} bytes; an item holds at most {} bytes", path.display(), u32::MAX)]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its length.
+        len: u64,
+    },
+    /// A local file could not be read or written.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What the client was doing.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ClientError {
+    /// Whether another node (a new assignment) might succeed where this failed.
+    fn is_retryable(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::Transfer { .. })
+    }
+
+    fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Replayable item content: read again when a transfer is retried on another node.
+#[derive(Debug, Clone)]
+pub enum Content {
+    /// The content of a file.
+    File(PathBuf),
+    /// Bytes in memory.
+    Bytes(Arc<[u8]>),
+}
+
+/// One item to upload: its metadata (`size` is set from the content) and its content.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// Name, data type and properties; `is_new` and `id` as in `UpsertMetadata`.
+    pub metadata: UpsertMetadata,
+    /// The content.
+    pub content: Content,
+}
+
+impl Upload {
+    /// A new item named `name` of type `data_type` holding the file at `path`.
+    pub fn file(path: impl Into<PathBuf>, name: &str, data_type: &str) -> Self {
+        Self {
+            metadata: new_item(name, data_type),
+            content: Content::File(path.into()),
+        }
+    }
+
+    /// A new item named `name` of type `data_type` holding `bytes`.
+    pub fn bytes(bytes: impl Into<Arc<[u8]>>, name: &str, data_type: &str) -> Self {
+        Self {
+            metadata: new_item(name, data_type),
+            content: Content::Bytes(bytes.into()),
+        }
+    }
+}
+
+fn new_item(name: &str, data_type: &str) -> UpsertMetadata {
+    UpsertMetadata {
+        name: name.to_owned(),
+        data_type: data_type.to_owned(),
+        is_new: true,
+        ..UpsertMetadata::default()
+    }
+}
+
+/// One downloaded item: its metadata (root checked) and the file holding its content.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Downloaded {
+    /// The item's metadata as the node sent it.
+    pub metadata: Metadata,
+    /// `<out dir>/<id>`.
+    pub path: PathBuf,
+}
+
+/// What a download brought back.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Downloads {
+    /// The items written, in the order they arrived.
+    pub items: Vec<Downloaded>,
+    /// The ids asked for that the node does not hold.
+    pub missing: Vec<String>,
+}
+
+/// A node to talk to without the manager, with a token obtained elsewhere.
+#[derive(Debug, Clone)]
+pub struct Direct {
+    /// The node's address, ending with `/p2p/<peer id>`.
+    pub node: Multiaddr,
+    /// The task token (issued for this client as sender, that node as receiver, and the
+    /// protocol used).
+    pub token: String,
+}
+
+/// A node and a token to open one task stream with.
+#[derive(Debug, Clone)]
+struct Assignment {
+    node: PeerId,
+    token: String,
+}
+
+/// A peer that uploads and downloads domain data.
+#[derive(Debug)]
+pub struct Client {
+    cluster: ClusterHandle,
+    manager: Option<PeerId>,
+    config: ClientConfig,
+}
+
+impl Client {
+    /// Starts the client's peer, bootstrapped from the manager at `manager` (an address
+    /// ending with `/p2p/<id>`), or alone when `None` (for the direct forms).
+    ///
+    /// # Errors
+    /// [`ClientError::ManagerAddress`], [`ClientError::Cluster`].
+    pub async fn start(
+        identity: Identity,
+        manager: Option<Multiaddr>,
+        config: ClientConfig,
+    ) -> Result<Self, ClientError> {
+        let mut cluster_config = ClusterConfig::new(identity, Role::Client);
+        cluster_config.request_timeout = config.request_timeout;
+        let manager_id = match manager {
+            Some(addr) => {
+                let Some(peer) = peer_of(&addr) else {
+                    return Err(ClientError::ManagerAddress { addr });
+                };
+                cluster_config = cluster_config.with_bootstrap(addr);
+                Some(peer)
+            }
+            None => None,
+        };
+        let (cluster, _event_loop) =
+            Cluster::start(cluster_config).map_err(|e| ClientError::Cluster(Box::new(e)))?;
+        Ok(Self {
+            cluster,
+            manager: manager_id,
+            config,
+        })
+    }
+
+    /// This client's peer id: the sender named in its tasks and tokens.
+    #[must_use]
+    pub fn peer_id(&self) -> PeerId {
+        self.cluster.local_peer_id()
+    }
+
+    /// Stops the client's peer.
+    ///
+    /// # Errors
+    /// [`ClientError::Cluster`] when the event loop has already stopped.
+    pub async fn shutdown(self) -> Result<(), ClientError> {
+        self.cluster
+            .shutdown()
+            .await
+            .map_err(|e| ClientError::Cluster(Box::new(e)))
+    }
+
+    /// Uploads `items` to `domain` through the manager, all on one `/store/v1` task, and
+    /// returns each item's metadata as the node stored it (its root compared with the
+    /// one computed here), in order.
+    ///
+    /// # Errors
+    /// [`ClientError::NoManager`]; a refused job or failed exchange with the manager
+    /// ([`ClientError::Manager`], [`ClientError::NoAssignment`],
+    /// [`ClientError::JobEnded`]); the last transfer error when every attempt failed; a
+    /// local file error. An attempt that failed part-way may have stored the items
+    /// before the failure on its node.
+    pub async fn upload(
+        &self,
+        domain: &DomainId,
+        items: &[Upload],
+    ) -> Result<Vec<Metadata>, ClientError> {
+        let sizes = item_sizes(items).await?;
+        let mut run = self.submit(domain, "upload", STORE_V1, None).await?;
+        loop {
+            let assignment = run.next_assignment().await?;
+            match self.store_on(assignment, domain, items, &sizes).await {
+                Ok(stored) => return Ok(stored),
+                Err(error) => run.failed(error).await?,
+            }
+        }
+    }
+
+    /// Uploads `items` straight to a node with a token obtained elsewhere.
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`], [`ClientError::Transfer`], local file errors.
+    pub async fn upload_direct(
+        &self,
+        direct: &Direct,
+        domain: &DomainId,
+        items: &[Upload],
+    ) -> Result<Vec<Metadata>, ClientError> {
+        let sizes = item_sizes(items).await?;
+        let assignment = self.dial(direct).await?;
+        self.store_on(assignment, domain, items, &sizes).await
+    }
+
+    /// Downloads the items `ids` of `domain` through the manager into `out_dir` (created
+    /// if missing), each as `out_dir/<id>`, which appears only once its content matches
+    /// its root.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidId`] before anything is asked; as [`upload`](Self::upload).
+    pub async fn download(
+        &self,
+        domain: &DomainId,
+        ids: &[String],
+        out_dir: &Path,
+    ) -> Result<Downloads, ClientError> {
+        let wanted = prepare_download(ids, out_dir).await?;
+        let mut downloads = Downloads::default();
+        let first = self
+            .load_job(domain, None, &wanted, out_dir, &mut downloads)
+            .await?;
+        if missing(&wanted, &downloads).is_empty() {
+            return Ok(downloads);
+        }
+        self.search(domain, first, &wanted, out_dir, &mut downloads)
+            .await?;
+        downloads.missing = missing(&wanted, &downloads);
+        Ok(downloads)
+    }
+
+    /// Looks for the items the first node did not hold on the other nodes that stored
+    /// data: the receivers of finished `/store/v1` tasks, as the manager's monitor stream
+    /// lists them (every job first, then changes), each asked with a task pinned to it.
+    /// Ends when every item is found or the stream stays quiet for
+    /// [`ClientConfig::search_quiet`].
+    async fn search(
+        &self,
+        domain: &DomainId,
+        first: PeerId,
+        wanted: &BTreeSet<String>,
+        out_dir: &Path,
+        downloads: &mut Downloads,
+    ) -> Result<(), ClientError> {
+        let manager = self.manager.ok_or(ClientError::NoManager)?;
+        let mut jobs = match self.cluster.monitor(manager).await {
+            Ok(jobs) => jobs,
+            Err(error) => {
+                tracing::warn!(%error, "cannot follow the manager's jobs to find the other items");
+                return Ok(());
+            }
+        };
+        let mut asked = BTreeSet::from([first]);
+        while let Ok(frame) = tokio::time::timeout(self.config.search_quiet, jobs.next()).await {
+            let job = match frame {
+                Ok(Some(job)) => job,
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "the manager's job stream failed");
+                    break;
+                }
+            };
+            let stored_on = job
+                .tasks
+                .iter()
+                .filter(|task| task.endpoint == STORE_V1 && task.status() == Status::Done);
+            for task in stored_on {
+                let Some(node) = task.receiver.as_deref().and_then(|r| r.parse().ok()) else {
+                    continue;
+                };
+                if !asked.insert(node) {
+                    continue;
+                }
+                match self
+                    .load_job(domain, Some(node), wanted, out_dir, downloads)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(error @ ClientError::Io { .. }) => return Err(error),
+                    Err(error) => tracing::debug!(%node, %error, "node not asked"),
+                }
+                if missing(wanted, downloads).is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one `/load/v1` job for the wanted items not downloaded yet, on `receiver` or
+    /// the node the manager picks; answers with the node that served it.
+    async fn load_job(
+        &self,
+        domain: &DomainId,
+        receiver: Option<PeerId>,
+        wanted: &BTreeSet<String>,
+        out_dir: &Path,
+        downloads: &mut Downloads,
+    ) -> Result<PeerId, ClientError> {
+        let mut run = self.submit(domain, "download", LOAD_V1, receiver).await?;
+        loop {
+            let assignment = run.next_assignment().await?;
+            let node = assignment.node;
+            match self
+                .load_from(assignment, domain, wanted, out_dir, downloads)
+                .await
+            {
+                Ok(()) => return Ok(node),
+                Err(error) => run.failed(error).await?,
+            }
+        }
+    }
+
+    /// Downloads straight from a node with a token obtained elsewhere; as
+    /// [`download`](Self::download).
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidId`], [`ClientError::Connect`], [`ClientError::Transfer`],
+    /// local file errors.
+    pub async fn download_direct(
+        &self,
+        direct: &Direct,
+        domain: &DomainId,
+        ids: &[String],
+        out_dir: &Path,
+    ) -> Result<Downloads, ClientError> {
+        let wanted = prepare_download(ids, out_dir).await?;
+        let assignment = self.dial(direct).await?;
+        let mut downloads = Downloads::default();
+        self.load_from(assignment, domain, &wanted, out_dir, &mut downloads)
+            .await?;
+        downloads.missing = missing(&wanted, &downloads);
+        Ok(downloads)
+    }
+
+    /// Lists the items of `domain` that match `query` (its `metadata_only` is forced on)
+    /// on the node the manager assigns to a `/load/v1` task.
+    ///
+    /// # Errors
+    /// As [`upload`](Self::upload), and [`ClientError::TooManyItems`].
+    pub async fn list(
+        &self,
+        domain: &DomainId,
+        query: &Query,
+    ) -> Result<Vec<Metadata>, ClientError> {
+        let query = Query {
+            metadata_only: true,
+            ..query.clone()
+        };
+        let mut run = self.submit(domain, "list", LOAD_V1, None).await?;
+        loop {
+            let assignment = run.next_assignment().await?;
+            match self.list_on(assignment, domain, &query).await {
+                Ok(listed) => return Ok(listed),
+                Err(error) => run.failed(error).await?,
+            }
+        }
+    }
+
+    /// Submits a job of one task on `endpoint`; its assignments come from the returned
+    /// [`TaskRun`].
+    async fn submit(
+        &self,
+        domain: &DomainId,
+        job_name: &str,
+        endpoint: &str,
+        receiver: Option<PeerId>,
+    ) -> Result<TaskRun<'_>, ClientError> {
+        // A task pinned to a node fails at once when that node is gone, instead of
+        // waiting for it.
+        let policy = if receiver.is_some() {
+            RecruitmentPolicy::Fail
+        } else {
+            RecruitmentPolicy::Always
+        };
+        let manager = self.manager.ok_or(ClientError::NoManager)?;
+        let request = JobRequest {
+            name: job_name.to_owned(),
+            tasks: vec![TaskRequest {
+                name: job_name.to_owned(),
+                capability_filters: CapabilityFilters {
+                    endpoint: endpoint.to_owned(),
+                    ..CapabilityFilters::default()
+                },
+                timeout: self.config.task_timeout.clone(),
+                resource_recruitment: ResourceRecruitment {
+                    recruitment_policy: policy as i32,
+                    ..ResourceRecruitment::default()
+                },
+                sender: self.peer_id().to_string(),
+                receiver: receiver.map(|peer| peer.to_string()),
+                ..TaskRequest::default()
+            }],
+            nonce: uuid::Uuid::new_v4().to_string(),
+            domain_id: domain.as_str().to_owned(),
+        };
+        let job = self
+            .cluster
+            .submit_job(manager, request)
+            .await
+            .map_err(|source| ClientError::Manager {
+                job: job_name.to_owned(),
+                source: Box::new(source),
+            })?;
+        tracing::debug!(job_id = %job.job_id, job = job_name, "job accepted");
+        Ok(TaskRun {
+            client: self,
+            job,
+            task_name: job_name.to_owned(),
+            attempts: 0,
+            current: None,
+        })
+    }
+
+    /// Connects to a node given directly.
+    async fn dial(&self, direct: &Direct) -> Result<Assignment, ClientError> {
+        let node = self
+            .cluster
+            .dial(direct.node.clone())
+            .await
+            .map_err(|source| ClientError::Connect {
+                node: direct.node.to_string(),
+                source: Box::new(source),
+            })?;
+        Ok(Assignment {
+            node,
+            token: direct.token.clone(),
+        })
+    }
+
+    async fn open(
+        &self,
+        node: PeerId,
+        protocol: &'static str,
+    ) -> Result<domain_cluster::ClusterStream, ClientError> {
+        self.cluster
+            .open_stream(node, protocol)
+            .await
+            .map_err(|source| ClientError::Connect {
+                node: node.to_string(),
+                source: Box::new(source),
+            })
+    }
+
+    async fn store_on(
+        &self,
+        assignment: Assignment,
+        domain: &DomainId,
+        items: &[Upload],
+        sizes: &[u32],
+    ) -> Result<Vec<Metadata>, ClientError> {
+        let node = assignment.node;
+        let transfer = |source| ClientError::Transfer {
+            protocol: STORE_V1,
+            node,
+            source: Box::new(source),
+        };
+        let stream = self.open(node, STORE_V1).await?;
+        let mut sender = StoreSender::open(
+            stream,
+            &assignment.token,
+            domain.as_str(),
+            self.config.limits,
+        )
+        .await
+        .map_err(transfer)?;
+        let mut stored = Vec::with_capacity(items.len());
+        for (upload, &size) in items.iter().zip(sizes) {
+            let item = UpsertMetadata {
+                size,
+                ..upload.metadata.clone()
+            };
+            let metadata = match &upload.content {
+                Content::File(path) => {
+                    let file = tokio::fs::File::open(path)
+                        .await
+                        .map_err(|e| ClientError::io("opening", path, e))?;
+                    sender.send(item, file).await
+                }
+                Content::Bytes(bytes) => sender.send(item, &bytes[..]).await,
+            }
+            .map_err(transfer)?;
+            stored.push(metadata);
+        }
+        sender.finish().await.map_err(transfer)?;
+        Ok(stored)
+    }
+
+    /// Loads the wanted items not downloaded yet into `out_dir`, adding them to
+    /// `downloads` as they land, so that a retry asks only for the rest.
+    async fn load_from(
+        &self,
+        assignment: Assignment,
+        domain: &DomainId,
+        wanted: &BTreeSet<String>,
+        out_dir: &Path,
+        downloads: &mut Downloads,
+    ) -> Result<(), ClientError> {
+        let node = assignment.node;
+        let transfer = |source| ClientError::Transfer {
+            protocol: LOAD_V1,
+            node,
+            source: Box::new(source),
+        };
+        let mut pending: BTreeSet<String> = wanted.clone();
+        for done in &downloads.items {
+            pending.remove(&done.metadata.id);
+        }
+        // With nothing left to fetch the task still runs, as a cheap metadata-only
+        // query, so that it ends DONE rather than at its deadline.
+        let metadata_only = pending.is_empty();
+        let ids = if metadata_only { wanted } else { &pending };
+        let request = ConsumeDataInputV1 {
+            query: Query {
+                ids: ids.iter().cloned().collect(),
+                metadata_only,
+                ..Query::default()
+            },
+            keep_alive: false,
+        };
+        let stream = self.open(node, LOAD_V1).await?;
+        let (mut items, _unsubscriber) = open_load(
+            stream,
+            &assignment.token,
+            domain.as_str(),
+            request,
+            self.config.limits,
+        )
+        .await
+        .map_err(transfer)?;
+        while let Some(item) = items.next().await.map_err(transfer)? {
+            let metadata = item.metadata().clone();
+            if metadata_only && wanted.contains(&metadata.id) {
+                continue;
+            }
+            if !pending.remove(&metadata.id) {
+                return Err(ClientError::UnexpectedItem {
+                    node,
+                    id: metadata.id.chars().take(300).collect(),
+                });
+            }
+            let path = out_dir.join(&metadata.id);
+            let partial = out_dir.join(format!(".{}.part-{}", metadata.id, std::process::id()));
+            let written = async {
+                let mut file = tokio::fs::File::create(&partial)
+                    .await
+                    .map_err(|e| ClientError::io("creating", &partial, e))?;
+                // The copy checks the content against the item's root as it ends.
+                let copied = item.copy_to(&mut file).await.map_err(transfer)?;
+                if copied != u64::from(metadata.size) {
+                    return Err(transfer(CapabilityError::Truncated {
+                        name: metadata.name.clone(),
+                        expected: metadata.size.into(),
+                        got: copied,
+                    }));
+                }
+                file.flush()
+                    .await
+                    .map_err(|e| ClientError::io("writing", &partial, e))?;
+                file.sync_all()
+                    .await
+                    .map_err(|e| ClientError::io("syncing", &partial, e))?;
+                tokio::fs::rename(&partial, &path)
+                    .await
+                    .map_err(|e| ClientError::io("renaming into place", &path, e))
+            }
+            .await;
+            if let Err(error) = written {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(error);
+            }
+            downloads.items.push(Downloaded { metadata, path });
+        }
+        Ok(())
+    }
+
+    async fn list_on(
+        &self,
+        assignment: Assignment,
+        domain: &DomainId,
+        query: &Query,
+    ) -> Result<Vec<Metadata>, ClientError> {
+        let node = assignment.node;
+        let transfer = |source| ClientError::Transfer {
+            protocol: LOAD_V1,
+            node,
+            source: Box::new(source),
+        };
+        let request = ConsumeDataInputV1 {
+            query: query.clone(),
+            keep_alive: false,
+        };
+        let stream = self.open(node, LOAD_V1).await?;
+        let (mut items, _unsubscriber) = open_load(
+            stream,
+            &assignment.token,
+            domain.as_str(),
+            request,
+            self.config.limits,
+        )
+        .await
+        .map_err(transfer)?;
+        let mut listed = Vec::new();
+        while let Some(item) = items.next().await.map_err(transfer)? {
+            if listed.len() == MAX_LISTED_ITEMS {
+                return Err(ClientError::TooManyItems { node });
+            }
+            listed.push(item.metadata().clone());
+        }
+        Ok(listed)
+    }
+}
+
+/// A submitted job of one task, as its assignments arrive on the job's stream.
+struct TaskRun<'a> {
+    client: &'a Client,
+    job: SubmittedJob,
+    task_name: String,
+    attempts: u32,
+    /// The assignment being tried, as the manager sent it (without its token once used).
+    current: Option<Task>,
+}
+
+impl TaskRun<'_> {
+    /// The next assignment of the task: a node and a token.
+    async fn next_assignment(&mut self) -> Result<Assignment, ClientError> {
+        let config = &self.client.config;
+        loop {
+            let frame = tokio::time::timeout(config.assignment_timeout, self.job.tasks.next())
+                .await
+                .map_err(|_| ClientError::NoAssignment {
+                    job_id: self.job.job_id.clone(),
+                    task: self.task_name.clone(),
+                    waited: config.assignment_timeout,
+                })?
+                .map_err(|source| ClientError::Manager {
+                    job: self.task_name.clone(),
+                    source: Box::new(source),
+                })?;
+            let Some(task) = frame else {
+                return Err(ClientError::JobEnded {
+                    job_id: self.job.job_id.clone(),
+                    task: self.task_name.clone(),
+                });
+            };
+            if task.name != self.task_name {
+                continue;
+            }
+            let assignment =
+                parse_assignment(&task).map_err(|reason| ClientError::BadAssignment {
+                    job_id: self.job.job_id.clone(),
+                    task: self.task_name.clone(),
+                    reason,
+                })?;
+            self.attempts += 1;
+            self.current = Some(Task {
+                access_token: None,
+                ..task
+            });
+            return Ok(assignment);
+        }
+    }
+
+    /// Handles a failed attempt: gives `error` back when no other node may do better or
+    /// the attempts are spent; otherwise tells the manager, on the job's topic, so that it
+    /// assigns the task again now rather than at the task's deadline.
+    async fn failed(&mut self, error: ClientError) -> Result<(), ClientError> {
+        if !error.is_retryable() || self.attempts >= self.client.config.max_attempts {
+            return Err(error);
+        }
+        let job_id = self.job.job_id.as_str();
+        tracing::warn!(%job_id, %error, attempt = self.attempts, "task failed, waiting for another node");
+        let Some(task) = self.current.take() else {
+            return Err(error);
+        };
+        let update = Task {
+            status: Status::Failed as i32,
+            ..task
+        };
+        // Best effort: the node reports its side too, and the deadline remains.
+        let cluster = &self.client.cluster;
+        let published = async {
+            // Subscribing first makes this peer part of the topic's mesh.
+            let _updates = cluster.follow_task_updates(job_id).await?;
+            cluster.publish_task_update(job_id, &update).await
+        };
+        if let Err(report_error) = published.await {
+            tracing::debug!(%job_id, error = %report_error, "could not report the failed attempt");
+        }
+        Ok(())
+    }
+}
+
+/// The `size` field of each item, from its content, checked before any job is submitted.
+async fn item_sizes(items: &[Upload]) -> Result<Vec<u32>, ClientError> {
+    let mut sizes = Vec::with_capacity(items.len());
+    for item in items {
+        let (len, path) = match &item.content {
+            Content::File(path) => {
+                let metadata = tokio::fs::metadata(path)
+                    .await
+                    .map_err(|e| ClientError::io("reading the length of", path, e))?;
+                (metadata.len(), path.clone())
+            }
+            Content::Bytes(bytes) => (bytes.len() as u64, PathBuf::from("<bytes>")),
+        };
+        let size = u32::try_from(len).map_err(|_| ClientError::TooLarge { path, len })?;
+        sizes.push(size);
+    }
+    Ok(sizes)
+}
+
+/// Checks that every id can name a file, and creates the output folder.
+async fn prepare_download(ids: &[String], out_dir: &Path) -> Result<BTreeSet<String>, ClientError> {
+    for id in ids {
+        check_id(id)?;
+    }
+    tokio::fs::create_dir_all(out_dir)
+        .await
+        .map_err(|e| ClientError::io("creating", out_dir, e))?;
+    Ok(ids.iter().cloned().collect())
+}
+
+/// An item id becomes a file name: nothing that could leave the output folder or hide.
+fn check_id(id: &str) -> Result<(), ClientError> {
+    let bad = id.is_empty()
+        || id.len() > 255
+        || id.starts_with('.')
+        || id
+            .chars()
+            .any(|c| matches!(c, '/' | '\\' | '\0') || c.is_control());
+    if bad {
+        return Err(ClientError::InvalidId { id: id.to_owned() });
+    }
+    Ok(())
+}
+
+fn missing(wanted: &BTreeSet<String>, downloads: &Downloads) -> Vec<String> {
+    let got: BTreeSet<&str> = downloads
+        .items
+        .iter()
+        .map(|d| d.metadata.id.as_str())
+        .collect();
+    wanted
+        .iter()
+        .filter(|id| !got.contains(id.as_str()))
+        .cloned()
+        .collect()
+}
+
+fn parse_assignment(task: &Task) -> Result<Assignment, String> {
+    let receiver = task
+        .receiver
+        .as_deref()
+        .ok_or_else(|| "no receiver".to_owned())?;
+    let node = receiver
+        .parse::<PeerId>()
+        .map_err(|e| format!("receiver {receiver:?} is not a peer id: {e}"))?;
+    let token = task
+        .access_token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| "no access token".to_owned())?;
+    Ok(Assignment { node, token })
+}
+
+/// The peer id at the end of `addr` (`/p2p/<id>`).
+#[must_use]
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => Some(peer),
+        _ => None,
+    }
+}
+
+/// Where the `domain` command keeps its identity by default:
+/// `$XDG_CONFIG_HOME/domain/identity.key`, or `~/.config/domain/identity.key`.
+#[must_use]
+pub fn default_identity_path() -> Option<PathBuf> {
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|home| home.join(".config"))
+        })?;
+    Some(config.join("domain").join("identity.key"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_could_leave_the_output_folder_are_refused() {
+        for bad in [
+            "", ".", "..", "../x", "a/b", "a\\b", ".hidden", "a\0b", "a\nb",
+        ] {
+            assert!(
+                matches!(check_id(bad), Err(ClientError::InvalidId { .. })),
+                "{bad:?} was accepted"
+            );
+        }
+        for good in ["0f3c", "7b6e1c5a-9d2e-4e8b-a1f0-3c2d1e0f9a8b", "scan.ply"] {
+            assert!(check_id(good).is_ok(), "{good:?} was refused");
+        }
+    }
+
+    #[test]
+    fn an_assignment_needs_a_receiver_peer_id_and_a_token() {
+        let peer = PeerId::random();
+        let task = Task {
+            receiver: Some(peer.to_string()),
+            access_token: Some("t".into()),
+            ..Task::default()
+        };
+        let assignment = parse_assignment(&task).unwrap();
+        assert_eq!(assignment.node, peer);
+        assert_eq!(assignment.token, "t");
+        assert!(
+            parse_assignment(&Task {
+                receiver: None,
+                ..task.clone()
+            })
+            .is_err()
+        );
+        assert!(
+            parse_assignment(&Task {
+                access_token: None,
+                ..task.clone()
+            })
+            .is_err()
+        );
+        assert!(
+            parse_assignment(&Task {
+                receiver: Some("node-1".into()),
+                ..task
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn missing_lists_the_wanted_ids_not_downloaded() {
+        let wanted: BTreeSet<String> = ["a", "b", "c"].map(String::from).into();
+        let downloads = Downloads {
+            items: vec![Downloaded {
+                metadata: Metadata {
+                    id: "b".into(),
+                    ..Metadata::default()
+                },
+                path: PathBuf::from("out/b"),
+            }],
+            missing: Vec::new(),
+        };
+        assert_eq!(missing(&wanted, &downloads), ["a", "c"]);
+    }
+
+    #[test]
+    fn the_manager_address_must_name_its_peer() {
+        let peer = PeerId::random();
+        let with: Multiaddr = format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}")
+            .parse()
+            .unwrap();
+        let without: Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse().unwrap();
+        assert_eq!(peer_of(&with), Some(peer));
+        assert_eq!(peer_of(&without), None);
+    }
+}

@@ -1,0 +1,143 @@
+//! The real binaries on loopback: a manager, two nodes, and the `domain` command uploading,
+//! listing and downloading through them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{content, domain, domain_ok, item_lines, start_manager, start_node};
+use domain_datastore::root_of;
+
+#[test]
+fn files_uploaded_through_the_manager_come_back_byte_for_byte_with_their_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let (_manager, manager) = start_manager(work, None);
+    let (_node1, _) = start_node(work, "node1", &manager.addr);
+    let (_node2, _) = start_node(work, "node2", &manager.addr);
+
+    // A file of several chunks that ends mid-chunk, and a folder with an empty file,
+    // a one-chunk file and a chunk-and-a-byte file.
+    let big = work.join("scan.bin");
+    std::fs::write(&big, content(3 * 1024 * 1024 + 11, 1)).unwrap();
+    let folder = work.join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    let small = [("empty.txt", 0), ("pose.json", 7168), ("mesh.obj", 7169)];
+    for (seed, (name, len)) in small.iter().enumerate() {
+        std::fs::write(folder.join(name), content(*len, seed as u8 + 2)).unwrap();
+    }
+
+    let mut uploaded = BTreeMap::new();
+    let big_arg = big.display().to_string();
+    let out = domain_ok(
+        work,
+        &[
+            "upload",
+            &big_arg,
+            "--domain",
+            "e2e",
+            "--manager",
+            &manager.addr,
+        ],
+    );
+    uploaded.extend(item_lines(&out).into_iter().map(|l| (l.id.clone(), l)));
+    let small_args: Vec<String> = small
+        .iter()
+        .map(|(n, _)| folder.join(n).display().to_string())
+        .collect();
+    let mut args = vec!["upload"];
+    args.extend(small_args.iter().map(String::as_str));
+    args.extend(["--domain", "e2e", "--manager", &manager.addr]);
+    let out = domain_ok(work, &args);
+    uploaded.extend(item_lines(&out).into_iter().map(|l| (l.id.clone(), l)));
+    assert_eq!(
+        uploaded.len(),
+        4,
+        "one line per file, distinct ids: {uploaded:?}"
+    );
+    for line in uploaded.values() {
+        let bytes = std::fs::read(&line.path).unwrap();
+        assert_eq!(
+            line.root,
+            root_of(&bytes).to_string(),
+            "root of {}",
+            line.path.display()
+        );
+    }
+
+    // Every listed item is one we uploaded, with its root.
+    let listing = domain_ok(
+        work,
+        &["list", "--domain", "e2e", "--manager", &manager.addr],
+    );
+    assert!(
+        !listing.is_empty(),
+        "the node the manager picked lists nothing"
+    );
+    for line in listing.lines() {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let uploaded_line = &uploaded[fields[0]];
+        assert_eq!(fields[1], uploaded_line.root);
+    }
+
+    let copies = work.join("copies");
+    let copies_arg = copies.display().to_string();
+    let mut args = vec![
+        "download",
+        "--domain",
+        "e2e",
+        "--manager",
+        &manager.addr,
+        "--out",
+        &copies_arg,
+    ];
+    for id in uploaded.keys() {
+        args.extend(["--id", id]);
+    }
+    let out = domain_ok(work, &args);
+    let downloaded = item_lines(&out);
+    assert_eq!(downloaded.len(), uploaded.len());
+    for line in &downloaded {
+        let original = &uploaded[&line.id];
+        assert_eq!(line.root, original.root);
+        assert_eq!(line.path, copies.join(&line.id), "written as <out>/<id>");
+        assert_eq!(
+            std::fs::read(&line.path).unwrap(),
+            std::fs::read(&original.path).unwrap()
+        );
+    }
+    let mut names: Vec<_> = std::fs::read_dir(&copies)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    let ids: Vec<_> = uploaded.keys().map(std::ffi::OsString::from).collect();
+    assert_eq!(names, ids, "nothing but the items in the output folder");
+}
+
+#[test]
+fn downloading_an_unknown_id_fails_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let (_manager, manager) = start_manager(work, None);
+    let (_node, _) = start_node(work, "node1", &manager.addr);
+    let copies = work.join("copies").display().to_string();
+    let output = domain(
+        work,
+        &[
+            "download",
+            "--domain",
+            "e2e",
+            "--id",
+            "no-such-item",
+            "--manager",
+            &manager.addr,
+            "--out",
+            &copies,
+        ],
+    );
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty(), "{}", output.stdout);
+    assert!(output.stderr.contains("no-such-item"), "{}", output.stderr);
+}

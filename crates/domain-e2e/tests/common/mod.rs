@@ -1,0 +1,125 @@
+//! Starting the cluster's binaries for the end-to-end tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use domain_e2e::{Output, Process, Ready, binary, run};
+
+/// Readiness limit of a peer: generous, for debug builds on a busy 2-core machine.
+pub const READY: Duration = Duration::from_secs(60);
+/// Limit of one `domain` command.
+pub const COMMAND: Duration = Duration::from_secs(120);
+
+/// A manager on `dir`, listening on `listen` (loopback TCP on a port the system picks by
+/// default).
+pub fn start_manager(dir: &Path, listen: Option<&str>) -> (Process, Ready) {
+    let data = dir.join("manager");
+    let mut args = vec![
+        "run".to_owned(),
+        "--data-dir".to_owned(),
+        data.display().to_string(),
+        "--tick-interval".to_owned(),
+        "200ms".to_owned(),
+    ];
+    if let Some(listen) = listen {
+        args.extend(["--listen".to_owned(), listen.to_owned()]);
+    }
+    let mut manager = Process::spawn(
+        "domain-manager",
+        &binary("domain-manager").unwrap(),
+        &args,
+        &dir.join("manager.log"),
+    )
+    .unwrap();
+    let ready = manager.wait_ready(READY).unwrap_or_else(|e| panic!("{e}"));
+    (manager, ready)
+}
+
+/// A node named `name` with its data in `dir/<name>`, joined to the manager at `manager`.
+pub fn start_node(dir: &Path, name: &str, manager: &str) -> (Process, Ready) {
+    let data = dir.join(name);
+    let args = [
+        "run",
+        "--manager",
+        manager,
+        "--data-dir",
+        &data.display().to_string(),
+        "--name",
+        name,
+        "--join-interval",
+        "1s",
+    ];
+    let mut node = Process::spawn(
+        name,
+        &binary("domain-node").unwrap(),
+        args,
+        &dir.join(format!("{name}.log")),
+    )
+    .unwrap();
+    let ready = node.wait_ready(READY).unwrap_or_else(|e| panic!("{e}"));
+    (node, ready)
+}
+
+/// Runs `domain` with `args` and the client identity in `dir`.
+pub fn domain(dir: &Path, args: &[&str]) -> Output {
+    let identity = dir.join("client").join("identity.key");
+    let identity = identity.display().to_string();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--identity", &identity]);
+    run("domain", &binary("domain").unwrap(), &all, COMMAND).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `domain` and requires it to succeed.
+pub fn domain_ok(dir: &Path, args: &[&str]) -> String {
+    let output = domain(dir, args);
+    assert!(
+        output.status.success(),
+        "domain {args:?} failed ({}):\n{}",
+        output.status,
+        output.stderr
+    );
+    output.stdout
+}
+
+/// One `<id>  <root>  <path>` line of `domain upload` or `download`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemLine {
+    /// The item's id.
+    pub id: String,
+    /// Its Merkle root, hex.
+    pub root: String,
+    /// The local file.
+    pub path: PathBuf,
+}
+
+/// The item lines of a command's standard output.
+pub fn item_lines(stdout: &str) -> Vec<ItemLine> {
+    stdout
+        .lines()
+        .map(|line| {
+            let mut fields = line.splitn(3, "  ");
+            let (Some(id), Some(root), Some(path)) = (fields.next(), fields.next(), fields.next())
+            else {
+                panic!("not an item line: {line:?}");
+            };
+            ItemLine {
+                id: id.to_owned(),
+                root: root.to_owned(),
+                path: PathBuf::from(path),
+            }
+        })
+        .collect()
+}
+
+/// Content where byte i is a mix of i and `seed`: distinct per file, not chunk-aligned.
+pub fn content(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            (i as u64)
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add(u64::from(seed)) as u8
+                ^ (i >> 13) as u8
+        })
+        .collect()
+}
