@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use domain_capabilities::Limits;
+use domain_capabilities::{Limits, MAX_CONCURRENT_TASK_STREAMS};
 use domain_cluster::Multiaddr;
 use libp2p::multiaddr::Protocol;
 use serde::Deserialize;
@@ -45,6 +45,8 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// The limits of every task stream.
     pub limits: Limits,
+    /// Task streams served at once; one more is dropped at once.
+    pub max_task_streams: usize,
 }
 
 impl NodeConfig {
@@ -69,6 +71,7 @@ impl NodeConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             limits: Limits::default(),
+            max_task_streams: MAX_CONCURRENT_TASK_STREAMS,
         })
     }
 

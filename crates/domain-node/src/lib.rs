@@ -8,8 +8,9 @@
 //!   every [`join_interval`](NodeConfig::join_interval) (the heartbeat; the manager's
 //!   address is dialled again each time, so a restarted manager is found). Task
 //!   streams are served with domain-capabilities' handlers, at most
-//!   [`MAX_CONCURRENT_TASK_STREAMS`](domain_capabilities::MAX_CONCURRENT_TASK_STREAMS)
-//!   at once: one more is dropped at once, not queued. [`Node::shutdown`] stops
+//!   [`max_task_streams`](NodeConfig::max_task_streams) at once (by default
+//!   [`MAX_CONCURRENT_TASK_STREAMS`](domain_capabilities::MAX_CONCURRENT_TASK_STREAMS)):
+//!   one more is dropped at once, not queued. [`Node::shutdown`] stops
 //!   accepting, lets running streams finish within the grace period, and cuts the rest.
 //! - [`ManagerKeys`]: domain public keys fetched from the manager over
 //!   `/public-key/v1`, cached, fetched again when a token's signature fails.

@@ -3,9 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain_capabilities::{
-    CapabilityError, Limits, MAX_CONCURRENT_TASK_STREAMS, Served, StreamInfo, accept_task_stream,
-};
+use domain_capabilities::{CapabilityError, Limits, Served, StreamInfo, accept_task_stream};
 use domain_cluster::config::{ClusterConfig, Role};
 use domain_cluster::identity::Identity;
 use domain_cluster::{
@@ -98,6 +96,7 @@ pub struct Node {
     /// Cuts the task streams still running after the grace period.
     cut: CancellationToken,
     permits: Arc<Semaphore>,
+    max_streams: usize,
     background: Vec<JoinHandle<()>>,
     reporter_task: JoinHandle<()>,
     grace: Duration,
@@ -164,7 +163,8 @@ impl Node {
         let (reporter, reporter_task) = StatusReporter::start(cluster.clone());
         let stop = CancellationToken::new();
         let cut = CancellationToken::new();
-        let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_TASK_STREAMS));
+        let max_streams = config.max_task_streams.clamp(1, Semaphore::MAX_PERMITS);
+        let permits = Arc::new(Semaphore::new(max_streams));
         let context = Arc::new(Context {
             local_peer: local_peer.to_string(),
             datastore: datastore.clone(),
@@ -182,6 +182,7 @@ impl Node {
                     incoming,
                     Arc::clone(&context),
                     Arc::clone(&permits),
+                    max_streams,
                     stop.clone(),
                 ))
             })
@@ -229,6 +230,7 @@ impl Node {
             stop,
             cut,
             permits,
+            max_streams,
             background,
             reporter_task,
             grace: config.shutdown_grace,
@@ -300,7 +302,7 @@ impl Node {
     /// Task streams running now.
     #[must_use]
     pub fn running_streams(&self) -> usize {
-        MAX_CONCURRENT_TASK_STREAMS - self.permits.available_permits()
+        self.max_streams - self.permits.available_permits()
     }
 
     /// Stops gracefully: stops accepting streams and joining, lets running task
@@ -320,6 +322,7 @@ impl Node {
             stop,
             cut,
             permits,
+            max_streams,
             background,
             reporter_task,
             grace,
@@ -330,13 +333,13 @@ impl Node {
             // in one has been logged by the runtime already.
             let _ = task.await;
         }
-        let all = u32::try_from(MAX_CONCURRENT_TASK_STREAMS).unwrap_or(u32::MAX);
+        let all = u32::try_from(max_streams).unwrap_or(u32::MAX);
         let mut streams_cut = 0;
         if tokio::time::timeout(grace, permits.acquire_many(all))
             .await
             .is_err()
         {
-            streams_cut = MAX_CONCURRENT_TASK_STREAMS - permits.available_permits();
+            streams_cut = max_streams - permits.available_permits();
             tracing::warn!(
                 streams = streams_cut,
                 ?grace,
@@ -382,6 +385,7 @@ async fn accept_streams(
     mut incoming: IncomingStreams,
     context: Arc<Context>,
     permits: Arc<Semaphore>,
+    max_streams: usize,
     stop: CancellationToken,
 ) {
     loop {
@@ -395,7 +399,7 @@ async fn accept_streams(
         // Over the limit, a stream is dropped at once: queueing it would hold the
         // sender's token until it expires, and the scheduler will retry the task.
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            tracing::warn!(%peer, protocol, limit = MAX_CONCURRENT_TASK_STREAMS, "too many task streams; dropping one");
+            tracing::warn!(%peer, protocol, limit = max_streams, "too many task streams; dropping one");
             drop(stream);
             continue;
         };

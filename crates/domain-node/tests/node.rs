@@ -1,0 +1,547 @@
+//! A real node on loopback against an in-process manager stand-in that serves
+//! `/join/v1` and `/public-key/v1` with a real domain key, and a client that
+//! moves data with tokens issued by that key.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use domain_auth::{DomainKey, TaskClaims};
+use domain_capabilities::{CapabilityError, Limits, StaticKeys, StoreSender, open_load};
+use domain_cluster::config::{ClusterConfig, Role};
+use domain_cluster::gossip::TaskUpdates;
+use domain_cluster::identity::Identity;
+use domain_cluster::{Cluster, ClusterHandle, Multiaddr, PeerId};
+use domain_datastore::{Datastore as _, root_of};
+use domain_node::{Node, NodeConfig, first_tcp_addr};
+use domain_proto::discovery::{JoinClusterRequest, JoinClusterResponse};
+use domain_proto::domain_data::{Query, UpsertMetadata};
+use domain_proto::protocols::{JOIN_V1, LOAD_V1, PUBLIC_KEY_V1, STORE_V1};
+use domain_proto::task::{ConsumeDataInputV1, Status};
+use domain_proto::{DEFAULT_MAX_FRAME, read_message, write_message};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+const DOMAIN: &str = "domain-1";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Fails the test instead of hanging it.
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+fn tcp_loopback() -> Multiaddr {
+    "/ip4/127.0.0.1/tcp/0".parse().unwrap()
+}
+
+/// The manager's part that a node relies on: `/join/v1` (checking that the
+/// node names itself) and `/public-key/v1` from a real domain key.
+struct StandIn {
+    cluster: ClusterHandle,
+    event_loop: JoinHandle<()>,
+    addr: Multiaddr,
+    joins: mpsc::Receiver<JoinClusterRequest>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl StandIn {
+    async fn start(identity: Identity, listen: Multiaddr, key: &DomainKey) -> Self {
+        let config = ClusterConfig::new(identity, Role::Manager).with_listen_addrs([listen]);
+        let (cluster, event_loop) = Cluster::start(config).unwrap();
+        let addr = first_tcp_addr(&cluster.listen_addrs().await.unwrap()).unwrap();
+
+        let (joins_tx, joins) = mpsc::channel(64);
+        let mut join_streams = cluster.accept(JOIN_V1).unwrap();
+        let join_server = tokio::spawn(async move {
+            while let Some((peer, mut stream)) = join_streams.next().await {
+                let Ok(request) =
+                    read_message::<JoinClusterRequest, _>(&mut stream, DEFAULT_MAX_FRAME).await
+                else {
+                    continue;
+                };
+                if request.node.id != peer.to_string() {
+                    continue;
+                }
+                if write_message(&mut stream, &JoinClusterResponse {})
+                    .await
+                    .is_ok()
+                {
+                    let _ = joins_tx.try_send(request);
+                }
+            }
+        });
+
+        let keys = Arc::new(StaticKeys::new().with(DOMAIN, key.public_key()));
+        let mut key_streams = cluster.accept(PUBLIC_KEY_V1).unwrap();
+        let key_server = tokio::spawn(async move {
+            while let Some((_, stream)) = key_streams.next().await {
+                let keys = Arc::clone(&keys);
+                tokio::spawn(async move {
+                    let _ = domain_capabilities::serve_public_key(
+                        stream,
+                        keys.as_ref(),
+                        &Limits::default(),
+                    )
+                    .await;
+                });
+            }
+        });
+
+        Self {
+            cluster,
+            event_loop,
+            addr,
+            joins,
+            servers: vec![join_server, key_server],
+        }
+    }
+
+    async fn next_join(&mut self) -> JoinClusterRequest {
+        within("a join", self.joins.recv()).await.unwrap()
+    }
+
+    async fn stop(self) {
+        self.cluster.shutdown().await.unwrap();
+        self.event_loop.await.unwrap();
+        for server in self.servers {
+            server.abort();
+        }
+    }
+}
+
+/// A manager stand-in, a node joined to it, and a client that knows both.
+struct Setup {
+    _dir: tempfile::TempDir,
+    key: DomainKey,
+    manager_identity: Identity,
+    manager: StandIn,
+    node: Node,
+    client: ClusterHandle,
+}
+
+impl Setup {
+    async fn start(configure: impl FnOnce(&mut NodeConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let key = DomainKey::generate(DOMAIN).unwrap();
+        let manager_identity = Identity::generate();
+        let mut manager = StandIn::start(manager_identity.clone(), tcp_loopback(), &key).await;
+
+        let mut config = NodeConfig::new(manager.addr.clone(), dir.path().join("node")).unwrap();
+        config.listen = vec![tcp_loopback()];
+        config.name = Some("node-a".into());
+        config.store_capacity = 4;
+        config.load_capacity = -1;
+        configure(&mut config);
+        let node = Node::start(config).await.unwrap();
+        within("the first join", node.joined()).await.unwrap();
+        let join = manager.next_join().await;
+        assert_eq!(join.node.id, node.peer_id().to_string());
+
+        let client_config = ClusterConfig::new(Identity::generate(), Role::Client)
+            .with_listen_addrs([tcp_loopback()])
+            .with_bootstrap(manager.addr.clone());
+        let (client, _) = Cluster::start(client_config).unwrap();
+        client.dial(node.ready_addr().await.unwrap()).await.unwrap();
+        Self {
+            _dir: dir,
+            key,
+            manager_identity,
+            manager,
+            node,
+            client,
+        }
+    }
+
+    fn token(&self, job_id: &str, task: &str, endpoint: &str) -> String {
+        let claims = TaskClaims::new(
+            DOMAIN,
+            job_id,
+            task,
+            self.client.local_peer_id().to_string(),
+            self.node.peer_id().to_string(),
+            endpoint,
+            SystemTime::now(),
+            Duration::from_secs(60),
+        );
+        self.key.issue(&claims).unwrap()
+    }
+
+    async fn store(
+        &self,
+        token: &str,
+        items: &[(&str, &[u8])],
+    ) -> Result<Vec<String>, CapabilityError> {
+        let stream = self
+            .client
+            .open_stream(self.node.peer_id(), STORE_V1)
+            .await
+            .unwrap();
+        let mut sender = StoreSender::open(stream, token, DOMAIN, Limits::default()).await?;
+        let mut ids = Vec::new();
+        for (name, content) in items {
+            let item = UpsertMetadata {
+                name: (*name).into(),
+                data_type: "bin".into(),
+                is_new: true,
+                ..UpsertMetadata::default()
+            };
+            let stored = sender.send_bytes(item, content).await?;
+            assert_eq!(stored.hash, Some(root_of(content).to_string()));
+            ids.push(stored.id);
+        }
+        sender.finish().await?;
+        Ok(ids)
+    }
+
+    async fn load(&self, token: &str, ids: &[String]) -> Vec<(String, Vec<u8>)> {
+        let stream = self
+            .client
+            .open_stream(self.node.peer_id(), LOAD_V1)
+            .await
+            .unwrap();
+        let request = ConsumeDataInputV1 {
+            query: Query {
+                ids: ids.to_vec(),
+                ..Query::default()
+            },
+            keep_alive: false,
+        };
+        let (mut items, _unsubscriber) =
+            open_load(stream, token, DOMAIN, request, Limits::default())
+                .await
+                .unwrap();
+        let mut loaded = Vec::new();
+        while let Some(item) = items.next().await.unwrap() {
+            let (metadata, content) = item.read_to_vec(1 << 20).await.unwrap();
+            loaded.push((metadata.name, content));
+        }
+        loaded
+    }
+
+    async fn stop(self) {
+        self.client.shutdown().await.unwrap();
+        self.node.shutdown().await.unwrap();
+        self.manager.stop().await;
+    }
+}
+
+/// The next update of `updates`, which must come from `publisher`.
+async fn next_update(updates: &mut TaskUpdates, publisher: PeerId) -> (String, Status) {
+    let update = within("a task update", updates.recv()).await.unwrap();
+    assert_eq!(update.publisher, Some(publisher));
+    assert_eq!(update.task.access_token, None);
+    (update.task.name.clone(), update.task.status())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_joins_with_its_name_and_capacities() {
+    let mut setup = Setup::start(|c| c.join_interval = Duration::from_millis(200)).await;
+    // The join loop runs on: the heartbeat brings the same registration again.
+    let heartbeat = setup.manager.next_join().await;
+    assert_eq!(heartbeat.node.name, "node-a");
+    let capabilities: Vec<(String, i32)> = heartbeat
+        .node
+        .capabilities
+        .iter()
+        .map(|c| (c.endpoint.clone(), c.capacity))
+        .collect();
+    assert_eq!(
+        capabilities,
+        [(STORE_V1.to_owned(), 4), (LOAD_V1.to_owned(), -1)]
+    );
+    setup.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_tokens_of_the_domain_key_uploads_and_downloads() {
+    let setup = Setup::start(|c| c.join_interval = Duration::from_secs(60)).await;
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let store_token = setup.token("job-up", "upload", STORE_V1);
+    let ids = setup
+        .store(&store_token, &[("big", &big), ("small", b"hello")])
+        .await
+        .unwrap();
+    assert!(setup.node.keys().cached(DOMAIN).is_some());
+
+    let load_token = setup.token("job-down", "download", LOAD_V1);
+    let mut loaded = setup.load(&load_token, &ids).await;
+    loaded.sort();
+    assert_eq!(
+        loaded,
+        [
+            ("big".to_owned(), big.clone()),
+            ("small".to_owned(), b"hello".to_vec())
+        ]
+    );
+    setup.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_not_signed_by_the_domain_key_or_for_another_protocol_are_refused() {
+    let setup = Setup::start(|c| c.join_interval = Duration::from_secs(60)).await;
+    let forger = DomainKey::generate(DOMAIN).unwrap();
+    let claims = TaskClaims::new(
+        DOMAIN,
+        "job-x",
+        "upload",
+        setup.client.local_peer_id().to_string(),
+        setup.node.peer_id().to_string(),
+        STORE_V1,
+        SystemTime::now(),
+        Duration::from_secs(60),
+    );
+    let forged = forger.issue(&claims).unwrap();
+    let refused = setup.store(&forged, &[("x", b"x")]).await.unwrap_err();
+    assert!(
+        matches!(&refused, CapabilityError::Refused { message } if message.contains("signature")),
+        "{refused}"
+    );
+
+    let for_load = setup.token("job-x", "download", LOAD_V1);
+    let refused = setup.store(&for_load, &[("x", b"x")]).await.unwrap_err();
+    assert!(
+        matches!(&refused, CapabilityError::Refused { message } if message.contains(LOAD_V1)),
+        "{refused}"
+    );
+    let nothing = setup
+        .node
+        .datastore()
+        .query(
+            &domain_datastore::DomainId::new(DOMAIN).unwrap(),
+            &Query::default(),
+        )
+        .await
+        .unwrap();
+    assert!(nothing.is_empty());
+    setup.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_reports_processing_then_done_or_failed_on_the_jobs_topic() {
+    let setup = Setup::start(|c| c.join_interval = Duration::from_secs(60)).await;
+    let node = setup.node.peer_id();
+    let mut updates = setup
+        .manager
+        .cluster
+        .follow_task_updates("job-status")
+        .await
+        .unwrap();
+
+    let token = setup.token("job-status", "upload", STORE_V1);
+    setup.store(&token, &[("a", b"abc")]).await.unwrap();
+    assert_eq!(
+        next_update(&mut updates, node).await,
+        ("upload".to_owned(), Status::Processing)
+    );
+    assert_eq!(
+        next_update(&mut updates, node).await,
+        ("upload".to_owned(), Status::Done)
+    );
+
+    // A sender that announces more bytes than it sends fails the task.
+    let token = setup.token("job-status", "broken-upload", STORE_V1);
+    let stream = setup.client.open_stream(node, STORE_V1).await.unwrap();
+    let mut sender = StoreSender::open(stream, &token, DOMAIN, Limits::default())
+        .await
+        .unwrap();
+    let item = UpsertMetadata {
+        name: "short".into(),
+        size: 10,
+        is_new: true,
+        ..UpsertMetadata::default()
+    };
+    assert!(sender.send(item, &b"abc"[..]).await.is_err());
+    drop(sender);
+    assert_eq!(
+        next_update(&mut updates, node).await,
+        ("broken-upload".to_owned(), Status::Processing)
+    );
+    assert_eq!(
+        next_update(&mut updates, node).await,
+        ("broken-upload".to_owned(), Status::Failed)
+    );
+    setup.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_joins_again_after_the_manager_restarts() {
+    let setup = Setup::start(|c| c.join_interval = Duration::from_millis(300)).await;
+    let Setup {
+        _dir,
+        key,
+        manager_identity,
+        manager,
+        node,
+        client,
+    } = setup;
+    let addr = manager.addr.clone();
+    manager.stop().await;
+
+    // Same identity, same port: what a restarted manager looks like.
+    let listen: Multiaddr = addr
+        .iter()
+        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect();
+    let mut restarted = StandIn::start(manager_identity, listen, &key).await;
+    assert_eq!(restarted.addr, addr);
+    let join = restarted.next_join().await;
+    assert_eq!(join.node.id, node.peer_id().to_string());
+
+    // And it serves again with keys from the restarted manager.
+    let setup = Setup {
+        _dir,
+        key,
+        manager_identity: Identity::generate(),
+        manager: restarted,
+        node,
+        client,
+    };
+    setup
+        .client
+        .dial(setup.node.ready_addr().await.unwrap())
+        .await
+        .unwrap();
+    let token = setup.token("job-after", "upload", STORE_V1);
+    setup.store(&token, &[("after", b"restart")]).await.unwrap();
+    setup.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_running_stream_finish_within_the_grace_period() {
+    let setup = Setup::start(|c| {
+        c.join_interval = Duration::from_secs(60);
+        c.shutdown_grace = Duration::from_secs(10);
+    })
+    .await;
+    let token = setup.token("job-grace", "upload", STORE_V1);
+    let stream = setup
+        .client
+        .open_stream(setup.node.peer_id(), STORE_V1)
+        .await
+        .unwrap();
+    let mut sender = StoreSender::open(stream, &token, DOMAIN, Limits::default())
+        .await
+        .unwrap();
+    within("the stream to count as running", async {
+        while setup.node.running_streams() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+
+    let Setup {
+        _dir,
+        manager,
+        node,
+        client,
+        ..
+    } = setup;
+    let store = node.datastore().clone();
+    let shutdown = tokio::spawn(node.shutdown());
+    let item = UpsertMetadata {
+        name: "late".into(),
+        is_new: true,
+        ..UpsertMetadata::default()
+    };
+    let stored = sender.send_bytes(item, b"still served").await.unwrap();
+    sender.finish().await.unwrap();
+    let report = within("the shutdown", shutdown).await.unwrap().unwrap();
+    assert_eq!(report.streams_cut, 0);
+    let (metadata, _) = store
+        .get(
+            &domain_datastore::DomainId::new(DOMAIN).unwrap(),
+            &stored.id,
+        )
+        .await
+        .unwrap();
+    assert_eq!(metadata.name, "late");
+    client.shutdown().await.unwrap();
+    manager.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cuts_a_stream_still_running_after_the_grace_period() {
+    let setup = Setup::start(|c| {
+        c.join_interval = Duration::from_secs(60);
+        c.shutdown_grace = Duration::from_millis(200);
+    })
+    .await;
+    let mut updates = setup
+        .manager
+        .cluster
+        .follow_task_updates("job-cut")
+        .await
+        .unwrap();
+    let node_id = setup.node.peer_id();
+    let token = setup.token("job-cut", "upload", STORE_V1);
+    let stream = setup.client.open_stream(node_id, STORE_V1).await.unwrap();
+    let _idle_sender = StoreSender::open(stream, &token, DOMAIN, Limits::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        next_update(&mut updates, node_id).await,
+        ("upload".to_owned(), Status::Processing)
+    );
+    let Setup {
+        _dir,
+        manager,
+        node,
+        client,
+        ..
+    } = setup;
+    let report = within("the shutdown", node.shutdown()).await.unwrap();
+    assert_eq!(report.streams_cut, 1);
+    assert_eq!(
+        next_update(&mut updates, node_id).await,
+        ("upload".to_owned(), Status::Failed)
+    );
+    client.shutdown().await.unwrap();
+    manager.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_over_the_limit_is_dropped_at_once_and_the_running_one_goes_on() {
+    let setup = Setup::start(|c| {
+        c.join_interval = Duration::from_secs(60);
+        c.max_task_streams = 1;
+    })
+    .await;
+    let node = setup.node.peer_id();
+    let token = setup.token("job-limit", "upload", STORE_V1);
+    let stream = setup.client.open_stream(node, STORE_V1).await.unwrap();
+    let mut running = StoreSender::open(stream, &token, DOMAIN, Limits::default())
+        .await
+        .unwrap();
+
+    let stream = setup.client.open_stream(node, STORE_V1).await.unwrap();
+    let over = within(
+        "the stream over the limit to be dropped",
+        StoreSender::open(stream, &token, DOMAIN, Limits::default()),
+    )
+    .await;
+    assert!(over.is_err());
+    assert_eq!(setup.node.running_streams(), 1);
+
+    let item = UpsertMetadata {
+        name: "first".into(),
+        is_new: true,
+        ..UpsertMetadata::default()
+    };
+    running.send_bytes(item, b"goes on").await.unwrap();
+    running.finish().await.unwrap();
+    // Its permit back, the node takes streams again.
+    within("the permit to come back", async {
+        while setup.node.running_streams() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    setup
+        .store(&token, &[("second", b"accepted")])
+        .await
+        .unwrap();
+    setup.stop().await;
+}
