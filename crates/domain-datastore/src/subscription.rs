@@ -112,14 +112,15 @@ impl Subscribers {
             lagged: AtomicBool::new(false),
             capacity: self.capacity,
         });
-        self.lock()
-            .entry(domain.clone())
-            .or_default()
-            .push(Subscriber {
-                filter,
-                tx,
-                state: Arc::clone(&state),
-            });
+        let mut by_domain = self.lock();
+        let subscribers = by_domain.entry(domain.clone()).or_default();
+        // Forget subscribers that went away, even in a domain nobody writes to.
+        subscribers.retain(|s| !s.tx.is_closed());
+        subscribers.push(Subscriber {
+            filter,
+            tx,
+            state: Arc::clone(&state),
+        });
         Subscription {
             rx,
             state,
@@ -158,7 +159,7 @@ impl Subscribers {
     }
 
     /// How many subscribers of `domain` are registered (closed ones count until the next
-    /// publish to that domain).
+    /// publish to, or subscription in, that domain).
     pub fn count(&self, domain: &DomainId) -> usize {
         self.lock().get(domain).map_or(0, Vec::len)
     }
@@ -235,6 +236,14 @@ mod tests {
             Some(Err(SubscriptionError::Lagged { capacity: 2 }))
         );
         assert_eq!(slow.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn dropped_subscription_is_forgotten_on_next_subscribe() {
+        let subs = Subscribers::new(2);
+        drop(subs.subscribe(&domain(), QueryFilter::new(&Query::default()).unwrap()));
+        let _kept = subs.subscribe(&domain(), QueryFilter::new(&Query::default()).unwrap());
+        assert_eq!(subs.count(&domain()), 1);
     }
 
     #[tokio::test]
