@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -51,14 +51,20 @@ fn domain_create_prints_the_public_key_and_domain_list_shows_it() {
     assert!(!bad.status.success());
 }
 
-#[test]
-fn run_prints_its_addresses_then_ready_and_stops_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
+/// A running `domain-manager run`, its `listening` addresses and its `ready` address.
+struct Running {
+    child: Child,
+    listening: Vec<String>,
+    ready: String,
+}
+
+fn run_until_ready(args: &[&str]) -> Running {
     let mut child = Command::new(BIN)
-        .args(["run", "--data-dir", dir.path().to_str().unwrap()])
+        .arg("run")
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -81,7 +87,34 @@ fn run_prints_its_addresses_then_ready_and_stops_on_sigterm() {
             _ => panic!("unexpected line {line:?}"),
         }
     };
+    Running {
+        child,
+        listening,
+        ready,
+    }
+}
+
+/// Sends SIGTERM and expects a clean exit.
+fn stop(mut child: Child) {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn run_prints_its_addresses_then_ready_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = run_until_ready(&["--data-dir", dir.path().to_str().unwrap()]);
     // The default: loopback TCP and QUIC, each with the peer id.
+    let Running {
+        child,
+        listening,
+        ready,
+    } = running;
     assert_eq!(listening.len(), 2, "{listening:?}");
     assert!(
         listening
@@ -92,15 +125,42 @@ fn run_prints_its_addresses_then_ready_and_stops_on_sigterm() {
         ready.contains("/tcp/") && listening.contains(&ready),
         "{ready}"
     );
-
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
+    stop(child);
     // The state it leaves behind.
     assert!(dir.path().join("identity.key").exists());
     assert!(dir.path().join("scheduler.redb").exists());
+}
+
+#[test]
+fn the_config_file_sets_the_data_folder_and_flags_override_its_listen_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("state");
+    let config = dir.path().join("manager.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data-dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\ntick-interval = \"200ms\"\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let running = run_until_ready(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ]);
+    assert_eq!(running.listening.len(), 1, "{:?}", running.listening);
+    assert!(running.ready.contains("/tcp/"));
+    stop(running.child);
+    assert!(data.join("identity.key").exists());
+
+    std::fs::write(&config, "lisen = []\n").unwrap();
+    let refused = Command::new(BIN)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let message = String::from_utf8(refused.stderr).unwrap();
+    assert!(message.contains("lisen"), "{message}");
 }
