@@ -241,11 +241,13 @@ where
                 });
             }
             let chunk = &self.buf[..filled];
-            builder.update(chunk);
+            // Hashing after the write lets the receiver take this batch while it is
+            // hashed here, instead of waiting for both.
             self.stream
                 .write_all(chunk)
                 .await
                 .map_err(|e| CapabilityError::io("sending content", e))?;
+            builder.update(chunk);
             sent += filled as u64;
         }
         self.stream
