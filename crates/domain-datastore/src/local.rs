@@ -235,13 +235,13 @@ impl LocalDatastore {
             };
             (root, content)
         } else {
-            let create_path = temp_path.clone();
-            let file = tokio::task::spawn_blocking(move || {
-                std::fs::File::create_new(&create_path)
-                    .map_err(|e| io_error("create", &create_path, e))
+            // The guard is made with the file, so a cancelled put cannot leave it behind.
+            let (file, temp) = tokio::task::spawn_blocking(move || {
+                let file = std::fs::File::create_new(&temp_path)
+                    .map_err(|e| io_error("create", &temp_path, e))?;
+                Ok::<_, DatastoreError>((file, TempFile::new(temp_path)))
             })
             .await??;
-            let temp = TempFile::new(temp_path);
             let (root, file) = write_content(file, temp.path(), &item, content).await?;
             // When this content is already stored, the copy will be dropped: no need to sync it.
             let synced = if blob_exists(&root).await {
