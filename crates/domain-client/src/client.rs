@@ -44,6 +44,13 @@ use tokio::io::AsyncWriteExt as _;
 /// without bound.
 pub const MAX_LISTED_ITEMS: usize = 1_000_000;
 
+/// The first pause before trying an unreachable node again; it doubles up to
+/// [`MAX_CONNECT_PAUSE`].
+const FIRST_CONNECT_PAUSE: Duration = Duration::from_millis(100);
+
+/// The longest pause between tries to reach a node.
+const MAX_CONNECT_PAUSE: Duration = Duration::from_secs(2);
+
 /// How a [`Client`] runs its jobs.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -59,6 +66,8 @@ pub struct ClientConfig {
     pub limits: Limits,
     /// The limit on each remote wait of the swarm (dials, opening streams).
     pub request_timeout: Duration,
+    /// How long to keep trying to reach an assigned node before the attempt fails.
+    pub connect_patience: Duration,
     /// A download looking for items on other nodes gives up once the manager's job
     /// stream has been quiet this long.
     pub search_quiet: Duration,
@@ -73,6 +82,7 @@ impl Default for ClientConfig {
             limits: Limits::default(),
             request_timeout: Duration::from_secs(30),
             search_quiet: Duration::from_secs(2),
+            connect_patience: Duration::from_secs(15),
         }
     }
 }
@@ -609,18 +619,34 @@ impl Client {
         })
     }
 
+    /// Opens a task stream to `node`. A node that cannot be reached yet (its relay slot
+    /// not reserved again after a manager restart, its address not yet learned) is tried
+    /// again after growing pauses, for up to [`ClientConfig::connect_patience`].
     async fn open(
         &self,
         node: PeerId,
         protocol: &'static str,
     ) -> Result<domain_cluster::ClusterStream, ClientError> {
-        self.cluster
-            .open_stream(node, protocol)
-            .await
-            .map_err(|source| ClientError::Connect {
-                node: node.to_string(),
-                source: Box::new(source),
-            })
+        let deadline = tokio::time::Instant::now() + self.config.connect_patience;
+        let mut pause = FIRST_CONNECT_PAUSE;
+        loop {
+            match self.cluster.open_stream(node, protocol).await {
+                Ok(stream) => return Ok(stream),
+                Err(error @ ClusterError::Unreachable { .. })
+                    if tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tracing::debug!(%node, %error, ?pause, "node unreachable, trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_CONNECT_PAUSE);
+                }
+                Err(source) => {
+                    return Err(ClientError::Connect {
+                        node: node.to_string(),
+                        source: Box::new(source),
+                    });
+                }
+            }
+        }
     }
 
     async fn store_on(
