@@ -2,6 +2,7 @@
 //!
 //! - `cargo xtask ci`: what CI runs (`.ci/run`): formatting, lints, the test suite.
 //! - `cargo xtask bench [FILTER]...`: the Merkle benches, printed as ratios to BLAKE3's limits.
+//! - `cargo xtask demo`: a manager, two nodes and the `domain` command on loopback.
 
 use std::process::{Command, ExitCode};
 
@@ -9,6 +10,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod demo;
 
 /// Project automation for the domain cluster workspace.
 #[derive(Debug, Parser)]
@@ -29,6 +31,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         criterion_args: Vec<String>,
     },
+    /// Start a manager and two nodes on loopback, upload a 64 MiB file and a folder with the
+    /// `domain` command, list, download them back, check bytes and roots, print the
+    /// throughput, and stop everything (also on Ctrl-C).
+    Demo,
 }
 
 fn main() -> ExitCode {
@@ -45,6 +51,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Task::Ci => ci(),
         Task::Bench { criterion_args } => bench::run(&criterion_args),
+        Task::Demo => demo::run(),
     }
 }
 
