@@ -29,6 +29,11 @@ const FIRST_JOIN_RETRY: Duration = Duration::from_millis(250);
 /// How long shutdown waits for the status worker to publish what is queued.
 const REPORT_DRAIN: Duration = Duration::from_secs(5);
 
+/// How long the swarm stays up after the last status report: publishing only
+/// queues a message for the connections, and stopping the swarm drops what
+/// they have not sent yet.
+const REPORT_LINGER: Duration = Duration::from_millis(300);
+
 /// Why a node cannot start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -98,7 +103,7 @@ pub struct Node {
     permits: Arc<Semaphore>,
     max_streams: usize,
     background: Vec<JoinHandle<()>>,
-    reporter_task: JoinHandle<()>,
+    reporter_task: JoinHandle<Option<tokio::time::Instant>>,
     grace: Duration,
 }
 
@@ -352,11 +357,12 @@ impl Node {
         drop((keys, joins));
         // The last reporter clone went with the handlers' context: the worker
         // publishes what is queued, then ends.
-        if tokio::time::timeout(REPORT_DRAIN, reporter_task)
-            .await
-            .is_err()
-        {
-            tracing::warn!("status reports still unpublished at shutdown");
+        match tokio::time::timeout(REPORT_DRAIN, reporter_task).await {
+            Ok(Ok(Some(last_published))) => {
+                tokio::time::sleep_until(last_published + REPORT_LINGER).await;
+            }
+            Ok(_) => {}
+            Err(_) => tracing::warn!("status reports still unpublished at shutdown"),
         }
         cluster.shutdown().await?;
         let _ = cluster_task.await;

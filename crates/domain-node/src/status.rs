@@ -13,13 +13,16 @@ use domain_proto::task::{Status, Task};
 use libp2p::gossipsub::PublishError;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// Reports waiting for the worker before handlers wait.
 pub const REPORT_QUEUE: usize = 1024;
 
 /// Publishing attempts per report: the first right away, then after 100 ms,
-/// 200 ms, ... while no peer of the topic is known yet or their queues are full.
-pub const PUBLISH_ATTEMPTS: u32 = 6;
+/// 200 ms and 400 ms while no peer of the topic is known yet (the manager
+/// subscribes before it hands out the token, so its subscription is usually
+/// known) or their queues are full.
+pub const PUBLISH_ATTEMPTS: u32 = 4;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 
@@ -37,9 +40,9 @@ struct Report {
 
 impl StatusReporter {
     /// Starts the worker that publishes through `cluster`; returns the reporter
-    /// and the worker's task.
+    /// and the worker's task, which ends with the time of its last publication.
     #[must_use]
-    pub fn start(cluster: ClusterHandle) -> (Self, JoinHandle<()>) {
+    pub fn start(cluster: ClusterHandle) -> (Self, JoinHandle<Option<Instant>>) {
         let (queue, reports) = mpsc::channel(REPORT_QUEUE);
         let worker = tokio::spawn(publish_reports(cluster, reports));
         (Self { queue }, worker)
@@ -79,20 +82,25 @@ fn is_final(status: i32) -> bool {
     matches!(Status::try_from(status), Ok(Status::Done | Status::Failed))
 }
 
-async fn publish_reports(cluster: ClusterHandle, mut reports: mpsc::Receiver<Report>) {
+async fn publish_reports(
+    cluster: ClusterHandle,
+    mut reports: mpsc::Receiver<Report>,
+) -> Option<Instant> {
+    let mut last_published = None;
     // Tasks reported started and not yet ended, per job: the node stays on a
     // job's topic while any runs. Bounded by the streams a node serves at once.
     let mut running: HashMap<String, usize> = HashMap::new();
     while let Some(Report { task }) = reports.recv().await {
         let job_id = task.job_id.clone();
-        if let Err(error) = publish(&cluster, &task).await {
-            tracing::warn!(
+        match publish(&cluster, &task).await {
+            Ok(()) => last_published = Some(Instant::now()),
+            Err(error) => tracing::warn!(
                 job = job_id,
                 task = task.name,
                 status = ?task.status(),
                 %error,
                 "task status not published"
-            );
+            ),
         }
         if is_final(task.status) {
             let left = running.get_mut(&job_id).map(|n| {
@@ -109,6 +117,7 @@ async fn publish_reports(cluster: ClusterHandle, mut reports: mpsc::Receiver<Rep
             *running.entry(job_id).or_default() += 1;
         }
     }
+    last_published
 }
 
 async fn publish(cluster: &ClusterHandle, task: &Task) -> Result<(), ClusterError> {

@@ -155,7 +155,10 @@ impl Setup {
         }
     }
 
-    fn token(&self, job_id: &str, task: &str, endpoint: &str) -> String {
+    /// A task token, issued as the manager does once it has accepted the job
+    /// and subscribed to its topic.
+    async fn token(&self, job_id: &str, task: &str, endpoint: &str) -> String {
+        self.manager.cluster.subscribe(job_id).await.unwrap();
         let claims = TaskClaims::new(
             DOMAIN,
             job_id,
@@ -259,14 +262,14 @@ async fn the_node_joins_with_its_name_and_capacities() {
 async fn a_client_with_tokens_of_the_domain_key_uploads_and_downloads() {
     let setup = Setup::start(|c| c.join_interval = Duration::from_secs(60)).await;
     let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    let store_token = setup.token("job-up", "upload", STORE_V1);
+    let store_token = setup.token("job-up", "upload", STORE_V1).await;
     let ids = setup
         .store(&store_token, &[("big", &big), ("small", b"hello")])
         .await
         .unwrap();
     assert!(setup.node.keys().cached(DOMAIN).is_some());
 
-    let load_token = setup.token("job-down", "download", LOAD_V1);
+    let load_token = setup.token("job-down", "download", LOAD_V1).await;
     let mut loaded = setup.load(&load_token, &ids).await;
     loaded.sort();
     assert_eq!(
@@ -300,7 +303,7 @@ async fn tokens_not_signed_by_the_domain_key_or_for_another_protocol_are_refused
         "{refused}"
     );
 
-    let for_load = setup.token("job-x", "download", LOAD_V1);
+    let for_load = setup.token("job-x", "download", LOAD_V1).await;
     let refused = setup.store(&for_load, &[("x", b"x")]).await.unwrap_err();
     assert!(
         matches!(&refused, CapabilityError::Refused { message } if message.contains(LOAD_V1)),
@@ -330,7 +333,7 @@ async fn the_node_reports_processing_then_done_or_failed_on_the_jobs_topic() {
         .await
         .unwrap();
 
-    let token = setup.token("job-status", "upload", STORE_V1);
+    let token = setup.token("job-status", "upload", STORE_V1).await;
     setup.store(&token, &[("a", b"abc")]).await.unwrap();
     assert_eq!(
         next_update(&mut updates, node).await,
@@ -342,7 +345,7 @@ async fn the_node_reports_processing_then_done_or_failed_on_the_jobs_topic() {
     );
 
     // A sender that announces more bytes than it sends fails the task.
-    let token = setup.token("job-status", "broken-upload", STORE_V1);
+    let token = setup.token("job-status", "broken-upload", STORE_V1).await;
     let stream = setup.client.open_stream(node, STORE_V1).await.unwrap();
     let mut sender = StoreSender::open(stream, &token, DOMAIN, Limits::default())
         .await
@@ -404,7 +407,7 @@ async fn the_node_joins_again_after_the_manager_restarts() {
         .dial(setup.node.ready_addr().await.unwrap())
         .await
         .unwrap();
-    let token = setup.token("job-after", "upload", STORE_V1);
+    let token = setup.token("job-after", "upload", STORE_V1).await;
     setup.store(&token, &[("after", b"restart")]).await.unwrap();
     setup.stop().await;
 }
@@ -416,7 +419,7 @@ async fn shutdown_lets_a_running_stream_finish_within_the_grace_period() {
         c.shutdown_grace = Duration::from_secs(10);
     })
     .await;
-    let token = setup.token("job-grace", "upload", STORE_V1);
+    let token = setup.token("job-grace", "upload", STORE_V1).await;
     let stream = setup
         .client
         .open_stream(setup.node.peer_id(), STORE_V1)
@@ -476,7 +479,7 @@ async fn shutdown_cuts_a_stream_still_running_after_the_grace_period() {
         .await
         .unwrap();
     let node_id = setup.node.peer_id();
-    let token = setup.token("job-cut", "upload", STORE_V1);
+    let token = setup.token("job-cut", "upload", STORE_V1).await;
     let stream = setup.client.open_stream(node_id, STORE_V1).await.unwrap();
     let _idle_sender = StoreSender::open(stream, &token, DOMAIN, Limits::default())
         .await
@@ -510,7 +513,7 @@ async fn a_stream_over_the_limit_is_dropped_at_once_and_the_running_one_goes_on(
     })
     .await;
     let node = setup.node.peer_id();
-    let token = setup.token("job-limit", "upload", STORE_V1);
+    let token = setup.token("job-limit", "upload", STORE_V1).await;
     let stream = setup.client.open_stream(node, STORE_V1).await.unwrap();
     let mut running = StoreSender::open(stream, &token, DOMAIN, Limits::default())
         .await
