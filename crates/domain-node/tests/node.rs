@@ -3,114 +3,23 @@
 //! moves data with tokens issued by that key.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use domain_auth::{DomainKey, TaskClaims};
-use domain_capabilities::{CapabilityError, Limits, StaticKeys, StoreSender, open_load};
+use domain_capabilities::{CapabilityError, Limits, StoreSender, open_load};
 use domain_cluster::config::{ClusterConfig, Role};
 use domain_cluster::gossip::TaskUpdates;
 use domain_cluster::identity::Identity;
 use domain_cluster::{Cluster, ClusterHandle, Multiaddr, PeerId};
 use domain_datastore::{Datastore as _, root_of};
-use domain_node::{Node, NodeConfig, first_tcp_addr};
-use domain_proto::discovery::{JoinClusterRequest, JoinClusterResponse};
+use domain_node::{Node, NodeConfig};
 use domain_proto::domain_data::{Query, UpsertMetadata};
-use domain_proto::protocols::{JOIN_V1, LOAD_V1, PUBLIC_KEY_V1, STORE_V1};
+use domain_proto::protocols::{LOAD_V1, STORE_V1};
 use domain_proto::task::{ConsumeDataInputV1, Status};
-use domain_proto::{DEFAULT_MAX_FRAME, read_message, write_message};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
-const DOMAIN: &str = "domain-1";
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
 
-/// Fails the test instead of hanging it.
-async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
-
-fn tcp_loopback() -> Multiaddr {
-    "/ip4/127.0.0.1/tcp/0".parse().unwrap()
-}
-
-/// The manager's part that a node relies on: `/join/v1` (checking that the
-/// node names itself) and `/public-key/v1` from a real domain key.
-struct StandIn {
-    cluster: ClusterHandle,
-    event_loop: JoinHandle<()>,
-    addr: Multiaddr,
-    joins: mpsc::Receiver<JoinClusterRequest>,
-    servers: Vec<JoinHandle<()>>,
-}
-
-impl StandIn {
-    async fn start(identity: Identity, listen: Multiaddr, key: &DomainKey) -> Self {
-        let config = ClusterConfig::new(identity, Role::Manager).with_listen_addrs([listen]);
-        let (cluster, event_loop) = Cluster::start(config).unwrap();
-        let addr = first_tcp_addr(&cluster.listen_addrs().await.unwrap()).unwrap();
-
-        let (joins_tx, joins) = mpsc::channel(64);
-        let mut join_streams = cluster.accept(JOIN_V1).unwrap();
-        let join_server = tokio::spawn(async move {
-            while let Some((peer, mut stream)) = join_streams.next().await {
-                let Ok(request) =
-                    read_message::<JoinClusterRequest, _>(&mut stream, DEFAULT_MAX_FRAME).await
-                else {
-                    continue;
-                };
-                if request.node.id != peer.to_string() {
-                    continue;
-                }
-                if write_message(&mut stream, &JoinClusterResponse {})
-                    .await
-                    .is_ok()
-                {
-                    let _ = joins_tx.try_send(request);
-                }
-            }
-        });
-
-        let keys = Arc::new(StaticKeys::new().with(DOMAIN, key.public_key()));
-        let mut key_streams = cluster.accept(PUBLIC_KEY_V1).unwrap();
-        let key_server = tokio::spawn(async move {
-            while let Some((_, stream)) = key_streams.next().await {
-                let keys = Arc::clone(&keys);
-                tokio::spawn(async move {
-                    let _ = domain_capabilities::serve_public_key(
-                        stream,
-                        keys.as_ref(),
-                        &Limits::default(),
-                    )
-                    .await;
-                });
-            }
-        });
-
-        Self {
-            cluster,
-            event_loop,
-            addr,
-            joins,
-            servers: vec![join_server, key_server],
-        }
-    }
-
-    async fn next_join(&mut self) -> JoinClusterRequest {
-        within("a join", self.joins.recv()).await.unwrap()
-    }
-
-    async fn stop(self) {
-        self.cluster.shutdown().await.unwrap();
-        self.event_loop.await.unwrap();
-        for server in self.servers {
-            server.abort();
-        }
-    }
-}
+use common::{DOMAIN, StandIn, tcp_loopback, within};
 
 /// A manager stand-in, a node joined to it, and a client that knows both.
 struct Setup {
