@@ -3,6 +3,8 @@
 //! - `cargo xtask ci`: what CI runs (`.ci/run`): formatting, lints, the test suite.
 //! - `cargo xtask bench [FILTER]...`: the Merkle benches, printed as ratios to BLAKE3's limits.
 //! - `cargo xtask demo`: a manager, two nodes and the `domain` command on loopback.
+//! - `cargo xtask crash --cycles N`: the datastore's SIGKILL crash test, N cycles.
+//! - `cargo xtask fuzz --seconds N`: each cargo-fuzz target for N seconds (nightly).
 
 use std::process::{Command, ExitCode};
 
@@ -10,7 +12,9 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod crash;
 mod demo;
+mod fuzz;
 
 /// Project automation for the domain cluster workspace.
 #[derive(Debug, Parser)]
@@ -35,6 +39,21 @@ enum Task {
     /// `domain` command, list, download them back, check bytes and roots, print the
     /// throughput, and stop everything (also on Ctrl-C).
     Demo,
+    /// Kill a process that uploads to a local datastore with SIGKILL at random moments,
+    /// reopen the store each time and check that every acknowledged item is intact and
+    /// nothing partial or orphaned remains.
+    Crash {
+        /// How many kill-and-reopen cycles to run.
+        #[arg(long, default_value_t = 500)]
+        cycles: u32,
+    },
+    /// Run each cargo-fuzz target (frame decoder, handshake, /store/v1 receiver) for a while;
+    /// needs `cargo install cargo-fuzz` and a nightly toolchain.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +71,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Ci => ci(),
         Task::Bench { criterion_args } => bench::run(&criterion_args),
         Task::Demo => demo::run(),
+        Task::Crash { cycles } => crash::run(cycles),
+        Task::Fuzz { seconds } => fuzz::run(seconds),
     }
 }
 
