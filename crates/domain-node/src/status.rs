@@ -3,11 +3,14 @@
 //! A stream handler hands each report to a bounded queue; one worker publishes
 //! them in order on the job's topic, subscribing to it first (gossipsub forms
 //! its mesh from subscribers) and leaving it once no task of the job runs here.
+//! Reports that no peer took (the manager was restarting) are kept, bounded,
+//! and published again when a peer subscribes to their job's topic.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use domain_auth::TaskClaims;
+use domain_cluster::gossip::{GossipEvent, GossipEvents};
 use domain_cluster::{ClusterError, ClusterHandle};
 use domain_proto::task::{Status, Task};
 use libp2p::gossipsub::PublishError;
@@ -23,6 +26,9 @@ pub const REPORT_QUEUE: usize = 1024;
 /// subscribes before it hands out the token, so its subscription is usually
 /// known) or their queues are full.
 pub const PUBLISH_ATTEMPTS: u32 = 4;
+
+/// Unpublished reports kept for a manager that comes back.
+pub const MAX_UNSENT_REPORTS: usize = 1024;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 
@@ -86,38 +92,128 @@ async fn publish_reports(
     cluster: ClusterHandle,
     mut reports: mpsc::Receiver<Report>,
 ) -> Option<Instant> {
-    let mut last_published = None;
-    // Tasks reported started and not yet ended, per job: the node stays on a
-    // job's topic while any runs. Bounded by the streams a node serves at once.
-    let mut running: HashMap<String, usize> = HashMap::new();
-    while let Some(Report { task }) = reports.recv().await {
-        let job_id = task.job_id.clone();
-        match publish(&cluster, &task).await {
-            Ok(()) => last_published = Some(Instant::now()),
-            Err(error) => tracing::warn!(
-                job = job_id,
-                task = task.name,
-                status = ?task.status(),
-                %error,
-                "task status not published"
-            ),
+    let mut events = cluster.gossip_events().ok();
+    let mut worker = Worker {
+        cluster,
+        running: HashMap::new(),
+        unsent: HashMap::new(),
+        unsent_count: 0,
+        last_published: None,
+    };
+    loop {
+        tokio::select! {
+            report = reports.recv() => match report {
+                Some(Report { task }) => worker.report(task).await,
+                None => break,
+            },
+            topic = next_subscription(&mut events) => worker.resend(&topic).await,
         }
-        if is_final(task.status) {
-            let left = running.get_mut(&job_id).map(|n| {
+    }
+    worker.last_published
+}
+
+/// The topic of the next remote subscription; never, once the swarm has stopped.
+async fn next_subscription(events: &mut Option<GossipEvents>) -> String {
+    loop {
+        let Some(subscriber) = events.as_mut() else {
+            return std::future::pending().await;
+        };
+        match subscriber.recv().await {
+            Ok(GossipEvent::Subscribed { topic, .. }) => return topic,
+            Ok(_) | Err(ClusterError::GossipLagged { .. }) => {}
+            Err(_) => *events = None,
+        }
+    }
+}
+
+struct Worker {
+    cluster: ClusterHandle,
+    /// Tasks reported started and not yet ended, per job: the node stays on a
+    /// job's topic while any runs. Bounded by the streams a node serves at once.
+    running: HashMap<String, usize>,
+    /// Reports nobody took (the manager was restarting), per job, latest per
+    /// task: published again when a peer subscribes to the job's topic, as a
+    /// restarted manager does for every active job.
+    unsent: HashMap<String, Vec<Task>>,
+    unsent_count: usize,
+    last_published: Option<Instant>,
+}
+
+impl Worker {
+    async fn report(&mut self, task: Task) {
+        let job_id = task.job_id.clone();
+        let finished = is_final(task.status);
+        if !finished {
+            *self.running.entry(job_id.clone()).or_default() += 1;
+        }
+        self.send(task).await;
+        if finished {
+            let left = self.running.get_mut(&job_id).map(|n| {
                 *n = n.saturating_sub(1);
                 *n
             });
             if left == Some(0) {
-                running.remove(&job_id);
-                if let Err(error) = cluster.unsubscribe(&job_id).await {
-                    tracing::debug!(job = job_id, %error, "cannot leave the job's topic");
-                }
+                self.running.remove(&job_id);
+                self.leave(&job_id).await;
             }
-        } else {
-            *running.entry(job_id).or_default() += 1;
         }
     }
-    last_published
+
+    async fn resend(&mut self, topic: &str) {
+        let Some(tasks) = self.unsent.remove(topic) else {
+            return;
+        };
+        self.unsent_count -= tasks.len();
+        tracing::info!(
+            job = topic,
+            reports = tasks.len(),
+            "a peer joined the job's topic; publishing the reports it missed"
+        );
+        for task in tasks {
+            self.send(task).await;
+        }
+        if !self.running.contains_key(topic) {
+            self.leave(topic).await;
+        }
+    }
+
+    async fn send(&mut self, task: Task) {
+        match publish(&self.cluster, &task).await {
+            Ok(()) => self.last_published = Some(Instant::now()),
+            Err(error) => {
+                tracing::warn!(
+                    job = task.job_id,
+                    task = task.name,
+                    status = ?task.status(),
+                    %error,
+                    "task status not published; kept for when the manager follows the job again"
+                );
+                self.keep_unsent(task);
+            }
+        }
+    }
+
+    fn keep_unsent(&mut self, task: Task) {
+        let tasks = self.unsent.entry(task.job_id.clone()).or_default();
+        if let Some(earlier) = tasks.iter_mut().find(|t| t.name == task.name) {
+            *earlier = task;
+        } else if self.unsent_count < MAX_UNSENT_REPORTS {
+            tasks.push(task);
+            self.unsent_count += 1;
+        } else {
+            tracing::warn!(
+                job = task.job_id,
+                task = task.name,
+                "too many unpublished reports; dropping this one"
+            );
+        }
+    }
+
+    async fn leave(&self, job_id: &str) {
+        if let Err(error) = self.cluster.unsubscribe(job_id).await {
+            tracing::debug!(job = job_id, %error, "cannot leave the job's topic");
+        }
+    }
 }
 
 async fn publish(cluster: &ClusterHandle, task: &Task) -> Result<(), ClusterError> {

@@ -457,3 +457,56 @@ async fn a_stream_over_the_limit_is_dropped_at_once_and_the_running_one_goes_on(
         .unwrap();
     setup.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_made_while_the_manager_restarts_reaches_it_once_it_follows_the_job_again() {
+    let setup = Setup::start(|c| c.join_interval = Duration::from_millis(300)).await;
+    let node_id = setup.node.peer_id();
+    let token = setup.token("job-restart", "upload", STORE_V1).await;
+    let stream = setup.client.open_stream(node_id, STORE_V1).await.unwrap();
+    let mut sender = StoreSender::open(stream, &token, DOMAIN, Limits::default())
+        .await
+        .unwrap();
+
+    let Setup {
+        _dir,
+        key,
+        manager_identity,
+        manager,
+        node,
+        client,
+    } = setup;
+    let addr = manager.addr.clone();
+    manager.stop().await;
+
+    // The task ends while no manager follows its job: nobody takes the report.
+    let item = UpsertMetadata {
+        name: "during-restart".into(),
+        is_new: true,
+        ..UpsertMetadata::default()
+    };
+    sender.send_bytes(item, b"kept").await.unwrap();
+    sender.finish().await.unwrap();
+
+    let listen: Multiaddr = addr
+        .iter()
+        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect();
+    let restarted = StandIn::start(manager_identity, listen, &key).await;
+    let mut updates = restarted
+        .cluster
+        .follow_task_updates("job-restart")
+        .await
+        .unwrap();
+    loop {
+        let (name, status) = next_update(&mut updates, node_id).await;
+        assert_eq!(name, "upload");
+        if status == Status::Done {
+            break;
+        }
+        assert_eq!(status, Status::Processing);
+    }
+    client.shutdown().await.unwrap();
+    node.shutdown().await.unwrap();
+    restarted.stop().await;
+}
