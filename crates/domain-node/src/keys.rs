@@ -24,10 +24,11 @@ pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A [`PublicKeySource`] that asks the manager for each domain's key once and
 /// remembers it; a token whose signature does not verify makes it ask again
-/// (at most once per [`MIN_REFRESH_INTERVAL`]), in case the key was rotated.
+/// (at most once per [`MIN_REFRESH_INTERVAL`] by default), in case the key was rotated.
 #[derive(Debug, Clone)]
 pub struct ManagerKeys {
     inner: Arc<Inner>,
+    min_refresh: Duration,
 }
 
 #[derive(Debug)]
@@ -60,7 +61,16 @@ impl ManagerKeys {
                 cache: Mutex::new(HashMap::new()),
                 fetching: tokio::sync::Mutex::new(()),
             }),
+            min_refresh: MIN_REFRESH_INTERVAL,
         }
+    }
+
+    /// Sets the shortest time between two fetches of one domain's key on
+    /// signature failures (default [`MIN_REFRESH_INTERVAL`]).
+    #[must_use]
+    pub fn with_min_refresh_interval(mut self, interval: Duration) -> Self {
+        self.min_refresh = interval;
+        self
     }
 
     /// The cached key of `domain_id`, if any.
@@ -156,7 +166,8 @@ impl PublicKeySource for ManagerKeys {
     }
 
     async fn refreshed_key(&self, domain_id: &str) -> Option<PublicKey> {
-        let recent = |entry: Option<Entry>| matches!(entry, Some(Entry::Known { fetched, .. }) if fetched.elapsed() < MIN_REFRESH_INTERVAL);
+        let min_refresh = self.min_refresh;
+        let recent = |entry: Option<Entry>| matches!(entry, Some(Entry::Known { fetched, .. }) if fetched.elapsed() < min_refresh);
         if recent(self.lookup(domain_id)) {
             return None;
         }
