@@ -10,12 +10,11 @@
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use domain_e2e::{Output, Process, binary};
+use domain_e2e::{Output, Process, binary, build_binaries};
 
 /// Size of the generated file.
 const BIG_FILE: usize = 64 << 20;
@@ -54,22 +53,8 @@ pub fn run() -> anyhow::Result<()> {
 /// `cargo build` of the binaries the demo runs, in the profile of this xtask.
 fn build() -> anyhow::Result<()> {
     say("building domain-manager, domain-node and domain");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "--bins"])
-        .args([
-            "-p",
-            "domain-manager",
-            "-p",
-            "domain-node",
-            "-p",
-            "domain-client",
-        ])
-        .current_dir(crate::workspace_root())
-        .status()
-        .context("cannot run cargo build")?;
-    ensure!(status.success(), "cargo build failed ({status})");
-    Ok(())
+    build_binaries(&["domain-manager", "domain-node", "domain-client"])
+        .context("building the binaries")
 }
 
 fn demo(dir: &Path, peers: &Peers) -> anyhow::Result<()> {

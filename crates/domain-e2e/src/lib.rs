@@ -3,6 +3,10 @@
 //! - [`binary`]: the path of a workspace binary built beside the running executable
 //!   (`target/<profile>/`), found from [`std::env::current_exe`], since
 //!   `CARGO_BIN_EXE_<name>` exists only inside the binary's own package.
+//! - [`build_binaries`]: `cargo build --bins` of packages into that same folder. Cargo
+//!   builds the binaries of every workspace member under `cargo test --workspace`, but not
+//!   those of a dev-dependency under `cargo test -p domain-e2e`; building them from the
+//!   test (a no-op when they are fresh) makes both work and never runs a stale binary.
 //! - [`Process`]: a spawned peer whose standard output is read line by line;
 //!   [`wait_ready`](Process::wait_ready) waits, with a timeout, for its
 //!   `ready <multiaddr>` line (no sleeps); standard error goes to a log file; the process
@@ -122,6 +126,52 @@ pub fn binary(name: &str) -> io::Result<PathBuf> {
         dir = dir.parent().unwrap_or(dir);
     }
     Ok(dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX)))
+}
+
+/// Builds the binaries of `packages` with cargo, in the profile and target folder of the
+/// running executable, so that [`binary`] finds them up to date.
+///
+/// # Errors
+/// When cargo cannot run or the build fails.
+pub fn build_binaries(packages: &[&str]) -> io::Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut profile_dir = exe
+        .parent()
+        .ok_or_else(|| io::Error::other(format!("{} has no folder", exe.display())))?;
+    if profile_dir.ends_with("deps") {
+        profile_dir = profile_dir.parent().unwrap_or(profile_dir);
+    }
+    let target_dir = profile_dir
+        .parent()
+        .ok_or_else(|| io::Error::other(format!("{} has no folder", profile_dir.display())))?;
+    let profile = match profile_dir.file_name().and_then(OsStr::to_str) {
+        // The `dev` and `test` profiles build into `debug/`.
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .args([
+            "build",
+            "--quiet",
+            "--bins",
+            "--profile",
+            profile,
+            "--target-dir",
+        ])
+        .arg(target_dir);
+    for package in packages {
+        command.args(["--package", package]);
+    }
+    let status = command.status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "cargo build of {packages:?} failed ({status})"
+        )))
+    }
 }
 
 /// A loopback TCP port free at the time of the call.

@@ -4,12 +4,27 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use domain_e2e::{Output, Process, Ready, binary, run};
+use std::sync::OnceLock;
+
+use domain_e2e::{Output, Process, Ready, build_binaries, run};
 
 /// Readiness limit of a peer: generous, for debug builds on a busy 2-core machine.
 pub const READY: Duration = Duration::from_secs(60);
 /// Limit of one `domain` command.
 pub const COMMAND: Duration = Duration::from_secs(120);
+
+/// The packages whose binaries the tests run.
+const PACKAGES: [&str; 3] = ["domain-manager", "domain-node", "domain-client"];
+
+/// The path of a binary of [`PACKAGES`], built (once per test process) if needed.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| build_binaries(&PACKAGES).map_err(|e| e.to_string()));
+    if let Err(error) = built {
+        panic!("{error}");
+    }
+    domain_e2e::binary(name).unwrap()
+}
 
 /// A manager on `dir`, listening on `listen` (loopback TCP on a port the system picks by
 /// default).
@@ -27,7 +42,7 @@ pub fn start_manager(dir: &Path, listen: Option<&str>) -> (Process, Ready) {
     }
     let mut manager = Process::spawn(
         "domain-manager",
-        &binary("domain-manager").unwrap(),
+        &binary("domain-manager"),
         &args,
         &dir.join("manager.log"),
     )
@@ -52,7 +67,7 @@ pub fn start_node(dir: &Path, name: &str, manager: &str) -> (Process, Ready) {
     ];
     let mut node = Process::spawn(
         name,
-        &binary("domain-node").unwrap(),
+        &binary("domain-node"),
         args,
         &dir.join(format!("{name}.log")),
     )
@@ -67,7 +82,7 @@ pub fn domain(dir: &Path, args: &[&str]) -> Output {
     let identity = identity.display().to_string();
     let mut all: Vec<&str> = args.to_vec();
     all.extend(["--identity", &identity]);
-    run("domain", &binary("domain").unwrap(), &all, COMMAND).unwrap_or_else(|e| panic!("{e}"))
+    run("domain", &binary("domain"), &all, COMMAND).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs `domain` and requires it to succeed.
