@@ -188,7 +188,7 @@ where
 /// the caller drops the stream.
 ///
 /// # Errors
-/// [`CapabilityError::Rejected`] with the [`Rejection`](domain_auth::Rejection),
+/// [`CapabilityError::Rejected`] with the [`Rejection`],
 /// [`CapabilityError::InvalidDomain`], [`CapabilityError::NoPublicKey`], or a stream,
 /// frame or idle error.
 pub async fn accept<S, K>(
