@@ -1,0 +1,167 @@
+//! A domain with an allow-list, and the `domain` command's direct forms: `--node ADDR
+//! --token T` with tokens signed elsewhere (here by the test, with the domain's key).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::{COMMAND, binary, content, domain, domain_ok, item_lines, start_manager, start_node};
+use domain_auth::{DomainKeyStore, TaskClaims};
+use domain_cluster::identity::Identity;
+use domain_cluster::{Multiaddr, PeerId};
+use domain_datastore::root_of;
+use domain_proto::protocols::{LOAD_V1, STORE_V1};
+
+fn peer_of(addr: &str) -> PeerId {
+    let addr: Multiaddr = addr.parse().unwrap();
+    domain_client::client::peer_of(&addr).unwrap()
+}
+
+#[test]
+fn tokens_signed_elsewhere_open_a_node_directly_for_their_endpoint_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    std::fs::create_dir(work.join("client")).unwrap();
+    let client = Identity::load_or_create(work.join("client").join("identity.key")).unwrap();
+    let manager_dir = work.join("manager").display().to_string();
+    let created = domain_e2e::run(
+        "domain-manager domain create",
+        &binary("domain-manager"),
+        [
+            "domain",
+            "create",
+            "e2e",
+            "--data-dir",
+            &manager_dir,
+            "--allow",
+            &client.peer_id().to_string(),
+        ],
+        COMMAND,
+    )
+    .unwrap();
+    assert!(created.status.success(), "{}", created.stderr);
+    let (_manager, manager) = start_manager(work, None);
+    let (_node, node) = start_node(work, "node1", &manager.addr);
+
+    let key = DomainKeyStore::open(work.join("manager").join("keys"))
+        .unwrap()
+        .key("e2e")
+        .unwrap();
+    let token = |endpoint: &str| {
+        let claims = TaskClaims::new(
+            "e2e",
+            "job-from-a-script",
+            "direct",
+            client.peer_id().to_string(),
+            peer_of(&node.addr).to_string(),
+            endpoint,
+            SystemTime::now(),
+            Duration::from_secs(120),
+        );
+        key.issue(&claims).unwrap()
+    };
+
+    let file = work.join("scan.bin");
+    let bytes = content(300_000, 9);
+    std::fs::write(&file, &bytes).unwrap();
+    let file_arg = file.display().to_string();
+    let store_token = token(STORE_V1);
+    let out = domain_ok(
+        work,
+        &[
+            "upload",
+            &file_arg,
+            "--domain",
+            "e2e",
+            "--node",
+            &node.addr,
+            "--token",
+            &store_token,
+        ],
+    );
+    let uploaded = item_lines(&out);
+    assert_eq!(uploaded.len(), 1);
+    assert_eq!(uploaded[0].root, root_of(&bytes).to_string());
+
+    let copies = work.join("copies").display().to_string();
+    let id = uploaded[0].id.as_str();
+    let download = |token: &str| {
+        domain(
+            work,
+            &[
+                "download", "--domain", "e2e", "--id", id, "--out", &copies, "--node", &node.addr,
+                "--token", token,
+            ],
+        )
+    };
+    // A /store/v1 token does not open /load/v1.
+    let refused = download(&store_token);
+    assert!(!refused.status.success());
+    assert!(refused.stderr.contains("refused"), "{}", refused.stderr);
+
+    let loaded = download(&token(LOAD_V1));
+    assert!(loaded.status.success(), "{}", loaded.stderr);
+    let downloaded = item_lines(&loaded.stdout);
+    assert_eq!(downloaded.len(), 1);
+    assert_eq!(downloaded[0].root, uploaded[0].root);
+    assert_eq!(std::fs::read(&downloaded[0].path).unwrap(), bytes);
+}
+
+#[test]
+fn a_client_not_on_the_domains_allow_list_is_refused_with_the_managers_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let manager_dir = work.join("manager").display().to_string();
+    let someone_else = PeerId::random().to_string();
+    let created = domain_e2e::run(
+        "domain-manager domain create",
+        &binary("domain-manager"),
+        [
+            "domain",
+            "create",
+            "e2e",
+            "--data-dir",
+            &manager_dir,
+            "--allow",
+            &someone_else,
+        ],
+        COMMAND,
+    )
+    .unwrap();
+    assert!(created.status.success(), "{}", created.stderr);
+    let (_manager, manager) = start_manager(work, None);
+    let (_node, _) = start_node(work, "node1", &manager.addr);
+
+    let file = work.join("scan.bin");
+    std::fs::write(&file, b"scan").unwrap();
+    let file_arg = file.display().to_string();
+    let refused = domain(
+        work,
+        &[
+            "upload",
+            &file_arg,
+            "--domain",
+            "e2e",
+            "--manager",
+            &manager.addr,
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(refused.stdout.is_empty());
+    assert!(refused.stderr.contains("not allowed"), "{}", refused.stderr);
+
+    let unknown = domain(
+        work,
+        &[
+            "upload",
+            &file_arg,
+            "--domain",
+            "elsewhere",
+            "--manager",
+            &manager.addr,
+        ],
+    );
+    assert!(!unknown.status.success());
+    assert!(unknown.stderr.contains("elsewhere"), "{}", unknown.stderr);
+}
