@@ -67,6 +67,12 @@ pub enum NodeError {
     /// The node stopped before the awaited event.
     #[error("the node stopped")]
     Stopped,
+    /// None of the listen addresses is plain TCP, which the `ready` line shows.
+    #[error("the node listens on no plain TCP address (listening on {addrs:?})")]
+    NoTcpAddress {
+        /// The addresses it listens on.
+        addrs: Vec<Multiaddr>,
+    },
 }
 
 /// What [`Node::shutdown`] found.
@@ -279,9 +285,10 @@ impl Node {
     ///
     /// # Errors
     /// [`NodeError::Cluster`] as [`listen_addrs`](Self::listen_addrs);
-    /// [`NodeError::Stopped`] when the node listens on no TCP address.
+    /// [`NodeError::NoTcpAddress`] when the node listens on no TCP address.
     pub async fn ready_addr(&self) -> Result<Multiaddr, NodeError> {
-        first_tcp_addr(&self.listen_addrs().await?).ok_or(NodeError::Stopped)
+        let addrs = self.listen_addrs().await?;
+        first_tcp_addr(&addrs).ok_or(NodeError::NoTcpAddress { addrs })
     }
 
     /// Successful joins so far; it changes at each one (the heartbeat).
