@@ -94,3 +94,41 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()
         .context("starting the async runtime")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        remote: RemoteArgs,
+    }
+
+    const MANAGER: &str =
+        "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWD51SR7iHbeSZk8CrZ3YpqgpXkJRUhU2s5es5mSL9vxyR";
+
+    fn parse(args: &[&str]) -> Result<RemoteArgs, clap::Error> {
+        Wrapper::try_parse_from(std::iter::once("domain").chain(args.iter().copied()))
+            .map(|w| w.remote)
+    }
+
+    #[test]
+    fn a_manager_or_a_node_with_a_token_is_required() {
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--node", MANAGER]).is_err(), "--node needs --token");
+        assert!(parse(&["--token", "t"]).is_err(), "--token needs --node");
+        assert!(parse(&["--manager", MANAGER, "--node", MANAGER, "--token", "t"]).is_err());
+        assert!(parse(&["--manager", "not an address"]).is_err());
+
+        let through_manager = parse(&["--manager", MANAGER]).unwrap();
+        assert!(through_manager.direct().is_none());
+        let direct = parse(&["--node", MANAGER, "--token", "t"])
+            .unwrap()
+            .direct()
+            .unwrap();
+        assert_eq!(direct.node.to_string(), MANAGER);
+        assert_eq!(direct.token, "t");
+    }
+}

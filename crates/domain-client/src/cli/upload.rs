@@ -91,11 +91,36 @@ fn data_type(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     #[test]
     fn names_and_types_default_to_the_file_name_and_extension() {
         assert_eq!(file_name(Path::new("scans/room.PLY")), "room.PLY");
         assert_eq!(data_type(Path::new("scans/room.PLY")), "ply");
         assert_eq!(data_type(Path::new("scans/README")), DEFAULT_DATA_TYPE);
+    }
+
+    #[test]
+    fn one_name_for_several_files_is_refused_before_anything_is_sent() {
+        let manager =
+            "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWD51SR7iHbeSZk8CrZ3YpqgpXkJRUhU2s5es5mSL9vxyR";
+        let cli = crate::cli::Cli::try_parse_from([
+            "domain",
+            "upload",
+            "a.ply",
+            "b.ply",
+            "--domain",
+            "d",
+            "--name",
+            "scan",
+            "--manager",
+            manager,
+        ])
+        .unwrap();
+        let crate::cli::Command::Upload(args) = cli.command else {
+            panic!("parsed as another command");
+        };
+        let error = run(&args, &mut Vec::new()).unwrap_err();
+        assert!(error.to_string().contains("--name"), "{error}");
     }
 }
