@@ -69,8 +69,10 @@ pub struct ClientConfig {
     /// How long to keep trying to reach an assigned node before the attempt fails.
     pub connect_patience: Duration,
     /// A download looking for items on other nodes gives up once the manager's job
-    /// stream has been quiet this long.
+    /// stream has been quiet this long ...
     pub search_quiet: Duration,
+    /// ... or once it has looked this long in all.
+    pub search_limit: Duration,
 }
 
 impl Default for ClientConfig {
@@ -82,6 +84,7 @@ impl Default for ClientConfig {
             limits: Limits::default(),
             request_timeout: Duration::from_secs(30),
             search_quiet: Duration::from_secs(2),
+            search_limit: Duration::from_secs(60),
             connect_patience: Duration::from_secs(15),
         }
     }
@@ -423,8 +426,8 @@ impl Client {
     /// Looks for the items the first node did not hold on the other nodes that stored
     /// data: the receivers of finished `/store/v1` tasks, as the manager's monitor stream
     /// lists them (every job first, then changes), each asked with a task pinned to it.
-    /// Ends when every item is found or the stream stays quiet for
-    /// [`ClientConfig::search_quiet`].
+    /// Ends when every item is found, when the stream stays quiet for
+    /// [`ClientConfig::search_quiet`], or after [`ClientConfig::search_limit`].
     async fn search(
         &self,
         domain: &DomainId,
@@ -442,7 +445,12 @@ impl Client {
             }
         };
         let mut asked = BTreeSet::from([first]);
-        while let Ok(frame) = tokio::time::timeout(self.config.search_quiet, jobs.next()).await {
+        let deadline = tokio::time::Instant::now() + self.config.search_limit;
+        loop {
+            let quiet = tokio::time::Instant::now() + self.config.search_quiet;
+            let Ok(frame) = tokio::time::timeout_at(quiet.min(deadline), jobs.next()).await else {
+                break;
+            };
             let job = match frame {
                 Ok(Some(job)) => job,
                 Ok(None) => break,

@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{content, domain, domain_ok, item_lines, start_manager, start_node};
+use domain_cluster::identity::Identity;
 use domain_datastore::root_of;
 
 #[test]
@@ -140,4 +141,63 @@ fn downloading_an_unknown_id_fails_and_names_it() {
     assert!(!output.status.success());
     assert!(output.stdout.is_empty(), "{}", output.stdout);
     assert!(output.stderr.contains("no-such-item"), "{}", output.stderr);
+}
+
+#[test]
+fn a_download_finds_items_on_a_node_other_than_the_one_the_manager_picks() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    // The scheduler breaks ties by the smaller node id: make the node that will hold the
+    // item the larger, so that the download's first task goes to the other one.
+    let mut nodes: Vec<(String, String)> = ["node1", "node2"]
+        .iter()
+        .map(|name| {
+            std::fs::create_dir(work.join(name)).unwrap();
+            let identity = Identity::load_or_create(work.join(name).join("identity.key")).unwrap();
+            (identity.peer_id().to_string(), (*name).to_owned())
+        })
+        .collect();
+    nodes.sort();
+    let (other, holder) = (nodes[0].1.clone(), nodes[1].1.clone());
+
+    let (_manager, manager) = start_manager(work, None);
+    let (_holder, _) = start_node(work, &holder, &manager.addr);
+    let file = work.join("scan.bin");
+    let bytes = content(200_000, 5);
+    std::fs::write(&file, &bytes).unwrap();
+    let file_arg = file.display().to_string();
+    let out = domain_ok(
+        work,
+        &[
+            "upload",
+            &file_arg,
+            "--domain",
+            "e2e",
+            "--manager",
+            &manager.addr,
+        ],
+    );
+    let uploaded = item_lines(&out);
+
+    let (_other, _) = start_node(work, &other, &manager.addr);
+    let copies = work.join("copies");
+    let copies_arg = copies.display().to_string();
+    let out = domain_ok(
+        work,
+        &[
+            "download",
+            "--domain",
+            "e2e",
+            "--id",
+            &uploaded[0].id,
+            "--manager",
+            &manager.addr,
+            "--out",
+            &copies_arg,
+        ],
+    );
+    let downloaded = item_lines(&out);
+    assert_eq!(downloaded.len(), 1);
+    assert_eq!(downloaded[0].root, uploaded[0].root);
+    assert_eq!(std::fs::read(&downloaded[0].path).unwrap(), bytes);
 }
