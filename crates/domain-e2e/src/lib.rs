@@ -3,10 +3,11 @@
 //! - [`binary`]: the path of a workspace binary built beside the running executable
 //!   (`target/<profile>/`), found from [`std::env::current_exe`], since
 //!   `CARGO_BIN_EXE_<name>` exists only inside the binary's own package.
-//! - [`build_binaries`]: `cargo build --bins` of packages into that same folder. Cargo
-//!   builds the binaries of every workspace member under `cargo test --workspace`, but not
-//!   those of a dev-dependency under `cargo test -p domain-e2e`; building them from the
-//!   test (a no-op when they are fresh) makes both work and never runs a stale binary.
+//! - [`build_test_binaries`]: what `cargo test --workspace` builds, binaries included.
+//!   Cargo builds the binaries of every workspace member under `cargo test --workspace`,
+//!   but not those of a dev-dependency under `cargo test -p domain-e2e`; building them
+//!   from the test (a no-op when they are fresh) makes both work and never runs a stale
+//!   binary. [`build_binaries`] builds just some binaries, for programs such as the demo.
 //! - [`Process`]: a spawned peer whose standard output is read line by line;
 //!   [`wait_ready`](Process::wait_ready) waits, with a timeout, for its
 //!   `ready <multiaddr>` line (no sleeps); standard error goes to a log file; the process
@@ -128,12 +129,38 @@ pub fn binary(name: &str) -> io::Result<PathBuf> {
     Ok(dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX)))
 }
 
-/// Builds the binaries of `packages` with cargo, in the profile and target folder of the
-/// running executable, so that [`binary`] finds them up to date.
+/// Builds the binaries of `packages` (`cargo build --bins`), in the profile and target
+/// folder of the running executable, so that [`binary`] finds them up to date. For a
+/// program such as `cargo xtask demo`; tests use [`build_test_binaries`].
 ///
 /// # Errors
 /// When cargo cannot run or the build fails.
 pub fn build_binaries(packages: &[&str]) -> io::Result<()> {
+    let mut command = cargo_in_this_target(&["build", "--quiet", "--bins"])?;
+    for package in packages {
+        command.args(["--package", package]);
+    }
+    run_build(command, &format!("cargo build of {packages:?}"))
+}
+
+/// Builds what `cargo test --workspace` builds (`cargo test --workspace --no-run`),
+/// binaries included, in the target folder of the running test.
+///
+/// Under `cargo test --workspace` this finds everything fresh and does nothing. Building
+/// only the binaries instead (`cargo build --bins`) would resolve features without the
+/// dev-dependencies, rebuild the binaries in another variant, and make every later
+/// `cargo test --workspace` rebuild them again. Under `cargo test -p domain-e2e`, which
+/// does not build a dev-dependency's binaries, it builds them, so no test runs a stale one.
+///
+/// # Errors
+/// When cargo cannot run or the build fails.
+pub fn build_test_binaries() -> io::Result<()> {
+    let command = cargo_in_this_target(&["test", "--quiet", "--workspace", "--no-run"])?;
+    run_build(command, "cargo test --workspace --no-run")
+}
+
+/// `cargo <args>` aimed at the profile and target folder of the running executable.
+fn cargo_in_this_target(args: &[&str]) -> io::Result<Command> {
     let exe = std::env::current_exe()?;
     let mut profile_dir = exe
         .parent()
@@ -144,33 +171,46 @@ pub fn build_binaries(packages: &[&str]) -> io::Result<()> {
     let target_dir = profile_dir
         .parent()
         .ok_or_else(|| io::Error::other(format!("{} has no folder", profile_dir.display())))?;
-    let profile = match profile_dir.file_name().and_then(OsStr::to_str) {
-        // The `dev` and `test` profiles build into `debug/`.
-        Some("debug") | None => "dev",
-        Some(other) => other,
-    };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
-    command
-        .args([
-            "build",
-            "--quiet",
-            "--bins",
-            "--profile",
-            profile,
-            "--target-dir",
-        ])
-        .arg(target_dir);
-    for package in packages {
-        command.args(["--package", package]);
+    command.args(args).arg("--target-dir").arg(target_dir);
+    // Cargo gives a running test its package's variables; some build scripts (ring's)
+    // track `CARGO_MANIFEST_DIR`, so passing them on would make the inner build dirty
+    // and the next outer one too.
+    for (name, _) in std::env::vars_os() {
+        let is_package_var = name.to_str().is_some_and(|name| {
+            [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_",
+            ]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+                || name == "CARGO_TARGET_TMPDIR"
+        });
+        if is_package_var {
+            command.env_remove(name);
+        }
     }
+    // `debug/` holds the dev and test profiles, each command's own default; any other
+    // folder is named after its profile.
+    match profile_dir.file_name().and_then(OsStr::to_str) {
+        Some("debug") | None => {}
+        Some(other) => {
+            command.args(["--profile", other]);
+        }
+    }
+    Ok(command)
+}
+
+fn run_build(mut command: Command, what: &str) -> io::Result<()> {
     let status = command.status()?;
     if status.success() {
         Ok(())
     } else {
-        Err(io::Error::other(format!(
-            "cargo build of {packages:?} failed ({status})"
-        )))
+        Err(io::Error::other(format!("{what} failed ({status})")))
     }
 }
 

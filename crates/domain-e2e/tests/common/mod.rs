@@ -6,20 +6,18 @@ use std::time::Duration;
 
 use std::sync::OnceLock;
 
-use domain_e2e::{Output, Process, Ready, build_binaries, run};
+use domain_e2e::{Output, Process, Ready, build_test_binaries, run};
 
 /// Readiness limit of a peer: generous, for debug builds on a busy 2-core machine.
 pub const READY: Duration = Duration::from_secs(60);
 /// Limit of one `domain` command.
 pub const COMMAND: Duration = Duration::from_secs(120);
 
-/// The packages whose binaries the tests run.
-const PACKAGES: [&str; 3] = ["domain-manager", "domain-node", "domain-client"];
-
-/// The path of a binary of [`PACKAGES`], built (once per test process) if needed.
+/// The path of a binary of the workspace (`domain-manager`, `domain-node`, `domain`),
+/// built (once per test process) if needed.
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| build_binaries(&PACKAGES).map_err(|e| e.to_string()));
+    let built = BUILT.get_or_init(|| build_test_binaries().map_err(|e| e.to_string()));
     if let Err(error) = built {
         panic!("{error}");
     }
