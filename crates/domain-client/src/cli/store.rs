@@ -89,12 +89,20 @@ pub struct GetArgs {
     pub output: Option<PathBuf>,
 }
 
-/// Arguments of `domain store ls`: the fields of a `domain_data.Query`.
+/// Arguments of `domain store ls`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LsArgs {
     /// The domain to list.
     #[arg(long)]
     pub domain: DomainId,
+    /// Which items.
+    #[command(flatten)]
+    pub query: QueryArgs,
+}
+
+/// The flags that select items: the fields of a `domain_data.Query`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct QueryArgs {
     /// Only this id; repeat for more.
     #[arg(long = "id", value_name = "ID")]
     pub ids: Vec<String>,
@@ -110,6 +118,41 @@ pub struct LsArgs {
     /// Only data types matching this regular expression (anywhere unless anchored).
     #[arg(long, value_name = "REGEX")]
     pub type_regex: Option<String>,
+}
+
+impl QueryArgs {
+    /// The query these flags describe.
+    #[must_use]
+    pub fn to_query(&self, metadata_only: bool) -> Query {
+        Query {
+            ids: self.ids.clone(),
+            name_regexp: self.name_regex.clone(),
+            data_type_regexp: self.type_regex.clone(),
+            names: self.names.clone(),
+            data_types: self.data_types.clone(),
+            metadata_only,
+        }
+    }
+}
+
+/// Writes one line per item: id, root, size, data type, name (tab-separated, escaped).
+///
+/// # Errors
+/// When `out` cannot be written.
+pub fn write_listing(items: &[Metadata], out: &mut impl Write) -> anyhow::Result<()> {
+    for item in items {
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}",
+            item.id,
+            item.hash.as_deref().unwrap_or_default(),
+            item.size,
+            item.data_type.escape_debug(),
+            item.name.escape_debug()
+        )
+        .context("writing to standard output")?;
+    }
+    out.flush().context("writing to standard output")
 }
 
 /// Arguments of `domain store rm`.
@@ -291,31 +334,11 @@ async fn copy_to_file<R: AsyncRead + Unpin>(
 }
 
 async fn ls(store: &LocalDatastore, args: &LsArgs, out: &mut impl Write) -> anyhow::Result<()> {
-    let query = Query {
-        ids: args.ids.clone(),
-        name_regexp: args.name_regex.clone(),
-        data_type_regexp: args.type_regex.clone(),
-        names: args.names.clone(),
-        data_types: args.data_types.clone(),
-        metadata_only: true,
-    };
     let items = store
-        .query(&args.domain, &query)
+        .query(&args.domain, &args.query.to_query(true))
         .await
         .context("querying the store")?;
-    for item in items {
-        writeln!(
-            out,
-            "{}\t{}\t{}\t{}\t{}",
-            item.id,
-            item.hash.as_deref().unwrap_or_default(),
-            item.size,
-            item.data_type.escape_debug(),
-            item.name.escape_debug()
-        )
-        .context("writing to standard output")?;
-    }
-    out.flush().context("writing to standard output")
+    write_listing(&items, out)
 }
 
 async fn rm(store: &LocalDatastore, args: &RmArgs) -> anyhow::Result<()> {
