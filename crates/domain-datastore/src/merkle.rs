@@ -16,6 +16,7 @@
 
 mod builder;
 mod io;
+mod leaves;
 mod root;
 
 pub use builder::{CHUNK_SIZE, MerkleBuilder, NODE_CONTEXT, root_of};

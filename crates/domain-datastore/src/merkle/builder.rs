@@ -8,6 +8,7 @@ use blake3::hazmat::{ContextKey, HasherExt};
 use rayon::prelude::*;
 
 use super::Root;
+use super::leaves::{LEAF_BATCH, for_each_leaf};
 
 /// Size of a leaf's chunk in bytes (7 KiB). Only the last chunk of a blob may be shorter.
 pub const CHUNK_SIZE: usize = 7168;
@@ -24,16 +25,18 @@ pub const NODE_CONTEXT: &str = "posemesh domain merkle node v1";
 const PARALLEL_MIN_LEAVES: usize = 32;
 
 /// Subtrees at most this large are hashed by one rayon task; larger ones split in two.
-/// Eight leaves (56 KiB, 15 to 50 µs of hashing) keep the cost of a steal out of sight.
-const SEQUENTIAL_SUBTREE_BYTES: usize = 8 * CHUNK_SIZE;
+/// One batch of leaves side by side (112 KiB, 20 to 40 µs of hashing) keeps the cost of a
+/// steal out of sight.
+const SEQUENTIAL_SUBTREE_BYTES: usize = LEAF_BATCH * CHUNK_SIZE;
 
-type Digest = [u8; 32];
+pub(super) type Digest = [u8; 32];
 
 /// The context string hashed once, so a node costs one BLAKE3 compression, not two.
 static NODE_KEY: LazyLock<ContextKey> =
     LazyLock::new(|| blake3::hazmat::hash_derive_key_context(NODE_CONTEXT));
 
-/// `leaf = BLAKE3(chunk)`, hashed in one call so BLAKE3 can spread the chunk over SIMD lanes.
+/// `leaf = BLAKE3(chunk)` of one leaf alone; runs of whole leaves go through
+/// [`for_each_leaf`], which hashes many side by side.
 fn leaf_hash(chunk: &[u8]) -> Digest {
     *blake3::hash(chunk).as_bytes()
 }
@@ -51,16 +54,29 @@ fn node_hash(left: &Digest, right: &Digest) -> Digest {
 
 /// Root of the perfect subtree over `chunks`, which holds a power of two of whole chunks.
 fn subtree_root(chunks: &[u8]) -> Digest {
-    if chunks.len() <= CHUNK_SIZE {
-        return leaf_hash(chunks);
+    if chunks.len() <= SEQUENTIAL_SUBTREE_BYTES {
+        return sequential_subtree_root(chunks);
     }
     let (left, right) = chunks.split_at(chunks.len() / 2);
-    let (left, right) = if chunks.len() > SEQUENTIAL_SUBTREE_BYTES {
-        rayon::join(|| subtree_root(left), || subtree_root(right))
-    } else {
-        (subtree_root(left), subtree_root(right))
-    };
+    let (left, right) = rayon::join(|| subtree_root(left), || subtree_root(right));
     node_hash(&left, &right)
+}
+
+/// [`subtree_root`] on the calling thread: the leaves side by side, then the levels above.
+fn sequential_subtree_root(chunks: &[u8]) -> Digest {
+    let mut level = [[0_u8; 32]; LEAF_BATCH];
+    let mut width = 0;
+    for_each_leaf(chunks, |leaf| {
+        level[width] = leaf;
+        width += 1;
+    });
+    while width > 1 {
+        for k in 0..width / 2 {
+            level[k] = node_hash(&level[2 * k], &level[2 * k + 1]);
+        }
+        width /= 2;
+    }
+    level[0]
 }
 
 /// Builds the Merkle root of a byte stream incrementally (DESIGN.md §4).
@@ -116,11 +132,9 @@ impl MerkleBuilder {
     pub fn update(&mut self, data: &[u8]) -> &mut Self {
         self.len += data.len() as u64;
         let data = self.complete_pending(data);
-        let mut chunks = data.chunks_exact(CHUNK_SIZE);
-        for chunk in &mut chunks {
-            self.push_subtree(leaf_hash(chunk), 0);
-        }
-        self.pending.extend_from_slice(chunks.remainder());
+        let (whole, rest) = data.split_at(data.len() - data.len() % CHUNK_SIZE);
+        for_each_leaf(whole, |leaf| self.push_subtree(leaf, 0));
+        self.pending.extend_from_slice(rest);
         self
     }
 
