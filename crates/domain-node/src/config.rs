@@ -21,6 +21,15 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// The limit on each remote wait of the node's swarm (dials, joins, key fetches).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Task streams one peer may have in their handshake at once, by default.
+///
+/// An honest handshake is two small frames and ends in milliseconds; by default
+/// the scheduler gives a node at most 16 + 16 tasks at once ([`DEFAULT_CAPACITY`]
+/// per capability). A peer past this many is opening streams it does not
+/// authenticate: without the limit, one peer could hold every task-stream permit
+/// for the handshake's whole idle period and starve every other client.
+pub const DEFAULT_MAX_HANDSHAKES_PER_PEER: usize = 32;
+
 /// Everything [`Node::start`](crate::Node::start) needs.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -47,6 +56,10 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Task streams served at once; one more is dropped at once.
     pub max_task_streams: usize,
+    /// Task streams one remote peer may have in their handshake at once (each
+    /// holds one of the `max_task_streams` permits meanwhile); one more from
+    /// that peer is dropped at once. See [`DEFAULT_MAX_HANDSHAKES_PER_PEER`].
+    pub max_handshakes_per_peer: usize,
 }
 
 impl NodeConfig {
@@ -72,6 +85,7 @@ impl NodeConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             limits: Limits::default(),
             max_task_streams: MAX_CONCURRENT_TASK_STREAMS,
+            max_handshakes_per_peer: DEFAULT_MAX_HANDSHAKES_PER_PEER,
         })
     }
 

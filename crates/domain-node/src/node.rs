@@ -1,6 +1,7 @@
 //! The running node: datastore, swarm, join loop, task-stream acceptors.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use domain_capabilities::{CapabilityError, Limits, Served, StreamInfo, accept_task_stream};
@@ -176,6 +177,7 @@ impl Node {
         let cut = CancellationToken::new();
         let max_streams = config.max_task_streams.clamp(1, Semaphore::MAX_PERMITS);
         let permits = Arc::new(Semaphore::new(max_streams));
+        let handshakes = Arc::new(Handshakes::new(config.max_handshakes_per_peer));
         let context = Arc::new(Context {
             local_peer: local_peer.to_string(),
             datastore: datastore.clone(),
@@ -192,8 +194,11 @@ impl Node {
                     protocol,
                     incoming,
                     Arc::clone(&context),
-                    Arc::clone(&permits),
-                    max_streams,
+                    Limiters {
+                        permits: Arc::clone(&permits),
+                        max_streams,
+                        handshakes: Arc::clone(&handshakes),
+                    },
                     stop.clone(),
                 ))
             })
@@ -393,12 +398,81 @@ pub fn first_tcp_addr(addrs: &[Multiaddr]) -> Option<Multiaddr> {
         .cloned()
 }
 
+/// Streams in their handshake, counted per remote peer.
+///
+/// Every task stream holds one of the node's permits from its arrival, also
+/// while its opener has not shown a token yet. Without a bound per peer, one
+/// peer that opens streams and stays silent would hold every permit for the
+/// handshake's idle period, and the streams of every other client would be
+/// dropped meanwhile.
+#[derive(Debug)]
+struct Handshakes {
+    limit: usize,
+    /// Only peers with a stream in its handshake: an entry goes at zero, so
+    /// the map holds at most one entry per permit.
+    by_peer: Mutex<HashMap<PeerId, usize>>,
+}
+
+/// One stream's place among its peer's [`Handshakes`], given back on drop.
+#[derive(Debug)]
+struct HandshakeSlot {
+    handshakes: Arc<Handshakes>,
+    peer: PeerId,
+}
+
+impl Handshakes {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.max(1),
+            by_peer: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn by_peer(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, usize>> {
+        // Counts only, whole after every update: usable even if a holder panicked.
+        self.by_peer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A slot for one more handshake of `peer`, unless it has `limit` already.
+    fn try_start(self: &Arc<Self>, peer: PeerId) -> Option<HandshakeSlot> {
+        let mut by_peer = self.by_peer();
+        let running = by_peer.entry(peer).or_insert(0);
+        if *running >= self.limit {
+            return None;
+        }
+        *running += 1;
+        Some(HandshakeSlot {
+            handshakes: Arc::clone(self),
+            peer,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut by_peer = self.handshakes.by_peer();
+        if let Some(running) = by_peer.get_mut(&self.peer) {
+            *running = running.saturating_sub(1);
+            if *running == 0 {
+                by_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// What bounds the task streams: the node's permits, and the handshakes per peer.
+#[derive(Debug)]
+struct Limiters {
+    permits: Arc<Semaphore>,
+    max_streams: usize,
+    handshakes: Arc<Handshakes>,
+}
+
 async fn accept_streams(
     protocol: &'static str,
     mut incoming: IncomingStreams,
     context: Arc<Context>,
-    permits: Arc<Semaphore>,
-    max_streams: usize,
+    limiters: Limiters,
     stop: CancellationToken,
 ) {
     loop {
@@ -409,16 +483,21 @@ async fn accept_streams(
                 None => break,
             },
         };
-        // Over the limit, a stream is dropped at once: queueing it would hold the
+        // Over a limit, a stream is dropped at once: queueing it would hold the
         // sender's token until it expires, and the scheduler will retry the task.
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            tracing::warn!(%peer, protocol, limit = max_streams, "too many task streams; dropping one");
+        let Some(slot) = limiters.handshakes.try_start(peer) else {
+            tracing::warn!(%peer, protocol, limit = limiters.handshakes.limit, "too many task streams of this peer in their handshake; dropping one");
+            drop(stream);
+            continue;
+        };
+        let Ok(permit) = Arc::clone(&limiters.permits).try_acquire_owned() else {
+            tracing::warn!(%peer, protocol, limit = limiters.max_streams, "too many task streams; dropping one");
             drop(stream);
             continue;
         };
         let context = Arc::clone(&context);
         tokio::spawn(async move {
-            context.serve(peer, protocol, stream).await;
+            context.serve(peer, protocol, stream, slot).await;
             drop(permit);
         });
     }
@@ -426,7 +505,15 @@ async fn accept_streams(
 }
 
 impl Context {
-    async fn serve(&self, peer: PeerId, protocol: &'static str, stream: ClusterStream) {
+    /// Serves one task stream; `slot` counts it among its peer's handshakes
+    /// until the handshake is over.
+    async fn serve(
+        &self,
+        peer: PeerId,
+        protocol: &'static str,
+        stream: ClusterStream,
+        slot: HandshakeSlot,
+    ) {
         let remote_peer = peer.to_string();
         let info = StreamInfo {
             local_peer: &self.local_peer,
@@ -442,6 +529,8 @@ impl Context {
             () = self.cut.cancelled() => return,
             accepted = handshake => accepted,
         };
+        // Authenticated or refused, the stream no longer counts against its peer.
+        drop(slot);
         let accepted = match accepted {
             Ok(Ok(accepted)) => accepted,
             Ok(Err(error)) => {
@@ -537,5 +626,35 @@ async fn join_loop(state: JoinLoop, stop: CancellationToken) {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_gets_at_most_the_limit_of_handshakes_and_others_are_not_counted_against_it() {
+        let handshakes = Arc::new(Handshakes::new(2));
+        let (greedy, other) = (PeerId::random(), PeerId::random());
+        let first = handshakes.try_start(greedy).unwrap();
+        let _second = handshakes.try_start(greedy).unwrap();
+        assert!(handshakes.try_start(greedy).is_none());
+        let _others = handshakes.try_start(other).unwrap();
+
+        drop(first);
+        let _third = handshakes.try_start(greedy).unwrap();
+        assert!(handshakes.try_start(greedy).is_none());
+    }
+
+    #[test]
+    fn a_peer_is_forgotten_when_its_last_handshake_ends() {
+        let handshakes = Arc::new(Handshakes::new(8));
+        let slots: Vec<_> = (0..3)
+            .map(|_| handshakes.try_start(PeerId::random()).unwrap())
+            .collect();
+        assert_eq!(handshakes.by_peer().len(), 3);
+        drop(slots);
+        assert!(handshakes.by_peer().is_empty());
     }
 }

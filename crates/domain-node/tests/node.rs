@@ -6,139 +6,20 @@
 use std::time::{Duration, SystemTime};
 
 use domain_auth::{DomainKey, TaskClaims};
-use domain_capabilities::{CapabilityError, Limits, StoreSender, open_load};
-use domain_cluster::config::{ClusterConfig, Role};
+use domain_capabilities::{CapabilityError, Limits, StoreSender};
+use domain_cluster::Multiaddr;
+use domain_cluster::PeerId;
 use domain_cluster::gossip::TaskUpdates;
 use domain_cluster::identity::Identity;
-use domain_cluster::{Cluster, ClusterHandle, Multiaddr, PeerId};
-use domain_datastore::{Datastore as _, root_of};
-use domain_node::{Node, NodeConfig};
+use domain_datastore::Datastore as _;
 use domain_proto::domain_data::{Query, UpsertMetadata};
 use domain_proto::protocols::{LOAD_V1, STORE_V1};
-use domain_proto::task::{ConsumeDataInputV1, Status};
+use domain_proto::task::Status;
 
 mod common;
 
-use common::{DOMAIN, StandIn, tcp_loopback, within};
-
-/// A manager stand-in, a node joined to it, and a client that knows both.
-struct Setup {
-    _dir: tempfile::TempDir,
-    key: DomainKey,
-    manager_identity: Identity,
-    manager: StandIn,
-    node: Node,
-    client: ClusterHandle,
-}
-
-impl Setup {
-    async fn start(configure: impl FnOnce(&mut NodeConfig)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let key = DomainKey::generate(DOMAIN).unwrap();
-        let manager_identity = Identity::generate();
-        let mut manager = StandIn::start(manager_identity.clone(), tcp_loopback(), &key).await;
-
-        let mut config = NodeConfig::new(manager.addr.clone(), dir.path().join("node")).unwrap();
-        config.listen = vec![tcp_loopback()];
-        config.name = Some("node-a".into());
-        config.store_capacity = 4;
-        config.load_capacity = -1;
-        configure(&mut config);
-        let node = Node::start(config).await.unwrap();
-        within("the first join", node.joined()).await.unwrap();
-        let join = manager.next_join().await;
-        assert_eq!(join.node.id, node.peer_id().to_string());
-
-        let client_config = ClusterConfig::new(Identity::generate(), Role::Client)
-            .with_listen_addrs([tcp_loopback()])
-            .with_bootstrap(manager.addr.clone());
-        let (client, _) = Cluster::start(client_config).unwrap();
-        client.dial(node.ready_addr().await.unwrap()).await.unwrap();
-        Self {
-            _dir: dir,
-            key,
-            manager_identity,
-            manager,
-            node,
-            client,
-        }
-    }
-
-    /// A task token, issued as the manager does once it has accepted the job
-    /// and subscribed to its topic.
-    async fn token(&self, job_id: &str, task: &str, endpoint: &str) -> String {
-        self.manager.cluster.subscribe(job_id).await.unwrap();
-        let claims = TaskClaims::new(
-            DOMAIN,
-            job_id,
-            task,
-            self.client.local_peer_id().to_string(),
-            self.node.peer_id().to_string(),
-            endpoint,
-            SystemTime::now(),
-            Duration::from_secs(60),
-        );
-        self.key.issue(&claims).unwrap()
-    }
-
-    async fn store(
-        &self,
-        token: &str,
-        items: &[(&str, &[u8])],
-    ) -> Result<Vec<String>, CapabilityError> {
-        let stream = self
-            .client
-            .open_stream(self.node.peer_id(), STORE_V1)
-            .await
-            .unwrap();
-        let mut sender = StoreSender::open(stream, token, DOMAIN, Limits::default()).await?;
-        let mut ids = Vec::new();
-        for (name, content) in items {
-            let item = UpsertMetadata {
-                name: (*name).into(),
-                data_type: "bin".into(),
-                is_new: true,
-                ..UpsertMetadata::default()
-            };
-            let stored = sender.send_bytes(item, content).await?;
-            assert_eq!(stored.hash, Some(root_of(content).to_string()));
-            ids.push(stored.id);
-        }
-        sender.finish().await?;
-        Ok(ids)
-    }
-
-    async fn load(&self, token: &str, ids: &[String]) -> Vec<(String, Vec<u8>)> {
-        let stream = self
-            .client
-            .open_stream(self.node.peer_id(), LOAD_V1)
-            .await
-            .unwrap();
-        let request = ConsumeDataInputV1 {
-            query: Query {
-                ids: ids.to_vec(),
-                ..Query::default()
-            },
-            keep_alive: false,
-        };
-        let (mut items, _unsubscriber) =
-            open_load(stream, token, DOMAIN, request, Limits::default())
-                .await
-                .unwrap();
-        let mut loaded = Vec::new();
-        while let Some(item) = items.next().await.unwrap() {
-            let (metadata, content) = item.read_to_vec(1 << 20).await.unwrap();
-            loaded.push((metadata.name, content));
-        }
-        loaded
-    }
-
-    async fn stop(self) {
-        self.client.shutdown().await.unwrap();
-        self.node.shutdown().await.unwrap();
-        self.manager.stop().await;
-    }
-}
+use common::setup::Setup;
+use common::{DOMAIN, StandIn, within};
 
 /// The next update of `updates`, which must come from `publisher`.
 async fn next_update(updates: &mut TaskUpdates, publisher: PeerId) -> (String, Status) {

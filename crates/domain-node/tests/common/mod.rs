@@ -1,4 +1,5 @@
-//! The manager's part that a node relies on, in process, for the node's tests.
+//! The manager's part that a node relies on, in process, and a node joined to it
+//! ([`setup::Setup`]), for the node's tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
@@ -16,6 +17,8 @@ use domain_proto::protocols::{JOIN_V1, PUBLIC_KEY_V1};
 use domain_proto::{DEFAULT_MAX_FRAME, read_message, write_message};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+pub mod setup;
 
 pub const DOMAIN: &str = "domain-1";
 pub const WAIT: Duration = Duration::from_secs(20);
