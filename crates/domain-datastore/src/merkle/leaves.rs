@@ -19,6 +19,10 @@ use super::builder::{CHUNK_SIZE, Digest};
 /// Leaves hashed side by side in one pass: the widest SIMD degree BLAKE3 has (AVX-512).
 pub(super) const LEAF_BATCH: usize = 16;
 
+/// Fewer leaves than this are hashed one by one: `blake3::hash` of a single leaf already
+/// fills 7 lanes, so side by side pays only from about as many leaves as that.
+const MIN_SIDE_BY_SIDE: usize = 8;
+
 /// BLAKE3 chunks in one leaf.
 const CHUNKS_PER_LEAF: usize = CHUNK_SIZE / blake3::CHUNK_LEN;
 const _: () = assert!(CHUNKS_PER_LEAF * blake3::CHUNK_LEN == CHUNK_SIZE);
@@ -54,6 +58,12 @@ pub(super) fn for_each_leaf(chunks: &[u8], mut sink: impl FnMut(Digest)) {
     let mut hashes = [[0_u8; 32]; LEAF_BATCH];
     for batch in chunks.chunks(LEAF_BATCH * CHUNK_SIZE) {
         let n = batch.len() / CHUNK_SIZE;
+        if n < MIN_SIDE_BY_SIDE {
+            for leaf in batch.chunks_exact(CHUNK_SIZE) {
+                sink(*blake3::hash(leaf).as_bytes());
+            }
+            continue;
+        }
         hash_batch(batch, &mut hashes[..n]);
         hashes[..n].iter().for_each(|&leaf| sink(leaf));
     }
@@ -163,6 +173,22 @@ mod tests {
                 .map(|chunk| *blake3::hash(chunk).as_bytes())
                 .collect();
             assert_eq!(leaves_of(part), expected, "{n} leaves");
+        }
+    }
+
+    #[test]
+    fn side_by_side_hashing_is_right_for_every_lane_count() {
+        // Below MIN_SIDE_BY_SIDE for_each_leaf goes one by one; the batch must hold anyway.
+        let data: Vec<u8> = (0..LEAF_BATCH * CHUNK_SIZE)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        for n in 1..=LEAF_BATCH {
+            let mut out = [[0_u8; 32]; LEAF_BATCH];
+            hash_batch(&data[..n * CHUNK_SIZE], &mut out[..n]);
+            for (i, leaf) in out[..n].iter().enumerate() {
+                let chunk = &data[i * CHUNK_SIZE..(i + 1) * CHUNK_SIZE];
+                assert_eq!(leaf, blake3::hash(chunk).as_bytes(), "leaf {i} of {n}");
+            }
         }
     }
 
