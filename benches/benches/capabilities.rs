@@ -3,8 +3,8 @@
 //! Group `capabilities_store` (128 MiB, in the same run, into the same store):
 //! - `a_datastore_put`: [`LocalDatastore::put`] of the bytes from memory;
 //! - `b_store_v1_duplex`: the same bytes through `/store/v1` — handshake with token
-//!   verification, [`StoreSender`] hashing its own root while it streams in 1 MiB
-//!   batches, over a `tokio::io::duplex` to [`serve_store`], which streams them into
+//!   verification, [`StoreSender::send_bytes`] hashing its own root while it streams
+//!   the bytes in 1 MiB batches, over a `tokio::io::duplex` to [`serve_store`], which streams them into
 //!   the same `put` and answers the root the sender checks.
 //!
 //! Target: b >= 0.95 x a in throughput. Each timed item is deleted outside the timing,
@@ -99,7 +99,7 @@ fn store(c: &mut Criterion) {
                         async move { serve_store(server, &INFO, &store, &keys, &Limits::DEFAULT).await }
                     });
                     let mut sender = StoreSender::open(client, &token, DOMAIN, Limits::DEFAULT).await.unwrap();
-                    let stored = sender.send(item(), data.as_slice()).await.unwrap();
+                    let stored = sender.send_bytes(item(), &data).await.unwrap();
                     sender.finish().await.unwrap();
                     receiver.await.unwrap().unwrap();
                     total += started.elapsed();

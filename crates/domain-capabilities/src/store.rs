@@ -165,7 +165,18 @@ where
         content: &[u8],
     ) -> Result<Metadata, CapabilityError> {
         item.size = size_field(content.len() as u64)?;
-        self.send(item, content).await
+        let name = item.name.clone();
+        write_message(&mut self.stream, &item)
+            .await
+            .map_err(|e| CapabilityError::frame("sending an item", e))?;
+        // Straight from the caller's buffer: no copy into a batch first.
+        let mut builder = MerkleBuilder::new();
+        for batch in content.chunks(self.limits.io_batch.max(1)) {
+            self.write_batch(batch, &mut builder).await?;
+        }
+        self.flush_content().await?;
+        self.await_receipt(&name, content.len() as u64, builder.finalize())
+            .await
     }
 
     /// Sends the file at `path` as one item; `item.size` is set from the file's length.
@@ -240,21 +251,36 @@ where
                     got: sent,
                 });
             }
-            let chunk = &self.buf[..filled];
-            // Hashing after the write lets the receiver take this batch while it is
-            // hashed here, instead of waiting for both.
-            self.stream
-                .write_all(chunk)
-                .await
-                .map_err(|e| CapabilityError::io("sending content", e))?;
-            builder.update(chunk);
+            let batch = std::mem::take(&mut self.buf);
+            let written = self.write_batch(&batch[..filled], &mut builder).await;
+            self.buf = batch;
+            written?;
             sent += filled as u64;
         }
+        self.flush_content().await?;
+        Ok(builder.finalize())
+    }
+
+    /// Writes one batch of content, then hashes it: hashing after the write lets the
+    /// receiver take this batch while it is hashed here, instead of waiting for both.
+    async fn write_batch(
+        &mut self,
+        batch: &[u8],
+        builder: &mut MerkleBuilder,
+    ) -> Result<(), CapabilityError> {
+        self.stream
+            .write_all(batch)
+            .await
+            .map_err(|e| CapabilityError::io("sending content", e))?;
+        builder.update(batch);
+        Ok(())
+    }
+
+    async fn flush_content(&mut self) -> Result<(), CapabilityError> {
         self.stream
             .flush()
             .await
-            .map_err(|e| CapabilityError::io("sending content", e))?;
-        Ok(builder.finalize())
+            .map_err(|e| CapabilityError::io("sending content", e))
     }
 
     async fn await_receipt(
