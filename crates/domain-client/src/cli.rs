@@ -14,12 +14,17 @@
 //! # Ok::<(), clap::Error>(())
 //! ```
 
+pub mod config;
 pub mod download;
 pub mod hash;
+pub mod jobs;
+pub mod key;
 pub mod list;
+pub mod progress;
 pub mod remote;
 pub mod store;
 pub mod upload;
+pub mod watch;
 
 use std::io;
 use std::process::ExitCode;
@@ -43,12 +48,22 @@ pub enum Command {
     Hash(hash::HashArgs),
     /// Store, list, read and remove items in a local datastore folder.
     Store(store::StoreArgs),
-    /// Upload files to a domain through the manager (or to a node, with a token).
+    /// Upload files (or every file in a folder) to a domain, each checked against its
+    /// Merkle root.
     Upload(upload::UploadArgs),
-    /// Download items by id into a folder, each checked against its Merkle root.
+    /// Download the matching items of a domain into a folder, each checked against its
+    /// Merkle root.
     Download(download::DownloadArgs),
-    /// List the items of a domain on the node the manager picks.
-    List(list::ListArgs),
+    /// List the metadata of a domain's matching items, on every node.
+    #[command(visible_alias = "list")]
+    Ls(list::ListArgs),
+    /// Print the matching items of a domain, then each new one as it is stored, until
+    /// interrupted.
+    Watch(watch::WatchArgs),
+    /// Print the jobs of the manager (and, with --follow, each change).
+    Jobs(jobs::JobsArgs),
+    /// Print a domain's public key, which verifies its task tokens.
+    Key(key::KeyArgs),
 }
 
 /// Runs a parsed command line against the process's standard streams.
@@ -64,6 +79,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Download(args) => {
             download::run(&args, &mut io::stdout().lock(), &mut io::stderr())
         }
-        Command::List(args) => list::run(&args, &mut io::stdout().lock()),
+        Command::Ls(args) => list::run(&args, &mut io::stdout().lock()),
+        Command::Watch(args) => watch::run(&args, &mut io::stdout().lock(), &mut io::stderr()),
+        Command::Jobs(args) => jobs::run(&args, &mut io::stdout().lock()),
+        Command::Key(args) => key::run(&args, &mut io::stdout().lock()),
     }
 }

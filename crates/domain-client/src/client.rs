@@ -26,19 +26,29 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain_capabilities::{CapabilityError, Limits, StoreSender, open_load};
+mod progress;
+mod watch;
+
+pub use progress::Progress;
+pub use watch::Subscription;
+
+use domain_capabilities::{CapabilityError, Limits, LoadedItem, StoreSender, open_load};
 use domain_cluster::config::{ClusterConfig, Role};
 use domain_cluster::identity::Identity;
-use domain_cluster::{Cluster, ClusterError, ClusterHandle, Multiaddr, PeerId, SubmittedJob};
+use domain_cluster::{
+    Cluster, ClusterError, ClusterHandle, JobStream, Multiaddr, PeerId, SubmittedJob,
+};
 use domain_datastore::DomainId;
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use domain_proto::protocols::{LOAD_V1, STORE_V1};
 use domain_proto::task::{
-    CapabilityFilters, ConsumeDataInputV1, JobRequest, ResourceRecruitment, Status, Task,
+    CapabilityFilters, ConsumeDataInputV1, Job, JobRequest, ResourceRecruitment, Status, Task,
     TaskRequest, resource_recruitment::RecruitmentPolicy,
 };
 use libp2p::multiaddr::Protocol;
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+
+pub(crate) use progress::Counted;
 
 /// Most items a listing collects, so that a node cannot grow the client's memory
 /// without bound.
@@ -171,6 +181,28 @@ pub enum ClientError {
         /// The item's id (untrusted).
         id: String,
     },
+    /// A download into a writer failed after bytes had reached the writer, which cannot
+    /// be rewound, so it was not retried; discard what the writer received.
+    #[error("item {id}: the download failed after {written} bytes were written: {source}")]
+    WriterInterrupted {
+        /// The item.
+        id: String,
+        /// Bytes the writer received.
+        written: u64,
+        /// What went wrong.
+        #[source]
+        source: Box<CapabilityError>,
+    },
+    /// An upload from a reader failed; a reader cannot be read again, so it was not
+    /// retried on another node.
+    #[error("uploading {name} from a reader: {source}")]
+    ReaderUpload {
+        /// The item's name.
+        name: String,
+        /// What went wrong.
+        #[source]
+        source: Box<ClientError>,
+    },
     /// The node's listing holds more items than [`MAX_LISTED_ITEMS`].
     #[error("node {node} lists more than {MAX_LISTED_ITEMS} items")]
     TooManyItems {
@@ -208,6 +240,14 @@ impl ClientError {
     /// Whether another node (a new assignment) might succeed where this failed.
     fn is_retryable(&self) -> bool {
         matches!(self, Self::Connect { .. } | Self::Transfer { .. })
+    }
+
+    /// Whether a search of other nodes must stop here rather than try the next node.
+    fn ends_search(&self) -> bool {
+        matches!(
+            self,
+            Self::Io { .. } | Self::WriterInterrupted { .. } | Self::TooManyItems { .. }
+        )
     }
 
     fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
@@ -300,11 +340,14 @@ struct Assignment {
 }
 
 /// A peer that uploads and downloads domain data.
-#[derive(Debug)]
+///
+/// Cloning is cheap: clones share the peer (its swarm) and stop with it.
+#[derive(Debug, Clone)]
 pub struct Client {
     cluster: ClusterHandle,
     manager: Option<PeerId>,
     config: ClientConfig,
+    progress: Option<Arc<dyn Progress>>,
 }
 
 impl Client {
@@ -336,7 +379,15 @@ impl Client {
             cluster,
             manager: manager_id,
             config,
+            progress: None,
         })
+    }
+
+    /// Tells `progress` about every item this client sends or receives from now on.
+    #[must_use]
+    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     /// This client's peer id: the sender named in its tasks and tokens.
@@ -397,9 +448,45 @@ impl Client {
         self.store_on(assignment, domain, items, &sizes).await
     }
 
+    /// Uploads one item of exactly `item.size` bytes read from `content` through the
+    /// manager, and returns its metadata as the node stored it (roots compared).
+    ///
+    /// A reader cannot be read twice, so a failed transfer is not retried on another
+    /// node (use [`upload`](Self::upload) with a file or bytes for that).
+    ///
+    /// # Errors
+    /// As [`upload`](Self::upload); a failed transfer as [`ClientError::ReaderUpload`].
+    pub async fn upload_reader<R>(
+        &self,
+        domain: &DomainId,
+        item: UpsertMetadata,
+        content: R,
+    ) -> Result<Metadata, ClientError>
+    where
+        R: AsyncRead + Unpin + Send,
+    {
+        let mut run = self.submit(domain, "upload", STORE_V1, None).await?;
+        let assignment = run.next_assignment().await?;
+        let name = item.name.clone();
+        let stored = self.store_one(assignment, domain, item, content).await;
+        match stored {
+            Ok(stored) => Ok(stored),
+            Err(error) => {
+                // Tell the manager now, rather than at the task's deadline; no retry follows.
+                let source = Box::new(error);
+                run.report_failed().await;
+                Err(ClientError::ReaderUpload { name, source })
+            }
+        }
+    }
+
     /// Downloads the items `ids` of `domain` through the manager into `out_dir` (created
     /// if missing), each as `out_dir/<id>`, which appears only once its content matches
     /// its root.
+    ///
+    /// The node the manager picks is asked first; ids it does not hold are looked for on
+    /// the other nodes that stored data. Ids found nowhere come back in
+    /// [`Downloads::missing`].
     ///
     /// # Errors
     /// [`ClientError::InvalidId`] before anything is asked; as [`upload`](Self::upload).
@@ -409,32 +496,102 @@ impl Client {
         ids: &[String],
         out_dir: &Path,
     ) -> Result<Downloads, ClientError> {
-        let wanted = prepare_download(ids, out_dir).await?;
+        let query = Query {
+            ids: ids.to_vec(),
+            ..Query::default()
+        };
+        self.download_matching(domain, &query, out_dir).await
+    }
+
+    /// Downloads every item of `domain` that matches `query`, on every node that holds
+    /// one, into `out_dir` as [`download`](Self::download) does. Each id is written once.
+    ///
+    /// # Errors
+    /// As [`download`](Self::download).
+    pub async fn download_matching(
+        &self,
+        domain: &DomainId,
+        query: &Query,
+        out_dir: &Path,
+    ) -> Result<Downloads, ClientError> {
+        prepare_download(&query.ids, out_dir).await?;
         let mut downloads = Downloads::default();
-        let first = self
-            .load_job(domain, None, &wanted, out_dir, &mut downloads)
-            .await?;
-        if missing(&wanted, &downloads).is_empty() {
-            return Ok(downloads);
-        }
-        self.search(domain, first, &wanted, out_dir, &mut downloads)
-            .await?;
-        downloads.missing = missing(&wanted, &downloads);
+        let mut gather = Gather::new(
+            query,
+            Sink::Folder {
+                dir: out_dir,
+                downloads: &mut downloads,
+            },
+        );
+        self.gather(domain, "download", &mut gather).await?;
+        let missing = gather.missing();
+        drop(gather);
+        downloads.missing = missing;
         Ok(downloads)
     }
 
-    /// Looks for the items the first node did not hold on the other nodes that stored
-    /// data: the receivers of finished `/store/v1` tasks, as the manager's monitor stream
-    /// lists them (every job first, then changes), each asked with a task pinned to it.
-    /// Ends when every item is found, when the stream stays quiet for
-    /// [`ClientConfig::search_quiet`], or after [`ClientConfig::search_limit`].
+    /// Downloads the item `id` of `domain` into `writer`, and returns its metadata, or
+    /// `None` when no node holds it.
+    ///
+    /// The content is checked against the item's root as it passes, and the check ends
+    /// with the last byte: on an error, discard what `writer` received. A transfer that
+    /// fails after bytes reached `writer` is not retried
+    /// ([`ClientError::WriterInterrupted`]), since the writer cannot be rewound.
+    ///
+    /// # Errors
+    /// As [`download`](Self::download), and [`ClientError::WriterInterrupted`].
+    pub async fn download_to<W>(
+        &self,
+        domain: &DomainId,
+        id: &str,
+        writer: &mut W,
+    ) -> Result<Option<Metadata>, ClientError>
+    where
+        W: AsyncWrite + Unpin + Send,
+    {
+        let query = Query {
+            ids: vec![id.to_owned()],
+            ..Query::default()
+        };
+        let mut found = None;
+        let mut gather = Gather::new(
+            &query,
+            Sink::Writer {
+                writer,
+                found: &mut found,
+            },
+        );
+        self.gather(domain, "download", &mut gather).await?;
+        drop(gather);
+        Ok(found)
+    }
+
+    /// Runs `gather`'s query on the node the manager picks, then, unless that found
+    /// everything asked for, on the other nodes that stored data.
+    async fn gather(
+        &self,
+        domain: &DomainId,
+        job_name: &str,
+        gather: &mut Gather<'_>,
+    ) -> Result<(), ClientError> {
+        let first = self.load_job(domain, job_name, None, gather).await?;
+        if gather.complete() {
+            return Ok(());
+        }
+        self.search(domain, job_name, first, gather).await
+    }
+
+    /// Runs `gather`'s query on the other nodes that stored data: the receivers of
+    /// finished `/store/v1` tasks, as the manager's monitor stream lists them (every job
+    /// first, then changes), each asked with a task pinned to it. Ends when everything
+    /// asked for is found, when the stream stays quiet for [`ClientConfig::search_quiet`],
+    /// or after [`ClientConfig::search_limit`].
     async fn search(
         &self,
         domain: &DomainId,
+        job_name: &str,
         first: PeerId,
-        wanted: &BTreeSet<String>,
-        out_dir: &Path,
-        downloads: &mut Downloads,
+        gather: &mut Gather<'_>,
     ) -> Result<(), ClientError> {
         let manager = self.manager.ok_or(ClientError::NoManager)?;
         let mut jobs = match self.cluster.monitor(manager).await {
@@ -459,26 +616,16 @@ impl Client {
                     break;
                 }
             };
-            let stored_on = job
-                .tasks
-                .iter()
-                .filter(|task| task.endpoint == STORE_V1 && task.status() == Status::Done);
-            for task in stored_on {
-                let Some(node) = task.receiver.as_deref().and_then(|r| r.parse().ok()) else {
-                    continue;
-                };
+            for node in storing_nodes(&job) {
                 if !asked.insert(node) {
                     continue;
                 }
-                match self
-                    .load_job(domain, Some(node), wanted, out_dir, downloads)
-                    .await
-                {
+                match self.load_job(domain, job_name, Some(node), gather).await {
                     Ok(_) => {}
-                    Err(error @ ClientError::Io { .. }) => return Err(error),
+                    Err(error) if error.ends_search() => return Err(error),
                     Err(error) => tracing::debug!(%node, %error, "node not asked"),
                 }
-                if missing(wanted, downloads).is_empty() {
+                if gather.complete() {
                     return Ok(());
                 }
             }
@@ -486,24 +633,20 @@ impl Client {
         Ok(())
     }
 
-    /// Runs one `/load/v1` job for the wanted items not downloaded yet, on `receiver` or
-    /// the node the manager picks; answers with the node that served it.
+    /// Runs one `/load/v1` job for what `gather` still wants, on `receiver` or the node
+    /// the manager picks; answers with the node that served it.
     async fn load_job(
         &self,
         domain: &DomainId,
+        job_name: &str,
         receiver: Option<PeerId>,
-        wanted: &BTreeSet<String>,
-        out_dir: &Path,
-        downloads: &mut Downloads,
+        gather: &mut Gather<'_>,
     ) -> Result<PeerId, ClientError> {
-        let mut run = self.submit(domain, "download", LOAD_V1, receiver).await?;
+        let mut run = self.submit(domain, job_name, LOAD_V1, receiver).await?;
         loop {
             let assignment = run.next_assignment().await?;
             let node = assignment.node;
-            match self
-                .load_from(assignment, domain, wanted, out_dir, downloads)
-                .await
-            {
+            match self.load_from(assignment, domain, gather).await {
                 Ok(()) => return Ok(node),
                 Err(error) => run.failed(error).await?,
             }
@@ -523,17 +666,45 @@ impl Client {
         ids: &[String],
         out_dir: &Path,
     ) -> Result<Downloads, ClientError> {
-        let wanted = prepare_download(ids, out_dir).await?;
+        let query = Query {
+            ids: ids.to_vec(),
+            ..Query::default()
+        };
+        self.download_matching_direct(direct, domain, &query, out_dir)
+            .await
+    }
+
+    /// Downloads the items matching `query` straight from a node with a token obtained
+    /// elsewhere; as [`download_matching`](Self::download_matching) on that node alone.
+    ///
+    /// # Errors
+    /// As [`download_direct`](Self::download_direct).
+    pub async fn download_matching_direct(
+        &self,
+        direct: &Direct,
+        domain: &DomainId,
+        query: &Query,
+        out_dir: &Path,
+    ) -> Result<Downloads, ClientError> {
+        prepare_download(&query.ids, out_dir).await?;
         let assignment = self.dial(direct).await?;
         let mut downloads = Downloads::default();
-        self.load_from(assignment, domain, &wanted, out_dir, &mut downloads)
-            .await?;
-        downloads.missing = missing(&wanted, &downloads);
+        let mut gather = Gather::new(
+            query,
+            Sink::Folder {
+                dir: out_dir,
+                downloads: &mut downloads,
+            },
+        );
+        self.load_from(assignment, domain, &mut gather).await?;
+        let missing = gather.missing();
+        drop(gather);
+        downloads.missing = missing;
         Ok(downloads)
     }
 
-    /// Lists the items of `domain` that match `query` (its `metadata_only` is forced on)
-    /// on the node the manager assigns to a `/load/v1` task.
+    /// Lists the metadata of the items of `domain` that match `query` (its
+    /// `metadata_only` is forced on), on every node that holds one, each id once.
     ///
     /// # Errors
     /// As [`upload`](Self::upload), and [`ClientError::TooManyItems`].
@@ -542,18 +713,62 @@ impl Client {
         domain: &DomainId,
         query: &Query,
     ) -> Result<Vec<Metadata>, ClientError> {
-        let query = Query {
-            metadata_only: true,
-            ..query.clone()
-        };
-        let mut run = self.submit(domain, "list", LOAD_V1, None).await?;
-        loop {
-            let assignment = run.next_assignment().await?;
-            match self.list_on(assignment, domain, &query).await {
-                Ok(listed) => return Ok(listed),
-                Err(error) => run.failed(error).await?,
-            }
-        }
+        let mut listed = Vec::new();
+        let mut gather = Gather::new(query, Sink::Listing(&mut listed));
+        self.gather(domain, "list", &mut gather).await?;
+        drop(gather);
+        Ok(listed)
+    }
+
+    /// Lists straight from a node with a token obtained elsewhere; as
+    /// [`list`](Self::list) on that node alone.
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`], [`ClientError::Transfer`], [`ClientError::TooManyItems`].
+    pub async fn list_direct(
+        &self,
+        direct: &Direct,
+        domain: &DomainId,
+        query: &Query,
+    ) -> Result<Vec<Metadata>, ClientError> {
+        let assignment = self.dial(direct).await?;
+        let mut listed = Vec::new();
+        let mut gather = Gather::new(query, Sink::Listing(&mut listed));
+        self.load_from(assignment, domain, &mut gather).await?;
+        drop(gather);
+        Ok(listed)
+    }
+
+    /// The domain's Ed25519 public key, as the manager serves it on `/public-key/v1`:
+    /// the key that verifies the domain's task tokens.
+    ///
+    /// # Errors
+    /// [`ClientError::NoManager`], [`ClientError::Manager`].
+    pub async fn public_key(&self, domain: &DomainId) -> Result<[u8; 32], ClientError> {
+        let manager = self.manager.ok_or(ClientError::NoManager)?;
+        self.cluster
+            .public_key(manager, domain.as_str())
+            .await
+            .map_err(|source| ClientError::Manager {
+                job: "public-key".to_owned(),
+                source: Box::new(source),
+            })
+    }
+
+    /// The manager's `/monitor/v1` stream: every job this client may watch, then each
+    /// change as it happens.
+    ///
+    /// # Errors
+    /// [`ClientError::NoManager`], [`ClientError::Manager`].
+    pub async fn jobs(&self) -> Result<JobStream, ClientError> {
+        let manager = self.manager.ok_or(ClientError::NoManager)?;
+        self.cluster
+            .monitor(manager)
+            .await
+            .map_err(|source| ClientError::Manager {
+                job: "monitor".to_owned(),
+                source: Box::new(source),
+            })
     }
 
     /// Submits a job of one task on `endpoint`; its assignments come from the returned
@@ -690,9 +905,9 @@ impl Client {
                     let file = tokio::fs::File::open(path)
                         .await
                         .map_err(|e| ClientError::io("opening", path, e))?;
-                    sender.send(item, file).await
+                    self.send_item(&mut sender, item, file).await
                 }
-                Content::Bytes(bytes) => sender.send(item, &bytes[..]).await,
+                Content::Bytes(bytes) => self.send_item(&mut sender, item, &bytes[..]).await,
             }
             .map_err(transfer)?;
             stored.push(metadata);
@@ -701,15 +916,66 @@ impl Client {
         Ok(stored)
     }
 
-    /// Loads the wanted items not downloaded yet into `out_dir`, adding them to
-    /// `downloads` as they land, so that a retry asks only for the rest.
+    /// Opens a `/store/v1` stream on the assigned node and sends one item from `content`.
+    async fn store_one<R: AsyncRead + Unpin + Send>(
+        &self,
+        assignment: Assignment,
+        domain: &DomainId,
+        item: UpsertMetadata,
+        content: R,
+    ) -> Result<Metadata, ClientError> {
+        let node = assignment.node;
+        let transfer = |source| ClientError::Transfer {
+            protocol: STORE_V1,
+            node,
+            source: Box::new(source),
+        };
+        let stream = self.open(node, STORE_V1).await?;
+        let mut sender = StoreSender::open(
+            stream,
+            &assignment.token,
+            domain.as_str(),
+            self.config.limits,
+        )
+        .await
+        .map_err(transfer)?;
+        let stored = self
+            .send_item(&mut sender, item, content)
+            .await
+            .map_err(transfer)?;
+        sender.finish().await.map_err(transfer)?;
+        Ok(stored)
+    }
+
+    /// Sends one item on an open `/store/v1` stream, telling the progress observer.
+    async fn send_item<S, R>(
+        &self,
+        sender: &mut StoreSender<S>,
+        item: UpsertMetadata,
+        content: R,
+    ) -> Result<Metadata, CapabilityError>
+    where
+        S: tokio::io::AsyncRead + AsyncWrite + Unpin + Send,
+        R: AsyncRead + Unpin,
+    {
+        let progress = self.progress.as_deref();
+        if let Some(progress) = progress {
+            progress.started(&item.name, item.size.into());
+        }
+        let name = item.name.clone();
+        let stored = sender.send(item, Counted::new(content, progress)).await?;
+        if let Some(progress) = progress {
+            progress.finished(&name);
+        }
+        Ok(stored)
+    }
+
+    /// Runs `gather`'s query on one node, handing each item not seen before to its sink.
     async fn load_from(
         &self,
         assignment: Assignment,
         domain: &DomainId,
-        wanted: &BTreeSet<String>,
-        out_dir: &Path,
-        downloads: &mut Downloads,
+        gather: &mut Gather<'_>,
     ) -> Result<(), ClientError> {
         let node = assignment.node;
         let transfer = |source| ClientError::Transfer {
@@ -717,20 +983,8 @@ impl Client {
             node,
             source: Box::new(source),
         };
-        let mut pending: BTreeSet<String> = wanted.clone();
-        for done in &downloads.items {
-            pending.remove(&done.metadata.id);
-        }
-        // With nothing left to fetch the task still runs, as a cheap metadata-only
-        // query, so that it ends DONE rather than at its deadline.
-        let metadata_only = pending.is_empty();
-        let ids = if metadata_only { wanted } else { &pending };
         let request = ConsumeDataInputV1 {
-            query: Query {
-                ids: ids.iter().cloned().collect(),
-                metadata_only,
-                ..Query::default()
-            },
+            query: gather.request(),
             keep_alive: false,
         };
         let stream = self.open(node, LOAD_V1).await?;
@@ -745,85 +999,225 @@ impl Client {
         .map_err(transfer)?;
         while let Some(item) = items.next().await.map_err(transfer)? {
             let metadata = item.metadata().clone();
-            if metadata_only && wanted.contains(&metadata.id) {
+            // A copy already received (from another node, or an earlier attempt):
+            // its content is skipped with the next item.
+            if gather.seen.contains(&metadata.id) {
                 continue;
             }
-            if !pending.remove(&metadata.id) {
+            if !gather.query.ids.is_empty() && !gather.query.ids.contains(&metadata.id) {
                 return Err(ClientError::UnexpectedItem {
                     node,
                     id: metadata.id.chars().take(300).collect(),
                 });
             }
-            let path = out_dir.join(&metadata.id);
-            let partial = out_dir.join(format!(".{}.part-{}", metadata.id, std::process::id()));
-            let written = async {
-                let mut file = tokio::fs::File::create(&partial)
-                    .await
-                    .map_err(|e| ClientError::io("creating", &partial, e))?;
-                // The copy checks the content against the item's root as it ends.
-                let copied = item.copy_to(&mut file).await.map_err(transfer)?;
-                if copied != u64::from(metadata.size) {
-                    return Err(transfer(CapabilityError::Truncated {
-                        name: metadata.name.clone(),
-                        expected: metadata.size.into(),
-                        got: copied,
-                    }));
+            let progress = self.progress.as_deref();
+            match &mut gather.sink {
+                Sink::Listing(listed) => {
+                    if listed.len() == MAX_LISTED_ITEMS {
+                        return Err(ClientError::TooManyItems { node });
+                    }
+                    listed.push(metadata.clone());
                 }
-                file.flush()
-                    .await
-                    .map_err(|e| ClientError::io("writing", &partial, e))?;
-                file.sync_all()
-                    .await
-                    .map_err(|e| ClientError::io("syncing", &partial, e))?;
-                tokio::fs::rename(&partial, &path)
-                    .await
-                    .map_err(|e| ClientError::io("renaming into place", &path, e))
+                Sink::Folder { dir, downloads } => {
+                    let path = write_item_file(item, &metadata, dir, progress)
+                        .await
+                        .map_err(|e| e.into_client_error(node))?;
+                    downloads.items.push(Downloaded {
+                        metadata: metadata.clone(),
+                        path,
+                    });
+                }
+                Sink::Writer { writer, found } => {
+                    let mut counted = Counted::new(&mut **writer, progress);
+                    if let Some(progress) = progress {
+                        progress.started(&metadata.name, metadata.size.into());
+                    }
+                    let copied = item.copy_to(&mut counted).await;
+                    let written = counted.count();
+                    let copied = copied.and_then(|copied| {
+                        check_length(&metadata, copied)?;
+                        Ok(copied)
+                    });
+                    if let Err(source) = copied {
+                        return Err(if written == 0 {
+                            transfer(source)
+                        } else {
+                            ClientError::WriterInterrupted {
+                                id: metadata.id.clone(),
+                                written,
+                                source: Box::new(source),
+                            }
+                        });
+                    }
+                    if let Some(progress) = progress {
+                        progress.finished(&metadata.name);
+                    }
+                    **found = Some(metadata.clone());
+                }
             }
-            .await;
-            if let Err(error) = written {
-                let _ = tokio::fs::remove_file(&partial).await;
-                return Err(error);
-            }
-            downloads.items.push(Downloaded { metadata, path });
+            gather.seen.insert(metadata.id);
         }
         Ok(())
     }
+}
 
-    async fn list_on(
-        &self,
-        assignment: Assignment,
-        domain: &DomainId,
-        query: &Query,
-    ) -> Result<Vec<Metadata>, ClientError> {
-        let node = assignment.node;
-        let transfer = |source| ClientError::Transfer {
-            protocol: LOAD_V1,
-            node,
-            source: Box::new(source),
-        };
-        let request = ConsumeDataInputV1 {
-            query: query.clone(),
-            keep_alive: false,
-        };
-        let stream = self.open(node, LOAD_V1).await?;
-        let (mut items, _unsubscriber) = open_load(
-            stream,
-            &assignment.token,
-            domain.as_str(),
-            request,
-            self.config.limits,
-        )
-        .await
-        .map_err(transfer)?;
-        let mut listed = Vec::new();
-        while let Some(item) = items.next().await.map_err(transfer)? {
-            if listed.len() == MAX_LISTED_ITEMS {
-                return Err(ClientError::TooManyItems { node });
-            }
-            listed.push(item.metadata().clone());
+/// Where the items of a load stream go.
+enum Sink<'a> {
+    /// Metadata only.
+    Listing(&'a mut Vec<Metadata>),
+    /// Each item's content into `dir/<id>`, recorded in `downloads`.
+    Folder {
+        dir: &'a Path,
+        downloads: &'a mut Downloads,
+    },
+    /// One item's content into a writer.
+    Writer {
+        writer: &'a mut (dyn AsyncWrite + Unpin + Send),
+        found: &'a mut Option<Metadata>,
+    },
+}
+
+/// A query run on one node after another: what it asks for, which ids have arrived, and
+/// where they go.
+struct Gather<'a> {
+    query: Query,
+    seen: BTreeSet<String>,
+    sink: Sink<'a>,
+}
+
+impl<'a> Gather<'a> {
+    fn new(query: &Query, sink: Sink<'a>) -> Self {
+        let metadata_only = matches!(sink, Sink::Listing(_));
+        Self {
+            query: Query {
+                metadata_only,
+                ..query.clone()
+            },
+            seen: BTreeSet::new(),
+            sink,
         }
-        Ok(listed)
     }
+
+    /// Whether everything asked for has arrived: only a query by ids can tell.
+    fn complete(&self) -> bool {
+        !self.query.ids.is_empty() && self.query.ids.iter().all(|id| self.seen.contains(id))
+    }
+
+    /// The ids asked for that have not arrived.
+    fn missing(&self) -> Vec<String> {
+        let wanted: BTreeSet<&String> = self.query.ids.iter().collect();
+        wanted
+            .into_iter()
+            .filter(|id| !self.seen.contains(*id))
+            .cloned()
+            .collect()
+    }
+
+    /// The query to send next: for a query by ids, only the ids still missing, so that a
+    /// retry fetches only the rest.
+    fn request(&self) -> Query {
+        if self.query.ids.is_empty() {
+            return self.query.clone();
+        }
+        let missing = self.missing();
+        if missing.is_empty() {
+            // The task still runs, as a cheap metadata-only query, so that it ends DONE
+            // rather than at its deadline.
+            return Query {
+                metadata_only: true,
+                ..self.query.clone()
+            };
+        }
+        Query {
+            ids: missing,
+            ..self.query.clone()
+        }
+    }
+}
+
+/// Why writing a downloaded item to its file failed.
+enum ItemFileError {
+    Transfer(CapabilityError),
+    Local(ClientError),
+}
+
+impl ItemFileError {
+    fn into_client_error(self, node: PeerId) -> ClientError {
+        match self {
+            Self::Transfer(source) => ClientError::Transfer {
+                protocol: LOAD_V1,
+                node,
+                source: Box::new(source),
+            },
+            Self::Local(error) => error,
+        }
+    }
+}
+
+/// Writes one item's content to `dir/<id>`, which appears only once the content matched
+/// its root and was synced; returns its path.
+async fn write_item_file<S>(
+    item: LoadedItem<'_, S>,
+    metadata: &Metadata,
+    dir: &Path,
+    progress: Option<&dyn Progress>,
+) -> Result<PathBuf, ItemFileError>
+where
+    S: tokio::io::AsyncRead + Unpin + Send,
+{
+    check_id(&metadata.id).map_err(ItemFileError::Local)?;
+    let path = dir.join(&metadata.id);
+    let partial = dir.join(format!(".{}.part-{}", metadata.id, std::process::id()));
+    let local = |action, e| ItemFileError::Local(ClientError::io(action, &partial, e));
+    if let Some(progress) = progress {
+        progress.started(&metadata.name, metadata.size.into());
+    }
+    let written = async {
+        let mut file = tokio::fs::File::create(&partial)
+            .await
+            .map_err(|e| local("creating", e))?;
+        // The copy checks the content against the item's root as it ends.
+        let copied = item
+            .copy_to(&mut Counted::new(&mut file, progress))
+            .await
+            .map_err(ItemFileError::Transfer)?;
+        check_length(metadata, copied).map_err(ItemFileError::Transfer)?;
+        file.flush().await.map_err(|e| local("writing", e))?;
+        file.sync_all().await.map_err(|e| local("syncing", e))?;
+        tokio::fs::rename(&partial, &path)
+            .await
+            .map_err(|e| ItemFileError::Local(ClientError::io("renaming into place", &path, e)))
+    }
+    .await;
+    if let Err(error) = written {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(error);
+    }
+    if let Some(progress) = progress {
+        progress.finished(&metadata.name);
+    }
+    Ok(path)
+}
+
+/// A load stream that ended an item early would have failed the copy; this guards the
+/// length of what was copied all the same.
+fn check_length(metadata: &Metadata, copied: u64) -> Result<(), CapabilityError> {
+    if copied == u64::from(metadata.size) {
+        return Ok(());
+    }
+    Err(CapabilityError::Truncated {
+        name: metadata.name.clone(),
+        expected: metadata.size.into(),
+        got: copied,
+    })
+}
+
+/// The nodes a job stored data on: the receivers of its finished `/store/v1` tasks.
+pub(crate) fn storing_nodes(job: &Job) -> impl Iterator<Item = PeerId> + '_ {
+    job.tasks
+        .iter()
+        .filter(|task| task.endpoint == STORE_V1 && task.status() == Status::Done)
+        .filter_map(|task| task.receiver.as_deref()?.parse().ok())
 }
 
 /// A submitted job of one task, as its assignments arrive on the job's stream.
@@ -883,10 +1277,20 @@ impl TaskRun<'_> {
         if !error.is_retryable() || self.attempts >= self.client.config.max_attempts {
             return Err(error);
         }
-        let job_id = self.job.job_id.as_str();
-        tracing::warn!(%job_id, %error, attempt = self.attempts, "task failed, waiting for another node");
-        let Some(task) = self.current.take() else {
+        tracing::warn!(job_id = %self.job.job_id, %error, attempt = self.attempts, "task failed, waiting for another node");
+        if self.current.is_none() {
             return Err(error);
+        }
+        self.report_failed().await;
+        Ok(())
+    }
+
+    /// Reports the current attempt FAILED on the job's topic, so that the manager acts
+    /// now rather than at the task's deadline.
+    async fn report_failed(&mut self) {
+        let job_id = self.job.job_id.as_str();
+        let Some(task) = self.current.take() else {
+            return;
         };
         let update = Task {
             status: Status::Failed as i32,
@@ -902,7 +1306,6 @@ impl TaskRun<'_> {
         if let Err(report_error) = published.await {
             tracing::debug!(%job_id, error = %report_error, "could not report the failed attempt");
         }
-        Ok(())
     }
 }
 
@@ -926,14 +1329,13 @@ async fn item_sizes(items: &[Upload]) -> Result<Vec<u32>, ClientError> {
 }
 
 /// Checks that every id can name a file, and creates the output folder.
-async fn prepare_download(ids: &[String], out_dir: &Path) -> Result<BTreeSet<String>, ClientError> {
+async fn prepare_download(ids: &[String], out_dir: &Path) -> Result<(), ClientError> {
     for id in ids {
         check_id(id)?;
     }
     tokio::fs::create_dir_all(out_dir)
         .await
-        .map_err(|e| ClientError::io("creating", out_dir, e))?;
-    Ok(ids.iter().cloned().collect())
+        .map_err(|e| ClientError::io("creating", out_dir, e))
 }
 
 /// An item id becomes a file name: nothing that could leave the output folder or hide.
@@ -948,19 +1350,6 @@ fn check_id(id: &str) -> Result<(), ClientError> {
         return Err(ClientError::InvalidId { id: id.to_owned() });
     }
     Ok(())
-}
-
-fn missing(wanted: &BTreeSet<String>, downloads: &Downloads) -> Vec<String> {
-    let got: BTreeSet<&str> = downloads
-        .items
-        .iter()
-        .map(|d| d.metadata.id.as_str())
-        .collect();
-    wanted
-        .iter()
-        .filter(|id| !got.contains(id.as_str()))
-        .cloned()
-        .collect()
 }
 
 fn parse_assignment(task: &Task) -> Result<Assignment, String> {
@@ -1058,19 +1447,42 @@ mod tests {
     }
 
     #[test]
-    fn missing_lists_the_wanted_ids_not_downloaded() {
-        let wanted: BTreeSet<String> = ["a", "b", "c"].map(String::from).into();
-        let downloads = Downloads {
-            items: vec![Downloaded {
-                metadata: Metadata {
-                    id: "b".into(),
-                    ..Metadata::default()
-                },
-                path: PathBuf::from("out/b"),
-            }],
-            missing: Vec::new(),
+    fn a_query_by_ids_asks_again_only_for_what_is_missing() {
+        let mut listed = Vec::new();
+        let query = Query {
+            ids: ["a", "b", "c"].map(String::from).to_vec(),
+            ..Query::default()
         };
-        assert_eq!(missing(&wanted, &downloads), ["a", "c"]);
+        let mut gather = Gather::new(&query, Sink::Listing(&mut listed));
+        assert!(
+            gather.request().metadata_only,
+            "a listing never asks for content"
+        );
+        gather.seen.insert("b".into());
+        assert_eq!(gather.missing(), ["a", "c"]);
+        assert_eq!(gather.request().ids, ["a", "c"]);
+        assert!(!gather.complete());
+        gather.seen.extend(["a".into(), "c".into()]);
+        assert!(gather.complete());
+        assert!(gather.missing().is_empty());
+        assert_eq!(
+            gather.request().ids,
+            ["a", "b", "c"],
+            "ends DONE, as a cheap query"
+        );
+    }
+
+    #[test]
+    fn a_query_by_name_is_never_complete() {
+        let mut listed = Vec::new();
+        let query = Query {
+            names: vec!["scan".into()],
+            ..Query::default()
+        };
+        let mut gather = Gather::new(&query, Sink::Listing(&mut listed));
+        gather.seen.insert("a".into());
+        assert!(!gather.complete());
+        assert!(gather.missing().is_empty());
     }
 
     #[test]

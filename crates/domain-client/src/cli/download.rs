@@ -1,6 +1,8 @@
-//! `domain download --domain D --id I... --out DIR (--manager M | --node N --token T)`:
-//! fetch items by id into `DIR/<id>`, each checked against its Merkle root; prints
-//! `<id>  <root>  <path>` per item.
+//! `domain download --domain D [--id I]... [--name N]... [--type T]... [--name-re R]
+//! [--type-re R] [--metadata-only] [--out DIR] (--manager M | --node N --token T)`:
+//! fetch the matching items of every node into `DIR/<id>`, each checked against its
+//! Merkle root; prints `<id>  <root>  <path>` per item. With `--metadata-only`, prints
+//! the listing of `domain ls` instead and writes nothing.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,6 +12,7 @@ use anyhow::Context as _;
 use domain_datastore::DomainId;
 
 use super::remote::{RemoteArgs, runtime};
+use super::store::{QueryArgs, write_listing};
 
 /// Arguments of `domain download`.
 #[derive(Debug, Clone, clap::Args)]
@@ -17,33 +20,46 @@ pub struct DownloadArgs {
     /// The domain the items are in.
     #[arg(long)]
     pub domain: DomainId,
-    /// An item's id; repeat for more.
-    #[arg(long = "id", value_name = "ID", required = true)]
-    pub ids: Vec<String>,
+    /// Which items; with none of these, every item of the domain.
+    #[command(flatten)]
+    pub query: QueryArgs,
+    /// Print the matching items' metadata (as `domain ls`) instead of fetching content.
+    #[arg(long)]
+    pub metadata_only: bool,
     /// The folder to write the items to, each as `<id>` (created if missing).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", default_value = ".")]
     pub out: PathBuf,
     /// How to reach the cluster.
     #[command(flatten)]
     pub remote: RemoteArgs,
 }
 
-/// Runs `domain download`, one line per item on `out`; ids not found are reported on
-/// `err` and make the command fail.
+/// Runs `domain download`, one line per item on `out`; ids asked for and found nowhere
+/// are reported on `err` and make the command fail.
 pub fn run(
     args: &DownloadArgs,
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
+    let query = args.query.to_query(args.metadata_only);
+    if args.metadata_only {
+        let items = super::list::list(&args.domain, &query, &args.remote)?;
+        write_listing(&items, out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let downloads = runtime()?.block_on(async {
-        let client = args.remote.start_client().await?;
+        let client = args.remote.start_client("download").await?;
         let downloads = match args.remote.direct() {
             Some(direct) => {
                 client
-                    .download_direct(&direct, &args.domain, &args.ids, &args.out)
+                    .download_matching_direct(&direct, &args.domain, &query, &args.out)
                     .await
             }
-            None => client.download(&args.domain, &args.ids, &args.out).await,
+            None => {
+                client
+                    .download_matching(&args.domain, &query, &args.out)
+                    .await
+            }
         };
         let _ = client.shutdown().await;
         downloads.context("downloading")

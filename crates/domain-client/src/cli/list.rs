@@ -1,23 +1,24 @@
-//! `domain list --domain D --manager M [--id I]... [--name N]... [--type T]... [--name-regex R] [--type-regex R]`:
-//! the items of a domain on a node of the cluster, one per line: id, root, size, data type,
-//! name (tab-separated, as `domain store ls`).
+//! `domain ls --domain D [--id I]... [--name N]... [--type T]... [--name-re R] [--type-re R]`:
+//! the metadata of a domain's matching items on every node, one per line: id, root, size,
+//! data type, name (tab-separated, as `domain store ls`).
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use domain_datastore::DomainId;
+use domain_proto::domain_data::{Metadata, Query};
 
 use super::remote::{RemoteArgs, runtime};
 use super::store::{QueryArgs, write_listing};
 
-/// Arguments of `domain list`.
+/// Arguments of `domain ls`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ListArgs {
     /// The domain to list.
     #[arg(long)]
     pub domain: DomainId,
-    /// Which items.
+    /// Which items; with none of these, every item.
     #[command(flatten)]
     pub query: QueryArgs,
     /// How to reach the cluster.
@@ -25,18 +26,26 @@ pub struct ListArgs {
     pub remote: RemoteArgs,
 }
 
-/// Runs `domain list`, one line per item on `out`.
+/// Runs `domain ls`, one line per item on `out`.
 pub fn run(args: &ListArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    if args.remote.direct().is_some() {
-        bail!("domain list goes through the manager: pass --manager MULTIADDR");
-    }
-    let query = args.query.to_query(true);
-    let items = runtime()?.block_on(async {
-        let client = args.remote.start_client().await?;
-        let items = client.list(&args.domain, &query).await;
-        let _ = client.shutdown().await;
-        items.context("listing")
-    })?;
+    let items = list(&args.domain, &args.query.to_query(true), &args.remote)?;
     write_listing(&items, out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The metadata of the items matching `query`, through the manager or from one node.
+pub(crate) fn list(
+    domain: &DomainId,
+    query: &Query,
+    remote: &RemoteArgs,
+) -> anyhow::Result<Vec<Metadata>> {
+    runtime()?.block_on(async {
+        let client = remote.start_client("list").await?;
+        let items = match remote.direct() {
+            Some(direct) => client.list_direct(&direct, domain, query).await,
+            None => client.list(domain, query).await,
+        };
+        let _ = client.shutdown().await;
+        items.context("listing")
+    })
 }

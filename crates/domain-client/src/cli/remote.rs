@@ -1,4 +1,5 @@
-//! What `domain upload`, `download` and `list` share: how to reach the cluster.
+//! What the network commands share: how to reach the cluster, from flags, the
+//! environment and the settings file ([`super::config`]).
 
 use std::path::PathBuf;
 
@@ -6,18 +7,16 @@ use anyhow::{Context as _, bail};
 use domain_cluster::Multiaddr;
 use domain_cluster::identity::Identity;
 
+use super::config;
+use super::progress::Bars;
 use crate::client::{Client, ClientConfig, Direct, default_identity_path};
 
 /// Where to send a transfer: through the manager, or straight to a node with a token.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RemoteArgs {
-    /// The manager's address, ending with `/p2p/<peer id>`.
-    #[arg(
-        long,
-        value_name = "MULTIADDR",
-        env = "DOMAIN_MANAGER",
-        required_unless_present = "node"
-    )]
+    /// The manager's address, ending with `/p2p/<peer id>` [default: `manager` in the
+    /// settings file].
+    #[arg(long, value_name = "MULTIADDR", env = "DOMAIN_MANAGER")]
     pub manager: Option<Multiaddr>,
     /// A node's address, ending with `/p2p/<peer id>`: skip the manager and use `--token`.
     #[arg(
@@ -34,6 +33,10 @@ pub struct RemoteArgs {
     /// $XDG_CONFIG_HOME/domain/identity.key or ~/.config/domain/identity.key].
     #[arg(long, value_name = "FILE", env = "DOMAIN_IDENTITY")]
     pub identity: Option<PathBuf>,
+    /// The settings file [default: $XDG_CONFIG_HOME/domain/config.toml or
+    /// ~/.config/domain/config.toml, when it exists].
+    #[arg(long, value_name = "FILE", env = "DOMAIN_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 impl RemoteArgs {
@@ -49,13 +52,18 @@ impl RemoteArgs {
         }
     }
 
-    /// Loads (or creates) the identity and starts the client's peer.
+    /// Loads (or creates) the identity and starts the client's peer, with flags,
+    /// environment and settings file merged.
     ///
     /// # Errors
-    /// When the identity cannot be had or the peer cannot start.
-    pub async fn start_client(&self) -> anyhow::Result<Client> {
-        let path = match &self.identity {
-            Some(path) => path.clone(),
+    /// When the settings file is invalid, no manager is named anywhere (and no node is
+    /// given), the identity cannot be had, or the peer cannot start.
+    /// Transfers draw progress bars labelled with `verb` on standard error when it is a
+    /// terminal.
+    pub async fn start_client(&self, verb: &'static str) -> anyhow::Result<Client> {
+        let settings = config::load(self.config.as_deref())?;
+        let path = match self.identity.clone().or(settings.identity) {
+            Some(path) => path,
             None => default_identity_path()
                 .context("no home folder for the identity: pass --identity FILE")?,
         };
@@ -67,14 +75,22 @@ impl RemoteArgs {
         let manager = if self.direct().is_some() {
             None
         } else {
-            match &self.manager {
-                Some(addr) => Some(addr.clone()),
-                None => bail!("pass --manager MULTIADDR, or --node MULTIADDR --token TOKEN"),
+            match self.manager.clone().or(settings.manager) {
+                Some(addr) => Some(addr),
+                None => bail!(
+                    "no manager: pass --manager MULTIADDR (or set DOMAIN_MANAGER, or `manager` \
+                     in the settings file), or --node MULTIADDR --token TOKEN"
+                ),
             }
         };
-        Client::start(identity, manager, ClientConfig::default())
+        let mut client_config = ClientConfig::default();
+        if let Some(timeout) = settings.task_timeout {
+            client_config.task_timeout = timeout;
+        }
+        let client = Client::start(identity, manager, client_config)
             .await
-            .context("starting the client")
+            .context("starting the client")?;
+        Ok(client.with_progress(std::sync::Arc::new(Bars::new(verb))))
     }
 }
 
@@ -115,8 +131,9 @@ mod tests {
     }
 
     #[test]
-    fn a_manager_or_a_node_with_a_token_is_required() {
-        assert!(parse(&[]).is_err());
+    fn a_node_needs_a_token_and_excludes_the_manager() {
+        // No manager on the command line is fine: it may come from the settings file.
+        assert!(parse(&[]).unwrap().manager.is_none());
         assert!(parse(&["--node", MANAGER]).is_err(), "--node needs --token");
         assert!(parse(&["--token", "t"]).is_err(), "--token needs --node");
         assert!(parse(&["--manager", MANAGER, "--node", MANAGER, "--token", "t"]).is_err());

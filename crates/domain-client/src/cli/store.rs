@@ -11,20 +11,17 @@
 //! Puts and gets of large items show a progress bar when standard error is a terminal.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::ExitCode;
-use std::task::{Context, Poll};
 
 use anyhow::{Context as _, bail};
 use domain_datastore::{Datastore, DomainId, HashingReader, LocalDatastore};
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
-use indicatif::{ProgressBar, ProgressStyle};
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 
-/// Items from this size up get a progress bar (when standard error is a terminal).
-const PROGRESS_FROM: u64 = 16 << 20;
+use super::progress::Bars;
+use crate::client::{Counted, Progress as _};
 
 /// Copy buffer of `get`: large reads and writes, never chunk-sized ones.
 const COPY_BUFFER: usize = 1 << 20;
@@ -113,10 +110,10 @@ pub struct QueryArgs {
     #[arg(long = "type", value_name = "TYPE")]
     pub data_types: Vec<String>,
     /// Only names matching this regular expression (anywhere unless anchored).
-    #[arg(long, value_name = "REGEX")]
+    #[arg(long, value_name = "REGEX", visible_alias = "name-re")]
     pub name_regex: Option<String>,
     /// Only data types matching this regular expression (anywhere unless anchored).
-    #[arg(long, value_name = "REGEX")]
+    #[arg(long, value_name = "REGEX", visible_alias = "type-re")]
     pub type_regex: Option<String>,
 }
 
@@ -166,7 +163,7 @@ pub struct RmArgs {
     pub domain: DomainId,
 }
 
-fn parse_property(arg: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_property(arg: &str) -> Result<(String, String), String> {
     match arg.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
         _ => Err(format!("{arg:?} is not KEY=VALUE")),
@@ -219,19 +216,13 @@ async fn put(store: &LocalDatastore, args: &PutArgs, out: &mut impl Write) -> an
         id: args.replace.clone().unwrap_or_default(),
         properties: args.properties.iter().cloned().collect::<BTreeMap<_, _>>(),
     };
-    let progress = progress_bar(len, "put");
+    let bars = Bars::new("put");
+    bars.started(&args.name, len);
     let stored = store
-        .put(
-            &args.domain,
-            item,
-            Progress {
-                inner: file,
-                bar: progress.clone(),
-            },
-        )
+        .put(&args.domain, item, Counted::new(file, Some(&bars)))
         .await
         .with_context(|| format!("storing {}", args.file.display()))?;
-    progress.finish_and_clear();
+    bars.finished(&args.name);
     writeln!(
         out,
         "{} {}",
@@ -247,17 +238,15 @@ async fn get(store: &LocalDatastore, args: &GetArgs, out: &mut impl Write) -> an
         .get(&args.domain, &args.id)
         .await
         .with_context(|| format!("reading item {}", args.id))?;
-    let progress = progress_bar(u64::from(item.size), "get");
-    let mut reader = HashingReader::new(Progress {
-        inner: content,
-        bar: progress.clone(),
-    });
+    let bars = Bars::new("get");
+    bars.started(&item.name, u64::from(item.size));
+    let mut reader = HashingReader::new(Counted::new(content, Some(&bars)));
     match args.output.as_deref() {
         None => copy_to_writer(&mut reader, out).await?,
         Some(path) if path.as_os_str() == "-" => copy_to_writer(&mut reader, out).await?,
         Some(path) => copy_to_file(&mut reader, path, &item).await?,
     }
-    progress.finish_and_clear();
+    bars.finished(&item.name);
     check_root(&reader, &item)
 }
 
@@ -349,40 +338,6 @@ async fn rm(store: &LocalDatastore, args: &RmArgs) -> anyhow::Result<()> {
             .with_context(|| format!("removing item {id}"))?;
     }
     Ok(())
-}
-
-/// A progress bar for `len` bytes, or a hidden one when the item is small or standard error
-/// is not a terminal.
-fn progress_bar(len: u64, verb: &'static str) -> ProgressBar {
-    if len < PROGRESS_FROM || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len).with_prefix(verb);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{prefix} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar
-}
-
-/// An [`AsyncRead`] that advances a progress bar by what it reads.
-struct Progress<R> {
-    inner: R,
-    bar: ProgressBar,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Progress<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.bar.inc((buf.filled().len() - before) as u64);
-        polled
-    }
 }
 
 #[cfg(test)]
