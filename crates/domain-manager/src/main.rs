@@ -31,14 +31,19 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// Folder of the identity, domain keys, scheduler state and domains (overrides `data-dir`).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "DOMAIN_MANAGER_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Address to listen on; repeat for more (replaces `listen`). Default: loopback TCP and
     /// QUIC on ports the system picks.
-    #[arg(long, value_name = "MULTIADDR")]
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        env = "DOMAIN_MANAGER_LISTEN",
+        value_delimiter = ','
+    )]
     listen: Vec<Multiaddr>,
-    /// TOML configuration file; flags override it.
-    #[arg(long, value_name = "FILE")]
+    /// TOML configuration file; flags and the environment override it.
+    #[arg(long, value_name = "FILE", env = "DOMAIN_MANAGER_CONFIG")]
     config: Option<PathBuf>,
     /// How often the scheduler enforces timeouts and retries, e.g. `1s`.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]

@@ -28,16 +28,21 @@ enum Command {
 #[derive(Debug, Args)]
 struct RunArgs {
     /// The manager's multiaddr, ending with /p2p/<manager peer id>.
-    #[arg(long, value_name = "MULTIADDR")]
+    #[arg(long, value_name = "MULTIADDR", env = "DOMAIN_MANAGER")]
     manager: Option<String>,
     /// Holds identity.key and the datastore (store/).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "DOMAIN_NODE_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// An address to listen on (repeatable) [default: loopback TCP and QUIC].
-    #[arg(long, value_name = "MULTIADDR")]
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        env = "DOMAIN_NODE_LISTEN",
+        value_delimiter = ','
+    )]
     listen: Vec<String>,
     /// The name to register with [default: the peer id].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "DOMAIN_NODE_NAME")]
     name: Option<String>,
     /// Concurrent /store/v1 tasks to take, -1 for unlimited [default: 16].
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
@@ -54,8 +59,8 @@ struct RunArgs {
     /// The limit on each remote wait [default: 30s].
     #[arg(long, value_name = "DURATION")]
     request_timeout: Option<String>,
-    /// A TOML file with the same keys as these flags (flags win).
-    #[arg(long, value_name = "FILE")]
+    /// A TOML file with the same keys as these flags (flags and the environment win).
+    #[arg(long, value_name = "FILE", env = "DOMAIN_NODE_CONFIG")]
     config: Option<PathBuf>,
 }
 
