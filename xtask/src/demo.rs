@@ -279,7 +279,7 @@ fn generate(path: &Path, len: usize) -> anyhow::Result<()> {
 
 /// Writes `len` pseudo-random bytes (xorshift64*, so that nothing compresses or
 /// deduplicates by accident).
-fn generate_seeded(path: &Path, len: usize, seed: u64) -> anyhow::Result<()> {
+pub(crate) fn generate_seeded(path: &Path, len: usize, seed: u64) -> anyhow::Result<()> {
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -2,6 +2,8 @@
 //!
 //! - `cargo xtask ci`: what CI runs (`.ci/run`): formatting, lints, the test suite.
 //! - `cargo xtask bench [FILTER]...`: the Merkle benches, printed as ratios to BLAKE3's limits.
+//! - `cargo xtask bench e2e`: a 1 GiB upload to a node over TCP and over QUIC, against raw
+//!   TCP, a raw libp2p stream and a file write + fsync of the same bytes; the node's peak RSS.
 //! - `cargo xtask demo`: a manager, two nodes and the `domain` command on loopback.
 //! - `cargo xtask crash --cycles N`: the datastore's SIGKILL crash test, N cycles.
 //! - `cargo xtask fuzz --seconds N`: each cargo-fuzz target for N seconds (nightly).
@@ -9,9 +11,10 @@
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod bench_e2e;
 mod crash;
 mod demo;
 mod fuzz;
@@ -29,12 +32,10 @@ enum Task {
     /// Run what CI runs: `cargo fmt --check`, clippy with warnings denied, the tests.
     Ci,
     /// Run the Merkle benches (release build) and print each as a ratio to BLAKE3 one-shot
-    /// and to BLAKE3 over independent 7168-byte leaves.
-    Bench {
-        /// Criterion arguments, e.g. a filter on bench names.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        criterion_args: Vec<String>,
-    },
+    /// and to BLAKE3 over independent 7168-byte leaves; or, as `bench e2e`, the end-to-end
+    /// upload bench.
+    #[command(args_conflicts_with_subcommands = true)]
+    Bench(BenchArgs),
     /// Start a manager and two nodes on loopback, upload a 64 MiB file and a folder with the
     /// `domain` command, list, download them back, check bytes and roots, print the
     /// throughput, and stop everything (also on Ctrl-C).
@@ -56,6 +57,25 @@ enum Task {
     },
 }
 
+#[derive(Debug, Args)]
+struct BenchArgs {
+    #[command(subcommand)]
+    bench: Option<BenchTask>,
+    /// Criterion arguments of the Merkle benches, e.g. a filter on bench names.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    criterion_args: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchTask {
+    /// Upload a file (1 GiB by default) to a node over TCP and over QUIC (release binaries,
+    /// stored with fsync), and measure in the same run raw loopback TCP, a raw libp2p stream
+    /// and a file write + fsync of the same bytes; print each throughput with its CPU time,
+    /// the upload as a ratio to the slowest baseline, and the node's peak RSS during a larger
+    /// upload (3 GiB by default).
+    E2e(bench_e2e::Options),
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,7 +89,14 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Task::Ci => ci(),
-        Task::Bench { criterion_args } => bench::run(&criterion_args),
+        Task::Bench(BenchArgs {
+            bench: Some(BenchTask::E2e(options)),
+            ..
+        }) => bench_e2e::run(&options),
+        Task::Bench(BenchArgs {
+            bench: None,
+            criterion_args,
+        }) => bench::run(&criterion_args),
         Task::Demo => demo::run(),
         Task::Crash { cycles } => crash::run(cycles),
         Task::Fuzz { seconds } => fuzz::run(seconds),
@@ -92,4 +119,46 @@ fn ci() -> anyhow::Result<()> {
 pub(crate) fn workspace_root() -> std::path::PathBuf {
     let manifest_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    fn parse(args: &[&str]) -> Result<Task, clap::Error> {
+        Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied())).map(|c| c.command)
+    }
+
+    #[test]
+    fn the_cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bench_without_e2e_passes_its_arguments_to_criterion() {
+        let Task::Bench(args) = parse(&["bench", "d_parallel", "--save-baseline", "main"]).unwrap()
+        else {
+            panic!("not bench");
+        };
+        assert!(args.bench.is_none());
+        assert_eq!(
+            args.criterion_args,
+            ["d_parallel", "--save-baseline", "main"]
+        );
+        let Task::Bench(args) = parse(&["bench"]).unwrap() else {
+            panic!("not bench");
+        };
+        assert!(args.bench.is_none() && args.criterion_args.is_empty());
+    }
+
+    #[test]
+    fn bench_e2e_takes_its_own_options() {
+        let Task::Bench(args) = parse(&["bench", "e2e", "--rounds", "5"]).unwrap() else {
+            panic!("not bench");
+        };
+        assert!(matches!(args.bench, Some(BenchTask::E2e(_))));
+        assert!(args.criterion_args.is_empty());
+        assert!(parse(&["bench", "e2e", "d_parallel"]).is_err());
+    }
 }

@@ -514,7 +514,11 @@ async fn write_content<R: AsyncRead + Unpin>(
     });
 
     let limit = u64::from(item.size) + 1;
-    let mut content = content.take(limit);
+    // Not `content.take(limit)`: every read below is bounded by `limit - total` already,
+    // and tokio's `Take` hands the reader an uninitialised view of the batch, which a
+    // reader that must zero it first (tokio-util's `Compat`, under every libp2p stream)
+    // then clears on each read: several times the content in memset.
+    let mut content = content;
     let mut total = 0_u64;
     let reading = async {
         loop {

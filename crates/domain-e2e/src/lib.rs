@@ -7,7 +7,9 @@
 //!   Cargo builds the binaries of every workspace member under `cargo test --workspace`,
 //!   but not those of a dev-dependency under `cargo test -p domain-e2e`; building them
 //!   from the test (a no-op when they are fresh) makes both work and never runs a stale
-//!   binary. [`build_binaries`] builds just some binaries, for programs such as the demo.
+//!   binary. [`build_binaries`] builds just some binaries, for programs such as the demo;
+//!   [`build_release_binaries`] and [`release_binary`] do the same in the release profile,
+//!   for benches run from a program built in another (`cargo xtask bench e2e`).
 //! - [`Process`]: a spawned peer whose standard output is read line by line;
 //!   [`wait_ready`](Process::wait_ready) waits, with a timeout, for its
 //!   `ready <multiaddr>` line (no sleeps); standard error goes to a log file; the process
@@ -129,6 +131,17 @@ pub fn binary(name: &str) -> io::Result<PathBuf> {
     Ok(dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX)))
 }
 
+/// The path of the workspace binary `name` built in the release profile, in the target
+/// folder of the running executable (`target/release/`), whatever profile that one has.
+///
+/// # Errors
+/// When the running executable's path is unknown.
+pub fn release_binary(name: &str) -> io::Result<PathBuf> {
+    Ok(target_dir()?
+        .join("release")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX)))
+}
+
 /// Builds the binaries of `packages` (`cargo build --bins`), in the profile and target
 /// folder of the running executable, so that [`binary`] finds them up to date. For a
 /// program such as `cargo xtask demo`; tests use [`build_test_binaries`].
@@ -141,6 +154,24 @@ pub fn build_binaries(packages: &[&str]) -> io::Result<()> {
         command.args(["--package", package]);
     }
     run_build(command, &format!("cargo build of {packages:?}"))
+}
+
+/// Builds the binaries of `packages` (`cargo build --release --bins`) in the target folder
+/// of the running executable, so that [`release_binary`] finds them up to date. For a
+/// program built in another profile that measures the binaries (`cargo xtask bench e2e`).
+///
+/// # Errors
+/// When cargo cannot run or the build fails.
+pub fn build_release_binaries(packages: &[&str]) -> io::Result<()> {
+    let mut command = cargo_in_target(
+        &["build", "--quiet", "--release", "--bins"],
+        &target_dir()?,
+        None,
+    );
+    for package in packages {
+        command.args(["--package", package]);
+    }
+    run_build(command, &format!("cargo build --release of {packages:?}"))
 }
 
 /// Builds what `cargo test --workspace` builds (`cargo test --workspace --no-run`),
@@ -159,8 +190,8 @@ pub fn build_test_binaries() -> io::Result<()> {
     run_build(command, "cargo test --workspace --no-run")
 }
 
-/// `cargo <args>` aimed at the profile and target folder of the running executable.
-fn cargo_in_this_target(args: &[&str]) -> io::Result<Command> {
+/// The profile folder of the running executable (`target/<profile>`).
+fn profile_dir() -> io::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let mut profile_dir = exe
         .parent()
@@ -168,9 +199,26 @@ fn cargo_in_this_target(args: &[&str]) -> io::Result<Command> {
     if profile_dir.ends_with("deps") {
         profile_dir = profile_dir.parent().unwrap_or(profile_dir);
     }
-    let target_dir = profile_dir
+    Ok(profile_dir.to_path_buf())
+}
+
+/// The target folder of the running executable (`target/`).
+fn target_dir() -> io::Result<PathBuf> {
+    let profile_dir = profile_dir()?;
+    profile_dir
         .parent()
-        .ok_or_else(|| io::Error::other(format!("{} has no folder", profile_dir.display())))?;
+        .map(Path::to_path_buf)
+        .ok_or_else(|| io::Error::other(format!("{} has no folder", profile_dir.display())))
+}
+
+/// `cargo <args>` aimed at the profile and target folder of the running executable.
+fn cargo_in_this_target(args: &[&str]) -> io::Result<Command> {
+    let profile_dir = profile_dir()?;
+    Ok(cargo_in_target(args, &target_dir()?, Some(&profile_dir)))
+}
+
+/// `cargo <args>` aimed at `target_dir`, and at the profile of `profile_dir` when given.
+fn cargo_in_target(args: &[&str], target_dir: &Path, profile_dir: Option<&Path>) -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command.args(args).arg("--target-dir").arg(target_dir);
@@ -196,13 +244,16 @@ fn cargo_in_this_target(args: &[&str]) -> io::Result<Command> {
     }
     // `debug/` holds the dev and test profiles, each command's own default; any other
     // folder is named after its profile.
-    match profile_dir.file_name().and_then(OsStr::to_str) {
+    match profile_dir
+        .and_then(Path::file_name)
+        .and_then(OsStr::to_str)
+    {
         Some("debug") | None => {}
         Some(other) => {
             command.args(["--profile", other]);
         }
     }
-    Ok(command)
+    command
 }
 
 fn run_build(mut command: Command, what: &str) -> io::Result<()> {
