@@ -203,6 +203,13 @@ pub enum ClientError {
         #[source]
         source: Box<ClientError>,
     },
+    /// A node closed a subscription's stream (it is shutting down); the other nodes'
+    /// streams go on.
+    #[error("node {node} ended its subscription stream")]
+    SubscriptionEnded {
+        /// The node.
+        node: PeerId,
+    },
     /// The node's listing holds more items than [`MAX_LISTED_ITEMS`].
     #[error("node {node} lists more than {MAX_LISTED_ITEMS} items")]
     TooManyItems {

@@ -57,7 +57,7 @@ pub fn run(
                 Some(Err(error)) => {
                     let _ = writeln!(err, "domain: {error}");
                 }
-                None => break Err(anyhow::anyhow!("every node's stream ended")),
+                None => break Err(anyhow::anyhow!("the subscription stopped")),
             }
         };
         subscription.unsubscribe().await;

@@ -39,10 +39,11 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// The next matching item; waits as long as it takes. `None` once every node stream
-    /// has ended (the nodes went away).
+    /// The next matching item; waits as long as it takes.
     ///
-    /// An `Err` reports one node's stream failing; the others go on.
+    /// An `Err` reports one node's stream failing or ending
+    /// ([`ClientError::SubscriptionEnded`]); the others go on, and nodes that store data
+    /// later are still followed. `None` once the subscription's driver has stopped.
     pub async fn next(&mut self) -> Option<Result<Metadata, ClientError>> {
         loop {
             let item = match self.items.recv().await? {
@@ -210,7 +211,7 @@ impl Client {
                 };
                 let item = match next {
                     Ok(Some(item)) => Ok(item.metadata().clone()),
-                    Ok(None) => return,
+                    Ok(None) => Err(ClientError::SubscriptionEnded { node }),
                     Err(source) => Err(ClientError::Transfer {
                         protocol: LOAD_V1,
                         node,
