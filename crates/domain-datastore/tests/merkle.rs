@@ -119,8 +119,33 @@ const INTERESTING_SIZES: &[(usize, &str)] = &[
     (1 << 20, "1 MiB: 147 leaves, a batch of the CLI"),
 ];
 
+/// The project's shared vectors, beside the repository when it is checked out in the
+/// project's layout (CI lays it so).
 fn shared_vectors_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors/merkle.json")
+}
+
+/// A copy of the shared vectors kept in the repository, so that a clone anywhere runs the
+/// test; while the shared file is there, the copy must equal it.
+const VENDORED_VECTORS: &str = include_str!("vectors/merkle.json");
+
+/// The vectors to check: the shared file when it is there (the copy must not have drifted
+/// from it), else the copy.
+fn vectors_text() -> String {
+    let path = shared_vectors_path();
+    match std::fs::read_to_string(&path) {
+        Ok(shared) => {
+            assert_eq!(
+                shared,
+                VENDORED_VECTORS,
+                "tests/vectors/merkle.json differs from {}: copy it again",
+                path.display()
+            );
+            shared
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => VENDORED_VECTORS.to_owned(),
+        Err(error) => panic!("cannot read {}: {error}", path.display()),
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -138,13 +163,7 @@ struct Vector {
 
 #[test]
 fn every_shared_vector_is_reproduced_by_every_path() {
-    let path = shared_vectors_path();
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| {
-        panic!(
-            "the shared Merkle vectors must be readable at {}: {error}",
-            path.display()
-        )
-    });
+    let text = vectors_text();
     let file: VectorFile = serde_json::from_str(&text).expect("merkle.json parses");
     assert_eq!(file.chunk_size, CHUNK_SIZE);
     assert!(!file.vectors.is_empty(), "merkle.json holds no vectors");
