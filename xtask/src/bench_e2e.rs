@@ -35,7 +35,6 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail, ensure};
@@ -43,7 +42,9 @@ use domain_auth::{DomainKey, DomainKeyStore, TaskClaims};
 use domain_cluster::config::{ClusterConfig, Role};
 use domain_cluster::identity::Identity;
 use domain_cluster::{Cluster, ClusterHandle, Multiaddr, PeerId};
-use domain_e2e::{Process, Ready, build_release_binaries, release_binary};
+use domain_e2e::{build_release_binaries, release_binary};
+
+use crate::peers::Peers;
 use domain_proto::protocols::STORE_V1;
 use libp2p::multiaddr::Protocol;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -58,12 +59,8 @@ const BATCH: usize = 1 << 20;
 const DOMAIN: &str = "bench";
 /// The protocol of the raw libp2p stream.
 const RAW_PROTOCOL: &str = "/bench/raw/1";
-/// Readiness limit of a peer.
-const READY: Duration = Duration::from_secs(60);
 /// Limit of one `domain` command (a large upload over a slow transport included).
 const COMMAND: Duration = Duration::from_secs(900);
-/// How long a peer gets to stop by itself.
-const GRACE: Duration = Duration::from_secs(10);
 /// Lifetime of the upload tokens.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 60);
 const MIB: f64 = (1 << 20) as f64;
@@ -237,10 +234,10 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         .prefix("domain-bench-e2e-")
         .tempdir()
         .context("creating the bench's temporary folder")?;
-    let peers = Peers::new(dir.path().to_path_buf())?;
+    let peers = Peers::new(dir.path().to_path_buf(), "bench e2e")?;
     let load_before = load_average();
     let result = bench(options, size, rss_size, dir.path(), &peers);
-    peers.stop_all();
+    let _ = peers.stop_all();
     let (samples, peaks) = result?;
     print!("{}", report(options.size_mib, &samples, &peaks));
     // The machine may be shared: say how busy it was.
@@ -850,80 +847,6 @@ fn say(line: &str) {
 
 fn path_arg(path: &Path) -> String {
     path.display().to_string()
-}
-
-/// The manager and nodes the bench started: each stopped once measured, the rest at the
-/// end or on Ctrl-C (the handler also removes the temporary folder, which holds GiBs,
-/// since the process then exits at once).
-struct Peers {
-    running: Arc<Mutex<Vec<Process>>>,
-    dir: PathBuf,
-}
-
-impl Peers {
-    fn new(dir: PathBuf) -> anyhow::Result<Self> {
-        let running: Arc<Mutex<Vec<Process>>> = Arc::default();
-        let on_signal = Arc::clone(&running);
-        let dir_on_signal = dir.clone();
-        ctrlc::set_handler(move || {
-            eprintln!("bench e2e: interrupted, stopping the manager and the nodes");
-            let mut peers = on_signal.lock().unwrap_or_else(PoisonError::into_inner);
-            for peer in peers.iter_mut().rev() {
-                peer.terminate(GRACE);
-            }
-            peers.clear();
-            let _ = std::fs::remove_dir_all(&dir_on_signal);
-            std::process::exit(130);
-        })
-        .context("installing the Ctrl-C handler")?;
-        Ok(Self { running, dir })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Process>> {
-        self.running.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Starts `program` as the peer `name` and waits for its `ready` line; answers with
-    /// what it printed and its process id.
-    fn start(&self, name: &str, program: &Path, args: &[&str]) -> anyhow::Result<(Ready, u32)> {
-        let log = self.dir.join(format!("{name}.log"));
-        let mut peer = Process::spawn(name, program, args, &log)?;
-        let ready = peer.wait_ready(READY)?;
-        let pid = peer.id();
-        self.lock().push(peer);
-        Ok((ready, pid))
-    }
-
-    /// Stops the peer `name`, saying so when it did not stop cleanly.
-    fn stop(&self, name: &str) {
-        let peer = {
-            let mut running = self.lock();
-            let index = running.iter().position(|peer| peer.name() == name);
-            index.map(|index| running.remove(index))
-        };
-        if let Some(peer) = peer {
-            stop_peer(peer);
-        }
-    }
-
-    /// Stops every peer, the last started first.
-    fn stop_all(&self) {
-        let stopping: Vec<Process> = self.lock().drain(..).rev().collect();
-        for peer in stopping {
-            stop_peer(peer);
-        }
-    }
-}
-
-fn stop_peer(mut peer: Process) {
-    match peer.terminate(GRACE) {
-        Some(status) if status.success() => {}
-        Some(status) => say(&format!("{} stopped with {status}", peer.name())),
-        None => say(&format!(
-            "{} did not stop within {GRACE:?}; killed",
-            peer.name()
-        )),
-    }
 }
 
 #[cfg(test)]

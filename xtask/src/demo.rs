@@ -10,20 +10,17 @@
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use domain_e2e::{Output, Process, binary, build_binaries};
+use domain_e2e::{Output, binary, build_binaries};
+
+use crate::peers::Peers;
 
 /// Size of the generated file.
 const BIG_FILE: usize = 64 << 20;
-/// Readiness limit of a peer.
-const READY: Duration = Duration::from_secs(60);
 /// Limit of one `domain` command.
 const COMMAND: Duration = Duration::from_secs(300);
-/// How long the manager and nodes get to stop by themselves.
-const GRACE: Duration = Duration::from_secs(10);
 /// The demo's domain.
 const DOMAIN: &str = "demo";
 /// The small folder: file names and sizes (empty, under a chunk, a chunk and a byte, more).
@@ -44,9 +41,12 @@ pub fn run() -> anyhow::Result<()> {
         .prefix("domain-demo-")
         .tempdir()
         .context("creating the demo's temporary folder")?;
-    let peers = Peers::new(dir.path().to_path_buf())?;
+    let peers = Peers::new(dir.path().to_path_buf(), "demo")?;
     let result = demo(dir.path(), &peers);
-    peers.stop();
+    let stopped = peers.stop_all();
+    if !stopped.is_empty() {
+        say(&format!("stopped {}", stopped.join(", ")));
+    }
     result
 }
 
@@ -58,14 +58,16 @@ fn build() -> anyhow::Result<()> {
 }
 
 fn demo(dir: &Path, peers: &Peers) -> anyhow::Result<()> {
-    let manager = peers.start(
+    let manager = start(
+        peers,
         "manager",
         "domain-manager",
         &["run", "--data-dir", &path_arg(&dir.join("manager"))],
     )?;
     say(&format!("manager ready at {manager}"));
     for node in ["node1", "node2"] {
-        let addr = peers.start(
+        let addr = start(
+            peers,
             node,
             "domain-node",
             &[
@@ -311,66 +313,12 @@ fn say(line: &str) {
     println!("demo: {line}");
 }
 
+/// Starts the workspace binary `program` as the peer `name`; answers with its address.
+fn start(peers: &Peers, name: &str, program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let program = binary(program).with_context(|| format!("locating {program}"))?;
+    Ok(peers.start(name, &program, args)?.0.addr)
+}
+
 fn path_arg(path: &Path) -> String {
     path.display().to_string()
-}
-
-/// The manager and nodes the demo started, stopped on [`stop`](Self::stop) or on Ctrl-C
-/// (the handler also removes the temporary folder, since the process then exits at once).
-struct Peers {
-    running: Arc<Mutex<Vec<Process>>>,
-    dir: PathBuf,
-}
-
-impl Peers {
-    fn new(dir: PathBuf) -> anyhow::Result<Self> {
-        let running: Arc<Mutex<Vec<Process>>> = Arc::default();
-        let on_signal = Arc::clone(&running);
-        let dir_on_signal = dir.clone();
-        ctrlc::set_handler(move || {
-            eprintln!("demo: interrupted, stopping the manager and the nodes");
-            let mut peers = on_signal.lock().unwrap_or_else(PoisonError::into_inner);
-            for peer in peers.iter_mut().rev() {
-                peer.terminate(GRACE);
-            }
-            peers.clear();
-            let _ = std::fs::remove_dir_all(&dir_on_signal);
-            std::process::exit(130);
-        })
-        .context("installing the Ctrl-C handler")?;
-        Ok(Self { running, dir })
-    }
-
-    /// Starts a peer and waits for its `ready` line; answers with its address.
-    fn start(&self, name: &str, program: &str, args: &[&str]) -> anyhow::Result<String> {
-        let program = binary(program).with_context(|| format!("locating {program}"))?;
-        let log = self.dir.join(format!("{name}.log"));
-        let mut peer = Process::spawn(name, &program, args, &log)?;
-        let ready = peer.wait_ready(READY)?;
-        self.running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(peer);
-        Ok(ready.addr)
-    }
-
-    /// Stops every peer, the last started first, and says how each ended.
-    fn stop(&self) {
-        let mut peers = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut stopped = Vec::new();
-        while let Some(mut peer) = peers.pop() {
-            match peer.terminate(GRACE) {
-                Some(status) if status.success() => stopped.push(peer.name().to_owned()),
-                Some(status) => say(&format!("{} stopped with {status}", peer.name())),
-                None => say(&format!(
-                    "{} did not stop within {GRACE:?}; killed",
-                    peer.name()
-                )),
-            }
-        }
-        if !stopped.is_empty() {
-            stopped.reverse();
-            say(&format!("stopped {}", stopped.join(", ")));
-        }
-    }
 }

@@ -18,6 +18,7 @@ mod bench_e2e;
 mod crash;
 mod demo;
 mod fuzz;
+mod peers;
 
 /// Project automation for the domain cluster workspace.
 #[derive(Debug, Parser)]
