@@ -154,6 +154,10 @@ pub struct NodeSettings {
     pub shutdown_grace: Option<String>,
     /// Limit on remote waits, e.g. `"30s"`.
     pub request_timeout: Option<String>,
+    /// Task streams served at once (at least 1).
+    pub max_task_streams: Option<usize>,
+    /// Task streams one remote peer may have in their handshake at once (at least 1).
+    pub max_handshakes_per_peer: Option<usize>,
 }
 
 impl NodeSettings {
@@ -191,6 +195,10 @@ impl NodeSettings {
             join_interval: over.join_interval.or(self.join_interval),
             shutdown_grace: over.shutdown_grace.or(self.shutdown_grace),
             request_timeout: over.request_timeout.or(self.request_timeout),
+            max_task_streams: over.max_task_streams.or(self.max_task_streams),
+            max_handshakes_per_peer: over
+                .max_handshakes_per_peer
+                .or(self.max_handshakes_per_peer),
         }
     }
 
@@ -237,6 +245,12 @@ impl NodeSettings {
         if let Some(timeout) = self.request_timeout {
             config.request_timeout = parse_duration("request-timeout", &timeout)?;
         }
+        if let Some(limit) = self.max_task_streams {
+            config.max_task_streams = check_limit("max-task-streams", limit)?;
+        }
+        if let Some(limit) = self.max_handshakes_per_peer {
+            config.max_handshakes_per_peer = check_limit("max-handshakes-per-peer", limit)?;
+        }
         Ok(config)
     }
 }
@@ -254,6 +268,13 @@ fn check_capacity(key: &'static str, capacity: i32) -> Result<i32, ConfigError> 
         return Err(ConfigError::Capacity { key, capacity });
     }
     Ok(capacity)
+}
+
+fn check_limit(key: &'static str, limit: usize) -> Result<usize, ConfigError> {
+    if limit == 0 {
+        return Err(ConfigError::ZeroLimit { key });
+    }
+    Ok(limit)
 }
 
 fn parse_duration(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
@@ -337,6 +358,12 @@ pub enum ConfigError {
     /// A name of only white space.
     #[error("the node name is empty")]
     EmptyName,
+    /// A stream limit of zero, which would refuse every stream.
+    #[error("{key} must be at least 1")]
+    ZeroLimit {
+        /// The setting.
+        key: &'static str,
+    },
 }
 
 #[cfg(test)]
@@ -463,5 +490,35 @@ mod tests {
         );
         let config = NodeSettings::load(example).unwrap().into_config().unwrap();
         assert_eq!(config.store_capacity, DEFAULT_CAPACITY);
+        assert_eq!(config.max_task_streams, MAX_CONCURRENT_TASK_STREAMS);
+        assert_eq!(
+            config.max_handshakes_per_peer,
+            DEFAULT_MAX_HANDSHAKES_PER_PEER
+        );
+    }
+
+    #[test]
+    fn stream_limits_are_set_from_the_settings_and_zero_is_refused() {
+        let set = NodeSettings {
+            max_task_streams: Some(8),
+            max_handshakes_per_peer: Some(2),
+            ..settings()
+        }
+        .into_config()
+        .unwrap();
+        assert_eq!((set.max_task_streams, set.max_handshakes_per_peer), (8, 2));
+        for zero in [
+            NodeSettings {
+                max_task_streams: Some(0),
+                ..settings()
+            },
+            NodeSettings {
+                max_handshakes_per_peer: Some(0),
+                ..settings()
+            },
+        ] {
+            let error = zero.into_config().unwrap_err();
+            assert!(matches!(error, ConfigError::ZeroLimit { .. }), "{error}");
+        }
     }
 }

@@ -59,6 +59,12 @@ struct RunArgs {
     /// The limit on each remote wait [default: 30s].
     #[arg(long, value_name = "DURATION")]
     request_timeout: Option<String>,
+    /// Task streams served at once; one more is dropped [default: 256].
+    #[arg(long, value_name = "N")]
+    max_task_streams: Option<usize>,
+    /// Task streams one remote peer may have in their handshake at once [default: 32].
+    #[arg(long, value_name = "N")]
+    max_handshakes_per_peer: Option<usize>,
     /// A TOML file with the same keys as these flags (flags and the environment win).
     #[arg(long, value_name = "FILE", env = "DOMAIN_NODE_CONFIG")]
     config: Option<PathBuf>,
@@ -80,6 +86,8 @@ impl RunArgs {
             join_interval: self.join_interval,
             shutdown_grace: self.shutdown_grace,
             request_timeout: self.request_timeout,
+            max_task_streams: self.max_task_streams,
+            max_handshakes_per_peer: self.max_handshakes_per_peer,
         };
         Ok(file.overridden_by(flags))
     }
