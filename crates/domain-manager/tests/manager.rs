@@ -103,14 +103,23 @@ async fn an_accepted_job_sends_its_tokens_to_the_submitter_and_gossips_tasks_wit
     // Someone else on the topic sees the task change, never a token.
     let mut events = watcher.gossip_events().unwrap();
     watcher.subscribe(&submitted.job_id).await.unwrap();
-    publish(&node, &with_status(&task, Status::Processing)).await;
-    let gossiped = next_raw_task(&mut events, &submitted.job_id).await;
+    // Subscribing is local at first: until the watcher's subscription reaches the others, a
+    // publish passes it by. So the node reports again until the watcher has seen a change.
+    let gossiped = within("the watcher seeing the task change", async {
+        loop {
+            publish(&node, &with_status(&task, Status::Processing)).await;
+            let seen = next_raw_task(&mut events, &submitted.job_id);
+            if let Ok(task) = tokio::time::timeout(Duration::from_millis(500), seen).await {
+                return task;
+            }
+        }
+    })
+    .await;
     assert_eq!(gossiped.name, "upload");
     assert_eq!(gossiped.access_token, None);
 
-    // The job is over: its stream ends. Gossip is best effort: a publish counts as sent once
-    // any peer of the topic (the watcher) has it, though the manager may not yet. So the
-    // report goes out again until the job ends, as the node's own reporter retries.
+    // The job is over: its stream ends. Gossip is best effort, so the report goes out again
+    // until it does, as the node's own reporter retries.
     let end = within("the end of the job", async {
         loop {
             publish(&node, &with_status(&task, Status::Done)).await;
