@@ -14,6 +14,7 @@
 //! the metadata and only then answers. Identical content is stored once per domain and
 //! reference-counted; the file goes when the last item using it goes.
 
+mod blob;
 mod commit;
 mod repair;
 mod tables;
@@ -35,17 +36,18 @@ pub use repair::RepairReport;
 use crate::merkle::{MerkleBuilder, Root, root_of};
 use crate::store::{Datastore, DatastoreError, DomainId, QueryFilter};
 use crate::subscription::{DEFAULT_SUBSCRIPTION_CAPACITY, Subscribers, Subscription};
+use blob::{Batch, BlobWriter};
 use commit::{Content, DeleteRequest, PutRequest, Request, Worker};
 use tables::ReadTables;
 
 /// Bytes read from the caller and written to disk per batch.
 const IO_BATCH: usize = 1 << 20;
 
+/// Batch writes under way at once: the disk idles between writes when there is one.
+const WRITES_IN_FLIGHT: usize = 4;
+
 /// Items up to this size are read into memory and hashed at once; larger ones stream.
 const INLINE_MAX: u32 = 64 << 10;
-
-/// A large put starts the writeback of each window of this many bytes once it is written.
-const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// Settings of a [`LocalDatastore`].
 #[derive(Debug, Clone)]
@@ -472,10 +474,10 @@ fn write_small(path: PathBuf, bytes: &[u8]) -> Result<TempFile, DatastoreError> 
 }
 
 /// Streams `content` into `file` in large batches. Each batch goes at once to a hashing
-/// thread (which builds the Merkle tree on all cores) and to a writing thread, so hashing
-/// and writing overlap across batches; the writer starts the writeback of every
-/// [`WRITEBACK_EVERY`] bytes so that the final fsync has little left to wait for. Reads at most `size + 1` bytes;
-/// any other count than `size` is [`DatastoreError::SizeMismatch`].
+/// thread (which builds the Merkle tree on all cores) and to one of [`WRITES_IN_FLIGHT`] writing
+/// threads, so hashing and writing overlap across batches; writes go past the page cache
+/// where they can (see [`blob`]). Reads at most `size + 1` bytes; any other count than `size` is
+/// [`DatastoreError::SizeMismatch`].
 async fn write_content<R: AsyncRead + Unpin>(
     file: std::fs::File,
     path: &Path,
@@ -484,36 +486,39 @@ async fn write_content<R: AsyncRead + Unpin>(
 ) -> Result<(Root, std::fs::File), DatastoreError> {
     // Batches are shared by both threads and come back for reuse once both are done, so a
     // put holds at most a handful of them.
-    let (hash_tx, mut hash_rx) = mpsc::channel::<Arc<Vec<u8>>>(2);
-    let (write_tx, mut write_rx) = mpsc::channel::<Arc<Vec<u8>>>(2);
-    let (free_tx, mut free_rx) = mpsc::channel::<Vec<u8>>(8);
+    let (hash_tx, mut hash_rx) = mpsc::channel::<Arc<Batch>>(2);
+    let (write_tx, write_rx) = async_channel::bounded::<(u64, Arc<Batch>)>(WRITES_IN_FLIGHT);
+    let (free_tx, mut free_rx) = mpsc::channel::<Batch>(8);
     let hash_free = free_tx.clone();
     let hasher = tokio::task::spawn_blocking(move || {
         let mut tree = MerkleBuilder::new();
         while let Some(batch) = hash_rx.blocking_recv() {
-            tree.update_parallel(&batch);
+            tree.update_parallel(batch.bytes());
             recycle(batch, &hash_free);
         }
         tree.finalize()
     });
-    let write_path = path.to_owned();
-    let writer = tokio::task::spawn_blocking(move || {
-        let mut file = file;
-        let (mut written, mut flushed) = (0_u64, 0_u64);
-        while let Some(batch) = write_rx.blocking_recv() {
-            file.write_all(&batch)
-                .map_err(|e| io_error("write", &write_path, e))?;
-            written += batch.len() as u64;
-            if written - flushed >= WRITEBACK_EVERY {
-                start_writeback(&file, flushed, written - flushed);
-                flushed = written;
-            }
-            recycle(batch, &free_tx);
-        }
-        Ok::<_, DatastoreError>(file)
-    });
+    let blob = Arc::new(BlobWriter::new(file, path));
+    let writers: Vec<_> = (0..WRITES_IN_FLIGHT)
+        .map(|_| {
+            let (blob, write_rx, free_tx) = (Arc::clone(&blob), write_rx.clone(), free_tx.clone());
+            tokio::task::spawn_blocking(move || {
+                while let Ok((offset, batch)) = write_rx.recv_blocking() {
+                    if let Err(e) = blob.write_at(offset, batch.bytes()) {
+                        // The put has failed: the reader stops at its next send.
+                        write_rx.close();
+                        return Err(e);
+                    }
+                    recycle(batch, &free_tx);
+                }
+                Ok::<_, DatastoreError>(())
+            })
+        })
+        .collect();
+    drop((write_rx, free_tx));
 
     let limit = u64::from(item.size) + 1;
+    let capacity = usize::try_from(limit.min(IO_BATCH as u64)).unwrap_or(IO_BATCH);
     // Not `content.take(limit)`: every read below is bounded by `limit - total` already,
     // and tokio's `Take` hands the reader an uninitialised view of the batch, which a
     // reader that must zero it first (tokio-util's `Compat`, under every libp2p stream)
@@ -523,16 +528,19 @@ async fn write_content<R: AsyncRead + Unpin>(
     let reading = async {
         loop {
             let want = usize::try_from((limit - total).min(IO_BATCH as u64)).unwrap_or(IO_BATCH);
-            let mut batch = free_rx.try_recv().unwrap_or_default();
-            batch.resize(want, 0);
+            let mut batch = free_rx
+                .try_recv()
+                .unwrap_or_else(|_| Batch::with_capacity(capacity));
+            let window = batch.fill(want);
             let mut filled = 0;
             while filled < want {
-                let n = content.read(&mut batch[filled..]).await.map_err(|source| {
-                    DatastoreError::ReadContent {
+                let n = content
+                    .read(&mut window[filled..])
+                    .await
+                    .map_err(|source| DatastoreError::ReadContent {
                         name: item.name.clone(),
                         source,
-                    }
-                })?;
+                    })?;
                 if n == 0 {
                     break;
                 }
@@ -551,8 +559,9 @@ async fn write_content<R: AsyncRead + Unpin>(
             batch.truncate(filled);
             let last = filled < want;
             let batch = Arc::new(batch);
+            let offset = total - filled as u64;
             let sent = hash_tx.send(Arc::clone(&batch)).await.is_ok()
-                && write_tx.send(batch).await.is_ok();
+                && write_tx.send((offset, batch)).await.is_ok();
             if !sent || last {
                 // A closed thread has failed; its error is the one to report.
                 return Ok(());
@@ -562,9 +571,14 @@ async fn write_content<R: AsyncRead + Unpin>(
     .await;
     drop((hash_tx, write_tx));
     let root = hasher.await?;
-    let written = writer.await?;
+    let mut written = Ok(());
+    for writer in writers {
+        let result = writer.await?;
+        written = written.and(result);
+    }
     reading?;
-    let file = written?;
+    written?;
+    let file = blob.finish()?;
     if total != u64::from(item.size) {
         return Err(DatastoreError::SizeMismatch {
             expected: item.size,
@@ -574,26 +588,8 @@ async fn write_content<R: AsyncRead + Unpin>(
     Ok((root, file))
 }
 
-/// Asks the kernel to start writing `len` bytes of `file` from `offset` to disk now,
-/// without waiting: the disk works while hashing goes on, and the final fsync has little
-/// left to do. (An fsync per window would wait for the disk's cache flush each time.)
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
-    // POSIX_FADV_DONTNEED starts writeback of the dirty range (and drops the pages once
-    // clean: a stored blob is not read back soon). Only advice: a failure changes nothing.
-    let _ = rustix::fs::fadvise(
-        file,
-        offset,
-        std::num::NonZeroU64::new(len),
-        rustix::fs::Advice::DontNeed,
-    );
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_: &std::fs::File, _: u64, _: u64) {}
-
 /// Hands a batch back for reuse once the last of its users is done with it.
-fn recycle(batch: Arc<Vec<u8>>, free: &mpsc::Sender<Vec<u8>>) {
+fn recycle(batch: Arc<Batch>, free: &mpsc::Sender<Batch>) {
     if let Some(batch) = Arc::into_inner(batch) {
         let _ = free.try_send(batch);
     }
