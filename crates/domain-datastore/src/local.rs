@@ -474,7 +474,7 @@ fn write_small(path: PathBuf, bytes: &[u8]) -> Result<TempFile, DatastoreError> 
 }
 
 /// Streams `content` into `file` in large batches. Each batch goes at once to a hashing
-/// thread (which builds the Merkle tree on all cores) and to one of [`WRITES_IN_FLIGHT`] writing
+/// thread (which builds the Merkle tree, on all cores when batches queue up) and to one of [`WRITES_IN_FLIGHT`] writing
 /// threads, so hashing and writing overlap across batches; writes go past the page cache
 /// where they can (see [`blob`]). Reads at most `size + 1` bytes; any other count than `size` is
 /// [`DatastoreError::SizeMismatch`].
@@ -493,7 +493,14 @@ async fn write_content<R: AsyncRead + Unpin>(
     let hasher = tokio::task::spawn_blocking(move || {
         let mut tree = MerkleBuilder::new();
         while let Some(batch) = hash_rx.blocking_recv() {
-            tree.update_parallel(batch.bytes());
+            // All cores only when batches queue up behind this one: content from memory
+            // or a fast disk. Content from the network comes slower than one core hashes,
+            // and rayon's idle workers would spin on the cores that run its decryption.
+            if hash_rx.is_empty() {
+                tree.update(batch.bytes());
+            } else {
+                tree.update_parallel(batch.bytes());
+            }
             recycle(batch, &hash_free);
         }
         tree.finalize()
