@@ -105,7 +105,8 @@ where
 pub struct StoreSender<S> {
     stream: IdleTimeout<S>,
     limits: Limits,
-    buf: Vec<u8>,
+    /// Two batches: one is written while the other, written before it, is hashed.
+    bufs: [Vec<u8>; 2],
 }
 
 impl<S> StoreSender<S>
@@ -127,7 +128,7 @@ where
         Ok(Self {
             stream,
             limits,
-            buf: Vec::new(),
+            bufs: [Vec::new(), Vec::new()],
         })
     }
 
@@ -173,9 +174,12 @@ where
             .map_err(|e| CapabilityError::frame("sending an item", e))?;
         // Straight from the caller's buffer: no copy into a batch first.
         let mut builder = MerkleBuilder::new();
+        let mut previous: &[u8] = &[];
         for batch in content.chunks(self.limits.io_batch.max(1)) {
-            self.write_batch(batch, &mut builder).await?;
+            self.write_hashing(batch, previous, &mut builder).await?;
+            previous = batch;
         }
+        builder.update(previous);
         self.flush_content().await?;
         self.await_receipt(&name, content.len() as u64, builder.finalize())
             .await
@@ -233,49 +237,60 @@ where
         mut content: R,
     ) -> Result<Root, CapabilityError> {
         let batch = self.limits.io_batch.max(1);
-        if self.buf.len() < batch {
-            self.buf.resize(batch, 0);
+        let [mut current, mut previous] = std::mem::take(&mut self.bufs);
+        for buf in [&mut current, &mut previous] {
+            if buf.len() < batch {
+                buf.resize(batch, 0);
+            }
         }
         let mut builder = MerkleBuilder::new();
+        let mut previous_len = 0;
         let mut sent = 0u64;
-        while sent < size {
-            let want = (size - sent).min(batch as u64) as usize;
-            let filled = fill(&mut content, &mut self.buf[..want])
-                .await
-                .map_err(|e| CapabilityError::io("reading the content to send", e))?;
-            if filled == 0 {
-                // The receiver would wait for bytes that never come: close now so it
-                // sees the stream end and stores nothing.
-                let _ = self.stream.shutdown().await;
-                return Err(CapabilityError::ContentTooShort {
-                    name: name.to_owned(),
-                    expected: size,
-                    got: sent,
-                });
+        let copied = async {
+            while sent < size {
+                let want = (size - sent).min(batch as u64) as usize;
+                let filled = fill(&mut content, &mut current[..want])
+                    .await
+                    .map_err(|e| CapabilityError::io("reading the content to send", e))?;
+                if filled == 0 {
+                    // The receiver would wait for bytes that never come: close now so it
+                    // sees the stream end and stores nothing.
+                    let _ = self.stream.shutdown().await;
+                    return Err(CapabilityError::ContentTooShort {
+                        name: name.to_owned(),
+                        expected: size,
+                        got: sent,
+                    });
+                }
+                self.write_hashing(&current[..filled], &previous[..previous_len], &mut builder)
+                    .await?;
+                std::mem::swap(&mut current, &mut previous);
+                previous_len = filled;
+                sent += filled as u64;
             }
-            let batch = std::mem::take(&mut self.buf);
-            let written = self.write_batch(&batch[..filled], &mut builder).await;
-            self.buf = batch;
-            written?;
-            sent += filled as u64;
+            builder.update(&previous[..previous_len]);
+            self.flush_content().await
         }
-        self.flush_content().await?;
+        .await;
+        self.bufs = [current, previous];
+        copied?;
         Ok(builder.finalize())
     }
 
-    /// Writes one batch of content, then hashes it: hashing after the write lets the
-    /// receiver take this batch while it is hashed here, instead of waiting for both.
-    async fn write_batch(
+    /// Writes `batch` and hashes `previous`, the batch written before it, at once: the
+    /// hash runs while the write waits for the receiver to take bytes, so the receiver
+    /// finds the next batch in the pipe instead of waiting for this side to hash it.
+    async fn write_hashing(
         &mut self,
         batch: &[u8],
+        previous: &[u8],
         builder: &mut MerkleBuilder,
     ) -> Result<(), CapabilityError> {
-        self.stream
-            .write_all(batch)
-            .await
-            .map_err(|e| CapabilityError::io("sending content", e))?;
-        builder.update(batch);
-        Ok(())
+        // Biased: the write goes first, so its bytes are in the pipe before the hash.
+        let (written, ()) = tokio::join!(biased; self.stream.write_all(batch), async {
+            builder.update(previous);
+        });
+        written.map_err(|e| CapabilityError::io("sending content", e))
     }
 
     async fn flush_content(&mut self) -> Result<(), CapabilityError> {

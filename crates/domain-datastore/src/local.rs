@@ -484,11 +484,14 @@ async fn write_content<R: AsyncRead + Unpin>(
     item: &UpsertMetadata,
     content: R,
 ) -> Result<(Root, std::fs::File), DatastoreError> {
-    // Batches are shared by both threads and come back for reuse once both are done, so a
-    // put holds at most a handful of them.
+    // Batches are shared by the hasher and a writer and come back for reuse once both are
+    // done, so a put holds at most a dozen: one being read, two queued and one at the
+    // hasher, and twice WRITES_IN_FLIGHT queued and under way. The free list takes them
+    // all: a batch freed and allocated again would cost an munmap and page faults, which
+    // contend with the page pinning of direct writes for the process's memory map lock.
     let (hash_tx, mut hash_rx) = mpsc::channel::<Arc<Batch>>(2);
     let (write_tx, write_rx) = async_channel::bounded::<(u64, Arc<Batch>)>(WRITES_IN_FLIGHT);
-    let (free_tx, mut free_rx) = mpsc::channel::<Batch>(8);
+    let (free_tx, mut free_rx) = mpsc::channel::<Batch>(4 + 2 * WRITES_IN_FLIGHT);
     let hash_free = free_tx.clone();
     let hasher = tokio::task::spawn_blocking(move || {
         let mut tree = MerkleBuilder::new();
@@ -505,7 +508,7 @@ async fn write_content<R: AsyncRead + Unpin>(
         }
         tree.finalize()
     });
-    let blob = Arc::new(BlobWriter::new(file, path));
+    let blob = Arc::new(BlobWriter::new(file, path, item.size.into()));
     let writers: Vec<_> = (0..WRITES_IN_FLIGHT)
         .map(|_| {
             let (blob, write_rx, free_tx) = (Arc::clone(&blob), write_rx.clone(), free_tx.clone());

@@ -78,9 +78,10 @@ pub(crate) struct BlobWriter {
 }
 
 impl BlobWriter {
-    /// Takes an empty file opened for writing; turns on direct writes if its file system
-    /// has them.
-    pub(crate) fn new(file: File, path: &Path) -> Self {
+    /// Takes an empty file opened for writing that will hold `len` bytes; turns on direct
+    /// writes if its file system has them.
+    pub(crate) fn new(file: File, path: &Path, len: u64) -> Self {
+        preallocate(&file, len);
         let direct = set_direct(&file, true).is_ok();
         Self {
             file,
@@ -190,6 +191,20 @@ fn set_direct(_: &File, on: bool) -> std::io::Result<()> {
     }
 }
 
+/// Reserves the file's blocks and sets its length up front. ext4 serialises direct writes
+/// that grow a file (they take the inode lock exclusively), so without this the writes in
+/// flight would wait for each other. Only an optimisation: a failure changes nothing, and
+/// a put whose content turns out shorter fails and removes the file.
+#[cfg(target_os = "linux")]
+fn preallocate(file: &File, len: u64) {
+    if len > 0 {
+        let _ = rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn preallocate(_: &File, _: u64) {}
+
 /// Asks the kernel to start writing `len` bytes of `file` from `offset` to disk now,
 /// without waiting: the disk works while hashing goes on, and the final fsync has little
 /// left to do. (An fsync per batch would wait for the disk's cache flush each time.)
@@ -232,7 +247,8 @@ mod tests {
     fn write_batches(dir: &Path, batches: &[Vec<u8>]) -> Vec<u8> {
         let path = dir.join("blob");
         let file = File::create_new(&path).unwrap();
-        let writer = BlobWriter::new(file, &path);
+        let len = batches.iter().map(Vec::len).sum::<usize>() as u64;
+        let writer = BlobWriter::new(file, &path, len);
         let mut offset = 0;
         for bytes in batches {
             let mut batch = Batch::with_capacity(bytes.len());
@@ -277,7 +293,7 @@ mod tests {
     fn unaligned_memory_is_written_buffered() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blob");
-        let writer = BlobWriter::new(File::create_new(&path).unwrap(), &path);
+        let writer = BlobWriter::new(File::create_new(&path).unwrap(), &path, 0);
         let bytes = pattern(2 * ALIGN + 1, 9);
         // One byte into an aligned window: the address is off the block boundary.
         let mut batch = Batch::with_capacity(bytes.len());
@@ -294,7 +310,8 @@ mod tests {
     fn batches_written_out_of_order_from_many_threads_land_at_their_offsets() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blob");
-        let writer = BlobWriter::new(File::create_new(&path).unwrap(), &path);
+        let len = 16 * (64 << 10) + 100;
+        let writer = BlobWriter::new(File::create_new(&path).unwrap(), &path, len);
         let batches: Vec<Vec<u8>> = (0..16).map(|i| pattern(64 << 10, i)).collect();
         let tail = pattern(100, 77);
         std::thread::scope(|threads| {
@@ -324,7 +341,7 @@ mod tests {
         use std::os::unix::fs::OpenOptionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blob");
-        let writer = BlobWriter::new(File::create_new(&path).unwrap(), &path);
+        let writer = BlobWriter::new(File::create_new(&path).unwrap(), &path, 0);
         let direct = rustix::fs::OFlags::DIRECT.bits().cast_signed();
         let fs_has_direct = std::fs::OpenOptions::new()
             .read(true)
