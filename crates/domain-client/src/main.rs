@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use domain_client::cli::{self, Cli};
+use domain_cluster::error::one_line;
 
 fn main() -> ExitCode {
     // Logs go to standard error, so that standard output stays the command's result.
@@ -18,7 +19,7 @@ fn main() -> ExitCode {
     match cli::run(Cli::parse()) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("domain: {error:#}");
+            eprintln!("domain: {}", one_line(error.as_ref()));
             ExitCode::FAILURE
         }
     }

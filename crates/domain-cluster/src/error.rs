@@ -232,3 +232,37 @@ pub enum ClusterError {
     #[error("the cluster event loop has stopped")]
     Shutdown,
 }
+
+/// `error` and its causes on one line, each cause once.
+///
+/// Our errors name their cause in their own message (a library user who prints one
+/// error sees why), and also return it from `source()` (so a program can inspect it).
+/// Printing the whole chain, as `anyhow`'s `{:#}` does, would then repeat every cause;
+/// this skips a cause whose text the line already ends with.
+///
+/// ```
+/// use domain_cluster::error::one_line;
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("cannot open the store: {source}")]
+/// struct Open {
+///     source: std::io::Error,
+/// }
+///
+/// let error = anyhow::Error::new(Open { source: std::io::Error::other("disk full") })
+///     .context("starting the node");
+/// assert_eq!(one_line(error.as_ref()), "starting the node: cannot open the store: disk full");
+/// ```
+pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let text = next.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = next.source();
+    }
+    line
+}

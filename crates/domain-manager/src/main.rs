@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+use domain_cluster::error::one_line;
 use domain_cluster::{Multiaddr, PeerId};
 use domain_manager::config::parse_duration;
 use domain_manager::{ConfigFile, DomainPolicy, DomainsFile, Manager, ManagerConfig};
@@ -89,7 +90,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("domain-manager: {error:#}");
+            eprintln!("domain-manager: {}", one_line(error.as_ref()));
             ExitCode::FAILURE
         }
     }

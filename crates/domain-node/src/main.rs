@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use domain_cluster::error::one_line;
 use domain_node::{Node, NodeSettings, first_tcp_addr};
 use tracing_subscriber::EnvFilter;
 
@@ -101,7 +102,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("domain-node: {error:#}");
+            eprintln!("domain-node: {}", one_line(error.as_ref()));
             ExitCode::FAILURE
         }
     }
