@@ -80,6 +80,13 @@ pub enum CapabilityError {
         /// The protocol id.
         protocol: String,
     },
+    /// A resume prefix that is not a whole number of chunks: a receiver can only
+    /// continue a transfer at a chunk boundary.
+    #[error("a resume prefix of {len} bytes is not a whole number of 7168-byte chunks")]
+    PartialChunk {
+        /// The prefix's length.
+        len: u64,
+    },
     /// Content announced `expected` bytes and the stream ended after `got`.
     #[error("content of {name:?} cut short: {got} of {expected} bytes arrived")]
     Truncated {

@@ -60,7 +60,10 @@ mod store;
 pub use error::CapabilityError;
 pub use handshake::{Accepted, KeyFn, PublicKeySource, StaticKeys, StreamInfo};
 pub use idle::{Direction, IdleElapsed, IdleTimeout};
-pub use load::{LoadConsumer, LoadSummary, LoadedItem, Unsubscriber, open_load, serve_load};
+pub use load::{
+    LoadConsumer, LoadSummary, LoadedItem, Prefixes, Unsubscriber, open_load, open_load_resuming,
+    serve_load,
+};
 pub use public_key::{fetch_public_key, serve_public_key};
 pub use store::{StoreSender, StoreSummary, serve_store, store_items};
 

@@ -3,12 +3,12 @@
 //! With `keep_alive` it then streams items stored later, until the sender sends
 //! `UnsubscribeDataQueryV1` or goes away.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use domain_datastore::{Datastore, DatastoreError, DomainId, MerkleBuilder, Root};
+use domain_datastore::{CHUNK_SIZE, Datastore, DatastoreError, DomainId, MerkleBuilder, Root};
 use domain_proto::domain_data::Metadata;
 use domain_proto::task::{ConsumeDataInputV1, UnsubscribeDataQueryV1};
 use domain_proto::{read_message, read_message_or_eof, write_message};
@@ -67,6 +67,7 @@ where
         .await
         .map_err(|e| CapabilityError::frame("reading the load request", e))?;
     let query = request.query;
+    let resume = request.resume_from;
     // Subscribing before the query leaves no gap; the overlap is skipped below.
     let subscription = match request.keep_alive {
         true => Some(
@@ -87,6 +88,7 @@ where
         metadata_only: query.metadata_only,
         buf: Vec::new(),
         batch: limits.io_batch.max(1),
+        resume,
         summary: LoadSummary::default(),
     };
     for item in &existing {
@@ -151,6 +153,9 @@ struct ItemSender<'a, D> {
     metadata_only: bool,
     buf: Vec<u8>,
     batch: usize,
+    /// Bytes the consumer holds per id; each applies to the first send of its id only
+    /// (a later version of the item has other content).
+    resume: BTreeMap<String, u64>,
     summary: LoadSummary,
 }
 
@@ -167,20 +172,45 @@ impl<D: Datastore> ItemSender<'_, D> {
             self.summary.items += 1;
             return Ok(());
         }
-        let (metadata, mut content) = match self.datastore.get(self.domain, &item.id).await {
+        let (mut metadata, mut content) = match self.datastore.get(self.domain, &item.id).await {
             Ok(found) => found,
             // Deleted since the query or the notification: nothing to send.
             Err(DatastoreError::NotFound { .. }) => return Ok(()),
             Err(err) => return Err(CapabilityError::Datastore(err)),
         };
+        let size = u64::from(metadata.size);
+        // An offset that is not this item's chunk boundary is not a prefix of it: the
+        // whole content goes, as a v1 receiver would send it.
+        let offset = self
+            .resume
+            .remove(&metadata.id)
+            .filter(|&offset| offset > 0 && offset <= size && offset % CHUNK_SIZE as u64 == 0);
+        if let Some(offset) = offset {
+            let skipped = tokio::io::copy(&mut (&mut content).take(offset), &mut tokio::io::sink())
+                .await
+                .map_err(|source| {
+                    CapabilityError::Datastore(DatastoreError::ReadContent {
+                        name: metadata.name.clone(),
+                        source,
+                    })
+                })?;
+            if skipped < offset {
+                return Err(CapabilityError::Datastore(DatastoreError::Corrupt {
+                    domain: self.domain.clone(),
+                    id: metadata.id.clone(),
+                    reason: format!("content ends after {skipped} of {size} bytes"),
+                }));
+            }
+            metadata.content_offset = Some(offset);
+        }
         write_message(writer, &metadata)
             .await
             .map_err(|e| CapabilityError::frame("sending metadata", e))?;
         if self.buf.len() < self.batch {
             self.buf.resize(self.batch, 0);
         }
-        let size = u64::from(metadata.size);
-        let mut sent = 0u64;
+        let offset = offset.unwrap_or(0);
+        let mut sent = offset;
         while sent < size {
             let want = (size - sent).min(self.batch as u64) as usize;
             let filled = fill(&mut content, &mut self.buf[..want])
@@ -209,7 +239,7 @@ impl<D: Datastore> ItemSender<'_, D> {
             .await
             .map_err(|e| CapabilityError::io("sending content", e))?;
         self.summary.items += 1;
-        self.summary.bytes += size;
+        self.summary.bytes += size - offset;
         Ok(())
     }
 }
@@ -231,6 +261,40 @@ pub async fn open_load<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    open_load_resuming(
+        stream,
+        access_token,
+        domain_id,
+        request,
+        Prefixes::new(),
+        limits,
+    )
+    .await
+}
+
+/// As [`open_load`], for a consumer that already holds the start of some items'
+/// content: their ids go in the request's `resume_from`, and a receiver that knows the
+/// extension sends each of them from the end of its prefix. [`LoadedItem::offset`] says
+/// where an item's content starts; the root is checked over the prefix and the rest.
+///
+/// # Errors
+/// As [`open_load`].
+pub async fn open_load_resuming<S>(
+    stream: S,
+    access_token: &str,
+    domain_id: &str,
+    mut request: ConsumeDataInputV1,
+    prefixes: Prefixes,
+    limits: Limits,
+) -> Result<(LoadConsumer<S>, Unsubscriber<S>), CapabilityError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    request.resume_from = prefixes
+        .0
+        .iter()
+        .map(|(id, prefix)| (id.clone(), prefix.len()))
+        .collect();
     let mut stream = IdleTimeout::new(stream, limits.idle_timeout);
     handshake::open(&mut stream, access_token, domain_id, &limits).await?;
     write_message(&mut stream, &request)
@@ -242,6 +306,7 @@ where
         limits,
         metadata_only: request.query.metadata_only,
         keep_alive: request.keep_alive,
+        prefixes: prefixes.0,
         current: None,
         finished: false,
     };
@@ -249,6 +314,39 @@ where
         writer: IdleTimeout::new(writer, limits.idle_timeout),
     };
     Ok((consumer, unsubscriber))
+}
+
+/// What a consumer already holds of the items it loads again: per id, the Merkle
+/// builder over the first bytes of its content, a whole number of chunks.
+#[derive(Debug, Default)]
+pub struct Prefixes(BTreeMap<String, MerkleBuilder>);
+
+impl Prefixes {
+    /// No prefixes: every item comes whole.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that the consumer holds the first `prefix.len()` bytes of item `id`,
+    /// hashed into `prefix`. An empty prefix asks for nothing and is not recorded.
+    ///
+    /// # Errors
+    /// [`CapabilityError::PartialChunk`] unless the prefix is whole chunks.
+    pub fn insert(&mut self, id: String, prefix: MerkleBuilder) -> Result<(), CapabilityError> {
+        let len = prefix.len();
+        if len % CHUNK_SIZE as u64 != 0 {
+            return Err(CapabilityError::PartialChunk { len });
+        }
+        if len > 0 {
+            self.0.insert(id, prefix);
+        }
+        Ok(())
+    }
+
+    /// Whether no prefix is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// The items of a `/load/v1` stream, one at a time.
@@ -262,6 +360,8 @@ pub struct LoadConsumer<S> {
     limits: Limits,
     metadata_only: bool,
     keep_alive: bool,
+    /// The prefixes asked to resume from, until their item arrives.
+    prefixes: BTreeMap<String, MerkleBuilder>,
     current: Option<Content>,
     finished: bool,
 }
@@ -296,9 +396,29 @@ impl<S: AsyncRead + Unpin + Send> LoadConsumer<S> {
             read_message_or_eof(&mut self.reader, self.limits.max_frame)
                 .await
                 .map_err(|e| CapabilityError::frame("reading the next item", e))?;
-        let Some(metadata) = metadata else {
+        let Some(mut metadata) = metadata else {
             self.finished = true;
             return Ok(None);
+        };
+        // The offset describes this stream, not the item: the caller never sees it.
+        let offset = metadata.content_offset.take().unwrap_or(0);
+        let prefix = self.prefixes.remove(&metadata.id);
+        let size = u64::from(metadata.size);
+        if offset > 0 && (self.metadata_only || offset > size) {
+            return Err(CapabilityError::Unexpected {
+                during: "reading the next item",
+                what: "a content offset outside the item",
+            });
+        }
+        let builder = match prefix {
+            Some(prefix) if offset > 0 && prefix.len() == offset => prefix,
+            _ if offset > 0 => {
+                return Err(CapabilityError::Unexpected {
+                    during: "reading the next item",
+                    what: "content resumed at an offset that was not asked for",
+                });
+            }
+            _ => MerkleBuilder::new(),
         };
         if !self.metadata_only {
             let expected = metadata
@@ -310,9 +430,9 @@ impl<S: AsyncRead + Unpin + Send> LoadConsumer<S> {
                 })?;
             let content = Content {
                 name: metadata.name.clone(),
-                remaining: metadata.size.into(),
+                remaining: size - offset,
                 expected,
-                builder: MerkleBuilder::new(),
+                builder,
             };
             if content.remaining == 0 {
                 content.check()?;
@@ -322,6 +442,7 @@ impl<S: AsyncRead + Unpin + Send> LoadConsumer<S> {
         }
         Ok(Some(LoadedItem {
             metadata,
+            offset,
             consumer: self,
         }))
     }
@@ -353,8 +474,8 @@ impl<S: AsyncRead + Unpin + Send> LoadConsumer<S> {
         let Some(content) = self.current.as_mut() else {
             return Poll::Ready(Ok(()));
         };
+        let before = buf.filled().len();
         let got = if buf.remaining() as u64 <= content.remaining {
-            let before = buf.filled().len();
             ready!(Pin::new(&mut self.reader).poll_read(cx, buf))?;
             content.builder.update(&buf.filled()[before..]);
             buf.filled().len() - before
@@ -381,8 +502,12 @@ impl<S: AsyncRead + Unpin + Send> LoadConsumer<S> {
         if content.remaining == 0 {
             let done = self.current.take();
             if let Some(done) = done {
-                done.check()
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                if let Err(e) = done.check() {
+                    // A read that fails has read nothing: the last bytes are not the
+                    // caller's to keep.
+                    buf.set_filled(before);
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                }
             }
         }
         Poll::Ready(Ok(()))
@@ -412,6 +537,7 @@ impl Content {
 #[derive(Debug)]
 pub struct LoadedItem<'a, S> {
     metadata: Metadata,
+    offset: u64,
     consumer: &'a mut LoadConsumer<S>,
 }
 
@@ -421,7 +547,15 @@ impl<S: AsyncRead + Unpin + Send> LoadedItem<'_, S> {
         &self.metadata
     }
 
-    /// Reads the whole content into memory, refusing items over `max_len` bytes.
+    /// Where in the item's content the bytes read from here start: the length of the
+    /// consumer's prefix when the receiver resumed the item, otherwise 0 (the whole
+    /// content follows, and a held prefix is to be discarded).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Reads the content (from [`offset`](Self::offset)) into memory, refusing items over
+    /// `max_len` bytes.
     ///
     /// # Errors
     /// [`CapabilityError::ItemTooLarge`] over `max_len`; [`CapabilityError::RootMismatch`]
@@ -434,7 +568,11 @@ impl<S: AsyncRead + Unpin + Send> LoadedItem<'_, S> {
         if size > max_len {
             return Err(CapabilityError::ItemTooLarge { len: size });
         }
-        let expected = if self.consumer.metadata_only { 0 } else { size };
+        let expected = if self.consumer.metadata_only {
+            0
+        } else {
+            size - self.offset
+        };
         let mut content = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
         self.read_to_end(&mut content)
             .await

@@ -283,6 +283,7 @@ async fn a_load_token_does_not_open_a_store_stream_and_a_store_token_does_not_op
     let request = domain_proto::task::ConsumeDataInputV1 {
         query: Query::default(),
         keep_alive: false,
+        ..Default::default()
     };
     let (served, opened) = tokio::join!(
         serve_load(

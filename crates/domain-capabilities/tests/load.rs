@@ -63,6 +63,7 @@ async fn matching_items_download_with_their_content_then_the_stream_ends() {
             ..Default::default()
         },
         keep_alive: false,
+        ..Default::default()
     };
     let consume = async {
         let (mut consumer, _unsubscriber) =
@@ -108,6 +109,7 @@ async fn a_100_mib_item_downloads_and_matches_its_root() {
             ..Default::default()
         },
         keep_alive: false,
+        ..Default::default()
     };
     let consume = async {
         let (mut consumer, _unsubscriber) =
@@ -149,6 +151,7 @@ async fn metadata_only_sends_no_content_and_unread_content_is_skipped() {
                 ..Default::default()
             },
             keep_alive: false,
+            ..Default::default()
         };
         let consume = async {
             let (mut consumer, _unsubscriber) =
@@ -189,6 +192,7 @@ async fn keep_alive_receives_items_stored_after_subscribing_and_stops_on_unsubsc
             ..Default::default()
         },
         keep_alive: true,
+        ..Default::default()
     };
     let server = tokio::spawn({
         let store = fixture.store.clone();
@@ -244,6 +248,7 @@ async fn a_keep_alive_subscription_may_stay_silent_longer_than_the_idle_timeout(
     let request = ConsumeDataInputV1 {
         query: Query::default(),
         keep_alive: true,
+        ..Default::default()
     };
     let server = tokio::spawn({
         let store = fixture.store.clone();
@@ -285,6 +290,7 @@ async fn a_consumer_that_goes_away_ends_the_keep_alive_stream() {
     let request = ConsumeDataInputV1 {
         query: Query::default(),
         keep_alive: true,
+        ..Default::default()
     };
     let server = tokio::spawn({
         let store = fixture.store.clone();

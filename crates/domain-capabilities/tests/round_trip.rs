@@ -50,7 +50,7 @@ proptest! {
 
             let (client, server) = pipe();
             let token = fixture.token(LOAD_V1);
-            let request = ConsumeDataInputV1 { query: Query::default(), keep_alive: false };
+            let request = ConsumeDataInputV1 { query: Query::default(), keep_alive: false, ..Default::default() };
             let load = async {
                 let (mut consumer, _unsubscriber) = open_load(client, &token, DOMAIN, request, SMALL_BATCHES).await?;
                 let mut got = Vec::new();

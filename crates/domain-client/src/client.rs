@@ -993,6 +993,7 @@ impl Client {
         let request = ConsumeDataInputV1 {
             query: gather.request(),
             keep_alive: false,
+            ..Default::default()
         };
         let stream = self.open(node, LOAD_V1).await?;
         let (mut items, _unsubscriber) = open_load(

@@ -177,6 +177,7 @@ impl Hostile {
             Garbage::OtherMessage => encode_frame(&ConsumeDataInputV1 {
                 query: Query::default(),
                 keep_alive: true,
+                ..Default::default()
             })
             .unwrap(),
             Garbage::TruncatedHandshake => {

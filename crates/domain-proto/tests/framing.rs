@@ -62,6 +62,7 @@ fn metadata() -> Metadata {
         id: "id-1".into(),
         hash: Some("ab".repeat(32)),
         properties: properties(),
+        content_offset: Some(7168),
     }
 }
 
@@ -178,6 +179,7 @@ fn every_message_type_round_trips_through_a_frame() {
         round_trip(ConsumeDataInputV1 {
             query: query(),
             keep_alive: true,
+            ..Default::default()
         })
         .await;
         round_trip(UnsubscribeDataQueryV1 {}).await;
@@ -435,8 +437,9 @@ proptest! {
         size in any::<u32>(),
         hash in proptest::option::of("[0-9a-f]{64}"),
         properties in proptest::collection::btree_map(".{0,8}", ".{0,8}", 0..4),
+        content_offset in proptest::option::of(any::<u64>()),
     ) {
-        let message = Metadata { name, data_type: "t".into(), size, id: "i".into(), hash, properties };
+        let message = Metadata { name, data_type: "t".into(), size, id: "i".into(), hash, properties, content_offset };
         runtime().block_on(round_trip(message));
     }
 }

@@ -181,6 +181,7 @@ impl Client {
                 let request = ConsumeDataInputV1 {
                     query: query.clone(),
                     keep_alive: true,
+                    ..Default::default()
                 };
                 open_load(
                     stream,

@@ -297,6 +297,7 @@ fn apply_put(
         id,
         hash: Some(put.root.to_string()),
         properties: item.properties.clone(),
+        content_offset: None,
     };
     if let Some(old) = &old {
         tables.remove_item(old)?;

@@ -127,6 +127,7 @@ impl Setup {
                 ..Query::default()
             },
             keep_alive: false,
+            ..Default::default()
         };
         let (mut items, _unsubscriber) =
             open_load(stream, token, DOMAIN, request, Limits::default())
