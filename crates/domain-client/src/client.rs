@@ -26,13 +26,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod partial;
 mod progress;
 mod watch;
 
 pub use progress::Progress;
 pub use watch::Subscription;
 
-use domain_capabilities::{CapabilityError, Limits, LoadedItem, StoreSender, open_load};
+use domain_capabilities::{
+    CapabilityError, Limits, LoadedItem, Prefixes, StoreSender, open_load_resuming,
+};
 use domain_cluster::config::{ClusterConfig, Role};
 use domain_cluster::identity::Identity;
 use domain_cluster::{
@@ -241,6 +244,12 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// Another download of the same item into the same folder is under way.
+    #[error("{} is being written by another download", path.display())]
+    PartialInUse {
+        /// The partial file.
+        path: PathBuf,
+    },
 }
 
 impl ClientError {
@@ -253,7 +262,10 @@ impl ClientError {
     fn ends_search(&self) -> bool {
         matches!(
             self,
-            Self::Io { .. } | Self::WriterInterrupted { .. } | Self::TooManyItems { .. }
+            Self::Io { .. }
+                | Self::PartialInUse { .. }
+                | Self::WriterInterrupted { .. }
+                | Self::TooManyItems { .. }
         )
     }
 
@@ -995,12 +1007,19 @@ impl Client {
             keep_alive: false,
             ..Default::default()
         };
+        // Items cut short by an earlier download into the same folder continue where
+        // their partial files end.
+        let prefixes = match &gather.sink {
+            Sink::Folder { dir, .. } => partial::held_prefixes(dir).await,
+            _ => Prefixes::new(),
+        };
         let stream = self.open(node, LOAD_V1).await?;
-        let (mut items, _unsubscriber) = open_load(
+        let (mut items, _unsubscriber) = open_load_resuming(
             stream,
             &assignment.token,
             domain.as_str(),
             request,
+            prefixes,
             self.config.limits,
         )
         .await
@@ -1150,6 +1169,16 @@ enum ItemFileError {
 }
 
 impl ItemFileError {
+    /// Whether the bytes written so far are worth resuming from: the transfer was cut,
+    /// but nothing proved them wrong.
+    fn leaves_a_resumable_partial(&self) -> bool {
+        match self {
+            Self::Transfer(CapabilityError::RootMismatch { .. }) => false,
+            Self::Transfer(_) => true,
+            Self::Local(_) => false,
+        }
+    }
+
     fn into_client_error(self, node: PeerId) -> ClientError {
         match self {
             Self::Transfer(source) => ClientError::Transfer {
@@ -1163,7 +1192,9 @@ impl ItemFileError {
 }
 
 /// Writes one item's content to `dir/<id>`, which appears only once the content matched
-/// its root and was synced; returns its path.
+/// its root and was synced; returns its path. The content goes to its partial file first
+/// (from the item's offset when the node resumed it), which a cut transfer leaves for
+/// the next download to resume; content that fails its root check removes it.
 async fn write_item_file<S>(
     item: LoadedItem<'_, S>,
     metadata: &Metadata,
@@ -1175,21 +1206,22 @@ where
 {
     check_id(&metadata.id).map_err(ItemFileError::Local)?;
     let path = dir.join(&metadata.id);
-    let partial = dir.join(format!(".{}.part-{}", metadata.id, std::process::id()));
+    let partial = partial::partial_path(dir, &metadata.id);
     let local = |action, e| ItemFileError::Local(ClientError::io(action, &partial, e));
     if let Some(progress) = progress {
         progress.started(&metadata.name, metadata.size.into());
     }
+    let offset = item.offset();
+    let mut file = partial::open_partial(&partial, offset)
+        .await
+        .map_err(ItemFileError::Local)?;
     let written = async {
-        let mut file = tokio::fs::File::create(&partial)
-            .await
-            .map_err(|e| local("creating", e))?;
         // The copy checks the content against the item's root as it ends.
         let copied = item
             .copy_to(&mut Counted::new(&mut file, progress))
             .await
             .map_err(ItemFileError::Transfer)?;
-        check_length(metadata, copied).map_err(ItemFileError::Transfer)?;
+        check_length(metadata, offset + copied).map_err(ItemFileError::Transfer)?;
         file.flush().await.map_err(|e| local("writing", e))?;
         file.sync_all().await.map_err(|e| local("syncing", e))?;
         tokio::fs::rename(&partial, &path)
@@ -1197,8 +1229,11 @@ where
             .map_err(|e| ItemFileError::Local(ClientError::io("renaming into place", &path, e)))
     }
     .await;
+    drop(file);
     if let Err(error) = written {
-        let _ = tokio::fs::remove_file(&partial).await;
+        if !error.leaves_a_resumable_partial() {
+            let _ = tokio::fs::remove_file(&partial).await;
+        }
         return Err(error);
     }
     if let Some(progress) = progress {

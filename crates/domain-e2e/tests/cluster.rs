@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use common::{content, domain, domain_ok, item_lines, start_manager, start_node};
 use domain_cluster::identity::Identity;
-use domain_datastore::root_of;
+use domain_datastore::{CHUNK_SIZE, root_of};
 
 #[test]
 fn files_uploaded_through_the_manager_come_back_byte_for_byte_with_their_roots() {
@@ -199,5 +199,117 @@ fn a_download_finds_items_on_a_node_other_than_the_one_the_manager_picks() {
     let downloaded = item_lines(&out);
     assert_eq!(downloaded.len(), 1);
     assert_eq!(downloaded[0].root, uploaded[0].root);
+    assert_eq!(std::fs::read(&downloaded[0].path).unwrap(), bytes);
+}
+
+#[test]
+fn a_download_cut_part_way_continues_from_the_last_whole_chunk_of_its_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let (_manager, manager) = start_manager(work, None);
+    let (_node, _) = start_node(work, "node1", &manager.addr);
+    let file = work.join("scan.bin");
+    let bytes = content(40 * CHUNK_SIZE + 123, 9);
+    std::fs::write(&file, &bytes).unwrap();
+    let file_arg = file.display().to_string();
+    let out = domain_ok(
+        work,
+        &[
+            "upload",
+            &file_arg,
+            "--domain",
+            "e2e",
+            "--manager",
+            &manager.addr,
+        ],
+    );
+    let uploaded = item_lines(&out);
+
+    // What a cut transfer leaves: the partial file, 25 chunks and a piece of the next.
+    let copies = work.join("copies");
+    std::fs::create_dir(&copies).unwrap();
+    let held = 25 * CHUNK_SIZE + 1000;
+    let partial = copies.join(format!(".{}.part", uploaded[0].id));
+    std::fs::write(&partial, &bytes[..held]).unwrap();
+    let copies_arg = copies.display().to_string();
+    let out = domain_ok(
+        work,
+        &[
+            "download",
+            "--domain",
+            "e2e",
+            "--id",
+            &uploaded[0].id,
+            "--manager",
+            &manager.addr,
+            "--out",
+            &copies_arg,
+        ],
+    );
+    let downloaded = item_lines(&out);
+    assert_eq!(downloaded[0].root, uploaded[0].root);
+    assert_eq!(std::fs::read(&downloaded[0].path).unwrap(), bytes);
+    assert!(!partial.exists());
+
+    // The node sent the item from the 25th chunk on, not from byte 0.
+    let log = std::fs::read_to_string(work.join("node1.log")).unwrap();
+    let sent_again = bytes.len() - 25 * CHUNK_SIZE;
+    assert!(
+        log.lines().any(|line| line.contains("/load/v1")
+            && line.contains("task stream done")
+            && line.contains(&format!("bytes={sent_again}"))),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_partial_file_that_does_not_match_the_item_is_removed_and_the_download_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let (_manager, manager) = start_manager(work, None);
+    let (_node, _) = start_node(work, "node1", &manager.addr);
+    let file = work.join("scan.bin");
+    let bytes = content(4 * CHUNK_SIZE, 3);
+    std::fs::write(&file, &bytes).unwrap();
+    let file_arg = file.display().to_string();
+    let out = domain_ok(
+        work,
+        &[
+            "upload",
+            &file_arg,
+            "--domain",
+            "e2e",
+            "--manager",
+            &manager.addr,
+        ],
+    );
+    let uploaded = item_lines(&out);
+
+    let copies = work.join("copies");
+    std::fs::create_dir(&copies).unwrap();
+    let partial = copies.join(format!(".{}.part", uploaded[0].id));
+    let mut damaged = bytes[..2 * CHUNK_SIZE].to_vec();
+    damaged[100] ^= 0xff;
+    std::fs::write(&partial, &damaged).unwrap();
+    let copies_arg = copies.display().to_string();
+    let args = [
+        "download",
+        "--domain",
+        "e2e",
+        "--id",
+        &uploaded[0].id,
+        "--manager",
+        &manager.addr,
+        "--out",
+        &copies_arg,
+    ];
+    let output = domain(work, &args);
+    assert!(!output.status.success(), "{}", output.stdout);
+    assert!(output.stderr.contains("root"), "{}", output.stderr);
+    assert!(!partial.exists());
+    assert!(!copies.join(&uploaded[0].id).exists());
+
+    // Without the damaged prefix, the next download starts over and succeeds.
+    let downloaded = item_lines(&domain_ok(work, &args));
     assert_eq!(std::fs::read(&downloaded[0].path).unwrap(), bytes);
 }

@@ -1,0 +1,176 @@
+//! Downloads that were cut: their partial files, and the prefixes they resume from.
+//!
+//! An item downloading into a folder is written to `.<id>.part` beside its final name
+//! and renamed once its content matches its root. A transfer cut part-way leaves that
+//! file; the next download into the folder hashes its whole chunks and asks the node to
+//! send only the rest (`resume_from` on `/load/v1`). The root is checked over the prefix
+//! and the rest together, so a prefix that was damaged on disk fails the check, and its
+//! file is removed rather than resumed again.
+
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+
+use domain_capabilities::Prefixes;
+use domain_datastore::{CHUNK_SIZE, MerkleBuilder};
+use tokio::io::AsyncSeekExt as _;
+
+use super::{ClientError, check_id};
+
+/// Partial files a download hashes to resume at most; more are downloaded whole.
+const MAX_RESUMED: usize = 64;
+
+/// Bytes read per batch while hashing a prefix.
+const HASH_BATCH: usize = 1 << 20;
+
+/// Where the content of item `id` is written until it is complete.
+pub(crate) fn partial_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!(".{id}.part"))
+}
+
+/// The prefixes of the partial files in `dir`: for each, its whole chunks hashed.
+/// Files that cannot be read are left out (downloaded whole, and rewritten).
+pub(crate) async fn held_prefixes(dir: &Path) -> Prefixes {
+    let mut prefixes = Prefixes::new();
+    for (id, path) in partial_files(dir).await {
+        let hashed = tokio::task::spawn_blocking(move || hash_prefix(&path)).await;
+        match hashed {
+            Ok(Ok(prefix)) => {
+                // Whole chunks by construction, so the insert cannot refuse it.
+                let _ = prefixes.insert(id, prefix);
+            }
+            Ok(Err(error)) => tracing::debug!(%id, %error, "partial download not resumed"),
+            Err(error) => tracing::debug!(%id, %error, "partial download not resumed"),
+        }
+    }
+    prefixes
+}
+
+/// The `.<id>.part` files of `dir` whose id is one a download would write.
+async fn partial_files(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut found = Vec::new();
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return found;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name();
+        let Some(id) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix('.')?.strip_suffix(".part"))
+        else {
+            continue;
+        };
+        if check_id(id).is_ok() {
+            found.push((id.to_owned(), entry.path()));
+            if found.len() == MAX_RESUMED {
+                break;
+            }
+        }
+    }
+    found
+}
+
+/// The Merkle builder over the whole chunks at the start of the file at `path`.
+fn hash_prefix(path: &Path) -> std::io::Result<MerkleBuilder> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let whole = len / CHUNK_SIZE as u64 * CHUNK_SIZE as u64;
+    let mut builder = MerkleBuilder::new();
+    let mut reader = file.take(whole);
+    let mut batch = vec![0; HASH_BATCH];
+    loop {
+        let n = reader.read(&mut batch)?;
+        if n == 0 {
+            break;
+        }
+        builder.update_parallel(&batch[..n]);
+    }
+    if builder.len() != whole {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(builder)
+}
+
+/// Opens the partial file at `path` to receive an item's content from `offset` on:
+/// whatever lies past `offset` (a piece of a chunk, or all of it when the node sends
+/// the whole content) is cut off.
+///
+/// The file is locked for this process: two downloads of one item into one folder at
+/// once would write over each other.
+pub(crate) async fn open_partial(path: &Path, offset: u64) -> Result<tokio::fs::File, ClientError> {
+    let io = |action, e| ClientError::io(action, path, e);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| io("creating", e))?;
+    lock(&file).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock => ClientError::PartialInUse {
+            path: path.to_owned(),
+        },
+        _ => io("locking", e),
+    })?;
+    file.set_len(offset).map_err(|e| io("truncating", e))?;
+    let mut file = tokio::fs::File::from_std(file);
+    file.seek(SeekFrom::Start(offset))
+        .await
+        .map_err(|e| io("seeking", e))?;
+    Ok(file)
+}
+
+/// Takes the exclusive advisory lock of `file`, or fails with `WouldBlock` at once.
+/// (`File::try_lock` needs Rust 1.89; the workspace supports 1.85.)
+#[cfg(target_os = "linux")]
+fn lock(file: &std::fs::File) -> std::io::Result<()> {
+    use rustix::fs::{FlockOperation, flock};
+    flock(file, FlockOperation::NonBlockingLockExclusive).map_err(std::io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lock(_: &std::fs::File) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_partial_file_resumes_from_its_last_whole_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..3 * CHUNK_SIZE + 100).map(|i| i as u8).collect();
+        std::fs::write(partial_path(dir.path(), "item-1"), &bytes).unwrap();
+        // Not ids a download writes: never resumed.
+        std::fs::write(dir.path().join("..part"), b"x").unwrap();
+        std::fs::write(dir.path().join(".item-2.tmp"), b"x").unwrap();
+
+        let found = partial_files(dir.path()).await;
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, "item-1");
+        let prefix = hash_prefix(&found[0].1).unwrap();
+        let mut expected = MerkleBuilder::new();
+        expected.update(&bytes[..3 * CHUNK_SIZE]);
+        assert_eq!(prefix.len(), 3 * CHUNK_SIZE as u64);
+        assert_eq!(prefix.finalize(), expected.finalize());
+        assert!(!held_prefixes(dir.path()).await.is_empty());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn opening_a_partial_cuts_it_at_the_offset_and_locks_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = partial_path(dir.path(), "item-1");
+        std::fs::write(&path, vec![7; 2 * CHUNK_SIZE + 5]).unwrap();
+        let file = open_partial(&path, CHUNK_SIZE as u64).await.unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), CHUNK_SIZE as u64);
+        assert!(matches!(
+            open_partial(&path, 0).await,
+            Err(ClientError::PartialInUse { .. })
+        ));
+        drop(file);
+        open_partial(&path, 0).await.unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    }
+}
