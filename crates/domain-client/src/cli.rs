@@ -53,6 +53,10 @@ pub enum Command {
     Upload(upload::UploadArgs),
     /// Download the matching items of a domain into a folder, each checked against its
     /// Merkle root.
+    ///
+    /// Each item is written to `.<id>.part` in the folder and renamed to `<id>` once its
+    /// content matches its root. A download that is cut leaves that file: the same
+    /// command continues from it, and the node sends only the rest.
     Download(download::DownloadArgs),
     /// List the metadata of a domain's matching items, on every node.
     #[command(visible_alias = "list")]
