@@ -185,24 +185,7 @@ impl<D: Datastore> ItemSender<'_, D> {
             .resume
             .remove(&metadata.id)
             .filter(|&offset| offset > 0 && offset <= size && offset % CHUNK_SIZE as u64 == 0);
-        if let Some(offset) = offset {
-            let skipped = tokio::io::copy(&mut (&mut content).take(offset), &mut tokio::io::sink())
-                .await
-                .map_err(|source| {
-                    CapabilityError::Datastore(DatastoreError::ReadContent {
-                        name: metadata.name.clone(),
-                        source,
-                    })
-                })?;
-            if skipped < offset {
-                return Err(CapabilityError::Datastore(DatastoreError::Corrupt {
-                    domain: self.domain.clone(),
-                    id: metadata.id.clone(),
-                    reason: format!("content ends after {skipped} of {size} bytes"),
-                }));
-            }
-            metadata.content_offset = Some(offset);
-        }
+        metadata.content_offset = offset;
         write_message(writer, &metadata)
             .await
             .map_err(|e| CapabilityError::frame("sending metadata", e))?;
@@ -210,9 +193,11 @@ impl<D: Datastore> ItemSender<'_, D> {
             self.buf.resize(self.batch, 0);
         }
         let offset = offset.unwrap_or(0);
-        let mut sent = offset;
-        while sent < size {
-            let want = (size - sent).min(self.batch as u64) as usize;
+        let mut at = 0u64;
+        while at < size {
+            // Bytes before the offset are read past, not sent: the consumer holds them.
+            let end = if at < offset { offset } else { size };
+            let want = (end - at).min(self.batch as u64) as usize;
             let filled = fill(&mut content, &mut self.buf[..want])
                 .await
                 .map_err(|source| {
@@ -225,14 +210,16 @@ impl<D: Datastore> ItemSender<'_, D> {
                 return Err(CapabilityError::Datastore(DatastoreError::Corrupt {
                     domain: self.domain.clone(),
                     id: metadata.id.clone(),
-                    reason: format!("content ends after {sent} of {size} bytes"),
+                    reason: format!("content ends after {at} of {size} bytes"),
                 }));
             }
-            writer
-                .write_all(&self.buf[..filled])
-                .await
-                .map_err(|e| CapabilityError::io("sending content", e))?;
-            sent += filled as u64;
+            if at >= offset {
+                writer
+                    .write_all(&self.buf[..filled])
+                    .await
+                    .map_err(|e| CapabilityError::io("sending content", e))?;
+            }
+            at += filled as u64;
         }
         writer
             .flush()

@@ -48,11 +48,13 @@ fn prefix_of(id: &str, held: &[u8]) -> Prefixes {
     prefixes
 }
 
-/// What one load of `id` delivered: where its content started and the bytes read, or
-/// the error; and what the receiver says it sent.
+/// What one load of `id` delivered: where its content started, the bytes that arrived
+/// (before the error, if any) and the error; and what the receiver says it sent.
 struct Loaded {
     served: LoadSummary,
-    got: Result<(u64, Vec<u8>), CapabilityError>,
+    offset: u64,
+    content: Vec<u8>,
+    error: Option<String>,
 }
 
 /// Loads `id` with `prefixes` over a pipe whose consumer side ends after `cut` bytes.
@@ -60,25 +62,26 @@ async fn load(fixture: &Fixture, id: &str, prefixes: Prefixes, cut: Option<usize
     let (client, server) = pipe();
     let client = Cut::new(client, cut.unwrap_or(usize::MAX));
     let token = fixture.token(LOAD_V1);
+    let mut offset = 0;
+    let mut content = Vec::new();
     let consume = async {
+        // Debug forms: they name the error's kind (`RootMismatch`), also inside io errors.
         let (mut consumer, _unsubscriber) =
             open_load_resuming(client, &token, DOMAIN, by_id(id), prefixes, Limits::DEFAULT)
-                .await?;
-        let mut item = consumer.next().await?.expect("the item is stored");
-        let offset = item.offset();
-        let mut rest = Vec::new();
-        let read = item.read_to_end(&mut rest).await;
-        match read {
-            Ok(_) => Ok((offset, rest)),
-            // What arrived before the cut is what a resuming client keeps.
-            Err(_) => Err(CapabilityError::Truncated {
-                name: format!("{offset}"),
-                expected: SIZE as u64,
-                got: rest.len() as u64,
-            }),
-        }
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+        let mut item = consumer
+            .next()
+            .await
+            .map_err(|e| format!("{e:?}"))?
+            .expect("the item is stored");
+        offset = item.offset();
+        item.read_to_end(&mut content)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        Ok::<_, String>(())
     };
-    let (served, got) = tokio::join!(
+    let (served, consumed) = tokio::join!(
         serve_load(
             server,
             &LOAD_INFO,
@@ -90,7 +93,9 @@ async fn load(fixture: &Fixture, id: &str, prefixes: Prefixes, cut: Option<usize
     );
     Loaded {
         served: served.unwrap_or_default(),
-        got,
+        offset,
+        content,
+        error: consumed.err(),
     }
 }
 
@@ -102,9 +107,9 @@ async fn a_resumed_load_sends_only_the_bytes_after_the_prefix_and_checks_the_who
     let held = 3 * CHUNK_SIZE;
 
     let loaded = load(&fixture, &item.id, prefix_of(&item.id, &blob[..held]), None).await;
-    let (offset, rest) = loaded.got.unwrap();
-    assert_eq!(offset, held as u64);
-    assert_eq!(rest, blob[held..]);
+    assert_eq!(loaded.error, None);
+    assert_eq!(loaded.offset, held as u64);
+    assert_eq!(loaded.content, blob[held..]);
     assert_eq!(loaded.served.bytes, (SIZE - held) as u64);
 }
 
@@ -116,35 +121,9 @@ async fn a_prefix_that_differs_from_the_stored_content_fails_the_root_check() {
     let mut wrong = blob[..2 * CHUNK_SIZE].to_vec();
     wrong[17] ^= 1;
 
-    let (client, server) = pipe();
-    let token = fixture.token(LOAD_V1);
-    let consume = async {
-        let (mut consumer, _) = open_load_resuming(
-            client,
-            &token,
-            DOMAIN,
-            by_id(&item.id),
-            prefix_of(&item.id, &wrong),
-            Limits::DEFAULT,
-        )
-        .await?;
-        let item = consumer.next().await?.expect("the item is stored");
-        item.read_to_vec(SIZE as u64).await
-    };
-    let (_, got) = tokio::join!(
-        serve_load(
-            server,
-            &LOAD_INFO,
-            &fixture.store,
-            &fixture.keys,
-            &Limits::DEFAULT
-        ),
-        consume
-    );
-    assert!(
-        matches!(got, Err(CapabilityError::RootMismatch { .. })),
-        "{got:?}"
-    );
+    let loaded = load(&fixture, &item.id, prefix_of(&item.id, &wrong), None).await;
+    let error = loaded.error.expect("the root check fails");
+    assert!(error.contains("RootMismatch"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,9 +135,9 @@ async fn a_prefix_longer_than_the_content_gets_the_whole_content_again() {
     let held = data(3 * CHUNK_SIZE);
 
     let loaded = load(&fixture, &item.id, prefix_of(&item.id, &held), None).await;
-    let (offset, content) = loaded.got.unwrap();
-    assert_eq!(offset, 0);
-    assert_eq!(content, blob);
+    assert_eq!(loaded.error, None);
+    assert_eq!(loaded.offset, 0);
+    assert_eq!(loaded.content, blob);
     assert_eq!(loaded.served.bytes, blob.len() as u64);
 }
 
@@ -191,19 +170,15 @@ proptest! {
 
             // The cut counts every byte the consumer reads, frames included.
             let first = load(&fixture, &item.id, Prefixes::new(), Some(cut)).await;
-            let held = match first.got {
-                Ok((_, content)) => content,
-                Err(CapabilityError::Truncated { got, .. }) => blob[..got as usize].to_vec(),
-                Err(_) => Vec::new(),
-            };
+            let held = first.content;
             prop_assert_eq!(&held[..], &blob[..held.len()]);
             let whole = held.len() / CHUNK_SIZE * CHUNK_SIZE;
             let prefixes = if whole > 0 { prefix_of(&item.id, &held[..whole]) } else { Prefixes::new() };
 
             let second = load(&fixture, &item.id, prefixes, None).await;
-            let (offset, rest) = second.got.unwrap();
-            prop_assert_eq!(offset, whole as u64);
-            prop_assert_eq!(&rest[..], &blob[whole..]);
+            prop_assert_eq!(second.error, None);
+            prop_assert_eq!(second.offset, whole as u64);
+            prop_assert_eq!(&second.content[..], &blob[whole..]);
             // Sent again: what the consumer held past its last whole chunk (under one
             // chunk), and nothing before it.
             prop_assert_eq!(second.served.bytes, (SIZE - whole) as u64);

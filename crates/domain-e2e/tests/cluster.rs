@@ -6,7 +6,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{content, domain, domain_ok, item_lines, start_manager, start_node};
+use common::{
+    content, domain, domain_ok, download_args, item_lines, start_manager, start_node, upload_bytes,
+};
 use domain_cluster::identity::Identity;
 use domain_datastore::{CHUNK_SIZE, root_of};
 
@@ -208,46 +210,22 @@ fn a_download_cut_part_way_continues_from_the_last_whole_chunk_of_its_partial_fi
     let work = dir.path();
     let (_manager, manager) = start_manager(work, None);
     let (_node, _) = start_node(work, "node1", &manager.addr);
-    let file = work.join("scan.bin");
     let bytes = content(40 * CHUNK_SIZE + 123, 9);
-    std::fs::write(&file, &bytes).unwrap();
-    let file_arg = file.display().to_string();
-    let out = domain_ok(
-        work,
-        &[
-            "upload",
-            &file_arg,
-            "--domain",
-            "e2e",
-            "--manager",
-            &manager.addr,
-        ],
-    );
-    let uploaded = item_lines(&out);
+    let uploaded = upload_bytes(work, &manager.addr, "scan.bin", &bytes);
 
     // What a cut transfer leaves: the partial file, 25 chunks and a piece of the next.
     let copies = work.join("copies");
     std::fs::create_dir(&copies).unwrap();
     let held = 25 * CHUNK_SIZE + 1000;
-    let partial = copies.join(format!(".{}.part", uploaded[0].id));
+    let partial = copies.join(format!(".{}.part", uploaded.id));
     std::fs::write(&partial, &bytes[..held]).unwrap();
     let copies_arg = copies.display().to_string();
     let out = domain_ok(
         work,
-        &[
-            "download",
-            "--domain",
-            "e2e",
-            "--id",
-            &uploaded[0].id,
-            "--manager",
-            &manager.addr,
-            "--out",
-            &copies_arg,
-        ],
+        &download_args(&uploaded.id, &manager.addr, &copies_arg),
     );
     let downloaded = item_lines(&out);
-    assert_eq!(downloaded[0].root, uploaded[0].root);
+    assert_eq!(downloaded[0].root, uploaded.root);
     assert_eq!(std::fs::read(&downloaded[0].path).unwrap(), bytes);
     assert!(!partial.exists());
 
@@ -268,46 +246,22 @@ fn a_partial_file_that_does_not_match_the_item_is_removed_and_the_download_fails
     let work = dir.path();
     let (_manager, manager) = start_manager(work, None);
     let (_node, _) = start_node(work, "node1", &manager.addr);
-    let file = work.join("scan.bin");
     let bytes = content(4 * CHUNK_SIZE, 3);
-    std::fs::write(&file, &bytes).unwrap();
-    let file_arg = file.display().to_string();
-    let out = domain_ok(
-        work,
-        &[
-            "upload",
-            &file_arg,
-            "--domain",
-            "e2e",
-            "--manager",
-            &manager.addr,
-        ],
-    );
-    let uploaded = item_lines(&out);
+    let uploaded = upload_bytes(work, &manager.addr, "scan.bin", &bytes);
 
     let copies = work.join("copies");
     std::fs::create_dir(&copies).unwrap();
-    let partial = copies.join(format!(".{}.part", uploaded[0].id));
+    let partial = copies.join(format!(".{}.part", uploaded.id));
     let mut damaged = bytes[..2 * CHUNK_SIZE].to_vec();
     damaged[100] ^= 0xff;
     std::fs::write(&partial, &damaged).unwrap();
     let copies_arg = copies.display().to_string();
-    let args = [
-        "download",
-        "--domain",
-        "e2e",
-        "--id",
-        &uploaded[0].id,
-        "--manager",
-        &manager.addr,
-        "--out",
-        &copies_arg,
-    ];
+    let args = download_args(&uploaded.id, &manager.addr, &copies_arg);
     let output = domain(work, &args);
     assert!(!output.status.success(), "{}", output.stdout);
     assert!(output.stderr.contains("root"), "{}", output.stderr);
     assert!(!partial.exists());
-    assert!(!copies.join(&uploaded[0].id).exists());
+    assert!(!copies.join(&uploaded.id).exists());
 
     // Without the damaged prefix, the next download starts over and succeeds.
     let downloaded = item_lines(&domain_ok(work, &args));

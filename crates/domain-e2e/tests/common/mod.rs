@@ -95,6 +95,36 @@ pub fn domain_ok(dir: &Path, args: &[&str]) -> String {
     output.stdout
 }
 
+/// Writes `bytes` to `dir/<name>` and uploads it to domain `e2e` through the manager at
+/// `manager`; returns its item line.
+pub fn upload_bytes(dir: &Path, manager: &str, name: &str, bytes: &[u8]) -> ItemLine {
+    let file = dir.join(name);
+    std::fs::write(&file, bytes).unwrap();
+    let file = file.display().to_string();
+    let out = domain_ok(
+        dir,
+        &["upload", &file, "--domain", "e2e", "--manager", manager],
+    );
+    let mut lines = item_lines(&out);
+    assert_eq!(lines.len(), 1, "{out}");
+    lines.remove(0)
+}
+
+/// The arguments of `domain download` of item `id` of domain `e2e` into `out`.
+pub fn download_args<'a>(id: &'a str, manager: &'a str, out: &'a str) -> [&'a str; 9] {
+    [
+        "download",
+        "--domain",
+        "e2e",
+        "--id",
+        id,
+        "--manager",
+        manager,
+        "--out",
+        out,
+    ]
+}
+
 /// One `<id>  <root>  <path>` line of `domain upload` or `download`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ItemLine {
