@@ -5,8 +5,9 @@
 //! With `O_DIRECT` the disk reads the batch straight from our buffer, so a batch is
 //! allocated at a block boundary ([`Batch`]) and written at block-aligned offsets.
 //! Whatever the direct path cannot take (a file system without `O_DIRECT`, such as
-//! tmpfs; a device that refuses the alignment; the tail of the content, which is not a
-//! whole block) is written buffered, so the bytes on disk are the same either way.
+//! tmpfs before Linux 6.6 or some FUSE file systems; a device that refuses the
+//! alignment; the tail of the content, which is not a whole block) is written buffered,
+//! so the bytes on disk are the same either way.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -333,6 +334,17 @@ mod tests {
             std::fs::read(&path).unwrap(),
             [batches.concat(), tail].concat()
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn batches_land_on_tmpfs_too() {
+        // tmpfs took O_DIRECT only in Linux 6.6: older kernels write it buffered.
+        let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+            return;
+        };
+        let batches = [pattern(3 * ALIGN, 4), pattern(ALIGN + 9, 5)];
+        assert_eq!(write_batches(dir.path(), &batches), batches.concat());
     }
 
     #[cfg(target_os = "linux")]
