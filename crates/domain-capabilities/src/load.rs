@@ -172,19 +172,37 @@ impl<D: Datastore> ItemSender<'_, D> {
             self.summary.items += 1;
             return Ok(());
         }
-        let (mut metadata, mut content) = match self.datastore.get(self.domain, &item.id).await {
+        // An offset that is not a chunk boundary is not a prefix the consumer can hold:
+        // the whole content goes, as a v1 receiver would send it. So it does when the item
+        // changed since the consumer's prefix and is now shorter.
+        let asked = self
+            .resume
+            .remove(&item.id)
+            .filter(|&offset| offset > 0 && offset % CHUNK_SIZE as u64 == 0);
+        let mut fetched = None;
+        if let Some(offset) = asked {
+            match self.datastore.get_from(self.domain, &item.id, offset).await {
+                Err(DatastoreError::OffsetPastEnd { .. }) => {}
+                result => {
+                    fetched = Some(result.map(|(item, content)| (item, content, Some(offset))))
+                }
+            }
+        }
+        let fetched = match fetched {
+            Some(fetched) => fetched,
+            None => self
+                .datastore
+                .get(self.domain, &item.id)
+                .await
+                .map(|(item, content)| (item, content, None)),
+        };
+        let (mut metadata, mut content, offset) = match fetched {
             Ok(found) => found,
             // Deleted since the query or the notification: nothing to send.
             Err(DatastoreError::NotFound { .. }) => return Ok(()),
             Err(err) => return Err(CapabilityError::Datastore(err)),
         };
         let size = u64::from(metadata.size);
-        // An offset that is not this item's chunk boundary is not a prefix of it: the
-        // whole content goes, as a v1 receiver would send it.
-        let offset = self
-            .resume
-            .remove(&metadata.id)
-            .filter(|&offset| offset > 0 && offset <= size && offset % CHUNK_SIZE as u64 == 0);
         metadata.content_offset = offset;
         write_message(writer, &metadata)
             .await
@@ -193,11 +211,9 @@ impl<D: Datastore> ItemSender<'_, D> {
             self.buf.resize(self.batch, 0);
         }
         let offset = offset.unwrap_or(0);
-        let mut at = 0u64;
-        while at < size {
-            // Bytes before the offset are read past, not sent: the consumer holds them.
-            let end = if at < offset { offset } else { size };
-            let want = (end - at).min(self.batch as u64) as usize;
+        let mut sent = offset;
+        while sent < size {
+            let want = (size - sent).min(self.batch as u64) as usize;
             let filled = fill(&mut content, &mut self.buf[..want])
                 .await
                 .map_err(|source| {
@@ -210,16 +226,14 @@ impl<D: Datastore> ItemSender<'_, D> {
                 return Err(CapabilityError::Datastore(DatastoreError::Corrupt {
                     domain: self.domain.clone(),
                     id: metadata.id.clone(),
-                    reason: format!("content ends after {at} of {size} bytes"),
+                    reason: format!("content ends after {sent} of {size} bytes"),
                 }));
             }
-            if at >= offset {
-                writer
-                    .write_all(&self.buf[..filled])
-                    .await
-                    .map_err(|e| CapabilityError::io("sending content", e))?;
-            }
-            at += filled as u64;
+            writer
+                .write_all(&self.buf[..filled])
+                .await
+                .map_err(|e| CapabilityError::io("sending content", e))?;
+            sent += filled as u64;
         }
         writer
             .flush()

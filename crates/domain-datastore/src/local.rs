@@ -285,25 +285,41 @@ impl Inner {
             })
     }
 
+    /// Item `id` and its blob file, positioned at `offset`.
     fn open_content(
         &self,
         domain: &DomainId,
         id: &str,
+        offset: u64,
     ) -> Result<(Metadata, std::fs::File), DatastoreError> {
         let item = self.read_item(domain, id)?;
+        if offset > u64::from(item.size) {
+            return Err(DatastoreError::OffsetPastEnd {
+                id: item.id,
+                offset,
+                size: item.size,
+            });
+        }
         let path = self
             .blobs_dir
             .join(domain.as_str())
             .join(item.hash.as_deref().unwrap_or_default());
-        match std::fs::File::open(&path) {
-            Ok(file) => Ok((item, file)),
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
             // Deleted between the metadata read and the open.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(DatastoreError::NotFound {
-                domain: domain.clone(),
-                id: id.to_owned(),
-            }),
-            Err(e) => Err(io_error("open", &path, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(DatastoreError::NotFound {
+                    domain: domain.clone(),
+                    id: id.to_owned(),
+                });
+            }
+            Err(e) => return Err(io_error("open", &path, e)),
+        };
+        if offset > 0 {
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))
+                .map_err(|e| io_error("seek", &path, e))?;
         }
+        Ok((item, file))
     }
 
     fn query(
@@ -379,11 +395,21 @@ impl Datastore for LocalDatastore {
         domain: &DomainId,
         id: &str,
     ) -> Result<(Metadata, LocalContent), DatastoreError> {
+        self.get_from(domain, id, 0).await
+    }
+
+    /// Seeks the blob file to `offset`: nothing before it is read.
+    async fn get_from(
+        &self,
+        domain: &DomainId,
+        id: &str,
+        offset: u64,
+    ) -> Result<(Metadata, LocalContent), DatastoreError> {
         let inner = Arc::clone(&self.inner);
         let (domain, id) = (domain.clone(), id.to_owned());
         let (item, file) =
-            tokio::task::spawn_blocking(move || inner.open_content(&domain, &id)).await??;
-        let len = u64::from(item.size);
+            tokio::task::spawn_blocking(move || inner.open_content(&domain, &id, offset)).await??;
+        let len = u64::from(item.size) - offset;
         Ok((
             item,
             LocalContent {

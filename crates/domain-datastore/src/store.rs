@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use regex::{Regex, RegexBuilder};
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 use crate::subscription::Subscription;
 
@@ -297,6 +297,16 @@ pub enum DatastoreError {
         /// Bytes received; reading stops at `expected + 1`.
         got: u64,
     },
+    /// A read was asked to start past the end of the item's content.
+    #[error("offset {offset} is past the end of item {id:?} ({size} bytes)")]
+    OffsetPastEnd {
+        /// The item.
+        id: String,
+        /// The offset asked for.
+        offset: u64,
+        /// The content's size.
+        size: u32,
+    },
     /// No item has this id in the domain.
     #[error("no item with id {id:?} in domain {domain}")]
     NotFound {
@@ -387,6 +397,45 @@ pub trait Datastore: Send + Sync + 'static {
         domain: &DomainId,
         id: &str,
     ) -> impl Future<Output = Result<(Metadata, Self::Content), DatastoreError>> + Send;
+
+    /// As [`get`](Self::get), with a reader of the content from byte `offset` on
+    /// (`metadata.size - offset` bytes): what a resumed download sends.
+    ///
+    /// The default reads past the first `offset` bytes; a backend that can seek should.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get), and [`DatastoreError::OffsetPastEnd`] beyond the content.
+    fn get_from(
+        &self,
+        domain: &DomainId,
+        id: &str,
+        offset: u64,
+    ) -> impl Future<Output = Result<(Metadata, Self::Content), DatastoreError>> + Send {
+        async move {
+            let (metadata, mut content) = self.get(domain, id).await?;
+            if offset > u64::from(metadata.size) {
+                return Err(DatastoreError::OffsetPastEnd {
+                    id: metadata.id,
+                    offset,
+                    size: metadata.size,
+                });
+            }
+            let skipped = tokio::io::copy(&mut (&mut content).take(offset), &mut tokio::io::sink())
+                .await
+                .map_err(|source| DatastoreError::ReadContent {
+                    name: metadata.name.clone(),
+                    source,
+                })?;
+            if skipped < offset {
+                return Err(DatastoreError::Corrupt {
+                    domain: domain.clone(),
+                    id: metadata.id,
+                    reason: format!("content ends after {skipped} of {} bytes", metadata.size),
+                });
+            }
+            Ok((metadata, content))
+        }
+    }
 
     /// The metadata of every item matching `query` (see [`QueryFilter`] for the semantics),
     /// ordered by id. `query.metadata_only` does not change the answer; it tells the

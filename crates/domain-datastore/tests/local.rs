@@ -7,12 +7,14 @@ mod suite;
 use std::path::{Path, PathBuf};
 
 use domain_datastore::{
-    Datastore, DatastoreError, LocalDatastore, LocalOptions, Root, SubscriptionError, root_of,
+    Datastore, DatastoreError, DomainId, LocalContent, LocalDatastore, LocalOptions, Root,
+    Subscription, SubscriptionError, root_of,
 };
-use domain_proto::domain_data::Query;
+use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use futures::StreamExt;
 use proptest::prelude::*;
 use suite::{domain, pattern, put_bytes, read_content, upsert};
+use tokio::io::AsyncRead;
 
 async fn fresh() -> (LocalDatastore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -304,4 +306,51 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+/// The local store behind the trait's default `get_from`, which reads past the offset
+/// instead of seeking: what a backend without seeking gets.
+struct DefaultGetFrom(LocalDatastore);
+
+impl Datastore for DefaultGetFrom {
+    type Content = LocalContent;
+
+    async fn put<R: AsyncRead + Send + Unpin>(
+        &self,
+        domain: &DomainId,
+        item: UpsertMetadata,
+        content: R,
+    ) -> Result<Metadata, DatastoreError> {
+        self.0.put(domain, item, content).await
+    }
+
+    async fn get(
+        &self,
+        domain: &DomainId,
+        id: &str,
+    ) -> Result<(Metadata, Self::Content), DatastoreError> {
+        self.0.get(domain, id).await
+    }
+
+    async fn query(
+        &self,
+        domain: &DomainId,
+        query: &Query,
+    ) -> Result<Vec<Metadata>, DatastoreError> {
+        self.0.query(domain, query).await
+    }
+
+    async fn delete(&self, domain: &DomainId, id: &str) -> Result<(), DatastoreError> {
+        self.0.delete(domain, id).await
+    }
+
+    fn subscribe(&self, domain: &DomainId, query: &Query) -> Result<Subscription, DatastoreError> {
+        self.0.subscribe(domain, query)
+    }
+}
+
+#[tokio::test]
+async fn the_default_get_from_reads_past_the_offset_like_a_seek() {
+    let (store, _dir) = fresh().await;
+    suite::get_from_reads_from_the_offset_to_the_end_and_not_past_it(&DefaultGetFrom(store)).await;
 }

@@ -27,6 +27,7 @@ macro_rules! datastore_suite {
         $crate::datastore_suite!(@tests $fresh;
             put_answers_the_merkle_root_of_the_content,
             get_returns_the_stored_metadata_and_exact_bytes,
+            get_from_reads_from_the_offset_to_the_end_and_not_past_it,
             empty_content_is_an_item_like_any_other,
             fewer_bytes_than_size_is_refused_and_leaves_nothing,
             more_bytes_than_size_is_refused_and_leaves_nothing,
@@ -144,6 +145,29 @@ pub async fn get_returns_the_stored_metadata_and_exact_bytes<S: Datastore>(store
     assert_eq!(got, stored);
     assert!(content == bytes, "content differs");
     assert_eq!(root_of(&content).to_string(), got.hash.unwrap());
+}
+
+pub async fn get_from_reads_from_the_offset_to_the_end_and_not_past_it<S: Datastore>(store: &S) {
+    let d = domain("d");
+    let bytes = pattern(5 * 7168 + 9, 3);
+    let stored = put_bytes(store, &d, "scan", "bin", &bytes).await;
+    // The start, a chunk boundary, the middle of a chunk, the very end.
+    for offset in [0, 7168, 2 * 7168 + 100, bytes.len()] {
+        let (got, mut content) = store.get_from(&d, &stored.id, offset as u64).await.unwrap();
+        assert_eq!(got, stored);
+        let mut rest = Vec::new();
+        content.read_to_end(&mut rest).await.unwrap();
+        assert!(rest == bytes[offset..], "content from {offset} differs");
+    }
+    let past = bytes.len() as u64 + 1;
+    assert!(matches!(
+        store.get_from(&d, &stored.id, past).await,
+        Err(DatastoreError::OffsetPastEnd { offset, .. }) if offset == past
+    ));
+    assert!(matches!(
+        store.get_from(&d, "no-such-id", 0).await,
+        Err(DatastoreError::NotFound { .. })
+    ));
 }
 
 pub async fn empty_content_is_an_item_like_any_other<S: Datastore>(store: &S) {
