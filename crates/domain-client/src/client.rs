@@ -1215,6 +1215,10 @@ where
     let mut file = partial::open_partial(&partial, offset)
         .await
         .map_err(ItemFileError::Local)?;
+    if let Some(progress) = progress.filter(|_| offset > 0) {
+        // The prefix came in an earlier download: the bar starts where it ended.
+        progress.advanced(offset);
+    }
     let written = async {
         // The copy checks the content against the item's root as it ends.
         let copied = item
