@@ -28,6 +28,7 @@ use std::time::Duration;
 
 mod partial;
 mod progress;
+mod read_ahead;
 mod watch;
 
 pub use progress::Progress;
@@ -921,7 +922,7 @@ impl Client {
             };
             let metadata = match &upload.content {
                 Content::File(path) => {
-                    let file = tokio::fs::File::open(path)
+                    let file = read_ahead::ReadAhead::open(path)
                         .await
                         .map_err(|e| ClientError::io("opening", path, e))?;
                     self.send_item(&mut sender, item, file).await
