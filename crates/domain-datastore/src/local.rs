@@ -46,6 +46,10 @@ const IO_BATCH: usize = 1 << 20;
 /// Batch writes under way at once: the disk idles between writes when there is one.
 const WRITES_IN_FLIGHT: usize = 4;
 
+/// Batches that may wait for the hasher: enough that a hasher slowed down for a moment
+/// (its cores taken by the sender, on one machine) does not hold the disk's writes up.
+const HASH_QUEUE: usize = 8;
+
 /// Items up to this size are read into memory and hashed at once; larger ones stream.
 const INLINE_MAX: u32 = 64 << 10;
 
@@ -511,13 +515,14 @@ async fn write_content<R: AsyncRead + Unpin>(
     content: R,
 ) -> Result<(Root, std::fs::File), DatastoreError> {
     // Batches are shared by the hasher and a writer and come back for reuse once both are
-    // done, so a put holds at most a dozen: one being read, two queued and one at the
-    // hasher, and twice WRITES_IN_FLIGHT queued and under way. The free list takes them
-    // all: a batch freed and allocated again would cost an munmap and page faults, which
-    // contend with the page pinning of direct writes for the process's memory map lock.
-    let (hash_tx, mut hash_rx) = mpsc::channel::<Arc<Batch>>(2);
+    // done, so a put holds at most 18 MiB of them: one being read, HASH_QUEUE queued and
+    // one at the hasher, and twice WRITES_IN_FLIGHT queued and under way. The free list
+    // takes them all: a batch freed and allocated again would cost an munmap and page
+    // faults, which contend with the page pinning of direct writes for the process's
+    // memory map lock.
+    let (hash_tx, mut hash_rx) = mpsc::channel::<Arc<Batch>>(HASH_QUEUE);
     let (write_tx, write_rx) = async_channel::bounded::<(u64, Arc<Batch>)>(WRITES_IN_FLIGHT);
-    let (free_tx, mut free_rx) = mpsc::channel::<Batch>(4 + 2 * WRITES_IN_FLIGHT);
+    let (free_tx, mut free_rx) = mpsc::channel::<Batch>(HASH_QUEUE + 2 + 2 * WRITES_IN_FLIGHT);
     let hash_free = free_tx.clone();
     let hasher = tokio::task::spawn_blocking(move || {
         let mut tree = MerkleBuilder::new();
