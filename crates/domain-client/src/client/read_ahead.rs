@@ -44,12 +44,14 @@ impl ReadAhead {
         tokio::task::spawn_blocking(move || {
             let mut file = file;
             loop {
-                let mut batch = reuse.try_recv().unwrap_or_default();
-                batch.resize(BATCH, 0);
-                let read = fill(&mut file, &mut batch).map(|n| {
-                    batch.truncate(n);
-                    batch
-                });
+                let mut batch = reuse
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(BATCH));
+                batch.clear();
+                let read = (&mut file)
+                    .take(BATCH as u64)
+                    .read_to_end(&mut batch)
+                    .map(|_| batch);
                 let end = matches!(&read, Ok(batch) if batch.is_empty()) || read.is_err();
                 // A closed channel: the upload stopped reading, so the thread stops too.
                 if tx.blocking_send(read).is_err() || end {
@@ -90,20 +92,6 @@ impl AsyncRead for ReadAhead {
         this.at += n;
         Poll::Ready(Ok(()))
     }
-}
-
-/// Reads until `buf` is full or the file ends; returns the bytes read.
-fn fill(file: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 #[cfg(test)]
