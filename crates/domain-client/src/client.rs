@@ -1011,7 +1011,7 @@ impl Client {
         // Items cut short by an earlier download into the same folder continue where
         // their partial files end.
         let prefixes = match &gather.sink {
-            Sink::Folder { dir, .. } => partial::held_prefixes(dir).await,
+            Sink::Folder { dir, .. } => partial::held_prefixes(dir, &request.query.ids).await,
             _ => Prefixes::new(),
         };
         let stream = self.open(node, LOAD_V1).await?;

@@ -15,7 +15,7 @@ use domain_datastore::{MerkleBuilder, Root};
 
 /// Bytes read before each hashing step: large enough to keep every core busy hashing
 /// 7168-byte leaves, small enough to stay in cache.
-pub const BATCH_SIZE: usize = 1 << 20;
+pub const BATCH_SIZE: usize = MerkleBuilder::READ_BATCH;
 
 /// The long help of `domain hash` (`domain hash --help`).
 pub const LONG_ABOUT: &str = "Print the Merkle root of each FILE, as a domain stores it: \
@@ -99,30 +99,10 @@ fn hash_input(path: &Path) -> io::Result<Root> {
 /// # Errors
 ///
 /// The first read error other than [`io::ErrorKind::Interrupted`].
-pub fn root_of_reader(mut reader: impl Read) -> io::Result<Root> {
+pub fn root_of_reader(reader: impl Read) -> io::Result<Root> {
     let mut builder = MerkleBuilder::new();
-    let mut batch = vec![0_u8; BATCH_SIZE];
-    loop {
-        let filled = fill(&mut reader, &mut batch)?;
-        builder.update_parallel(&batch[..filled]);
-        if filled < batch.len() {
-            return Ok(builder.finalize());
-        }
-    }
-}
-
-/// Reads until `buf` is full or the reader is at its end; returns the bytes read.
-fn fill(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(read) => filled += read,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(filled)
+    builder.update_from_reader(reader)?;
+    Ok(builder.finalize())
 }
 
 /// The name printed for an input: the path as given, `-` for standard input.
@@ -147,13 +127,5 @@ mod tests {
     fn names_with_backslashes_or_newlines_are_escaped() {
         assert_eq!(escape_name("plain name.ply"), "plain name.ply");
         assert_eq!(escape_name("a\\b\nc"), "a\\\\b\\nc");
-    }
-
-    #[test]
-    fn fill_stops_at_the_end_of_a_short_reader() {
-        let mut reader = &b"abc"[..];
-        let mut buf = [0_u8; 8];
-        assert_eq!(fill(&mut reader, &mut buf).unwrap(), 3);
-        assert_eq!(&buf[..3], b"abc");
     }
 }

@@ -19,19 +19,17 @@ use super::{ClientError, check_id};
 /// Partial files a download hashes to resume at most; more are downloaded whole.
 const MAX_RESUMED: usize = 64;
 
-/// Bytes read per batch while hashing a prefix.
-const HASH_BATCH: usize = 1 << 20;
-
 /// Where the content of item `id` is written until it is complete.
 pub(crate) fn partial_path(dir: &Path, id: &str) -> PathBuf {
     dir.join(format!(".{id}.part"))
 }
 
-/// The prefixes of the partial files in `dir`: for each, its whole chunks hashed.
-/// Files that cannot be read are left out (downloaded whole, and rewritten).
-pub(crate) async fn held_prefixes(dir: &Path) -> Prefixes {
+/// The prefixes of the partial files in `dir` (only those of `ids`, unless it is empty:
+/// a query by name may match any of them): for each, its whole chunks hashed. Files that
+/// cannot be read are left out (downloaded whole, and rewritten).
+pub(crate) async fn held_prefixes(dir: &Path, ids: &[String]) -> Prefixes {
     let mut prefixes = Prefixes::new();
-    for (id, path) in partial_files(dir).await {
+    for (id, path) in partial_files(dir, ids).await {
         let hashed = tokio::task::spawn_blocking(move || hash_prefix(&path)).await;
         match hashed {
             Ok(Ok(prefix)) => {
@@ -45,8 +43,9 @@ pub(crate) async fn held_prefixes(dir: &Path) -> Prefixes {
     prefixes
 }
 
-/// The `.<id>.part` files of `dir` whose id is one a download would write.
-async fn partial_files(dir: &Path) -> Vec<(String, PathBuf)> {
+/// The `.<id>.part` files of `dir` whose id is one a download would write, and one of
+/// `ids` if that is not empty.
+async fn partial_files(dir: &Path, ids: &[String]) -> Vec<(String, PathBuf)> {
     let mut found = Vec::new();
     let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
         return found;
@@ -59,7 +58,8 @@ async fn partial_files(dir: &Path) -> Vec<(String, PathBuf)> {
         else {
             continue;
         };
-        if check_id(id).is_ok() {
+        let wanted = ids.is_empty() || ids.iter().any(|wanted| wanted == id);
+        if wanted && check_id(id).is_ok() {
             found.push((id.to_owned(), entry.path()));
             if found.len() == MAX_RESUMED {
                 break;
@@ -73,19 +73,9 @@ async fn partial_files(dir: &Path) -> Vec<(String, PathBuf)> {
 fn hash_prefix(path: &Path) -> std::io::Result<MerkleBuilder> {
     use std::io::Read as _;
     let file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len();
-    let whole = len / CHUNK_SIZE as u64 * CHUNK_SIZE as u64;
+    let whole = file.metadata()?.len() / CHUNK_SIZE as u64 * CHUNK_SIZE as u64;
     let mut builder = MerkleBuilder::new();
-    let mut reader = file.take(whole);
-    let mut batch = vec![0; HASH_BATCH];
-    loop {
-        let n = reader.read(&mut batch)?;
-        if n == 0 {
-            break;
-        }
-        builder.update_parallel(&batch[..n]);
-    }
-    if builder.len() != whole {
+    if builder.update_from_reader(file.take(whole))? != whole {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
     Ok(builder)
@@ -146,15 +136,27 @@ mod tests {
         std::fs::write(dir.path().join("..part"), b"x").unwrap();
         std::fs::write(dir.path().join(".item-2.tmp"), b"x").unwrap();
 
-        let found = partial_files(dir.path()).await;
+        let found = partial_files(dir.path(), &[]).await;
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].0, "item-1");
+        // A download of other ids leaves this one alone.
+        assert!(
+            partial_files(dir.path(), &["item-3".to_owned()])
+                .await
+                .is_empty()
+        );
+        assert_eq!(
+            partial_files(dir.path(), &["item-1".to_owned()])
+                .await
+                .len(),
+            1
+        );
         let prefix = hash_prefix(&found[0].1).unwrap();
         let mut expected = MerkleBuilder::new();
         expected.update(&bytes[..3 * CHUNK_SIZE]);
         assert_eq!(prefix.len(), 3 * CHUNK_SIZE as u64);
         assert_eq!(prefix.finalize(), expected.finalize());
-        assert!(!held_prefixes(dir.path()).await.is_empty());
+        assert!(!held_prefixes(dir.path(), &[]).await.is_empty());
     }
 
     #[cfg(target_os = "linux")]

@@ -180,6 +180,38 @@ impl MerkleBuilder {
         self
     }
 
+    /// Bytes [`update_from_reader`](Self::update_from_reader) reads before each hashing
+    /// step: large enough to keep every core busy, small enough to stay in cache.
+    pub const READ_BATCH: usize = 1 << 20;
+
+    /// Feeds everything `reader` yields, in batches of [`READ_BATCH`](Self::READ_BATCH)
+    /// hashed on all cores as [`update_parallel`](Self::update_parallel) does; returns the
+    /// bytes read. Memory stays one batch whatever the length. Blocking: see
+    /// `update_parallel`.
+    ///
+    /// # Errors
+    /// The first read error other than [`io::ErrorKind::Interrupted`]; what was read
+    /// before it is fed.
+    pub fn update_from_reader(&mut self, mut reader: impl io::Read) -> io::Result<u64> {
+        let mut batch = vec![0_u8; Self::READ_BATCH];
+        let mut total = 0;
+        loop {
+            let filled = fill(&mut reader, &mut batch);
+            let (filled, error) = match filled {
+                Ok(filled) => (filled, None),
+                Err((filled, error)) => (filled, Some(error)),
+            };
+            self.update_parallel(&batch[..filled]);
+            total += filled as u64;
+            if let Some(error) = error {
+                return Err(error);
+            }
+            if filled < batch.len() {
+                return Ok(total);
+            }
+        }
+    }
+
     /// The root of the bytes fed so far. The builder stays usable: feeding more and
     /// finalizing again gives the root of the longer stream.
     #[must_use]
@@ -303,9 +335,61 @@ pub fn root_of(data: &[u8]) -> Root {
     MerkleBuilder::new().update_parallel(data).finalize()
 }
 
+/// Reads until `buf` is full or the reader is at its end; returns the bytes read, and
+/// with an error the bytes read before it. Short reads (a pipe) are joined, so that every
+/// hashing step but the last gets a whole batch.
+fn fill(reader: &mut impl io::Read, buf: &mut [u8]) -> Result<usize, (usize, io::Error)> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err((filled, error)),
+        }
+    }
+    Ok(filled)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fill_stops_at_the_end_of_a_short_reader() {
+        let mut reader = &b"abc"[..];
+        let mut buf = [0_u8; 8];
+        assert_eq!(fill(&mut reader, &mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"abc");
+    }
+
+    #[test]
+    fn a_reader_fed_in_short_reads_gives_the_root_of_its_bytes() {
+        /// Hands out at most 1000 bytes per read, as a pipe does.
+        struct Trickle<'a>(&'a [u8]);
+        impl io::Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = buf.len().min(self.0.len()).min(1000);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        // Empty, one chunk, and more than one batch ending mid-chunk.
+        for len in [
+            0,
+            CHUNK_SIZE,
+            MerkleBuilder::READ_BATCH + 3 * CHUNK_SIZE + 5,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut builder = MerkleBuilder::new();
+            assert_eq!(
+                builder.update_from_reader(Trickle(&data)).unwrap(),
+                len as u64
+            );
+            assert_eq!(builder.finalize(), root_of(&data), "{len} bytes");
+        }
+    }
 
     #[test]
     fn node_key_is_the_derive_key_context_of_the_design() {
