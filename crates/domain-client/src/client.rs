@@ -991,9 +991,33 @@ impl Client {
     }
 
     /// Runs `gather`'s query on one node, handing each item not seen before to its sink.
+    ///
+    /// An item resumed from a partial file that then fails its root check proves the
+    /// partial wrong, not the node (the node's own bytes are not checked apart from the
+    /// prefix): the partial is discarded and the node asked again at once, with the same
+    /// token, for what is still missing, that item from byte 0. Each round discards a
+    /// partial for good, so the rounds are bounded by the partials there were.
     async fn load_from(
         &self,
         assignment: Assignment,
+        domain: &DomainId,
+        gather: &mut Gather<'_>,
+    ) -> Result<(), ClientError> {
+        loop {
+            let discarded = gather.discarded_partials.len();
+            match self.load_once(&assignment, domain, gather).await {
+                Err(error) if gather.discarded_partials.len() > discarded => {
+                    tracing::warn!(node = %assignment.node, %error, "a partial download did not match its item; downloading the item again whole");
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// One `/load/v1` stream of [`load_from`](Self::load_from).
+    async fn load_once(
+        &self,
+        assignment: &Assignment,
         domain: &DomainId,
         gather: &mut Gather<'_>,
     ) -> Result<(), ClientError> {
@@ -1011,7 +1035,9 @@ impl Client {
         // Items cut short by an earlier download into the same folder continue where
         // their partial files end.
         let prefixes = match &gather.sink {
-            Sink::Folder { dir, .. } => partial::held_prefixes(dir, &request.query.ids).await,
+            Sink::Folder { dir, .. } => {
+                partial::held_prefixes(dir, &request.query.ids, &gather.discarded_partials).await
+            }
             _ => Prefixes::new(),
         };
         let stream = self.open(node, LOAD_V1).await?;
@@ -1047,9 +1073,16 @@ impl Client {
                     listed.push(metadata.clone());
                 }
                 Sink::Folder { dir, downloads } => {
-                    let path = write_item_file(item, &metadata, dir, progress)
-                        .await
-                        .map_err(|e| e.into_client_error(node))?;
+                    let resumed = item.offset() > 0;
+                    let path = match write_item_file(item, &metadata, dir, progress).await {
+                        Ok(path) => path,
+                        Err(error) => {
+                            if resumed && error.is_root_mismatch() {
+                                gather.discarded_partials.insert(metadata.id.clone());
+                            }
+                            return Err(error.into_client_error(node));
+                        }
+                    };
                     downloads.items.push(Downloaded {
                         metadata: metadata.clone(),
                         path,
@@ -1110,6 +1143,8 @@ enum Sink<'a> {
 struct Gather<'a> {
     query: Query,
     seen: BTreeSet<String>,
+    /// Items whose partial files failed the root check: never resumed again.
+    discarded_partials: BTreeSet<String>,
     sink: Sink<'a>,
 }
 
@@ -1122,6 +1157,7 @@ impl<'a> Gather<'a> {
                 ..query.clone()
             },
             seen: BTreeSet::new(),
+            discarded_partials: BTreeSet::new(),
             sink,
         }
     }
@@ -1173,11 +1209,12 @@ impl ItemFileError {
     /// Whether the bytes written so far are worth resuming from: the transfer was cut,
     /// but nothing proved them wrong.
     fn leaves_a_resumable_partial(&self) -> bool {
-        match self {
-            Self::Transfer(CapabilityError::RootMismatch { .. }) => false,
-            Self::Transfer(_) => true,
-            Self::Local(_) => false,
-        }
+        matches!(self, Self::Transfer(_)) && !self.is_root_mismatch()
+    }
+
+    /// Whether the content arrived whole and failed its root check.
+    fn is_root_mismatch(&self) -> bool {
+        matches!(self, Self::Transfer(CapabilityError::RootMismatch { .. }))
     }
 
     fn into_client_error(self, node: PeerId) -> ClientError {

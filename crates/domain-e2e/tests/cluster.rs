@@ -241,7 +241,7 @@ fn a_download_cut_part_way_continues_from_the_last_whole_chunk_of_its_partial_fi
 }
 
 #[test]
-fn a_partial_file_that_does_not_match_the_item_is_removed_and_the_download_fails() {
+fn a_partial_file_that_does_not_match_the_item_is_discarded_and_the_item_downloaded_whole() {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path();
     let (_manager, manager) = start_manager(work, None);
@@ -256,14 +256,28 @@ fn a_partial_file_that_does_not_match_the_item_is_removed_and_the_download_fails
     damaged[100] ^= 0xff;
     std::fs::write(&partial, &damaged).unwrap();
     let copies_arg = copies.display().to_string();
-    let args = download_args(&uploaded.id, &manager.addr, &copies_arg);
-    let output = domain(work, &args);
-    assert!(!output.status.success(), "{}", output.stdout);
-    assert!(output.stderr.contains("root"), "{}", output.stderr);
-    assert!(!partial.exists());
-    assert!(!copies.join(&uploaded.id).exists());
-
-    // Without the damaged prefix, the next download starts over and succeeds.
-    let downloaded = item_lines(&domain_ok(work, &args));
+    let output = domain(
+        work,
+        &download_args(&uploaded.id, &manager.addr, &copies_arg),
+    );
+    assert!(output.status.success(), "{}", output.stderr);
+    assert!(
+        output.stderr.contains("did not match its item"),
+        "{}",
+        output.stderr
+    );
+    let downloaded = item_lines(&output.stdout);
+    assert_eq!(downloaded[0].root, uploaded.root);
     assert_eq!(std::fs::read(&downloaded[0].path).unwrap(), bytes);
+    assert!(!partial.exists());
+
+    // The root check failed over the resumed half; the node then sent the whole item,
+    // on the same task, without a job of its own.
+    let log = std::fs::read_to_string(work.join("node1.log")).unwrap();
+    assert!(
+        log.lines().any(|line| line.contains("/load/v1")
+            && line.contains("task stream done")
+            && line.contains(&format!("bytes={}", bytes.len()))),
+        "{log}"
+    );
 }

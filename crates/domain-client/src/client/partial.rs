@@ -7,6 +7,7 @@
 //! and the rest together, so a prefix that was damaged on disk fails the check, and its
 //! file is removed rather than resumed again.
 
+use std::collections::BTreeSet;
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 
@@ -25,11 +26,19 @@ pub(crate) fn partial_path(dir: &Path, id: &str) -> PathBuf {
 }
 
 /// The prefixes of the partial files in `dir` (only those of `ids`, unless it is empty:
-/// a query by name may match any of them): for each, its whole chunks hashed. Files that
-/// cannot be read are left out (downloaded whole, and rewritten).
-pub(crate) async fn held_prefixes(dir: &Path, ids: &[String]) -> Prefixes {
+/// a query by name may match any of them), but not those of `discarded`: for each, its
+/// whole chunks hashed. Files that cannot be read are left out (downloaded whole, and
+/// rewritten).
+pub(crate) async fn held_prefixes(
+    dir: &Path,
+    ids: &[String],
+    discarded: &BTreeSet<String>,
+) -> Prefixes {
     let mut prefixes = Prefixes::new();
     for (id, path) in partial_files(dir, ids).await {
+        if discarded.contains(&id) {
+            continue;
+        }
         let hashed = tokio::task::spawn_blocking(move || hash_prefix(&path)).await;
         match hashed {
             Ok(Ok(prefix)) => {
@@ -156,7 +165,14 @@ mod tests {
         expected.update(&bytes[..3 * CHUNK_SIZE]);
         assert_eq!(prefix.len(), 3 * CHUNK_SIZE as u64);
         assert_eq!(prefix.finalize(), expected.finalize());
-        assert!(!held_prefixes(dir.path(), &[]).await.is_empty());
+        assert!(
+            !held_prefixes(dir.path(), &[], &BTreeSet::new())
+                .await
+                .is_empty()
+        );
+        // A partial whose root check failed once is not resumed again.
+        let discarded = BTreeSet::from(["item-1".to_owned()]);
+        assert!(held_prefixes(dir.path(), &[], &discarded).await.is_empty());
     }
 
     #[cfg(target_os = "linux")]
