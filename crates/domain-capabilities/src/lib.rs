@@ -1,4 +1,4 @@
-//! The three node capabilities, both sides of each, over any
+//! The node capabilities, both sides of each, over any
 //! `AsyncRead + AsyncWrite + Unpin + Send` stream (a libp2p stream, a TCP socket, a
 //! `tokio::io::duplex` in tests): nothing here knows of libp2p.
 //!
@@ -10,6 +10,8 @@
 //! - `/load/v1`: [`open_load`] gives a [`LoadConsumer`] of items (content checked
 //!   against each root) and an [`Unsubscriber`] for keep-alive subscriptions;
 //!   [`serve_load`] answers from a datastore.
+//! - `/delete/v1` (an extension): [`delete_items`] asks the receiver to remove items;
+//!   [`serve_delete`] removes them from a datastore.
 //! - `/public-key/v1`: [`fetch_public_key`] and [`serve_public_key`].
 //! - [`serve`] routes an inbound task stream to its handler by protocol id;
 //!   [`accept_task_stream`] does it in two steps, handing out the verified claims
@@ -47,9 +49,10 @@ use std::time::Duration;
 
 use domain_datastore::Datastore;
 use domain_proto::DEFAULT_MAX_FRAME;
-use domain_proto::protocols::{LOAD_V1, STORE_V1};
+use domain_proto::protocols::{DELETE_V1, LOAD_V1, STORE_V1};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+mod delete;
 mod error;
 pub mod handshake;
 mod idle;
@@ -57,6 +60,7 @@ mod load;
 mod public_key;
 mod store;
 
+pub use delete::{DeleteSummary, Deleted, delete_items, serve_delete};
 pub use error::CapabilityError;
 pub use handshake::{Accepted, KeyFn, PublicKeySource, StaticKeys, StreamInfo};
 pub use idle::{Direction, IdleElapsed, IdleTimeout};
@@ -111,9 +115,12 @@ pub enum Served {
     Store(StoreSummary),
     /// A `/load/v1` stream.
     Load(LoadSummary),
+    /// A `/delete/v1` stream.
+    Delete(DeleteSummary),
 }
 
-/// Serves an inbound task stream opened on `info.protocol` (`/store/v1` or `/load/v1`).
+/// Serves an inbound task stream opened on `info.protocol` (`/store/v1`, `/load/v1` or
+/// `/delete/v1`).
 ///
 /// # Errors
 /// [`CapabilityError::UnsupportedProtocol`] for another protocol; otherwise what the
@@ -141,6 +148,7 @@ where
 enum TaskProtocol {
     Store,
     Load,
+    Delete,
 }
 
 /// An inbound task stream whose handshake was accepted: the verified claims, and
@@ -157,7 +165,7 @@ pub struct AcceptedStream<S> {
 }
 
 /// Receives the handshake of an inbound task stream opened on `info.protocol`
-/// (`/store/v1` or `/load/v1`); [`AcceptedStream::serve`] does the rest.
+/// (`/store/v1`, `/load/v1` or `/delete/v1`); [`AcceptedStream::serve`] does the rest.
 ///
 /// # Errors
 /// [`CapabilityError::UnsupportedProtocol`] for another protocol (before reading
@@ -175,6 +183,7 @@ where
     let protocol = match info.protocol {
         STORE_V1 => TaskProtocol::Store,
         LOAD_V1 => TaskProtocol::Load,
+        DELETE_V1 => TaskProtocol::Delete,
         other => {
             return Err(CapabilityError::UnsupportedProtocol {
                 protocol: other.to_owned(),
@@ -200,8 +209,8 @@ where
         &self.accepted
     }
 
-    /// Runs the protocol's exchange with `datastore`, as [`serve_store`] or
-    /// [`serve_load`] do after their handshake.
+    /// Runs the protocol's exchange with `datastore`, as [`serve_store`],
+    /// [`serve_load`] or [`serve_delete`] do after their handshake.
     ///
     /// # Errors
     /// What the protocol's handler returns.
@@ -221,6 +230,11 @@ where
             TaskProtocol::Load => load::load_accepted(stream, accepted.domain, datastore, &limits)
                 .await
                 .map(Served::Load),
+            TaskProtocol::Delete => {
+                delete::delete_accepted(stream, &accepted.domain, datastore, &limits)
+                    .await
+                    .map(Served::Delete)
+            }
         }
     }
 }

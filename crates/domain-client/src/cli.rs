@@ -15,6 +15,7 @@
 //! ```
 
 pub mod config;
+pub mod delete;
 pub mod download;
 pub mod hash;
 pub mod jobs;
@@ -64,6 +65,9 @@ pub enum Command {
     /// Print the matching items of a domain, then each new one as it is stored, until
     /// interrupted.
     Watch(watch::WatchArgs),
+    /// Remove items from every node that holds them.
+    #[command(visible_alias = "delete")]
+    Rm(delete::DeleteArgs),
     /// Print the jobs of the manager (and, with --follow, each change).
     Jobs(jobs::JobsArgs),
     /// Print a domain's public key, which verifies its task tokens.
@@ -85,6 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Ls(args) => list::run(&args, &mut io::stdout().lock()),
         Command::Watch(args) => watch::run(&args, &mut io::stdout().lock(), &mut io::stderr()),
+        Command::Rm(args) => delete::run(&args, &mut io::stdout().lock(), &mut io::stderr()),
         Command::Jobs(args) => jobs::run(&args, &mut io::stdout().lock()),
         Command::Key(args) => key::run(&args, &mut io::stdout().lock()),
     }

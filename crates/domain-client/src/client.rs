@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod delete;
 mod partial;
 mod progress;
 mod read_ahead;
@@ -601,11 +602,8 @@ impl Client {
         self.search(domain, job_name, first, gather).await
     }
 
-    /// Runs `gather`'s query on the other nodes that stored data: the receivers of
-    /// finished `/store/v1` tasks, as the manager's monitor stream lists them (every job
-    /// first, then changes), each asked with a task pinned to it. Ends when everything
-    /// asked for is found, when the stream stays quiet for [`ClientConfig::search_quiet`],
-    /// or after [`ClientConfig::search_limit`].
+    /// Runs `gather`'s query on the other nodes that stored data, until everything asked
+    /// for is found or no node is left (see [`search_nodes`](Self::search_nodes)).
     async fn search(
         &self,
         domain: &DomainId,
@@ -613,11 +611,29 @@ impl Client {
         first: PeerId,
         gather: &mut Gather<'_>,
     ) -> Result<(), ClientError> {
+        self.search_nodes(first, async |node| {
+            let asked = self.load_job(domain, job_name, Some(node), gather).await;
+            asked.map(|_| gather.complete())
+        })
+        .await
+    }
+
+    /// Calls `ask` once on each node other than `first` that stored data: the receivers
+    /// of finished `/store/v1` tasks, as the manager's monitor stream lists them (every
+    /// job first, then changes). Ends when `ask` answers that nothing more is wanted,
+    /// when the stream stays quiet for [`ClientConfig::search_quiet`], or after
+    /// [`ClientConfig::search_limit`]. A node that fails is passed over, unless its error
+    /// is one no other node can mend (a local file error).
+    async fn search_nodes(
+        &self,
+        first: PeerId,
+        mut ask: impl AsyncFnMut(PeerId) -> Result<bool, ClientError>,
+    ) -> Result<(), ClientError> {
         let manager = self.manager.ok_or(ClientError::NoManager)?;
         let mut jobs = match self.cluster.monitor(manager).await {
             Ok(jobs) => jobs,
             Err(error) => {
-                tracing::warn!(%error, "cannot follow the manager's jobs to find the other items");
+                tracing::warn!(%error, "cannot follow the manager's jobs to find the other nodes");
                 return Ok(());
             }
         };
@@ -640,13 +656,11 @@ impl Client {
                 if !asked.insert(node) {
                     continue;
                 }
-                match self.load_job(domain, job_name, Some(node), gather).await {
-                    Ok(_) => {}
+                match ask(node).await {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => {}
                     Err(error) if error.ends_search() => return Err(error),
                     Err(error) => tracing::debug!(%node, %error, "node not asked"),
-                }
-                if gather.complete() {
-                    return Ok(());
                 }
             }
         }

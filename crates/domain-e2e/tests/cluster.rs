@@ -145,12 +145,11 @@ fn downloading_an_unknown_id_fails_and_names_it() {
     assert!(output.stderr.contains("no-such-item"), "{}", output.stderr);
 }
 
-#[test]
-fn a_download_finds_items_on_a_node_other_than_the_one_the_manager_picks() {
-    let dir = tempfile::tempdir().unwrap();
-    let work = dir.path();
-    // The scheduler breaks ties by the smaller node id: make the node that will hold the
-    // item the larger, so that the download's first task goes to the other one.
+/// The names of two nodes to start in `work`: the one the manager assigns a task first
+/// when both are idle, and the other, which should hold the data so that the task goes
+/// to a node without it.
+fn holder_and_first_pick(work: &std::path::Path) -> (String, String) {
+    // The scheduler breaks ties by the smaller node id.
     let mut nodes: Vec<(String, String)> = ["node1", "node2"]
         .iter()
         .map(|name| {
@@ -160,7 +159,14 @@ fn a_download_finds_items_on_a_node_other_than_the_one_the_manager_picks() {
         })
         .collect();
     nodes.sort();
-    let (other, holder) = (nodes[0].1.clone(), nodes[1].1.clone());
+    (nodes[0].1.clone(), nodes[1].1.clone())
+}
+
+#[test]
+fn a_download_finds_items_on_a_node_other_than_the_one_the_manager_picks() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let (other, holder) = holder_and_first_pick(work);
 
     let (_manager, manager) = start_manager(work, None);
     let (_holder, _) = start_node(work, &holder, &manager.addr);
@@ -278,6 +284,48 @@ fn a_partial_file_that_does_not_match_the_item_is_discarded_and_the_item_downloa
         log.lines().any(|line| line.contains("/load/v1")
             && line.contains("task stream done")
             && line.contains(&format!("bytes={}", bytes.len()))),
+        "{log}"
+    );
+}
+
+#[test]
+fn rm_removes_items_from_the_node_that_holds_them_and_names_ids_no_node_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let (other, holder) = holder_and_first_pick(work);
+    let (_manager, manager) = start_manager(work, None);
+    let (_holder, _) = start_node(work, &holder, &manager.addr);
+    let gone = upload_bytes(work, &manager.addr, "gone.bin", &content(20_000, 1));
+    let kept = upload_bytes(work, &manager.addr, "kept.bin", &content(100, 2));
+    // The delete's first task goes to this node, which holds nothing.
+    let (_other, _) = start_node(work, &other, &manager.addr);
+
+    let args = [
+        "rm",
+        "--domain",
+        "e2e",
+        "--id",
+        &gone.id,
+        "--id",
+        "no-such-item",
+        "--manager",
+        &manager.addr,
+    ];
+    let output = domain(work, &args);
+    assert!(!output.status.success(), "{}", output.stderr);
+    assert_eq!(output.stdout.trim(), gone.id);
+    assert!(output.stderr.contains("no-such-item"), "{}", output.stderr);
+
+    let listing = domain_ok(work, &["ls", "--domain", "e2e", "--manager", &manager.addr]);
+    let listed: Vec<&str> = listing
+        .lines()
+        .map(|line| line.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(listed, [kept.id.as_str()]);
+    let log = std::fs::read_to_string(work.join(format!("{holder}.log"))).unwrap();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("/delete/v1") && line.contains("items=1")),
         "{log}"
     );
 }

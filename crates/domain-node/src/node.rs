@@ -13,7 +13,7 @@ use domain_cluster::{
 };
 use domain_datastore::{DatastoreError, LocalDatastore};
 use domain_proto::discovery::{Capability, Node as NodeInfo};
-use domain_proto::protocols::{LOAD_V1, STORE_V1};
+use domain_proto::protocols::{DELETE_V1, LOAD_V1, STORE_V1};
 use domain_proto::task::Status;
 use libp2p::multiaddr::Protocol;
 use tokio::sync::{Semaphore, watch};
@@ -164,7 +164,7 @@ impl Node {
         let local_peer = cluster.local_peer_id();
 
         // Accept before joining: once the manager knows the node it may assign it tasks.
-        let acceptors = [STORE_V1, LOAD_V1].map(|protocol| {
+        let acceptors = [STORE_V1, LOAD_V1, DELETE_V1].map(|protocol| {
             cluster
                 .accept(protocol)
                 .map(|incoming| (protocol, incoming))
@@ -221,6 +221,12 @@ impl Node {
                 Capability {
                     endpoint: LOAD_V1.to_owned(),
                     capacity: config.load_capacity,
+                },
+                // A delete is a few metadata commits, over in moments: it needs no
+                // share of its own, and the stream permits bound it all the same.
+                Capability {
+                    endpoint: DELETE_V1.to_owned(),
+                    capacity: -1,
                 },
             ],
         };
@@ -554,6 +560,7 @@ impl Context {
                 let (items, bytes) = match served {
                     Served::Store(s) => (s.items, s.bytes),
                     Served::Load(s) => (s.items, s.bytes),
+                    Served::Delete(s) => (s.deleted, 0),
                 };
                 tracing::info!(%peer, protocol, job = claims.job_id, task = claims.task_name, items, bytes, "task stream done");
                 Status::Done

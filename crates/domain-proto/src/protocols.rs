@@ -16,19 +16,22 @@ pub const MONITOR_V1: &str = "/monitor/v1";
 pub const STORE_V1: &str = "/store/v1";
 /// A task sender loads items (or subscribes to new ones) from a receiver.
 pub const LOAD_V1: &str = "/load/v1";
+/// A task sender removes items from a receiver (an extension: posemesh has no delete).
+pub const DELETE_V1: &str = "/delete/v1";
 
 /// Every stream protocol above, for registering handlers.
-pub const ALL_STREAM_PROTOCOLS: [&str; 6] = [
+pub const ALL_STREAM_PROTOCOLS: [&str; 7] = [
     PUBLIC_KEY_V1,
     JOIN_V1,
     JOBS_V1,
     MONITOR_V1,
     STORE_V1,
     LOAD_V1,
+    DELETE_V1,
 ];
 
 /// The task-stream protocols, whose streams open with a handshake.
-pub const TASK_PROTOCOLS: [&str; 2] = [STORE_V1, LOAD_V1];
+pub const TASK_PROTOCOLS: [&str; 3] = [STORE_V1, LOAD_V1, DELETE_V1];
 
 /// libp2p identify protocol name.
 pub const IDENTIFY: &str = "/posemesh/id/1.0.0";

@@ -91,3 +91,10 @@ pub fn new_item(name: &str, size: usize) -> UpsertMetadata {
 pub fn pipe() -> (tokio::io::DuplexStream, tokio::io::DuplexStream) {
     tokio::io::duplex(1 << 20)
 }
+
+/// The receiver's view of a `/delete/v1` stream from the sender.
+pub const DELETE_INFO: StreamInfo<'static> = StreamInfo {
+    local_peer: RECEIVER,
+    remote_peer: SENDER,
+    protocol: domain_proto::protocols::DELETE_V1,
+};

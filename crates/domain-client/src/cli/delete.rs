@@ -1,0 +1,56 @@
+//! `domain rm --domain D --id I...`: removes items from every node that holds them,
+//! printing each removed id; an id no node holds is reported on standard error and
+//! makes the exit status fail.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use domain_datastore::DomainId;
+
+use super::remote::{RemoteArgs, runtime};
+
+/// Arguments of `domain rm`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeleteArgs {
+    /// The domain to remove items from.
+    #[arg(long)]
+    pub domain: DomainId,
+    /// An item to remove; repeat for more.
+    #[arg(long = "id", value_name = "ID", required = true)]
+    pub ids: Vec<String>,
+    /// How to reach the cluster.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// Runs `domain rm`: removed ids on `out`, one per line; ids not found on `err`.
+pub fn run(
+    args: &DeleteArgs,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let answer = runtime()?.block_on(async {
+        let client = args.remote.start_client("delete").await?;
+        let answer = match args.remote.direct() {
+            Some(direct) => client.delete_direct(&direct, &args.domain, &args.ids).await,
+            None => client.delete(&args.domain, &args.ids).await,
+        };
+        let _ = client.shutdown().await;
+        answer.context("removing items")
+    })?;
+    for id in &answer.deleted {
+        writeln!(out, "{id}")?;
+    }
+    for id in &answer.missing {
+        writeln!(
+            err,
+            "domain: no node holds item {id} in domain {}",
+            args.domain
+        )?;
+    }
+    Ok(match answer.missing.is_empty() {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::FAILURE,
+    })
+}
