@@ -94,6 +94,11 @@ where
     for item in &existing {
         sender.send(&mut stream, item).await?;
     }
+    if request.keep_alive && request.mark_caught_up == Some(true) {
+        write_message(&mut stream, &Metadata::default())
+            .await
+            .map_err(|e| CapabilityError::frame("marking the subscription caught up", e))?;
+    }
     let Some(mut subscription) = subscription else {
         stream
             .shutdown()
@@ -307,6 +312,7 @@ where
         limits,
         metadata_only: request.query.metadata_only,
         keep_alive: request.keep_alive,
+        marker_due: request.keep_alive && request.mark_caught_up == Some(true),
         prefixes: prefixes.0,
         current: None,
         finished: false,
@@ -361,10 +367,22 @@ pub struct LoadConsumer<S> {
     limits: Limits,
     metadata_only: bool,
     keep_alive: bool,
+    /// The caught-up marker was asked for and has not arrived.
+    marker_due: bool,
     /// The prefixes asked to resume from, until their item arrives.
     prefixes: BTreeMap<String, MerkleBuilder>,
     current: Option<Content>,
     finished: bool,
+}
+
+/// What [`LoadConsumer::next_frame`] read.
+enum Frame {
+    /// An item's metadata and the offset its content starts at.
+    Item(Metadata, u64),
+    /// The caught-up marker.
+    CaughtUp,
+    /// The receiver closed the stream.
+    End,
 }
 
 /// The content still to come of the current item.
@@ -386,9 +404,55 @@ impl<S: AsyncRead + Unpin + Send> LoadConsumer<S> {
     /// Stream, frame and idle errors; [`CapabilityError::MissingRoot`] for an item
     /// whose metadata has no valid root.
     pub async fn next(&mut self) -> Result<Option<LoadedItem<'_, S>>, CapabilityError> {
+        loop {
+            match self.next_frame().await? {
+                Frame::CaughtUp => continue,
+                Frame::End => return Ok(None),
+                Frame::Item(metadata, offset) => {
+                    return Ok(Some(LoadedItem {
+                        metadata,
+                        offset,
+                        consumer: self,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Reads past the items that matched when a keep-alive subscription began, up to
+    /// the receiver's caught-up marker, asked for with
+    /// `ConsumeDataInputV1.mark_caught_up`: from then on [`next`](Self::next) gives only
+    /// items stored after the subscription began. Returns how many items it passed.
+    ///
+    /// A receiver that does not know the extension sends no marker: bound the wait.
+    ///
+    /// # Errors
+    /// [`CapabilityError::Unexpected`] when no marker was asked for or it came already;
+    /// [`CapabilityError::Closed`] when the stream ends first; as [`next`](Self::next).
+    pub async fn skip_to_caught_up(&mut self) -> Result<u64, CapabilityError> {
+        const DURING: &str = "waiting for the subscription to catch up";
+        if !self.marker_due {
+            return Err(CapabilityError::Unexpected {
+                during: DURING,
+                what: "a wait for a caught-up marker that was not asked for",
+            });
+        }
+        let mut passed = 0;
+        loop {
+            match self.next_frame().await? {
+                Frame::CaughtUp => return Ok(passed),
+                Frame::End => return Err(CapabilityError::Closed { during: DURING }),
+                Frame::Item(..) => passed += 1,
+            }
+        }
+    }
+
+    /// The next frame: an item (its content then waits in `current`), the marker, or the
+    /// end of the stream.
+    async fn next_frame(&mut self) -> Result<Frame, CapabilityError> {
         self.skip_rest().await?;
         if self.finished {
-            return Ok(None);
+            return Ok(Frame::End);
         }
         if self.keep_alive {
             self.reader.wait_patiently();
@@ -399,8 +463,12 @@ impl<S: AsyncRead + Unpin + Send> LoadConsumer<S> {
                 .map_err(|e| CapabilityError::frame("reading the next item", e))?;
         let Some(mut metadata) = metadata else {
             self.finished = true;
-            return Ok(None);
+            return Ok(Frame::End);
         };
+        if self.marker_due && metadata.id.is_empty() {
+            self.marker_due = false;
+            return Ok(Frame::CaughtUp);
+        }
         // The offset describes this stream, not the item: the caller never sees it.
         let offset = metadata.content_offset.take().unwrap_or(0);
         let prefix = self.prefixes.remove(&metadata.id);
@@ -441,11 +509,7 @@ impl<S: AsyncRead + Unpin + Send> LoadConsumer<S> {
                 self.current = Some(content);
             }
         }
-        Ok(Some(LoadedItem {
-            metadata,
-            offset,
-            consumer: self,
-        }))
+        Ok(Frame::Item(metadata, offset))
     }
 
     /// Reads and drops what is left of the current item's content.

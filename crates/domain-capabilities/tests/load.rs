@@ -240,6 +240,77 @@ async fn keep_alive_receives_items_stored_after_subscribing_and_stops_on_unsubsc
     assert!(consumer.next().await.unwrap().is_none());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caught_up_marker_separates_the_items_already_there_from_the_new_ones() {
+    let fixture = Fixture::new().await;
+    put(&fixture, "before-1", b"one").await;
+    put(&fixture, "before-2", &data(3 * CHUNK_SIZE)).await;
+    let (client, server) = pipe();
+    let token = fixture.token(LOAD_V1);
+    let request = ConsumeDataInputV1 {
+        query: Query::default(),
+        keep_alive: true,
+        mark_caught_up: Some(true),
+        ..Default::default()
+    };
+    let server = tokio::spawn({
+        let store = fixture.store.clone();
+        let keys = fixture.keys.clone();
+        async move { serve_load(server, &LOAD_INFO, &store, &keys, &Limits::DEFAULT).await }
+    });
+    let (mut consumer, unsubscriber) = open_load(client, &token, DOMAIN, request, Limits::DEFAULT)
+        .await
+        .unwrap();
+    // Past both items already there, their content skipped.
+    assert_eq!(consumer.skip_to_caught_up().await.unwrap(), 2);
+    assert!(matches!(
+        consumer.skip_to_caught_up().await,
+        Err(CapabilityError::Unexpected { .. })
+    ));
+
+    let after = put(&fixture, "after", b"new").await;
+    let (got, content) = consumer
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .read_to_vec(MAX)
+        .await
+        .unwrap();
+    assert_eq!((got, content), (after, b"new".to_vec()));
+    unsubscriber.unsubscribe().await.unwrap();
+    assert!(consumer.next().await.unwrap().is_none());
+    // The marker is not an item.
+    assert_eq!(server.await.unwrap().unwrap().items, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_asked_for_no_marker_cannot_wait_for_one() {
+    let fixture = Fixture::new().await;
+    let (client, server) = pipe();
+    let token = fixture.token(LOAD_V1);
+    let request = ConsumeDataInputV1 {
+        query: Query::default(),
+        keep_alive: true,
+        ..Default::default()
+    };
+    let server = tokio::spawn({
+        let store = fixture.store.clone();
+        let keys = fixture.keys.clone();
+        async move { serve_load(server, &LOAD_INFO, &store, &keys, &Limits::DEFAULT).await }
+    });
+    let (mut consumer, unsubscriber) = open_load(client, &token, DOMAIN, request, Limits::DEFAULT)
+        .await
+        .unwrap();
+    assert!(matches!(
+        consumer.skip_to_caught_up().await,
+        Err(CapabilityError::Unexpected { .. })
+    ));
+    unsubscriber.unsubscribe().await.unwrap();
+    assert!(consumer.next().await.unwrap().is_none());
+    server.await.unwrap().unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_keep_alive_subscription_may_stay_silent_longer_than_the_idle_timeout() {
     let fixture = Fixture::new().await;
