@@ -52,6 +52,7 @@ use domain_proto::task::{
 };
 use libp2p::multiaddr::Protocol;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::oneshot;
 
 pub(crate) use progress::Counted;
 
@@ -486,7 +487,22 @@ impl Client {
     where
         R: AsyncRead + Unpin + Send,
     {
-        let mut run = self.submit(domain, "upload", STORE_V1, None).await?;
+        self.upload_reader_on(domain, item, content, None).await
+    }
+
+    /// As [`upload_reader`](Self::upload_reader), on `receiver` when given (the node that
+    /// holds the item an upsert replaces), otherwise on the node the manager picks.
+    pub(crate) async fn upload_reader_on<R>(
+        &self,
+        domain: &DomainId,
+        item: UpsertMetadata,
+        content: R,
+        receiver: Option<PeerId>,
+    ) -> Result<Metadata, ClientError>
+    where
+        R: AsyncRead + Unpin + Send,
+    {
+        let mut run = self.submit(domain, "upload", STORE_V1, receiver).await?;
         let assignment = run.next_assignment().await?;
         let name = item.name.clone();
         let stored = self.store_one(assignment, domain, item, content).await;
@@ -570,6 +586,18 @@ impl Client {
     where
         W: AsyncWrite + Unpin + Send,
     {
+        self.download_announced(domain, id, writer, None).await
+    }
+
+    /// As [`download_to`](Self::download_to), sending the item's metadata to `started`
+    /// before its first byte reaches `writer`.
+    pub(crate) async fn download_announced(
+        &self,
+        domain: &DomainId,
+        id: &str,
+        writer: &mut (dyn AsyncWrite + Unpin + Send),
+        started: Option<oneshot::Sender<Metadata>>,
+    ) -> Result<Option<Metadata>, ClientError> {
         let query = Query {
             ids: vec![id.to_owned()],
             ..Query::default()
@@ -580,11 +608,33 @@ impl Client {
             Sink::Writer {
                 writer,
                 found: &mut found,
+                started,
             },
         );
         self.gather(domain, "download", &mut gather).await?;
         drop(gather);
         Ok(found)
+    }
+
+    /// The metadata of item `id` of `domain` and a node that holds it, or `None` when no
+    /// node does.
+    ///
+    /// # Errors
+    /// As [`list`](Self::list).
+    pub async fn locate(
+        &self,
+        domain: &DomainId,
+        id: &str,
+    ) -> Result<Option<(Metadata, PeerId)>, ClientError> {
+        let query = Query {
+            ids: vec![id.to_owned()],
+            ..Query::default()
+        };
+        let mut holder = None;
+        let mut gather = Gather::new(&query, Sink::Holder(&mut holder));
+        self.gather(domain, "locate", &mut gather).await?;
+        drop(gather);
+        Ok(holder)
     }
 
     /// Runs `gather`'s query on the node the manager picks, then, unless that found
@@ -603,7 +653,7 @@ impl Client {
     }
 
     /// Runs `gather`'s query on the other nodes that stored data, until everything asked
-    /// for is found or no node is left (see [`search_nodes`](Self::search_nodes)).
+    /// for is found or no node is left (see [`OtherNodes`]).
     async fn search(
         &self,
         domain: &DomainId,
@@ -611,60 +661,40 @@ impl Client {
         first: PeerId,
         gather: &mut Gather<'_>,
     ) -> Result<(), ClientError> {
-        self.search_nodes(first, async |node| {
-            let asked = self.load_job(domain, job_name, Some(node), gather).await;
-            asked.map(|_| gather.complete())
-        })
-        .await
-    }
-
-    /// Calls `ask` once on each node other than `first` that stored data: the receivers
-    /// of finished `/store/v1` tasks, as the manager's monitor stream lists them (every
-    /// job first, then changes). Ends when `ask` answers that nothing more is wanted,
-    /// when the stream stays quiet for [`ClientConfig::search_quiet`], or after
-    /// [`ClientConfig::search_limit`]. A node that fails is passed over, unless its error
-    /// is one no other node can mend (a local file error).
-    async fn search_nodes(
-        &self,
-        first: PeerId,
-        mut ask: impl AsyncFnMut(PeerId) -> Result<bool, ClientError>,
-    ) -> Result<(), ClientError> {
-        let manager = self.manager.ok_or(ClientError::NoManager)?;
-        let mut jobs = match self.cluster.monitor(manager).await {
-            Ok(jobs) => jobs,
-            Err(error) => {
-                tracing::warn!(%error, "cannot follow the manager's jobs to find the other nodes");
-                return Ok(());
+        let mut nodes = self.other_nodes(first).await?;
+        while let Some(node) = nodes.next().await {
+            match self.load_job(domain, job_name, Some(node), gather).await {
+                Ok(_) => {}
+                Err(error) if error.ends_search() => return Err(error),
+                Err(error) => tracing::debug!(%node, %error, "node not asked"),
             }
-        };
-        let mut asked = BTreeSet::from([first]);
-        let deadline = tokio::time::Instant::now() + self.config.search_limit;
-        loop {
-            let quiet = tokio::time::Instant::now() + self.config.search_quiet;
-            let Ok(frame) = tokio::time::timeout_at(quiet.min(deadline), jobs.next()).await else {
+            if gather.complete() {
                 break;
-            };
-            let job = match frame {
-                Ok(Some(job)) => job,
-                Ok(None) => break,
-                Err(error) => {
-                    tracing::warn!(%error, "the manager's job stream failed");
-                    break;
-                }
-            };
-            for node in storing_nodes(&job) {
-                if !asked.insert(node) {
-                    continue;
-                }
-                match ask(node).await {
-                    Ok(true) => return Ok(()),
-                    Ok(false) => {}
-                    Err(error) if error.ends_search() => return Err(error),
-                    Err(error) => tracing::debug!(%node, %error, "node not asked"),
-                }
             }
         }
         Ok(())
+    }
+
+    /// The nodes other than `first` that stored data, as [`OtherNodes`] finds them.
+    ///
+    /// # Errors
+    /// [`ClientError::NoManager`].
+    async fn other_nodes(&self, first: PeerId) -> Result<OtherNodes, ClientError> {
+        let manager = self.manager.ok_or(ClientError::NoManager)?;
+        let jobs = match self.cluster.monitor(manager).await {
+            Ok(jobs) => Some(jobs),
+            Err(error) => {
+                tracing::warn!(%error, "cannot follow the manager's jobs to find the other nodes");
+                None
+            }
+        };
+        Ok(OtherNodes {
+            jobs,
+            asked: BTreeSet::from([first]),
+            found: Vec::new(),
+            quiet: self.config.search_quiet,
+            deadline: tokio::time::Instant::now() + self.config.search_limit,
+        })
     }
 
     /// Runs one `/load/v1` job for what `gather` still wants, on `receiver` or the node
@@ -1102,7 +1132,18 @@ impl Client {
                         path,
                     });
                 }
-                Sink::Writer { writer, found } => {
+                Sink::Holder(holder) => {
+                    **holder = Some((metadata.clone(), node));
+                }
+                Sink::Writer {
+                    writer,
+                    found,
+                    started,
+                } => {
+                    if let Some(started) = started.take() {
+                        // The reader may be gone: the write below then fails and says so.
+                        let _ = started.send(metadata.clone());
+                    }
                     let mut counted = Counted::new(&mut **writer, progress);
                     if let Some(progress) = progress {
                         progress.started(&metadata.name, metadata.size.into());
@@ -1140,15 +1181,18 @@ impl Client {
 enum Sink<'a> {
     /// Metadata only.
     Listing(&'a mut Vec<Metadata>),
+    /// The metadata of the item asked for and the node that holds it.
+    Holder(&'a mut Option<(Metadata, PeerId)>),
     /// Each item's content into `dir/<id>`, recorded in `downloads`.
     Folder {
         dir: &'a Path,
         downloads: &'a mut Downloads,
     },
-    /// One item's content into a writer.
+    /// One item's content into a writer; its metadata to `started` before the content.
     Writer {
         writer: &'a mut (dyn AsyncWrite + Unpin + Send),
         found: &'a mut Option<Metadata>,
+        started: Option<oneshot::Sender<Metadata>>,
     },
 }
 
@@ -1164,7 +1208,7 @@ struct Gather<'a> {
 
 impl<'a> Gather<'a> {
     fn new(query: &Query, sink: Sink<'a>) -> Self {
-        let metadata_only = matches!(sink, Sink::Listing(_));
+        let metadata_only = matches!(sink, Sink::Listing(_) | Sink::Holder(_));
         Self {
             query: Query {
                 metadata_only,
@@ -1317,6 +1361,51 @@ pub(crate) fn storing_nodes(job: &Job) -> impl Iterator<Item = PeerId> + '_ {
         .iter()
         .filter(|task| task.endpoint == STORE_V1 && task.status() == Status::Done)
         .filter_map(|task| task.receiver.as_deref()?.parse().ok())
+}
+
+/// The nodes other than a first one that stored data: the receivers of finished
+/// `/store/v1` tasks, as the manager's monitor stream lists them (every job first, then
+/// changes), each once. They end when the stream stays quiet for
+/// [`ClientConfig::search_quiet`] (the jobs there were have been listed), or after
+/// [`ClientConfig::search_limit`].
+struct OtherNodes {
+    jobs: Option<JobStream>,
+    asked: BTreeSet<PeerId>,
+    /// Nodes of the last job, not yet handed out.
+    found: Vec<PeerId>,
+    quiet: Duration,
+    deadline: tokio::time::Instant,
+}
+
+impl OtherNodes {
+    async fn next(&mut self) -> Option<PeerId> {
+        loop {
+            if let Some(node) = self.found.pop() {
+                return Some(node);
+            }
+            let jobs = self.jobs.as_mut()?;
+            let quiet = tokio::time::Instant::now() + self.quiet;
+            let frame = tokio::time::timeout_at(quiet.min(self.deadline), jobs.next()).await;
+            let job = match frame {
+                Ok(Ok(Some(job))) => job,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "the manager's job stream failed");
+                    self.jobs = None;
+                    return None;
+                }
+                Ok(Ok(None)) | Err(_) => {
+                    self.jobs = None;
+                    return None;
+                }
+            };
+            let mut fresh: Vec<PeerId> = storing_nodes(&job)
+                .filter(|node| self.asked.insert(*node))
+                .collect();
+            // Handed out in the job's order.
+            fresh.reverse();
+            self.found = fresh;
+        }
+    }
 }
 
 /// A submitted job of one task, as its assignments arrive on the job's stream.

@@ -94,8 +94,8 @@ pub enum ClusterError {
     Dial {
         /// The address or peer dialled.
         target: String,
-        /// The swarm's reason.
-        source: Box<libp2p::swarm::DialError>,
+        /// The swarm's reason (shared: every handle waiting on one dial gets it).
+        source: std::sync::Arc<libp2p::swarm::DialError>,
     },
     /// The peer could not be reached directly nor through the relay.
     #[error("cannot reach {peer}: direct dial failed ({direct}); relayed dial failed ({relayed})")]

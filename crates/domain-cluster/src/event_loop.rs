@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -137,10 +138,23 @@ pub(crate) struct EventLoop {
     redial: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The wait before the next redial; doubles up to [`MAX_REDIAL_BACKOFF`].
     redial_backoff: Duration,
-    /// Dials a handle waits for, by the id of their connection.
-    pending_dials: HashMap<ConnectionId, (String, oneshot::Sender<Result<PeerId, ClusterError>>)>,
+    /// Dials handles wait for, by the id of their connection.
+    pending_dials: HashMap<ConnectionId, PendingDial>,
+    /// The pending dial of each peer: a handle that asks for a peer already being
+    /// dialled waits on that dial rather than opening a connection of its own (many
+    /// requests at once to one peer would otherwise open one connection each).
+    dialing: HashMap<PeerId, ConnectionId>,
     /// The open connections, by peer, with their remote address.
     connections: HashMap<PeerId, HashMap<ConnectionId, Multiaddr>>,
+}
+
+/// A dial in flight and the handles waiting on it.
+struct PendingDial {
+    /// The address or peer dialled, for errors.
+    target: String,
+    /// The peer, when the dial names one.
+    peer: Option<PeerId>,
+    replies: Vec<oneshot::Sender<Result<PeerId, ClusterError>>>,
 }
 
 pub(crate) struct EventLoopParts {
@@ -184,6 +198,7 @@ impl EventLoop {
             redial: None,
             redial_backoff: MIN_REDIAL_BACKOFF,
             pending_dials: HashMap::new(),
+            dialing: HashMap::new(),
             connections: HashMap::new(),
         }
     }
@@ -327,11 +342,19 @@ impl EventLoop {
             DialTarget::Peer(peer) => Some(*peer),
             DialTarget::Addr(addr) => last_peer_id(addr),
         };
-        if let Some(peer) = peer
-            && self.swarm.is_connected(&peer)
-        {
-            let _ = reply.send(Ok(peer));
-            return;
+        if let Some(peer) = peer {
+            if self.swarm.is_connected(&peer) {
+                let _ = reply.send(Ok(peer));
+                return;
+            }
+            if let Some(pending) = self
+                .dialing
+                .get(&peer)
+                .and_then(|id| self.pending_dials.get_mut(id))
+            {
+                pending.replies.push(reply);
+                return;
+            }
         }
         let opts = match (&target, peer) {
             (DialTarget::Addr(addr), Some(peer)) => DialOpts::peer_id(peer)
@@ -348,16 +371,36 @@ impl EventLoop {
         let connection_id = opts.connection_id();
         match self.swarm.dial(opts) {
             Ok(()) => {
-                self.pending_dials
-                    .insert(connection_id, (target.to_string(), reply));
+                if let Some(peer) = peer {
+                    self.dialing.insert(peer, connection_id);
+                }
+                self.pending_dials.insert(
+                    connection_id,
+                    PendingDial {
+                        target: target.to_string(),
+                        peer,
+                        replies: vec![reply],
+                    },
+                );
             }
             Err(source) => {
                 let _ = reply.send(Err(ClusterError::Dial {
                     target: target.to_string(),
-                    source: Box::new(source),
+                    source: Arc::new(source),
                 }));
             }
         }
+    }
+
+    /// Forgets the pending dial of `connection_id`, if any, and hands it over.
+    fn end_dial(&mut self, connection_id: ConnectionId) -> Option<PendingDial> {
+        let pending = self.pending_dials.remove(&connection_id)?;
+        if let Some(peer) = pending.peer {
+            if self.dialing.get(&peer) == Some(&connection_id) {
+                self.dialing.remove(&peer);
+            }
+        }
+        Some(pending)
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -375,8 +418,10 @@ impl EventLoop {
                     .entry(peer_id)
                     .or_default()
                     .insert(connection_id, remote_addr(&endpoint).clone());
-                if let Some((_, reply)) = self.pending_dials.remove(&connection_id) {
-                    let _ = reply.send(Ok(peer_id));
+                if let Some(pending) = self.end_dial(connection_id) {
+                    for reply in pending.replies {
+                        let _ = reply.send(Ok(peer_id));
+                    }
                 }
                 if self.bootstrap.as_ref().is_some_and(|b| b.peer == peer_id) {
                     self.on_manager_connected();
@@ -422,11 +467,14 @@ impl EventLoop {
                 error,
             } => {
                 tracing::debug!(?peer_id, %error, "outgoing connection failed");
-                if let Some((target, reply)) = self.pending_dials.remove(&connection_id) {
-                    let _ = reply.send(Err(ClusterError::Dial {
-                        target,
-                        source: Box::new(error),
-                    }));
+                if let Some(pending) = self.end_dial(connection_id) {
+                    let source = Arc::new(error);
+                    for reply in pending.replies {
+                        let _ = reply.send(Err(ClusterError::Dial {
+                            target: pending.target.clone(),
+                            source: Arc::clone(&source),
+                        }));
+                    }
                 }
                 if peer_id.is_some() && peer_id == self.bootstrap.as_ref().map(|b| b.peer) {
                     self.schedule_redial();

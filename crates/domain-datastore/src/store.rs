@@ -351,9 +351,16 @@ pub enum DatastoreError {
         /// What is wrong.
         reason: String,
     },
-    /// The remote end of a remote backend failed or went away.
-    #[error("remote datastore: {0}")]
-    Remote(String),
+    /// A remote backend could not do what was asked: the cluster refused, a node went
+    /// away, a transfer failed.
+    #[error("remote datastore, {during}")]
+    Remote {
+        /// What the backend was doing.
+        during: &'static str,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The store is shutting down: its commit worker no longer takes work.
     #[error("the datastore is shut down")]
     ShutDown,

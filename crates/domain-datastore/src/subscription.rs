@@ -158,10 +158,18 @@ impl Subscribers {
         }
     }
 
-    /// How many subscribers of `domain` are registered (closed ones count until the next
-    /// publish to, or subscription in, that domain).
+    /// How many subscribers of `domain` are still listening; forgets those that went away.
     pub fn count(&self, domain: &DomainId) -> usize {
-        self.lock().get(domain).map_or(0, Vec::len)
+        let mut by_domain = self.lock();
+        let Some(subscribers) = by_domain.get_mut(domain) else {
+            return 0;
+        };
+        subscribers.retain(|s| !s.tx.is_closed());
+        let count = subscribers.len();
+        if count == 0 {
+            by_domain.remove(domain);
+        }
+        count
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DomainId, Vec<Subscriber>>> {
@@ -244,6 +252,15 @@ mod tests {
         drop(subs.subscribe(&domain(), QueryFilter::new(&Query::default()).unwrap()));
         let _kept = subs.subscribe(&domain(), QueryFilter::new(&Query::default()).unwrap());
         assert_eq!(subs.count(&domain()), 1);
+    }
+
+    #[tokio::test]
+    async fn dropped_subscription_is_not_counted() {
+        let subs = Subscribers::new(2);
+        let sub = subs.subscribe(&domain(), QueryFilter::new(&Query::default()).unwrap());
+        assert_eq!(subs.count(&domain()), 1);
+        drop(sub);
+        assert_eq!(subs.count(&domain()), 0);
     }
 
     #[tokio::test]

@@ -27,12 +27,12 @@ impl Client {
         }
         let mut deleted = BTreeSet::new();
         let first = self.delete_job(domain, None, ids, &mut deleted).await?;
-        self.search_nodes(first, async |node| {
-            self.delete_job(domain, Some(node), ids, &mut deleted)
-                .await
-                .map(|_| false)
-        })
-        .await?;
+        let mut nodes = self.other_nodes(first).await?;
+        while let Some(node) = nodes.next().await {
+            if let Err(error) = self.delete_job(domain, Some(node), ids, &mut deleted).await {
+                tracing::warn!(%node, %error, "items not removed from this node");
+            }
+        }
         Ok(answer(ids, &deleted))
     }
 

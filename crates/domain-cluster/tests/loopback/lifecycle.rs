@@ -213,3 +213,17 @@ async fn the_manager_speaks_posemesh_kademlia_and_announces_the_posemesh_identif
     .await;
     assert_eq!(version, IDENTIFY);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_dials_at_once_to_one_peer_share_one_connection() {
+    let target = manager().await;
+    let addr = tcp_addr(&target.addrs);
+    let peer = start(loopback(Role::Client)).await;
+    // More than the connection limit per peer: one connection each would be refused.
+    let dials = (0..16).map(|_| peer.handle.dial(addr.clone()));
+    let dialled = within("dials", futures::future::join_all(dials)).await;
+    let target_id = dialled[0].as_ref().unwrap().to_owned();
+    assert!(dialled.iter().all(|d| d.as_ref().ok() == Some(&target_id)));
+    let connections = peer.handle.peer_addrs(target_id).await.unwrap();
+    assert_eq!(connections.len(), 1, "{connections:?}");
+}
