@@ -9,11 +9,13 @@
 //! Without arguments it starts a manager and a node in this process, on loopback, with
 //! their data in a temporary folder, so that it runs anywhere as it is.
 
+mod common;
+
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
+use common::LocalCluster;
 use domain_client::client::{Client, ClientConfig};
-use domain_cluster::Multiaddr;
 use domain_cluster::identity::Identity;
 use domain_datastore::{DomainId, root_of};
 use domain_proto::domain_data::{Query, UpsertMetadata};
@@ -100,37 +102,4 @@ async fn run() -> anyhow::Result<()> {
     );
     client.shutdown().await?;
     Ok(())
-}
-
-/// A manager and a node on loopback, with their data in a temporary folder.
-struct LocalCluster {
-    _dir: tempfile::TempDir,
-    manager_addr: Multiaddr,
-    _manager: domain_manager::Manager,
-    _node: domain_node::Node,
-}
-
-impl LocalCluster {
-    async fn start() -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let loopback: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse()?;
-        let mut manager_config = domain_manager::ManagerConfig::new(dir.path().join("manager"));
-        manager_config.listen = vec![loopback.clone()];
-        let manager = domain_manager::Manager::start(manager_config).await?;
-        let manager_addr = manager
-            .tcp_addr()
-            .context("the manager has no TCP address")?
-            .clone();
-        let mut node_config =
-            domain_node::NodeConfig::new(manager_addr.clone(), dir.path().join("node"))?;
-        node_config.listen = vec![loopback];
-        let node = domain_node::Node::start(node_config).await?;
-        node.joined().await?;
-        Ok(Self {
-            _dir: dir,
-            manager_addr,
-            _manager: manager,
-            _node: node,
-        })
-    }
 }
