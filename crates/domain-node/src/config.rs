@@ -60,6 +60,12 @@ pub struct NodeConfig {
     /// holds one of the `max_task_streams` permits meanwhile); one more from
     /// that peer is dropped at once. See [`DEFAULT_MAX_HANDSHAKES_PER_PEER`].
     pub max_handshakes_per_peer: usize,
+    /// The manager of another cluster (with `/p2p/<id>`) to serve every task from,
+    /// as a gateway in front of that cluster's nodes; `None` serves from the local
+    /// datastore. The node reaches it as a client with the identity at
+    /// [`upstream_identity_path`](Self::upstream_identity_path), which the upstream
+    /// domains must allow.
+    pub upstream: Option<Multiaddr>,
 }
 
 impl NodeConfig {
@@ -86,13 +92,42 @@ impl NodeConfig {
             limits: Limits::default(),
             max_task_streams: MAX_CONCURRENT_TASK_STREAMS,
             max_handshakes_per_peer: DEFAULT_MAX_HANDSHAKES_PER_PEER,
+            upstream: None,
         })
+    }
+
+    /// Serves every task from the cluster of the manager at `upstream` (a gateway).
+    ///
+    /// # Errors
+    /// [`ConfigError::ManagerWithoutPeerId`] when `upstream` does not end with
+    /// `/p2p/<id>`; [`ConfigError::UpstreamIsOwnManager`] when it is this node's own
+    /// manager, which would assign the node's tasks back to it.
+    pub fn with_upstream(mut self, upstream: Multiaddr) -> Result<Self, ConfigError> {
+        let peer = |addr: &Multiaddr| match addr.iter().last() {
+            Some(Protocol::P2p(peer)) => Some(peer),
+            _ => None,
+        };
+        let Some(upstream_peer) = peer(&upstream) else {
+            return Err(ConfigError::ManagerWithoutPeerId { addr: upstream });
+        };
+        if peer(&self.manager) == Some(upstream_peer) {
+            return Err(ConfigError::UpstreamIsOwnManager { addr: upstream });
+        }
+        self.upstream = Some(upstream);
+        Ok(self)
     }
 
     /// Where the node keeps its peer identity.
     #[must_use]
     pub fn identity_path(&self) -> PathBuf {
         self.data_dir.join("identity.key")
+    }
+
+    /// Where a gateway keeps the identity it reaches its upstream cluster with (its own
+    /// peer id there, apart from the node's).
+    #[must_use]
+    pub fn upstream_identity_path(&self) -> PathBuf {
+        self.data_dir.join("upstream.key")
     }
 
     /// Where the node keeps its datastore.
@@ -158,6 +193,8 @@ pub struct NodeSettings {
     pub max_task_streams: Option<usize>,
     /// Task streams one remote peer may have in their handshake at once (at least 1).
     pub max_handshakes_per_peer: Option<usize>,
+    /// The upstream manager's multiaddr with `/p2p/<id>`, for a gateway.
+    pub upstream: Option<String>,
 }
 
 impl NodeSettings {
@@ -199,6 +236,7 @@ impl NodeSettings {
             max_handshakes_per_peer: over
                 .max_handshakes_per_peer
                 .or(self.max_handshakes_per_peer),
+            upstream: over.upstream.or(self.upstream),
         }
     }
 
@@ -250,6 +288,9 @@ impl NodeSettings {
         }
         if let Some(limit) = self.max_handshakes_per_peer {
             config.max_handshakes_per_peer = check_limit("max-handshakes-per-peer", limit)?;
+        }
+        if let Some(upstream) = self.upstream {
+            config = config.with_upstream(parse_addr("upstream", &upstream)?)?;
         }
         Ok(config)
     }
@@ -334,6 +375,13 @@ pub enum ConfigError {
     /// The manager's address does not name the manager.
     #[error("manager address {addr} does not end with /p2p/<manager peer id>")]
     ManagerWithoutPeerId {
+        /// The address given.
+        addr: Multiaddr,
+    },
+    /// The upstream of a gateway is the node's own manager: its tasks would come back
+    /// to it.
+    #[error("upstream {addr} is this node's own manager; a gateway serves another cluster")]
+    UpstreamIsOwnManager {
         /// The address given.
         addr: Multiaddr,
     },
@@ -435,6 +483,41 @@ mod tests {
     fn a_manager_address_without_peer_id_is_refused() {
         let bare = NodeSettings {
             manager: Some("/ip4/127.0.0.1/tcp/4001".into()),
+            ..settings()
+        };
+        assert!(matches!(
+            bare.into_config(),
+            Err(ConfigError::ManagerWithoutPeerId { .. })
+        ));
+    }
+
+    #[test]
+    fn a_gateway_names_another_clusters_manager() {
+        let upstream =
+            "/ip4/127.0.0.1/tcp/5001/p2p/12D3KooWBK6mNwBwAwHhygpw9HQ6vZiwzyDPx9jLLk4v6VDdg3YL";
+        let gateway = NodeSettings {
+            upstream: Some(upstream.into()),
+            ..settings()
+        };
+        let config = gateway.into_config().unwrap();
+        assert_eq!(config.upstream, Some(upstream.parse().unwrap()));
+        assert_eq!(
+            config.upstream_identity_path(),
+            Path::new("/tmp/node/upstream.key")
+        );
+        assert_eq!(settings().into_config().unwrap().upstream, None);
+
+        // Its own manager would give its tasks back to it.
+        let own = NodeSettings {
+            upstream: Some(MANAGER.replace("4001", "4002")),
+            ..settings()
+        };
+        assert!(matches!(
+            own.into_config(),
+            Err(ConfigError::UpstreamIsOwnManager { .. })
+        ));
+        let bare = NodeSettings {
+            upstream: Some("/ip4/127.0.0.1/tcp/5001".into()),
             ..settings()
         };
         assert!(matches!(

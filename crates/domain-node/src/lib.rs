@@ -1,6 +1,8 @@
 //! A domain-cluster node (DESIGN §1, §3, §5, §6, §9): it joins the manager,
-//! registers `/store/v1` and `/load/v1` with their capacities, and serves them
-//! from its local datastore.
+//! registers `/store/v1`, `/load/v1` and `/delete/v1` with their capacities, and serves
+//! them from its local datastore, or, as a gateway
+//! ([`upstream`](NodeConfig::upstream)), from the cluster of another manager
+//! ([`NodeDatastore`]).
 //!
 //! - [`Node`]: [`Node::start`] opens the [`LocalDatastore`](domain_datastore::LocalDatastore)
 //!   under `DIR/store`, keeps the peer identity at `DIR/identity.key`, starts the
@@ -39,8 +41,10 @@ pub mod config;
 pub mod keys;
 mod node;
 pub mod status;
+pub mod store;
 
 pub use config::{ConfigError, NodeConfig, NodeSettings};
 pub use keys::ManagerKeys;
 pub use node::{Node, NodeError, ShutdownReport, first_tcp_addr};
 pub use status::StatusReporter;
+pub use store::{NodeContent, NodeDatastore};

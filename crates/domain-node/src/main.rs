@@ -66,6 +66,11 @@ struct RunArgs {
     /// Task streams one remote peer may have in their handshake at once [default: 32].
     #[arg(long, value_name = "N")]
     max_handshakes_per_peer: Option<usize>,
+    /// Store nothing here: serve every task from the cluster of this manager (its
+    /// multiaddr with /p2p/<id>), as a gateway in front of its nodes. The node reaches it
+    /// as the peer in DIR/upstream.key, which its domains must allow.
+    #[arg(long, value_name = "MULTIADDR", env = "DOMAIN_NODE_UPSTREAM")]
+    upstream: Option<String>,
     /// A TOML file with the same keys as these flags (flags and the environment win).
     #[arg(long, value_name = "FILE", env = "DOMAIN_NODE_CONFIG")]
     config: Option<PathBuf>,
@@ -89,6 +94,7 @@ impl RunArgs {
             request_timeout: self.request_timeout,
             max_task_streams: self.max_task_streams,
             max_handshakes_per_peer: self.max_handshakes_per_peer,
+            upstream: self.upstream,
         };
         Ok(file.overridden_by(flags))
     }

@@ -5,6 +5,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use domain_capabilities::{CapabilityError, Limits, Served, StreamInfo, accept_task_stream};
+use domain_client::client::{Client, ClientConfig, ClientError};
+use domain_client::datastore::RemoteDatastore;
 use domain_cluster::config::{ClusterConfig, Role};
 use domain_cluster::identity::Identity;
 use domain_cluster::{
@@ -23,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ConfigError, NodeConfig};
 use crate::keys::ManagerKeys;
 use crate::status::StatusReporter;
+use crate::store::NodeDatastore;
 
 /// The first retry of a failed join; later ones double up to the join interval.
 const FIRST_JOIN_RETRY: Duration = Duration::from_millis(250);
@@ -62,6 +65,15 @@ pub enum NodeError {
         #[source]
         source: DatastoreError,
     },
+    /// A gateway's client of its upstream cluster cannot start.
+    #[error("cannot reach the upstream cluster at {addr}: {source}")]
+    Upstream {
+        /// The upstream manager's address.
+        addr: Multiaddr,
+        /// The error.
+        #[source]
+        source: Box<ClientError>,
+    },
     /// The swarm failed.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
@@ -100,7 +112,7 @@ pub struct ShutdownReport {
 pub struct Node {
     cluster: ClusterHandle,
     cluster_task: JoinHandle<()>,
-    datastore: LocalDatastore,
+    datastore: NodeDatastore,
     keys: ManagerKeys,
     joins: watch::Receiver<u64>,
     /// Stops the join loop and the acceptors.
@@ -118,7 +130,7 @@ pub struct Node {
 #[derive(Debug)]
 struct Context {
     local_peer: String,
-    datastore: LocalDatastore,
+    datastore: NodeDatastore,
     keys: ManagerKeys,
     reporter: StatusReporter,
     limits: Limits,
@@ -147,14 +159,7 @@ impl Node {
             source,
         })?;
         let identity = Identity::load_or_create(config.identity_path())?;
-        let store_dir = config.store_dir();
-        let datastore =
-            LocalDatastore::open(&store_dir)
-                .await
-                .map_err(|source| NodeError::Datastore {
-                    path: store_dir,
-                    source,
-                })?;
+        let datastore = open_datastore(&config).await?;
 
         let mut cluster_config = ClusterConfig::new(identity, Role::Node)
             .with_listen_addrs(config.listen.clone())
@@ -273,7 +278,7 @@ impl Node {
 
     /// The node's datastore.
     #[must_use]
-    pub fn datastore(&self) -> &LocalDatastore {
+    pub fn datastore(&self) -> &NodeDatastore {
         &self.datastore
     }
 
@@ -384,10 +389,42 @@ impl Node {
         }
         cluster.shutdown().await?;
         let _ = cluster_task.await;
-        // The last clone of the store closes its database (and waits for its commits).
-        drop(datastore);
+        match datastore {
+            // The last clone of the store closes its database (and waits for its commits).
+            NodeDatastore::Local(store) => drop(store),
+            NodeDatastore::Remote(store) => {
+                if let Err(error) = store.client().clone().shutdown().await {
+                    tracing::debug!(%error, "the upstream client had stopped already");
+                }
+            }
+        }
         Ok(ShutdownReport { streams_cut })
     }
+}
+
+/// The node's own store, or, with an upstream, the upstream cluster's.
+async fn open_datastore(config: &NodeConfig) -> Result<NodeDatastore, NodeError> {
+    let Some(upstream) = &config.upstream else {
+        let path = config.store_dir();
+        return match LocalDatastore::open(&path).await {
+            Ok(store) => Ok(NodeDatastore::Local(store)),
+            Err(source) => Err(NodeError::Datastore { path, source }),
+        };
+    };
+    let identity = Identity::load_or_create(config.upstream_identity_path())?;
+    let client_config = ClientConfig {
+        request_timeout: config.request_timeout,
+        limits: config.limits,
+        ..ClientConfig::default()
+    };
+    let client = Client::start(identity, Some(upstream.clone()), client_config)
+        .await
+        .map_err(|source| NodeError::Upstream {
+            addr: upstream.clone(),
+            source: Box::new(source),
+        })?;
+    tracing::info!(%upstream, peer = %client.peer_id(), "a gateway: tasks are served from the upstream cluster, as this peer (allow it in the upstream domains)");
+    Ok(NodeDatastore::Remote(Box::new(RemoteDatastore::new(client))))
 }
 
 /// The first address of `addrs` over plain TCP (no WebSocket, no relay).

@@ -13,7 +13,7 @@ use domain_cluster::gossip::TaskUpdates;
 use domain_cluster::identity::Identity;
 use domain_datastore::Datastore as _;
 use domain_proto::domain_data::{Query, UpsertMetadata};
-use domain_proto::protocols::{LOAD_V1, STORE_V1};
+use domain_proto::protocols::{DELETE_V1, LOAD_V1, STORE_V1};
 use domain_proto::task::Status;
 
 mod common;
@@ -43,7 +43,11 @@ async fn the_node_joins_with_its_name_and_capacities() {
         .collect();
     assert_eq!(
         capabilities,
-        [(STORE_V1.to_owned(), 4), (LOAD_V1.to_owned(), -1)]
+        [
+            (STORE_V1.to_owned(), 4),
+            (LOAD_V1.to_owned(), -1),
+            (DELETE_V1.to_owned(), -1)
+        ]
     );
     setup.stop().await;
 }

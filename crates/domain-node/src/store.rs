@@ -1,0 +1,133 @@
+//! [`NodeDatastore`]: what a node serves its tasks from, picked by its configuration:
+//! its own [`LocalDatastore`], or, for a gateway, the [`RemoteDatastore`] of an
+//! upstream cluster.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use domain_client::datastore::{RemoteContent, RemoteDatastore};
+use domain_datastore::{
+    Datastore, DatastoreError, DomainId, LocalContent, LocalDatastore, Subscription,
+};
+use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
+use tokio::io::{AsyncRead, ReadBuf};
+
+/// A node's datastore: local files, or another cluster it stands in front of.
+#[derive(Debug, Clone)]
+pub enum NodeDatastore {
+    /// redb metadata and blob files under the node's data folder.
+    Local(LocalDatastore),
+    /// The cluster of an upstream manager, reached as a client: the node stores nothing
+    /// itself. (Boxed: a client is large, and a local store is a pointer.)
+    Remote(Box<RemoteDatastore>),
+}
+
+impl NodeDatastore {
+    /// The local store, unless this node is a gateway.
+    #[must_use]
+    pub fn local(&self) -> Option<&LocalDatastore> {
+        match self {
+            Self::Local(store) => Some(store),
+            Self::Remote(_) => None,
+        }
+    }
+}
+
+/// The content reader of a [`NodeDatastore`].
+#[derive(Debug)]
+pub enum NodeContent {
+    /// From a [`LocalDatastore`].
+    Local(LocalContent),
+    /// From a [`RemoteDatastore`].
+    Remote(RemoteContent),
+}
+
+impl AsyncRead for NodeContent {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Local(content) => Pin::new(content).poll_read(cx, buf),
+            Self::Remote(content) => Pin::new(content).poll_read(cx, buf),
+        }
+    }
+}
+
+impl Datastore for NodeDatastore {
+    type Content = NodeContent;
+
+    async fn put<R: AsyncRead + Send + Unpin>(
+        &self,
+        domain: &DomainId,
+        item: UpsertMetadata,
+        content: R,
+    ) -> Result<Metadata, DatastoreError> {
+        match self {
+            Self::Local(store) => store.put(domain, item, content).await,
+            Self::Remote(store) => store.put(domain, item, content).await,
+        }
+    }
+
+    async fn get(
+        &self,
+        domain: &DomainId,
+        id: &str,
+    ) -> Result<(Metadata, Self::Content), DatastoreError> {
+        match self {
+            Self::Local(store) => {
+                let (metadata, content) = store.get(domain, id).await?;
+                Ok((metadata, NodeContent::Local(content)))
+            }
+            Self::Remote(store) => {
+                let (metadata, content) = store.get(domain, id).await?;
+                Ok((metadata, NodeContent::Remote(content)))
+            }
+        }
+    }
+
+    async fn get_from(
+        &self,
+        domain: &DomainId,
+        id: &str,
+        offset: u64,
+    ) -> Result<(Metadata, Self::Content), DatastoreError> {
+        match self {
+            Self::Local(store) => {
+                let (metadata, content) = store.get_from(domain, id, offset).await?;
+                Ok((metadata, NodeContent::Local(content)))
+            }
+            Self::Remote(store) => {
+                let (metadata, content) = store.get_from(domain, id, offset).await?;
+                Ok((metadata, NodeContent::Remote(content)))
+            }
+        }
+    }
+
+    async fn query(
+        &self,
+        domain: &DomainId,
+        query: &Query,
+    ) -> Result<Vec<Metadata>, DatastoreError> {
+        match self {
+            Self::Local(store) => store.query(domain, query).await,
+            Self::Remote(store) => store.query(domain, query).await,
+        }
+    }
+
+    async fn delete(&self, domain: &DomainId, id: &str) -> Result<(), DatastoreError> {
+        match self {
+            Self::Local(store) => store.delete(domain, id).await,
+            Self::Remote(store) => store.delete(domain, id).await,
+        }
+    }
+
+    fn subscribe(&self, domain: &DomainId, query: &Query) -> Result<Subscription, DatastoreError> {
+        match self {
+            Self::Local(store) => store.subscribe(domain, query),
+            Self::Remote(store) => store.subscribe(domain, query),
+        }
+    }
+}
