@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use domain_datastore::{
     DEFAULT_SUBSCRIPTION_CAPACITY, Datastore, DatastoreError, DomainId, QueryFilter, Subscribers,
-    Subscription,
+    Subscription, check_replica_id, is_replica,
 };
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use tokio::io::{AsyncRead, AsyncReadExt as _, DuplexStream, ReadBuf};
@@ -123,7 +123,12 @@ impl RemoteDatastore {
             }
         }
         self.subscriptions_established().await;
-        let receiver = match item.is_new {
+        let replica = is_replica(&item);
+        if replica {
+            check_replica_id(&item.id)?;
+        }
+        let receiver = match item.is_new || replica {
+            // A replica goes where the manager places it, held there already or not.
             true => None,
             false => match self.client.locate(domain, &item.id).await {
                 Ok(Some((_, node))) => Some(node),

@@ -76,7 +76,7 @@ pub use local::{LocalContent, LocalDatastore, LocalOptions, RepairReport};
 
 pub use store::{
     Datastore, DatastoreError, DomainId, InvalidDomainId, InvalidQuery, MAX_DOMAIN_ID_LEN,
-    MAX_REGEX_LEN, QueryFilter, RegexField,
+    MAX_ITEM_ID_LEN, MAX_REGEX_LEN, QueryFilter, RegexField, check_replica_id, is_replica,
 };
 pub use subscription::{
     DEFAULT_SUBSCRIPTION_CAPACITY, Subscribers, Subscription, SubscriptionError,

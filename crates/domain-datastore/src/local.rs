@@ -34,7 +34,9 @@ use tokio::sync::{mpsc, oneshot};
 pub use repair::RepairReport;
 
 use crate::merkle::{MerkleBuilder, Root, root_of};
-use crate::store::{Datastore, DatastoreError, DomainId, QueryFilter};
+use crate::store::{
+    Datastore, DatastoreError, DomainId, QueryFilter, check_replica_id, is_replica,
+};
 use crate::subscription::{DEFAULT_SUBSCRIPTION_CAPACITY, Subscribers, Subscription};
 use blob::{Batch, BlobWriter};
 use commit::{Content, DeleteRequest, PutRequest, Request, Worker};
@@ -216,7 +218,9 @@ impl LocalDatastore {
         item: UpsertMetadata,
         content: R,
     ) -> Result<Metadata, DatastoreError> {
-        if !item.is_new {
+        if is_replica(&item) {
+            check_replica_id(&item.id)?;
+        } else if !item.is_new {
             // Fail before taking the bytes; the commit checks again.
             self.metadata(domain, &item.id).await?;
         }

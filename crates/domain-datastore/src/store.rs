@@ -286,6 +286,31 @@ fn compile(field: RegexField, pattern: Option<&str>) -> Result<Option<Regex>, In
         })
 }
 
+/// Longest item id a replica may be stored under, in bytes (ids this store makes are
+/// 36-byte UUIDs).
+pub const MAX_ITEM_ID_LEN: usize = 256;
+
+/// Whether `item` is a copy to store under its own id (`UpsertMetadata.replica`, with
+/// `is_new` false), created if no item has that id.
+#[must_use]
+pub fn is_replica(item: &UpsertMetadata) -> bool {
+    !item.is_new && item.replica == Some(true)
+}
+
+/// Refuses an id a replica cannot be stored under: empty (the `/load/v1` caught-up
+/// marker has an empty id) or longer than [`MAX_ITEM_ID_LEN`].
+///
+/// # Errors
+/// [`DatastoreError::InvalidItemId`].
+pub fn check_replica_id(id: &str) -> Result<(), DatastoreError> {
+    if id.is_empty() || id.len() > MAX_ITEM_ID_LEN {
+        return Err(DatastoreError::InvalidItemId {
+            id: id.chars().take(80).collect(),
+        });
+    }
+    Ok(())
+}
+
 /// Why a [`Datastore`] operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DatastoreError {
@@ -306,6 +331,12 @@ pub enum DatastoreError {
         offset: u64,
         /// The content's size.
         size: u32,
+    },
+    /// A replica's id is empty or longer than [`MAX_ITEM_ID_LEN`].
+    #[error("item id {id:?} cannot name a replica: it must be 1 to {MAX_ITEM_ID_LEN} bytes")]
+    InvalidItemId {
+        /// The id (at most its first 80 characters).
+        id: String,
     },
     /// No item has this id in the domain.
     #[error("no item with id {id:?} in domain {domain}")]
@@ -389,7 +420,10 @@ pub trait Datastore: Send + Sync + 'static {
     ///
     /// With `item.is_new` the item gets a new id (a UUID v4; `item.id` is ignored);
     /// otherwise the item with id `item.id` is replaced ([`DatastoreError::NotFound`] if
-    /// there is none) and its old content released once no item uses it.
+    /// there is none) and its old content released once no item uses it. A replica
+    /// ([`is_replica`]: a copy of an item held elsewhere) is stored under `item.id`
+    /// whether or not an item has it ([`DatastoreError::InvalidItemId`] for an empty or
+    /// over-long id).
     /// The item is visible to readers and subscribers only once the call succeeds.
     fn put<R: AsyncRead + Send + Unpin>(
         &self,

@@ -424,7 +424,9 @@ async fn open_datastore(config: &NodeConfig) -> Result<NodeDatastore, NodeError>
             source: Box::new(source),
         })?;
     tracing::info!(%upstream, peer = %client.peer_id(), "a gateway: tasks are served from the upstream cluster, as this peer (allow it in the upstream domains)");
-    Ok(NodeDatastore::Remote(Box::new(RemoteDatastore::new(client))))
+    Ok(NodeDatastore::Remote(Box::new(RemoteDatastore::new(
+        client,
+    ))))
 }
 
 /// The first address of `addrs` over plain TCP (no WebSocket, no relay).

@@ -130,6 +130,7 @@ fn every_message_type_round_trips_through_a_frame() {
             is_new: true,
             id: String::new(),
             properties: properties(),
+            replica: Some(true),
         })
         .await;
 

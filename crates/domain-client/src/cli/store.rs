@@ -215,6 +215,7 @@ async fn put(store: &LocalDatastore, args: &PutArgs, out: &mut impl Write) -> an
         is_new: args.replace.is_none(),
         id: args.replace.clone().unwrap_or_default(),
         properties: args.properties.iter().cloned().collect::<BTreeMap<_, _>>(),
+        replica: None,
     };
     let bars = Bars::new("put");
     bars.started(&args.name, len);

@@ -277,7 +277,8 @@ fn apply_put(
         domain: put.domain.clone(),
         id: item.id.clone(),
     };
-    if !item.is_new && !domain_known(txn, &put.domain)? {
+    let replica = crate::store::is_replica(item);
+    if !item.is_new && !replica && !domain_known(txn, &put.domain)? {
         return Ok(Err(not_found()));
     }
     let mut tables = WriteTables::open(txn, &put.domain)?;
@@ -286,6 +287,8 @@ fn apply_put(
     } else {
         match tables.item(&put.domain, &item.id)? {
             Ok(Some(old)) => (item.id.clone(), Some(old)),
+            // A copy of an item held elsewhere keeps that item's id.
+            Ok(None) if replica => (item.id.clone(), None),
             Ok(None) => return Ok(Err(not_found())),
             Err(e) => return Ok(Err(e)),
         }

@@ -35,6 +35,7 @@ macro_rules! datastore_suite {
             is_new_makes_a_new_id_whatever_id_is_given,
             upsert_replaces_the_item_with_that_id,
             upsert_of_an_unknown_id_is_not_found,
+            a_replica_is_stored_under_its_id_whether_or_not_it_exists,
             delete_removes_the_item,
             unknown_ids_are_not_found,
             identical_content_survives_deleting_one_of_its_items,
@@ -71,6 +72,7 @@ pub fn upsert(name: &str, data_type: &str, size: usize) -> UpsertMetadata {
         is_new: true,
         id: String::new(),
         properties: BTreeMap::new(),
+        replica: None,
     }
 }
 
@@ -319,6 +321,46 @@ pub async fn upsert_of_an_unknown_id_is_not_found<S: Datastore>(store: &S) {
         "{err:?}"
     );
     assert_eq!(all(store, &d).await.len(), 1);
+}
+
+pub async fn a_replica_is_stored_under_its_id_whether_or_not_it_exists<S: Datastore>(store: &S) {
+    let d = domain("d");
+    let replica = |size| UpsertMetadata {
+        is_new: false,
+        id: "copy-of-an-item-held-elsewhere".into(),
+        replica: Some(true),
+        ..upsert("copy", "t", size)
+    };
+    let first = store.put(&d, replica(3), &b"one"[..]).await.unwrap();
+    assert_eq!(first.id, "copy-of-an-item-held-elsewhere");
+    assert_eq!(first.hash, Some(root_of(b"one").to_string()));
+    // Copied again: replaced, still one item.
+    let second = store.put(&d, replica(3), &b"two"[..]).await.unwrap();
+    assert_eq!(second.id, first.id);
+    assert_eq!(all(store, &d).await, vec![second.clone()]);
+    let (_, content) = read_content(store, &d, &first.id).await;
+    assert_eq!(content, b"two");
+
+    // The empty id is the caught-up marker of `/load/v1`; no item may have it.
+    let empty = UpsertMetadata {
+        id: String::new(),
+        ..replica(1)
+    };
+    let err = store.put(&d, empty, &b"x"[..]).await.unwrap_err();
+    assert!(
+        matches!(err, DatastoreError::InvalidItemId { .. }),
+        "{err:?}"
+    );
+    let long = UpsertMetadata {
+        id: "x".repeat(domain_datastore::MAX_ITEM_ID_LEN + 1),
+        ..replica(1)
+    };
+    let err = store.put(&d, long, &b"x"[..]).await.unwrap_err();
+    assert!(
+        matches!(err, DatastoreError::InvalidItemId { .. }),
+        "{err:?}"
+    );
+    assert_eq!(all(store, &d).await, vec![second]);
 }
 
 pub async fn delete_removes_the_item<S: Datastore>(store: &S) {
