@@ -69,7 +69,7 @@ pub use load::{
     serve_load,
 };
 pub use public_key::{fetch_public_key, serve_public_key};
-pub use store::{StoreSender, StoreSummary, serve_store, store_items};
+pub use store::{MAX_SUMMARY_IDS, StoreSender, StoreSummary, serve_store, store_items};
 
 /// Inbound task streams a node serves at once (DESIGN §9); the node holds a
 /// `tokio::sync::Semaphore` of this many permits around [`serve`].
@@ -109,7 +109,7 @@ impl Default for Limits {
 }
 
 /// What an inbound task stream did, by protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Served {
     /// A `/store/v1` stream.
     Store(StoreSummary),

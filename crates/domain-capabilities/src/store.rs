@@ -6,7 +6,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use domain_datastore::{Datastore, DomainId, MerkleBuilder, Root};
+use domain_datastore::{Datastore, DomainId, MerkleBuilder, Root, is_replica};
 use domain_proto::domain_data::{Metadata, UpsertMetadata};
 use domain_proto::{read_message, read_message_or_eof, write_message};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -16,13 +16,19 @@ use crate::idle::IdleTimeout;
 use crate::{CapabilityError, Limits};
 
 /// What a `/store/v1` receiver stored on one stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StoreSummary {
     /// Items stored.
     pub items: u64,
     /// Content bytes stored.
     pub bytes: u64,
+    /// The ids of the items stored, in order, up to [`MAX_SUMMARY_IDS`] (the first ones),
+    /// except replicas (copies of items held elsewhere, which are not copied again).
+    pub ids: Vec<String>,
 }
+
+/// Ids a [`StoreSummary`] keeps at most: a stream of more items keeps the first ones.
+pub const MAX_SUMMARY_IDS: usize = 100_000;
 
 /// Serves one inbound `/store/v1` stream: the handshake, then each item into
 /// `datastore`, until the sender closes its write half.
@@ -69,6 +75,7 @@ where
         let Some(item) = item else { break };
         let name = item.name.clone();
         let size = u64::from(item.size);
+        let replica = is_replica(&item);
         let metadata = datastore
             .put(domain, item, Limited::new(&mut stream, size))
             .await
@@ -78,6 +85,9 @@ where
             .map_err(|e| CapabilityError::frame("answering an item", e))?;
         summary.items += 1;
         summary.bytes += size;
+        if !replica && summary.ids.len() < MAX_SUMMARY_IDS {
+            summary.ids.push(metadata.id);
+        }
     }
     stream
         .shutdown()

@@ -87,14 +87,19 @@ pub struct SubmittedJob {
 }
 
 impl ClusterHandle {
-    /// Registers this node and its capabilities with the manager (`/join/v1`).
+    /// Registers this node and its capabilities with the manager (`/join/v1`), and
+    /// returns its answer (which domains keep more than one copy of each item).
     /// The manager requires `node.id` to be this peer's id.
     ///
     /// # Errors
     /// Those of [`open_stream`](Self::open_stream); [`ClusterError::Frame`]
     /// when the exchange fails (a manager that refuses the node drops the
     /// stream); [`ClusterError::Timeout`].
-    pub async fn join(&self, manager: PeerId, node: Node) -> Result<(), ClusterError> {
+    pub async fn join(
+        &self,
+        manager: PeerId,
+        node: Node,
+    ) -> Result<JoinClusterResponse, ClusterError> {
         let mut stream = self.open_stream(manager, JOIN_V1).await?;
         let frame_err = |source: domain_proto::FrameError| ClusterError::Frame {
             protocol: JOIN_V1,
@@ -106,8 +111,7 @@ impl ClusterHandle {
             read_message::<JoinClusterResponse, _>(&mut stream, DEFAULT_MAX_FRAME).await
         })
         .await?
-        .map_err(frame_err)?;
-        Ok(())
+        .map_err(frame_err)
     }
 
     /// Submits a job to the manager (`/jobs/v1`) and returns its id and the

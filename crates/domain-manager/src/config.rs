@@ -238,6 +238,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_in_the_repository_is_valid() {
+        let file: ConfigFile =
+            toml::from_str(include_str!("../../../config/manager.example.toml")).unwrap();
+        let mut config = ManagerConfig::new("/data");
+        config.apply_file(file).unwrap();
+        let policy = crate::DomainPolicy::from_specs(&config.domains).unwrap();
+        assert_eq!(policy.replication("my-domain"), 2);
+    }
+
+    #[test]
     fn the_default_listen_addresses_are_loopback_tcp_and_quic() {
         let addrs: Vec<String> = default_listen().iter().map(ToString::to_string).collect();
         assert_eq!(

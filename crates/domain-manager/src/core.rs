@@ -17,6 +17,8 @@ use domain_scheduler::{
     TokenIssuer, job_id, parse_timeout,
 };
 use tokio::sync::broadcast::error::TryRecvError;
+
+use crate::replication::{self, ReplicationRefusal};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Gossiped reports applied in one scheduler transaction, at most.
@@ -24,12 +26,14 @@ const MAX_REPORT_BATCH: usize = 1024;
 
 /// What the async side asks of the scheduler thread.
 pub(crate) enum Request {
-    /// A job from `/jobs/v1`; its tokens go to `tokens`.
+    /// A job from `/jobs/v1`; its tokens go to `tokens`. `copies` is how many copies of
+    /// each item its domain keeps (what a replicate job is expanded to).
     Submit {
         request: JobRequest,
         submitter: String,
+        copies: u32,
         tokens: mpsc::Sender<Task>,
-        reply: oneshot::Sender<Result<Submission, SchedulerError>>,
+        reply: oneshot::Sender<Result<Submission, SubmitError>>,
     },
     /// A node joined (or joined again: the heartbeat).
     Join {
@@ -49,6 +53,17 @@ pub(crate) enum Request {
     },
     /// The registered nodes.
     Nodes { reply: oneshot::Sender<Vec<Node>> },
+}
+
+/// Why a job was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SubmitError {
+    /// The scheduler refused it, or failed.
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    /// A replicate job that cannot be placed.
+    #[error(transparent)]
+    Replication(#[from] ReplicationRefusal),
 }
 
 /// An accepted submission.
@@ -155,11 +170,18 @@ impl Core {
                 Request::Submit {
                     request,
                     submitter,
+                    copies,
                     tokens,
                     reply,
                 } => {
-                    let result = self.submit(request, &submitter, tokens);
-                    let fatal = fatal(&result);
+                    let result = self.submit(request, &submitter, copies, tokens);
+                    let fatal = match &result {
+                        Err(SubmitError::Scheduler(e)) if is_fatal(e) => {
+                            tracing::error!("{e}");
+                            Err(SchedulerError::Poisoned)
+                        }
+                        _ => Ok(()),
+                    };
                     let _ = reply.send(result);
                     fatal
                 }
@@ -208,8 +230,13 @@ impl Core {
         &mut self,
         request: JobRequest,
         submitter: &str,
+        copies: u32,
         tokens: mpsc::Sender<Task>,
-    ) -> Result<Submission, SchedulerError> {
+    ) -> Result<Submission, SubmitError> {
+        let request = match replication::is_replication(&request) {
+            true => replication::expand(&self.scheduler, request, submitter, copies)?,
+            false => request,
+        };
         let id = job_id(&request);
         if self.scheduler.job_submitter(&id) == Some(submitter) {
             return Ok(self.resume(id, tokens));

@@ -26,6 +26,9 @@ pub struct DomainSpec {
     /// Peer ids (base58, `12D3KooW…`) of the clients that may submit jobs.
     #[serde(default)]
     pub allow: Vec<String>,
+    /// Copies of each item the domain keeps, each on its own node (1 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<u32>,
 }
 
 /// Why a job is refused before it reaches the scheduler; the text is the `BadRequest` message.
@@ -59,6 +62,8 @@ pub enum Refusal {
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct DomainPolicy {
     domains: BTreeMap<String, BTreeSet<PeerId>>,
+    /// The domains that keep more than one copy of each item, and how many.
+    replication: BTreeMap<String, u32>,
 }
 
 impl fmt::Debug for DomainPolicy {
@@ -86,11 +91,25 @@ impl DomainPolicy {
         specs: impl IntoIterator<Item = &'a DomainSpec>,
     ) -> Result<Self, ConfigError> {
         let mut domains: BTreeMap<String, BTreeSet<PeerId>> = BTreeMap::new();
+        let mut replication: BTreeMap<String, u32> = BTreeMap::new();
         for spec in specs {
             check_domain_id(&spec.id).map_err(|e| ConfigError::Domain {
                 domain: spec.id.chars().take(80).collect(),
                 reason: e.to_string(),
             })?;
+            match spec.replication {
+                Some(0) => {
+                    return Err(ConfigError::Domain {
+                        domain: spec.id.clone(),
+                        reason: "replication 0 keeps no copy; it must be 1 or more".into(),
+                    });
+                }
+                Some(copies) if copies > 1 => {
+                    let kept = replication.entry(spec.id.clone()).or_default();
+                    *kept = (*kept).max(copies);
+                }
+                _ => {}
+            }
             let allowed = domains.entry(spec.id.clone()).or_default();
             for peer in &spec.allow {
                 let peer = peer.parse().map_err(|e| ConfigError::Domain {
@@ -100,7 +119,22 @@ impl DomainPolicy {
                 allowed.insert(peer);
             }
         }
-        Ok(Self { domains })
+        Ok(Self {
+            domains,
+            replication,
+        })
+    }
+
+    /// Copies of each item `domain` keeps, each on its own node: 1 unless declared.
+    #[must_use]
+    pub fn replication(&self, domain: &str) -> u32 {
+        self.replication.get(domain).copied().unwrap_or(1)
+    }
+
+    /// The domains that keep more than one copy of each item, with their count.
+    #[must_use]
+    pub fn replicated(&self) -> &BTreeMap<String, u32> {
+        &self.replication
     }
 
     /// True when no domain is declared: every domain and submitter is accepted.
@@ -265,6 +299,7 @@ pub fn create_domain(
         None => file.domain.push(DomainSpec {
             id: domain.to_owned(),
             allow,
+            replication: None,
         }),
     }
     file.save(data_dir)?;
@@ -297,10 +332,12 @@ mod tests {
             DomainSpec {
                 id: "a".into(),
                 allow: vec![alice.to_string()],
+                replication: Some(3),
             },
             DomainSpec {
                 id: "b".into(),
                 allow: vec![],
+                replication: None,
             },
         ];
         let policy = DomainPolicy::from_specs(&specs).unwrap();
@@ -317,6 +354,19 @@ mod tests {
         );
         assert!(policy.check_submitter("b", &alice).is_err());
         assert!(policy.serves("b") && !policy.serves("c"));
+        assert_eq!((policy.replication("a"), policy.replication("b")), (3, 1));
+        assert_eq!(policy.replicated().len(), 1);
+    }
+
+    #[test]
+    fn a_domain_that_keeps_no_copy_is_refused() {
+        let specs = [DomainSpec {
+            id: "a".into(),
+            allow: vec![],
+            replication: Some(0),
+        }];
+        let err = DomainPolicy::from_specs(&specs).unwrap_err();
+        assert!(err.to_string().contains("replication 0"), "{err}");
     }
 
     #[test]
@@ -324,6 +374,7 @@ mod tests {
         let specs = [DomainSpec {
             id: "a".into(),
             allow: vec!["not-a-peer".into()],
+            replication: None,
         }];
         let err = DomainPolicy::from_specs(&specs).unwrap_err();
         assert!(err.to_string().contains("not-a-peer"), "{err}");
@@ -341,7 +392,8 @@ mod tests {
             file.domain,
             [DomainSpec {
                 id: "d".into(),
-                allow: vec![alice.to_string(), bob.to_string()]
+                allow: vec![alice.to_string(), bob.to_string()],
+                replication: None,
             }]
         );
         let keys = DomainKeyStore::open(keys_dir(dir.path())).unwrap();

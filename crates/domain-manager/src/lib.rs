@@ -73,6 +73,7 @@ pub mod config;
 mod core;
 pub mod domains;
 mod error;
+mod replication;
 mod service;
 
 pub use config::{ConfigFile, ManagerConfig};

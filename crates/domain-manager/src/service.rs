@@ -29,8 +29,9 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::ManagerConfig;
 use crate::core::{Core, JobView, Outbound, Request, Submission, Watch};
-use crate::domains::{DomainPolicy, DomainsFile};
+use crate::domains::{DomainPolicy, DomainsFile, Refusal};
 use crate::error::ManagerError;
+use crate::replication;
 
 /// Requests queued for the scheduler thread before their senders wait.
 const REQUEST_QUEUE: usize = 1024;
@@ -598,7 +599,10 @@ async fn serve_join(shared: &Shared, peer: PeerId, mut stream: ClusterStream) {
     match ask(&shared.requests, |reply| Request::Join { node, reply }).await {
         Some(Ok(())) => {
             let answered = tokio::time::timeout(shared.request_timeout, async {
-                write_message(&mut stream, &JoinClusterResponse {}).await?;
+                let answer = JoinClusterResponse {
+                    replication: shared.policy.replicated().clone().into_iter().collect(),
+                };
+                write_message(&mut stream, &answer).await?;
                 stream
                     .shutdown()
                     .await
@@ -634,7 +638,16 @@ async fn serve_jobs(shared: &Shared, peer: PeerId, stream: ClusterStream) {
             return;
         }
     };
-    if let Err(refusal) = shared.policy.check_submitter(&request.domain_id, &peer) {
+    // A replicate job comes from a node, not from a client on the allow-list: the scheduler
+    // checks that the node stored what it asks to copy.
+    let allowed = match replication::is_replication(&request) {
+        true if shared.policy.serves(&request.domain_id) => Ok(()),
+        true => Err(Refusal::UnknownDomain {
+            domain: request.domain_id.chars().take(80).collect(),
+        }),
+        false => shared.policy.check_submitter(&request.domain_id, &peer),
+    };
+    if let Err(refusal) = allowed {
         tracing::warn!(%peer, job = %request.name, "refused a job: {refusal}");
         let response = SubmitJobResponse {
             code: Code::BadRequest as i32,
@@ -653,9 +666,11 @@ async fn serve_jobs(shared: &Shared, peer: PeerId, stream: ClusterStream) {
         .clamp(1, shared.max_tokens_per_job);
     let (tokens_tx, mut tokens) = mpsc::channel(room.max(1));
     let name = request.name.clone();
+    let copies = shared.policy.replication(&request.domain_id);
     let submitted = ask(&shared.requests, |reply| Request::Submit {
         request,
         submitter: peer.to_string(),
+        copies,
         tokens: tokens_tx,
         reply,
     })

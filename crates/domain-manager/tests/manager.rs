@@ -264,6 +264,7 @@ async fn public_keys_are_served_for_the_declared_domains_only() {
     config.domains.push(domain_manager::DomainSpec {
         id: "from-config".into(),
         allow: vec![],
+        replication: None,
     });
     let (manager, addr) = start(config).await;
     let client = peer(Role::Client, &addr);

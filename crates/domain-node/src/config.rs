@@ -492,6 +492,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_in_the_repository_is_valid() {
+        let file: NodeSettings =
+            toml::from_str(include_str!("../../../config/node.example.toml")).unwrap();
+        let config = file.into_config().unwrap();
+        assert_eq!(config.name.as_deref(), Some("node-1"));
+        assert_eq!(config.upstream, None);
+    }
+
+    #[test]
     fn a_gateway_names_another_clusters_manager() {
         let upstream =
             "/ip4/127.0.0.1/tcp/5001/p2p/12D3KooWBK6mNwBwAwHhygpw9HQ6vZiwzyDPx9jLLk4v6VDdg3YL";

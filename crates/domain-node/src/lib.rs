@@ -40,6 +40,7 @@
 pub mod config;
 pub mod keys;
 mod node;
+mod replicate;
 pub mod status;
 pub mod store;
 

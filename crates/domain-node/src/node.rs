@@ -1,6 +1,6 @@
 //! The running node: datastore, swarm, join loop, task-stream acceptors.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, NodeConfig};
 use crate::keys::ManagerKeys;
+use crate::replicate::Replicator;
 use crate::status::StatusReporter;
 use crate::store::NodeDatastore;
 
@@ -135,6 +136,9 @@ struct Context {
     reporter: StatusReporter,
     limits: Limits,
     cut: CancellationToken,
+    /// Copies stored items to other nodes, for the domains that keep several; `None` on
+    /// a gateway, whose upstream cluster keeps its own copies.
+    replicator: Option<Arc<Replicator>>,
 }
 
 impl Node {
@@ -183,6 +187,17 @@ impl Node {
         let max_streams = config.max_task_streams.clamp(1, Semaphore::MAX_PERMITS);
         let permits = Arc::new(Semaphore::new(max_streams));
         let handshakes = Arc::new(Handshakes::new(config.max_handshakes_per_peer));
+        let (copies_tx, copies) = watch::channel(BTreeMap::new());
+        let replicator = datastore.local().map(|local| {
+            Arc::new(Replicator::new(
+                cluster.clone(),
+                manager,
+                local.clone(),
+                config.limits,
+                copies,
+                stop.clone(),
+            ))
+        });
         let context = Arc::new(Context {
             local_peer: local_peer.to_string(),
             datastore: datastore.clone(),
@@ -190,6 +205,7 @@ impl Node {
             reporter,
             limits: config.limits,
             cut: cut.clone(),
+            replicator,
         });
 
         let mut background: Vec<JoinHandle<()>> = acceptors
@@ -244,6 +260,7 @@ impl Node {
                 info,
                 interval: config.join_interval,
                 joins: joins_tx,
+                copies: copies_tx,
             },
             stop.clone(),
         )));
@@ -594,10 +611,14 @@ impl Context {
             () = self.cut.cancelled() => None,
             served = accepted.serve(&self.datastore) => Some(served),
         };
+        let mut stored = Vec::new();
         let status = match outcome {
             Some(Ok(served)) => {
                 let (items, bytes) = match served {
-                    Served::Store(s) => (s.items, s.bytes),
+                    Served::Store(s) => {
+                        stored = s.ids;
+                        (s.items, s.bytes)
+                    }
                     Served::Load(s) => (s.items, s.bytes),
                     Served::Delete(s) => (s.deleted, 0),
                 };
@@ -614,6 +635,9 @@ impl Context {
             }
         };
         self.reporter.report(&claims, status).await;
+        if let Some(replicator) = &self.replicator {
+            replicator.stored(&claims.domain_id, &claims.job_id, &claims.task_name, stored);
+        }
     }
 }
 
@@ -629,6 +653,8 @@ struct JoinLoop {
     info: NodeInfo,
     interval: Duration,
     joins: watch::Sender<u64>,
+    /// What the manager's answers say of the domains' copies.
+    copies: watch::Sender<BTreeMap<String, u32>>,
 }
 
 /// Joins the manager every interval (the join is the node's heartbeat);
@@ -647,7 +673,13 @@ async fn join_loop(state: JoinLoop, stop: CancellationToken) {
             result = attempt => result,
         };
         let wait = match result {
-            Ok(()) => {
+            Ok(answer) => {
+                let copies: BTreeMap<String, u32> = answer.replication.into_iter().collect();
+                state.copies.send_if_modified(|known| {
+                    let changed = *known != copies;
+                    *known = copies;
+                    changed
+                });
                 if failures > 0 || *state.joins.borrow() == 0 {
                     tracing::info!(manager = %state.manager_addr, "joined the manager");
                 }

@@ -30,6 +30,7 @@
 //! # }
 //! ```
 
+mod any;
 pub mod framing;
 pub mod protocols;
 

@@ -113,7 +113,7 @@ fn every_message_type_round_trips_through_a_frame() {
         };
         round_trip(node.clone()).await;
         round_trip(JoinClusterRequest { node }).await;
-        round_trip(JoinClusterResponse {}).await;
+        round_trip(JoinClusterResponse::default()).await;
 
         round_trip(metadata()).await;
         round_trip(query()).await;

@@ -856,6 +856,30 @@ impl Scheduler {
         self.registry.load(node_id)
     }
 
+    /// Up to `count` distinct registered nodes that offer `endpoint` (a capacity other than
+    /// 0), none of them in `exclude`, the least loaded first and ties to the smaller id:
+    /// where the copies of an item go. Fewer when fewer nodes qualify.
+    pub fn place(&self, endpoint: &str, count: usize, exclude: &[&str]) -> Vec<String> {
+        let mut candidates: Vec<(u32, &str)> = self
+            .registry
+            .nodes()
+            .into_iter()
+            .filter(|node| !exclude.contains(&node.id.as_str()))
+            .filter(|node| {
+                node.capabilities
+                    .iter()
+                    .any(|c| c.endpoint == endpoint && c.capacity != 0)
+            })
+            .map(|node| (self.registry.load(&node.id).unwrap_or(0), node.id.as_str()))
+            .collect();
+        candidates.sort_unstable();
+        candidates
+            .into_iter()
+            .take(count)
+            .map(|(_, id)| id.to_owned())
+            .collect()
+    }
+
     /// The earliest deadline of a running task: the next time [`Scheduler::tick`] has a timeout
     /// to enforce.
     pub fn next_deadline(&self) -> Option<u64> {

@@ -326,6 +326,31 @@ fn tasks_go_to_the_least_loaded_node_and_ties_to_the_smallest_id() {
 }
 
 #[test]
+fn copies_are_placed_on_distinct_nodes_with_the_endpoint_the_least_loaded_first() {
+    let mut h = Harness::new();
+    for id in ["n4", "n1", "n2", "n3"] {
+        h.scheduler.join(node(id, &[(STORE, -1)]), 0).unwrap();
+    }
+    // Without the endpoint, or no longer offering it: never a place for a copy.
+    h.scheduler.join(node("loader", &[(LOAD, -1)]), 0).unwrap();
+    h.scheduler.join(node("retired", &[(STORE, 0)]), 0).unwrap();
+    h.scheduler
+        .submit(job("busy", vec![task("t", STORE, &[])]), CLIENT, 0)
+        .unwrap();
+    assert_eq!(h.assigned()[0].receiver.as_deref(), Some("n1"));
+
+    // n1 runs a task; n4 holds the item already.
+    assert_eq!(h.scheduler.place(STORE, 2, &["n4"]), ["n2", "n3"]);
+    assert_eq!(h.scheduler.place(STORE, 9, &["n4"]), ["n2", "n3", "n1"]);
+    assert!(h.scheduler.place(STORE, 0, &[]).is_empty());
+    assert!(
+        h.scheduler
+            .place(STORE, 3, &["n1", "n2", "n3", "n4"])
+            .is_empty()
+    );
+}
+
+#[test]
 fn load_counts_tasks_of_every_endpoint_of_a_node() {
     let mut h = Harness::new();
     h.scheduler

@@ -24,7 +24,7 @@ fn serve_join(manager: &ClusterHandle) -> mpsc::Receiver<Node> {
                 let request: JoinClusterRequest =
                     read_message(&mut stream, DEFAULT_MAX_FRAME).await.unwrap();
                 if request.node.id == peer.to_string() {
-                    write_message(&mut stream, &JoinClusterResponse {})
+                    write_message(&mut stream, &JoinClusterResponse::default())
                         .await
                         .unwrap();
                     joined.send(request.node).await.unwrap();

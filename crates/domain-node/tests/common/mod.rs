@@ -62,7 +62,7 @@ impl StandIn {
                 if request.node.id != peer.to_string() {
                     continue;
                 }
-                if write_message(&mut stream, &JoinClusterResponse {})
+                if write_message(&mut stream, &JoinClusterResponse::default())
                     .await
                     .is_ok()
                 {

@@ -1,0 +1,287 @@
+//! The node's side of replication: after a `/store/v1` task stored items of a domain that
+//! keeps more than one copy of each (the manager says which in its join answers), the
+//! node submits a `replicate` job naming that task and the ids; the manager answers with
+//! one `/store/v1` task per other copy, pinned to its own node, with this node as sender,
+//! and this node streams the items to each, marked `replica` so that they keep their ids.
+//! Each copy's root is checked as any upload's is. A copy that fails is reported FAILED,
+//! and the manager hands out a new attempt on the same job stream.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain_capabilities::{CapabilityError, Limits, StoreSender};
+use domain_cluster::{ClusterError, ClusterHandle, PeerId};
+use domain_datastore::{Datastore, DatastoreError, DomainId, LocalDatastore};
+use domain_proto::domain_data::UpsertMetadata;
+use domain_proto::protocols::STORE_V1;
+use domain_proto::task::{
+    Any, CapabilityFilters, JobRequest, ReplicateDataInputV1, Status, Task, TaskRequest,
+};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+/// The `type_url` of a replicate job's task data (the manager's name for it).
+const REPLICATE_INPUT: &str = "ReplicateDataInputV1";
+
+/// The timeout of each copy task.
+const COPY_TIMEOUT: &str = "10m";
+
+/// Replications a node runs at once; more wait their turn.
+const MAX_REPLICATIONS: usize = 4;
+
+/// How long a replication waits for the next assignment of its job before giving up (a
+/// copy task waits while its node is busy, and is retried at its timeout).
+const ASSIGNMENT_PATIENCE: Duration = Duration::from_secs(15 * 60);
+
+/// Submissions of a replicate job before its refusal stands, and the pauses between them.
+const SUBMIT_ATTEMPTS: u32 = 8;
+const FIRST_SUBMIT_PAUSE: Duration = Duration::from_millis(200);
+const MAX_SUBMIT_PAUSE: Duration = Duration::from_secs(5);
+
+/// How many copies of each item the domains keep, as the last join answer said (domains
+/// not named keep one).
+pub(crate) type Copies = watch::Receiver<BTreeMap<String, u32>>;
+
+/// Why copying a task's items to other nodes failed.
+#[derive(Debug, thiserror::Error)]
+enum ReplicationError {
+    #[error("submitting the replicate job: {0}")]
+    Submit(#[source] ClusterError),
+    #[error("the manager's assignment of {task:?} is unusable: {reason}")]
+    Assignment { task: String, reason: &'static str },
+    #[error("opening {STORE_V1} to {node}: {source}")]
+    Open {
+        node: PeerId,
+        #[source]
+        source: ClusterError,
+    },
+    #[error("sending copies to {node}: {source}")]
+    Transfer {
+        node: PeerId,
+        #[source]
+        source: CapabilityError,
+    },
+    #[error("reading item {id} to copy: {source}")]
+    Read {
+        id: String,
+        #[source]
+        source: DatastoreError,
+    },
+    #[error("{node} stored a copy of {id} under root {got:?}, not the item's {expected:?}")]
+    Differs {
+        node: PeerId,
+        id: String,
+        expected: Option<String>,
+        got: Option<String>,
+    },
+}
+
+/// Copies items to the nodes the manager places them on.
+#[derive(Debug)]
+pub(crate) struct Replicator {
+    pub cluster: ClusterHandle,
+    pub manager: PeerId,
+    pub datastore: LocalDatastore,
+    pub limits: Limits,
+    pub copies: Copies,
+    pub permits: Semaphore,
+    pub stop: CancellationToken,
+}
+
+impl Replicator {
+    pub(crate) fn new(
+        cluster: ClusterHandle,
+        manager: PeerId,
+        datastore: LocalDatastore,
+        limits: Limits,
+        copies: Copies,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            cluster,
+            manager,
+            datastore,
+            limits,
+            copies,
+            permits: Semaphore::new(MAX_REPLICATIONS),
+            stop,
+        }
+    }
+
+    /// Task `task_name` of job `job_id` stored `ids` in `domain` here: when the domain keeps
+    /// more copies, has them made, in the background.
+    pub(crate) fn stored(
+        self: &Arc<Self>,
+        domain: &str,
+        job_id: &str,
+        task_name: &str,
+        ids: Vec<String>,
+    ) {
+        let copies = self.copies.borrow().get(domain).copied().unwrap_or(1);
+        if copies <= 1 || ids.is_empty() {
+            return;
+        }
+        let Ok(domain) = DomainId::new(domain) else {
+            return;
+        };
+        let input = ReplicateDataInputV1 {
+            job_id: job_id.to_owned(),
+            task_name: task_name.to_owned(),
+            ids,
+        };
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let Ok(_permit) = this.permits.acquire().await else {
+                return;
+            };
+            let job = input.job_id.clone();
+            let replicated = tokio::select! {
+                () = this.stop.cancelled() => return,
+                replicated = this.replicate(&domain, input) => replicated,
+            };
+            match replicated {
+                Ok(()) => tracing::info!(%domain, job, copies, "items copied to the other nodes"),
+                Err(error) => tracing::warn!(%domain, job, %error, "items not copied"),
+            }
+        });
+    }
+
+    /// Submits the replicate job and sends the items on each assignment, until the job
+    /// is over.
+    async fn replicate(
+        &self,
+        domain: &DomainId,
+        input: ReplicateDataInputV1,
+    ) -> Result<(), ReplicationError> {
+        let request = JobRequest {
+            name: "replicate".to_owned(),
+            tasks: vec![TaskRequest {
+                name: "replicate".to_owned(),
+                capability_filters: CapabilityFilters {
+                    endpoint: STORE_V1.to_owned(),
+                    ..CapabilityFilters::default()
+                },
+                timeout: COPY_TIMEOUT.to_owned(),
+                sender: self.cluster.local_peer_id().to_string(),
+                data: Some(Any::pack(REPLICATE_INPUT, &input)),
+                ..TaskRequest::default()
+            }],
+            nonce: uuid::Uuid::new_v4().to_string(),
+            domain_id: domain.as_str().to_owned(),
+        };
+        let mut job = self.submit(request).await?;
+        // Followed, so that a failed attempt can be reported on the job's topic.
+        let _updates = self.cluster.follow_task_updates(&job.job_id).await;
+        loop {
+            let next = tokio::time::timeout(ASSIGNMENT_PATIENCE, job.tasks.next()).await;
+            let task = match next {
+                Ok(Ok(Some(task))) => task,
+                // The stream ends with the job: every copy is DONE, or FAILED for good.
+                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return Ok(()),
+            };
+            if let Err(error) = self.copy(domain, &task, &input.ids).await {
+                tracing::warn!(job = %job.job_id, task = %task.name, %error, "a copy failed; the manager will try again");
+                self.report_failed(&job.job_id, task).await;
+            }
+        }
+    }
+
+    /// Submits `request`, again while the manager refuses it: the store task's DONE,
+    /// which it checks, travels by gossip and may arrive after the job.
+    async fn submit(
+        &self,
+        request: JobRequest,
+    ) -> Result<domain_cluster::SubmittedJob, ReplicationError> {
+        let mut pause = FIRST_SUBMIT_PAUSE;
+        let mut attempts = 1;
+        loop {
+            match self.cluster.submit_job(self.manager, request.clone()).await {
+                Err(ClusterError::JobRejected { message, .. }) if attempts < SUBMIT_ATTEMPTS => {
+                    tracing::debug!(%message, attempts, "replicate job refused; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_SUBMIT_PAUSE);
+                    attempts += 1;
+                }
+                submitted => return submitted.map_err(ReplicationError::Submit),
+            }
+        }
+    }
+
+    /// Streams the items `ids` to the receiver of the copy task `task`.
+    async fn copy(
+        &self,
+        domain: &DomainId,
+        task: &Task,
+        ids: &[String],
+    ) -> Result<(), ReplicationError> {
+        let unusable = |reason| ReplicationError::Assignment {
+            task: task.name.clone(),
+            reason,
+        };
+        let node: PeerId = task
+            .receiver
+            .as_deref()
+            .and_then(|receiver| receiver.parse().ok())
+            .ok_or_else(|| unusable("no receiver peer id"))?;
+        let token = task
+            .access_token
+            .as_deref()
+            .ok_or_else(|| unusable("no token"))?;
+        let stream = self
+            .cluster
+            .open_stream(node, STORE_V1)
+            .await
+            .map_err(|source| ReplicationError::Open { node, source })?;
+        let transfer = |source| ReplicationError::Transfer { node, source };
+        let mut sender = StoreSender::open(stream, token, domain.as_str(), self.limits)
+            .await
+            .map_err(transfer)?;
+        for id in ids {
+            let (metadata, content) = match self.datastore.get(domain, id).await {
+                Ok(found) => found,
+                // Removed since it was stored: nothing to copy.
+                Err(DatastoreError::NotFound { .. }) => continue,
+                Err(source) => {
+                    return Err(ReplicationError::Read {
+                        id: id.clone(),
+                        source,
+                    });
+                }
+            };
+            let item = UpsertMetadata {
+                name: metadata.name.clone(),
+                data_type: metadata.data_type.clone(),
+                size: metadata.size,
+                is_new: false,
+                id: metadata.id.clone(),
+                properties: metadata.properties.clone(),
+                replica: Some(true),
+            };
+            let copied = sender.send(item, content).await.map_err(transfer)?;
+            // Both ends hashed what was read here; the item's own root says it was right.
+            if copied.hash != metadata.hash {
+                return Err(ReplicationError::Differs {
+                    node,
+                    id: id.clone(),
+                    expected: metadata.hash,
+                    got: copied.hash,
+                });
+            }
+        }
+        sender.finish().await.map_err(transfer)
+    }
+
+    /// Reports an attempt FAILED on its job's topic, so that the manager retries it now
+    /// rather than at its deadline.
+    async fn report_failed(&self, job_id: &str, task: Task) {
+        let update = Task {
+            status: Status::Failed as i32,
+            access_token: None,
+            ..task
+        };
+        if let Err(error) = self.cluster.publish_task_update(job_id, &update).await {
+            tracing::debug!(job_id, %error, "could not report the failed copy");
+        }
+    }
+}
