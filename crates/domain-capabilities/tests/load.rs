@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{DOMAIN, Fixture, LOAD_INFO, data, new_item, pipe};
 use domain_capabilities::{
-    CapabilityError, Limits, LoadConsumer, LoadSummary, open_load, serve_load,
+    CapabilityError, Limits, LoadConsumer, LoadSummary, Unsubscriber, open_load, serve_load,
 };
 use domain_datastore::{CHUNK_SIZE, Datastore, root_of};
 use domain_proto::domain_data::{Metadata, Query};
@@ -23,6 +23,29 @@ async fn put(fixture: &Fixture, name: &str, blob: &[u8]) -> Metadata {
         .put(&fixture.domain(), new_item(name, blob.len()), blob)
         .await
         .unwrap()
+}
+
+/// A `/load/v1` stream served from the fixture's store by a task of its own: the
+/// consumer's two halves, and the server's task.
+async fn served_in_background(
+    fixture: &Fixture,
+    request: ConsumeDataInputV1,
+) -> (
+    LoadConsumer<DuplexStream>,
+    Unsubscriber<DuplexStream>,
+    tokio::task::JoinHandle<Result<LoadSummary, CapabilityError>>,
+) {
+    let (client, server) = pipe();
+    let token = fixture.token(LOAD_V1);
+    let server = tokio::spawn({
+        let store = fixture.store.clone();
+        let keys = fixture.keys.clone();
+        async move { serve_load(server, &LOAD_INFO, &store, &keys, &Limits::DEFAULT).await }
+    });
+    let (consumer, unsubscriber) = open_load(client, &token, DOMAIN, request, Limits::DEFAULT)
+        .await
+        .unwrap();
+    (consumer, unsubscriber, server)
 }
 
 async fn collect(
@@ -184,8 +207,6 @@ async fn metadata_only_sends_no_content_and_unread_content_is_skipped() {
 async fn keep_alive_receives_items_stored_after_subscribing_and_stops_on_unsubscribe() {
     let fixture = Fixture::new().await;
     let before = put(&fixture, "before", b"already there").await;
-    let (client, server) = pipe();
-    let token = fixture.token(LOAD_V1);
     let request = ConsumeDataInputV1 {
         query: Query {
             names: vec!["before".into(), "after".into()],
@@ -194,15 +215,7 @@ async fn keep_alive_receives_items_stored_after_subscribing_and_stops_on_unsubsc
         keep_alive: true,
         ..Default::default()
     };
-    let server = tokio::spawn({
-        let store = fixture.store.clone();
-        let keys = fixture.keys.clone();
-        async move { serve_load(server, &LOAD_INFO, &store, &keys, &Limits::DEFAULT).await }
-    });
-
-    let (mut consumer, unsubscriber) = open_load(client, &token, DOMAIN, request, Limits::DEFAULT)
-        .await
-        .unwrap();
+    let (mut consumer, unsubscriber, server) = served_in_background(&fixture, request).await;
     let (first, content) = consumer
         .next()
         .await
@@ -245,22 +258,13 @@ async fn a_caught_up_marker_separates_the_items_already_there_from_the_new_ones(
     let fixture = Fixture::new().await;
     put(&fixture, "before-1", b"one").await;
     put(&fixture, "before-2", &data(3 * CHUNK_SIZE)).await;
-    let (client, server) = pipe();
-    let token = fixture.token(LOAD_V1);
     let request = ConsumeDataInputV1 {
         query: Query::default(),
         keep_alive: true,
         mark_caught_up: Some(true),
         ..Default::default()
     };
-    let server = tokio::spawn({
-        let store = fixture.store.clone();
-        let keys = fixture.keys.clone();
-        async move { serve_load(server, &LOAD_INFO, &store, &keys, &Limits::DEFAULT).await }
-    });
-    let (mut consumer, unsubscriber) = open_load(client, &token, DOMAIN, request, Limits::DEFAULT)
-        .await
-        .unwrap();
+    let (mut consumer, unsubscriber, server) = served_in_background(&fixture, request).await;
     // Past both items already there, their content skipped.
     assert_eq!(consumer.skip_to_caught_up().await.unwrap(), 2);
     assert!(matches!(
@@ -287,21 +291,12 @@ async fn a_caught_up_marker_separates_the_items_already_there_from_the_new_ones(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_asked_for_no_marker_cannot_wait_for_one() {
     let fixture = Fixture::new().await;
-    let (client, server) = pipe();
-    let token = fixture.token(LOAD_V1);
     let request = ConsumeDataInputV1 {
         query: Query::default(),
         keep_alive: true,
         ..Default::default()
     };
-    let server = tokio::spawn({
-        let store = fixture.store.clone();
-        let keys = fixture.keys.clone();
-        async move { serve_load(server, &LOAD_INFO, &store, &keys, &Limits::DEFAULT).await }
-    });
-    let (mut consumer, unsubscriber) = open_load(client, &token, DOMAIN, request, Limits::DEFAULT)
-        .await
-        .unwrap();
+    let (mut consumer, unsubscriber, server) = served_in_background(&fixture, request).await;
     assert!(matches!(
         consumer.skip_to_caught_up().await,
         Err(CapabilityError::Unexpected { .. })
@@ -314,21 +309,12 @@ async fn a_consumer_that_asked_for_no_marker_cannot_wait_for_one() {
 #[tokio::test(start_paused = true)]
 async fn a_keep_alive_subscription_may_stay_silent_longer_than_the_idle_timeout() {
     let fixture = Fixture::new().await;
-    let (client, server) = pipe();
-    let token = fixture.token(LOAD_V1);
     let request = ConsumeDataInputV1 {
         query: Query::default(),
         keep_alive: true,
         ..Default::default()
     };
-    let server = tokio::spawn({
-        let store = fixture.store.clone();
-        let keys = fixture.keys.clone();
-        async move { serve_load(server, &LOAD_INFO, &store, &keys, &Limits::DEFAULT).await }
-    });
-    let (mut consumer, unsubscriber) = open_load(client, &token, DOMAIN, request, Limits::DEFAULT)
-        .await
-        .unwrap();
+    let (mut consumer, unsubscriber, server) = served_in_background(&fixture, request).await;
     let store = fixture.store.clone();
     let domain = fixture.domain();
     let writer = tokio::spawn(async move {
@@ -356,21 +342,12 @@ async fn a_keep_alive_subscription_may_stay_silent_longer_than_the_idle_timeout(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_goes_away_ends_the_keep_alive_stream() {
     let fixture = Fixture::new().await;
-    let (client, server) = pipe();
-    let token = fixture.token(LOAD_V1);
     let request = ConsumeDataInputV1 {
         query: Query::default(),
         keep_alive: true,
         ..Default::default()
     };
-    let server = tokio::spawn({
-        let store = fixture.store.clone();
-        let keys = fixture.keys.clone();
-        async move { serve_load(server, &LOAD_INFO, &store, &keys, &Limits::DEFAULT).await }
-    });
-    let (consumer, unsubscriber) = open_load(client, &token, DOMAIN, request, Limits::DEFAULT)
-        .await
-        .unwrap();
+    let (consumer, unsubscriber, server) = served_in_background(&fixture, request).await;
     drop(consumer);
     drop(unsubscriber);
     let served = tokio::time::timeout(Duration::from_secs(10), server)

@@ -14,10 +14,9 @@ mod common;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use common::LocalCluster;
 use domain_client::client::{Client, ClientConfig};
 use domain_cluster::identity::Identity;
-use domain_datastore::{DomainId, root_of};
+use domain_datastore::root_of;
 use domain_proto::domain_data::{Query, UpsertMetadata};
 
 #[tokio::main]
@@ -32,16 +31,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (_cluster, manager, domain) = match args.as_slice() {
-        [] => {
-            let cluster = LocalCluster::start().await?;
-            let manager = cluster.manager_addr.clone();
-            (Some(cluster), manager, DomainId::new("example")?)
-        }
-        [manager, domain] => (None, manager.parse()?, DomainId::new(domain.as_str())?),
-        _ => bail!("usage: client [MANAGER_ADDR DOMAIN]"),
-    };
+    let (_cluster, manager, domain) = common::cluster_from_args("client").await?;
 
     // 1. Connect: a peer of its own, bootstrapped from the manager.
     let client = Client::start(Identity::generate(), Some(manager), ClientConfig::default())

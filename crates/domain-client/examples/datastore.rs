@@ -15,7 +15,6 @@ mod common;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use common::LocalCluster;
 use domain_client::client::{Client, ClientConfig};
 use domain_client::datastore::RemoteDatastore;
 use domain_cluster::identity::Identity;
@@ -36,16 +35,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (_cluster, manager, domain) = match args.as_slice() {
-        [] => {
-            let cluster = LocalCluster::start().await?;
-            let manager = cluster.manager_addr.clone();
-            (Some(cluster), manager, DomainId::new("example")?)
-        }
-        [manager, domain] => (None, manager.parse()?, DomainId::new(domain.as_str())?),
-        _ => bail!("usage: datastore [MANAGER_ADDR DOMAIN]"),
-    };
+    let (_cluster, manager, domain) = common::cluster_from_args("datastore").await?;
 
     let folder = tempfile::tempdir()?;
     let local = LocalDatastore::open(folder.path()).await?;

@@ -1,7 +1,26 @@
 //! What the examples share: a cluster of their own, so that they run anywhere as they are.
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use domain_cluster::Multiaddr;
+use domain_datastore::DomainId;
+
+/// The cluster an example works on, from its arguments: none, a cluster of its own in
+/// this process (domain `example`); `MANAGER_ADDR DOMAIN`, a running one. The cluster
+/// comes back too, to keep it running.
+pub async fn cluster_from_args(
+    usage: &str,
+) -> anyhow::Result<(Option<LocalCluster>, Multiaddr, DomainId)> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    Ok(match args.as_slice() {
+        [] => {
+            let cluster = LocalCluster::start().await?;
+            let manager = cluster.manager_addr.clone();
+            (Some(cluster), manager, DomainId::new("example")?)
+        }
+        [manager, domain] => (None, manager.parse()?, DomainId::new(domain.as_str())?),
+        _ => bail!("usage: {usage} [MANAGER_ADDR DOMAIN]"),
+    })
+}
 
 /// A manager and a node on loopback, with their data in a temporary folder.
 pub struct LocalCluster {
