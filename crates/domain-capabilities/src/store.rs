@@ -25,6 +25,8 @@ pub struct StoreSummary {
     /// The ids of the items stored, in order, up to [`MAX_SUMMARY_IDS`] (the first ones),
     /// except replicas (copies of items held elsewhere, which are not copied again).
     pub ids: Vec<String>,
+    /// Whether one of those items replaced an older version (an upsert).
+    pub replaced: bool,
 }
 
 /// Ids a [`StoreSummary`] keeps at most: a stream of more items keeps the first ones.
@@ -76,6 +78,7 @@ where
         let name = item.name.clone();
         let size = u64::from(item.size);
         let replica = is_replica(&item);
+        let replaces = !item.is_new && !replica;
         let metadata = datastore
             .put(domain, item, Limited::new(&mut stream, size))
             .await
@@ -85,6 +88,7 @@ where
             .map_err(|e| CapabilityError::frame("answering an item", e))?;
         summary.items += 1;
         summary.bytes += size;
+        summary.replaced |= replaces;
         if !replica && summary.ids.len() < MAX_SUMMARY_IDS {
             summary.ids.push(metadata.id);
         }

@@ -60,6 +60,7 @@ async fn items_of_sizes_around_chunk_boundaries_round_trip_with_matching_roots()
             items: sizes.len() as u64,
             bytes: total as u64,
             ids: stored.iter().map(|m| m.id.clone()).collect(),
+            replaced: false,
         }
     );
     assert_eq!(stored.len(), sizes.len());

@@ -9,7 +9,7 @@
 //! as sender. The scheduler runs them like any task: it issues their tokens to the
 //! submitter, which streams the items to each node, and retries a copy that fails.
 
-use domain_proto::protocols::STORE_V1;
+use domain_proto::protocols::{DELETE_V1, STORE_V1};
 use domain_proto::task::{
     CapabilityFilters, JobRequest, ReplicateDataInputV1, Status, TaskRequest,
 };
@@ -118,8 +118,8 @@ pub(crate) fn expand(
         "" => COPY_TIMEOUT.to_owned(),
         timeout => timeout.to_owned(),
     };
-    let tasks = holders
-        .into_iter()
+    let mut tasks: Vec<TaskRequest> = holders
+        .iter()
         .enumerate()
         .map(|(i, holder)| TaskRequest {
             name: format!("copy-{}", i + 1),
@@ -129,11 +129,36 @@ pub(crate) fn expand(
             },
             timeout: timeout.clone(),
             sender: submitter.to_owned(),
-            receiver: Some(holder),
+            receiver: Some(holder.clone()),
             data: Some(data.clone()),
             ..TaskRequest::default()
         })
         .collect();
+    if input.replaces == Some(true) {
+        // Older versions may have copies anywhere else: removed once the new copies stand.
+        let copies: Vec<String> = tasks.iter().map(|task| task.name.clone()).collect();
+        let mut keep: Vec<&str> = holders.iter().map(String::as_str).collect();
+        keep.push(submitter);
+        let elsewhere = scheduler.place(DELETE_V1, usize::MAX, &keep);
+        tasks.extend(
+            elsewhere
+                .into_iter()
+                .enumerate()
+                .map(|(i, node)| TaskRequest {
+                    name: format!("remove-{}", i + 1),
+                    capability_filters: CapabilityFilters {
+                        endpoint: DELETE_V1.to_owned(),
+                        ..CapabilityFilters::default()
+                    },
+                    timeout: timeout.clone(),
+                    needs: copies.clone(),
+                    sender: submitter.to_owned(),
+                    receiver: Some(node),
+                    data: Some(data.clone()),
+                    ..TaskRequest::default()
+                }),
+        );
+    }
     Ok(JobRequest { tasks, ..request })
 }
 
@@ -220,6 +245,7 @@ mod tests {
             job_id: stored.job_id.clone(),
             task_name: stored.name.clone(),
             ids: vec!["item-1".into()],
+            replaces: None,
         };
         JobRequest {
             name: "replicate".into(),
@@ -258,6 +284,50 @@ mod tests {
         // More copies than nodes: every other node gets one.
         let job = expand(&cluster.scheduler, replicate(&cluster.stored, "a"), "a", 9).unwrap();
         assert_eq!(job.tasks.len(), 2);
+    }
+
+    #[test]
+    fn an_upsert_also_removes_older_copies_from_every_other_node_once_the_copies_stand() {
+        let mut cluster = cluster();
+        for id in ["a", "b", "c"] {
+            let mut both = node(id);
+            both.capabilities.push(Capability {
+                endpoint: DELETE_V1.into(),
+                capacity: -1,
+            });
+            cluster.scheduler.join(both, 0).unwrap();
+        }
+        let mut request = replicate(&cluster.stored, "a");
+        let mut input: ReplicateDataInputV1 = request.tasks[0]
+            .data
+            .as_ref()
+            .unwrap()
+            .unpack(REPLICATE_INPUT)
+            .unwrap()
+            .unwrap();
+        input.replaces = Some(true);
+        request.tasks[0].data = Some(Any::pack(REPLICATE_INPUT, &input));
+        let job = expand(&cluster.scheduler, request, "a", 2).unwrap();
+        let placed: Vec<(&str, &str, Option<&str>, &[String])> = job
+            .tasks
+            .iter()
+            .map(|t| {
+                (
+                    t.name.as_str(),
+                    t.capability_filters.endpoint.as_str(),
+                    t.receiver.as_deref(),
+                    t.needs.as_slice(),
+                )
+            })
+            .collect();
+        let copy_1 = ["copy-1".to_owned()];
+        assert_eq!(
+            placed,
+            [
+                ("copy-1", STORE_V1, Some("b"), &[][..]),
+                ("remove-1", DELETE_V1, Some("c"), &copy_1[..]),
+            ]
+        );
     }
 
     #[test]

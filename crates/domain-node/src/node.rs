@@ -611,12 +611,12 @@ impl Context {
             () = self.cut.cancelled() => None,
             served = accepted.serve(&self.datastore) => Some(served),
         };
-        let mut stored = Vec::new();
+        let (mut stored, mut replaced) = (Vec::new(), false);
         let status = match outcome {
             Some(Ok(served)) => {
                 let (items, bytes) = match served {
                     Served::Store(s) => {
-                        stored = s.ids;
+                        (stored, replaced) = (s.ids, s.replaced);
                         (s.items, s.bytes)
                     }
                     Served::Load(s) => (s.items, s.bytes),
@@ -636,7 +636,13 @@ impl Context {
         };
         self.reporter.report(&claims, status).await;
         if let Some(replicator) = &self.replicator {
-            replicator.stored(&claims.domain_id, &claims.job_id, &claims.task_name, stored);
+            replicator.stored(
+                &claims.domain_id,
+                &claims.job_id,
+                &claims.task_name,
+                stored,
+                replaced,
+            );
         }
     }
 }

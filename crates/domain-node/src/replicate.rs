@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain_capabilities::{CapabilityError, Limits, StoreSender};
+use domain_capabilities::{CapabilityError, Limits, StoreSender, delete_items};
 use domain_cluster::{ClusterError, ClusterHandle, PeerId};
 use domain_datastore::{Datastore, DatastoreError, DomainId, LocalDatastore};
 use domain_proto::domain_data::UpsertMetadata;
-use domain_proto::protocols::STORE_V1;
+use domain_proto::protocols::{DELETE_V1, STORE_V1};
 use domain_proto::task::{
     Any, CapabilityFilters, JobRequest, ReplicateDataInputV1, Status, Task, TaskRequest,
 };
@@ -47,30 +47,29 @@ pub(crate) type Copies = watch::Receiver<BTreeMap<String, u32>>;
 #[derive(Debug, thiserror::Error)]
 enum ReplicationError {
     #[error("submitting the replicate job: {0}")]
-    Submit(#[source] ClusterError),
+    Submit(#[source] Box<ClusterError>),
     #[error("the manager's assignment of {task:?} is unusable: {reason}")]
     Assignment { task: String, reason: &'static str },
-    #[error("opening {STORE_V1} to {node}: {source}")]
+    #[error("opening a task stream to {node}: {source}")]
     Open {
         node: PeerId,
         #[source]
-        source: ClusterError,
+        source: Box<ClusterError>,
     },
-    #[error("sending copies to {node}: {source}")]
+    #[error("the task stream with {node} failed: {source}")]
     Transfer {
         node: PeerId,
         #[source]
-        source: CapabilityError,
+        source: Box<CapabilityError>,
     },
     #[error("reading item {id} to copy: {source}")]
     Read {
         id: String,
         #[source]
-        source: DatastoreError,
+        source: Box<DatastoreError>,
     },
-    #[error("{node} stored a copy of {id} under root {got:?}, not the item's {expected:?}")]
+    #[error("the copy of {id} was stored under root {got:?}, not the item's {expected:?}")]
     Differs {
-        node: PeerId,
         id: String,
         expected: Option<String>,
         got: Option<String>,
@@ -117,6 +116,7 @@ impl Replicator {
         job_id: &str,
         task_name: &str,
         ids: Vec<String>,
+        replaces: bool,
     ) {
         let copies = self.copies.borrow().get(domain).copied().unwrap_or(1);
         if copies <= 1 || ids.is_empty() {
@@ -129,6 +129,7 @@ impl Replicator {
             job_id: job_id.to_owned(),
             task_name: task_name.to_owned(),
             ids,
+            replaces: replaces.then_some(true),
         };
         let this = Arc::clone(self);
         tokio::spawn(async move {
@@ -180,7 +181,11 @@ impl Replicator {
                 // The stream ends with the job: every copy is DONE, or FAILED for good.
                 Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return Ok(()),
             };
-            if let Err(error) = self.copy(domain, &task, &input.ids).await {
+            let done = match task.endpoint.as_str() {
+                DELETE_V1 => self.remove(domain, &task, &input.ids).await,
+                _ => self.copy(domain, &task, &input.ids).await,
+            };
+            if let Err(error) = done {
                 tracing::warn!(job = %job.job_id, task = %task.name, %error, "a copy failed; the manager will try again");
                 self.report_failed(&job.job_id, task).await;
             }
@@ -203,9 +208,36 @@ impl Replicator {
                     pause = (pause * 2).min(MAX_SUBMIT_PAUSE);
                     attempts += 1;
                 }
-                submitted => return submitted.map_err(ReplicationError::Submit),
+                submitted => {
+                    return submitted.map_err(|e| ReplicationError::Submit(Box::new(e)));
+                }
             }
         }
+    }
+
+    /// Removes the older versions of `ids` from the receiver of the remove task `task`.
+    async fn remove(
+        &self,
+        domain: &DomainId,
+        task: &Task,
+        ids: &[String],
+    ) -> Result<(), ReplicationError> {
+        let (node, token) = assignment(task)?;
+        let stream = self
+            .cluster
+            .open_stream(node, DELETE_V1)
+            .await
+            .map_err(|source| ReplicationError::Open {
+                node,
+                source: Box::new(source),
+            })?;
+        delete_items(stream, token, domain.as_str(), ids, self.limits)
+            .await
+            .map(drop)
+            .map_err(|source| ReplicationError::Transfer {
+                node,
+                source: Box::new(source),
+            })
     }
 
     /// Streams the items `ids` to the receiver of the copy task `task`.
@@ -215,25 +247,19 @@ impl Replicator {
         task: &Task,
         ids: &[String],
     ) -> Result<(), ReplicationError> {
-        let unusable = |reason| ReplicationError::Assignment {
-            task: task.name.clone(),
-            reason,
-        };
-        let node: PeerId = task
-            .receiver
-            .as_deref()
-            .and_then(|receiver| receiver.parse().ok())
-            .ok_or_else(|| unusable("no receiver peer id"))?;
-        let token = task
-            .access_token
-            .as_deref()
-            .ok_or_else(|| unusable("no token"))?;
+        let (node, token) = assignment(task)?;
         let stream = self
             .cluster
             .open_stream(node, STORE_V1)
             .await
-            .map_err(|source| ReplicationError::Open { node, source })?;
-        let transfer = |source| ReplicationError::Transfer { node, source };
+            .map_err(|source| ReplicationError::Open {
+                node,
+                source: Box::new(source),
+            })?;
+        let transfer = |source| ReplicationError::Transfer {
+            node,
+            source: Box::new(source),
+        };
         let mut sender = StoreSender::open(stream, token, domain.as_str(), self.limits)
             .await
             .map_err(transfer)?;
@@ -245,7 +271,7 @@ impl Replicator {
                 Err(source) => {
                     return Err(ReplicationError::Read {
                         id: id.clone(),
-                        source,
+                        source: Box::new(source),
                     });
                 }
             };
@@ -262,7 +288,6 @@ impl Replicator {
             // Both ends hashed what was read here; the item's own root says it was right.
             if copied.hash != metadata.hash {
                 return Err(ReplicationError::Differs {
-                    node,
                     id: id.clone(),
                     expected: metadata.hash,
                     got: copied.hash,
@@ -283,5 +308,25 @@ impl Replicator {
         if let Err(error) = self.cluster.publish_task_update(job_id, &update).await {
             tracing::debug!(job_id, %error, "could not report the failed copy");
         }
+    }
+}
+
+/// The receiver and the token of an assignment, or why it has none.
+fn assignment(task: &Task) -> Result<(PeerId, &str), ReplicationError> {
+    let receiver = task
+        .receiver
+        .as_deref()
+        .and_then(|receiver| receiver.parse().ok());
+    match (receiver, task.access_token.as_deref()) {
+        (Some(node), Some(token)) => Ok((node, token)),
+        (None, _) => Err(unusable(task, "no receiver peer id")),
+        (_, None) => Err(unusable(task, "no token")),
+    }
+}
+
+fn unusable(task: &Task, reason: &'static str) -> ReplicationError {
+    ReplicationError::Assignment {
+        task: task.name.clone(),
+        reason,
     }
 }

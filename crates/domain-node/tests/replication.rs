@@ -8,12 +8,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use domain_client::client::{Client, ClientConfig, Upload};
+use domain_client::datastore::RemoteDatastore;
 use domain_cluster::Multiaddr;
 use domain_cluster::identity::Identity;
 use domain_datastore::{Datastore as _, DomainId, root_of};
 use domain_manager::{DomainSpec, Manager, ManagerConfig};
 use domain_node::{Node, NodeConfig};
-use domain_proto::domain_data::Query;
+use domain_proto::domain_data::{Query, UpsertMetadata};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -117,6 +118,43 @@ async fn with_two_copies_every_item_survives_the_loss_of_a_node() {
             assert_eq!(copy, uploaded[&copy.id].0, "a copy is the item itself");
         }
     }
+
+    // An upsert replaces every copy: the new version on two nodes, the old one on none,
+    // wherever its copies were.
+    let (id, (old, _)) = uploaded.iter().nth(4).unwrap();
+    let (id, old) = (id.clone(), old.clone());
+    let new_bytes = vec![42u8; 50_000];
+    let item = UpsertMetadata {
+        name: old.name.clone(),
+        data_type: old.data_type.clone(),
+        size: new_bytes.len() as u32,
+        is_new: false,
+        id: id.clone(),
+        ..UpsertMetadata::default()
+    };
+    let store = RemoteDatastore::new(client.clone());
+    let replaced = store
+        .put(&domain, item, new_bytes.as_slice())
+        .await
+        .unwrap();
+    assert_eq!(replaced.id, id);
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let mut versions = Vec::new();
+            for node in &nodes {
+                if let Ok(metadata) = node.datastore().get(&domain, &id).await {
+                    versions.push(metadata.0.hash);
+                }
+            }
+            if versions.len() == 2 && versions.iter().all(|hash| *hash == replaced.hash) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the new version on two nodes and the old one gone");
+    uploaded.insert(id, (replaced, new_bytes));
 
     // The node holding the most items goes.
     let mut counts = [0; 3];

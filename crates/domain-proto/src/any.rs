@@ -39,6 +39,7 @@ mod tests {
             job_id: "j".into(),
             task_name: "upload".into(),
             ids: vec!["a".into(), "b".into()],
+            replaces: None,
         };
         let any = Any::pack("ReplicateDataInputV1", &input);
         assert_eq!(any.type_url, "ReplicateDataInputV1");
