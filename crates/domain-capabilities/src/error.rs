@@ -139,6 +139,15 @@ pub enum CapabilityError {
         /// The size the peer announced.
         got: u64,
     },
+    /// A resume key that is empty or longer than [`MAX_RESUME_KEY_LEN`](crate::MAX_RESUME_KEY_LEN).
+    #[error(
+        "a resume key of {len} bytes: it must be 1 to {} bytes",
+        crate::MAX_RESUME_KEY_LEN
+    )]
+    BadResumeKey {
+        /// The key's length.
+        len: usize,
+    },
     /// A `/public-key/v1` answer that is not 32 bytes.
     #[error("public key answer of {len} bytes (expected 32)")]
     BadPublicKey {

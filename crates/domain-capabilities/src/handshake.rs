@@ -3,6 +3,11 @@
 //! The opener sends `DomainClusterHandshakeRequest{access_token, domain_id}`; the
 //! receiver checks the token with the domain's public key and answers
 //! `DomainClusterHandshakeResponse` with OK, or BadRequest and the reason, then closes.
+//!
+//! The OK answer also names the additive extensions of the stream's protocol that this
+//! receiver speaks (field 3, which v1 peers neither send nor read): an opener uses an
+//! extension that changes the exchange, such as [`RESUME`] on `/store/v1`, only once the
+//! receiver has named it, so v1 receivers keep working.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,6 +15,7 @@ use std::time::SystemTime;
 
 use domain_auth::{Expected, PublicKey, Rejection, TaskClaims, verify};
 use domain_datastore::DomainId;
+use domain_proto::protocols::STORE_V1;
 use domain_proto::task::{Code, DomainClusterHandshakeRequest, DomainClusterHandshakeResponse};
 use domain_proto::{read_message, read_message_or_eof, write_message};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -140,6 +146,32 @@ pub struct Accepted {
     pub claims: TaskClaims,
 }
 
+/// The extension of `/store/v1` by which an upload cut short continues where the receiver's
+/// kept bytes end (`UpsertMetadata.resume_key`, `ResumeOffer`, `ResumeStart`).
+pub const RESUME: &str = "resume";
+
+/// The extensions a receiver of this crate speaks on `protocol`.
+fn extensions_of(protocol: &str) -> Vec<String> {
+    match protocol {
+        STORE_V1 => vec![RESUME.to_owned()],
+        _ => Vec::new(),
+    }
+}
+
+/// What the receiver of an opened task stream said besides OK.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Opened {
+    /// The extensions of the protocol the receiver speaks; none from a v1 receiver.
+    pub extensions: Vec<String>,
+}
+
+impl Opened {
+    /// Whether the receiver named `extension`.
+    pub fn speaks(&self, extension: &str) -> bool {
+        self.extensions.iter().any(|e| e == extension)
+    }
+}
+
 /// Opens a task stream: sends the token, waits for the receiver's answer.
 ///
 /// # Errors
@@ -151,7 +183,7 @@ pub async fn open<S>(
     access_token: &str,
     domain_id: &str,
     limits: &Limits,
-) -> Result<(), CapabilityError>
+) -> Result<Opened, CapabilityError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -170,7 +202,9 @@ where
         None => Err(CapabilityError::Refused {
             message: "the receiver closed the stream without an answer".into(),
         }),
-        Some(response) if response.code() == Code::Ok => Ok(()),
+        Some(response) if response.code() == Code::Ok => Ok(Opened {
+            extensions: response.extensions,
+        }),
         Some(response) => Err(CapabilityError::Refused {
             message: if response.err_msg.is_empty() {
                 format!("code {}", response.code)
@@ -227,6 +261,7 @@ where
             let ok = DomainClusterHandshakeResponse {
                 code: Code::Ok as i32,
                 err_msg: String::new(),
+                extensions: extensions_of(info.protocol),
             };
             write_message(stream, &ok)
                 .await
@@ -237,6 +272,7 @@ where
             let bad = DomainClusterHandshakeResponse {
                 code: Code::BadRequest as i32,
                 err_msg: refusal.to_string(),
+                extensions: Vec::new(),
             };
             // The refusal is the error that matters; a peer that cannot take the answer
             // loses nothing it was owed.

@@ -62,14 +62,16 @@ mod store;
 
 pub use delete::{DeleteSummary, Deleted, delete_items, serve_delete};
 pub use error::CapabilityError;
-pub use handshake::{Accepted, KeyFn, PublicKeySource, StaticKeys, StreamInfo};
+pub use handshake::{Accepted, KeyFn, Opened, PublicKeySource, RESUME, StaticKeys, StreamInfo};
 pub use idle::{Direction, IdleElapsed, IdleTimeout};
 pub use load::{
     LoadConsumer, LoadSummary, LoadedItem, Prefixes, Unsubscriber, open_load, open_load_resuming,
     serve_load,
 };
 pub use public_key::{fetch_public_key, serve_public_key};
-pub use store::{MAX_SUMMARY_IDS, StoreSender, StoreSummary, serve_store, store_items};
+pub use store::{
+    MAX_RESUME_KEY_LEN, MAX_SUMMARY_IDS, Sent, StoreSender, StoreSummary, serve_store, store_items,
+};
 
 /// Inbound task streams a node serves at once (DESIGN §9); the node holds a
 /// `tokio::sync::Semaphore` of this many permits around [`serve`].

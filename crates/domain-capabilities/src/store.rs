@@ -1,17 +1,26 @@
 //! `/store/v1`: the sender streams items, the receiver writes them into its
 //! datastore and answers each with its metadata, whose `hash` is the Merkle root it
 //! computed. The sender compares that root with its own: the proof of transfer.
+//!
+//! With the [`RESUME`] extension (named in the handshake answer), an item sent with a
+//! `resume_key` is answered a `ResumeOffer` first: the whole chunks the receiver kept of
+//! an earlier stream that was cut while sending it. The sender checks them against the
+//! root of its own first bytes and answers a `ResumeStart`, the offset its content bytes
+//! start from; both trees still cover the whole content, so the root proves it whole.
 
+use std::io::SeekFrom;
 use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use domain_datastore::{Datastore, DomainId, MerkleBuilder, Root, is_replica};
-use domain_proto::domain_data::{Metadata, UpsertMetadata};
+use domain_datastore::{CHUNK_SIZE, Datastore, DomainId, MerkleBuilder, Root, is_replica};
+use domain_proto::domain_data::{Metadata, ResumeOffer, ResumeStart, UpsertMetadata};
 use domain_proto::{read_message, read_message_or_eof, write_message};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncSeek, AsyncSeekExt, AsyncWrite, AsyncWriteExt, ReadBuf,
+};
 
-use crate::handshake::{self, PublicKeySource, StreamInfo};
+use crate::handshake::{self, PublicKeySource, RESUME, StreamInfo};
 use crate::idle::IdleTimeout;
 use crate::{CapabilityError, Limits};
 
@@ -20,8 +29,10 @@ use crate::{CapabilityError, Limits};
 pub struct StoreSummary {
     /// Items stored.
     pub items: u64,
-    /// Content bytes stored.
+    /// Content bytes received on this stream.
     pub bytes: u64,
+    /// Content bytes not sent again because items resumed from bytes kept earlier.
+    pub resumed_bytes: u64,
     /// The ids of the items stored, in order, up to [`MAX_SUMMARY_IDS`] (the first ones),
     /// except replicas (copies of items held elsewhere, which are not copied again).
     pub ids: Vec<String>,
@@ -31,6 +42,18 @@ pub struct StoreSummary {
 
 /// Ids a [`StoreSummary`] keeps at most: a stream of more items keeps the first ones.
 pub const MAX_SUMMARY_IDS: usize = 100_000;
+
+/// Longest `UpsertMetadata.resume_key` accepted, in bytes.
+pub const MAX_RESUME_KEY_LEN: usize = 128;
+
+/// An item sent by [`StoreSender::send_resumable`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    /// The receiver's metadata, its root checked against the whole content.
+    pub metadata: Metadata,
+    /// The content bytes not sent because the receiver had kept them: 0 unless resumed.
+    pub resumed_from: u64,
+}
 
 /// Serves one inbound `/store/v1` stream: the handshake, then each item into
 /// `datastore`, until the sender closes its write half.
@@ -74,20 +97,39 @@ where
         let item: Option<UpsertMetadata> = read_message_or_eof(&mut stream, limits.max_frame)
             .await
             .map_err(|e| CapabilityError::frame("reading the next item", e))?;
-        let Some(item) = item else { break };
+        let Some(mut item) = item else { break };
         let name = item.name.clone();
         let size = u64::from(item.size);
         let replica = is_replica(&item);
         let replaces = !item.is_new && !replica;
-        let metadata = datastore
-            .put(domain, item, Limited::new(&mut stream, size))
-            .await
-            .map_err(|e| CapabilityError::datastore("receiving content", &name, e))?;
+        let stored = match item.resume_key.take() {
+            None => datastore
+                .put(domain, item, Limited::new(&mut stream, size))
+                .await
+                .map(|metadata| (metadata, 0)),
+            Some(key) => {
+                let start =
+                    offer_resume(&mut stream, domain, datastore, &key, &item, limits).await?;
+                datastore
+                    .put_resumable(
+                        domain,
+                        item,
+                        &key,
+                        start,
+                        Limited::new(&mut stream, size - start),
+                    )
+                    .await
+                    .map(|metadata| (metadata, start))
+            }
+        };
+        let (metadata, start) =
+            stored.map_err(|e| CapabilityError::datastore("receiving content", &name, e))?;
         write_message(&mut stream, &metadata)
             .await
             .map_err(|e| CapabilityError::frame("answering an item", e))?;
         summary.items += 1;
-        summary.bytes += size;
+        summary.bytes += size - start;
+        summary.resumed_bytes += start;
         summary.replaced |= replaces;
         if !replica && summary.ids.len() < MAX_SUMMARY_IDS {
             summary.ids.push(metadata.id);
@@ -98,6 +140,51 @@ where
         .await
         .map_err(|e| CapabilityError::io("closing the stream", e))?;
     Ok(summary)
+}
+
+/// Answers an item sent with a resume key with what `datastore` kept of it, and returns
+/// the offset the sender's content starts from.
+async fn offer_resume<S, D>(
+    stream: &mut IdleTimeout<S>,
+    domain: &DomainId,
+    datastore: &D,
+    key: &str,
+    item: &UpsertMetadata,
+    limits: &Limits,
+) -> Result<u64, CapabilityError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    D: Datastore,
+{
+    check_resume_key(key)?;
+    let point = datastore
+        .resume_point(domain, key, item.size)
+        .await
+        .map_err(|e| CapabilityError::datastore("looking for kept bytes", &item.name, e))?;
+    let offer = ResumeOffer {
+        offset: point.map_or(0, |point| point.offset),
+        prefix_hash: point.map(|point| point.prefix_root.to_string()),
+    };
+    write_message(stream, &offer)
+        .await
+        .map_err(|e| CapabilityError::frame("offering to resume", e))?;
+    let start: ResumeStart = read_message(stream, limits.max_frame)
+        .await
+        .map_err(|e| CapabilityError::frame("reading where the content starts", e))?;
+    if start.offset != 0 && start.offset != offer.offset {
+        return Err(CapabilityError::Unexpected {
+            during: "reading where the content starts",
+            what: "an offset that was not offered",
+        });
+    }
+    Ok(start.offset)
+}
+
+fn check_resume_key(key: &str) -> Result<(), CapabilityError> {
+    if key.is_empty() || key.len() > MAX_RESUME_KEY_LEN {
+        return Err(CapabilityError::BadResumeKey { len: key.len() });
+    }
+    Ok(())
 }
 
 /// The sending side of a `/store/v1` stream.
@@ -119,6 +206,8 @@ where
 pub struct StoreSender<S> {
     stream: IdleTimeout<S>,
     limits: Limits,
+    /// Whether the receiver named the [`RESUME`] extension.
+    resumes: bool,
     /// Two batches: one is written while the other, written before it, is hashed.
     bufs: [Vec<u8>; 2],
 }
@@ -138,12 +227,119 @@ where
         limits: Limits,
     ) -> Result<Self, CapabilityError> {
         let mut stream = IdleTimeout::new(stream, limits.idle_timeout);
-        handshake::open(&mut stream, access_token, domain_id, &limits).await?;
+        let opened = handshake::open(&mut stream, access_token, domain_id, &limits).await?;
         Ok(Self {
             stream,
             limits,
+            resumes: opened.speaks(RESUME),
             bufs: [Vec::new(), Vec::new()],
         })
+    }
+
+    /// Whether the receiver keeps the bytes of items cut short for
+    /// [`send_resumable`](Self::send_resumable) to continue (the [`RESUME`] extension).
+    pub fn resumes(&self) -> bool {
+        self.resumes
+    }
+
+    /// As [`send`](Self::send), for content that can be read again from its current
+    /// position: if an earlier stream was cut while sending this item under `key` (a name
+    /// of this content, which the receiver keeps the cut bytes by), only what the
+    /// receiver does not hold yet is sent.
+    ///
+    /// The receiver offers the whole chunks it kept with their Merkle root; the content's
+    /// own first bytes are hashed here, and skipped only when the two roots agree (else
+    /// everything is sent, from the position `content` had). The root checked at the end
+    /// covers the whole content either way. A receiver without the extension gets the
+    /// whole content, as from [`send`](Self::send).
+    ///
+    /// # Errors
+    /// As [`send`](Self::send); [`CapabilityError::BadResumeKey`] for an empty key or one
+    /// over [`MAX_RESUME_KEY_LEN`] bytes; [`CapabilityError::Io`] when `content` cannot
+    /// seek.
+    pub async fn send_resumable<R>(
+        &mut self,
+        mut item: UpsertMetadata,
+        key: &str,
+        mut content: R,
+    ) -> Result<Sent, CapabilityError>
+    where
+        R: AsyncRead + AsyncSeek + Unpin,
+    {
+        check_resume_key(key)?;
+        if !self.resumes {
+            let metadata = self.send(item, content).await?;
+            return Ok(Sent {
+                metadata,
+                resumed_from: 0,
+            });
+        }
+        let name = item.name.clone();
+        let size = u64::from(item.size);
+        item.resume_key = Some(key.to_owned());
+        write_message(&mut self.stream, &item)
+            .await
+            .map_err(|e| CapabilityError::frame("sending an item", e))?;
+        let offer: ResumeOffer = read_message(&mut self.stream, self.limits.max_frame)
+            .await
+            .map_err(|e| CapabilityError::frame("reading the receiver's resume offer", e))?;
+        let (start, builder) = self.check_offer(size, &offer, &mut content).await?;
+        write_message(&mut self.stream, &ResumeStart { offset: start })
+            .await
+            .map_err(|e| CapabilityError::frame("saying where the content starts", e))?;
+        let local = self
+            .send_content(&name, start, size, content, builder)
+            .await?;
+        let metadata = self.await_receipt(&name, size, local).await?;
+        Ok(Sent {
+            metadata,
+            resumed_from: start,
+        })
+    }
+
+    /// Where the content of an item starts after `offer`, and the tree of the bytes before:
+    /// the offer's offset when the first bytes of `content` have its root, else 0 with
+    /// `content` back where it was.
+    async fn check_offer<R>(
+        &mut self,
+        size: u64,
+        offer: &ResumeOffer,
+        content: &mut R,
+    ) -> Result<(u64, MerkleBuilder), CapabilityError>
+    where
+        R: AsyncRead + AsyncSeek + Unpin,
+    {
+        let offered = offer
+            .prefix_hash
+            .as_deref()
+            .and_then(|h| h.parse::<Root>().ok());
+        let usable =
+            offer.offset > 0 && offer.offset <= size && offer.offset % CHUNK_SIZE as u64 == 0;
+        let (Some(offered), true) = (offered, usable) else {
+            return Ok((0, MerkleBuilder::new()));
+        };
+        let seek = |e| CapabilityError::io("seeking in the content to send", e);
+        let origin = content.stream_position().await.map_err(seek)?;
+        let mut builder = MerkleBuilder::new();
+        let buf = &mut self.bufs[0];
+        buf.resize(self.limits.io_batch.max(1), 0);
+        while builder.len() < offer.offset {
+            let want = (offer.offset - builder.len()).min(buf.len() as u64) as usize;
+            let filled = fill(content, &mut buf[..want])
+                .await
+                .map_err(|e| CapabilityError::io("reading the content to send", e))?;
+            if filled == 0 {
+                break;
+            }
+            builder.update_parallel(&buf[..filled]);
+        }
+        if builder.len() == offer.offset && builder.finalize() == offered {
+            return Ok((offer.offset, builder));
+        }
+        // The receiver kept other bytes under this key (another version of the content):
+        // all of it goes again.
+        content.seek(SeekFrom::Start(origin)).await.map_err(seek)?;
+        Ok((0, MerkleBuilder::new()))
     }
 
     /// Sends one item whose content is exactly `item.size` bytes of `content`, and
@@ -168,7 +364,9 @@ where
         write_message(&mut self.stream, &item)
             .await
             .map_err(|e| CapabilityError::frame("sending an item", e))?;
-        let local = self.send_content(&name, size, content).await?;
+        let local = self
+            .send_content(&name, 0, size, content, MerkleBuilder::new())
+            .await?;
         self.await_receipt(&name, size, local).await
     }
 
@@ -243,12 +441,15 @@ where
         }
     }
 
-    /// Copies exactly `size` bytes in large batches, hashing each batch as it goes.
+    /// Copies the bytes of an item of `size` bytes from `start` on in large batches,
+    /// hashing each batch as it goes into `builder`, the tree of the bytes before `start`.
     async fn send_content<R: AsyncRead + Unpin>(
         &mut self,
         name: &str,
+        start: u64,
         size: u64,
         mut content: R,
+        mut builder: MerkleBuilder,
     ) -> Result<Root, CapabilityError> {
         let batch = self.limits.io_batch.max(1);
         let [mut current, mut previous] = std::mem::take(&mut self.bufs);
@@ -257,9 +458,8 @@ where
                 buf.resize(batch, 0);
             }
         }
-        let mut builder = MerkleBuilder::new();
         let mut previous_len = 0;
-        let mut sent = 0u64;
+        let mut sent = start;
         let copied = async {
             while sent < size {
                 let want = (size - sent).min(batch as u64) as usize;

@@ -1,5 +1,7 @@
-//! Resuming a `/load/v1` transfer: the consumer holds a prefix of whole chunks, the
+//! Resuming transfers. `/load/v1`: the consumer holds a prefix of whole chunks, the
 //! receiver sends only the rest, and the root is still checked over the whole content.
+//! `/store/v1`: the receiver keeps the whole chunks of an upload that was cut, and the
+//! sender's next stream under the same key sends only the rest.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -7,14 +9,18 @@ mod common;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use common::{DOMAIN, Fixture, LOAD_INFO, data, new_item, pipe};
+use common::{DOMAIN, Fixture, LOAD_INFO, STORE_INFO, data, new_item, pipe};
 use domain_capabilities::{
-    CapabilityError, Limits, LoadSummary, Prefixes, open_load_resuming, serve_load,
+    CapabilityError, Limits, LoadSummary, Prefixes, Sent, StoreSender, StoreSummary,
+    open_load_resuming, serve_load, serve_store,
 };
-use domain_datastore::{CHUNK_SIZE, Datastore, MerkleBuilder};
-use domain_proto::domain_data::{Metadata, Query};
-use domain_proto::protocols::LOAD_V1;
-use domain_proto::task::ConsumeDataInputV1;
+use domain_datastore::{CHUNK_SIZE, Datastore, MerkleBuilder, root_of};
+use domain_proto::domain_data::{Metadata, Query, ResumeOffer, ResumeStart, UpsertMetadata};
+use domain_proto::protocols::{LOAD_V1, STORE_V1};
+use domain_proto::task::{
+    Code, ConsumeDataInputV1, DomainClusterHandshakeRequest, DomainClusterHandshakeResponse,
+};
+use domain_proto::{encode_frame, read_message, write_message};
 use proptest::prelude::*;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
@@ -182,6 +188,301 @@ proptest! {
             // Sent again: what the consumer held past its last whole chunk (under one
             // chunk), and nothing before it.
             prop_assert_eq!(second.served.bytes, (SIZE - whole) as u64);
+            Ok(())
+        })?;
+    }
+}
+
+const KEY: &str = "scan.bin 2026-12-01T10:00:00Z";
+
+/// What one resumable upload did: the sender's outcome and the receiver's summary.
+struct Uploaded {
+    sent: Result<Sent, String>,
+    served: Result<StoreSummary, String>,
+}
+
+/// Uploads `blob` under `KEY` over a pipe whose receiver side ends after `cut` bytes.
+async fn upload(fixture: &Fixture, blob: &[u8], cut: Option<usize>) -> Uploaded {
+    let (client, server) = pipe();
+    let server = Cut::new(server, cut.unwrap_or(usize::MAX));
+    let token = fixture.token(STORE_V1);
+    let send = async {
+        let mut sender = StoreSender::open(client, &token, DOMAIN, Limits::DEFAULT)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        assert!(sender.resumes());
+        let content = std::io::Cursor::new(blob);
+        let sent = sender
+            .send_resumable(new_item("scan", blob.len()), KEY, content)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        sender.finish().await.map_err(|e| format!("{e:?}"))?;
+        Ok(sent)
+    };
+    let serve = serve_store(
+        server,
+        &STORE_INFO,
+        &fixture.store,
+        &fixture.keys,
+        &Limits::DEFAULT,
+    );
+    let (sent, served) = tokio::join!(send, serve);
+    Uploaded {
+        sent,
+        served: served.map_err(|e| format!("{e:?}")),
+    }
+}
+
+/// Bytes the receiver reads before the content of the first item of [`upload`].
+fn frames_before_content(fixture: &Fixture, size: usize) -> usize {
+    let handshake = DomainClusterHandshakeRequest {
+        access_token: fixture.token(STORE_V1),
+        domain_id: DOMAIN.into(),
+    };
+    let item = UpsertMetadata {
+        resume_key: Some(KEY.into()),
+        ..new_item("scan", size)
+    };
+    // The first stream of an item starts at 0: nothing is kept yet.
+    let start = ResumeStart { offset: 0 };
+    [
+        encode_frame(&handshake).unwrap().len(),
+        encode_frame(&item).unwrap().len(),
+        encode_frame(&start).unwrap().len(),
+    ]
+    .iter()
+    .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_upload_sends_only_what_the_receiver_did_not_keep() {
+    let fixture = Fixture::new().await;
+    let blob = data(SIZE);
+    let before = frames_before_content(&fixture, SIZE);
+    let received = 4 * CHUNK_SIZE + 300;
+
+    let first = upload(&fixture, &blob, Some(before + received)).await;
+    assert!(first.sent.is_err());
+    assert!(first.served.is_err());
+    let listed = fixture
+        .store
+        .query(&fixture.domain(), &Query::default())
+        .await;
+    assert!(
+        listed.unwrap().is_empty(),
+        "nothing of a cut upload is visible"
+    );
+
+    let second = upload(&fixture, &blob, None).await;
+    let sent = second.sent.unwrap();
+    assert_eq!(sent.resumed_from, 4 * CHUNK_SIZE as u64);
+    assert_eq!(sent.metadata.hash, Some(root_of(&blob).to_string()));
+    let served = second.served.unwrap();
+    assert_eq!(served.bytes, (SIZE - 4 * CHUNK_SIZE) as u64);
+    assert_eq!(served.resumed_bytes, 4 * CHUNK_SIZE as u64);
+    let (_, mut content) = fixture
+        .store
+        .get(&fixture.domain(), &sent.metadata.id)
+        .await
+        .unwrap();
+    let mut stored = Vec::new();
+    content.read_to_end(&mut stored).await.unwrap();
+    assert_eq!(stored, blob);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_bytes_of_other_content_under_the_same_key_are_not_skipped() {
+    let fixture = Fixture::new().await;
+    let old = data(SIZE);
+    let before = frames_before_content(&fixture, SIZE);
+    let first = upload(&fixture, &old, Some(before + 5 * CHUNK_SIZE)).await;
+    assert!(first.sent.is_err());
+
+    // The file changed since, at the same size.
+    let mut new = old.clone();
+    new[10] ^= 0xff;
+    let second = upload(&fixture, &new, None).await;
+    let sent = second.sent.unwrap();
+    assert_eq!(sent.resumed_from, 0);
+    assert_eq!(sent.metadata.hash, Some(root_of(&new).to_string()));
+    assert_eq!(second.served.unwrap().bytes, SIZE as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_without_the_extension_gets_the_whole_content_and_no_resume_key() {
+    let fixture = Fixture::new().await;
+    let (client, mut server) = pipe();
+    let token = fixture.token(STORE_V1);
+    let blob = data(3 * CHUNK_SIZE);
+    // A v1 receiver: it names no extension and reads content right after the item.
+    let v1 = async {
+        let _: DomainClusterHandshakeRequest = read_message(&mut server, 1 << 20).await.unwrap();
+        let ok = DomainClusterHandshakeResponse {
+            code: Code::Ok as i32,
+            err_msg: String::new(),
+            extensions: Vec::new(),
+        };
+        write_message(&mut server, &ok).await.unwrap();
+        let item: UpsertMetadata = read_message(&mut server, 1 << 20).await.unwrap();
+        let mut content = vec![0; item.size as usize];
+        server.read_exact(&mut content).await.unwrap();
+        let answer = Metadata {
+            name: item.name.clone(),
+            size: item.size,
+            id: "1".into(),
+            hash: Some(root_of(&content).to_string()),
+            ..Default::default()
+        };
+        write_message(&mut server, &answer).await.unwrap();
+        (item, content)
+    };
+    let send = async {
+        let mut sender = StoreSender::open(client, &token, DOMAIN, Limits::DEFAULT)
+            .await
+            .unwrap();
+        assert!(!sender.resumes());
+        let item = new_item("scan", blob.len());
+        let content = std::io::Cursor::new(&blob);
+        sender.send_resumable(item, KEY, content).await.unwrap()
+    };
+    let ((item, content), sent) = tokio::join!(v1, send);
+    assert_eq!(item.resume_key, None);
+    assert_eq!(content, blob);
+    assert_eq!(sent.resumed_from, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_was_not_offered_loses_the_stream_and_stores_nothing() {
+    let fixture = Fixture::new().await;
+    let (mut client, server) = pipe();
+    let token = fixture.token(STORE_V1);
+    let liar = async {
+        let request = DomainClusterHandshakeRequest {
+            access_token: token.clone(),
+            domain_id: DOMAIN.into(),
+        };
+        write_message(&mut client, &request).await.unwrap();
+        let ok: DomainClusterHandshakeResponse = read_message(&mut client, 1 << 20).await.unwrap();
+        assert!(ok.extensions.iter().any(|e| e == "resume"));
+        let item = UpsertMetadata {
+            resume_key: Some(KEY.into()),
+            ..new_item("scan", SIZE)
+        };
+        write_message(&mut client, &item).await.unwrap();
+        let offer: ResumeOffer = read_message(&mut client, 1 << 20).await.unwrap();
+        assert_eq!((offer.offset, offer.prefix_hash), (0, None));
+        // Claims the receiver holds two chunks it never offered.
+        let start = ResumeStart {
+            offset: 2 * CHUNK_SIZE as u64,
+        };
+        write_message(&mut client, &start).await.unwrap();
+        client
+    };
+    let serve = serve_store(
+        server,
+        &STORE_INFO,
+        &fixture.store,
+        &fixture.keys,
+        &Limits::DEFAULT,
+    );
+    let (_client, served) = tokio::join!(liar, serve);
+    assert!(
+        matches!(served, Err(CapabilityError::Unexpected { .. })),
+        "{served:?}"
+    );
+    let listed = fixture
+        .store
+        .query(&fixture.domain(), &Query::default())
+        .await;
+    assert!(listed.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_key_over_the_limit_is_refused_by_both_sides() {
+    let fixture = Fixture::new().await;
+    let long = "k".repeat(domain_capabilities::MAX_RESUME_KEY_LEN + 1);
+    let token = fixture.token(STORE_V1);
+
+    let (client, server) = pipe();
+    let send = async {
+        let mut sender = StoreSender::open(client, &token, DOMAIN, Limits::DEFAULT).await?;
+        let content = std::io::Cursor::new(vec![0; 10]);
+        sender
+            .send_resumable(new_item("scan", 10), &long, content)
+            .await
+    };
+    let serve = serve_store(
+        server,
+        &STORE_INFO,
+        &fixture.store,
+        &fixture.keys,
+        &Limits::DEFAULT,
+    );
+    let (sent, _) = tokio::join!(send, serve);
+    assert!(
+        matches!(sent, Err(CapabilityError::BadResumeKey { len }) if len == long.len()),
+        "{sent:?}"
+    );
+
+    // A sender that sends one anyway loses its stream.
+    let (mut client, server) = pipe();
+    let send = async {
+        let request = DomainClusterHandshakeRequest {
+            access_token: token.clone(),
+            domain_id: DOMAIN.into(),
+        };
+        write_message(&mut client, &request).await.unwrap();
+        let _: DomainClusterHandshakeResponse = read_message(&mut client, 1 << 20).await.unwrap();
+        let item = UpsertMetadata {
+            resume_key: Some(long.clone()),
+            ..new_item("scan", 10)
+        };
+        write_message(&mut client, &item).await.unwrap();
+        client
+    };
+    let serve = serve_store(
+        server,
+        &STORE_INFO,
+        &fixture.store,
+        &fixture.keys,
+        &Limits::DEFAULT,
+    );
+    let (_client, served) = tokio::join!(send, serve);
+    assert!(
+        matches!(served, Err(CapabilityError::BadResumeKey { len }) if len == long.len()),
+        "{served:?}"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// An upload cut anywhere in its content continues from the last whole chunk the
+    /// receiver got: what goes again is what it received past that chunk, under one chunk.
+    #[test]
+    fn an_upload_cut_anywhere_resumes_from_the_last_whole_chunk_received(received in 0usize..SIZE) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let fixture = Fixture::new().await;
+            let blob = data(SIZE);
+            let before = frames_before_content(&fixture, SIZE);
+
+            let first = upload(&fixture, &blob, Some(before + received)).await;
+            prop_assert!(first.sent.is_err());
+
+            let second = upload(&fixture, &blob, None).await;
+            let sent = second.sent.unwrap();
+            let whole = received / CHUNK_SIZE * CHUNK_SIZE;
+            prop_assert_eq!(sent.resumed_from, whole as u64);
+            prop_assert_eq!(sent.metadata.hash, Some(root_of(&blob).to_string()));
+            // Sent twice: the bytes received past the last whole chunk.
+            let again = received - whole;
+            prop_assert!(again < CHUNK_SIZE);
+            prop_assert_eq!(second.served.unwrap().bytes, (SIZE - whole) as u64);
             Ok(())
         })?;
     }

@@ -61,6 +61,7 @@ async fn items_of_sizes_around_chunk_boundaries_round_trip_with_matching_roots()
             bytes: total as u64,
             ids: stored.iter().map(|m| m.id.clone()).collect(),
             replaced: false,
+            resumed_bytes: 0,
         }
     );
     assert_eq!(stored.len(), sizes.len());
@@ -240,6 +241,7 @@ async fn a_receiver_announcing_another_root_fails_the_sender_with_a_root_mismatc
             &DomainClusterHandshakeResponse {
                 code: Code::Ok as i32,
                 err_msg: String::new(),
+                extensions: Vec::new(),
             },
         )
         .await

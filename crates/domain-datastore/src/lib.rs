@@ -72,11 +72,15 @@ pub mod local;
 pub mod store;
 pub mod subscription;
 
-pub use local::{LocalContent, LocalDatastore, LocalOptions, RepairReport};
+pub use local::{
+    DEFAULT_PARTIAL_BYTES, DEFAULT_PARTIAL_TTL, LocalContent, LocalDatastore, LocalOptions,
+    RepairReport,
+};
 
 pub use store::{
     Datastore, DatastoreError, DomainId, InvalidDomainId, InvalidQuery, MAX_DOMAIN_ID_LEN,
-    MAX_ITEM_ID_LEN, MAX_REGEX_LEN, QueryFilter, RegexField, check_replica_id, is_replica,
+    MAX_ITEM_ID_LEN, MAX_REGEX_LEN, QueryFilter, RegexField, ResumePoint, check_replica_id,
+    is_replica,
 };
 pub use subscription::{
     DEFAULT_SUBSCRIPTION_CAPACITY, Subscribers, Subscription, SubscriptionError,

@@ -6,6 +6,8 @@
 //! meta.redb               metadata, one table set per domain (see `tables`)
 //! tmp/<uuid>.part         uploads in progress; removed at open
 //! blobs/<domain>/<root>   content, one file per distinct Merkle root per domain
+//! partials/<id>           the first whole chunks of resumable uploads cut short (see
+//!                         `partial`), bounded in total size and age
 //! ```
 //!
 //! A put streams the content into a temporary file in large batches, hashing each batch
@@ -16,6 +18,7 @@
 
 mod blob;
 mod commit;
+mod partial;
 mod repair;
 mod tables;
 
@@ -25,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use redb::{Database, ReadableDatabase, ReadableTable};
@@ -33,13 +37,14 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use repair::RepairReport;
 
-use crate::merkle::{MerkleBuilder, Root, root_of};
+use crate::merkle::{CHUNK_SIZE, MerkleBuilder, Root, root_of};
 use crate::store::{
-    Datastore, DatastoreError, DomainId, QueryFilter, check_replica_id, is_replica,
+    Datastore, DatastoreError, DomainId, QueryFilter, ResumePoint, check_replica_id, is_replica,
 };
 use crate::subscription::{DEFAULT_SUBSCRIPTION_CAPACITY, Subscribers, Subscription};
 use blob::{Batch, BlobWriter};
 use commit::{Content, DeleteRequest, PutRequest, Request, Worker};
+use partial::Partials;
 use tables::ReadTables;
 
 /// Bytes read from the caller and written to disk per batch.
@@ -60,12 +65,24 @@ const INLINE_MAX: u32 = 64 << 10;
 pub struct LocalOptions {
     /// Items each subscriber may have waiting before it is dropped.
     pub subscription_capacity: usize,
+    /// Bytes of cut resumable puts kept at most, all keys together; the oldest go first.
+    pub partial_bytes: u64,
+    /// How long the bytes of a cut resumable put are kept.
+    pub partial_ttl: Duration,
 }
+
+/// Default of [`LocalOptions::partial_bytes`]: 4 GiB.
+pub const DEFAULT_PARTIAL_BYTES: u64 = 4 << 30;
+
+/// Default of [`LocalOptions::partial_ttl`]: a day.
+pub const DEFAULT_PARTIAL_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl Default for LocalOptions {
     fn default() -> Self {
         Self {
             subscription_capacity: DEFAULT_SUBSCRIPTION_CAPACITY,
+            partial_bytes: DEFAULT_PARTIAL_BYTES,
+            partial_ttl: DEFAULT_PARTIAL_TTL,
         }
     }
 }
@@ -86,6 +103,7 @@ struct Inner {
     blobs_dir: PathBuf,
     db: Arc<Database>,
     subscribers: Arc<Subscribers>,
+    partials: Arc<Partials>,
     commits: CommitQueue,
     repair: RepairReport,
 }
@@ -142,6 +160,11 @@ impl LocalDatastore {
         // Opening takes the database's lock, so the repair below cannot race another process.
         let db = Arc::new(Database::create(&db_path).map_err(db)?);
         let repair = repair::repair(&db, &tmp_dir, &blobs_dir)?;
+        let partials = Arc::new(Partials::open(
+            dir.join("partials"),
+            options.partial_bytes,
+            options.partial_ttl,
+        )?);
         for d in [&dir, &blobs_dir] {
             fsync_dir(d).map_err(|e| io_error("fsync", d, e))?;
         }
@@ -165,6 +188,7 @@ impl LocalDatastore {
                 blobs_dir,
                 db,
                 subscribers,
+                partials,
                 commits: CommitQueue {
                     sender: Some(sender),
                     worker: Some(worker),
@@ -218,25 +242,13 @@ impl LocalDatastore {
         item: UpsertMetadata,
         content: R,
     ) -> Result<Metadata, DatastoreError> {
-        if is_replica(&item) {
-            check_replica_id(&item.id)?;
-        } else if !item.is_new {
-            // Fail before taking the bytes; the commit checks again.
-            self.metadata(domain, &item.id).await?;
-        }
-        let blob_exists = |root: &Root| {
-            let blob = self.blob_path(domain, root);
-            async move { tokio::fs::try_exists(&blob).await.unwrap_or(false) }
-        };
-        let temp_path = self
-            .inner
-            .tmp_dir
-            .join(format!("{}.part", uuid::Uuid::new_v4()));
+        self.check_target(domain, &item).await?;
+        let temp_path = self.temp_path();
         let (root, content) = if item.size <= INLINE_MAX {
             let bytes = read_small(&item, content).await?;
             let root = root_of(&bytes);
             // Identical content is stored once: when it is there, no file is written at all.
-            let content = if blob_exists(&root).await {
+            let content = if self.blob_exists(domain, &root).await {
                 Content::Inline(bytes)
             } else {
                 let temp =
@@ -252,22 +264,136 @@ impl LocalDatastore {
                 Ok::<_, DatastoreError>((file, TempFile::new(temp_path)))
             })
             .await??;
-            let (root, file) = write_content(file, temp.path(), &item, content).await?;
-            // When this content is already stored, the copy will be dropped: no need to sync it.
-            let synced = if blob_exists(&root).await {
-                false
-            } else {
-                let sync_path = temp.path().to_owned();
-                tokio::task::spawn_blocking(move || {
-                    file.sync_all()
-                        .map_err(|e| io_error("fsync", &sync_path, e))
-                })
-                .await??;
-                true
-            };
-            (root, Content::File { temp, synced })
+            let (root, file) = write_content(file, temp.path(), &item, content, Start::empty())
+                .await
+                .map_err(|cut| cut.error)?;
+            (root, self.written(domain, root, temp, file).await?)
         };
+        self.commit(domain, item, root, content).await
+    }
 
+    /// A put that keeps what it received when `content` is cut short: see
+    /// [`Datastore::put_resumable`].
+    async fn put_resumable_impl<R: AsyncRead + Send + Unpin>(
+        &self,
+        domain: &DomainId,
+        item: UpsertMetadata,
+        key: &str,
+        from: u64,
+        content: R,
+    ) -> Result<Metadata, DatastoreError> {
+        let lost = || DatastoreError::ResumeLost {
+            key: key.chars().take(80).collect(),
+            offset: from,
+        };
+        let id = Partials::id(domain, key, item.size);
+        // Under a chunk there is nothing to keep; a key in use by another put is not
+        // shared: this put keeps nothing.
+        let claim = (u64::from(item.size) > CHUNK_SIZE as u64)
+            .then(|| self.inner.partials.claim(id))
+            .flatten();
+        let Some(mut claim) = claim else {
+            return if from == 0 {
+                self.put_impl(domain, item, content).await
+            } else {
+                Err(lost())
+            };
+        };
+        self.check_target(domain, &item).await?;
+        let temp_path = self.temp_path();
+        let key_text = key.to_owned();
+        let (file, tree, temp, claim) = tokio::task::spawn_blocking(move || {
+            let temp = TempFile::new(temp_path);
+            let (file, tree) = claim.take(temp.path(), from, &key_text)?;
+            Ok::<_, DatastoreError>((file, tree, temp, claim))
+        })
+        .await??;
+        let start = Start { offset: from, tree };
+        match write_content(file, temp.path(), &item, content, start).await {
+            Ok((root, file)) => {
+                drop(claim);
+                let content = self.written(domain, root, temp, file).await?;
+                self.commit(domain, item, root, content).await
+            }
+            Err(Cut {
+                error,
+                kept: Some(tree),
+            }) => {
+                let mut temp = temp;
+                let kept = tokio::task::spawn_blocking(move || {
+                    let kept = claim.keep(temp.path(), tree);
+                    if matches!(kept, Ok(true)) {
+                        temp.disarm();
+                    }
+                    kept
+                })
+                .await?;
+                if let Err(keeping) = kept {
+                    tracing::warn!(error = %keeping, "cannot keep the bytes of a cut upload");
+                }
+                Err(error)
+            }
+            Err(Cut { error, kept: None }) => Err(error),
+        }
+    }
+
+    /// Fails before any byte is taken when `item` cannot be stored: an upsert of an item
+    /// that does not exist, a replica without a usable id. The commit checks again.
+    async fn check_target(
+        &self,
+        domain: &DomainId,
+        item: &UpsertMetadata,
+    ) -> Result<(), DatastoreError> {
+        if is_replica(item) {
+            check_replica_id(&item.id)?;
+        } else if !item.is_new {
+            self.metadata(domain, &item.id).await?;
+        }
+        Ok(())
+    }
+
+    fn temp_path(&self) -> PathBuf {
+        self.inner
+            .tmp_dir
+            .join(format!("{}.part", uuid::Uuid::new_v4()))
+    }
+
+    async fn blob_exists(&self, domain: &DomainId, root: &Root) -> bool {
+        let blob = self.blob_path(domain, root);
+        tokio::fs::try_exists(&blob).await.unwrap_or(false)
+    }
+
+    /// The content of a streamed put, fsynced unless this content is already stored (the
+    /// copy will be dropped then).
+    async fn written(
+        &self,
+        domain: &DomainId,
+        root: Root,
+        temp: TempFile,
+        file: std::fs::File,
+    ) -> Result<Content, DatastoreError> {
+        let synced = if self.blob_exists(domain, &root).await {
+            false
+        } else {
+            let sync_path = temp.path().to_owned();
+            tokio::task::spawn_blocking(move || {
+                file.sync_all()
+                    .map_err(|e| io_error("fsync", &sync_path, e))
+            })
+            .await??;
+            true
+        };
+        Ok(Content::File { temp, synced })
+    }
+
+    /// Hands a received item to the commit worker and waits for its answer.
+    async fn commit(
+        &self,
+        domain: &DomainId,
+        item: UpsertMetadata,
+        root: Root,
+        content: Content,
+    ) -> Result<Metadata, DatastoreError> {
         let (reply, answer) = oneshot::channel();
         self.send(Request::Put(PutRequest {
             domain: domain.clone(),
@@ -398,6 +524,35 @@ impl Datastore for LocalDatastore {
         self.put_impl(domain, item, content).await
     }
 
+    /// The whole chunks kept of a cut [`put_resumable`](Datastore::put_resumable) under
+    /// `key`, read back from their file (and hashed) unless the put that kept them is
+    /// remembered.
+    async fn resume_point(
+        &self,
+        domain: &DomainId,
+        key: &str,
+        size: u32,
+    ) -> Result<Option<ResumePoint>, DatastoreError> {
+        let partials = Arc::clone(&self.inner.partials);
+        let id = Partials::id(domain, key, size);
+        tokio::task::spawn_blocking(move || partials.point(&id, size)).await?
+    }
+
+    /// Keeps the whole chunks received when `content` fails or ends early, in
+    /// `partials/` (see [`LocalOptions::partial_bytes`] and
+    /// [`LocalOptions::partial_ttl`]). A resumed put writes through the page cache.
+    async fn put_resumable<R: AsyncRead + Send + Unpin>(
+        &self,
+        domain: &DomainId,
+        item: UpsertMetadata,
+        key: &str,
+        from: u64,
+        content: R,
+    ) -> Result<Metadata, DatastoreError> {
+        self.put_resumable_impl(domain, item, key, from, content)
+            .await
+    }
+
     async fn get(
         &self,
         domain: &DomainId,
@@ -507,17 +662,52 @@ fn write_small(path: PathBuf, bytes: &[u8]) -> Result<TempFile, DatastoreError> 
     Ok(temp)
 }
 
-/// Streams `content` into `file` in large batches. Each batch goes at once to a hashing
-/// thread (which builds the Merkle tree, on all cores when batches queue up) and to one of [`WRITES_IN_FLIGHT`] writing
-/// threads, so hashing and writing overlap across batches; writes go past the page cache
-/// where they can (see [`blob`]). Reads at most `size + 1` bytes; any other count than `size` is
-/// [`DatastoreError::SizeMismatch`].
+/// Where a put's content starts in its file: after `offset` bytes already there (a
+/// resumed put), whose tree is `tree`.
+pub(crate) struct Start {
+    offset: u64,
+    tree: MerkleBuilder,
+}
+
+impl Start {
+    /// An empty file: the content is the whole item.
+    fn empty() -> Self {
+        Self {
+            offset: 0,
+            tree: MerkleBuilder::new(),
+        }
+    }
+}
+
+/// A put whose content failed or ended early.
+pub(crate) struct Cut {
+    error: DatastoreError,
+    /// The tree of the bytes in the file, from its start, when every byte received is
+    /// there (the writes all succeeded and the content only stopped early); `None` when
+    /// the file cannot be trusted.
+    kept: Option<MerkleBuilder>,
+}
+
+impl From<DatastoreError> for Cut {
+    fn from(error: DatastoreError) -> Self {
+        Self { error, kept: None }
+    }
+}
+
+/// Streams `content` into `file` after `start.offset` bytes already there, in large
+/// batches. Each batch goes at once to a hashing thread (which builds the Merkle tree, on
+/// all cores when batches queue up) and to one of [`WRITES_IN_FLIGHT`] writing threads, so
+/// hashing and writing overlap across batches; writes go past the page cache where they
+/// can (see [`blob`]). Reads at most `size - start.offset + 1` bytes; any other count
+/// than the rest of `size` is [`DatastoreError::SizeMismatch`]. Bytes received before the
+/// content fails or ends early are written too, so that a resumable put keeps them.
 async fn write_content<R: AsyncRead + Unpin>(
     file: std::fs::File,
     path: &Path,
     item: &UpsertMetadata,
     content: R,
-) -> Result<(Root, std::fs::File), DatastoreError> {
+    start: Start,
+) -> Result<(Root, std::fs::File), Cut> {
     // Batches are shared by the hasher and a writer and come back for reuse once both are
     // done, so a put holds at most 18 MiB of them: one being read, HASH_QUEUE queued and
     // one at the hasher, and twice WRITES_IN_FLIGHT queued and under way. The free list
@@ -528,8 +718,12 @@ async fn write_content<R: AsyncRead + Unpin>(
     let (write_tx, write_rx) = async_channel::bounded::<(u64, Arc<Batch>)>(WRITES_IN_FLIGHT);
     let (free_tx, mut free_rx) = mpsc::channel::<Batch>(HASH_QUEUE + 2 + 2 * WRITES_IN_FLIGHT);
     let hash_free = free_tx.clone();
+    let Start {
+        offset: start,
+        tree,
+    } = start;
     let hasher = tokio::task::spawn_blocking(move || {
-        let mut tree = MerkleBuilder::new();
+        let mut tree = tree;
         while let Some(batch) = hash_rx.blocking_recv() {
             // All cores only when batches queue up behind this one: content from memory
             // or a fast disk. Content from the network comes slower than one core hashes,
@@ -541,7 +735,7 @@ async fn write_content<R: AsyncRead + Unpin>(
             }
             recycle(batch, &hash_free);
         }
-        tree.finalize()
+        tree
     });
     let blob = Arc::new(BlobWriter::new(file, path, item.size.into()));
     let writers: Vec<_> = (0..WRITES_IN_FLIGHT)
@@ -562,7 +756,8 @@ async fn write_content<R: AsyncRead + Unpin>(
         .collect();
     drop((write_rx, free_tx));
 
-    let limit = u64::from(item.size) + 1;
+    let size = u64::from(item.size);
+    let limit = size.saturating_sub(start) + 1;
     let capacity = usize::try_from(limit.min(IO_BATCH as u64)).unwrap_or(IO_BATCH);
     // Not `content.take(limit)`: every read below is bounded by `limit - total` already,
     // and tokio's `Take` hands the reader an uninitialised view of the batch, which a
@@ -578,59 +773,66 @@ async fn write_content<R: AsyncRead + Unpin>(
                 .unwrap_or_else(|_| Batch::with_capacity(capacity));
             let window = batch.fill(want);
             let mut filled = 0;
+            let mut failed = None;
             while filled < want {
-                let n = content
-                    .read(&mut window[filled..])
-                    .await
-                    .map_err(|source| DatastoreError::ReadContent {
-                        name: item.name.clone(),
-                        source,
-                    })?;
-                if n == 0 {
-                    break;
+                match content.read(&mut window[filled..]).await {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(source) => {
+                        failed = Some(DatastoreError::ReadContent {
+                            name: item.name.clone(),
+                            source,
+                        });
+                        break;
+                    }
                 }
-                filled += n;
             }
             total += filled as u64;
-            if total > u64::from(item.size) {
+            if start + total > size {
                 return Err(DatastoreError::SizeMismatch {
                     expected: item.size,
-                    got: total,
+                    got: start + total,
                 });
             }
-            if filled == 0 {
-                return Ok(());
+            if filled > 0 {
+                batch.truncate(filled);
+                let batch = Arc::new(batch);
+                let offset = start + total - filled as u64;
+                let sent = hash_tx.send(Arc::clone(&batch)).await.is_ok()
+                    && write_tx.send((offset, batch)).await.is_ok();
+                if !sent {
+                    // A closed thread has failed; its error is the one to report.
+                    return Ok(());
+                }
             }
-            batch.truncate(filled);
-            let last = filled < want;
-            let batch = Arc::new(batch);
-            let offset = total - filled as u64;
-            let sent = hash_tx.send(Arc::clone(&batch)).await.is_ok()
-                && write_tx.send((offset, batch)).await.is_ok();
-            if !sent || last {
-                // A closed thread has failed; its error is the one to report.
+            if let Some(error) = failed {
+                return Err(error);
+            }
+            if filled < want {
                 return Ok(());
             }
         }
     }
     .await;
     drop((hash_tx, write_tx));
-    let root = hasher.await?;
-    let mut written = Ok(());
+    let tree = hasher.await.map_err(DatastoreError::from)?;
     for writer in writers {
-        let result = writer.await?;
-        written = written.and(result);
+        writer.await.map_err(DatastoreError::from)??;
     }
-    reading?;
-    written?;
     let file = blob.finish()?;
-    if total != u64::from(item.size) {
-        return Err(DatastoreError::SizeMismatch {
+    let cut = |error| Cut {
+        error,
+        kept: Some(tree.clone()),
+    };
+    match reading {
+        Err(error @ DatastoreError::ReadContent { .. }) => Err(cut(error)),
+        Err(error) => Err(error.into()),
+        Ok(()) if start + total != size => Err(cut(DatastoreError::SizeMismatch {
             expected: item.size,
-            got: total,
-        });
+            got: start + total,
+        })),
+        Ok(()) => Ok((tree.finalize(), file)),
     }
-    Ok((root, file))
 }
 
 /// Hands a batch back for reuse once the last of its users is done with it.

@@ -9,6 +9,7 @@ use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use regex::{Regex, RegexBuilder};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
+use crate::merkle::Root;
 use crate::subscription::Subscription;
 
 /// Longest domain id accepted, in bytes (the `/public-key/v1` limit).
@@ -332,6 +333,15 @@ pub enum DatastoreError {
         /// The content's size.
         size: u32,
     },
+    /// A resumed put was to continue kept bytes that are no longer there (taken by another
+    /// put under the same key, expired, evicted, or never kept by this store).
+    #[error("no bytes are kept to resume upload {key:?} at offset {offset}")]
+    ResumeLost {
+        /// The resume key (at most its first 80 characters).
+        key: String,
+        /// The offset the put was to continue from.
+        offset: u64,
+    },
     /// A replica's id is empty or longer than [`MAX_ITEM_ID_LEN`].
     #[error("item id {id:?} cannot name a replica: it must be 1 to {MAX_ITEM_ID_LEN} bytes")]
     InvalidItemId {
@@ -400,6 +410,16 @@ pub enum DatastoreError {
     Worker(#[from] tokio::task::JoinError),
 }
 
+/// Where a put cut short under a resume key can continue: see
+/// [`Datastore::resume_point`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// Content bytes kept, a whole number of [`CHUNK_SIZE`](crate::CHUNK_SIZE) chunks.
+    pub offset: u64,
+    /// The Merkle root of those bytes taken as content of their own.
+    pub prefix_root: Root,
+}
+
 /// A store of domain data items: metadata plus a content blob whose Merkle root is
 /// [`Metadata::hash`].
 ///
@@ -431,6 +451,50 @@ pub trait Datastore: Send + Sync + 'static {
         item: UpsertMetadata,
         content: R,
     ) -> impl Future<Output = Result<Metadata, DatastoreError>> + Send;
+
+    /// What this store kept of an earlier [`put_resumable`](Self::put_resumable) of an
+    /// item of `size` bytes under `key` in `domain` that was cut short: `None` when it kept
+    /// nothing (the default: a store that does not keep cut puts), or when another put
+    /// under that key is under way.
+    fn resume_point(
+        &self,
+        domain: &DomainId,
+        key: &str,
+        size: u32,
+    ) -> impl Future<Output = Result<Option<ResumePoint>, DatastoreError>> + Send {
+        let _ = (domain, key, size);
+        std::future::ready(Ok(None))
+    }
+
+    /// As [`put`](Self::put), for content that starts at byte `from` of the item: 0, or
+    /// the offset of the [`resume_point`](Self::resume_point) this store gave for `key`,
+    /// whose bytes stand for the first `from` bytes. When `content` fails or ends early,
+    /// the store may keep the whole chunks received, for a later put under the same key
+    /// and size to continue; nothing is visible to readers until a put succeeds.
+    ///
+    /// The default keeps nothing.
+    ///
+    /// # Errors
+    /// As [`put`](Self::put), and [`DatastoreError::ResumeLost`] when the bytes before
+    /// `from` are no longer kept.
+    fn put_resumable<R: AsyncRead + Send + Unpin>(
+        &self,
+        domain: &DomainId,
+        item: UpsertMetadata,
+        key: &str,
+        from: u64,
+        content: R,
+    ) -> impl Future<Output = Result<Metadata, DatastoreError>> + Send {
+        async move {
+            if from > 0 {
+                return Err(DatastoreError::ResumeLost {
+                    key: key.chars().take(80).collect(),
+                    offset: from,
+                });
+            }
+            self.put(domain, item, content).await
+        }
+    }
 
     /// The metadata of item `id` and a reader of exactly `metadata.size` content bytes.
     fn get(

@@ -217,6 +217,7 @@ async fn a_slow_subscriber_is_dropped_with_an_error_and_writers_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let options = LocalOptions {
         subscription_capacity: 2,
+        ..LocalOptions::default()
     };
     let store = LocalDatastore::open_with(dir.path(), options)
         .await

@@ -283,6 +283,7 @@ impl Replicator {
                 id: metadata.id.clone(),
                 properties: metadata.properties.clone(),
                 replica: Some(true),
+                resume_key: None,
             };
             let copied = sender.send(item, content).await.map_err(transfer)?;
             // Both ends hashed what was read here; the item's own root says it was right.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use domain_proto::discovery::{Capability, JoinClusterRequest, JoinClusterResponse, Node};
-use domain_proto::domain_data::{Data, Metadata, Query, UpsertMetadata};
+use domain_proto::domain_data::{Data, Metadata, Query, ResumeOffer, ResumeStart, UpsertMetadata};
 use domain_proto::task::{
     self, CapabilityFilters, Code, ConsumeDataInputV1, DomainClusterHandshakeRequest,
     DomainClusterHandshakeResponse, GlobalRefinementInputV1, Job, JobRequest,
@@ -131,8 +131,15 @@ fn every_message_type_round_trips_through_a_frame() {
             id: String::new(),
             properties: properties(),
             replica: Some(true),
+            resume_key: Some("upload-1".into()),
         })
         .await;
+        round_trip(ResumeOffer {
+            offset: 7168,
+            prefix_hash: Some("ab".repeat(32)),
+        })
+        .await;
+        round_trip(ResumeStart { offset: 0 }).await;
 
         round_trip(task::Any {
             type_url: "Error".into(),
@@ -206,6 +213,7 @@ fn every_message_type_round_trips_through_a_frame() {
         round_trip(DomainClusterHandshakeResponse {
             code: Code::Ok as i32,
             err_msg: String::new(),
+            extensions: vec!["resume".into()],
         })
         .await;
         round_trip(task::Error {

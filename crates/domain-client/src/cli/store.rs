@@ -216,6 +216,7 @@ async fn put(store: &LocalDatastore, args: &PutArgs, out: &mut impl Write) -> an
         id: args.replace.clone().unwrap_or_default(),
         properties: args.properties.iter().cloned().collect::<BTreeMap<_, _>>(),
         replica: None,
+        resume_key: None,
     };
     let bars = Bars::new("put");
     bars.started(&args.name, len);

@@ -231,6 +231,25 @@ impl MerkleBuilder {
         Root::from_bytes(right)
     }
 
+    /// Forgets the bytes fed after the last whole chunk: the builder is then as if it had
+    /// been fed only the whole chunks so far. What a receiver keeps of a transfer cut
+    /// inside a chunk.
+    ///
+    /// ```
+    /// use domain_datastore::{CHUNK_SIZE, MerkleBuilder, root_of};
+    ///
+    /// let data = vec![3_u8; 2 * CHUNK_SIZE + 10];
+    /// let mut builder = MerkleBuilder::new();
+    /// builder.update(&data).truncate_to_chunks();
+    /// assert_eq!(builder.len(), 2 * CHUNK_SIZE as u64);
+    /// assert_eq!(builder.finalize(), root_of(&data[..2 * CHUNK_SIZE]));
+    /// ```
+    pub fn truncate_to_chunks(&mut self) -> &mut Self {
+        self.len -= self.pending.len() as u64;
+        self.pending.clear();
+        self
+    }
+
     /// Bytes fed so far.
     #[must_use]
     pub fn len(&self) -> u64 {

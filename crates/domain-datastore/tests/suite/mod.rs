@@ -73,6 +73,7 @@ pub fn upsert(name: &str, data_type: &str, size: usize) -> UpsertMetadata {
         id: String::new(),
         properties: BTreeMap::new(),
         replica: None,
+        resume_key: None,
     }
 }
 
