@@ -164,12 +164,7 @@ proptest! {
     /// A transfer cut anywhere continues from the last whole chunk the consumer holds.
     #[test]
     fn a_load_cut_anywhere_resumes_from_the_last_whole_chunk(cut in 0usize..SIZE) {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        runtime().block_on(async {
             let fixture = Fixture::new().await;
             let blob = data(SIZE);
             let item = stored(&fixture, &blob).await;
@@ -191,6 +186,32 @@ proptest! {
             Ok(())
         })?;
     }
+
+    /// An upload cut anywhere in its content continues from the last whole chunk the
+    /// receiver got: what goes again is what it received past that chunk, under one chunk.
+    #[test]
+    fn an_upload_cut_anywhere_resumes_from_the_last_whole_chunk_received(received in 0usize..SIZE) {
+        runtime().block_on(async {
+            let fixture = Fixture::new().await;
+            let blob = data(SIZE);
+            let before = frames_before_content(&fixture, SIZE);
+
+            let first = upload(&fixture, &blob, Some(before + received)).await;
+            prop_assert!(first.sent.is_err());
+
+            let second = upload(&fixture, &blob, None).await;
+            let sent = second.sent.unwrap();
+            let whole = received / CHUNK_SIZE * CHUNK_SIZE;
+            prop_assert_eq!(sent.resumed_from, whole as u64);
+            prop_assert_eq!(sent.metadata.hash, Some(root_of(&blob).to_string()));
+            // Sent twice: the bytes received past the last whole chunk.
+            let again = received - whole;
+            prop_assert!(again < CHUNK_SIZE);
+            prop_assert_eq!(second.served.unwrap().bytes, (SIZE - whole) as u64);
+            Ok(())
+        })?;
+    }
+
 }
 
 const KEY: &str = "scan.bin 2026-12-01T10:00:00Z";
@@ -357,12 +378,7 @@ async fn a_start_that_was_not_offered_loses_the_stream_and_stores_nothing() {
     let (mut client, server) = pipe();
     let token = fixture.token(STORE_V1);
     let liar = async {
-        let request = DomainClusterHandshakeRequest {
-            access_token: token.clone(),
-            domain_id: DOMAIN.into(),
-        };
-        write_message(&mut client, &request).await.unwrap();
-        let ok: DomainClusterHandshakeResponse = read_message(&mut client, 1 << 20).await.unwrap();
+        let ok = handshake_by_hand(&mut client, &token).await;
         assert!(ok.extensions.iter().any(|e| e == "resume"));
         let item = UpsertMetadata {
             resume_key: Some(KEY.into()),
@@ -427,12 +443,7 @@ async fn a_resume_key_over_the_limit_is_refused_by_both_sides() {
     // A sender that sends one anyway loses its stream.
     let (mut client, server) = pipe();
     let send = async {
-        let request = DomainClusterHandshakeRequest {
-            access_token: token.clone(),
-            domain_id: DOMAIN.into(),
-        };
-        write_message(&mut client, &request).await.unwrap();
-        let _: DomainClusterHandshakeResponse = read_message(&mut client, 1 << 20).await.unwrap();
+        handshake_by_hand(&mut client, &token).await;
         let item = UpsertMetadata {
             resume_key: Some(long.clone()),
             ..new_item("scan", 10)
@@ -454,38 +465,26 @@ async fn a_resume_key_over_the_limit_is_refused_by_both_sides() {
     );
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
 
-    /// An upload cut anywhere in its content continues from the last whole chunk the
-    /// receiver got: what goes again is what it received past that chunk, under one chunk.
-    #[test]
-    fn an_upload_cut_anywhere_resumes_from_the_last_whole_chunk_received(received in 0usize..SIZE) {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let fixture = Fixture::new().await;
-            let blob = data(SIZE);
-            let before = frames_before_content(&fixture, SIZE);
-
-            let first = upload(&fixture, &blob, Some(before + received)).await;
-            prop_assert!(first.sent.is_err());
-
-            let second = upload(&fixture, &blob, None).await;
-            let sent = second.sent.unwrap();
-            let whole = received / CHUNK_SIZE * CHUNK_SIZE;
-            prop_assert_eq!(sent.resumed_from, whole as u64);
-            prop_assert_eq!(sent.metadata.hash, Some(root_of(&blob).to_string()));
-            // Sent twice: the bytes received past the last whole chunk.
-            let again = received - whole;
-            prop_assert!(again < CHUNK_SIZE);
-            prop_assert_eq!(second.served.unwrap().bytes, (SIZE - whole) as u64);
-            Ok(())
-        })?;
-    }
+/// Opens a `/store/v1` stream by hand, as a peer that need not follow the protocol
+/// does, and returns the receiver's answer.
+async fn handshake_by_hand(
+    client: &mut tokio::io::DuplexStream,
+    token: &str,
+) -> DomainClusterHandshakeResponse {
+    let request = DomainClusterHandshakeRequest {
+        access_token: token.to_owned(),
+        domain_id: DOMAIN.into(),
+    };
+    write_message(client, &request).await.unwrap();
+    read_message(client, 1 << 20).await.unwrap()
 }
 
 /// A stream whose read side ends (as a dropped connection does) after `left` bytes.

@@ -51,7 +51,7 @@ use domain_proto::task::{
     TaskRequest, resource_recruitment::RecruitmentPolicy,
 };
 use libp2p::multiaddr::Protocol;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::oneshot;
 
 pub(crate) use progress::Counted;
@@ -256,6 +256,18 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether a transfer stream broke (reset, closed early, idle) rather than being
+    /// refused or proven wrong: the node may hold what got through.
+    fn is_cut(&self) -> bool {
+        matches!(
+            self,
+            Self::Transfer { source, .. } if matches!(
+                **source,
+                CapabilityError::Io { .. } | CapabilityError::Closed { .. } | CapabilityError::Idle { .. }
+            )
+        )
+    }
+
     /// Whether another node (a new assignment) might succeed where this failed.
     fn is_retryable(&self) -> bool {
         matches!(self, Self::Connect { .. } | Self::Transfer { .. })
@@ -444,18 +456,41 @@ impl Client {
         domain: &DomainId,
         items: &[Upload],
     ) -> Result<Vec<Metadata>, ClientError> {
-        let sizes = item_sizes(items).await?;
+        let plan = UploadPlan::new(items).await?;
         let mut run = self.submit(domain, "upload", STORE_V1, None).await?;
+        let mut resumed = false;
         loop {
             let assignment = run.next_assignment().await?;
-            match self.store_on(assignment, domain, items, &sizes).await {
-                Ok(stored) => return Ok(stored),
-                Err(error) => run.failed(error).await?,
+            let node = assignment.node;
+            let mut stored = Vec::with_capacity(items.len());
+            let error = match self
+                .store_on(assignment, domain, items, &plan, &mut stored)
+                .await
+            {
+                Ok(()) => return Ok(stored),
+                Err(error) => error,
+            };
+            // A cut stream leaves the node holding what got through: continue there once,
+            // before the manager's retry starts again from nothing on another node.
+            if !resumed && error.is_cut() {
+                resumed = true;
+                tracing::warn!(%node, %error, "upload cut; resuming on the same node");
+                match self.resume_on(node, domain, items, &plan, stored).await {
+                    Ok(stored) => {
+                        run.report_failed().await;
+                        return Ok(stored);
+                    }
+                    Err(resume_error) => {
+                        tracing::warn!(%node, error = %resume_error, "could not resume the upload");
+                    }
+                }
             }
+            run.failed(error).await?;
         }
     }
 
-    /// Uploads `items` straight to a node with a token obtained elsewhere.
+    /// Uploads `items` straight to a node with a token obtained elsewhere. A stream cut
+    /// while sending is opened again once, and continues from what the node kept.
     ///
     /// # Errors
     /// [`ClientError::Connect`], [`ClientError::Transfer`], local file errors.
@@ -465,9 +500,45 @@ impl Client {
         domain: &DomainId,
         items: &[Upload],
     ) -> Result<Vec<Metadata>, ClientError> {
-        let sizes = item_sizes(items).await?;
+        let plan = UploadPlan::new(items).await?;
+        let mut stored = Vec::with_capacity(items.len());
         let assignment = self.dial(direct).await?;
-        self.store_on(assignment, domain, items, &sizes).await
+        match self
+            .store_on(assignment.clone(), domain, items, &plan, &mut stored)
+            .await
+        {
+            Err(error) if error.is_cut() => {
+                tracing::warn!(node = %assignment.node, %error, "upload cut; resuming");
+                self.store_on(assignment, domain, items, &plan, &mut stored)
+                    .await?;
+                Ok(stored)
+            }
+            sent => sent.map(|()| stored),
+        }
+    }
+
+    /// Continues an upload cut on `node` with a job pinned to it, from the first item of
+    /// `items` not in `stored` (those are on the node already).
+    async fn resume_on(
+        &self,
+        node: PeerId,
+        domain: &DomainId,
+        items: &[Upload],
+        plan: &UploadPlan,
+        mut stored: Vec<Metadata>,
+    ) -> Result<Vec<Metadata>, ClientError> {
+        let mut run = self.submit(domain, "upload", STORE_V1, Some(node)).await?;
+        let assignment = run.next_assignment().await?;
+        match self
+            .store_on(assignment, domain, items, plan, &mut stored)
+            .await
+        {
+            Ok(()) => Ok(stored),
+            Err(error) => {
+                run.report_failed().await;
+                Err(error)
+            }
+        }
     }
 
     /// Uploads one item of exactly `item.size` bytes read from `content` through the
@@ -936,13 +1007,16 @@ impl Client {
         }
     }
 
+    /// Sends the items of `items` after those in `stored` on one `/store/v1` stream to
+    /// the assigned node, adding each one's metadata to `stored` as the node answers.
     async fn store_on(
         &self,
         assignment: Assignment,
         domain: &DomainId,
         items: &[Upload],
-        sizes: &[u32],
-    ) -> Result<Vec<Metadata>, ClientError> {
+        plan: &UploadPlan,
+        stored: &mut Vec<Metadata>,
+    ) -> Result<(), ClientError> {
         let node = assignment.node;
         let transfer = |source| ClientError::Transfer {
             protocol: STORE_V1,
@@ -958,26 +1032,30 @@ impl Client {
         )
         .await
         .map_err(transfer)?;
-        let mut stored = Vec::with_capacity(items.len());
-        for (upload, &size) in items.iter().zip(sizes) {
+        let planned = items.iter().zip(&plan.sizes).zip(&plan.keys);
+        for ((upload, &size), key) in planned.skip(stored.len()) {
             let item = UpsertMetadata {
                 size,
                 ..upload.metadata.clone()
             };
+            let key = key.as_deref();
             let metadata = match &upload.content {
                 Content::File(path) => {
                     let file = read_ahead::ReadAhead::open(path)
                         .await
                         .map_err(|e| ClientError::io("opening", path, e))?;
-                    self.send_item(&mut sender, item, file).await
+                    self.send_item(&mut sender, item, key, file).await
                 }
-                Content::Bytes(bytes) => self.send_item(&mut sender, item, &bytes[..]).await,
+                Content::Bytes(bytes) => {
+                    let content = std::io::Cursor::new(&bytes[..]);
+                    self.send_item(&mut sender, item, key, content).await
+                }
             }
             .map_err(transfer)?;
             stored.push(metadata);
         }
         sender.finish().await.map_err(transfer)?;
-        Ok(stored)
+        Ok(())
     }
 
     /// Opens a `/store/v1` stream on the assigned node and sends one item from `content`.
@@ -1003,31 +1081,51 @@ impl Client {
         )
         .await
         .map_err(transfer)?;
-        let stored = self
-            .send_item(&mut sender, item, content)
+        let progress = self.progress.as_deref();
+        if let Some(progress) = progress {
+            progress.started(&item.name, item.size.into());
+        }
+        let name = item.name.clone();
+        let stored = sender
+            .send(item, Counted::new(content, progress))
             .await
             .map_err(transfer)?;
+        if let Some(progress) = progress {
+            progress.finished(&name);
+        }
         sender.finish().await.map_err(transfer)?;
         Ok(stored)
     }
 
-    /// Sends one item on an open `/store/v1` stream, telling the progress observer.
+    /// Sends one item on an open `/store/v1` stream, resumable under `key` when there is
+    /// one, telling the progress observer.
     async fn send_item<S, R>(
         &self,
         sender: &mut StoreSender<S>,
         item: UpsertMetadata,
+        key: Option<&str>,
         content: R,
     ) -> Result<Metadata, CapabilityError>
     where
         S: tokio::io::AsyncRead + AsyncWrite + Unpin + Send,
-        R: AsyncRead + Unpin,
+        R: AsyncRead + AsyncSeek + Unpin,
     {
         let progress = self.progress.as_deref();
         if let Some(progress) = progress {
             progress.started(&item.name, item.size.into());
         }
         let name = item.name.clone();
-        let stored = sender.send(item, Counted::new(content, progress)).await?;
+        let content = Counted::new(content, progress);
+        let stored = match key {
+            Some(key) => {
+                let sent = sender.send_resumable(item, key, content).await?;
+                if let Some(progress) = progress.filter(|_| sent.resumed_from > 0) {
+                    progress.resumed(&name, sent.resumed_from);
+                }
+                sent.metadata
+            }
+            None => sender.send(item, content).await?,
+        };
         if let Some(progress) = progress {
             progress.finished(&name);
         }
@@ -1497,23 +1595,76 @@ impl TaskRun<'_> {
     }
 }
 
-/// The `size` field of each item, from its content, checked before any job is submitted.
-async fn item_sizes(items: &[Upload]) -> Result<Vec<u32>, ClientError> {
-    let mut sizes = Vec::with_capacity(items.len());
-    for item in items {
-        let (len, path) = match &item.content {
-            Content::File(path) => {
-                let metadata = tokio::fs::metadata(path)
-                    .await
-                    .map_err(|e| ClientError::io("reading the length of", path, e))?;
-                (metadata.len(), path.clone())
-            }
-            Content::Bytes(bytes) => (bytes.len() as u64, PathBuf::from("<bytes>")),
-        };
-        let size = u32::try_from(len).map_err(|_| ClientError::TooLarge { path, len })?;
-        sizes.push(size);
+/// Items of at least this many bytes are sent resumable: when the stream is cut while
+/// one is sent, the upload continues on the same node after the bytes it kept. Smaller
+/// items are not worth the round trip the node's offer costs.
+pub const RESUMABLE_MIN: u32 = 1 << 20;
+
+/// What an upload call fixes about its items before any job is submitted.
+#[derive(Debug)]
+struct UploadPlan {
+    /// The `size` field of each item, from its content.
+    sizes: Vec<u32>,
+    /// The resume key of each item sent resumable.
+    keys: Vec<Option<String>>,
+}
+
+impl UploadPlan {
+    async fn new(items: &[Upload]) -> Result<Self, ClientError> {
+        let mut sizes = Vec::with_capacity(items.len());
+        let mut keys = Vec::with_capacity(items.len());
+        // Bytes in memory cannot be named across runs: their keys hold within this call.
+        let call = uuid::Uuid::new_v4();
+        for (index, item) in items.iter().enumerate() {
+            let (len, path, key) = match &item.content {
+                Content::File(path) => {
+                    let metadata = tokio::fs::metadata(path)
+                        .await
+                        .map_err(|e| ClientError::io("reading the length of", path, e))?;
+                    let key = file_key(path, &metadata, &item.metadata).await;
+                    (metadata.len(), path.clone(), key)
+                }
+                Content::Bytes(bytes) => (
+                    bytes.len() as u64,
+                    PathBuf::from("<bytes>"),
+                    format!("bytes {call} {index}"),
+                ),
+            };
+            let size = u32::try_from(len).map_err(|_| ClientError::TooLarge { path, len })?;
+            sizes.push(size);
+            keys.push((size >= RESUMABLE_MIN).then_some(key));
+        }
+        Ok(Self { sizes, keys })
     }
-    Ok(sizes)
+}
+
+/// The resume key of a file: the same for the same file unchanged (its absolute path,
+/// length and modification time) uploaded as the same item, so that a later run of the
+/// same upload continues what a cut one left on the node. The node checks the kept bytes
+/// against the file's own before skipping them, so a key that names other content costs
+/// only the check.
+async fn file_key(path: &Path, metadata: &std::fs::Metadata, item: &UpsertMetadata) -> String {
+    let absolute = tokio::fs::canonicalize(path)
+        .await
+        .unwrap_or_else(|_| path.to_owned());
+    let modified = metadata
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let mut hasher = blake3::Hasher::new();
+    for part in [
+        absolute.as_os_str().as_encoded_bytes(),
+        item.name.as_bytes(),
+        item.data_type.as_bytes(),
+        item.id.as_bytes(),
+    ] {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.update(&metadata.len().to_le_bytes());
+    hasher.update(&modified.to_le_bytes());
+    format!("file {}", hasher.finalize().to_hex())
 }
 
 /// Checks that every id can name a file, and creates the output folder.

@@ -52,7 +52,7 @@ pub(crate) enum Command {
     OpenStream {
         peer: PeerId,
         protocol: libp2p::StreamProtocol,
-        reply: oneshot::Sender<Result<libp2p::Stream, OpenStreamError>>,
+        reply: oneshot::Sender<Result<crate::stream::PeerStream, OpenStreamError>>,
     },
     /// Subscribe to a gossip topic; `true` if newly subscribed.
     Subscribe {
@@ -77,6 +77,10 @@ pub(crate) enum Command {
     },
     /// Every connected peer.
     ConnectedPeers { reply: oneshot::Sender<Vec<PeerId>> },
+    Disconnect {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
     /// Stop the event loop, closing every connection.
     Shutdown { reply: oneshot::Sender<()> },
 }
@@ -329,6 +333,9 @@ impl EventLoop {
             }
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::Disconnect { peer, reply } => {
+                let _ = reply.send(self.swarm.disconnect_peer_id(peer).is_ok());
             }
             // Handled by `run`, which owns the loop.
             Command::Shutdown { reply } => {

@@ -342,6 +342,16 @@ impl ClusterHandle {
             .await
     }
 
+    /// Closes every connection to `peer` (its streams fail at once); `false` when there
+    /// was none. The peer may connect again.
+    ///
+    /// # Errors
+    /// [`ClusterError::Shutdown`].
+    pub async fn disconnect(&self, peer: PeerId) -> Result<bool, ClusterError> {
+        self.request(|reply| Command::Disconnect { peer, reply })
+            .await
+    }
+
     /// Peers connecting and disconnecting, from now on.
     ///
     /// # Errors

@@ -74,5 +74,5 @@ pub use error::{ClusterError, IdentityError};
 pub use handle::{Cluster, ClusterHandle};
 pub use libp2p::{Multiaddr, PeerId};
 pub use requests::{FrameStream, JobStream, PUBLIC_KEY_LEN, SubmittedJob, TaskStream};
-pub use stream::{ClusterStream, IncomingStreams};
+pub use stream::{ClusterStream, IncomingStreams, PeerStream};
 pub use streams::OpenStreamError;

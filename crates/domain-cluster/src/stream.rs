@@ -5,20 +5,115 @@
 //! handed out here is wrapped in [`tokio_util::compat::Compat`]. Shutting down
 //! its write half closes the libp2p stream for writing, which is how a
 //! `/public-key/v1` requester signals the end of its request.
+//!
+//! Every stream also fails as soon as its connection is gone ([`PeerStream`]).
 
+use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use futures::{AsyncRead, AsyncWrite};
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt as _};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// A stream to a peer, readable and writable with Tokio's `AsyncRead`/`AsyncWrite`.
-pub type ClusterStream = Compat<libp2p::Stream>;
+pub type ClusterStream = Compat<PeerStream>;
 
 /// Wraps a libp2p stream for Tokio I/O.
-pub(crate) fn compat(stream: libp2p::Stream) -> ClusterStream {
+pub(crate) fn compat(stream: PeerStream) -> ClusterStream {
     stream.compat()
+}
+
+/// A libp2p stream that fails once its connection is gone.
+///
+/// yamux 0.14 wakes the pending reads and writes of a connection's streams when the
+/// remote ends it, but not when this side closes it (`ClusterHandle::disconnect`, a
+/// connection limit, shutting down): they would sleep until the idle timeout, holding a
+/// stream permit and, on `/store/v1`, the upload's resume key. The connection's handler
+/// cancels `gone` when it is dropped, which happens once the connection is closed
+/// either way; a read or write waiting then fails with `ConnectionReset`.
+pub struct PeerStream {
+    inner: libp2p::Stream,
+    gone: CancellationToken,
+    waiting: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl PeerStream {
+    pub(crate) fn new(inner: libp2p::Stream, gone: CancellationToken) -> Self {
+        let waiting = Box::pin(gone.clone().cancelled_owned());
+        Self {
+            inner,
+            gone,
+            waiting,
+        }
+    }
+
+    /// What a pending operation gives: the connection's end, if it came.
+    fn pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if self.gone.is_cancelled() || self.waiting.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "the connection is closed",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl std::fmt::Debug for PeerStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerStream")
+            .field("inner", &self.inner)
+            .field("gone", &self.gone.is_cancelled())
+            .finish()
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Pending => this.pending(cx),
+            ready => ready,
+        }
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Pending => this.pending(cx),
+            ready => ready,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Pending => this.pending(cx),
+            ready => ready,
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_close(cx) {
+            Poll::Pending => this.pending(cx),
+            ready => ready,
+        }
+    }
 }
 
 /// Inbound streams of one protocol, as `(remote peer, stream)` pairs.
@@ -29,11 +124,11 @@ pub(crate) fn compat(stream: libp2p::Stream) -> ClusterStream {
 /// a task of its own. Dropping it stops accepting the protocol.
 #[must_use = "inbound streams are refused unless this is polled"]
 pub struct IncomingStreams {
-    inner: mpsc::Receiver<(PeerId, libp2p::Stream)>,
+    inner: mpsc::Receiver<(PeerId, PeerStream)>,
 }
 
 impl IncomingStreams {
-    pub(crate) fn new(inner: mpsc::Receiver<(PeerId, libp2p::Stream)>) -> Self {
+    pub(crate) fn new(inner: mpsc::Receiver<(PeerId, PeerStream)>) -> Self {
         Self { inner }
     }
 

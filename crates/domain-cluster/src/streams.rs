@@ -31,6 +31,9 @@ use libp2p::swarm::{
 };
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::stream::PeerStream;
 
 /// Why an outbound stream could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +56,7 @@ pub enum OpenStreamError {
 /// Shared by the behaviour, every connection handler and every cluster handle.
 #[derive(Debug)]
 pub(crate) struct Registry {
-    acceptors: Mutex<HashMap<StreamProtocol, mpsc::Sender<(PeerId, Stream)>>>,
+    acceptors: Mutex<HashMap<StreamProtocol, mpsc::Sender<(PeerId, PeerStream)>>>,
     backlog: usize,
 }
 
@@ -71,7 +74,9 @@ impl Registry {
 
     /// The map, even if a thread panicked while holding it: every update
     /// leaves it consistent.
-    fn acceptors(&self) -> MutexGuard<'_, HashMap<StreamProtocol, mpsc::Sender<(PeerId, Stream)>>> {
+    fn acceptors(
+        &self,
+    ) -> MutexGuard<'_, HashMap<StreamProtocol, mpsc::Sender<(PeerId, PeerStream)>>> {
         self.acceptors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -81,7 +86,7 @@ impl Registry {
     pub(crate) fn accept(
         &self,
         protocol: StreamProtocol,
-    ) -> Result<mpsc::Receiver<(PeerId, Stream)>, AlreadyAccepting> {
+    ) -> Result<mpsc::Receiver<(PeerId, PeerStream)>, AlreadyAccepting> {
         let mut acceptors = self.acceptors();
         acceptors.retain(|_, sender| !sender.is_closed());
         if acceptors.contains_key(&protocol) {
@@ -101,7 +106,7 @@ impl Registry {
 
     /// Queues an inbound stream for its acceptor, or drops it (resetting it)
     /// when the acceptor is gone or its backlog is full.
-    fn deliver(&self, peer: PeerId, stream: Stream, protocol: StreamProtocol) {
+    fn deliver(&self, peer: PeerId, stream: PeerStream, protocol: StreamProtocol) {
         let mut acceptors = self.acceptors();
         let Some(sender) = acceptors.get(&protocol) else {
             tracing::debug!(%peer, %protocol, "no acceptor, dropping inbound stream");
@@ -124,7 +129,7 @@ impl Registry {
 #[derive(Debug)]
 pub(crate) struct OpenRequest {
     protocol: StreamProtocol,
-    reply: oneshot::Sender<Result<Stream, OpenStreamError>>,
+    reply: oneshot::Sender<Result<PeerStream, OpenStreamError>>,
 }
 
 /// Raw streams per protocol id.
@@ -154,7 +159,7 @@ impl Behaviour {
         &mut self,
         peer: PeerId,
         protocol: StreamProtocol,
-        reply: oneshot::Sender<Result<Stream, OpenStreamError>>,
+        reply: oneshot::Sender<Result<PeerStream, OpenStreamError>>,
     ) {
         let connection = self.connections.get(&peer).and_then(|conns| {
             conns
@@ -177,6 +182,7 @@ impl Behaviour {
     fn handler(&self, peer: PeerId) -> Handler {
         Handler {
             remote: peer,
+            gone: CancellationToken::new(),
             registry: Arc::clone(&self.registry),
             negotiation_timeout: self.negotiation_timeout,
             requests: VecDeque::new(),
@@ -266,6 +272,8 @@ impl NetworkBehaviour for Behaviour {
 /// One connection's share of the streams.
 pub(crate) struct Handler {
     remote: PeerId,
+    /// Cancelled when the connection is gone (this handler dropped): its streams fail.
+    gone: CancellationToken,
     registry: Arc<Registry>,
     negotiation_timeout: Duration,
     requests: VecDeque<OpenRequest>,
@@ -326,12 +334,17 @@ impl ConnectionHandler for Handler {
             ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
                 protocol: (stream, protocol),
                 ..
-            }) => self.registry.deliver(self.remote, stream, protocol),
+            }) => {
+                let stream = PeerStream::new(stream, self.gone.clone());
+                self.registry.deliver(self.remote, stream, protocol);
+            }
             ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
                 protocol: stream,
                 info,
             }) => {
-                let _ = info.reply.send(Ok(stream));
+                let _ = info
+                    .reply
+                    .send(Ok(PeerStream::new(stream, self.gone.clone())));
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError { info, error }) => {
                 let error = match error {
@@ -344,6 +357,12 @@ impl ConnectionHandler for Handler {
             }
             _ => {}
         }
+    }
+}
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        self.gone.cancel();
     }
 }
 

@@ -27,7 +27,9 @@
 //! [`LocalDatastore`] keeps metadata in redb (one table set per domain, indexed by name
 //! and data type) and content in files named by their root; a put is durable before it
 //! returns, a crash leaves nothing partial, and opening repairs what a crash left
-//! ([`RepairReport`]).
+//! ([`RepairReport`]). A put can be resumable ([`Datastore::put_resumable`]): when its
+//! content is cut short, the local store keeps the whole chunks received, and a later put
+//! under the same key continues after them ([`Datastore::resume_point`]).
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -57,6 +57,10 @@ const WRITES_IN_FLIGHT: usize = 4;
 /// (its cores taken by the sender, on one machine) does not hold the disk's writes up.
 const HASH_QUEUE: usize = 8;
 
+/// How long an offer waits for the put that holds its key to end: the put of a stream
+/// just cut is still keeping its bytes when the sender comes back.
+const RELEASE_PATIENCE: Duration = Duration::from_secs(2);
+
 /// Items up to this size are read into memory and hashed at once; larger ones stream.
 const INLINE_MAX: u32 = 64 << 10;
 
@@ -526,7 +530,9 @@ impl Datastore for LocalDatastore {
 
     /// The whole chunks kept of a cut [`put_resumable`](Datastore::put_resumable) under
     /// `key`, read back from their file (and hashed) unless the put that kept them is
-    /// remembered.
+    /// remembered. While another put holds the key, waits up to 2 s for it to end (it
+    /// may be the one whose stream was just cut, still keeping its bytes) before
+    /// answering `None`.
     async fn resume_point(
         &self,
         domain: &DomainId,
@@ -535,6 +541,7 @@ impl Datastore for LocalDatastore {
     ) -> Result<Option<ResumePoint>, DatastoreError> {
         let partials = Arc::clone(&self.inner.partials);
         let id = Partials::id(domain, key, size);
+        partials.wait_released(&id, RELEASE_PATIENCE).await;
         tokio::task::spawn_blocking(move || partials.point(&id, size)).await?
     }
 

@@ -614,15 +614,16 @@ impl Context {
         let (mut stored, mut replaced) = (Vec::new(), false);
         let status = match outcome {
             Some(Ok(served)) => {
-                let (items, bytes) = match served {
+                // Bytes not sent again because an upload resumed from what was kept.
+                let (items, bytes, resumed) = match served {
                     Served::Store(s) => {
                         (stored, replaced) = (s.ids, s.replaced);
-                        (s.items, s.bytes)
+                        (s.items, s.bytes, s.resumed_bytes)
                     }
-                    Served::Load(s) => (s.items, s.bytes),
-                    Served::Delete(s) => (s.deleted, 0),
+                    Served::Load(s) => (s.items, s.bytes, 0),
+                    Served::Delete(s) => (s.deleted, 0, 0),
                 };
-                tracing::info!(%peer, protocol, job = claims.job_id, task = claims.task_name, items, bytes, "task stream done");
+                tracing::info!(%peer, protocol, job = claims.job_id, task = claims.task_name, items, bytes, resumed, "task stream done");
                 Status::Done
             }
             Some(Err(error)) => {

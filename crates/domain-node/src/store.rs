@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use domain_client::datastore::{RemoteContent, RemoteDatastore};
 use domain_datastore::{
-    Datastore, DatastoreError, DomainId, LocalContent, LocalDatastore, Subscription,
+    Datastore, DatastoreError, DomainId, LocalContent, LocalDatastore, ResumePoint, Subscription,
 };
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use tokio::io::{AsyncRead, ReadBuf};
@@ -68,6 +68,32 @@ impl Datastore for NodeDatastore {
         match self {
             Self::Local(store) => store.put(domain, item, content).await,
             Self::Remote(store) => store.put(domain, item, content).await,
+        }
+    }
+
+    async fn resume_point(
+        &self,
+        domain: &DomainId,
+        key: &str,
+        size: u32,
+    ) -> Result<Option<ResumePoint>, DatastoreError> {
+        match self {
+            Self::Local(store) => store.resume_point(domain, key, size).await,
+            Self::Remote(store) => store.resume_point(domain, key, size).await,
+        }
+    }
+
+    async fn put_resumable<R: AsyncRead + Send + Unpin>(
+        &self,
+        domain: &DomainId,
+        item: UpsertMetadata,
+        key: &str,
+        from: u64,
+        content: R,
+    ) -> Result<Metadata, DatastoreError> {
+        match self {
+            Self::Local(store) => store.put_resumable(domain, item, key, from, content).await,
+            Self::Remote(store) => store.put_resumable(domain, item, key, from, content).await,
         }
     }
 

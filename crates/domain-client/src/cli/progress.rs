@@ -69,4 +69,17 @@ impl Progress for Bars {
     fn finished(&self, _name: &str) {
         self.with_bar(|bar| bar.finish_and_clear());
     }
+
+    fn resumed(&self, name: &str, offset: u64) {
+        self.with_bar(|bar| {
+            bar.println(format!(
+                "{name}: resumed after the {} the node kept",
+                indicatif::HumanBytes(offset)
+            ));
+        });
+    }
+
+    fn rewound(&self, offset: u64) {
+        self.with_bar(|bar| bar.set_position(offset));
+    }
 }

@@ -6,7 +6,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
 /// Told about each item a [`Client`](super::Client) sends or receives, as it goes (the
 /// `domain` command draws progress bars with it).
@@ -20,6 +20,20 @@ pub trait Progress: Send + Sync + fmt::Debug {
     fn advanced(&self, bytes: u64);
     /// The current item is done, its root checked.
     fn finished(&self, name: &str);
+
+    /// The upload of the current item continued after the first `offset` bytes, which
+    /// the node had kept from an earlier attempt that was cut. (Those bytes were read
+    /// here, and counted by [`advanced`](Self::advanced), to check them against the
+    /// node's.)
+    fn resumed(&self, name: &str, offset: u64) {
+        let _ = (name, offset);
+    }
+
+    /// The current item's bytes go again from byte `offset` of its content: the node's
+    /// kept bytes turned out not to be this content's, so it is sent whole.
+    fn rewound(&self, offset: u64) {
+        let _ = offset;
+    }
 }
 
 /// A reader or writer that tells a [`Progress`] of the bytes passing through it.
@@ -63,6 +77,25 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         this.add(buf.filled().len() - before);
         Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncSeek + Unpin> AsyncSeek for Counted<'_, T> {
+    fn start_seek(self: Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
+        Pin::new(&mut self.get_mut().inner).start_seek(position)
+    }
+
+    /// A seek moves the count to the new position: the bytes from there pass again.
+    fn poll_complete(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        let this = self.get_mut();
+        let position = ready!(Pin::new(&mut this.inner).poll_complete(cx))?;
+        if position != this.count {
+            this.count = position;
+            if let Some(progress) = this.progress {
+                progress.rewound(position);
+            }
+        }
+        Poll::Ready(Ok(position))
     }
 }
 

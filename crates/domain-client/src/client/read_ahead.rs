@@ -5,12 +5,14 @@
 //! [`ReadAhead`] keeps a thread reading the next batches while the current one is sent:
 //! the disk and the network work at once, with at most [`AHEAD`] batches in memory.
 
-use std::io::{self, Read as _};
+use std::io::{self, SeekFrom};
+use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 use tokio::sync::mpsc;
 
 /// Bytes the reading thread reads at a time.
@@ -20,13 +22,22 @@ const BATCH: usize = 1 << 20;
 const AHEAD: usize = 2;
 
 /// A file's bytes, read by a thread of its own up to [`AHEAD`] batches ahead.
+///
+/// Seeking (what a resumed upload does when the receiver's kept bytes turn out not to be
+/// this file's) starts a new thread at the new position; the old one stops at its next
+/// batch.
 #[derive(Debug)]
 pub(crate) struct ReadAhead {
+    file: Arc<std::fs::File>,
     batches: mpsc::Receiver<io::Result<Vec<u8>>>,
     /// Sent batches go back to the thread, which reads into them again.
     spent: std::sync::mpsc::SyncSender<Vec<u8>>,
     current: Vec<u8>,
     at: usize,
+    /// The file offset of the next byte read.
+    position: u64,
+    /// Where a seek started and not yet completed goes.
+    seeking: Option<u64>,
 }
 
 impl ReadAhead {
@@ -39,33 +50,64 @@ impl ReadAhead {
         let file = tokio::task::spawn_blocking(move || std::fs::File::open(path))
             .await
             .map_err(io::Error::other)??;
-        let (tx, batches) = mpsc::channel(AHEAD);
-        let (spent, reuse) = std::sync::mpsc::sync_channel::<Vec<u8>>(AHEAD + 1);
-        tokio::task::spawn_blocking(move || {
-            let mut file = file;
-            loop {
-                let mut batch = reuse
-                    .try_recv()
-                    .unwrap_or_else(|_| Vec::with_capacity(BATCH));
-                batch.clear();
-                let read = (&mut file)
-                    .take(BATCH as u64)
-                    .read_to_end(&mut batch)
-                    .map(|_| batch);
-                let end = matches!(&read, Ok(batch) if batch.is_empty()) || read.is_err();
-                // A closed channel: the upload stopped reading, so the thread stops too.
-                if tx.blocking_send(read).is_err() || end {
-                    return;
-                }
-            }
-        });
+        let file = Arc::new(file);
+        let (batches, spent) = read_from(Arc::clone(&file), 0);
         Ok(Self {
+            file,
             batches,
             spent,
             current: Vec::new(),
             at: 0,
+            position: 0,
+            seeking: None,
         })
     }
+}
+
+/// Starts a thread reading `file` from `offset` on, [`AHEAD`] batches ahead at most.
+fn read_from(
+    file: Arc<std::fs::File>,
+    offset: u64,
+) -> (
+    mpsc::Receiver<io::Result<Vec<u8>>>,
+    std::sync::mpsc::SyncSender<Vec<u8>>,
+) {
+    let (tx, batches) = mpsc::channel(AHEAD);
+    let (spent, reuse) = std::sync::mpsc::sync_channel::<Vec<u8>>(AHEAD + 1);
+    tokio::task::spawn_blocking(move || {
+        let mut offset = offset;
+        loop {
+            let mut batch = reuse.try_recv().unwrap_or_default();
+            batch.resize(BATCH, 0);
+            let read = read_full_at(&file, &mut batch, offset).map(|n| {
+                batch.truncate(n);
+                batch
+            });
+            let end = matches!(&read, Ok(batch) if batch.is_empty()) || read.is_err();
+            if let Ok(batch) = &read {
+                offset += batch.len() as u64;
+            }
+            // A closed channel: the upload stopped reading (or sought), so the thread stops.
+            if tx.blocking_send(read).is_err() || end {
+                return;
+            }
+        }
+    });
+    (batches, spent)
+}
+
+/// Reads at `offset` until `buf` is full or the file ends; returns the bytes read.
+fn read_full_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 impl AsyncRead for ReadAhead {
@@ -90,7 +132,40 @@ impl AsyncRead for ReadAhead {
         let n = buf.remaining().min(this.current.len() - this.at);
         buf.put_slice(&this.current[this.at..this.at + n]);
         this.at += n;
+        this.position += n as u64;
         Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncSeek for ReadAhead {
+    fn start_seek(mut self: Pin<&mut Self>, position: SeekFrom) -> io::Result<()> {
+        let target = match position {
+            SeekFrom::Start(offset) => Some(offset),
+            SeekFrom::Current(delta) => self.position.checked_add_signed(delta),
+            SeekFrom::End(delta) => self.file.metadata()?.len().checked_add_signed(delta),
+        };
+        let target = target.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the file",
+            )
+        })?;
+        self.seeking = Some(target);
+        Ok(())
+    }
+
+    fn poll_complete(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        let this = &mut *self;
+        if let Some(target) = this.seeking.take() {
+            if target != this.position {
+                // Dropping the old channels stops the old thread at its next batch.
+                (this.batches, this.spent) = read_from(Arc::clone(&this.file), target);
+                this.current.clear();
+                this.at = 0;
+                this.position = target;
+            }
+        }
+        Poll::Ready(Ok(this.position))
     }
 }
 
@@ -119,6 +194,29 @@ mod tests {
                 .unwrap();
             assert!(read == bytes, "{size} bytes");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_seek_goes_on_from_the_new_position() {
+        use tokio::io::AsyncSeekExt as _;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let bytes: Vec<u8> = (0..3 * BATCH + 5).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let mut reader = ReadAhead::open(&path).await.unwrap();
+        let mut head = vec![0; BATCH + 3];
+        reader.read_exact(&mut head).await.unwrap();
+        assert_eq!(reader.stream_position().await.unwrap(), BATCH as u64 + 3);
+        // Back to the start, as a resumed upload does when its prefix differs.
+        reader.seek(SeekFrom::Start(0)).await.unwrap();
+        let mut all = Vec::new();
+        reader.read_to_end(&mut all).await.unwrap();
+        assert!(all == bytes);
+        reader.seek(SeekFrom::End(-5)).await.unwrap();
+        let mut tail = Vec::new();
+        reader.read_to_end(&mut tail).await.unwrap();
+        assert_eq!(tail, bytes[bytes.len() - 5..]);
     }
 
     #[tokio::test]

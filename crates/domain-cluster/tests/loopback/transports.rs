@@ -317,3 +317,37 @@ async fn streams_opened_at_once_queue_for_an_acceptor_that_is_not_ready() {
     seen.sort_unstable();
     assert_eq!(seen, (0..STREAMS).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_waiting_on_a_connection_this_side_closes_fail_at_once() {
+    let a = start(loopback(Role::Client)).await;
+    let b = start(loopback(Role::Node)).await;
+    let mut incoming = b.handle.accept("/test/idle/1").unwrap();
+    let peer = within("dial", a.handle.dial(tcp_addr(&b.addrs)))
+        .await
+        .unwrap();
+    let mut opened = a.handle.open_stream(peer, "/test/idle/1").await.unwrap();
+    opened.write_all(b"x").await.unwrap();
+    opened.flush().await.unwrap();
+    let (_, mut accepted) = within("the inbound stream", incoming.next()).await.unwrap();
+    let mut byte = [0; 1];
+    accepted.read_exact(&mut byte).await.unwrap();
+
+    // Both ends now wait for bytes that will not come; the accepting side hangs up.
+    let reading = tokio::spawn(async move { accepted.read(&mut byte).await });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        within("disconnect", b.handle.disconnect(a.handle.local_peer_id()))
+            .await
+            .unwrap()
+    );
+    // Well under any idle timeout: the read is woken by the connection's end.
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), reading)
+        .await
+        .expect("the waiting read fails at once")
+        .unwrap();
+    assert!(read.is_err(), "{read:?}");
+    let mut rest = Vec::new();
+    let remote = within("the other end", opened.read_to_end(&mut rest)).await;
+    assert!(remote.is_err() || rest.is_empty(), "{remote:?}");
+}

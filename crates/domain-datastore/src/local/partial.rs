@@ -30,6 +30,8 @@ pub(crate) struct Partials {
     limit: u64,
     ttl: Duration,
     slots: Mutex<HashMap<String, Slot>>,
+    /// Told whenever a put lets its key go.
+    released: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -58,6 +60,7 @@ impl Partials {
             limit,
             ttl,
             slots: Mutex::new(HashMap::new()),
+            released: tokio::sync::Notify::new(),
         };
         for (path, _, modified) in partials.files()? {
             let is_id = path
@@ -139,6 +142,24 @@ impl Partials {
             offset,
             prefix_root: tree.finalize(),
         }))
+    }
+
+    /// Waits up to `patience` for the put holding `id`, if any, to let it go: a sender
+    /// whose stream was cut comes back while the receiver is still keeping the bytes of
+    /// that stream.
+    pub(crate) async fn wait_released(&self, id: &str, patience: Duration) {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !matches!(self.slots().get(id), Some(Slot::Busy)) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Holds `id` for a put; `None` when another put holds it.
@@ -312,6 +333,8 @@ impl Drop for Claim {
             Some(tree) => slots.insert(self.id.clone(), Slot::Known(tree)),
             None => slots.remove(&self.id),
         };
+        drop(slots);
+        self.partials.released.notify_waiters();
     }
 }
 
