@@ -13,7 +13,8 @@ use domain_cluster::{ClusterHandle, PeerId};
 use domain_datastore::{CHUNK_SIZE, DomainId, root_of};
 
 /// Closes the node's connections to the client once `after` bytes of the upload have
-/// been read, and records what the client says it resumed.
+/// been read (before the client reads more), and records what the client says it
+/// resumed.
 #[derive(Debug)]
 struct CutOnce {
     node: ClusterHandle,
@@ -30,8 +31,13 @@ impl Progress for CutOnce {
     fn advanced(&self, bytes: u64) {
         let seen = self.seen.fetch_add(bytes, Ordering::Relaxed) + bytes;
         if seen >= self.after && !self.cut.swap(true, Ordering::Relaxed) {
-            let (node, client) = (self.node.clone(), *self.client.get().unwrap());
-            tokio::spawn(async move { assert!(node.disconnect(client).await.unwrap()) });
+            let (node, client) = (&self.node, *self.client.get().unwrap());
+            // The upload goes on only once the connection is closed: the cut always lands
+            // in the middle, however fast this machine sends.
+            let closed = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(node.disconnect(client))
+            });
+            assert!(closed.unwrap());
         }
     }
 
