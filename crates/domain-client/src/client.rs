@@ -15,6 +15,12 @@
 //! [`ClientConfig::max_attempts`] in all. Content is therefore always replayable: a
 //! file path or bytes in memory ([`Content`]), never a one-shot reader.
 //!
+//! Items of [`RESUMABLE_MIN`] bytes or more are sent resumable: when the stream is cut
+//! (reset, closed, idle) rather than refused, the client first continues on the same
+//! node, with a job pinned to it, after the whole chunks that node kept; only if that
+//! fails does the retry on another node start again from nothing. Downloads resume from
+//! the partial file they left ([`Client::download`]).
+//!
 //! The manager keeps no index of which node holds an item. A download first asks the
 //! node the manager assigns to its `/load/v1` task; for ids that node does not hold, it
 //! asks, with tasks pinned to each, the other nodes that have stored data (the receivers
