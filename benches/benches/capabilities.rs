@@ -10,10 +10,12 @@
 //!   socket buffers, a yamux window); a pipe of one batch would make the two sides take
 //!   turns, which no network does.
 //!
-//! - `c_store_v1_resumable_duplex`: as b, with [`StoreSender::send_resumable`] under a
+//! - `c_store_v1_reader_duplex`: as b, with the content from a reader
+//!   ([`StoreSender::send`]), as files are sent: each batch is copied out of the reader.
+//! - `d_store_v1_resumable_duplex`: as c, with [`StoreSender::send_resumable`] under a
 //!   fresh key (what `domain upload` does for items of 1 MiB or more): the receiver's
-//!   offer (nothing kept) costs a round trip and the put goes through
-//!   `put_resumable`, and the content comes from a reader instead of a slice.
+//!   offer (nothing kept) costs a round trip and the put goes through `put_resumable`.
+//!   d / c is the price of the resume extension.
 //!
 //! Target: b >= 0.95 x a in throughput. Each timed item is deleted outside the timing,
 //! so every put writes (and fsyncs) a new blob.
@@ -85,16 +87,18 @@ fn store(c: &mut Criterion) {
             })
         });
     });
-    for (name, resumable) in [
-        ("b_store_v1_duplex", false),
-        ("c_store_v1_resumable_duplex", true),
-    ] {
+    let sends = [
+        ("b_store_v1_duplex", Send::Bytes),
+        ("c_store_v1_reader_duplex", Send::Reader),
+        ("d_store_v1_resumable_duplex", Send::Resumable),
+    ];
+    for (name, send) in sends {
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 runtime.block_on(async {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
-                        let (elapsed, id) = store_v1(&store, &keys, &key, &data, resumable).await;
+                        let (elapsed, id) = store_v1(&store, &keys, &key, &data, send).await;
                         total += elapsed;
                         store.delete(&domain, &id).await.unwrap();
                     }
@@ -106,13 +110,21 @@ fn store(c: &mut Criterion) {
     group.finish();
 }
 
+/// How a bench hands the content to the sender.
+#[derive(Clone, Copy)]
+enum Send {
+    Bytes,
+    Reader,
+    Resumable,
+}
+
 /// One `/store/v1` stream of `data` into `store`: how long it took, and the item's id.
 async fn store_v1(
     store: &LocalDatastore,
     keys: &StaticKeys,
     key: &DomainKey,
     data: &[u8],
-    resumable: bool,
+    send: Send,
 ) -> (Duration, String) {
     let claims = TaskClaims::new(
         DOMAIN,
@@ -134,15 +146,17 @@ async fn store_v1(
     let mut sender = StoreSender::open(client, &token, DOMAIN, Limits::DEFAULT)
         .await
         .unwrap();
-    let stored = if resumable {
-        // A fresh key per stream: nothing kept, as for a first upload.
-        static STREAMS: AtomicU64 = AtomicU64::new(0);
-        let resume_key = format!("bench {}", STREAMS.fetch_add(1, Ordering::Relaxed));
-        let content = std::io::Cursor::new(data);
-        let sent = sender.send_resumable(item(), &resume_key, content).await;
-        sent.unwrap().metadata
-    } else {
-        sender.send_bytes(item(), data).await.unwrap()
+    let stored = match send {
+        Send::Bytes => sender.send_bytes(item(), data).await.unwrap(),
+        Send::Reader => sender.send(item(), data).await.unwrap(),
+        Send::Resumable => {
+            // A fresh key per stream: nothing kept, as for a first upload.
+            static STREAMS: AtomicU64 = AtomicU64::new(0);
+            let resume_key = format!("bench {}", STREAMS.fetch_add(1, Ordering::Relaxed));
+            let content = std::io::Cursor::new(data);
+            let sent = sender.send_resumable(item(), &resume_key, content).await;
+            sent.unwrap().metadata
+        }
     };
     sender.finish().await.unwrap();
     receiver.await.unwrap().unwrap();
