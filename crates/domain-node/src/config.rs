@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use domain_capabilities::{Limits, MAX_CONCURRENT_TASK_STREAMS};
 use domain_cluster::Multiaddr;
+use domain_datastore::LocalOptions;
 use libp2p::multiaddr::Protocol;
 use serde::Deserialize;
 
@@ -66,6 +67,9 @@ pub struct NodeConfig {
     /// [`upstream_identity_path`](Self::upstream_identity_path), which the upstream
     /// domains must allow.
     pub upstream: Option<Multiaddr>,
+    /// Settings of the local datastore, among them how much of cut uploads it keeps for
+    /// them to resume (`partial_bytes`, `partial_ttl`).
+    pub store_options: LocalOptions,
 }
 
 impl NodeConfig {
@@ -93,6 +97,7 @@ impl NodeConfig {
             max_task_streams: MAX_CONCURRENT_TASK_STREAMS,
             max_handshakes_per_peer: DEFAULT_MAX_HANDSHAKES_PER_PEER,
             upstream: None,
+            store_options: LocalOptions::default(),
         })
     }
 
@@ -195,6 +200,10 @@ pub struct NodeSettings {
     pub max_handshakes_per_peer: Option<usize>,
     /// The upstream manager's multiaddr with `/p2p/<id>`, for a gateway.
     pub upstream: Option<String>,
+    /// Bytes of cut uploads kept for them to resume, all together.
+    pub resume_bytes: Option<u64>,
+    /// How long the bytes of a cut upload are kept, e.g. `"24h"`.
+    pub resume_ttl: Option<String>,
 }
 
 impl NodeSettings {
@@ -237,6 +246,8 @@ impl NodeSettings {
                 .max_handshakes_per_peer
                 .or(self.max_handshakes_per_peer),
             upstream: over.upstream.or(self.upstream),
+            resume_bytes: over.resume_bytes.or(self.resume_bytes),
+            resume_ttl: over.resume_ttl.or(self.resume_ttl),
         }
     }
 
@@ -288,6 +299,12 @@ impl NodeSettings {
         }
         if let Some(limit) = self.max_handshakes_per_peer {
             config.max_handshakes_per_peer = check_limit("max-handshakes-per-peer", limit)?;
+        }
+        if let Some(bytes) = self.resume_bytes {
+            config.store_options.partial_bytes = bytes;
+        }
+        if let Some(ttl) = self.resume_ttl {
+            config.store_options.partial_ttl = parse_duration("resume-ttl", &ttl)?;
         }
         if let Some(upstream) = self.upstream {
             config = config.with_upstream(parse_addr("upstream", &upstream)?)?;
@@ -587,6 +604,34 @@ mod tests {
             config.max_handshakes_per_peer,
             DEFAULT_MAX_HANDSHAKES_PER_PEER
         );
+        // The example shows the defaults.
+        let defaults = LocalOptions::default();
+        assert_eq!(config.store_options.partial_bytes, defaults.partial_bytes);
+        assert_eq!(config.store_options.partial_ttl, defaults.partial_ttl);
+    }
+
+    #[test]
+    fn what_is_kept_of_cut_uploads_is_set_from_the_settings_and_no_time_is_refused() {
+        let set = NodeSettings {
+            resume_bytes: Some(1 << 20),
+            resume_ttl: Some("90m".into()),
+            ..settings()
+        }
+        .into_config()
+        .unwrap();
+        assert_eq!(set.store_options.partial_bytes, 1 << 20);
+        assert_eq!(set.store_options.partial_ttl, Duration::from_secs(90 * 60));
+        let zero = NodeSettings {
+            resume_ttl: Some("0s".into()),
+            ..settings()
+        };
+        assert!(matches!(
+            zero.into_config(),
+            Err(ConfigError::Duration {
+                key: "resume-ttl",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -71,6 +71,13 @@ struct RunArgs {
     /// as the peer in DIR/upstream.key, which its domains must allow.
     #[arg(long, value_name = "MULTIADDR", env = "DOMAIN_NODE_UPSTREAM")]
     upstream: Option<String>,
+    /// Bytes of cut uploads kept for them to resume, all together; the oldest go first
+    /// [default: 4 GiB].
+    #[arg(long, value_name = "BYTES")]
+    resume_bytes: Option<u64>,
+    /// How long the bytes of a cut upload are kept [default: 24h].
+    #[arg(long, value_name = "DURATION")]
+    resume_ttl: Option<String>,
     /// A TOML file with the same keys as these flags (flags and the environment win).
     #[arg(long, value_name = "FILE", env = "DOMAIN_NODE_CONFIG")]
     config: Option<PathBuf>,
@@ -95,6 +102,8 @@ impl RunArgs {
             max_task_streams: self.max_task_streams,
             max_handshakes_per_peer: self.max_handshakes_per_peer,
             upstream: self.upstream,
+            resume_bytes: self.resume_bytes,
+            resume_ttl: self.resume_ttl,
         };
         Ok(file.overridden_by(flags))
     }

@@ -423,7 +423,7 @@ impl Node {
 async fn open_datastore(config: &NodeConfig) -> Result<NodeDatastore, NodeError> {
     let Some(upstream) = &config.upstream else {
         let path = config.store_dir();
-        return match LocalDatastore::open(&path).await {
+        return match LocalDatastore::open_with(&path, config.store_options.clone()).await {
             Ok(store) => Ok(NodeDatastore::Local(store)),
             Err(source) => Err(NodeError::Datastore { path, source }),
         };
