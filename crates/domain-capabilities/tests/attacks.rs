@@ -323,14 +323,7 @@ async fn an_oversized_frame_is_refused_before_allocation() {
     // Before the handshake.
     let (mut client, server) = pipe();
     client.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-    let served = serve_store(
-        server,
-        &STORE_INFO,
-        &fixture.store,
-        &fixture.keys,
-        &Limits::DEFAULT,
-    )
-    .await;
+    let served = fixture.serve_store(server).await;
     assert!(
         matches!(
             served,

@@ -9,10 +9,10 @@ mod common;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use common::{DOMAIN, Fixture, LOAD_INFO, STORE_INFO, data, new_item, pipe};
+use common::{DOMAIN, Fixture, LOAD_INFO, data, new_item, pipe, runtime};
 use domain_capabilities::{
     CapabilityError, Limits, LoadSummary, Prefixes, Sent, StoreSender, StoreSummary,
-    open_load_resuming, serve_load, serve_store,
+    open_load_resuming, serve_load,
 };
 use domain_datastore::{CHUNK_SIZE, Datastore, MerkleBuilder, root_of};
 use domain_proto::domain_data::{Metadata, Query, ResumeOffer, ResumeStart, UpsertMetadata};
@@ -240,13 +240,7 @@ async fn upload(fixture: &Fixture, blob: &[u8], cut: Option<usize>) -> Uploaded 
         sender.finish().await.map_err(|e| format!("{e:?}"))?;
         Ok(sent)
     };
-    let serve = serve_store(
-        server,
-        &STORE_INFO,
-        &fixture.store,
-        &fixture.keys,
-        &Limits::DEFAULT,
-    );
+    let serve = fixture.serve_store(server);
     let (sent, served) = tokio::join!(send, serve);
     Uploaded {
         sent,
@@ -394,13 +388,7 @@ async fn a_start_that_was_not_offered_loses_the_stream_and_stores_nothing() {
         write_message(&mut client, &start).await.unwrap();
         client
     };
-    let serve = serve_store(
-        server,
-        &STORE_INFO,
-        &fixture.store,
-        &fixture.keys,
-        &Limits::DEFAULT,
-    );
+    let serve = fixture.serve_store(server);
     let (_client, served) = tokio::join!(liar, serve);
     assert!(
         matches!(served, Err(CapabilityError::Unexpected { .. })),
@@ -427,13 +415,7 @@ async fn a_resume_key_over_the_limit_is_refused_by_both_sides() {
             .send_resumable(new_item("scan", 10), &long, content)
             .await
     };
-    let serve = serve_store(
-        server,
-        &STORE_INFO,
-        &fixture.store,
-        &fixture.keys,
-        &Limits::DEFAULT,
-    );
+    let serve = fixture.serve_store(server);
     let (sent, _) = tokio::join!(send, serve);
     assert!(
         matches!(sent, Err(CapabilityError::BadResumeKey { len }) if len == long.len()),
@@ -451,26 +433,12 @@ async fn a_resume_key_over_the_limit_is_refused_by_both_sides() {
         write_message(&mut client, &item).await.unwrap();
         client
     };
-    let serve = serve_store(
-        server,
-        &STORE_INFO,
-        &fixture.store,
-        &fixture.keys,
-        &Limits::DEFAULT,
-    );
+    let serve = fixture.serve_store(server);
     let (_client, served) = tokio::join!(send, serve);
     assert!(
         matches!(served, Err(CapabilityError::BadResumeKey { len }) if len == long.len()),
         "{served:?}"
     );
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Opens a `/store/v1` stream by hand, as a peer that need not follow the protocol

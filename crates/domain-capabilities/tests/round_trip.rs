@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{DOMAIN, Fixture, LOAD_INFO, RECEIVER, SENDER, STORE_INFO, new_item, pipe};
+use common::{DOMAIN, Fixture, LOAD_INFO, RECEIVER, SENDER, STORE_INFO, new_item, pipe, runtime};
 use domain_capabilities::{
     CapabilityError, Limits, Served, StreamInfo, open_load, serve, store_items,
 };
@@ -14,14 +14,6 @@ use domain_proto::protocols::{JOBS_V1, LOAD_V1, STORE_V1};
 use domain_proto::task::ConsumeDataInputV1;
 use proptest::collection::vec;
 use proptest::prelude::*;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// Small batches, so that items span several of them and batch edges fall anywhere.
 const SMALL_BATCHES: Limits = Limits {

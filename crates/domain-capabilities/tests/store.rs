@@ -43,13 +43,7 @@ async fn items_of_sizes_around_chunk_boundaries_round_trip_with_matching_roots()
         .enumerate()
         .map(|(i, b)| (new_item(&format!("item-{i}"), b.len()), b.as_slice()));
     let (served, stored) = tokio::join!(
-        serve_store(
-            server,
-            &STORE_INFO,
-            &fixture.store,
-            &fixture.keys,
-            &Limits::DEFAULT
-        ),
+        fixture.serve_store(server),
         store_items(client, &token, DOMAIN, items, Limits::default()),
     );
     let stored = stored.unwrap();
@@ -87,13 +81,7 @@ async fn a_100_mib_item_round_trips() {
     let (client, server) = pipe();
     let token = fixture.token(STORE_V1);
     let (served, stored) = tokio::join!(
-        serve_store(
-            server,
-            &STORE_INFO,
-            &fixture.store,
-            &fixture.keys,
-            &Limits::DEFAULT
-        ),
+        fixture.serve_store(server),
         store_items(
             client,
             &token,

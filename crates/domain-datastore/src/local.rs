@@ -286,10 +286,6 @@ impl LocalDatastore {
         from: u64,
         content: R,
     ) -> Result<Metadata, DatastoreError> {
-        let lost = || DatastoreError::ResumeLost {
-            key: key.chars().take(80).collect(),
-            offset: from,
-        };
         let id = Partials::id(domain, key, item.size);
         // Under a chunk there is nothing to keep; a key in use by another put is not
         // shared: this put keeps nothing.
@@ -300,7 +296,7 @@ impl LocalDatastore {
             return if from == 0 {
                 self.put_impl(domain, item, content).await
             } else {
-                Err(lost())
+                Err(DatastoreError::resume_lost(key, from))
             };
         };
         self.check_target(domain, &item).await?;

@@ -410,6 +410,16 @@ pub enum DatastoreError {
     Worker(#[from] tokio::task::JoinError),
 }
 
+impl DatastoreError {
+    /// [`DatastoreError::ResumeLost`] for `key` (its first 80 characters) at `offset`.
+    pub(crate) fn resume_lost(key: &str, offset: u64) -> Self {
+        Self::ResumeLost {
+            key: key.chars().take(80).collect(),
+            offset,
+        }
+    }
+}
+
 /// Where a put cut short under a resume key can continue: see
 /// [`Datastore::resume_point`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -487,10 +497,7 @@ pub trait Datastore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Metadata, DatastoreError>> + Send {
         async move {
             if from > 0 {
-                return Err(DatastoreError::ResumeLost {
-                    key: key.chars().take(80).collect(),
-                    offset: from,
-                });
+                return Err(DatastoreError::resume_lost(key, from));
             }
             self.put(domain, item, content).await
         }

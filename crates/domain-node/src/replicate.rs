@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain_capabilities::{CapabilityError, Limits, StoreSender, delete_items};
-use domain_cluster::{ClusterError, ClusterHandle, PeerId};
+use domain_cluster::{ClusterError, ClusterHandle, ClusterStream, PeerId};
 use domain_datastore::{Datastore, DatastoreError, DomainId, LocalDatastore};
 use domain_proto::domain_data::UpsertMetadata;
 use domain_proto::protocols::{DELETE_V1, STORE_V1};
@@ -215,6 +215,25 @@ impl Replicator {
         }
     }
 
+    /// Opens a `protocol` stream to the receiver of `task`: the receiver, the task's
+    /// token, and the stream.
+    async fn open<'t>(
+        &self,
+        task: &'t Task,
+        protocol: &'static str,
+    ) -> Result<(PeerId, &'t str, ClusterStream), ReplicationError> {
+        let (node, token) = assignment(task)?;
+        let stream = self
+            .cluster
+            .open_stream(node, protocol)
+            .await
+            .map_err(|source| ReplicationError::Open {
+                node,
+                source: Box::new(source),
+            })?;
+        Ok((node, token, stream))
+    }
+
     /// Removes the older versions of `ids` from the receiver of the remove task `task`.
     async fn remove(
         &self,
@@ -222,15 +241,7 @@ impl Replicator {
         task: &Task,
         ids: &[String],
     ) -> Result<(), ReplicationError> {
-        let (node, token) = assignment(task)?;
-        let stream = self
-            .cluster
-            .open_stream(node, DELETE_V1)
-            .await
-            .map_err(|source| ReplicationError::Open {
-                node,
-                source: Box::new(source),
-            })?;
+        let (node, token, stream) = self.open(task, DELETE_V1).await?;
         delete_items(stream, token, domain.as_str(), ids, self.limits)
             .await
             .map(drop)
@@ -247,15 +258,7 @@ impl Replicator {
         task: &Task,
         ids: &[String],
     ) -> Result<(), ReplicationError> {
-        let (node, token) = assignment(task)?;
-        let stream = self
-            .cluster
-            .open_stream(node, STORE_V1)
-            .await
-            .map_err(|source| ReplicationError::Open {
-                node,
-                source: Box::new(source),
-            })?;
+        let (node, token, stream) = self.open(task, STORE_V1).await?;
         let transfer = |source| ReplicationError::Transfer {
             node,
             source: Box::new(source),

@@ -5,7 +5,9 @@
 use std::time::{Duration, SystemTime};
 
 use domain_auth::{DomainKey, TaskClaims};
-use domain_capabilities::{StaticKeys, StreamInfo};
+use domain_capabilities::{
+    CapabilityError, Limits, StaticKeys, StoreSummary, StreamInfo, serve_store,
+};
 use domain_datastore::{DomainId, LocalDatastore};
 use domain_proto::domain_data::UpsertMetadata;
 
@@ -43,6 +45,30 @@ impl Fixture {
     pub fn domain(&self) -> DomainId {
         DomainId::new(DOMAIN).unwrap()
     }
+
+    /// Serves one `/store/v1` stream from the sender into this fixture's store.
+    pub async fn serve_store<S>(&self, stream: S) -> Result<StoreSummary, CapabilityError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
+        serve_store(
+            stream,
+            &STORE_INFO,
+            &self.store,
+            &self.keys,
+            &Limits::DEFAULT,
+        )
+        .await
+    }
+}
+
+/// A runtime of two workers, for a proptest body (which cannot be an async test).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 pub fn claims(endpoint: &str) -> TaskClaims {

@@ -276,10 +276,7 @@ impl Claim {
             let file = File::create_new(temp).map_err(|e| io_error("create", temp, e))?;
             return Ok((file, MerkleBuilder::new()));
         }
-        let lost = || DatastoreError::ResumeLost {
-            key: key.chars().take(80).collect(),
-            offset: from,
-        };
+        let lost = || DatastoreError::resume_lost(key, from);
         // Checked before the move: a refused start leaves the kept bytes for the next.
         let len = match std::fs::metadata(&kept) {
             Ok(metadata) => metadata.len(),
