@@ -154,6 +154,7 @@ async fn serve(config: ManagerConfig) -> anyhow::Result<()> {
     let mut manager = Manager::start(config)
         .await
         .with_context(|| format!("starting the manager in {}", data_dir.display()))?;
+    let signal = shutdown_signal()?;
     {
         let mut out = std::io::stdout().lock();
         for addr in manager.listen_addrs() {
@@ -167,10 +168,7 @@ async fn serve(config: ManagerConfig) -> anyhow::Result<()> {
         out.flush()?;
     }
     let stopped = tokio::select! {
-        signal = shutdown_signal() => {
-            signal?;
-            None
-        }
+        () = signal => None,
         outcome = manager.stopped() => Some(outcome),
     };
     match stopped {
@@ -186,22 +184,27 @@ async fn serve(config: ManagerConfig) -> anyhow::Result<()> {
     }
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// Ctrl-C or SIGTERM. The handlers are installed by this call, not when the future is
+/// first polled: called before `ready` is printed, a signal sent right after that line
+/// stops the process cleanly instead of killing it.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("listening for SIGTERM")?;
-        tokio::select! {
-            ctrl_c = tokio::signal::ctrl_c() => ctrl_c.context("listening for Ctrl-C"),
-            _ = term.recv() => Ok(()),
-        }
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?;
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c()
-            .await
-            .context("listening for Ctrl-C")
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 

@@ -143,6 +143,8 @@ async fn run_node(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot start the node in {}", data_dir.display()))?;
     let addrs = node.listen_addrs().await.context("no listen address")?;
     let ready = first_tcp_addr(&addrs).context("the node listens on no TCP address")?;
+    let signal = shutdown_signal()?;
+    tokio::pin!(signal);
     {
         let mut out = std::io::stdout().lock();
         for addr in &addrs {
@@ -157,9 +159,9 @@ async fn run_node(args: RunArgs) -> anyhow::Result<()> {
             writeln!(out, "ready {ready}").context("cannot write to stdout")?;
             out.flush().context("cannot write to stdout")?;
             drop(out);
-            shutdown_signal().await?;
+            signal.await;
         }
-        signal = shutdown_signal() => signal?,
+        () = &mut signal => {}
     }
     tracing::info!("shutting down");
     let report = node.shutdown().await.context("cannot shut down cleanly")?;
@@ -169,21 +171,26 @@ async fn run_node(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Ctrl-C, or SIGTERM on Unix.
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// Ctrl-C or SIGTERM. The handlers are installed by this call, not when the future is
+/// first polled: called before `ready` is printed, a signal sent right after that line
+/// stops the process cleanly instead of killing it.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-        tokio::select! {
-            ctrl_c = tokio::signal::ctrl_c() => ctrl_c.context("cannot listen for Ctrl-C"),
-            _ = terminate.recv() => Ok(()),
-        }
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?;
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c()
-            .await
-            .context("cannot listen for Ctrl-C")
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
