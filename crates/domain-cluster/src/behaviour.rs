@@ -76,7 +76,7 @@ fn build_transport(
     let ws = libp2p_websocket::Config::new(tcp::tokio::Transport::new(tcp_config))
         .upgrade(Version::V1Lazy)
         .authenticate(noise.clone())
-        .multiplex(yamux::Config::default());
+        .multiplex(browser_yamux());
 
     let relayed = match relay_transport {
         Some(relay) => OptionalTransport::some(
@@ -104,6 +104,26 @@ fn build_transport(
         .map(|either, _| either.into_inner())
         .boxed();
     Ok(transport)
+}
+
+/// Streams a WebSocket connection may hold at once; see [`browser_yamux`].
+const BROWSER_MAX_STREAMS: usize = 4093;
+
+/// Yamux for WebSocket connections, the ones browsers open.
+///
+/// js-libp2p's yamux sends a DATA frame as large as its whole send window, and rust-yamux
+/// refuses a frame body over 1 MiB by resetting the connection: a browser upload past about
+/// 2 MB died. So no stream's receive window (the peer's send window) may grow past 1 MiB.
+/// rust-yamux grows a stream's window beyond its first 256 KiB out of a connection budget:
+/// `max_connection_receive_window` (1 GiB; libp2p-yamux does not expose it) less 256 KiB for
+/// each of `max_num_streams`. Allowing 4093 streams leaves 768 KiB to grow into, shared by
+/// the connection's streams: a window reaches at most 256 KiB + 768 KiB = 1 MiB. The memory
+/// bound of a connection stays the default's 1 GiB, and a stream's 1 MiB is still many times
+/// the bandwidth-delay product of a browser's path.
+fn browser_yamux() -> yamux::Config {
+    let mut config = yamux::Config::default();
+    config.set_max_num_streams(BROWSER_MAX_STREAMS);
+    config
 }
 
 fn build_behaviour(

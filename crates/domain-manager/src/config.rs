@@ -34,7 +34,7 @@ pub struct ManagerConfig {
 }
 
 impl ManagerConfig {
-    /// The defaults, keeping state in `data_dir`: listen on loopback TCP and QUIC with ports the
+    /// The defaults, keeping state in `data_dir`: listen on loopback TCP, QUIC and WebSocket with ports the
     /// system picks, tick every second, drop nodes silent for 30 s, 3 retries, 10 000 tasks per
     /// job, 30 s remote waits.
     #[must_use]
@@ -121,13 +121,11 @@ pub fn keys_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("keys")
 }
 
-/// `/ip4/127.0.0.1/tcp/0` and `/ip4/127.0.0.1/udp/0/quic-v1`.
+/// Loopback TCP, QUIC and WebSocket (for browser pages), on ports the system picks: the
+/// cluster's [`domain_cluster::config::loopback_listen_addrs`].
 #[must_use]
 pub fn default_listen() -> Vec<Multiaddr> {
-    ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"]
-        .iter()
-        .filter_map(|a| a.parse().ok())
-        .collect()
+    domain_cluster::config::loopback_listen_addrs()
 }
 
 /// A duration as the scheduler writes task timeouts: `"500ms"`, `"30s"`, `"10m"`, `"2h"`, a
@@ -148,7 +146,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 ///
 /// ```toml
 /// data-dir = "/var/lib/domain-manager"
-/// listen = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"]
+/// listen = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1", "/ip4/0.0.0.0/tcp/4002/ws"]
 /// tick-interval = "1s"
 /// node-timeout = "30s"
 ///
@@ -248,11 +246,15 @@ mod tests {
     }
 
     #[test]
-    fn the_default_listen_addresses_are_loopback_tcp_and_quic() {
+    fn the_default_listen_addresses_are_loopback_tcp_quic_and_websocket() {
         let addrs: Vec<String> = default_listen().iter().map(ToString::to_string).collect();
         assert_eq!(
             addrs,
-            ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"]
+            [
+                "/ip4/127.0.0.1/tcp/0",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+                "/ip4/127.0.0.1/tcp/0/ws"
+            ]
         );
     }
 }

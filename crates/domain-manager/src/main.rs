@@ -34,8 +34,8 @@ struct RunArgs {
     /// Folder of the identity, domain keys, scheduler state and domains (overrides `data-dir`).
     #[arg(long, value_name = "DIR", env = "DOMAIN_MANAGER_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Address to listen on; repeat for more (replaces `listen`). Default: loopback TCP and
-    /// QUIC on ports the system picks.
+    /// Address to listen on; repeat for more (replaces `listen`). Default: loopback TCP, QUIC
+    /// and WebSocket on ports the system picks.
     #[arg(
         long,
         value_name = "MULTIADDR",

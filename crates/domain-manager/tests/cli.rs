@@ -109,13 +109,14 @@ fn stop(mut child: Child) {
 fn run_prints_its_addresses_then_ready_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let running = run_until_ready(&["--data-dir", dir.path().to_str().unwrap()]);
-    // The default: loopback TCP and QUIC, each with the peer id.
+    // The default: loopback TCP, QUIC and WebSocket, each with the peer id.
     let Running {
         child,
         listening,
         ready,
     } = running;
-    assert_eq!(listening.len(), 2, "{listening:?}");
+    assert_eq!(listening.len(), 3, "{listening:?}");
+    assert!(listening.iter().any(|a| a.contains("/ws/")), "{listening:?}");
     assert!(
         listening
             .iter()

@@ -73,8 +73,8 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// A configuration with the defaults: loopback TCP and QUIC on ports the
-    /// system picks, capacities of [`DEFAULT_CAPACITY`].
+    /// A configuration with the defaults: loopback TCP, QUIC and WebSocket on
+    /// ports the system picks, capacities of [`DEFAULT_CAPACITY`].
     ///
     /// # Errors
     /// [`ConfigError::ManagerWithoutPeerId`] when `manager` does not end with
@@ -142,17 +142,11 @@ impl NodeConfig {
     }
 }
 
-/// `/ip4/127.0.0.1/tcp/0` and `/ip4/127.0.0.1/udp/0/quic-v1`.
+/// Loopback TCP, QUIC and WebSocket (for browser pages), on ports the system picks: the
+/// cluster's [`domain_cluster::config::loopback_listen_addrs`].
 #[must_use]
 pub fn default_listen_addrs() -> Vec<Multiaddr> {
-    let ip = Protocol::Ip4(std::net::Ipv4Addr::LOCALHOST);
-    vec![
-        Multiaddr::empty().with(ip.clone()).with(Protocol::Tcp(0)),
-        Multiaddr::empty()
-            .with(ip)
-            .with(Protocol::Udp(0))
-            .with(Protocol::QuicV1),
-    ]
+    domain_cluster::config::loopback_listen_addrs()
 }
 
 /// A node's settings as a config file or the command line gives them: every

@@ -34,7 +34,7 @@ struct RunArgs {
     /// Holds identity.key and the datastore (store/).
     #[arg(long, value_name = "DIR", env = "DOMAIN_NODE_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// An address to listen on (repeatable) [default: loopback TCP and QUIC].
+    /// An address to listen on (repeatable) [default: loopback TCP, QUIC and WebSocket].
     #[arg(
         long,
         value_name = "MULTIADDR",

@@ -1,0 +1,98 @@
+// The Merkle tree of DESIGN §4, built with @noble/hashes' BLAKE3: a second implementation,
+// independent of the Rust `blake3` crate the nodes use, so that a root the page and a node
+// agree on is evidence, not an echo.
+
+import { blake3 } from '@noble/hashes/blake3.js'
+import { bytesToHex } from '@noble/hashes/utils.js'
+
+/** Bytes per leaf. */
+export const CHUNK_SIZE = 7168
+
+const NODE_CONTEXT = new TextEncoder().encode('posemesh domain merkle node v1')
+
+/** A perfect subtree: its root and how many leaves it covers. */
+interface Subtree {
+  hash: Uint8Array
+  leaves: number
+}
+
+function parent(left: Uint8Array, right: Uint8Array): Uint8Array {
+  const pair = new Uint8Array(64)
+  pair.set(left)
+  pair.set(right, 32)
+  return blake3(pair, { context: NODE_CONTEXT })
+}
+
+/**
+ * Builds the root while bytes stream in, in O(log n) memory: a stack of perfect subtrees of
+ * decreasing size, merged like the carries of a binary counter. Folding the stack from the
+ * right at the end gives RFC 9162's shape (the left subtree holds the largest power of two
+ * smaller than n leaves).
+ */
+export class MerkleBuilder {
+  private readonly stack: Subtree[] = []
+  private readonly pending = new Uint8Array(CHUNK_SIZE)
+  private pendingLength = 0
+  private leafCount = 0
+  private byteCount = 0
+
+  /** Bytes taken so far. */
+  get length(): number {
+    return this.byteCount
+  }
+
+  update(data: Uint8Array): void {
+    this.byteCount += data.length
+    let offset = 0
+    if (this.pendingLength > 0) {
+      const taken = Math.min(CHUNK_SIZE - this.pendingLength, data.length)
+      this.pending.set(data.subarray(0, taken), this.pendingLength)
+      this.pendingLength += taken
+      offset = taken
+      if (this.pendingLength === CHUNK_SIZE) {
+        this.pushLeaf(this.pending)
+        this.pendingLength = 0
+      }
+    }
+    // Whole chunks are hashed where they lie, without a copy.
+    while (data.length - offset >= CHUNK_SIZE) {
+      this.pushLeaf(data.subarray(offset, offset + CHUNK_SIZE))
+      offset += CHUNK_SIZE
+    }
+    if (offset < data.length) {
+      this.pending.set(data.subarray(offset), 0)
+      this.pendingLength = data.length - offset
+    }
+  }
+
+  /** The root, as the 64 lowercase hex characters of `Metadata.hash`. */
+  finish(): string {
+    // Empty data has one leaf, the empty chunk; a short last chunk is a leaf of its own.
+    if (this.pendingLength > 0 || this.leafCount === 0) {
+      this.pushLeaf(this.pending.subarray(0, this.pendingLength))
+      this.pendingLength = 0
+    }
+    let root = this.stack[this.stack.length - 1]!.hash
+    for (let i = this.stack.length - 2; i >= 0; i--) {
+      root = parent(this.stack[i]!.hash, root)
+    }
+    return bytesToHex(root)
+  }
+
+  private pushLeaf(chunk: Uint8Array): void {
+    let subtree: Subtree = { hash: blake3(chunk), leaves: 1 }
+    this.leafCount += 1
+    while (this.stack.length > 0 && this.stack[this.stack.length - 1]!.leaves === subtree.leaves) {
+      const left = this.stack.pop()!
+      subtree = { hash: parent(left.hash, subtree.hash), leaves: left.leaves * 2 }
+    }
+    this.stack.push(subtree)
+  }
+}
+
+/** The root of `data` in one piece. */
+export function merkleRoot(data: Uint8Array): string {
+  const builder = new MerkleBuilder()
+  builder.update(data)
+  return builder.finish()
+}
