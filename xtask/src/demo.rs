@@ -51,7 +51,7 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 /// `cargo build` of the binaries the demo runs, in the profile of this xtask.
-fn build() -> anyhow::Result<()> {
+pub(crate) fn build() -> anyhow::Result<()> {
     say("building domain-manager, domain-node and domain");
     build_binaries(&["domain-manager", "domain-node", "domain-client"])
         .context("building the binaries")

@@ -5,6 +5,7 @@
 //! - `cargo xtask bench e2e`: a 1 GiB upload to a node over TCP and over QUIC, against raw
 //!   TCP, a raw libp2p stream and a file write + fsync of the same bytes; the node's peak RSS.
 //! - `cargo xtask demo`: a manager, two nodes and the `domain` command on loopback.
+//! - `cargo xtask browser`: the web page of `examples/browser` next to a loopback cluster.
 //! - `cargo xtask crash --cycles N`: the datastore's SIGKILL crash test, N cycles.
 //! - `cargo xtask fuzz --seconds N`: each cargo-fuzz target for N seconds (nightly).
 
@@ -15,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod bench;
 mod bench_e2e;
+mod browser;
 mod crash;
 mod demo;
 mod fuzz;
@@ -41,6 +43,13 @@ enum Task {
     /// `domain` command, list, download them back, check bytes and roots, print the
     /// throughput, and stop everything (also on Ctrl-C).
     Demo,
+    /// Start a manager and a node on loopback and serve the web page of `examples/browser`
+    /// (Vite's dev server); print the URL to open in a browser. Ctrl-C stops everything.
+    Browser {
+        /// The port the page is served on, at 127.0.0.1.
+        #[arg(long, default_value_t = 5173)]
+        port: u16,
+    },
     /// Kill a process that uploads to a local datastore with SIGKILL at random moments,
     /// reopen the store each time and check that every acknowledged item is intact and
     /// nothing partial or orphaned remains.
@@ -99,6 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             criterion_args,
         }) => bench::run(&criterion_args),
         Task::Demo => demo::run(),
+        Task::Browser { port } => browser::run(port),
         Task::Crash { cycles } => crash::run(cycles),
         Task::Fuzz { seconds } => fuzz::run(seconds),
     }

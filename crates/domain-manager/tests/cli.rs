@@ -116,7 +116,10 @@ fn run_prints_its_addresses_then_ready_and_stops_on_sigterm() {
         ready,
     } = running;
     assert_eq!(listening.len(), 3, "{listening:?}");
-    assert!(listening.iter().any(|a| a.contains("/ws/")), "{listening:?}");
+    assert!(
+        listening.iter().any(|a| a.contains("/ws/")),
+        "{listening:?}"
+    );
     assert!(
         listening
             .iter()

@@ -12,7 +12,7 @@ import { ping } from '@libp2p/ping'
 import { webSockets } from '@libp2p/websockets'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
-import { MerkleBuilder } from './merkle'
+import { BackgroundMerkle } from './merkle'
 import {
   encodeFrame,
   messages,
@@ -117,6 +117,7 @@ export class DomainClient {
       throw new ClusterError(`${file.name} has ${file.size} bytes; an item holds at most ${MAX_ITEM_SIZE}`)
     }
     const { stream, reader, node } = await this.openTask(domain, 'upload', STORE_V1)
+    const tree = new BackgroundMerkle()
     try {
       stream.send(
         encodeFrame(messages.UpsertMetadata, {
@@ -128,15 +129,14 @@ export class DomainClient {
           properties: {},
         }),
       )
-      const tree = new MerkleBuilder()
       for (let at = 0; at < file.size; at += UPLOAD_BATCH) {
         const batch = new Uint8Array(await file.slice(at, at + UPLOAD_BATCH).arrayBuffer())
-        tree.update(batch)
+        await tree.update(batch)
         if (!stream.send(batch)) await stream.onDrain()
         onProgress?.(at + batch.length, file.size)
       }
       onProgress?.(file.size, file.size)
-      const root = tree.finish()
+      const root = await tree.finish()
       const metadata = await reader.expectFrame<Metadata>(messages.Metadata)
       await stream.close()
       if (metadata.hash !== root) {
@@ -146,6 +146,7 @@ export class DomainClient {
       }
       return { metadata, root, node }
     } catch (error) {
+      tree.abort()
       stream.abort(error as Error)
       throw error
     }
@@ -172,6 +173,7 @@ export class DomainClient {
   /** Downloads the item `id` of `domain`, computing its root on the way. */
   async download(domain: string, id: string, onProgress?: OnProgress): Promise<Loaded> {
     const { stream, reader, node } = await this.openLoad(domain, 'download', { ids: [id] }, false)
+    const tree = new BackgroundMerkle()
     try {
       const metadata = await reader.readFrame<Metadata>(messages.Metadata)
       if (metadata === undefined) {
@@ -180,19 +182,22 @@ export class DomainClient {
       if (metadata.id !== id) {
         throw new ProtocolError(`asked node ${node} for ${id}, it sent ${metadata.id}`)
       }
-      const tree = new MerkleBuilder()
       const pieces: Uint8Array[] = []
+      let received = 0
       for await (const piece of reader.readContent(metadata.size)) {
-        tree.update(piece)
+        await tree.update(piece)
         // The reader hands out views of its buffers; a Blob keeps copies.
         pieces.push(piece.slice())
-        onProgress?.(tree.length, metadata.size)
+        received += piece.length
+        onProgress?.(received, metadata.size)
       }
       onProgress?.(metadata.size, metadata.size)
       await stream.close()
       const type = metadata.data_type.includes('/') ? metadata.data_type : 'application/octet-stream'
-      return { metadata, content: new Blob(pieces as BlobPart[], { type }), root: tree.finish(), node }
+      const root = await tree.finish()
+      return { metadata, content: new Blob(pieces as BlobPart[], { type }), root, node }
     } catch (error) {
+      tree.abort()
       stream.abort(error as Error)
       throw error
     }

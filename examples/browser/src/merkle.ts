@@ -96,3 +96,61 @@ export function merkleRoot(data: Uint8Array): string {
   builder.update(data)
   return builder.finish()
 }
+
+/** Bytes handed to a `BackgroundMerkle` and not hashed yet, at most. */
+const IN_FLIGHT = 8 * 1024 * 1024
+
+/**
+ * A `MerkleBuilder` in a Web Worker: `update` copies the bytes to it and returns at once,
+ * unless `IN_FLIGHT` bytes already wait there, so that hashing overlaps the transfer without
+ * buffering the whole of a fast stream.
+ */
+export class BackgroundMerkle {
+  private readonly worker = new Worker(new URL('./merkle-worker.ts', import.meta.url), { type: 'module' })
+  private inFlight = 0
+  private wake: (() => void) | undefined
+  private root: { resolve: (root: string) => void; reject: (error: Error) => void } | undefined
+  private failure: Error | undefined
+
+  constructor() {
+    this.worker.onmessage = (event: MessageEvent<{ hashed?: number; root?: string }>) => {
+      if (event.data.root !== undefined) {
+        this.root?.resolve(event.data.root)
+        return
+      }
+      this.inFlight -= event.data.hashed ?? 0
+      this.wake?.()
+    }
+    this.worker.onerror = (event) => {
+      this.failure = new Error(`the Merkle worker failed: ${event.message}`)
+      this.wake?.()
+      this.root?.reject(this.failure)
+    }
+  }
+
+  async update(data: Uint8Array): Promise<void> {
+    while (this.inFlight >= IN_FLIGHT && this.failure === undefined) {
+      await new Promise<void>((resolve) => (this.wake = resolve))
+    }
+    if (this.failure !== undefined) throw this.failure
+    this.inFlight += data.length
+    this.worker.postMessage(data)
+  }
+
+  /** The root of everything given, once the worker has hashed it all; ends the worker. */
+  async finish(): Promise<string> {
+    if (this.failure !== undefined) throw this.failure
+    const root = new Promise<string>((resolve, reject) => (this.root = { resolve, reject }))
+    this.worker.postMessage(null)
+    try {
+      return await root
+    } finally {
+      this.worker.terminate()
+    }
+  }
+
+  /** Ends the worker without a root (the transfer failed). */
+  abort(): void {
+    this.worker.terminate()
+  }
+}
