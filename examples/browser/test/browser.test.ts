@@ -23,7 +23,10 @@ export const CHROMIUM_ARGS = [
 const DOMAIN = 'browser-test'
 /** Past 2 MB an unpatched js-yamux sent frames our yamux refused; 50 MiB is well past it. */
 const LARGE = 50 * 1024 * 1024
-const SCREENSHOT = resolve(import.meta.dirname, '../screenshot.png')
+/** Each run's screenshot; with `UPDATE_SCREENSHOT=1` it also replaces the README's. */
+const SCREENSHOTS = [resolve(import.meta.dirname, '../test-results/screenshot.png')].concat(
+  process.env.UPDATE_SCREENSHOT === '1' ? [resolve(import.meta.dirname, '../screenshot.png')] : [],
+)
 
 let cluster: LoopbackCluster
 let server: PreviewServer
@@ -84,7 +87,7 @@ describe('the browser page', () => {
     const row = page.locator(`#items tr[data-id="${id}"]`)
     await row.waitFor({ timeout: 30_000 })
     expect(await row.locator('td').nth(2).textContent()).toBe(String(LARGE))
-    await page.screenshot({ path: SCREENSHOT, fullPage: true })
+    for (const path of SCREENSHOTS) await page.screenshot({ path, fullPage: true })
 
     const [download] = await Promise.all([
       page.waitForEvent('download', { timeout: 180_000 }),
