@@ -48,6 +48,8 @@ export interface Stored {
   metadata: Metadata
   root: string
   node: string
+  /** Seconds the page spent computing the root (in its worker). */
+  hashingSeconds: number
 }
 
 /** An item downloaded, its root computed here while the bytes arrived. */
@@ -56,6 +58,8 @@ export interface Loaded {
   content: Blob
   root: string
   node: string
+  /** Seconds the page spent computing the root (in its worker). */
+  hashingSeconds: number
 }
 
 /** A live subscription; `stop` sends `UnsubscribeDataQueryV1` and waits for the node's close. */
@@ -129,8 +133,12 @@ export class DomainClient {
           properties: {},
         }),
       )
+      const read = async (at: number) => new Uint8Array(await file.slice(at, at + UPLOAD_BATCH).arrayBuffer())
+      // The next batch is read while this one is hashed and sent: a read costs milliseconds.
+      let next = read(0)
       for (let at = 0; at < file.size; at += UPLOAD_BATCH) {
-        const batch = new Uint8Array(await file.slice(at, at + UPLOAD_BATCH).arrayBuffer())
+        const batch = await next
+        next = read(at + UPLOAD_BATCH)
         await tree.update(batch)
         if (!stream.send(batch)) await stream.onDrain()
         onProgress?.(at + batch.length, file.size)
@@ -144,7 +152,7 @@ export class DomainClient {
           `${file.name}: node ${node} answered the root ${metadata.hash ?? '(none)'}, the page computed ${root}`,
         )
       }
-      return { metadata, root, node }
+      return { metadata, root, node, hashingSeconds: tree.hashingSeconds }
     } catch (error) {
       tree.abort()
       stream.abort(error as Error)
@@ -195,7 +203,8 @@ export class DomainClient {
       await stream.close()
       const type = metadata.data_type.includes('/') ? metadata.data_type : 'application/octet-stream'
       const root = await tree.finish()
-      return { metadata, content: new Blob(pieces as BlobPart[], { type }), root, node }
+      const content = new Blob(pieces as BlobPart[], { type })
+      return { metadata, content, root, node, hashingSeconds: tree.hashingSeconds }
     } catch (error) {
       tree.abort()
       stream.abort(error as Error)

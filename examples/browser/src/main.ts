@@ -41,10 +41,18 @@ function mib(bytes: number): string {
   return `${(bytes / (1024 * 1024)).toFixed(1)} MiB`
 }
 
-/** A rate over the time since `started`, for the page to show. */
-function rate(bytes: number, started: number): string {
-  const seconds = Math.max((performance.now() - started) / 1000, 1e-3)
-  return `${mib(bytes)} in ${seconds.toFixed(2)} s, ${(bytes / (1024 * 1024) / seconds).toFixed(1)} MiB/s`
+function perSecond(bytes: number, seconds: number): string {
+  return `${(bytes / (1024 * 1024) / Math.max(seconds, 1e-3)).toFixed(1)} MiB/s`
+}
+
+/**
+ * A transfer's rate over the time since `started`, next to the speed of the page's own
+ * BLAKE3 on the same bytes: the limit of a transfer in this page.
+ */
+function rate(bytes: number, started: number, hashingSeconds: number): string {
+  const seconds = (performance.now() - started) / 1000
+  const hashing = hashingSeconds > 0 ? `; BLAKE3 here: ${perSecond(bytes, hashingSeconds)}` : ''
+  return `${mib(bytes)} in ${seconds.toFixed(2)} s, ${perSecond(bytes, seconds)}${hashing}`
 }
 
 function domain(): string {
@@ -82,6 +90,7 @@ async function upload(): Promise<void> {
   ui.upload.disabled = true
   const total = files.reduce((sum, file) => sum + file.size, 0)
   let before = 0
+  let hashing = 0
   const started = performance.now()
   try {
     for (const file of files) {
@@ -89,6 +98,7 @@ async function upload(): Promise<void> {
         ui.uploadProgress.value = total === 0 ? 1 : (before + done) / total
       })
       before += file.size
+      hashing += stored.hashingSeconds
       const line = document.createElement('li')
       line.dataset.id = stored.metadata.id
       line.innerHTML = `<b></b> <code></code> <span class="ok">root matches the node's</span> <code class="muted"></code>`
@@ -98,7 +108,7 @@ async function upload(): Promise<void> {
       ui.uploaded.append(line)
     }
     ui.uploadProgress.value = 1
-    say(ui.uploadRate, `uploaded ${rate(total, started)}`, 'ok')
+    say(ui.uploadRate, `uploaded ${rate(total, started, hashing)}`, 'ok')
     await refresh()
   } catch (error) {
     say(ui.uploadRate, `upload failed: ${(error as Error).message}`, 'bad')
@@ -147,7 +157,7 @@ async function download(item: Metadata): Promise<void> {
     say(
       ui.downloadResult,
       matches
-        ? `${item.name}: root ${loaded.root} matches the node's (${rate(loaded.metadata.size, started)})`
+        ? `${item.name}: root ${loaded.root} matches the node's (${rate(loaded.metadata.size, started, loaded.hashingSeconds)})`
         : `${item.name}: the page computed root ${loaded.root}, the node says ${loaded.metadata.hash ?? '(none)'}`,
       matches ? 'ok' : 'bad',
     )

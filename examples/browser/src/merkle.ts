@@ -110,11 +110,14 @@ export class BackgroundMerkle {
   private inFlight = 0
   private wake: (() => void) | undefined
   private root: { resolve: (root: string) => void; reject: (error: Error) => void } | undefined
+  /** Seconds the worker spent hashing, known once `finish` has answered. */
+  hashingSeconds = 0
   private failure: Error | undefined
 
   constructor() {
-    this.worker.onmessage = (event: MessageEvent<{ hashed?: number; root?: string }>) => {
+    this.worker.onmessage = (event: MessageEvent<{ hashed?: number; root?: string; busy?: number }>) => {
       if (event.data.root !== undefined) {
+        this.hashingSeconds = (event.data.busy ?? 0) / 1000
         this.root?.resolve(event.data.root)
         return
       }

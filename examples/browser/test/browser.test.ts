@@ -99,9 +99,14 @@ describe('the browser page', () => {
     expect(await page.locator('#download-result').getAttribute('class')).toBe('ok')
     expect(await page.locator('#download-result').textContent()).toContain(pageRoot)
 
-    // Figures, not assertions: the machine is shared.
+    // Figures, not assertions (the machine is shared), with a baseline of the same run: the
+    // Rust client uploading the same file over TCP.
     console.log(`browser upload: ${await page.locator('#upload-rate').textContent()}`)
     console.log(`browser download: ${await page.locator('#download-result').textContent()}`)
+    const started = performance.now()
+    await cluster.domain('upload', path, '--domain', DOMAIN, '--name', 'scan-by-cli.bin')
+    const seconds = (performance.now() - started) / 1000
+    console.log(`browser baseline: the domain CLI uploaded the same 50 MiB in ${seconds.toFixed(2)} s, ${(50 / seconds).toFixed(1)} MiB/s`)
   })
 
   it('shows live an item the CLI uploads while it watches, and stops on request', async () => {
