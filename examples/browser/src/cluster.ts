@@ -115,48 +115,68 @@ export class DomainClient {
     await this.peer.dial(this.manager)
   }
 
-  /** Uploads `file` into `domain` on the node the manager picks; checks the node's root. */
-  async upload(domain: string, file: File, onProgress?: OnProgress): Promise<Stored> {
-    if (file.size > MAX_ITEM_SIZE) {
-      throw new ClusterError(`${file.name} has ${file.size} bytes; an item holds at most ${MAX_ITEM_SIZE}`)
+  /**
+   * Uploads `files` into `domain`, in turn on one `/store/v1` stream to the node the manager
+   * picks; checks the node's root of each. `onStored` sees each item as the node answers.
+   */
+  async upload(
+    domain: string,
+    files: File[],
+    onProgress?: OnProgress,
+    onStored?: (stored: Stored) => void,
+  ): Promise<Stored[]> {
+    for (const file of files) {
+      if (file.size > MAX_ITEM_SIZE) {
+        throw new ClusterError(`${file.name} has ${file.size} bytes; an item holds at most ${MAX_ITEM_SIZE}`)
+      }
     }
+    const total = files.reduce((sum, file) => sum + file.size, 0)
     const { stream, reader, node } = await this.openTask(domain, 'upload', STORE_V1)
     const tree = new BackgroundMerkle()
+    const stored: Stored[] = []
+    let before = 0
     try {
-      stream.send(
-        encodeFrame(messages.UpsertMetadata, {
-          name: file.name,
-          data_type: file.type === '' ? 'application/octet-stream' : file.type,
-          size: file.size,
-          is_new: true,
-          id: '',
-          properties: {},
-        }),
-      )
-      const read = async (at: number) => new Uint8Array(await file.slice(at, at + UPLOAD_BATCH).arrayBuffer())
-      // The next batch is read while this one is hashed and sent: a read costs milliseconds.
-      let next = read(0)
-      for (let at = 0; at < file.size; at += UPLOAD_BATCH) {
-        const batch = await next
-        next = read(at + UPLOAD_BATCH)
-        await tree.update(batch)
-        if (!stream.send(batch)) await stream.onDrain()
-        onProgress?.(at + batch.length, file.size)
-      }
-      onProgress?.(file.size, file.size)
-      const root = await tree.finish()
-      const metadata = await reader.expectFrame<Metadata>(messages.Metadata)
-      await stream.close()
-      if (metadata.hash !== root) {
-        throw new ClusterError(
-          `${file.name}: node ${node} answered the root ${metadata.hash ?? '(none)'}, the page computed ${root}`,
+      for (const file of files) {
+        stream.send(
+          encodeFrame(messages.UpsertMetadata, {
+            name: file.name,
+            data_type: file.type === '' ? 'application/octet-stream' : file.type,
+            size: file.size,
+            is_new: true,
+            id: '',
+            properties: {},
+          }),
         )
+        const read = async (at: number) => new Uint8Array(await file.slice(at, at + UPLOAD_BATCH).arrayBuffer())
+        // The next batch is read while this one is hashed and sent: a read costs milliseconds.
+        let next = read(0)
+        for (let at = 0; at < file.size; at += UPLOAD_BATCH) {
+          const batch = await next
+          if (at + UPLOAD_BATCH < file.size) next = read(at + UPLOAD_BATCH)
+          await tree.update(batch)
+          if (!stream.send(batch)) await stream.onDrain()
+          onProgress?.(before + at + batch.length, total)
+        }
+        before += file.size
+        onProgress?.(before, total)
+        const { root, hashingSeconds } = await tree.finish()
+        const metadata = await reader.expectFrame<Metadata>(messages.Metadata)
+        if (metadata.hash !== root) {
+          throw new ClusterError(
+            `${file.name}: node ${node} answered the root ${metadata.hash ?? '(none)'}, the page computed ${root}`,
+          )
+        }
+        const item = { metadata, root, node, hashingSeconds }
+        stored.push(item)
+        onStored?.(item)
       }
-      return { metadata, root, node, hashingSeconds: tree.hashingSeconds }
+      await stream.close()
+      return stored
     } catch (error) {
-      tree.abort()
       stream.abort(error as Error)
       throw error
+    } finally {
+      tree.close()
     }
   }
 
@@ -202,13 +222,14 @@ export class DomainClient {
       onProgress?.(metadata.size, metadata.size)
       await stream.close()
       const type = metadata.data_type.includes('/') ? metadata.data_type : 'application/octet-stream'
-      const root = await tree.finish()
+      const { root, hashingSeconds } = await tree.finish()
       const content = new Blob(pieces as BlobPart[], { type })
-      return { metadata, content, root, node, hashingSeconds: tree.hashingSeconds }
+      return { metadata, content, root, node, hashingSeconds }
     } catch (error) {
-      tree.abort()
       stream.abort(error as Error)
       throw error
+    } finally {
+      tree.close()
     }
   }
 
@@ -218,6 +239,8 @@ export class DomainClient {
    */
   async watch(domain: string, onItem: (item: Metadata) => void): Promise<Watch> {
     const { stream, reader, node } = await this.openLoad(domain, 'watch', { metadata_only: true }, true)
+    // Between new items a subscription is quiet for as long as nobody stores anything.
+    reader.idleTimeoutMs = undefined
     const done = (async () => {
       try {
         for (;;) {

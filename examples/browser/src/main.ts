@@ -88,27 +88,26 @@ async function upload(): Promise<void> {
     return
   }
   ui.upload.disabled = true
-  const total = files.reduce((sum, file) => sum + file.size, 0)
-  let before = 0
-  let hashing = 0
   const started = performance.now()
   try {
-    for (const file of files) {
-      const stored = await client.upload(domain(), file, (done) => {
-        ui.uploadProgress.value = total === 0 ? 1 : (before + done) / total
-      })
-      before += file.size
-      hashing += stored.hashingSeconds
-      const line = document.createElement('li')
-      line.dataset.id = stored.metadata.id
-      line.innerHTML = `<b></b> <code></code> <span class="ok">root matches the node's</span> <code class="muted"></code>`
-      line.querySelector('b')!.textContent = file.name
-      line.querySelectorAll('code')[0]!.textContent = stored.metadata.id
-      line.querySelectorAll('code')[1]!.textContent = stored.root
-      ui.uploaded.append(line)
-    }
+    const stored = await client.upload(
+      domain(),
+      files,
+      (done, total) => (ui.uploadProgress.value = total === 0 ? 1 : done / total),
+      (item) => {
+        const line = document.createElement('li')
+        line.dataset.id = item.metadata.id
+        line.innerHTML = `<b></b> <code></code> <span class="ok">root matches the node's</span> <code class="muted"></code>`
+        line.querySelector('b')!.textContent = item.metadata.name
+        line.querySelectorAll('code')[0]!.textContent = item.metadata.id
+        line.querySelectorAll('code')[1]!.textContent = item.root
+        ui.uploaded.append(line)
+      },
+    )
     ui.uploadProgress.value = 1
-    say(ui.uploadRate, `uploaded ${rate(total, started, hashing)}`, 'ok')
+    const bytes = stored.reduce((sum, item) => sum + item.metadata.size, 0)
+    const hashing = stored.reduce((sum, item) => sum + item.hashingSeconds, 0)
+    say(ui.uploadRate, `uploaded ${rate(bytes, started, hashing)}`, 'ok')
     await refresh()
   } catch (error) {
     say(ui.uploadRate, `upload failed: ${(error as Error).message}`, 'bad')

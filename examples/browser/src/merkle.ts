@@ -101,24 +101,21 @@ export function merkleRoot(data: Uint8Array): string {
 const IN_FLIGHT = 8 * 1024 * 1024
 
 /**
- * A `MerkleBuilder` in a Web Worker: `update` copies the bytes to it and returns at once,
- * unless `IN_FLIGHT` bytes already wait there, so that hashing overlaps the transfer without
- * buffering the whole of a fast stream.
+ * A `MerkleBuilder` in a Web Worker, one item after another: `update` copies the bytes to it
+ * and returns at once, unless `IN_FLIGHT` bytes already wait there, so that hashing overlaps
+ * the transfer without buffering the whole of a fast stream.
  */
 export class BackgroundMerkle {
   private readonly worker = new Worker(new URL('./merkle-worker.ts', import.meta.url), { type: 'module' })
   private inFlight = 0
   private wake: (() => void) | undefined
-  private root: { resolve: (root: string) => void; reject: (error: Error) => void } | undefined
-  /** Seconds the worker spent hashing, known once `finish` has answered. */
-  hashingSeconds = 0
+  private root: { resolve: (root: ItemRoot) => void; reject: (error: Error) => void } | undefined
   private failure: Error | undefined
 
   constructor() {
     this.worker.onmessage = (event: MessageEvent<{ hashed?: number; root?: string; busy?: number }>) => {
       if (event.data.root !== undefined) {
-        this.hashingSeconds = (event.data.busy ?? 0) / 1000
-        this.root?.resolve(event.data.root)
+        this.root?.resolve({ root: event.data.root, hashingSeconds: (event.data.busy ?? 0) / 1000 })
         return
       }
       this.inFlight -= event.data.hashed ?? 0
@@ -140,20 +137,23 @@ export class BackgroundMerkle {
     this.worker.postMessage(data)
   }
 
-  /** The root of everything given, once the worker has hashed it all; ends the worker. */
-  async finish(): Promise<string> {
+  /** The root of the item given since the last `finish`, once the worker has hashed it all. */
+  async finish(): Promise<ItemRoot> {
     if (this.failure !== undefined) throw this.failure
-    const root = new Promise<string>((resolve, reject) => (this.root = { resolve, reject }))
+    const root = new Promise<ItemRoot>((resolve, reject) => (this.root = { resolve, reject }))
     this.worker.postMessage(null)
-    try {
-      return await root
-    } finally {
-      this.worker.terminate()
-    }
+    return root
   }
 
-  /** Ends the worker without a root (the transfer failed). */
-  abort(): void {
+  /** Ends the worker. */
+  close(): void {
     this.worker.terminate()
   }
+}
+
+/** What `BackgroundMerkle.finish` answers. */
+export interface ItemRoot {
+  root: string
+  /** Seconds the worker spent hashing the item. */
+  hashingSeconds: number
 }

@@ -10,6 +10,9 @@ import taskProto from '../../../crates/domain-proto/proto/task.proto?raw'
 /** The largest frame either side accepts, as the Rust nodes' default (DESIGN §3). */
 export const MAX_FRAME_LEN = 4 * 1024 * 1024
 
+/** How long a read waits for the peer's next bytes, as the nodes' idle timeout (DESIGN §9). */
+export const IDLE_TIMEOUT_MS = 30_000
+
 const root = new protobuf.Root()
 protobuf.parse(domainDataProto, root, { keepCase: true })
 protobuf.parse(taskProto, root, { keepCase: true })
@@ -102,14 +105,31 @@ export type Chunk = Uint8Array | { subarray(): Uint8Array }
 export class StreamReader {
   private readonly chunks: AsyncIterator<Chunk>
   private buffer: Uint8Array = new Uint8Array(0)
+  /**
+   * How long a read waits for bytes before it fails; `undefined` waits for ever, as a
+   * subscription does between items.
+   */
+  idleTimeoutMs: number | undefined = IDLE_TIMEOUT_MS
 
   constructor(source: AsyncIterable<Chunk>) {
     this.chunks = source[Symbol.asyncIterator]()
   }
 
-  /** The next chunk of the stream, or `undefined` at its end. */
+  /** Whether a chunk arrived (`false` at the end of the stream); fails when the peer stalls. */
   private async pull(): Promise<boolean> {
-    const next = await this.chunks.next()
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const limit = this.idleTimeoutMs
+    const stalled = new Promise<never>((_, reject) => {
+      if (limit !== undefined) {
+        timer = setTimeout(() => reject(new ProtocolError(`the peer sent nothing for ${limit / 1000} s`)), limit)
+      }
+    })
+    let next: IteratorResult<Chunk>
+    try {
+      next = await Promise.race([this.chunks.next(), stalled])
+    } finally {
+      clearTimeout(timer)
+    }
     if (next.done === true) return false
     const chunk = next.value instanceof Uint8Array ? next.value : next.value.subarray()
     if (this.buffer.length === 0) {

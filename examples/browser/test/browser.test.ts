@@ -109,6 +109,25 @@ describe('the browser page', () => {
     console.log(`browser baseline: the domain CLI uploaded the same 50 MiB in ${seconds.toFixed(2)} s, ${(50 / seconds).toFixed(1)} MiB/s`)
   })
 
+  it('uploads several files on one stream, the empty one and chunk boundaries included', async () => {
+    // Sizes with a reason each: no bytes (one empty leaf), one leaf exactly, one byte into
+    // the second leaf, three leaves and a bit (an unbalanced tree).
+    const sizes = { 'empty.txt': 0, 'leaf.bin': 7168, 'two-leaves.bin': 7169, 'mesh.obj': 3 * 7168 + 100 }
+    const paths = Object.entries(sizes).map(([name, size]) => {
+      const path = join(cluster.dir, name)
+      writeFileSync(path, randomBytes(size))
+      return path
+    })
+    await page.setInputFiles('#files', paths)
+    await page.click('#upload')
+    for (const path of paths) {
+      const name = path.split('/').pop()!
+      const line = page.locator('#uploaded li', { hasText: name })
+      await line.waitFor({ timeout: 60_000 })
+      expect(await line.locator('code').nth(1).textContent(), name).toBe(await rustRoot(path))
+    }
+  })
+
   it('shows live an item the CLI uploads while it watches, and stops on request', async () => {
     await page.click('#watch')
     await page.locator('#watch', { hasText: 'Stop watching' }).waitFor({ timeout: 30_000 })

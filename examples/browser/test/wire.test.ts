@@ -1,5 +1,5 @@
-import { describe, expect, it } from 'vitest'
-import { encodeFrame, MAX_FRAME_LEN, messages, ProtocolError, StreamReader, type Metadata } from '../src/wire'
+import { describe, expect, it, vi } from 'vitest'
+import { encodeFrame, IDLE_TIMEOUT_MS, MAX_FRAME_LEN, messages, ProtocolError, StreamReader, type Metadata } from '../src/wire'
 
 /** A stream that yields `chunks` as they are, then ends. */
 function streamOf(...chunks: Uint8Array[]): StreamReader {
@@ -66,5 +66,26 @@ describe('the page framing', () => {
         for await (const _ of reader.readContent(3));
       })(),
     ).rejects.toThrow(/1 bytes short of an item's 3/)
+  })
+
+  it('fails a read when the peer sends nothing for the idle timeout, unless told to wait', async () => {
+    vi.useFakeTimers()
+    try {
+      const silent = { [Symbol.asyncIterator]: () => ({ next: () => new Promise<never>(() => {}) }) }
+      const reader = new StreamReader(silent)
+      const read = reader.readFrame(messages.Metadata)
+      const failed = expect(read).rejects.toThrow(/sent nothing for 30 s/)
+      await vi.advanceTimersByTimeAsync(IDLE_TIMEOUT_MS)
+      await failed
+
+      const patient = new StreamReader(silent)
+      patient.idleTimeoutMs = undefined
+      let settled = false
+      void patient.readFrame(messages.Metadata).finally(() => (settled = true))
+      await vi.advanceTimersByTimeAsync(10 * IDLE_TIMEOUT_MS)
+      expect(settled).toBe(false)
+    } finally {
+      vi.useRealTimers()
+    }
   })
 })
