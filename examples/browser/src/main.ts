@@ -72,9 +72,11 @@ async function connect(): Promise<void> {
     const next = new DomainClient(peer, ui.manager.value)
     await next.connect()
     client = next
-    say(ui.status, `connected to ${next.manager.toString()}`, 'ok')
     setConnected(true)
-    await refresh()
+    // The first listing also finds a node through the manager's Kademlia table (js-kad-dht
+    // waits for its first self-query, up to seconds): "connected" comes after it, so that
+    // what the page shows as a transfer's rate is the transfer's.
+    if (await refresh()) say(ui.status, `connected to ${next.manager.toString()}`, 'ok')
   } catch (error) {
     say(ui.status, `cannot connect: ${(error as Error).message}`, 'bad')
   }
@@ -133,14 +135,17 @@ function itemRow(item: Metadata): HTMLTableRowElement {
   return row
 }
 
-async function refresh(): Promise<void> {
-  if (client === undefined) return
+/** Lists the domain's items again; whether it could. */
+async function refresh(): Promise<boolean> {
+  if (client === undefined) return false
   try {
     const { items } = await client.list(domain())
     items.sort((a, b) => a.name.localeCompare(b.name))
     ui.items.replaceChildren(...items.map(itemRow))
+    return true
   } catch (error) {
     say(ui.status, `cannot list: ${(error as Error).message}`, 'bad')
+    return false
   }
 }
 
