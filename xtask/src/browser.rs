@@ -5,7 +5,7 @@
 //! page with Vite's dev server; prints the URL to open, which names the manager's WebSocket
 //! address. Ctrl-C stops everything.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
@@ -33,12 +33,12 @@ pub fn run(port: u16) -> anyhow::Result<()> {
         .tempdir()
         .context("creating the temporary folder")?;
     let peers = Peers::new(dir.path().to_path_buf(), "browser")?;
-    let result = serve(&page, dir.path().to_path_buf(), &peers, port);
+    let result = serve(&page, dir.path(), &peers, port);
     peers.stop_all();
     result
 }
 
-fn serve(page: &std::path::Path, dir: PathBuf, peers: &Peers, port: u16) -> anyhow::Result<()> {
+fn serve(page: &Path, dir: &Path, peers: &Peers, port: u16) -> anyhow::Result<()> {
     let manager_bin = binary("domain-manager").context("locating domain-manager")?;
     let manager_dir = dir.join("manager").display().to_string();
     let (manager, _) = peers.start(
@@ -90,7 +90,7 @@ fn serve(page: &std::path::Path, dir: PathBuf, peers: &Peers, port: u16) -> anyh
     )
 }
 
-fn npm(page: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {
+fn npm(page: &Path, args: &[&str]) -> anyhow::Result<()> {
     let status = Command::new("npm")
         .args(args)
         .current_dir(page)
