@@ -10,16 +10,26 @@
 //!   two cores);
 //! - `e_writer_sink_64KiB`: [`HashingWriter`] into `tokio::io::sink()` in 64 KiB writes.
 //!
+//! Group `merkle_pipe`, the sending loop of `/store/v1` (1 MiB batches written into an
+//! 8 MiB `tokio::io::duplex` that a task on the other core drains):
+//! - `f_pipe_unhashed`: the writes alone, the floor;
+//! - `g_pipe_hashed_inline`: each batch hashed by the writing task after its write;
+//! - `h_pipe_hashed_in_background`: each batch hashed by a [`BackgroundBuilder`] while
+//!   it is written, as the sender does. g costs about f plus `c_builder_writes_1MiB`;
+//!   h, with a core to spare, about the larger of the two.
+//!
 //! `cargo xtask bench` runs this and prints each result as a ratio to a and b.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::time::Duration;
 
+use bytes::Bytes;
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use domain_benches::{MIB, pattern};
-use domain_datastore::{CHUNK_SIZE, HashingWriter, MerkleBuilder, root_of};
-use tokio::io::AsyncWriteExt;
+use domain_datastore::merkle::Cores;
+use domain_datastore::{BackgroundBuilder, CHUNK_SIZE, HashingWriter, MerkleBuilder, root_of};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DATA_LEN: usize = 64 * MIB;
 
@@ -92,5 +102,81 @@ fn merkle(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, merkle);
+/// The sender's loop of `/store/v1` reduced to its two costs: each 1 MiB batch is written
+/// into an 8 MiB pipe (drained by a task on the other core) and hashed.
+fn pipe(c: &mut Criterion) {
+    let data = Bytes::from(pattern(DATA_LEN));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+
+    let mut group = c.benchmark_group("merkle_pipe");
+    group
+        .throughput(Throughput::Bytes(DATA_LEN as u64))
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    for hashing in [Hashing::None, Hashing::Inline, Hashing::Background] {
+        group.bench_function(hashing.name(), |b| {
+            b.iter(|| runtime.block_on(write_into_pipe(&data, hashing)));
+        });
+    }
+    group.finish();
+}
+
+/// Where [`pipe`] hashes each batch.
+#[derive(Clone, Copy)]
+enum Hashing {
+    /// Not at all: the pipe alone.
+    None,
+    /// On the writing task, after the write.
+    Inline,
+    /// On a [`BackgroundBuilder`], while the batch is written.
+    Background,
+}
+
+impl Hashing {
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "f_pipe_unhashed",
+            Self::Inline => "g_pipe_hashed_inline",
+            Self::Background => "h_pipe_hashed_in_background",
+        }
+    }
+}
+
+async fn write_into_pipe(data: &Bytes, hashing: Hashing) -> Option<domain_datastore::Root> {
+    let (mut writer, mut reader) = tokio::io::duplex(8 * MIB);
+    let drain = tokio::spawn(async move {
+        let mut buf = vec![0_u8; MIB];
+        while reader.read(&mut buf).await.unwrap() > 0 {}
+    });
+    let mut inline = MerkleBuilder::new();
+    let background = BackgroundBuilder::spawn(MerkleBuilder::new(), 2, Cores::One, drop::<Bytes>);
+    for start in (0..data.len()).step_by(MIB) {
+        let batch = data.slice(start..data.len().min(start + MIB));
+        match hashing {
+            Hashing::None => {}
+            Hashing::Inline => {
+                writer.write_all(&batch).await.unwrap();
+                inline.update(&batch);
+                continue;
+            }
+            Hashing::Background => background.push(batch.clone()).await.unwrap(),
+        }
+        writer.write_all(&batch).await.unwrap();
+    }
+    drop(writer);
+    drain.await.unwrap();
+    let background = background.finish().await.unwrap();
+    match hashing {
+        Hashing::None => None,
+        Hashing::Inline => Some(inline.finalize()),
+        Hashing::Background => Some(background.finalize()),
+    }
+}
+
+criterion_group!(benches, merkle, pipe);
 criterion_main!(benches);

@@ -160,6 +160,9 @@ pub enum CapabilityError {
         /// What was wrong.
         reason: String,
     },
+    /// This side's Merkle hashing thread failed (it panicked, a bug).
+    #[error("the Merkle hashing thread failed: {0}")]
+    Hashing(#[source] tokio::task::JoinError),
     /// The local datastore failed.
     #[error("datastore: {0}")]
     Datastore(#[source] DatastoreError),

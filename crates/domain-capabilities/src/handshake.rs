@@ -434,7 +434,7 @@ mod tests {
                 is_new: true,
                 ..Default::default()
             };
-            sender.send_bytes(item, b"abc").await?;
+            sender.send_bytes(item, &b"abc"[..]).await?;
             sender.finish().await
         };
         let serving = async {

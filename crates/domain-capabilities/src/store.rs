@@ -9,16 +9,23 @@
 //! start from; both trees still cover the whole content, so the root proves it whole.
 
 use std::io::SeekFrom;
+use std::ops::Deref;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use domain_datastore::{CHUNK_SIZE, Datastore, DomainId, MerkleBuilder, Root, is_replica};
+use bytes::Bytes;
+use domain_datastore::{
+    BackgroundBuilder, CHUNK_SIZE, Datastore, DomainId, MerkleBuilder, Root, is_replica,
+    merkle::Cores,
+};
 use domain_proto::domain_data::{Metadata, ResumeOffer, ResumeStart, UpsertMetadata};
 use domain_proto::{read_message, read_message_or_eof, write_message};
 use tokio::io::{
     AsyncRead, AsyncReadExt, AsyncSeek, AsyncSeekExt, AsyncWrite, AsyncWriteExt, ReadBuf,
 };
+use tokio::sync::mpsc;
 
 use crate::handshake::{self, PublicKeySource, RESUME, StreamInfo};
 use crate::idle::IdleTimeout;
@@ -42,6 +49,11 @@ pub struct StoreSummary {
 
 /// Ids a [`StoreSummary`] keeps at most: a stream of more items keeps the first ones.
 pub const MAX_SUMMARY_IDS: usize = 100_000;
+
+/// Batches of an item's content that may wait for the sender's hashing thread. With the
+/// one it hashes and the one being filled, a sender holds at most `HASH_QUEUE + 2`
+/// batches of [`Limits::io_batch`] bytes.
+const HASH_QUEUE: usize = 2;
 
 /// Longest `UpsertMetadata.resume_key` accepted, in bytes.
 pub const MAX_RESUME_KEY_LEN: usize = 128;
@@ -196,7 +208,7 @@ fn check_resume_key(key: &str) -> Result<(), CapabilityError> {
 ///
 /// let mut sender = StoreSender::open(stream, "<token>", "my-domain", Limits::default()).await?;
 /// let item = UpsertMetadata { name: "scan".into(), data_type: "ply".into(), is_new: true, ..Default::default() };
-/// let stored = sender.send_bytes(item, b"hello").await?;
+/// let stored = sender.send_bytes(item, &b"hello"[..]).await?;
 /// println!("stored as {} with root {:?}", stored.id, stored.hash);
 /// sender.finish().await?;
 /// # Ok(())
@@ -208,8 +220,8 @@ pub struct StoreSender<S> {
     limits: Limits,
     /// Whether the receiver named the [`RESUME`] extension.
     resumes: bool,
-    /// Two batches: one is written while the other, written before it, is hashed.
-    bufs: [Vec<u8>; 2],
+    /// Content batches, reused from item to item.
+    batches: BatchPool,
 }
 
 impl<S> StoreSender<S>
@@ -232,7 +244,7 @@ where
             stream,
             limits,
             resumes: opened.speaks(RESUME),
-            bufs: [Vec::new(), Vec::new()],
+            batches: BatchPool::new(),
         })
     }
 
@@ -321,18 +333,24 @@ where
         let seek = |e| CapabilityError::io("seeking in the content to send", e);
         let origin = content.stream_position().await.map_err(seek)?;
         let mut builder = MerkleBuilder::new();
-        let buf = &mut self.bufs[0];
-        buf.resize(self.limits.io_batch.max(1), 0);
-        while builder.len() < offer.offset {
-            let want = (offer.offset - builder.len()).min(buf.len() as u64) as usize;
-            let filled = fill(content, &mut buf[..want])
-                .await
-                .map_err(|e| CapabilityError::io("reading the content to send", e))?;
-            if filled == 0 {
-                break;
+        let batch = self.limits.io_batch.max(1);
+        let mut buf = self.batches.take(batch);
+        let hashed = async {
+            while builder.len() < offer.offset {
+                let want = (offer.offset - builder.len()).min(batch as u64) as usize;
+                let filled = fill(content, &mut buf[..want])
+                    .await
+                    .map_err(|e| CapabilityError::io("reading the content to send", e))?;
+                if filled == 0 {
+                    break;
+                }
+                builder.update_parallel(&buf[..filled]);
             }
-            builder.update_parallel(&buf[..filled]);
+            Ok::<_, CapabilityError>(())
         }
+        .await;
+        self.batches.put(buf);
+        hashed?;
         if builder.len() == offer.offset && builder.finalize() == offered {
             return Ok((offer.offset, builder));
         }
@@ -372,29 +390,38 @@ where
 
     /// Sends one item whose content is `content`; `item.size` is set from its length.
     ///
+    /// The bytes are written and hashed straight from `content` (a `Vec<u8>` or a
+    /// `&'static [u8]` converts without a copy).
+    ///
     /// # Errors
     /// As [`send`](Self::send), and [`CapabilityError::ItemTooLarge`] over 4 GiB - 1.
     pub async fn send_bytes(
         &mut self,
         mut item: UpsertMetadata,
-        content: &[u8],
+        content: impl Into<Bytes>,
     ) -> Result<Metadata, CapabilityError> {
+        let content: Bytes = content.into();
         item.size = size_field(content.len() as u64)?;
         let name = item.name.clone();
         write_message(&mut self.stream, &item)
             .await
             .map_err(|e| CapabilityError::frame("sending an item", e))?;
-        // Straight from the caller's buffer: no copy into a batch first.
-        let mut builder = MerkleBuilder::new();
-        let mut previous: &[u8] = &[];
-        for batch in content.chunks(self.limits.io_batch.max(1)) {
-            self.write_hashing(batch, previous, &mut builder).await?;
-            previous = batch;
+        let batch = self.limits.io_batch.max(1);
+        let mut hasher =
+            ContentHasher::new(MerkleBuilder::new(), content.len() as u64, batch, drop);
+        let copied = async {
+            for start in (0..content.len()).step_by(batch) {
+                let piece = content.slice(start..content.len().min(start + batch));
+                if !self.write_hashed(&mut hasher, piece).await? {
+                    break;
+                }
+            }
+            self.flush_content().await
         }
-        builder.update(previous);
-        self.flush_content().await?;
-        self.await_receipt(&name, content.len() as u64, builder.finalize())
-            .await
+        .await;
+        let local = hasher.finish().await?;
+        copied?;
+        self.await_receipt(&name, content.len() as u64, local).await
     }
 
     /// Sends the file at `path` as one item; `item.size` is set from the file's length.
@@ -449,62 +476,78 @@ where
         start: u64,
         size: u64,
         mut content: R,
-        mut builder: MerkleBuilder,
+        builder: MerkleBuilder,
     ) -> Result<Root, CapabilityError> {
         let batch = self.limits.io_batch.max(1);
-        let [mut current, mut previous] = std::mem::take(&mut self.bufs);
-        for buf in [&mut current, &mut previous] {
-            if buf.len() < batch {
-                buf.resize(batch, 0);
-            }
-        }
-        let mut previous_len = 0;
+        let returned = self.batches.returns();
+        let mut hasher = ContentHasher::new(builder, size - start, batch, move |done| {
+            recycle(done, &returned);
+        });
         let mut sent = start;
         let copied = async {
             while sent < size {
                 let want = (size - sent).min(batch as u64) as usize;
-                let filled = fill(&mut content, &mut current[..want])
-                    .await
-                    .map_err(|e| CapabilityError::io("reading the content to send", e))?;
-                if filled == 0 {
-                    // The receiver would wait for bytes that never come: close now so it
-                    // sees the stream end and stores nothing.
-                    let _ = self.stream.shutdown().await;
-                    return Err(CapabilityError::ContentTooShort {
-                        name: name.to_owned(),
-                        expected: size,
-                        got: sent,
-                    });
+                let mut buf = self.batches.take(want);
+                let filled = fill(&mut content, &mut buf).await;
+                let filled = match filled {
+                    Ok(0) => {
+                        // The receiver would wait for bytes that never come: close now so
+                        // it sees the stream end and stores nothing.
+                        let _ = self.stream.shutdown().await;
+                        return Err(CapabilityError::ContentTooShort {
+                            name: name.to_owned(),
+                            expected: size,
+                            got: sent,
+                        });
+                    }
+                    Ok(filled) => filled,
+                    Err(e) => return Err(CapabilityError::io("reading the content to send", e)),
+                };
+                buf.truncate(filled);
+                let buf = Arc::new(buf);
+                let hashing = self.write_hashed(&mut hasher, Arc::clone(&buf)).await;
+                self.batches.recycle(buf);
+                if !hashing? {
+                    break;
                 }
-                self.write_hashing(&current[..filled], &previous[..previous_len], &mut builder)
-                    .await?;
-                std::mem::swap(&mut current, &mut previous);
-                previous_len = filled;
                 sent += filled as u64;
             }
-            builder.update(&previous[..previous_len]);
             self.flush_content().await
         }
         .await;
-        self.bufs = [current, previous];
+        let local = hasher.finish().await?;
         copied?;
-        Ok(builder.finalize())
+        Ok(local)
     }
 
-    /// Writes `batch` and hashes `previous`, the batch written before it, at once: the
-    /// hash runs while the write waits for the receiver to take bytes, so the receiver
-    /// finds the next batch in the pipe instead of waiting for this side to hash it.
-    async fn write_hashing(
+    /// Writes `batch` and has `hasher` hash it at the same time. `Ok(false)` when the
+    /// hashing thread has stopped: [`ContentHasher::finish`] says why.
+    async fn write_hashed<B>(
         &mut self,
-        batch: &[u8],
-        previous: &[u8],
-        builder: &mut MerkleBuilder,
-    ) -> Result<(), CapabilityError> {
-        // Biased: the write goes first, so its bytes are in the pipe before the hash.
-        let (written, ()) = tokio::join!(biased; self.stream.write_all(batch), async {
-            builder.update(previous);
-        });
-        written.map_err(|e| CapabilityError::io("sending content", e))
+        hasher: &mut ContentHasher<B>,
+        batch: B,
+    ) -> Result<bool, CapabilityError>
+    where
+        B: Deref<Target: AsRef<[u8]>> + Clone + Send + 'static,
+    {
+        let written = match hasher {
+            ContentHasher::Thread(thread) => {
+                if thread.push(batch.clone()).await.is_err() {
+                    return Ok(false);
+                }
+                self.stream.write_all((*batch).as_ref()).await
+            }
+            // Biased: the write goes first, so its bytes are in the pipe during the hash.
+            ContentHasher::Here(tree) => {
+                let bytes = (*batch).as_ref();
+                let (written, ()) = tokio::join!(biased; self.stream.write_all(bytes), async {
+                    tree.update(bytes);
+                });
+                written
+            }
+        };
+        written.map_err(|e| CapabilityError::io("sending content", e))?;
+        Ok(true)
     }
 
     async fn flush_content(&mut self) -> Result<(), CapabilityError> {
@@ -571,6 +614,89 @@ where
     }
     sender.finish().await?;
     Ok(stored)
+}
+
+/// Where a sender hashes an item's content. Hashing on the task that writes puts the hash
+/// and the copy of each batch one after the other on one core, half the speed of either;
+/// an item of more than one batch is hashed on a thread of its own, each batch while it
+/// is written. One batch is not worth a thread.
+enum ContentHasher<B> {
+    Here(MerkleBuilder),
+    Thread(BackgroundBuilder<B>),
+}
+
+impl<B> ContentHasher<B>
+where
+    B: Deref<Target: AsRef<[u8]>> + Send + 'static,
+{
+    /// A hasher that goes on from `tree` for `rest` more bytes, sent in batches of `batch`;
+    /// `done` takes each batch once a thread has hashed it.
+    fn new(
+        tree: MerkleBuilder,
+        rest: u64,
+        batch: usize,
+        done: impl FnMut(B) + Send + 'static,
+    ) -> Self {
+        if rest > batch as u64 {
+            Self::Thread(BackgroundBuilder::spawn(tree, HASH_QUEUE, Cores::One, done))
+        } else {
+            Self::Here(tree)
+        }
+    }
+
+    /// The root of every byte hashed.
+    async fn finish(self) -> Result<Root, CapabilityError> {
+        let tree = match self {
+            Self::Here(tree) => tree,
+            Self::Thread(thread) => thread.finish().await.map_err(CapabilityError::Hashing)?,
+        };
+        Ok(tree.finalize())
+    }
+}
+
+/// The content batches of a sender: taken to be filled, shared by the write and the
+/// hashing thread, and back for the next batch once both are done with it.
+#[derive(Debug)]
+struct BatchPool {
+    returns: mpsc::Sender<Vec<u8>>,
+    free: mpsc::Receiver<Vec<u8>>,
+}
+
+impl BatchPool {
+    fn new() -> Self {
+        // Room for every batch a sender can hold at once.
+        let (returns, free) = mpsc::channel(HASH_QUEUE + 2);
+        Self { returns, free }
+    }
+
+    /// A batch of `len` bytes, reused when one is free.
+    fn take(&mut self, len: usize) -> Vec<u8> {
+        let mut batch = self.free.try_recv().unwrap_or_default();
+        batch.resize(len, 0);
+        batch
+    }
+
+    /// Hands back a batch that no one else holds.
+    fn put(&self, batch: Vec<u8>) {
+        let _ = self.returns.try_send(batch);
+    }
+
+    /// Hands back a shared batch if this was its last user.
+    fn recycle(&self, batch: Arc<Vec<u8>>) {
+        recycle(batch, &self.returns);
+    }
+
+    /// Where a hashing thread hands batches back.
+    fn returns(&self) -> mpsc::Sender<Vec<u8>> {
+        self.returns.clone()
+    }
+}
+
+/// Hands `batch` back to its pool once its last user is done with it.
+fn recycle(batch: Arc<Vec<u8>>, returns: &mpsc::Sender<Vec<u8>>) {
+    if let Some(batch) = Arc::into_inner(batch) {
+        let _ = returns.try_send(batch);
+    }
 }
 
 fn size_field(len: u64) -> Result<u32, CapabilityError> {

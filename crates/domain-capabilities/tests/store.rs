@@ -19,59 +19,85 @@ async fn read_back(fixture: &Fixture, id: &str) -> Vec<u8> {
     bytes
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn items_of_sizes_around_chunk_boundaries_round_trip_with_matching_roots() {
+/// Sizes where the tree or the sender's batching changes shape, each with its reason.
+const INTERESTING_SIZES: [usize; 11] = [
+    0,                        // one empty leaf
+    1,                        // one short leaf
+    CHUNK_SIZE - 1,           // a leaf one byte short
+    CHUNK_SIZE,               // exactly one leaf
+    CHUNK_SIZE + 1,           // a second leaf of one byte
+    2 * CHUNK_SIZE,           // a perfect tree of two
+    3 * CHUNK_SIZE + 5,       // an unbalanced tree
+    (1 << 20) - 1,            // one batch less a byte: hashed by the sending task
+    1 << 20,                  // exactly one batch
+    (1 << 20) + 1,            // a batch and a byte: the sender's hashing thread
+    4 * CHUNK_SIZE * 37 + 11, // several batches, leaves across batch edges
+];
+
+/// How a test hands the content to the sender.
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    /// [`StoreSender::send`], from a reader.
+    Reader,
+    /// [`StoreSender::send_bytes`], from bytes in memory.
+    Bytes,
+}
+
+async fn sizes_round_trip_with_matching_roots(via: Via) {
     let fixture = Fixture::new().await;
-    let sizes = [
-        0,
-        1,
-        CHUNK_SIZE - 1,
-        CHUNK_SIZE,
-        CHUNK_SIZE + 1,
-        2 * CHUNK_SIZE,
-        3 * CHUNK_SIZE + 5,
-        (1 << 20) - 1,
-        1 << 20,
-        (1 << 20) + 1,
-        4 * CHUNK_SIZE * 37 + 11,
-    ];
-    let blobs: Vec<Vec<u8>> = sizes.iter().map(|&n| data(n)).collect();
+    let blobs: Vec<Vec<u8>> = INTERESTING_SIZES.iter().map(|&n| data(n)).collect();
     let (client, server) = pipe();
     let token = fixture.token(STORE_V1);
-    let items = blobs
-        .iter()
-        .enumerate()
-        .map(|(i, b)| (new_item(&format!("item-{i}"), b.len()), b.as_slice()));
-    let (served, stored) = tokio::join!(
-        fixture.serve_store(server),
-        store_items(client, &token, DOMAIN, items, Limits::default()),
-    );
+    let send = async {
+        let mut sender = StoreSender::open(client, &token, DOMAIN, Limits::default()).await?;
+        let mut stored = Vec::new();
+        for (i, blob) in blobs.iter().enumerate() {
+            let item = new_item(&format!("item-{i}"), blob.len());
+            stored.push(match via {
+                Via::Reader => sender.send(item, blob.as_slice()).await?,
+                Via::Bytes => sender.send_bytes(item, blob.clone()).await?,
+            });
+        }
+        sender.finish().await?;
+        Ok::<_, CapabilityError>(stored)
+    };
+    let (served, stored) = tokio::join!(fixture.serve_store(server), send);
     let stored = stored.unwrap();
-    let total: usize = sizes.iter().sum();
+    let total: usize = INTERESTING_SIZES.iter().sum();
     assert_eq!(
         served.unwrap(),
         StoreSummary {
-            items: sizes.len() as u64,
+            items: INTERESTING_SIZES.len() as u64,
             bytes: total as u64,
             ids: stored.iter().map(|m| m.id.clone()).collect(),
             replaced: false,
             resumed_bytes: 0,
         }
     );
-    assert_eq!(stored.len(), sizes.len());
     for (metadata, blob) in stored.iter().zip(&blobs) {
-        assert_eq!(metadata.size as usize, blob.len());
+        assert_eq!(metadata.size as usize, blob.len(), "{via:?}");
         assert_eq!(
             metadata.hash.as_deref(),
-            Some(root_of(blob).to_string().as_str())
+            Some(root_of(blob).to_string().as_str()),
+            "{via:?}"
         );
         assert_eq!(
             &read_back(&fixture, &metadata.id).await,
             blob,
-            "{}",
+            "{via:?} {}",
             metadata.name
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_of_sizes_around_chunk_and_batch_boundaries_round_trip_from_a_reader() {
+    sizes_round_trip_with_matching_roots(Via::Reader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_of_sizes_around_chunk_and_batch_boundaries_round_trip_from_bytes() {
+    sizes_round_trip_with_matching_roots(Via::Bytes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,14 +163,16 @@ async fn an_item_replaced_by_id_holds_the_new_content() {
     let send = async {
         let mut sender = StoreSender::open(client, &token, DOMAIN, limits).await?;
         let first = sender
-            .send_bytes(new_item("scan", 0), b"old content")
+            .send_bytes(new_item("scan", 0), &b"old content"[..])
             .await?;
         let replace = UpsertMetadata {
             is_new: false,
             id: first.id.clone(),
             ..new_item("scan", 0)
         };
-        let second = sender.send_bytes(replace, b"new content, longer").await?;
+        let second = sender
+            .send_bytes(replace, &b"new content, longer"[..])
+            .await?;
         sender.finish().await?;
         Ok::<_, CapabilityError>((first, second))
     };
@@ -167,38 +195,35 @@ async fn an_item_replaced_by_id_holds_the_new_content() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn content_shorter_than_its_size_fails_on_the_sender_and_stores_nothing() {
+/// `has` bytes of content sent as an item of `size`.
+async fn content_shorter_than_its_size(has: usize, size: usize) {
     let fixture = Fixture::new().await;
     let (client, server) = pipe();
     let token = fixture.token(STORE_V1);
     let limits = Limits::default();
-    let short = data(1000);
+    let short = data(has);
     let (served, sent) = tokio::join!(
         serve_store(server, &STORE_INFO, &fixture.store, &fixture.keys, &limits),
         store_items(
             client,
             &token,
             DOMAIN,
-            [(new_item("short", 5000), short.as_slice())],
+            [(new_item("short", size), short.as_slice())],
             limits
         ),
     );
     assert!(
         matches!(
             sent,
-            Err(CapabilityError::ContentTooShort {
-                expected: 5000,
-                got: 1000,
-                ..
-            })
+            Err(CapabilityError::ContentTooShort { expected, got, .. })
+                if expected == size as u64 && got == has as u64
         ),
         "{sent:?}"
     );
     assert!(
         matches!(
             served,
-            Err(CapabilityError::Truncated { expected: 5000, .. })
+            Err(CapabilityError::Truncated { expected, .. }) if expected == size as u64
         ),
         "{served:?}"
     );
@@ -210,6 +235,18 @@ async fn content_shorter_than_its_size_fails_on_the_sender_and_stores_nothing() 
             .unwrap()
             .is_empty()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_shorter_than_its_size_fails_on_the_sender_and_stores_nothing() {
+    // Within one batch, hashed by the sending task.
+    content_shorter_than_its_size(1000, 5000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_shorter_than_its_size_fails_on_the_sender_and_stores_nothing_over_batches() {
+    // Several batches, hashed by the sender's hashing thread, cut inside a batch.
+    content_shorter_than_its_size((3 << 20) + 77, 5 << 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

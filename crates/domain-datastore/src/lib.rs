@@ -67,7 +67,8 @@
 
 pub mod merkle;
 pub use merkle::{
-    CHUNK_SIZE, HashingReader, HashingWriter, MerkleBuilder, ParseRootError, Root, root_of,
+    BackgroundBuilder, CHUNK_SIZE, HasherStopped, HashingReader, HashingWriter, MerkleBuilder,
+    ParseRootError, Root, root_of,
 };
 
 pub mod local;

@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use repair::RepairReport;
 
-use crate::merkle::{CHUNK_SIZE, MerkleBuilder, Root, root_of};
+use crate::merkle::{BackgroundBuilder, CHUNK_SIZE, Cores, MerkleBuilder, Root, root_of};
 use crate::store::{
     Datastore, DatastoreError, DomainId, QueryFilter, ResumePoint, check_replica_id, is_replica,
 };
@@ -698,12 +698,12 @@ impl From<DatastoreError> for Cut {
 }
 
 /// Streams `content` into `file` after `start.offset` bytes already there, in large
-/// batches. Each batch goes at once to a hashing thread (which builds the Merkle tree, on
-/// all cores when batches queue up) and to one of [`WRITES_IN_FLIGHT`] writing threads, so
-/// hashing and writing overlap across batches; writes go past the page cache where they
-/// can (see [`blob`]). Reads at most `size - start.offset + 1` bytes; any other count
-/// than the rest of `size` is [`DatastoreError::SizeMismatch`]. Bytes received before the
-/// content fails or ends early are written too, so that a resumable put keeps them.
+/// batches. Each batch goes at once to a [`BackgroundBuilder`] and to one of
+/// [`WRITES_IN_FLIGHT`] writing threads, so hashing and writing overlap across batches;
+/// writes go past the page cache where they can (see [`blob`]). Reads at most
+/// `size - start.offset + 1` bytes; any other count than the rest of `size` is
+/// [`DatastoreError::SizeMismatch`]. Bytes received before the content fails or ends
+/// early are written too, so that a resumable put keeps them.
 async fn write_content<R: AsyncRead + Unpin>(
     file: std::fs::File,
     path: &Path,
@@ -717,7 +717,6 @@ async fn write_content<R: AsyncRead + Unpin>(
     // takes them all: a batch freed and allocated again would cost an munmap and page
     // faults, which contend with the page pinning of direct writes for the process's
     // memory map lock.
-    let (hash_tx, mut hash_rx) = mpsc::channel::<Arc<Batch>>(HASH_QUEUE);
     let (write_tx, write_rx) = async_channel::bounded::<(u64, Arc<Batch>)>(WRITES_IN_FLIGHT);
     let (free_tx, mut free_rx) = mpsc::channel::<Batch>(HASH_QUEUE + 2 + 2 * WRITES_IN_FLIGHT);
     let hash_free = free_tx.clone();
@@ -725,20 +724,10 @@ async fn write_content<R: AsyncRead + Unpin>(
         offset: start,
         tree,
     } = start;
-    let hasher = tokio::task::spawn_blocking(move || {
-        let mut tree = tree;
-        while let Some(batch) = hash_rx.blocking_recv() {
-            // All cores only when batches queue up behind this one: content from memory
-            // or a fast disk. Content from the network comes slower than one core hashes,
-            // and rayon's idle workers would spin on the cores that run its decryption.
-            if hash_rx.is_empty() {
-                tree.update(batch.bytes());
-            } else {
-                tree.update_parallel(batch.bytes());
-            }
-            recycle(batch, &hash_free);
-        }
-        tree
+    // All cores when batches queue up: content from memory or a fast disk. Content from
+    // the network comes slower than one core hashes, so it stays on one.
+    let hasher = BackgroundBuilder::spawn(tree, HASH_QUEUE, Cores::All, move |batch| {
+        recycle(batch, &hash_free);
     });
     let blob = Arc::new(BlobWriter::new(file, path, item.size.into()));
     let writers: Vec<_> = (0..WRITES_IN_FLIGHT)
@@ -801,7 +790,7 @@ async fn write_content<R: AsyncRead + Unpin>(
                 batch.truncate(filled);
                 let batch = Arc::new(batch);
                 let offset = start + total - filled as u64;
-                let sent = hash_tx.send(Arc::clone(&batch)).await.is_ok()
+                let sent = hasher.push(Arc::clone(&batch)).await.is_ok()
                     && write_tx.send((offset, batch)).await.is_ok();
                 if !sent {
                     // A closed thread has failed; its error is the one to report.
@@ -817,8 +806,8 @@ async fn write_content<R: AsyncRead + Unpin>(
         }
     }
     .await;
-    drop((hash_tx, write_tx));
-    let tree = hasher.await.map_err(DatastoreError::from)?;
+    drop(write_tx);
+    let tree = hasher.finish().await.map_err(DatastoreError::from)?;
     for writer in writers {
         writer.await.map_err(DatastoreError::from)??;
     }

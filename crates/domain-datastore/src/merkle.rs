@@ -12,13 +12,16 @@
 //! [`MerkleBuilder`] builds the root incrementally in O(log n) memory, from writes of any
 //! size, on one thread or (for large batches) on all cores; [`root_of`] is the one-shot form.
 //! [`HashingReader`] and [`HashingWriter`] build it for the bytes that pass through an
-//! async stream. [`Root`] is the result and its canonical text form, 64 lowercase hex digits.
+//! async stream; [`BackgroundBuilder`] builds it on a thread of its own from batches that
+//! async code hands it, so hashing overlaps with moving the bytes. [`Root`] is the result and its canonical text form, 64 lowercase hex digits.
 
+mod background;
 mod builder;
 mod io;
 mod leaves;
 mod root;
 
+pub use background::{BackgroundBuilder, Cores, HasherStopped};
 pub use builder::{CHUNK_SIZE, MerkleBuilder, NODE_CONTEXT, root_of};
 pub use io::{HashingReader, HashingWriter};
 pub use root::{ParseRootError, ROOT_HEX_LEN, ROOT_LEN, Root};

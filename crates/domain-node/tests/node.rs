@@ -243,7 +243,7 @@ async fn shutdown_lets_a_running_stream_finish_within_the_grace_period() {
         is_new: true,
         ..UpsertMetadata::default()
     };
-    let stored = sender.send_bytes(item, b"still served").await.unwrap();
+    let stored = sender.send_bytes(item, &b"still served"[..]).await.unwrap();
     sender.finish().await.unwrap();
     let report = within("the shutdown", shutdown).await.unwrap().unwrap();
     assert_eq!(report.streams_cut, 0);
@@ -327,7 +327,7 @@ async fn a_stream_over_the_limit_is_dropped_at_once_and_the_running_one_goes_on(
         is_new: true,
         ..UpsertMetadata::default()
     };
-    running.send_bytes(item, b"goes on").await.unwrap();
+    running.send_bytes(item, &b"goes on"[..]).await.unwrap();
     running.finish().await.unwrap();
     // Its permit back, the node takes streams again.
     within("the permit to come back", async {
@@ -370,7 +370,7 @@ async fn a_report_made_while_the_manager_restarts_reaches_it_once_it_follows_the
         is_new: true,
         ..UpsertMetadata::default()
     };
-    sender.send_bytes(item, b"kept").await.unwrap();
+    sender.send_bytes(item, &b"kept"[..]).await.unwrap();
     sender.finish().await.unwrap();
 
     let listen: Multiaddr = addr

@@ -64,6 +64,12 @@ impl Batch {
     }
 }
 
+impl AsRef<[u8]> for Batch {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
 /// Writes the batches of a new blob file, each at its own offset, from any number of
 /// threads at once: one direct write at a time leaves the disk idle between them (about
 /// 1.2 GB/s here), a few in flight keep it busy (about 2 GB/s with four).

@@ -106,7 +106,7 @@ impl Setup {
                 is_new: true,
                 ..UpsertMetadata::default()
             };
-            let stored = sender.send_bytes(item, content).await?;
+            let stored = sender.send_bytes(item, content.to_vec()).await?;
             assert_eq!(stored.hash, Some(root_of(content).to_string()));
             ids.push(stored.id);
         }
