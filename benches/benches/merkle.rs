@@ -25,7 +25,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use domain_benches::{MIB, pattern};
 use domain_datastore::merkle::Cores;
 use domain_datastore::{BackgroundBuilder, CHUNK_SIZE, HashingWriter, MerkleBuilder, root_of};
@@ -41,21 +44,27 @@ fn builder_in_writes(data: &[u8], write: usize) -> domain_datastore::Root {
     builder.finalize()
 }
 
-fn merkle(c: &mut Criterion) {
-    let data = pattern(DATA_LEN);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-
-    let mut group = c.benchmark_group("merkle");
-    // Each iteration takes tens of milliseconds: a few flat samples give a stable mean and
-    // keep the whole run to a couple of minutes.
+/// A group over [`DATA_LEN`] bytes per iteration. Each iteration takes tens of
+/// milliseconds: a few flat samples give a stable mean and keep the whole run to a couple
+/// of minutes.
+fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
     group
         .throughput(Throughput::Bytes(DATA_LEN as u64))
         .sampling_mode(SamplingMode::Flat)
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
+    group
+}
+
+fn merkle(c: &mut Criterion) {
+    let data = pattern(DATA_LEN);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+
+    let mut group = group(c, "merkle");
 
     group.bench_function("a_blake3_one_shot", |b| {
         b.iter(|| blake3::hash(black_box(&data)));
@@ -111,13 +120,7 @@ fn pipe(c: &mut Criterion) {
         .build()
         .unwrap();
 
-    let mut group = c.benchmark_group("merkle_pipe");
-    group
-        .throughput(Throughput::Bytes(DATA_LEN as u64))
-        .sampling_mode(SamplingMode::Flat)
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
+    let mut group = group(c, "merkle_pipe");
     for hashing in [Hashing::None, Hashing::Inline, Hashing::Background] {
         group.bench_function(hashing.name(), |b| {
             b.iter(|| runtime.block_on(write_into_pipe(&data, hashing)));
