@@ -30,8 +30,9 @@ use criterion::{
     BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
 use domain_benches::{MIB, pattern};
-use domain_datastore::merkle::Cores;
-use domain_datastore::{BackgroundBuilder, CHUNK_SIZE, HashingWriter, MerkleBuilder, root_of};
+use domain_datastore::{
+    BackgroundBuilder, CHUNK_SIZE, Cores, HashingWriter, MerkleBuilder, root_of,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DATA_LEN: usize = 64 * MIB;

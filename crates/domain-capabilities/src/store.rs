@@ -17,8 +17,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use domain_datastore::{
-    BackgroundBuilder, CHUNK_SIZE, Datastore, DomainId, MerkleBuilder, Root, is_replica,
-    merkle::Cores,
+    BackgroundBuilder, CHUNK_SIZE, Cores, Datastore, DomainId, MerkleBuilder, Root, is_replica,
 };
 use domain_proto::domain_data::{Metadata, ResumeOffer, ResumeStart, UpsertMetadata};
 use domain_proto::{read_message, read_message_or_eof, write_message};

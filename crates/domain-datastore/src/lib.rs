@@ -67,8 +67,8 @@
 
 pub mod merkle;
 pub use merkle::{
-    BackgroundBuilder, CHUNK_SIZE, HasherStopped, HashingReader, HashingWriter, MerkleBuilder,
-    ParseRootError, Root, root_of,
+    BackgroundBuilder, CHUNK_SIZE, Cores, HasherStopped, HashingReader, HashingWriter,
+    MerkleBuilder, ParseRootError, Root, root_of,
 };
 
 pub mod local;

@@ -18,8 +18,8 @@ use super::MerkleBuilder;
 /// Each [`push`](Self::push)ed batch is hashed in order and then handed to the `done`
 /// callback given at [`spawn`](Self::spawn), which typically returns its buffer to a pool.
 /// A batch is anything that derefs to bytes: a `Vec<u8>`, an `Arc` of a buffer shared with
-/// a writer, a `bytes::Bytes`.
-/// At most `queue` batches wait for the thread; `push` waits while they do.
+/// a writer, a `bytes::Bytes`. At most `queue` batches wait for the thread; `push` waits
+/// while they do.
 ///
 /// With [`Cores::All`], the thread hashes batches that queue up (content from memory or a
 /// fast disk) on all cores ([`MerkleBuilder::update_parallel`]); otherwise, and always
@@ -30,11 +30,9 @@ use super::MerkleBuilder;
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # tokio::runtime::Builder::new_multi_thread().build()?.block_on(async {
-/// use domain_datastore::{BackgroundBuilder, MerkleBuilder, root_of};
+/// use domain_datastore::{BackgroundBuilder, Cores, MerkleBuilder, root_of};
 ///
 /// let data = vec![9_u8; 3_000_000];
-/// use domain_datastore::merkle::Cores;
-///
 /// let hasher = BackgroundBuilder::spawn(MerkleBuilder::new(), 2, Cores::One, drop::<Vec<u8>>);
 /// for batch in data.chunks(1 << 20) {
 ///     hasher.push(batch.to_vec()).await?;
