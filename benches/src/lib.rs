@@ -2,7 +2,8 @@
 //!
 //! The benches live in `benches/benches/`; run one with
 //! `cargo bench -p domain-benches --bench merkle` (or `cargo xtask bench`, which also prints
-//! the ratios between them). Inputs come from here so that every bench measures the same bytes.
+//! the ratios between them). Inputs come from here so that every bench measures the same bytes;
+//! [`store`] is the setup of the `/store/v1` benches.
 //!
 //! ```
 //! use domain_benches::{MIB, pattern};
@@ -11,6 +12,8 @@
 //! assert_eq!(data.len(), MIB);
 //! assert_eq!(&data[250..253], &[250, 0, 1]);
 //! ```
+
+pub mod store;
 
 /// One mebibyte.
 pub const MIB: usize = 1 << 20;
