@@ -17,6 +17,8 @@ use crate::{MIB, pattern};
 
 /// Bytes of every item the bench stores: large enough that setting up a stream is noise.
 pub const LEN: usize = 128 * MIB;
+// `UpsertMetadata.size` is a u32.
+const _: () = assert!(LEN <= u32::MAX as usize);
 
 /// Bytes the in-memory pipe holds: the order of what a real transport keeps in flight
 /// (loopback TCP's socket buffers, a yamux window). A pipe of one batch would make the two
