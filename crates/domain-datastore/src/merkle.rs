@@ -13,7 +13,8 @@
 //! size, on one thread or (for large batches) on all cores; [`root_of`] is the one-shot form.
 //! [`HashingReader`] and [`HashingWriter`] build it for the bytes that pass through an
 //! async stream; [`BackgroundBuilder`] builds it on a thread of its own from batches that
-//! async code hands it, so hashing overlaps with moving the bytes. [`Root`] is the result and its canonical text form, 64 lowercase hex digits.
+//! async code hands it, so hashing overlaps with moving the bytes. [`Root`] is the result
+//! and its canonical text form, 64 lowercase hex digits.
 
 mod background;
 mod builder;
