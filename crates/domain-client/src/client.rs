@@ -21,13 +21,16 @@
 //! fails does the retry on another node start again from nothing. Downloads resume from
 //! the partial file they left ([`Client::download`]).
 //!
-//! The manager keeps no index of which node holds an item. A download first asks the
-//! node the manager assigns to its `/load/v1` task; for ids that node does not hold, it
-//! asks, with tasks pinned to each, the other nodes that have stored data (the receivers
-//! of finished `/store/v1` tasks on the manager's `/monitor/v1` stream). Ids found nowhere
-//! come back in [`Downloads::missing`].
+//! Listing, downloading, deleting and watching ask exactly the nodes that hold data of
+//! the domain: the manager names them (`/holders/v1`, its holder index), and the client
+//! submits one job with a task pinned to each that is registered, then asks them one
+//! after the other. A download stops fetching once it has every id asked for, and the
+//! remaining holders only answer a metadata query, so that every task ends DONE. A holder
+//! that is down is reported in one line (`node X did not answer`, also in
+//! [`Downloads::unanswered`]) and the others still answer. Ids found nowhere come back in
+//! [`Downloads::missing`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +56,7 @@ use domain_datastore::DomainId;
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use domain_proto::protocols::{LOAD_V1, STORE_V1};
 use domain_proto::task::{
-    CapabilityFilters, ConsumeDataInputV1, Job, JobRequest, ResourceRecruitment, Status, Task,
+    CapabilityFilters, ConsumeDataInputV1, JobRequest, ResourceRecruitment, Status, Task,
     TaskRequest, resource_recruitment::RecruitmentPolicy,
 };
 use libp2p::multiaddr::Protocol;
@@ -90,11 +93,6 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// How long to keep trying to reach an assigned node before the attempt fails.
     pub connect_patience: Duration,
-    /// A download looking for items on other nodes gives up once the manager's job
-    /// stream has been quiet this long ...
-    pub search_quiet: Duration,
-    /// ... or once it has looked this long in all.
-    pub search_limit: Duration,
 }
 
 impl Default for ClientConfig {
@@ -105,8 +103,6 @@ impl Default for ClientConfig {
             max_attempts: 4,
             limits: Limits::default(),
             request_timeout: Duration::from_secs(30),
-            search_quiet: Duration::from_secs(2),
-            search_limit: Duration::from_secs(60),
             connect_patience: Duration::from_secs(15),
         }
     }
@@ -150,6 +146,15 @@ pub enum ClientError {
     /// The manager closed the job's stream before the task ran to completion here.
     #[error("job {job_id}: the manager ended the job before task {task} could run")]
     JobEnded {
+        /// The job.
+        job_id: String,
+        /// The task.
+        task: String,
+    },
+    /// The manager gave the task up for good (FAILED): its node is gone, or its attempts
+    /// are spent.
+    #[error("job {job_id}: the manager gave up task {task}")]
+    TaskFailed {
         /// The job.
         job_id: String,
         /// The task.
@@ -279,7 +284,8 @@ impl ClientError {
         matches!(self, Self::Connect { .. } | Self::Transfer { .. })
     }
 
-    /// Whether a search of other nodes must stop here rather than try the next node.
+    /// Whether asking the holders must stop here rather than go on with the next one
+    /// (a local failure, which the next holder would meet too).
     fn ends_search(&self) -> bool {
         matches!(
             self,
@@ -358,8 +364,11 @@ pub struct Downloaded {
 pub struct Downloads {
     /// The items written, in the order they arrived.
     pub items: Vec<Downloaded>,
-    /// The ids asked for that the node does not hold.
+    /// The ids asked for that no node answering holds.
     pub missing: Vec<String>,
+    /// The holders that did not answer (down, or unreachable): what they hold may be
+    /// among `missing`.
+    pub unanswered: Vec<PeerId>,
 }
 
 /// A node to talk to without the manager, with a token obtained elsewhere.
@@ -463,7 +472,7 @@ impl Client {
         items: &[Upload],
     ) -> Result<Vec<Metadata>, ClientError> {
         let plan = UploadPlan::new(items).await?;
-        let mut run = self.submit(domain, "upload", STORE_V1, None).await?;
+        let mut run = self.submit(domain, "upload", STORE_V1, &[None]).await?;
         let mut resumed = false;
         loop {
             let assignment = run.next_assignment().await?;
@@ -473,7 +482,10 @@ impl Client {
                 .store_on(assignment, domain, items, &plan, &mut stored)
                 .await
             {
-                Ok(()) => return Ok(stored),
+                Ok(()) => {
+                    run.done().await;
+                    return Ok(stored);
+                }
                 Err(error) => error,
             };
             // A cut stream leaves the node holding what got through: continue there once,
@@ -483,7 +495,7 @@ impl Client {
                 tracing::warn!(%node, %error, "upload cut; resuming on the same node");
                 match self.resume_on(node, domain, items, &plan, stored).await {
                     Ok(stored) => {
-                        run.report_failed().await;
+                        run.report(Status::Failed).await;
                         return Ok(stored);
                     }
                     Err(resume_error) => {
@@ -533,15 +545,20 @@ impl Client {
         plan: &UploadPlan,
         mut stored: Vec<Metadata>,
     ) -> Result<Vec<Metadata>, ClientError> {
-        let mut run = self.submit(domain, "upload", STORE_V1, Some(node)).await?;
+        let mut run = self
+            .submit(domain, "upload", STORE_V1, &[Some(node)])
+            .await?;
         let assignment = run.next_assignment().await?;
         match self
             .store_on(assignment, domain, items, plan, &mut stored)
             .await
         {
-            Ok(()) => Ok(stored),
+            Ok(()) => {
+                run.done().await;
+                Ok(stored)
+            }
             Err(error) => {
-                run.report_failed().await;
+                run.report(Status::Failed).await;
                 Err(error)
             }
         }
@@ -579,16 +596,19 @@ impl Client {
     where
         R: AsyncRead + Unpin + Send,
     {
-        let mut run = self.submit(domain, "upload", STORE_V1, receiver).await?;
+        let mut run = self.submit(domain, "upload", STORE_V1, &[receiver]).await?;
         let assignment = run.next_assignment().await?;
         let name = item.name.clone();
         let stored = self.store_one(assignment, domain, item, content).await;
         match stored {
-            Ok(stored) => Ok(stored),
+            Ok(stored) => {
+                run.done().await;
+                Ok(stored)
+            }
             Err(error) => {
                 // Tell the manager now, rather than at the task's deadline; no retry follows.
                 let source = Box::new(error);
-                run.report_failed().await;
+                run.report(Status::Failed).await;
                 Err(ClientError::ReaderUpload { name, source })
             }
         }
@@ -598,9 +618,9 @@ impl Client {
     /// if missing), each as `out_dir/<id>`, which appears only once its content matches
     /// its root.
     ///
-    /// The node the manager picks is asked first; ids it does not hold are looked for on
-    /// the other nodes that stored data. Ids found nowhere come back in
-    /// [`Downloads::missing`].
+    /// The holders of the domain are asked one after the other until every id has come;
+    /// ids found nowhere come back in [`Downloads::missing`], holders that did not answer
+    /// in [`Downloads::unanswered`].
     ///
     /// # Errors
     /// [`ClientError::InvalidId`] before anything is asked; as [`upload`](Self::upload).
@@ -639,8 +659,10 @@ impl Client {
         );
         self.gather(domain, "download", &mut gather).await?;
         let missing = gather.missing();
+        let unanswered = std::mem::take(&mut gather.unanswered);
         drop(gather);
         downloads.missing = missing;
+        downloads.unanswered = unanswered;
         Ok(downloads)
     }
 
@@ -714,84 +736,84 @@ impl Client {
         Ok(holder)
     }
 
-    /// Runs `gather`'s query on the node the manager picks, then, unless that found
-    /// everything asked for, on the other nodes that stored data.
+    /// Runs `gather`'s query on every holder of `domain` that is up, one after the other
+    /// (see [`TaskRun::holders`]); a holder that does not answer is reported and passed
+    /// over.
     async fn gather(
         &self,
         domain: &DomainId,
         job_name: &str,
         gather: &mut Gather<'_>,
     ) -> Result<(), ClientError> {
-        let first = self.load_job(domain, job_name, None, gather).await?;
-        if gather.complete() {
+        let (run, unanswered) = self.fan_out(domain, job_name, LOAD_V1).await?;
+        gather.unanswered.extend(unanswered);
+        let Some(mut run) = run else {
             return Ok(());
-        }
-        self.search(domain, job_name, first, gather).await
-    }
-
-    /// Runs `gather`'s query on the other nodes that stored data, until everything asked
-    /// for is found or no node is left (see [`OtherNodes`]).
-    async fn search(
-        &self,
-        domain: &DomainId,
-        job_name: &str,
-        first: PeerId,
-        gather: &mut Gather<'_>,
-    ) -> Result<(), ClientError> {
-        let mut nodes = self.other_nodes(first).await?;
-        while let Some(node) = nodes.next().await {
-            match self.load_job(domain, job_name, Some(node), gather).await {
-                Ok(_) => {}
+        };
+        for index in 0..run.targets.len() {
+            let node = run.select(index);
+            let loaded = async {
+                loop {
+                    let assignment = run.next_assignment().await?;
+                    match self.load_from(assignment, domain, gather).await {
+                        Ok(()) => return Ok::<(), ClientError>(()),
+                        Err(error) => run.failed(error).await?,
+                    }
+                }
+            };
+            match loaded.await {
+                Ok(()) => {}
                 Err(error) if error.ends_search() => return Err(error),
-                Err(error) => tracing::debug!(%node, %error, "node not asked"),
-            }
-            if gather.complete() {
-                break;
+                Err(error) => {
+                    not_answered(node, &error);
+                    gather.unanswered.push(node);
+                }
             }
         }
         Ok(())
     }
 
-    /// The nodes other than `first` that stored data, as [`OtherNodes`] finds them.
+    /// One job of one `endpoint` task pinned to each registered holder of `domain`, as
+    /// the manager's holder index names them, the registered with most items first; the
+    /// holders that are not registered come back apart, each reported as not answering.
+    /// No job (`None`) when no holder is up.
     ///
     /// # Errors
-    /// [`ClientError::NoManager`].
-    async fn other_nodes(&self, first: PeerId) -> Result<OtherNodes, ClientError> {
-        let manager = self.manager.ok_or(ClientError::NoManager)?;
-        let jobs = match self.cluster.monitor(manager).await {
-            Ok(jobs) => Some(jobs),
-            Err(error) => {
-                tracing::warn!(%error, "cannot follow the manager's jobs to find the other nodes");
-                None
-            }
-        };
-        Ok(OtherNodes {
-            jobs,
-            asked: BTreeSet::from([first]),
-            found: Vec::new(),
-            quiet: self.config.search_quiet,
-            deadline: tokio::time::Instant::now() + self.config.search_limit,
-        })
-    }
-
-    /// Runs one `/load/v1` job for what `gather` still wants, on `receiver` or the node
-    /// the manager picks; answers with the node that served it.
-    async fn load_job(
+    /// [`ClientError::NoManager`], [`ClientError::Manager`].
+    async fn fan_out(
         &self,
         domain: &DomainId,
         job_name: &str,
-        receiver: Option<PeerId>,
-        gather: &mut Gather<'_>,
-    ) -> Result<PeerId, ClientError> {
-        let mut run = self.submit(domain, job_name, LOAD_V1, receiver).await?;
-        loop {
-            let assignment = run.next_assignment().await?;
-            let node = assignment.node;
-            match self.load_from(assignment, domain, gather).await {
-                Ok(()) => return Ok(node),
-                Err(error) => run.failed(error).await?,
+        endpoint: &str,
+    ) -> Result<(Option<TaskRun<'_>>, Vec<PeerId>), ClientError> {
+        let manager = self.manager.ok_or(ClientError::NoManager)?;
+        let (holders, _) = self
+            .cluster
+            .holders(manager, domain.as_str(), false)
+            .await
+            .map_err(|source| ClientError::Manager {
+                job: job_name.to_owned(),
+                source: Box::new(source),
+            })?;
+        let mut live = Vec::new();
+        let mut down = Vec::new();
+        for holder in holders {
+            let Ok(node) = holder.node_id.parse::<PeerId>() else {
+                tracing::debug!(node = %holder.node_id, "a holder that is not a peer id");
+                continue;
+            };
+            if holder.registered {
+                live.push(Some(node));
+            } else {
+                tracing::warn!("node {node} did not answer: it is not registered with the manager");
+                down.push(node);
             }
         }
+        if live.is_empty() {
+            return Ok((None, down));
+        }
+        let run = self.submit(domain, job_name, endpoint, &live).await?;
+        Ok((Some(run), down))
     }
 
     /// Downloads straight from a node with a token obtained elsewhere; as
@@ -896,7 +918,8 @@ impl Client {
             })
     }
 
-    /// The manager's `/monitor/v1` stream: every job this client may watch, then each
+    /// The manager's `/monitor/v1` stream: every running job this client may watch and the
+    /// last finished ones (the manager sends its 256 most recently finished), then each
     /// change as it happens.
     ///
     /// # Errors
@@ -912,40 +935,58 @@ impl Client {
             })
     }
 
-    /// Submits a job of one task on `endpoint`; its assignments come from the returned
-    /// [`TaskRun`].
+    /// Submits a job of one task on `endpoint` for each of `receivers` (a node, or the
+    /// manager's pick); the assignments come from the returned [`TaskRun`], which starts
+    /// with the first task selected. A job of one task names it after the job; tasks of a
+    /// job of several are `job@node`.
     async fn submit(
         &self,
         domain: &DomainId,
         job_name: &str,
         endpoint: &str,
-        receiver: Option<PeerId>,
+        receivers: &[Option<PeerId>],
     ) -> Result<TaskRun<'_>, ClientError> {
-        // A task pinned to a node fails at once when that node is gone, instead of
-        // waiting for it.
-        let policy = if receiver.is_some() {
-            RecruitmentPolicy::Fail
-        } else {
-            RecruitmentPolicy::Always
-        };
         let manager = self.manager.ok_or(ClientError::NoManager)?;
+        let targets: Vec<(String, Option<PeerId>)> = match receivers {
+            [receiver] => vec![(job_name.to_owned(), *receiver)],
+            _ => receivers
+                .iter()
+                .map(|receiver| {
+                    let node = receiver.map_or_else(String::new, |node| node.to_string());
+                    (format!("{job_name}@{node}"), *receiver)
+                })
+                .collect(),
+        };
+        let tasks = targets
+            .iter()
+            .map(|(name, receiver)| {
+                // A task pinned to a node fails at once when that node is gone, instead
+                // of waiting for it.
+                let policy = if receiver.is_some() {
+                    RecruitmentPolicy::Fail
+                } else {
+                    RecruitmentPolicy::Always
+                };
+                TaskRequest {
+                    name: name.clone(),
+                    capability_filters: CapabilityFilters {
+                        endpoint: endpoint.to_owned(),
+                        ..CapabilityFilters::default()
+                    },
+                    timeout: self.config.task_timeout.clone(),
+                    resource_recruitment: ResourceRecruitment {
+                        recruitment_policy: policy as i32,
+                        ..ResourceRecruitment::default()
+                    },
+                    sender: self.peer_id().to_string(),
+                    receiver: receiver.map(|peer| peer.to_string()),
+                    ..TaskRequest::default()
+                }
+            })
+            .collect();
         let request = JobRequest {
             name: job_name.to_owned(),
-            tasks: vec![TaskRequest {
-                name: job_name.to_owned(),
-                capability_filters: CapabilityFilters {
-                    endpoint: endpoint.to_owned(),
-                    ..CapabilityFilters::default()
-                },
-                timeout: self.config.task_timeout.clone(),
-                resource_recruitment: ResourceRecruitment {
-                    recruitment_policy: policy as i32,
-                    ..ResourceRecruitment::default()
-                },
-                sender: self.peer_id().to_string(),
-                receiver: receiver.map(|peer| peer.to_string()),
-                ..TaskRequest::default()
-            }],
+            tasks,
             nonce: uuid::Uuid::new_v4().to_string(),
             domain_id: domain.as_str().to_owned(),
         };
@@ -961,9 +1002,12 @@ impl Client {
         Ok(TaskRun {
             client: self,
             job,
-            task_name: job_name.to_owned(),
+            task_name: targets[0].0.clone(),
+            targets,
             attempts: 0,
             current: None,
+            others: HashMap::new(),
+            others_len: 0,
         })
     }
 
@@ -1305,6 +1349,8 @@ enum Sink<'a> {
 struct Gather<'a> {
     query: Query,
     seen: BTreeSet<String>,
+    /// Holders that did not answer.
+    unanswered: Vec<PeerId>,
     /// Items whose partial files failed the root check: never resumed again.
     discarded_partials: BTreeSet<String>,
     sink: Sink<'a>,
@@ -1319,14 +1365,10 @@ impl<'a> Gather<'a> {
                 ..query.clone()
             },
             seen: BTreeSet::new(),
+            unanswered: Vec::new(),
             discarded_partials: BTreeSet::new(),
             sink,
         }
-    }
-
-    /// Whether everything asked for has arrived: only a query by ids can tell.
-    fn complete(&self) -> bool {
-        !self.query.ids.is_empty() && self.query.ids.iter().all(|id| self.seen.contains(id))
     }
 
     /// The ids asked for that have not arrived.
@@ -1459,80 +1501,83 @@ fn check_length(metadata: &Metadata, copied: u64) -> Result<(), CapabilityError>
     })
 }
 
-/// The nodes a job stored data on: the receivers of its finished `/store/v1` tasks.
-pub(crate) fn storing_nodes(job: &Job) -> impl Iterator<Item = PeerId> + '_ {
-    job.tasks
-        .iter()
-        .filter(|task| task.endpoint == STORE_V1 && task.status() == Status::Done)
-        .filter_map(|task| task.receiver.as_deref()?.parse().ok())
+/// Logs that `node`, a holder, did not answer: one line, the others still do.
+fn not_answered(node: PeerId, error: &ClientError) {
+    tracing::warn!("node {node} did not answer: {error}");
 }
 
-/// The nodes other than a first one that stored data: the receivers of finished
-/// `/store/v1` tasks, as the manager's monitor stream lists them (every job first, then
-/// changes), each once. They end when the stream stays quiet for
-/// [`ClientConfig::search_quiet`] (the jobs there were have been listed), or after
-/// [`ClientConfig::search_limit`].
-struct OtherNodes {
-    jobs: Option<JobStream>,
-    asked: BTreeSet<PeerId>,
-    /// Nodes of the last job, not yet handed out.
-    found: Vec<PeerId>,
-    quiet: Duration,
-    deadline: tokio::time::Instant,
-}
+/// The most frames of other tasks a [`TaskRun`] keeps while it waits for the selected
+/// task's: the manager sends at most a few per task (a token per attempt, a FAILED).
+const MAX_BUFFERED_FRAMES: usize = 4096;
 
-impl OtherNodes {
-    async fn next(&mut self) -> Option<PeerId> {
-        loop {
-            if let Some(node) = self.found.pop() {
-                return Some(node);
-            }
-            let jobs = self.jobs.as_mut()?;
-            let quiet = tokio::time::Instant::now() + self.quiet;
-            let frame = tokio::time::timeout_at(quiet.min(self.deadline), jobs.next()).await;
-            let job = match frame {
-                Ok(Ok(Some(job))) => job,
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "the manager's job stream failed");
-                    self.jobs = None;
-                    return None;
-                }
-                Ok(Ok(None)) | Err(_) => {
-                    self.jobs = None;
-                    return None;
-                }
-            };
-            let mut fresh: Vec<PeerId> = storing_nodes(&job)
-                .filter(|node| self.asked.insert(*node))
-                .collect();
-            // Handed out in the job's order.
-            fresh.reverse();
-            self.found = fresh;
-        }
-    }
-}
-
-/// A submitted job of one task, as its assignments arrive on the job's stream.
+/// A submitted job, as its assignments arrive on the job's stream, worked one task at a
+/// time: the selected one.
 struct TaskRun<'a> {
     client: &'a Client,
     job: SubmittedJob,
+    /// Each task's name and the node it is pinned to, in the order submitted.
+    targets: Vec<(String, Option<PeerId>)>,
     task_name: String,
     attempts: u32,
     /// The assignment being tried, as the manager sent it (without its token once used).
     current: Option<Task>,
+    /// Frames of the other tasks, read while waiting for the selected task's.
+    others: HashMap<String, VecDeque<Task>>,
+    others_len: usize,
 }
 
 impl TaskRun<'_> {
+    /// Selects the task at `index` of the job, and answers the node it is pinned to.
+    fn select(&mut self, index: usize) -> PeerId {
+        let (name, node) = self.targets[index].clone();
+        self.task_name = name;
+        self.attempts = 0;
+        self.current = None;
+        // Fan-out tasks are always pinned; the manager's own id stands in otherwise.
+        node.or(self.client.manager)
+            .unwrap_or_else(|| self.client.peer_id())
+    }
+
+    /// The next frame of the selected task: kept from earlier reads, or read now,
+    /// keeping the other tasks' frames for when they are selected.
+    async fn next_frame(&mut self) -> Result<Option<Task>, ClusterError> {
+        if let Some(frame) = self
+            .others
+            .get_mut(&self.task_name)
+            .and_then(VecDeque::pop_front)
+        {
+            self.others_len -= 1;
+            return Ok(Some(frame));
+        }
+        loop {
+            let Some(task) = self.job.tasks.next().await? else {
+                return Ok(None);
+            };
+            if task.name == self.task_name {
+                return Ok(Some(task));
+            }
+            if self.others_len < MAX_BUFFERED_FRAMES
+                && self.targets.iter().any(|(name, _)| *name == task.name)
+            {
+                self.others_len += 1;
+                self.others
+                    .entry(task.name.clone())
+                    .or_default()
+                    .push_back(task);
+            }
+        }
+    }
+
     /// The next assignment of the task: a node and a token.
     async fn next_assignment(&mut self) -> Result<Assignment, ClientError> {
-        let config = &self.client.config;
+        let assignment_timeout = self.client.config.assignment_timeout;
         loop {
-            let frame = tokio::time::timeout(config.assignment_timeout, self.job.tasks.next())
+            let frame = tokio::time::timeout(assignment_timeout, self.next_frame())
                 .await
                 .map_err(|_| ClientError::NoAssignment {
                     job_id: self.job.job_id.clone(),
                     task: self.task_name.clone(),
-                    waited: config.assignment_timeout,
+                    waited: assignment_timeout,
                 })?
                 .map_err(|source| ClientError::Manager {
                     job: self.task_name.clone(),
@@ -1544,8 +1589,16 @@ impl TaskRun<'_> {
                     task: self.task_name.clone(),
                 });
             };
-            if task.name != self.task_name {
-                continue;
+            match task.status() {
+                Status::Failed => {
+                    return Err(ClientError::TaskFailed {
+                        job_id: self.job.job_id.clone(),
+                        task: self.task_name.clone(),
+                    });
+                }
+                // Only assignments carry tokens; anything else is news, not work.
+                Status::Pending => {}
+                _ => continue,
             }
             let assignment =
                 parse_assignment(&task).map_err(|reason| ClientError::BadAssignment {
@@ -1569,23 +1622,48 @@ impl TaskRun<'_> {
         if !error.is_retryable() || self.attempts >= self.client.config.max_attempts {
             return Err(error);
         }
+        // A node that could not be reached for a task of several pinned to their nodes
+        // would be assigned again to the same node: it is reported and passed over. The
+        // manager still hears of the failure, and fails the task once it drops the node.
+        if self.targets.len() > 1 && matches!(error, ClientError::Connect { .. }) {
+            self.report(Status::Failed).await;
+            return Err(error);
+        }
         tracing::warn!(job_id = %self.job.job_id, %error, attempt = self.attempts, "task failed, waiting for another node");
         if self.current.is_none() {
             return Err(error);
         }
-        self.report_failed().await;
+        self.report(Status::Failed).await;
         Ok(())
     }
 
-    /// Reports the current attempt FAILED on the job's topic, so that the manager acts
-    /// now rather than at the task's deadline.
-    async fn report_failed(&mut self) {
+    /// Reports the task DONE, as its sender that proved the transfer (every root
+    /// matched), and waits, within [`ClientConfig::request_timeout`], until the manager
+    /// ends the job's stream: from then on the manager has recorded where the data went,
+    /// so that a listing right after finds it. The node reports DONE too; whichever
+    /// arrives first counts. A manager that does not end the stream in time costs the
+    /// wait, not the upload, which is stored.
+    async fn done(mut self) {
+        self.report(Status::Done).await;
+        let job_id = self.job.job_id.clone();
+        let ended = async { while let Ok(Some(_)) = self.job.tasks.next().await {} };
+        if tokio::time::timeout(self.client.config.request_timeout, ended)
+            .await
+            .is_err()
+        {
+            tracing::debug!(%job_id, "the manager did not end the finished job's stream in time");
+        }
+    }
+
+    /// Reports the current attempt `status` (DONE or FAILED) on the job's topic, so that
+    /// the manager acts now rather than at the task's deadline.
+    async fn report(&mut self, status: Status) {
         let job_id = self.job.job_id.as_str();
         let Some(task) = self.current.take() else {
             return;
         };
         let update = Task {
-            status: Status::Failed as i32,
+            status: status as i32,
             ..task
         };
         // Best effort: the node reports its side too, and the deadline remains.
@@ -1596,7 +1674,7 @@ impl TaskRun<'_> {
             cluster.publish_task_update(job_id, &update).await
         };
         if let Err(report_error) = published.await {
-            tracing::debug!(%job_id, error = %report_error, "could not report the failed attempt");
+            tracing::debug!(%job_id, error = %report_error, ?status, "could not report the attempt");
         }
     }
 }
@@ -1806,9 +1884,7 @@ mod tests {
         gather.seen.insert("b".into());
         assert_eq!(gather.missing(), ["a", "c"]);
         assert_eq!(gather.request().ids, ["a", "c"]);
-        assert!(!gather.complete());
         gather.seen.extend(["a".into(), "c".into()]);
-        assert!(gather.complete());
         assert!(gather.missing().is_empty());
         assert_eq!(
             gather.request().ids,
@@ -1818,7 +1894,7 @@ mod tests {
     }
 
     #[test]
-    fn a_query_by_name_is_never_complete() {
+    fn a_query_by_name_asks_every_holder_the_same() {
         let mut listed = Vec::new();
         let query = Query {
             names: vec!["scan".into()],
@@ -1826,8 +1902,8 @@ mod tests {
         };
         let mut gather = Gather::new(&query, Sink::Listing(&mut listed));
         gather.seen.insert("a".into());
-        assert!(!gather.complete());
         assert!(gather.missing().is_empty());
+        assert_eq!(gather.request(), gather.query);
     }
 
     #[test]

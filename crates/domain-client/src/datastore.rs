@@ -9,9 +9,10 @@
 //! - [`get`](Datastore::get) streams the content over a `/load/v1` task as it is read;
 //!   the root check ends with the last byte, so a reader that reached its end
 //!   without an error read the item's exact content.
-//! - [`query`](Datastore::query) lists over `/load/v1` on every node that stored data,
-//!   each id once, ordered by id.
-//! - [`delete`](Datastore::delete) runs `/delete/v1` on every node that stored data.
+//! - [`query`](Datastore::query) lists over `/load/v1` on every node that holds data of
+//!   the domain, each id once, ordered by id.
+//! - [`delete`](Datastore::delete) runs `/delete/v1` on every node that holds data of
+//!   the domain.
 //! - [`subscribe`](Datastore::subscribe) follows keep-alive `/load/v1` streams from
 //!   their caught-up markers; a put through this store waits until the subscriptions
 //!   made before it are established, so a subscriber sees the puts that follow it.

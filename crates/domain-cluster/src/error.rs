@@ -163,6 +163,14 @@ pub enum ClusterError {
         /// The i/o failure.
         source: std::io::Error,
     },
+    /// The manager refused to say which nodes hold a domain's data.
+    #[error("the manager refused to name the holders of domain {domain:?}: {message}")]
+    HoldersRefused {
+        /// The domain asked about.
+        domain: String,
+        /// The manager's reason.
+        message: String,
+    },
     /// The manager refused a job.
     #[error("the manager refused job {name:?}: {message}")]
     JobRejected {

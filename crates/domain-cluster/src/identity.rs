@@ -42,8 +42,17 @@ impl Identity {
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
                 let identity = Self::generate();
-                identity.save_new(path)?;
-                Ok(identity)
+                match identity.save_new(path) {
+                    Ok(()) => Ok(identity),
+                    // Another process (a second `domain` command started at the same
+                    // time) created the key meanwhile: that key is the identity.
+                    Err(IdentityError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::AlreadyExists =>
+                    {
+                        Self::load(path)
+                    }
+                    Err(e) => Err(e),
+                }
             }
             other => other,
         }
@@ -185,6 +194,20 @@ mod tests {
     fn mode_of(path: &Path) -> u32 {
         use std::os::unix::fs::PermissionsExt;
         fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn processes_creating_the_same_identity_at_once_all_end_with_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity.key");
+        let peers: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| Identity::load_or_create(&path).unwrap().peer_id()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let on_disk = Identity::load(&path).unwrap().peer_id();
+        assert!(peers.iter().all(|peer| *peer == on_disk), "{peers:?}");
     }
 
     #[test]

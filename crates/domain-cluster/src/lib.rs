@@ -73,6 +73,8 @@ mod streams;
 pub use error::{ClusterError, IdentityError};
 pub use handle::{Cluster, ClusterHandle};
 pub use libp2p::{Multiaddr, PeerId};
-pub use requests::{FrameStream, JobStream, PUBLIC_KEY_LEN, SubmittedJob, TaskStream};
+pub use requests::{
+    FrameStream, HolderStream, JobStream, PUBLIC_KEY_LEN, SubmittedJob, TaskStream,
+};
 pub use stream::{ClusterStream, IncomingStreams, PeerStream};
 pub use streams::OpenStreamError;

@@ -1,12 +1,15 @@
 //! The client side of the manager's protocols (DESIGN §3), built on streams
-//! and domain-proto's framing: `/join/v1`, `/jobs/v1`, `/monitor/v1`, and
-//! `/public-key/v1` towards any peer.
+//! and domain-proto's framing: `/join/v1`, `/jobs/v1`, `/monitor/v1`,
+//! `/holders/v1`, and `/public-key/v1` towards any peer.
 
 use std::marker::PhantomData;
 
-use domain_proto::discovery::{JoinClusterRequest, JoinClusterResponse, Node};
+use domain_proto::discovery::{
+    Holder, HoldersRequest, HoldersResponse, Holdings, JoinClusterRequest, JoinClusterResponse,
+    Node,
+};
 use domain_proto::protocols::{
-    JOBS_V1, JOIN_V1, MAX_DOMAIN_ID_LEN, MONITOR_ACK, MONITOR_V1, PUBLIC_KEY_V1,
+    HOLDERS_V1, JOBS_V1, JOIN_V1, MAX_DOMAIN_ID_LEN, MONITOR_ACK, MONITOR_V1, PUBLIC_KEY_V1,
 };
 use domain_proto::task::{Code, Job, JobRequest, SubmitJobResponse, Task};
 use domain_proto::{DEFAULT_MAX_FRAME, read_message, read_message_or_eof, write_message};
@@ -77,6 +80,34 @@ impl<M> std::fmt::Debug for FrameStream<M> {
     }
 }
 
+/// The holders of a domain as the manager names them on `/holders/v1`: the first answer,
+/// then (when following) each later one.
+#[derive(Debug)]
+pub struct HolderStream {
+    frames: FrameStream<HoldersResponse>,
+    domain: String,
+}
+
+impl HolderStream {
+    /// The holders as they are after the next change, or `None` when the manager closed the
+    /// stream (it is stopping, or the request did not ask to follow).
+    ///
+    /// # Errors
+    /// [`ClusterError::HoldersRefused`] with the manager's reason; [`ClusterError::Frame`].
+    pub async fn next(&mut self) -> Result<Option<Vec<Holder>>, ClusterError> {
+        let Some(answer) = self.frames.next().await? else {
+            return Ok(None);
+        };
+        if !answer.err_msg.is_empty() {
+            return Err(ClusterError::HoldersRefused {
+                domain: self.domain.clone(),
+                message: answer.err_msg,
+            });
+        }
+        Ok(Some(answer.holders))
+    }
+}
+
 /// A job the manager accepted.
 #[derive(Debug)]
 pub struct SubmittedJob {
@@ -87,9 +118,10 @@ pub struct SubmittedJob {
 }
 
 impl ClusterHandle {
-    /// Registers this node and its capabilities with the manager (`/join/v1`), and
-    /// returns its answer (which domains keep more than one copy of each item).
-    /// The manager requires `node.id` to be this peer's id.
+    /// Registers this node and its capabilities with the manager (`/join/v1`), with
+    /// what it holds (the holder index's source of truth), and returns its answer (which
+    /// domains keep more than one copy of each item). The manager requires `node.id` to
+    /// be this peer's id.
     ///
     /// # Errors
     /// Those of [`open_stream`](Self::open_stream); [`ClusterError::Frame`]
@@ -99,6 +131,7 @@ impl ClusterHandle {
         &self,
         manager: PeerId,
         node: Node,
+        holdings: Option<Holdings>,
     ) -> Result<JoinClusterResponse, ClusterError> {
         let mut stream = self.open_stream(manager, JOIN_V1).await?;
         let frame_err = |source: domain_proto::FrameError| ClusterError::Frame {
@@ -107,7 +140,7 @@ impl ClusterHandle {
             source: Box::new(source),
         };
         self.timed(format!("{JOIN_V1} with {manager}"), async {
-            write_message(&mut stream, &JoinClusterRequest { node }).await?;
+            write_message(&mut stream, &JoinClusterRequest { node, holdings }).await?;
             read_message::<JoinClusterResponse, _>(&mut stream, DEFAULT_MAX_FRAME).await
         })
         .await?
@@ -174,6 +207,56 @@ impl ClusterHandle {
             source,
         })?;
         Ok(FrameStream::new(stream, MONITOR_V1, manager))
+    }
+
+    /// Asks the manager which nodes hold data of `domain_id` (`/holders/v1`) and waits
+    /// for its first answer; with `follow`, the stream goes on with each change.
+    ///
+    /// # Errors
+    /// [`ClusterError::DomainIdTooLong`] before anything is sent;
+    /// [`ClusterError::HoldersRefused`] (a domain this peer may not use); those of
+    /// [`open_stream`](Self::open_stream); [`ClusterError::Frame`];
+    /// [`ClusterError::Timeout`].
+    pub async fn holders(
+        &self,
+        manager: PeerId,
+        domain_id: &str,
+        follow: bool,
+    ) -> Result<(Vec<Holder>, HolderStream), ClusterError> {
+        if domain_id.len() > MAX_DOMAIN_ID_LEN {
+            return Err(ClusterError::DomainIdTooLong {
+                len: domain_id.len(),
+                limit: MAX_DOMAIN_ID_LEN,
+            });
+        }
+        let mut stream = self.open_stream(manager, HOLDERS_V1).await?;
+        let request = HoldersRequest {
+            domain_id: domain_id.to_owned(),
+            follow: follow.then_some(true),
+        };
+        self.timed(format!("{HOLDERS_V1} with {manager}"), async {
+            write_message(&mut stream, &request).await
+        })
+        .await?
+        .map_err(|source| ClusterError::Frame {
+            protocol: HOLDERS_V1,
+            peer: manager,
+            source: Box::new(source),
+        })?;
+        let mut holders = HolderStream {
+            frames: FrameStream::new(stream, HOLDERS_V1, manager),
+            domain: domain_id.to_owned(),
+        };
+        let first = self
+            .timed(format!("{HOLDERS_V1} with {manager}"), holders.next())
+            .await??;
+        let Some(first) = first else {
+            return Err(ClusterError::HoldersRefused {
+                domain: domain_id.to_owned(),
+                message: "the manager closed the stream without an answer".to_owned(),
+            });
+        };
+        Ok((first, holders))
     }
 
     /// Asks `peer` for a domain's Ed25519 public key (`/public-key/v1`): the

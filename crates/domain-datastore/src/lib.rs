@@ -76,8 +76,8 @@ pub mod store;
 pub mod subscription;
 
 pub use local::{
-    DEFAULT_PARTIAL_BYTES, DEFAULT_PARTIAL_TTL, LocalContent, LocalDatastore, LocalOptions,
-    RepairReport,
+    DEFAULT_PARTIAL_BYTES, DEFAULT_PARTIAL_TTL, DomainUsage, LocalContent, LocalDatastore,
+    LocalOptions, RepairReport,
 };
 
 pub use store::{

@@ -36,6 +36,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 
 pub use repair::RepairReport;
+pub use tables::DomainUsage;
 
 use crate::merkle::{BackgroundBuilder, CHUNK_SIZE, Cores, MerkleBuilder, Root, root_of};
 use crate::store::{
@@ -163,6 +164,10 @@ impl LocalDatastore {
         let db_path = dir.join("meta.redb");
         // Opening takes the database's lock, so the repair below cannot race another process.
         let db = Arc::new(Database::create(&db_path).map_err(db)?);
+        // Before the repair, which counts the bytes of what it removes.
+        let txn = db.begin_write().map_err(self::db)?;
+        tables::count_missing_bytes(&txn).map_err(self::db)?;
+        txn.commit().map_err(self::db)?;
         let repair = repair::repair(&db, &tmp_dir, &blobs_dir)?;
         let partials = Arc::new(Partials::open(
             dir.join("partials"),
@@ -217,6 +222,20 @@ impl LocalDatastore {
         let inner = Arc::clone(&self.inner);
         let (domain, id) = (domain.clone(), id.to_owned());
         tokio::task::spawn_blocking(move || inner.read_item(&domain, &id)).await?
+    }
+
+    /// Items and content bytes of every domain with at least one item, in domain order:
+    /// what a node tells its manager it holds. It reads counters, never the items.
+    ///
+    /// # Errors
+    /// [`DatastoreError::Database`].
+    pub async fn usage(&self) -> Result<Vec<DomainUsage>, DatastoreError> {
+        let db = Arc::clone(&self.inner.db);
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(self::db)?;
+            tables::usage(&txn).map_err(self::db)
+        })
+        .await?
     }
 
     /// The path of the blob file with `root` in `domain` (it may not exist).

@@ -31,12 +31,18 @@ pub struct ManagerConfig {
     pub max_tasks_per_job: usize,
     /// The limit on every wait for a remote peer (a request frame, a write to a slow reader).
     pub request_timeout: Duration,
+    /// A finished job is forgotten (in memory and in `scheduler.redb`) this long after it
+    /// finished; never sooner than the scheduler's [`FINISHED_GRACE`](domain_scheduler::FINISHED_GRACE).
+    pub keep_finished: Duration,
+    /// At most this many finished jobs are kept; beyond it the oldest finished are forgotten
+    /// first, except those finished within the grace period. Running jobs are never forgotten.
+    pub max_finished_jobs: usize,
 }
 
 impl ManagerConfig {
     /// The defaults, keeping state in `data_dir`: listen on loopback TCP, QUIC and WebSocket with ports the
     /// system picks, tick every second, drop nodes silent for 30 s, 3 retries, 10 000 tasks per
-    /// job, 30 s remote waits.
+    /// job, 30 s remote waits, finished jobs kept for 24 h and 10 000 at most.
     #[must_use]
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
@@ -48,6 +54,8 @@ impl ManagerConfig {
             max_retries: 3,
             max_tasks_per_job: 10_000,
             request_timeout: Duration::from_secs(30),
+            keep_finished: Duration::from_secs(24 * 3600),
+            max_finished_jobs: 10_000,
         }
     }
 
@@ -110,6 +118,13 @@ impl ManagerConfig {
         if let Some(tasks) = file.max_tasks_per_job {
             self.max_tasks_per_job = tasks;
         }
+        if let Some(keep) = file.keep_finished {
+            self.keep_finished =
+                parse_duration(&keep).map_err(|reason| invalid("keep-finished", reason))?;
+        }
+        if let Some(jobs) = file.max_finished_jobs {
+            self.max_finished_jobs = jobs;
+        }
         self.domains.extend(file.domain);
         Ok(())
     }
@@ -149,6 +164,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// listen = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1", "/ip4/0.0.0.0/tcp/4002/ws"]
 /// tick-interval = "1s"
 /// node-timeout = "30s"
+/// keep-finished = "24h"
+/// max-finished-jobs = 10000
 ///
 /// [[domain]]
 /// id = "my-domain"
@@ -174,6 +191,10 @@ pub struct ConfigFile {
     pub max_retries: Option<u32>,
     /// `max-tasks-per-job`.
     pub max_tasks_per_job: Option<usize>,
+    /// `keep-finished`, e.g. `"24h"`.
+    pub keep_finished: Option<String>,
+    /// `max-finished-jobs`.
+    pub max_finished_jobs: Option<usize>,
     /// `[[domain]]` tables: `id` and `allow` (client peer ids).
     #[serde(default)]
     pub domain: Vec<DomainSpec>,
@@ -210,6 +231,7 @@ mod tests {
             r#"
             listen = ["/ip4/127.0.0.1/tcp/4001"]
             tick-interval = "250ms"
+            keep-finished = "2h"
             [[domain]]
             id = "d"
             allow = ["12D3KooWJWo7dJKXbZLoSvQfLEdHiKsvj7Y9P3D1nYZNjSjoEwU1"]
@@ -221,6 +243,8 @@ mod tests {
         assert_eq!(config.listen, ["/ip4/127.0.0.1/tcp/4001".parse().unwrap()]);
         assert_eq!(config.tick_interval, Duration::from_millis(250));
         assert_eq!(config.node_timeout, Duration::from_secs(30));
+        assert_eq!(config.keep_finished, Duration::from_secs(2 * 3600));
+        assert_eq!(config.max_finished_jobs, 10_000);
         assert_eq!(config.domains.len(), 1);
         assert_eq!(config.data_dir, PathBuf::from("/data"));
     }
@@ -233,6 +257,10 @@ mod tests {
         assert!(err.to_string().contains("node-timeout"), "{err}");
         let file: ConfigFile = toml::from_str(r#"tick-interval = "0s""#).unwrap();
         assert!(ManagerConfig::new("/d").apply_file(file).is_err());
+        let file: ConfigFile = toml::from_str(r#"keep-finished = "forever""#).unwrap();
+        let err = ManagerConfig::new("/d").apply_file(file).unwrap_err();
+        assert!(err.to_string().contains("keep-finished"), "{err}");
+        assert!(toml::from_str::<ConfigFile>("max-finished-jobs = -1").is_err());
     }
 
     #[test]
@@ -243,6 +271,8 @@ mod tests {
         config.apply_file(file).unwrap();
         let policy = crate::DomainPolicy::from_specs(&config.domains).unwrap();
         assert_eq!(policy.replication("my-domain"), 2);
+        assert_eq!(config.keep_finished, Duration::from_secs(24 * 3600));
+        assert_eq!(config.max_finished_jobs, 10_000);
     }
 
     #[test]

@@ -10,11 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use domain_proto::discovery::Node;
+use domain_proto::discovery::{Holder, Holdings, Node};
 use domain_proto::task::{Job, JobRequest, Status, Task};
 use domain_scheduler::{
-    DomainKeyIssuer, Event, JobStatus, MAX_TOKEN_LIFETIME, Scheduler, SchedulerError, TokenGrant,
-    TokenIssuer, job_id, parse_timeout,
+    DomainKeyIssuer, Event, HoldersChange, JobStatus, MAX_TOKEN_LIFETIME, Scheduler,
+    SchedulerError, TokenGrant, TokenIssuer, job_id, parse_timeout,
 };
 use tokio::sync::broadcast::error::TryRecvError;
 
@@ -23,6 +23,11 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Gossiped reports applied in one scheduler transaction, at most.
 const MAX_REPORT_BATCH: usize = 1024;
+
+/// Finished jobs a monitor is sent when it starts (the most recently finished; every running
+/// job is sent too). The scheduler may keep many thousands (`max-finished-jobs`); a client
+/// watching needs the recent ones, and what finished after it started comes as updates.
+const MONITOR_FINISHED_TAIL: usize = 256;
 
 /// What the async side asks of the scheduler thread.
 pub(crate) enum Request {
@@ -35,16 +40,24 @@ pub(crate) enum Request {
         tokens: mpsc::Sender<Task>,
         reply: oneshot::Sender<Result<Submission, SubmitError>>,
     },
-    /// A node joined (or joined again: the heartbeat).
+    /// A node joined (or joined again: the heartbeat), with what it holds if it says.
     Join {
         node: Node,
+        holdings: Option<Holdings>,
         reply: oneshot::Sender<Result<(), SchedulerError>>,
+    },
+    /// The holders of a domain now, and (to follow them) the changes from then on.
+    Holders {
+        domain: String,
+        follow: bool,
+        reply: oneshot::Sender<HoldersNow>,
     },
     /// A task update from gossip, signed by `reporter`.
     Report { task: Task, reporter: String },
     /// Time passed: enforce timeouts and liveness, retry assignments.
     Tick,
-    /// A monitor starts: every job now, and the changes from then on.
+    /// A monitor starts: every running job and the [`MONITOR_FINISHED_TAIL`] last finished,
+    /// and the changes from then on.
     Watch { reply: oneshot::Sender<Watch> },
     /// One job's state.
     Job {
@@ -99,10 +112,17 @@ pub(crate) struct JobView {
     pub job: Job,
 }
 
-/// A monitor's start: the jobs as they are, and the changes after that, consistent with them.
+/// A monitor's start: the running jobs and the last finished ones as they are (oldest submitted
+/// first), and the changes after that, consistent with them.
 pub(crate) struct Watch {
     pub jobs: Vec<Arc<JobView>>,
     pub updates: broadcast::Receiver<Arc<JobView>>,
+}
+
+/// The holders of a domain, and the holder changes after them when asked to follow.
+pub(crate) struct HoldersNow {
+    pub holders: Vec<Holder>,
+    pub changes: Option<broadcast::Receiver<HoldersChange>>,
 }
 
 /// Milliseconds since the Unix epoch, the scheduler's clock.
@@ -122,15 +142,15 @@ pub(crate) struct Core {
     pub issuer: Arc<DomainKeyIssuer>,
     pub outbound: mpsc::Sender<Outbound>,
     pub views: broadcast::Sender<Arc<JobView>>,
+    /// Which domains' holders changed, for `/holders/v1` followers.
+    pub holder_changes: broadcast::Sender<HoldersChange>,
 }
 
 impl Core {
     /// Tells the dispatcher to follow every job still running; call once, after start.
     fn follow_running_jobs(&self) -> Result<(), Stopping> {
-        for job_id in self.scheduler.job_ids() {
-            if self.scheduler.job_status(&job_id) == Some(JobStatus::Running) {
-                self.send(Outbound::Follow { job_id })?;
-            }
+        for job_id in self.scheduler.recent_job_ids(0) {
+            self.send(Outbound::Follow { job_id })?;
         }
         Ok(())
     }
@@ -185,8 +205,12 @@ impl Core {
                     let _ = reply.send(result);
                     fatal
                 }
-                Request::Join { node, reply } => {
-                    let result = self.join(node);
+                Request::Join {
+                    node,
+                    holdings,
+                    reply,
+                } => {
+                    let result = self.join(node, holdings);
                     let fatal = fatal(&result);
                     let _ = reply.send(result);
                     fatal
@@ -198,7 +222,7 @@ impl Core {
                 Request::Watch { reply } => {
                     let jobs = self
                         .scheduler
-                        .job_ids()
+                        .recent_job_ids(MONITOR_FINISHED_TAIL)
                         .iter()
                         .filter_map(|id| self.full_view(id))
                         .collect();
@@ -214,6 +238,17 @@ impl Core {
                 }
                 Request::Nodes { reply } => {
                     let _ = reply.send(self.scheduler.nodes());
+                    Ok(())
+                }
+                Request::Holders {
+                    domain,
+                    follow,
+                    reply,
+                } => {
+                    let _ = reply.send(HoldersNow {
+                        holders: self.scheduler.holders(&domain),
+                        changes: follow.then(|| self.holder_changes.subscribe()),
+                    });
                     Ok(())
                 }
             };
@@ -316,14 +351,20 @@ impl Core {
         out
     }
 
-    fn join(&mut self, node: Node) -> Result<(), SchedulerError> {
+    fn join(&mut self, node: Node, holdings: Option<Holdings>) -> Result<(), SchedulerError> {
         let now = now_ms();
+        let id = node.id.clone();
         // A join with nothing new is the node's heartbeat: no write.
         if self.scheduler.node(&node.id) == Some(&node) {
-            self.scheduler.heartbeat(&node.id, now)
+            self.scheduler.heartbeat(&node.id, now)?;
         } else {
             tracing::info!(node = %node.id, name = %node.name, "node joined");
-            self.scheduler.join(node, now)
+            self.scheduler.join(node, now)?;
+        }
+        match holdings {
+            // Writes only what changed since the node's last report.
+            Some(holdings) => self.scheduler.report_holdings(&id, &holdings, now),
+            None => Ok(()),
         }
     }
 
@@ -374,13 +415,18 @@ impl Core {
                 }
                 Err(TryRecvError::Lagged(missed)) => {
                     // Only one operation's events are ever queued, so this takes an operation
-                    // on more tasks than the queue holds. Monitors get every job whole; tokens
-                    // of lost assignments are gone, and those tasks retry at their timeout.
+                    // on more tasks than the queue holds. Monitors get every job they started
+                    // with whole; tokens of lost assignments are gone, and those tasks retry at
+                    // their timeout.
                     tracing::error!(missed, "scheduler events lost; resending every job");
-                    new_jobs.extend(self.scheduler.job_ids());
+                    new_jobs.extend(self.scheduler.recent_job_ids(MONITOR_FINISHED_TAIL));
                 }
                 Err(TryRecvError::Empty | TryRecvError::Closed) => break,
             }
+        }
+        for change in self.scheduler.take_holder_changes() {
+            // No follower is not an error.
+            let _ = self.holder_changes.send(change);
         }
         if self.views.receiver_count() == 0 {
             return Ok(());

@@ -52,6 +52,14 @@ struct RunArgs {
     /// Drop a node that has not joined again for this long, e.g. `30s`.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     node_timeout: Option<std::time::Duration>,
+    /// Forget a finished job this long after it finished, e.g. `24h` (overrides
+    /// `keep-finished`; never sooner than a minute).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keep_finished: Option<std::time::Duration>,
+    /// Keep at most this many finished jobs, forgetting the oldest finished first (overrides
+    /// `max-finished-jobs`).
+    #[arg(long, value_name = "N")]
+    max_finished_jobs: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +153,12 @@ fn run_config(args: RunArgs) -> anyhow::Result<ManagerConfig> {
     }
     if let Some(timeout) = args.node_timeout {
         config.node_timeout = timeout;
+    }
+    if let Some(keep) = args.keep_finished {
+        config.keep_finished = keep;
+    }
+    if let Some(jobs) = args.max_finished_jobs {
+        config.max_finished_jobs = jobs;
     }
     Ok(config)
 }

@@ -13,13 +13,17 @@ use domain_cluster::identity::Identity;
 use domain_cluster::{
     Cluster, ClusterError, ClusterHandle, ClusterStream, IncomingStreams, Multiaddr, PeerId,
 };
-use domain_proto::discovery::{JoinClusterRequest, JoinClusterResponse, Node};
-use domain_proto::protocols::{JOBS_V1, JOIN_V1, MONITOR_ACK, MONITOR_V1, PUBLIC_KEY_V1};
-use domain_proto::task::{Code, Job, JobRequest, SubmitJobResponse, Task};
+use domain_proto::discovery::{
+    HoldersRequest, HoldersResponse, JoinClusterRequest, JoinClusterResponse, Node,
+};
+use domain_proto::protocols::{
+    HOLDERS_V1, JOBS_V1, JOIN_V1, MONITOR_ACK, MONITOR_V1, PUBLIC_KEY_V1,
+};
+use domain_proto::task::{Code, Job, JobRequest, Status, SubmitJobResponse, Task};
 use domain_proto::{DEFAULT_MAX_FRAME, read_message, write_message};
 use domain_scheduler::{
-    DomainKeyIssuer, Event, RedbStore, Scheduler, SchedulerConfig, SchedulerError, TokenError,
-    TokenGrant, TokenIssuer, submit_response,
+    DomainKeyIssuer, Event, HoldersChange, RedbStore, Scheduler, SchedulerConfig, SchedulerError,
+    TokenError, TokenGrant, TokenIssuer, submit_response,
 };
 use libp2p::multiaddr::Protocol;
 use prost::Message as _;
@@ -28,7 +32,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::ManagerConfig;
-use crate::core::{Core, JobView, Outbound, Request, Submission, Watch};
+use crate::core::{Core, HoldersNow, JobView, Outbound, Request, Submission, Watch};
 use crate::domains::{DomainPolicy, DomainsFile, Refusal};
 use crate::error::ManagerError;
 use crate::replication;
@@ -41,6 +45,13 @@ const OUTBOUND_QUEUE: usize = 4096;
 
 /// Job changes kept for each monitor before it lags (and is sent every job again).
 const VIEW_QUEUE: usize = 1024;
+
+/// Holder changes kept for each `/holders/v1` follower before it lags (and is sent its
+/// domain's holders again).
+const HOLDER_CHANGE_QUEUE: usize = 256;
+
+/// The largest `/holders/v1` request: a domain id of at most 256 bytes and a flag.
+const MAX_HOLDERS_REQUEST: usize = 1024;
 
 /// Events of one scheduler operation kept before the oldest are lost (see `Core::dispatch`).
 const EVENT_QUEUE: usize = 16 * 1024;
@@ -162,6 +173,7 @@ impl Manager {
                 (cluster.accept(JOIN_V1)?, JOIN_V1),
                 (cluster.accept(JOBS_V1)?, JOBS_V1),
                 (cluster.accept(MONITOR_V1)?, MONITOR_V1),
+                (cluster.accept(HOLDERS_V1)?, HOLDERS_V1),
                 (cluster.accept(PUBLIC_KEY_V1)?, PUBLIC_KEY_V1),
             ])
         })();
@@ -187,6 +199,7 @@ impl Manager {
                             JOIN_V1 => serve_join(&shared, peer, stream).await,
                             JOBS_V1 => serve_jobs(&shared, peer, stream).await,
                             MONITOR_V1 => serve_monitor(&shared, peer, stream).await,
+                            HOLDERS_V1 => serve_holders(&shared, peer, stream).await,
                             _ => serve_key(&shared, &keys, peer, stream).await,
                         }
                     }
@@ -367,6 +380,8 @@ async fn start_core(
     scheduler_config.max_retries = config.max_retries;
     scheduler_config.max_tasks_per_job = config.max_tasks_per_job;
     scheduler_config.event_capacity = EVENT_QUEUE;
+    scheduler_config.finished_ttl = config.keep_finished;
+    scheduler_config.max_finished_jobs = config.max_finished_jobs;
     let path = config.scheduler_path();
     let (opened_tx, opened) = oneshot::channel();
     let (done_tx, done) = oneshot::channel();
@@ -396,6 +411,7 @@ async fn start_core(
                 issuer,
                 outbound,
                 views,
+                holder_changes: broadcast::channel(HOLDER_CHANGE_QUEUE).0,
             };
             let _ = done_tx.send(core.run(requests));
         })
@@ -522,6 +538,16 @@ async fn dispatch(cluster: ClusterHandle, mut outbound: mpsc::Receiver<Outbound>
                     if let Some(reason) = reason {
                         tracing::info!(job = %task.job_id, task = %task.name, status = task.status, "{reason}");
                     }
+                    // A task that failed for good reaches its submitter too, so that a
+                    // client waiting for its assignment (a task pinned to a node that is
+                    // gone) learns at once rather than when the job ends.
+                    if task.status() == Status::Failed {
+                        if let Some(submitter) = submitters.get(&task.job_id) {
+                            if submitter.try_send(task.clone()).is_err() {
+                                submitters.remove(&task.job_id);
+                            }
+                        }
+                    }
                     publish(&cluster, task).await;
                 }
                 Event::JobFinished { job_id, status } => {
@@ -581,8 +607,8 @@ async fn serve_join(shared: &Shared, peer: PeerId, mut stream: ClusterStream) {
         read_message::<JoinClusterRequest, _>(&mut stream, DEFAULT_MAX_FRAME),
     )
     .await;
-    let node = match request {
-        Ok(Ok(request)) => request.node,
+    let (node, holdings) = match request {
+        Ok(Ok(request)) => (request.node, request.holdings),
         Ok(Err(e)) => {
             tracing::debug!(%peer, "bad {JOIN_V1} request: {e}");
             return;
@@ -596,7 +622,12 @@ async fn serve_join(shared: &Shared, peer: PeerId, mut stream: ClusterStream) {
         tracing::warn!(%peer, claimed = %node.id, "refused a join: the node id is not the peer's");
         return;
     }
-    match ask(&shared.requests, |reply| Request::Join { node, reply }).await {
+    let join = |reply| Request::Join {
+        node,
+        holdings,
+        reply,
+    };
+    match ask(&shared.requests, join).await {
         Some(Ok(())) => {
             let answered = tokio::time::timeout(shared.request_timeout, async {
                 let answer = JoinClusterResponse {
@@ -658,11 +689,12 @@ async fn serve_jobs(shared: &Shared, peer: PeerId, stream: ClusterStream) {
         let _ = writer.shutdown().await;
         return;
     }
-    // Room for every token the job can get (each task, each retry): the dispatcher never waits.
+    // Room for every token the job can get (each task, each retry) and each task's FAILED
+    // notice: the dispatcher never waits.
     let room = request
         .tasks
         .len()
-        .saturating_mul(shared.tokens_per_task)
+        .saturating_mul(shared.tokens_per_task.saturating_add(1))
         .clamp(1, shared.max_tokens_per_job);
     let (tokens_tx, mut tokens) = mpsc::channel(room.max(1));
     let name = request.name.clone();
@@ -710,7 +742,74 @@ async fn serve_jobs(shared: &Shared, peer: PeerId, stream: ClusterStream) {
     let _ = writer.shutdown().await;
 }
 
-/// `/monitor/v1`: after the client's `ack`, every job it may watch, then each change.
+/// `/holders/v1`: the nodes that hold data of a domain the peer may use, and with `follow`
+/// the holders again after each change, until the peer goes away.
+async fn serve_holders(shared: &Shared, peer: PeerId, stream: ClusterStream) {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let request = tokio::time::timeout(
+        shared.request_timeout,
+        read_message::<HoldersRequest, _>(&mut reader, MAX_HOLDERS_REQUEST),
+    )
+    .await;
+    let HoldersRequest { domain_id, follow } = match request {
+        Ok(Ok(request)) => request,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "bad {HOLDERS_V1} request: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no {HOLDERS_V1} request in time");
+            return;
+        }
+    };
+    if let Err(refusal) = shared.policy.check_submitter(&domain_id, &peer) {
+        tracing::warn!(%peer, "refused a holders request: {refusal}");
+        let answer = HoldersResponse {
+            err_msg: refusal.to_string(),
+            holders: Vec::new(),
+        };
+        let _ = send_frame(shared, &mut writer, &answer).await;
+        let _ = writer.shutdown().await;
+        return;
+    }
+    let follow = follow == Some(true);
+    let mut probe = [0u8; 1];
+    'follow: loop {
+        let holders = |reply| Request::Holders {
+            domain: domain_id.clone(),
+            follow,
+            reply,
+        };
+        let Some(HoldersNow { holders, changes }) = ask(&shared.requests, holders).await else {
+            break;
+        };
+        let answer = HoldersResponse {
+            err_msg: String::new(),
+            holders,
+        };
+        if send_frame(shared, &mut writer, &answer).await.is_err() {
+            break;
+        }
+        let Some(mut changes) = changes else { break };
+        loop {
+            tokio::select! {
+                change = changes.recv() => match change {
+                    Ok(HoldersChange::Domain(domain)) if domain != domain_id => {}
+                    // This domain's holders changed, or those of every domain, or changes
+                    // were missed: the holders are sent again whole.
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue 'follow,
+                    Err(broadcast::error::RecvError::Closed) => break 'follow,
+                },
+                // The peer writes nothing more: any byte, its close or an error ends it.
+                _ = reader.read(&mut probe) => break 'follow,
+            }
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// `/monitor/v1`: after the client's `ack`, every running job it may watch and the last finished
+/// ones (`MONITOR_FINISHED_TAIL` in `core`), then each change.
 async fn serve_monitor(shared: &Shared, peer: PeerId, stream: ClusterStream) {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut ack = [0u8; MONITOR_ACK.len()];

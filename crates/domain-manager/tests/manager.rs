@@ -12,6 +12,7 @@ use domain_cluster::config::Role;
 use domain_cluster::identity::Identity;
 use domain_cluster::{ClusterError, SubmittedJob};
 use domain_manager::{Manager, create_domain};
+use domain_proto::discovery::{DomainHoldings, Holdings};
 use domain_proto::protocols::STORE_V1;
 use domain_proto::task::Status;
 
@@ -34,7 +35,7 @@ async fn a_node_joins_and_a_join_under_another_peers_id_is_refused() {
     // Joining again is the heartbeat: still one node.
     within(
         "joining again",
-        node.join(manager.peer_id(), node_message(node.local_peer_id())),
+        node.join(manager.peer_id(), node_message(node.local_peer_id()), None),
     )
     .await
     .unwrap();
@@ -44,7 +45,7 @@ async fn a_node_joins_and_a_join_under_another_peers_id_is_refused() {
     let claimed = node_message(node.local_peer_id());
     let refused = within(
         "a join under another id",
-        impostor.join(manager.peer_id(), claimed),
+        impostor.join(manager.peer_id(), claimed, None),
     )
     .await;
     assert!(
@@ -186,6 +187,65 @@ async fn jobs_are_refused_for_an_unknown_domain_a_peer_not_allowed_and_a_cycle()
     .await
     .unwrap();
     assert!(manager.job(&accepted.job_id).await.unwrap().is_some());
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_holders_of_a_domain_are_named_to_its_allowed_peers_and_followed_as_they_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = Identity::generate();
+    create_domain(dir.path(), "scans", &[alice.peer_id()]).unwrap();
+    let (manager, addr) = start(config(dir.path())).await;
+    let alice = peer_with(alice, Role::Client, &addr);
+    let bob = peer(Role::Client, &addr);
+    let holds_scans = Holdings {
+        domains: vec![DomainHoldings {
+            domain_id: "scans".into(),
+            items: 3,
+            bytes: 300,
+        }],
+        gateway: None,
+    };
+    let node_holding_scans = async || {
+        let node = peer(Role::Node, &addr);
+        let joined = node.join(
+            manager.peer_id(),
+            node_message(node.local_peer_id()),
+            Some(holds_scans.clone()),
+        );
+        within("joining", joined).await.unwrap();
+        node
+    };
+    let first = node_holding_scans().await;
+
+    let (holders, mut changes) = within(
+        "asking for the holders",
+        alice.holders(manager.peer_id(), "scans", true),
+    )
+    .await
+    .unwrap();
+    let named: Vec<(String, u64, bool)> = holders
+        .iter()
+        .map(|h| (h.node_id.clone(), h.items, h.registered))
+        .collect();
+    assert_eq!(named, [(first.local_peer_id().to_string(), 3, true)]);
+
+    let refused = within(
+        "a peer not allowed",
+        bob.holders(manager.peer_id(), "scans", false),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(ClusterError::HoldersRefused { .. })),
+        "{refused:?}"
+    );
+
+    let _second = node_holding_scans().await;
+    let holders = within("the next holders", changes.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(holders.len(), 2);
     manager.shutdown().await.unwrap();
 }
 
@@ -362,9 +422,12 @@ async fn a_restarted_manager_resumes_its_jobs_and_the_submitter_gets_fresh_token
     let node_identity = Identity::generate();
     let node_id = node_identity.peer_id();
     let node = peer_with(node_identity.clone(), Role::Node, &addr);
-    within("joining", node.join(manager_id, node_message(node_id)))
-        .await
-        .unwrap();
+    within(
+        "joining",
+        node.join(manager_id, node_message(node_id), None),
+    )
+    .await
+    .unwrap();
     let client = peer_with(client_identity.clone(), Role::Client, &addr);
     let mut submitted = within("submitting", client.submit_job(manager_id, request.clone()))
         .await
@@ -401,7 +464,7 @@ async fn a_restarted_manager_resumes_its_jobs_and_the_submitter_gets_fresh_token
     let node = peer_with(node_identity, Role::Node, &addr);
     within(
         "joining again",
-        node.join(manager_id, node_message(node_id)),
+        node.join(manager_id, node_message(node_id), None),
     )
     .await
     .unwrap();

@@ -1,6 +1,6 @@
 //! The running node: datastore, swarm, join loop, task-stream acceptors.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -14,11 +14,11 @@ use domain_cluster::{
     PeerId,
 };
 use domain_datastore::{DatastoreError, LocalDatastore};
-use domain_proto::discovery::{Capability, Node as NodeInfo};
+use domain_proto::discovery::{Capability, Holdings, Node as NodeInfo};
 use domain_proto::protocols::{DELETE_V1, LOAD_V1, STORE_V1};
 use domain_proto::task::Status;
 use libp2p::multiaddr::Protocol;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -139,6 +139,9 @@ struct Context {
     /// Copies stored items to other nodes, for the domains that keep several; `None` on
     /// a gateway, whose upstream cluster keeps its own copies.
     replicator: Option<Arc<Replicator>>,
+    /// Told after each store or delete: the join loop then joins at once if the domains
+    /// the node holds changed, so the manager's holder index follows.
+    stored: Arc<Notify>,
 }
 
 impl Node {
@@ -198,7 +201,9 @@ impl Node {
                 stop.clone(),
             ))
         });
+        let stored = Arc::new(Notify::new());
         let context = Arc::new(Context {
+            stored: Arc::clone(&stored),
             local_peer: local_peer.to_string(),
             datastore: datastore.clone(),
             keys: keys.clone(),
@@ -261,6 +266,8 @@ impl Node {
                 interval: config.join_interval,
                 joins: joins_tx,
                 copies: copies_tx,
+                datastore: datastore.clone(),
+                stored,
             },
             stop.clone(),
         )));
@@ -636,6 +643,9 @@ impl Context {
             }
         };
         self.reporter.report(&claims, status).await;
+        if protocol != LOAD_V1 {
+            self.stored.notify_one();
+        }
         if let Some(replicator) = &self.replicator {
             replicator.stored(
                 &claims.domain_id,
@@ -662,18 +672,46 @@ struct JoinLoop {
     joins: watch::Sender<u64>,
     /// What the manager's answers say of the domains' copies.
     copies: watch::Sender<BTreeMap<String, u32>>,
+    /// What the joins report the node holds.
+    datastore: NodeDatastore,
+    /// Told after each store or delete.
+    stored: Arc<Notify>,
 }
 
-/// Joins the manager every interval (the join is the node's heartbeat);
-/// after a failure retries sooner, doubling the wait up to the interval.
+/// What the node holds now, for its next join; `None` (the manager keeps what it knew)
+/// when the store cannot say.
+async fn current_holdings(datastore: &NodeDatastore) -> Option<Holdings> {
+    match datastore.holdings().await {
+        Ok(holdings) => Some(holdings),
+        Err(error) => {
+            tracing::warn!(%error, "cannot count what the datastore holds; the join reports nothing");
+            None
+        }
+    }
+}
+
+/// The domains a report names: a change of this set is reported at once.
+fn held_domains(holdings: Option<&Holdings>) -> Option<BTreeSet<String>> {
+    holdings.map(|h| h.domains.iter().map(|d| d.domain_id.clone()).collect())
+}
+
+/// Joins the manager every interval (the join is the node's heartbeat), with what
+/// the node holds; at once when the domains it holds change; after a failure retries
+/// sooner, doubling the wait up to the interval.
 async fn join_loop(state: JoinLoop, stop: CancellationToken) {
     let mut failures: u32 = 0;
+    let mut reported: Option<BTreeSet<String>> = None;
     loop {
+        let holdings = current_holdings(&state.datastore).await;
+        let domains = held_domains(holdings.as_ref());
         let attempt = async {
             // Dial the full address each time: after a manager restart the swarm
             // may have dropped the addresses it knew for it.
             state.cluster.dial(state.manager_addr.clone()).await?;
-            state.cluster.join(state.manager, state.info.clone()).await
+            state
+                .cluster
+                .join(state.manager, state.info.clone(), holdings)
+                .await
         };
         let result = tokio::select! {
             () = stop.cancelled() => return,
@@ -691,6 +729,7 @@ async fn join_loop(state: JoinLoop, stop: CancellationToken) {
                     tracing::info!(manager = %state.manager_addr, "joined the manager");
                 }
                 failures = 0;
+                reported = domains;
                 state.joins.send_modify(|n| *n += 1);
                 state.interval
             }
@@ -707,9 +746,18 @@ async fn join_loop(state: JoinLoop, stop: CancellationToken) {
                     .min(state.interval)
             }
         };
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
+        let next = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep_until(next) => break,
+                () = state.stored.notified(), if failures == 0 => {
+                    let now = held_domains(current_holdings(&state.datastore).await.as_ref());
+                    if now.is_some() && now != reported {
+                        break;
+                    }
+                }
+            }
         }
     }
 }

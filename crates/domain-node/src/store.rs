@@ -10,6 +10,7 @@ use domain_client::datastore::{RemoteContent, RemoteDatastore};
 use domain_datastore::{
     Datastore, DatastoreError, DomainId, LocalContent, LocalDatastore, ResumePoint, Subscription,
 };
+use domain_proto::discovery::{DomainHoldings, Holdings};
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -30,6 +31,33 @@ impl NodeDatastore {
         match self {
             Self::Local(store) => Some(store),
             Self::Remote(_) => None,
+        }
+    }
+
+    /// What this node tells its manager it holds: each domain with items and their
+    /// bytes, or, for a gateway, that it serves every domain of its upstream cluster.
+    ///
+    /// # Errors
+    /// Those of [`LocalDatastore::usage`].
+    pub async fn holdings(&self) -> Result<Holdings, DatastoreError> {
+        match self {
+            Self::Local(store) => Ok(Holdings {
+                domains: store
+                    .usage()
+                    .await?
+                    .into_iter()
+                    .map(|usage| DomainHoldings {
+                        domain_id: usage.domain.as_str().to_owned(),
+                        items: usage.items,
+                        bytes: usage.bytes,
+                    })
+                    .collect(),
+                gateway: None,
+            }),
+            Self::Remote(_) => Ok(Holdings {
+                domains: Vec::new(),
+                gateway: Some(true),
+            }),
         }
     }
 }

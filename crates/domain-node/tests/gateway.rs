@@ -40,10 +40,7 @@ async fn node(config: NodeConfig) -> Node {
 }
 
 async fn client(manager: Multiaddr) -> Client {
-    let config = ClientConfig {
-        search_quiet: Duration::from_millis(300),
-        ..ClientConfig::default()
-    };
+    let config = ClientConfig::default();
     Client::start(Identity::generate(), Some(manager), config)
         .await
         .unwrap()

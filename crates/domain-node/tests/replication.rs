@@ -24,7 +24,6 @@ fn loopback() -> Multiaddr {
 
 fn client_config() -> ClientConfig {
     ClientConfig {
-        search_quiet: Duration::from_millis(500),
         connect_patience: Duration::from_secs(2),
         ..ClientConfig::default()
     }

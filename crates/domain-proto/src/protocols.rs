@@ -12,6 +12,8 @@ pub const JOIN_V1: &str = "/join/v1";
 pub const JOBS_V1: &str = "/jobs/v1";
 /// A client follows every job's changes on the manager.
 pub const MONITOR_V1: &str = "/monitor/v1";
+/// A client asks the manager which nodes hold data of a domain (an extension).
+pub const HOLDERS_V1: &str = "/holders/v1";
 /// A task sender stores items on a receiver.
 pub const STORE_V1: &str = "/store/v1";
 /// A task sender loads items (or subscribes to new ones) from a receiver.
@@ -20,11 +22,12 @@ pub const LOAD_V1: &str = "/load/v1";
 pub const DELETE_V1: &str = "/delete/v1";
 
 /// Every stream protocol above, for registering handlers.
-pub const ALL_STREAM_PROTOCOLS: [&str; 7] = [
+pub const ALL_STREAM_PROTOCOLS: [&str; 8] = [
     PUBLIC_KEY_V1,
     JOIN_V1,
     JOBS_V1,
     MONITOR_V1,
+    HOLDERS_V1,
     STORE_V1,
     LOAD_V1,
     DELETE_V1,

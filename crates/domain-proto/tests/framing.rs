@@ -112,7 +112,11 @@ fn every_message_type_round_trips_through_a_frame() {
             gpu: None,
         };
         round_trip(node.clone()).await;
-        round_trip(JoinClusterRequest { node }).await;
+        round_trip(JoinClusterRequest {
+            node,
+            holdings: None,
+        })
+        .await;
         round_trip(JoinClusterResponse::default()).await;
 
         round_trip(metadata()).await;

@@ -49,6 +49,15 @@
 //!   Deadlines are absolute times, so one that passed while the manager was down is enforced at
 //!   the first tick; node liveness is not stored, and restored nodes get one `node_timeout` to
 //!   heartbeat again.
+//! - **Retention.** A finished job is kept, with its tasks, for `finished_ttl` (24 h) after it
+//!   finished, and `max_finished_jobs` (10 000) at most; [`Scheduler::tick`] (and
+//!   [`Scheduler::open`], for what came due while the manager was down) removes the others from
+//!   memory and from the store, in the operation's one transaction, oldest finished first. A job
+//!   finished less than [`FINISHED_GRACE`] (60 s) ago is kept whatever the limits: a node's
+//!   `replicate` job and a client resuming a job (by submitting its request again) refer to a job
+//!   that just finished. A job's finish time is the last change of its tasks, so a restart
+//!   finds it again. Running jobs are never removed. [`Scheduler::recent_job_ids`] gives the
+//!   running jobs and the latest finished ones, what a monitor starts with.
 //! - **Not acted on yet.** `max_budget` and the termination policy are kept with the job but
 //!   change nothing; recruitment policies other than FAIL all wait for a node.
 //!
@@ -106,6 +115,7 @@
 //! ```
 
 mod events;
+mod holders;
 mod registry;
 mod scheduler;
 mod store;
@@ -114,11 +124,14 @@ mod token;
 mod validate;
 
 pub use events::{Event, JobStatus};
+pub use holders::{HoldersChange, HoldingsError, MAX_REPORTED_DOMAINS};
 pub use registry::{JoinError, MAX_CAPABILITIES};
-pub use scheduler::{MAX_TOKEN_LIFETIME, Scheduler, SchedulerConfig, SchedulerError};
+pub use scheduler::{
+    FINISHED_GRACE, MAX_TOKEN_LIFETIME, Scheduler, SchedulerConfig, SchedulerError,
+};
 pub use store::{
-    Batch, JobRecord, NodeRecord, REDB_CACHE_SIZE, RedbStore, SchedulerStore, Snapshot, StoreError,
-    TaskRecord,
+    Batch, HolderRecord, JobRecord, NodeRecord, REDB_CACHE_SIZE, RedbStore, SchedulerStore,
+    Snapshot, StoreError, TaskRecord,
 };
 pub use timeout::{MAX_TIMEOUT, TimeoutError, parse_timeout};
 pub use token::{DomainKeyIssuer, TokenError, TokenGrant, TokenIssuer};

@@ -6,7 +6,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain_proto::discovery::Node;
+use domain_proto::discovery::{Holder, Holdings, Node};
+use domain_proto::protocols::STORE_V1;
 use domain_proto::task::{
     Any, Job, JobRequest, Status, Task, TaskHandler, resource_recruitment::RecruitmentPolicy,
 };
@@ -14,6 +15,7 @@ use rayon::prelude::*;
 use tokio::sync::broadcast;
 
 use crate::events::{Event, JobStatus};
+use crate::holders::{HolderIndex, HoldersChange, HoldingsError};
 use crate::registry::{JoinError, Needs, Registry};
 use crate::store::{Batch, JobRecord, NodeRecord, SchedulerStore, StoreError, TaskRecord};
 use crate::token::{TokenError, TokenGrant, TokenIssuer};
@@ -28,6 +30,13 @@ const PARALLEL_SIGNING_CHUNK: usize = 64;
 
 /// Capacity kept by the per-operation buffers between operations.
 const RETAINED_BUFFER: usize = 1024;
+
+/// A finished job is kept at least this long, whatever [`SchedulerConfig::finished_ttl`] and
+/// [`SchedulerConfig::max_finished_jobs`] say: what follows a job's end still refers to it. A
+/// node's `replicate` job names the store job that just finished, and a client that lost its
+/// stream resumes its job by submitting the same request again, which only finds the job (and
+/// does not run it a second time) while it is kept.
+pub const FINISHED_GRACE: Duration = Duration::from_secs(60);
 
 /// Settings of a [`Scheduler`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,11 +55,19 @@ pub struct SchedulerConfig {
     /// Events buffered for each subscriber; a subscriber that falls further behind gets
     /// `RecvError::Lagged` and should resynchronise from [`Scheduler::job`].
     pub event_capacity: usize,
+    /// A finished job (every task DONE or FAILED) is removed, from memory and from the store, at
+    /// the first [`Scheduler::tick`] (or [`Scheduler::open`]) this long after it finished; then
+    /// [`Scheduler::job`] no longer knows it. Never sooner than [`FINISHED_GRACE`].
+    pub finished_ttl: Duration,
+    /// At most this many finished jobs are kept: beyond it, [`Scheduler::tick`] removes the
+    /// oldest finished first, except those finished less than [`FINISHED_GRACE`] ago. Running
+    /// jobs do not count and are never removed.
+    pub max_finished_jobs: usize,
 }
 
 impl SchedulerConfig {
     /// The defaults: nodes time out after 30 s, 3 retries, 100 000 tasks per job, 4096 buffered
-    /// events.
+    /// events, finished jobs kept for 24 h and 10 000 at most.
     pub fn new(manager_id: impl Into<String>) -> Self {
         Self {
             manager_id: manager_id.into(),
@@ -58,6 +75,8 @@ impl SchedulerConfig {
             max_retries: 3,
             max_tasks_per_job: 100_000,
             event_capacity: 4096,
+            finished_ttl: Duration::from_secs(24 * 3600),
+            max_finished_jobs: 10_000,
         }
     }
 }
@@ -72,6 +91,9 @@ pub enum SchedulerError {
     /// A node's registration was refused.
     #[error(transparent)]
     Join(#[from] JoinError),
+    /// A node's report of what it holds was refused.
+    #[error(transparent)]
+    Holdings(#[from] HoldingsError),
     /// No node with this id is registered.
     #[error("node {node} is not registered")]
     UnknownNode {
@@ -213,6 +235,9 @@ struct JobState {
     failed: usize,
     /// [`Event::JobFinished`] was published (or the job was finished when restored).
     finish_announced: bool,
+    /// When the job finished (its key in `Scheduler::finished`): the latest `updated_at` of its
+    /// tasks. None while it runs.
+    finished_at: Option<u64>,
 }
 
 impl JobState {
@@ -257,6 +282,7 @@ impl JobState {
             unfinished: specs.len(),
             failed: 0,
             finish_announced: false,
+            finished_at: None,
             request,
             submitter,
             created_at: now,
@@ -265,6 +291,16 @@ impl JobState {
             index,
             tasks,
         }
+    }
+
+    /// When the last of its tasks changed: for a finished job, when it finished. Derived from the
+    /// stored tasks, so a restart finds the same time without storing it.
+    fn last_update(&self) -> u64 {
+        self.tasks
+            .iter()
+            .map(|t| t.updated_at)
+            .max()
+            .unwrap_or(self.created_at)
     }
 
     fn status(&self) -> JobStatus {
@@ -342,7 +378,11 @@ pub struct Scheduler {
     store: Box<dyn SchedulerStore>,
     issuer: Box<dyn TokenIssuer>,
     registry: Registry,
-    jobs: HashMap<Arc<str>, JobState>,
+    holders: HolderIndex,
+    /// Boxed: under the churn of the retention (a job in, a job out) the map's tombstones make it
+    /// double its buckets once even at a steady size, and a bucket is then a pointer, not a
+    /// whole `JobState`.
+    jobs: HashMap<Arc<str>, Box<JobState>>,
     /// Tasks to assign at the next scheduling pass, in arrival order.
     ready: VecDeque<TaskRef>,
     /// Tasks no node fits, in arrival order.
@@ -351,6 +391,11 @@ pub struct Scheduler {
     waiting_generation: u64,
     /// Running tasks by deadline: the timeouts to enforce, and the tasks of a node.
     deadlines: BTreeSet<(u64, TaskRef)>,
+    /// Running jobs by (creation time, id): what a monitor is shown first.
+    running: BTreeSet<(u64, Arc<str>)>,
+    /// Finished jobs by (finish time, id): the retention removes from the front, and a monitor
+    /// is shown the back.
+    finished: BTreeSet<(u64, Arc<str>)>,
     events: broadcast::Sender<Event>,
     // The current operation's changes, stored then published by `flush`.
     dirty_tasks: Vec<TaskRef>,
@@ -370,6 +415,7 @@ impl fmt::Debug for Scheduler {
             .field("nodes", &self.registry.len())
             .field("running", &self.deadlines.len())
             .field("waiting", &self.waiting.len())
+            .field("finished_jobs", &self.finished.len())
             .field("poisoned", &self.poisoned)
             .finish_non_exhaustive()
     }
@@ -394,11 +440,14 @@ impl Scheduler {
             store,
             issuer,
             registry: Registry::default(),
+            holders: HolderIndex::default(),
             jobs: HashMap::new(),
             ready: VecDeque::new(),
             waiting: VecDeque::new(),
             waiting_generation: 0,
             deadlines: BTreeSet::new(),
+            running: BTreeSet::new(),
+            finished: BTreeSet::new(),
             events,
             dirty_tasks: Vec::new(),
             new_jobs: Vec::new(),
@@ -410,12 +459,17 @@ impl Scheduler {
         };
         scheduler.restore(snapshot, now)?;
         scheduler.schedule(now);
+        // What came due while the manager was down goes now, in the same first commit.
+        scheduler.prune_finished(now);
         scheduler.flush()?;
         Ok(scheduler)
     }
 
     fn restore(&mut self, snapshot: crate::store::Snapshot, now: u64) -> Result<(), StoreError> {
         let inconsistent = StoreError::Inconsistent;
+        for record in snapshot.holders {
+            self.holders.restore(record);
+        }
         for record in snapshot.nodes {
             let id = record.node.id.clone();
             self.registry
@@ -437,7 +491,7 @@ impl Scheduler {
                 record.created_at,
             );
             order.push(id.clone());
-            self.jobs.insert(id, job);
+            self.jobs.insert(id, Box::new(job));
         }
         let mut seen: HashSet<(Arc<str>, u32)> = HashSet::new();
         for record in snapshot.tasks {
@@ -537,7 +591,14 @@ impl Scheduler {
             }
         }
         for job in self.jobs.values_mut() {
-            job.finish_announced = job.status() != JobStatus::Running;
+            if job.status() == JobStatus::Running {
+                self.running.insert((job.created_at, job.id.clone()));
+            } else {
+                job.finish_announced = true;
+                let finished_at = job.last_update();
+                job.finished_at = Some(finished_at);
+                self.finished.insert((finished_at, job.id.clone()));
+            }
         }
         for task in lost {
             self.attempt_failed(&task, now, "its node is no longer registered".to_owned());
@@ -588,7 +649,8 @@ impl Scheduler {
                 name: job.request.name.clone(),
                 submitter: submitter.to_owned(),
             });
-            s.jobs.insert(id.clone(), job);
+            s.running.insert((job.created_at, id.clone()));
+            s.jobs.insert(id.clone(), Box::new(job));
             s.new_jobs.push(id.clone());
             s.schedule(now);
             Ok(id.to_string())
@@ -600,7 +662,11 @@ impl Scheduler {
     pub fn join(&mut self, node: Node, now: u64) -> Result<(), SchedulerError> {
         self.operation(|s| {
             let record = NodeRecord { node: node.clone() };
+            let new = !s.registry.contains(&node.id);
             s.registry.join(node, now)?;
+            if new {
+                s.holders.registration_changed(&record.node.id);
+            }
             s.dirty_nodes.push(record.node.id.clone());
             s.schedule(now);
             Ok(())
@@ -779,8 +845,58 @@ impl Scheduler {
                 s.attempt_failed(&due, now, format!("timed out (timeout {timeout})"));
             }
             s.schedule(now);
+            s.prune_finished(now);
             Ok(())
         })
+    }
+
+    /// Removes the finished jobs that the retention says are due (see
+    /// [`SchedulerConfig::finished_ttl`], [`SchedulerConfig::max_finished_jobs`],
+    /// [`FINISHED_GRACE`]), oldest finished first: O(log n) per job removed, nothing when none is
+    /// due.
+    fn prune_finished(&mut self, now: u64) {
+        let ttl = millis(self.config.finished_ttl);
+        let grace = millis(FINISHED_GRACE);
+        let mut removed = 0usize;
+        while let Some((finished_at, id)) = self.finished.first() {
+            let age = now.saturating_sub(*finished_at);
+            let expired = age >= ttl;
+            let over_count = self.finished.len() > self.config.max_finished_jobs;
+            // The index is in finish order: once its oldest is not due, no other is.
+            if age < grace || !(expired || over_count) {
+                break;
+            }
+            let id = id.clone();
+            self.forget_job(&id);
+            removed += 1;
+        }
+        if removed > 0 {
+            self.shrink_job_map();
+        }
+    }
+
+    /// Forgets a finished job, in memory and (with this operation's batch) in the store.
+    ///
+    /// A finished job holds nothing else: its tasks left `deadlines` when their attempts ended,
+    /// and `ready` and `waiting` only ever hold assignable tasks, whose jobs are running.
+    fn forget_job(&mut self, id: &str) {
+        let Some(job) = self.jobs.remove(id) else {
+            return;
+        };
+        if let Some(finished_at) = job.finished_at {
+            self.finished.remove(&(finished_at, job.id.clone()));
+        }
+        self.running.remove(&(job.created_at, job.id.clone()));
+        self.removed_jobs.push(id.to_owned());
+    }
+
+    /// Gives memory back once the job map is far below its capacity: a burst of jobs would
+    /// otherwise keep its peak allocation for the life of the process. A quarter, so the rehash
+    /// this costs is paid once per many removals.
+    fn shrink_job_map(&mut self) {
+        if self.jobs.capacity() > 4 * self.jobs.len().max(RETAINED_BUFFER) {
+            self.jobs.shrink_to_fit();
+        }
     }
 
     /// Forgets a finished job and its tasks, in memory and in the store.
@@ -796,8 +912,8 @@ impl Scheduler {
                     job_id: job_id.to_owned(),
                 });
             }
-            s.jobs.remove(job_id);
-            s.removed_jobs.push(job_id.to_owned());
+            s.forget_job(job_id);
+            s.shrink_job_map();
             Ok(())
         })
     }
@@ -824,14 +940,36 @@ impl Scheduler {
 
     /// How the job stands.
     pub fn job_status(&self, job_id: &str) -> Option<JobStatus> {
-        self.jobs.get(job_id).map(JobState::status)
+        self.jobs.get(job_id).map(|job| job.status())
     }
 
     /// Ids of all jobs, oldest first.
     pub fn job_ids(&self) -> Vec<String> {
-        let mut jobs: Vec<&JobState> = self.jobs.values().collect();
+        let mut jobs: Vec<&JobState> = self.jobs.values().map(|job| &**job).collect();
         jobs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         jobs.into_iter().map(|j| j.id.to_string()).collect()
+    }
+
+    /// Ids of every running job and of the `finished_tail` most recently finished ones, oldest
+    /// (submitted) first: what a monitor is shown when it starts. It costs the running jobs and
+    /// the tail, not the finished jobs kept.
+    pub fn recent_job_ids(&self, finished_tail: usize) -> Vec<String> {
+        let tail = self.finished.iter().rev().take(finished_tail);
+        let mut jobs: Vec<(u64, &Arc<str>)> = tail
+            .filter_map(|(_, id)| self.jobs.get(id).map(|job| (job.created_at, id)))
+            .chain(
+                self.running
+                    .iter()
+                    .map(|(created_at, id)| (*created_at, id)),
+            )
+            .collect();
+        jobs.sort_unstable();
+        jobs.into_iter().map(|(_, id)| id.to_string()).collect()
+    }
+
+    /// How many finished jobs are kept (see [`SchedulerConfig::max_finished_jobs`]).
+    pub fn finished_job_count(&self) -> usize {
+        self.finished.len()
     }
 
     /// A task's full bookkeeping: the task (no token), the state of its needs, retries, error.
@@ -854,6 +992,48 @@ impl Scheduler {
     /// Tasks running on a node (assigned and not finished), over all its endpoints.
     pub fn node_load(&self, node_id: &str) -> Option<u32> {
         self.registry.load(node_id)
+    }
+
+    /// Replaces what the holder index knows of registered node `node_id` by its report:
+    /// the domains it holds items of, with their counts, and whether it is a gateway (a
+    /// holder of every domain). A report equal to the last one writes nothing.
+    ///
+    /// # Errors
+    /// [`SchedulerError::UnknownNode`]; [`SchedulerError::Holdings`] for a report too large
+    /// or malformed (nothing of it is applied).
+    pub fn report_holdings(
+        &mut self,
+        node_id: &str,
+        holdings: &Holdings,
+        now: u64,
+    ) -> Result<(), SchedulerError> {
+        self.operation(|s| {
+            if !s.registry.contains(node_id) {
+                return Err(SchedulerError::UnknownNode {
+                    node: node_id.to_owned(),
+                });
+            }
+            s.holders.report(node_id, holdings, now)?;
+            Ok(())
+        })
+    }
+
+    /// The nodes that hold data of `domain` (see the holder index in the crate docs): the
+    /// registered ones first, then the most items first.
+    pub fn holders(&self, domain: &str) -> Vec<Holder> {
+        self.holders
+            .holders(domain, |node| self.registry.contains(node))
+    }
+
+    /// Entries in the holder index (a node holding data of a domain, or a gateway).
+    pub fn holder_entries(&self) -> usize {
+        self.holders.len()
+    }
+
+    /// Which domains' holders changed (came, went, registered, dropped) since the last call:
+    /// what followers of the holders are told. Changes are committed before they show here.
+    pub fn take_holder_changes(&mut self) -> Vec<HoldersChange> {
+        self.holders.take_changes()
     }
 
     /// Up to `count` distinct registered nodes that offer `endpoint` (a capacity other than
@@ -925,9 +1105,11 @@ impl Scheduler {
         }
         batch.removed_nodes.append(&mut self.removed_nodes);
         batch.removed_jobs.append(&mut self.removed_jobs);
+        (batch.holders, batch.removed_holders) = self.holders.take_dirty();
         if let Err(e) = self.store.commit(batch) {
             self.poisoned = true;
             self.outbox.clear();
+            self.holders.clear_changes();
             return Err(e.into());
         }
         for event in self.outbox.drain(..) {
@@ -1007,7 +1189,7 @@ impl Scheduler {
             return;
         };
         state.phase = Phase::Done;
-        state.receiver = node;
+        state.receiver = node.clone();
         state.err_msg.clear();
         if output.is_some() {
             state.output = output;
@@ -1016,6 +1198,15 @@ impl Scheduler {
         let Some(job) = self.jobs.get_mut(&task.job) else {
             return;
         };
+        if let Some(node) = &node {
+            if job.request.tasks[task.position as usize]
+                .capability_filters
+                .endpoint
+                == STORE_V1
+            {
+                self.holders.stored(&job.request.domain_id, node, now);
+            }
+        }
         job.unfinished -= 1;
         for &dependent in &job.dependents[task.position as usize] {
             let state = &mut job.tasks[dependent as usize];
@@ -1101,6 +1292,12 @@ impl Scheduler {
             let status = job.status();
             if status != JobStatus::Running && !job.finish_announced {
                 job.finish_announced = true;
+                // The task that finished the job was just touched: its `updated_at` is now. One
+                // pass over the job's tasks, once in its life.
+                let finished_at = job.last_update();
+                job.finished_at = Some(finished_at);
+                self.running.remove(&(job.created_at, job_id.clone()));
+                self.finished.insert((finished_at, job_id.clone()));
                 self.outbox.push(Event::JobFinished {
                     job_id: job_id.to_string(),
                     status,
@@ -1129,6 +1326,7 @@ impl Scheduler {
         }
         for node in nodes {
             self.registry.leave(node);
+            self.holders.registration_changed(node);
             self.removed_nodes.push(node.to_string());
         }
     }

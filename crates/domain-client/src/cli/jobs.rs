@@ -12,7 +12,7 @@ use domain_proto::task::Job;
 use super::remote::{RemoteArgs, runtime};
 
 /// Without `--follow`, the listing ends once the stream has been quiet this long: the
-/// manager sends every job at once, then only changes.
+/// manager sends its jobs at once (the running ones and the last finished), then only changes.
 pub const QUIET: Duration = Duration::from_millis(500);
 
 /// Arguments of `domain jobs`.

@@ -1,36 +1,49 @@
 //! Removing items: [`Client::delete`] and [`Client::delete_direct`], over `/delete/v1`.
 //!
-//! The manager keeps no index of which node holds an item, and a domain may keep copies
-//! on several nodes, so a delete asks every node that stored data, not the first that
-//! had the item: the node the manager assigns to the job's task, then, with tasks pinned
-//! to each, the other receivers of finished `/store/v1` tasks.
+//! A domain may keep copies on several nodes, so a delete asks every holder of the domain
+//! that the manager names, not the first that had the item: one job, a task pinned to
+//! each (see [`Client::gather`](super::Client)).
 
 use std::collections::BTreeSet;
 
 use domain_capabilities::{Deleted, delete_items};
-use domain_cluster::PeerId;
 use domain_datastore::DomainId;
 use domain_proto::protocols::DELETE_V1;
 
-use super::{Assignment, Client, ClientError, Direct};
+use super::{Assignment, Client, ClientError, Direct, not_answered};
 
 impl Client {
     /// Removes the items `ids` of `domain` from every node that holds them, and returns
     /// which ids were removed (from at least one node) and which no node held.
     ///
+    /// A holder that does not answer is reported in one line and passed over (its copies
+    /// stay).
+    ///
     /// # Errors
-    /// As [`upload`](Self::upload), for the first node; a node asked after it that fails
-    /// is passed over (its copies stay).
+    /// [`ClientError::NoManager`], [`ClientError::Manager`].
     pub async fn delete(&self, domain: &DomainId, ids: &[String]) -> Result<Deleted, ClientError> {
+        let mut deleted = BTreeSet::new();
         if ids.is_empty() {
             return Ok(Deleted::default());
         }
-        let mut deleted = BTreeSet::new();
-        let first = self.delete_job(domain, None, ids, &mut deleted).await?;
-        let mut nodes = self.other_nodes(first).await?;
-        while let Some(node) = nodes.next().await {
-            if let Err(error) = self.delete_job(domain, Some(node), ids, &mut deleted).await {
-                tracing::warn!(%node, %error, "items not removed from this node");
+        let (run, _) = self.fan_out(domain, "delete", DELETE_V1).await?;
+        let Some(mut run) = run else {
+            return Ok(answer(ids, &deleted));
+        };
+        for index in 0..run.targets.len() {
+            let node = run.select(index);
+            let removed = async {
+                loop {
+                    let assignment = run.next_assignment().await?;
+                    match self.delete_on(&assignment, domain, ids).await {
+                        Ok(removed) => return Ok::<_, ClientError>(removed),
+                        Err(error) => run.failed(error).await?,
+                    }
+                }
+            };
+            match removed.await {
+                Ok(removed) => deleted.extend(removed.deleted),
+                Err(error) => not_answered(node, &error),
             }
         }
         Ok(answer(ids, &deleted))
@@ -50,28 +63,6 @@ impl Client {
         let removed = self.delete_on(&assignment, domain, ids).await?;
         let deleted = removed.deleted.into_iter().collect();
         Ok(answer(ids, &deleted))
-    }
-
-    /// Runs one `/delete/v1` job on `receiver` or the node the manager picks, adding
-    /// what it removed to `deleted`; answers with the node that served it.
-    async fn delete_job(
-        &self,
-        domain: &DomainId,
-        receiver: Option<PeerId>,
-        ids: &[String],
-        deleted: &mut BTreeSet<String>,
-    ) -> Result<PeerId, ClientError> {
-        let mut run = self.submit(domain, "delete", DELETE_V1, receiver).await?;
-        loop {
-            let assignment = run.next_assignment().await?;
-            match self.delete_on(&assignment, domain, ids).await {
-                Ok(removed) => {
-                    deleted.extend(removed.deleted);
-                    return Ok(assignment.node);
-                }
-                Err(error) => run.failed(error).await?,
-            }
-        }
     }
 
     async fn delete_on(

@@ -1,25 +1,26 @@
 //! Live subscriptions: [`Client::subscribe`] and the [`Subscription`] it returns.
 //!
-//! An upload may land on any node, so a subscription follows every node that holds
-//! data of the cluster, not one: it opens a keep-alive `/load/v1` stream on the node
-//! the manager picks, and one more on each node that the manager's `/monitor/v1` stream
-//! shows storing data later. Each stream first sends the items that already match, then
-//! each new one; an id seen before with the same root is not shown again.
+//! An upload may land on any node, so a subscription follows every node that holds data
+//! of the domain, not one: it follows the manager's holder index (`/holders/v1`) and
+//! opens a keep-alive `/load/v1` stream on each holder that is up, then on each holder
+//! that appears (or comes back) later. Each stream first sends the items that already
+//! match, then each new one; an id seen before with the same root is not shown again.
 //! [`Client::subscribe_new`] passes over the items already there, up to each node's
 //! caught-up marker, before it returns.
 
 use std::collections::{BTreeSet, HashMap};
 
 use domain_capabilities::{CapabilityError, open_load};
-use domain_cluster::{JobStream, PeerId};
+use domain_cluster::{HolderStream, PeerId};
 use domain_datastore::DomainId;
+use domain_proto::discovery::Holder;
 use domain_proto::domain_data::{Metadata, Query};
 use domain_proto::protocols::LOAD_V1;
 use domain_proto::task::ConsumeDataInputV1;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::{Client, ClientError, MAX_LISTED_ITEMS, storing_nodes};
+use super::{Client, ClientError, MAX_LISTED_ITEMS, not_answered};
 
 /// Items waiting for [`Subscription::next`] before the node streams wait for it.
 const QUEUED_ITEMS: usize = 256;
@@ -113,12 +114,10 @@ impl Client {
     /// As [`subscribe`](Self::subscribe), without the items stored already: once this
     /// returns, every item stored later that matches `query` is delivered.
     ///
-    /// Before it returns, the node the manager picks and every node the manager's
-    /// monitor shows storing data (until it stays quiet for
-    /// [`ClientConfig::search_quiet`](super::ClientConfig::search_quiet)) each sent the
-    /// items they hold and then their caught-up marker (an extension of `/load/v1`), and
-    /// those items were passed over. A node first seen storing data after that sends all
-    /// it holds that matches, as it is new to the subscription.
+    /// Before it returns, every holder of the domain that is up sent the items it holds
+    /// and then its caught-up marker (an extension of `/load/v1`), and those items were
+    /// passed over. A holder that appears after that sends all it holds that matches, as
+    /// it is new to the subscription.
     ///
     /// # Errors
     /// As [`subscribe`](Self::subscribe), and [`ClientError::Transfer`] when a node sends
@@ -153,42 +152,30 @@ impl Client {
             items: &items,
             stopped: &stopped,
         };
-        let first = client
-            .follow_node(&follow, None, start, &mut streams)
-            .await?;
-        let mut followed = BTreeSet::from([first]);
-        let jobs = match client.jobs().await {
-            Ok(jobs) => Some(jobs),
-            Err(error) => {
-                tracing::warn!(%error, "cannot follow the manager's jobs; watching one node only");
-                None
-            }
-        };
-        let jobs = match (jobs, start) {
-            (Some(mut jobs), Start::New) => {
-                // The nodes that hold data already: caught up before this returns.
-                let ended = client
-                    .follow_quiet_start(&follow, &mut jobs, &mut followed, &mut streams)
-                    .await;
-                (!ended).then_some(jobs)
-            }
-            (jobs, _) => jobs,
-        };
+        let manager = client.manager.ok_or(ClientError::NoManager)?;
+        let (holders, changes) = client
+            .cluster
+            .holders(manager, domain.as_str(), true)
+            .await
+            .map_err(|source| ClientError::Manager {
+                job: "watch".to_owned(),
+                source: Box::new(source),
+            })?;
+        let mut followed = BTreeSet::new();
+        client
+            .follow_holders(&follow, &holders, start, &mut followed, &mut streams)
+            .await;
         let domain = domain.clone();
         let driver = tokio::spawn(async move {
-            if let Some(jobs) = jobs {
-                let follow = Follow {
-                    domain: &domain,
-                    query: &query,
-                    items: &items,
-                    stopped: &stopped,
-                };
-                client
-                    .follow_new_nodes(&follow, jobs, followed, &mut streams)
-                    .await;
-            } else {
-                let _ = stopped.clone().wait_for(|stop| *stop).await;
-            }
+            let follow = Follow {
+                domain: &domain,
+                query: &query,
+                items: &items,
+                stopped: &stopped,
+            };
+            client
+                .follow_new_holders(&follow, changes, followed, &mut streams)
+                .await;
             drop(items);
             while streams.join_next().await.is_some() {}
         });
@@ -200,91 +187,89 @@ impl Client {
         })
     }
 
-    /// Follows, each from its caught-up marker, the nodes of the jobs the monitor sends
-    /// until it stays quiet for [`ClientConfig::search_quiet`](super::ClientConfig::search_quiet):
-    /// the jobs there were when it opened. Answers whether the monitor's stream ended.
-    async fn follow_quiet_start(
+    /// Follows each registered holder of `holders` not followed yet; a holder that is
+    /// down, or cannot be followed, is reported and left to a later change.
+    async fn follow_holders(
         &self,
         follow: &Follow<'_>,
-        jobs: &mut JobStream,
+        holders: &[Holder],
+        start: Start,
         followed: &mut BTreeSet<PeerId>,
         streams: &mut JoinSet<()>,
-    ) -> bool {
-        loop {
-            let Ok(job) = tokio::time::timeout(self.config.search_quiet, jobs.next()).await else {
-                return false;
+    ) {
+        for holder in holders {
+            let Ok(node) = holder.node_id.parse::<PeerId>() else {
+                continue;
             };
-            let Ok(Some(job)) = job else {
-                tracing::warn!("the manager's job stream ended; no new nodes will be followed");
-                return true;
-            };
-            for node in storing_nodes(&job) {
-                if followed.insert(node) {
-                    if let Err(error) = self
-                        .follow_node(follow, Some(node), Start::New, streams)
-                        .await
-                    {
-                        tracing::debug!(%node, %error, "node not followed");
-                    }
+            if !holder.registered {
+                // Followed again once it is back.
+                if followed.remove(&node) || start == Start::New {
+                    tracing::warn!(
+                        "node {node} did not answer: it is not registered with the manager"
+                    );
                 }
+                continue;
+            }
+            if followed.contains(&node) {
+                continue;
+            }
+            match self.follow_node(follow, node, start, streams).await {
+                Ok(()) => {
+                    followed.insert(node);
+                }
+                Err(error) => not_answered(node, &error),
             }
         }
     }
 
-    /// Opens one more node stream each time the manager's monitor shows a node storing
-    /// data that is not followed yet, until told to stop.
-    async fn follow_new_nodes(
+    /// Follows each holder that appears or comes back, from what it holds, until told to
+    /// stop.
+    async fn follow_new_holders(
         &self,
         follow: &Follow<'_>,
-        mut jobs: JobStream,
+        mut changes: HolderStream,
         mut followed: BTreeSet<PeerId>,
         streams: &mut JoinSet<()>,
     ) {
         let mut stopped = follow.stopped.clone();
         loop {
-            let job = tokio::select! {
+            let holders = tokio::select! {
                 _ = stopped.wait_for(|stop| *stop) => return,
-                job = jobs.next() => job,
+                holders = changes.next() => holders,
             };
-            let job = match job {
-                Ok(Some(job)) => job,
+            match holders {
+                Ok(Some(holders)) => {
+                    self.follow_holders(follow, &holders, Start::Existing, &mut followed, streams)
+                        .await;
+                }
                 Ok(None) | Err(_) => {
-                    tracing::warn!("the manager's job stream ended; no new nodes will be followed");
+                    tracing::warn!(
+                        "the manager's holder stream ended; no new nodes will be followed"
+                    );
                     let _ = stopped.wait_for(|stop| *stop).await;
                     return;
-                }
-            };
-            for node in storing_nodes(&job) {
-                if !followed.insert(node) {
-                    continue;
-                }
-                let followed = self
-                    .follow_node(follow, Some(node), Start::Existing, streams)
-                    .await;
-                if let Err(error) = followed {
-                    tracing::debug!(%node, %error, "node not followed");
                 }
             }
         }
     }
 
-    /// Opens a keep-alive `/load/v1` stream on `receiver` (or the manager's pick) and
-    /// spawns its reader into `streams`; answers with the node. With [`Start::New`] the
-    /// items the node holds already are passed over first.
+    /// Opens a keep-alive `/load/v1` stream on `node` and spawns its reader into
+    /// `streams`. With [`Start::New`] the items the node holds already are passed over
+    /// first.
     async fn follow_node(
         &self,
         follow: &Follow<'_>,
-        receiver: Option<PeerId>,
+        node: PeerId,
         start: Start,
         streams: &mut JoinSet<()>,
-    ) -> Result<PeerId, ClientError> {
+    ) -> Result<(), ClientError> {
         let Follow {
             domain,
             query,
             items,
             stopped,
         } = *follow;
-        let mut run = self.submit(domain, "watch", LOAD_V1, receiver).await?;
+        let mut run = self.submit(domain, "watch", LOAD_V1, &[Some(node)]).await?;
         let (node, mut consumer, unsubscriber) = loop {
             let assignment = run.next_assignment().await?;
             let node = assignment.node;
@@ -354,6 +339,6 @@ impl Client {
                 tracing::debug!(%node, %error, "unsubscribing failed");
             }
         });
-        Ok(node)
+        Ok(())
     }
 }

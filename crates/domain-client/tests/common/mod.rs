@@ -3,7 +3,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use domain_client::client::{Client, ClientConfig, Progress};
 use domain_cluster::Multiaddr;
@@ -38,11 +37,7 @@ impl Cluster {
 
     /// A client of this cluster, telling `progress` of its transfers when given.
     pub async fn client(&self, progress: Option<Arc<dyn Progress>>) -> Client {
-        let config = ClientConfig {
-            // One node: the monitor's list of jobs comes at once, nothing to wait for.
-            search_quiet: Duration::from_millis(200),
-            ..ClientConfig::default()
-        };
+        let config = ClientConfig::default();
         let manager = self.manager.tcp_addr().unwrap().clone();
         let client = Client::start(Identity::generate(), Some(manager), config)
             .await

@@ -120,7 +120,8 @@ async fn a_node_joins_the_manager_with_its_capabilities() {
     };
     within(
         "join",
-        node.handle.join(manager.handle.local_peer_id(), me.clone()),
+        node.handle
+            .join(manager.handle.local_peer_id(), me.clone(), None),
     )
     .await
     .unwrap();
@@ -139,7 +140,8 @@ async fn a_join_the_manager_refuses_fails_instead_of_hanging() {
     };
     let err = within(
         "join",
-        node.handle.join(manager.handle.local_peer_id(), impostor),
+        node.handle
+            .join(manager.handle.local_peer_id(), impostor, None),
     )
     .await
     .unwrap_err();

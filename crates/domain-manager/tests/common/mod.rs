@@ -87,7 +87,7 @@ pub async fn joined_node(manager: &Manager, addr: &Multiaddr) -> ClusterHandle {
     let node = peer(Role::Node, addr);
     within(
         "joining",
-        node.join(manager.peer_id(), node_message(node.local_peer_id())),
+        node.join(manager.peer_id(), node_message(node.local_peer_id()), None),
     )
     .await
     .unwrap();

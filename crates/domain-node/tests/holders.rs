@@ -1,0 +1,257 @@
+//! The manager's holder index on a real cluster in this process: listing, downloading
+//! and watching ask exactly the nodes that hold data of the domain, whatever put it
+//! there (an upload through the manager, a direct upload with a token from elsewhere),
+//! also after the manager lost its state, and a holder that is down does not keep the
+//! others from answering.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use domain_auth::{DomainKeyStore, TaskClaims};
+use domain_client::client::{Client, ClientConfig, Direct, Upload};
+use domain_cluster::identity::Identity;
+use domain_cluster::{Multiaddr, PeerId};
+use domain_datastore::{DomainId, root_of};
+use domain_manager::{DomainSpec, Manager, ManagerConfig};
+use domain_node::{Node, NodeConfig};
+use domain_proto::domain_data::{Metadata, Query};
+use domain_proto::protocols::STORE_V1;
+
+const WAIT: Duration = Duration::from_secs(60);
+const DOMAIN: &str = "lab";
+
+fn loopback() -> Multiaddr {
+    "/ip4/127.0.0.1/tcp/0".parse().unwrap()
+}
+
+/// A manager serving domain `lab` to `client`, on `listen`, keeping its state in `dir`.
+async fn manager(dir: &Path, listen: Multiaddr, client: PeerId) -> Manager {
+    let mut config = ManagerConfig::new(dir);
+    config.listen = vec![listen];
+    config.node_timeout = Duration::from_secs(3);
+    config.domains.push(DomainSpec {
+        id: DOMAIN.into(),
+        allow: vec![client.to_string()],
+        replication: None,
+    });
+    Manager::start(config).await.unwrap()
+}
+
+async fn node(dir: &Path, manager: &Multiaddr) -> Node {
+    let mut config = NodeConfig::new(manager.clone(), dir).unwrap();
+    config.listen = vec![loopback()];
+    config.join_interval = Duration::from_millis(300);
+    let node = Node::start(config).await.unwrap();
+    tokio::time::timeout(WAIT, node.joined())
+        .await
+        .unwrap()
+        .unwrap();
+    node
+}
+
+async fn start_client(identity: Identity, manager: &Multiaddr) -> Client {
+    let config = ClientConfig {
+        connect_patience: Duration::from_secs(1),
+        ..ClientConfig::default()
+    };
+    Client::start(identity, Some(manager.clone()), config)
+        .await
+        .unwrap()
+}
+
+/// Uploads `bytes` straight to `node` with a token signed here with the domain's key
+/// (what a script given a token by its operator does): no job of the manager's.
+async fn upload_direct(
+    client: &Client,
+    keys: &Path,
+    node: &Node,
+    name: &str,
+    bytes: &[u8],
+) -> Metadata {
+    let key = DomainKeyStore::open(keys).unwrap().key(DOMAIN).unwrap();
+    let claims = TaskClaims::new(
+        DOMAIN,
+        "direct-job",
+        name,
+        client.peer_id().to_string(),
+        node.peer_id().to_string(),
+        STORE_V1,
+        SystemTime::now(),
+        Duration::from_secs(600),
+    );
+    let direct = Direct {
+        node: node.ready_addr().await.unwrap(),
+        token: key.issue(&claims).unwrap(),
+    };
+    let domain = DomainId::new(DOMAIN).unwrap();
+    let stored = client
+        .upload_direct(
+            &direct,
+            &domain,
+            &[Upload::bytes(bytes.to_vec(), name, "bin")],
+        )
+        .await
+        .unwrap();
+    stored.into_iter().next().unwrap()
+}
+
+/// The ids listed through the manager, once they are `expected` (or the wait ends).
+async fn listed_eventually(client: &Client, expected: &BTreeSet<String>) -> BTreeSet<String> {
+    let domain = DomainId::new(DOMAIN).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let listed: BTreeSet<String> = client
+            .list(&domain, &Query::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|item| item.id)
+            .collect();
+        if &listed == expected || tokio::time::Instant::now() > deadline {
+            return listed;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn bytes(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_stored_directly_on_a_node_is_listed_and_downloaded_through_the_manager() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = Identity::generate();
+    let manager = manager(&dir.path().join("m"), loopback(), identity.peer_id()).await;
+    let addr = manager.tcp_addr().unwrap().clone();
+    let a = node(&dir.path().join("a"), &addr).await;
+    let b = node(&dir.path().join("b"), &addr).await;
+    let client = start_client(identity, &addr).await;
+    let domain = DomainId::new(DOMAIN).unwrap();
+
+    // One item through the manager (it lands on a), one straight onto b.
+    let through = client
+        .upload(&domain, &[Upload::bytes(bytes(9000, 1), "through", "bin")])
+        .await
+        .unwrap()
+        .remove(0);
+    let keys = dir.path().join("m").join("keys");
+    let direct = upload_direct(&client, &keys, &b, "direct", &bytes(20_000, 2)).await;
+
+    let expected = BTreeSet::from([through.id.clone(), direct.id.clone()]);
+    assert_eq!(listed_eventually(&client, &expected).await, expected);
+    let out = dir.path().join("out");
+    let downloads = client
+        .download(&domain, &[direct.id.clone(), through.id.clone()], &out)
+        .await
+        .unwrap();
+    assert!(downloads.missing.is_empty() && downloads.unanswered.is_empty());
+    assert_eq!(
+        root_of(&std::fs::read(out.join(&direct.id)).unwrap()).to_string(),
+        direct.hash.unwrap()
+    );
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_manager_restart_with_its_state_emptied_listing_finds_every_item_once_nodes_rejoin()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let identity = Identity::generate();
+    let state = dir.path().join("m");
+    // A fixed port, so that the nodes find the manager again where they knew it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+    let first = manager(&state, listen.clone(), identity.peer_id()).await;
+    let addr = first.tcp_addr().unwrap().clone();
+    let a = node(&dir.path().join("a"), &addr).await;
+    let b = node(&dir.path().join("b"), &addr).await;
+    let client = start_client(identity.clone(), &addr).await;
+    let keys = state.join("keys");
+    let mut expected = BTreeSet::new();
+    for (i, node) in [&a, &b, &a].into_iter().enumerate() {
+        let name = format!("item-{i}");
+        let stored = upload_direct(&client, &keys, node, &name, &bytes(100 + i, i as u8)).await;
+        expected.insert(stored.id);
+    }
+    assert_eq!(listed_eventually(&client, &expected).await, expected);
+    client.shutdown().await.unwrap();
+
+    // The scheduler's state (jobs, registry, holder index) is gone; keys and identity stay.
+    first.shutdown().await.unwrap();
+    std::fs::remove_file(state.join("scheduler.redb")).unwrap();
+    let second = manager(&state, listen, identity.peer_id()).await;
+    let client = start_client(identity, &addr).await;
+    assert_eq!(listed_eventually(&client, &expected).await, expected);
+    drop((a, b, second));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_is_down_is_reported_and_the_others_still_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = Identity::generate();
+    let manager = manager(&dir.path().join("m"), loopback(), identity.peer_id()).await;
+    let addr = manager.tcp_addr().unwrap().clone();
+    let a = node(&dir.path().join("a"), &addr).await;
+    let b = node(&dir.path().join("b"), &addr).await;
+    let client = start_client(identity, &addr).await;
+    let keys = dir.path().join("m").join("keys");
+    let on_a = upload_direct(&client, &keys, &a, "on-a", &bytes(10, 1)).await;
+    let on_b = upload_direct(&client, &keys, &b, "on-b", &bytes(10, 2)).await;
+    let both = BTreeSet::from([on_a.id.clone(), on_b.id.clone()]);
+    assert_eq!(listed_eventually(&client, &both).await, both);
+
+    let a_id = a.peer_id();
+    a.shutdown().await.unwrap();
+    let domain = DomainId::new(DOMAIN).unwrap();
+    // Still registered (the manager has not timed it out yet), then dropped: either way
+    // b answers and a is reported.
+    for round in ["registered", "dropped"] {
+        let downloads = client
+            .download_matching(&domain, &Query::default(), &dir.path().join(round))
+            .await
+            .unwrap();
+        let got: Vec<&str> = downloads
+            .items
+            .iter()
+            .map(|d| d.metadata.id.as_str())
+            .collect();
+        assert_eq!(got, [on_b.id.as_str()], "{round}");
+        assert_eq!(downloads.unanswered, [a_id], "{round}");
+        // Past the manager's node timeout (3 s) with a margin.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_follows_a_holder_that_appears_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = Identity::generate();
+    let manager = manager(&dir.path().join("m"), loopback(), identity.peer_id()).await;
+    let addr = manager.tcp_addr().unwrap().clone();
+    let a = node(&dir.path().join("a"), &addr).await;
+    let b = node(&dir.path().join("b"), &addr).await;
+    let client = start_client(identity, &addr).await;
+    let keys = dir.path().join("m").join("keys");
+    let domain = DomainId::new(DOMAIN).unwrap();
+    let first = upload_direct(&client, &keys, &a, "first", &bytes(10, 1)).await;
+    let only_a = BTreeSet::from([first.id.clone()]);
+    assert_eq!(listed_eventually(&client, &only_a).await, only_a);
+
+    let mut watch = client.subscribe(&domain, &Query::default()).await.unwrap();
+    let seen = tokio::time::timeout(WAIT, watch.next()).await.unwrap();
+    assert_eq!(seen.unwrap().unwrap().id, first.id);
+    // b holds nothing of the domain until now: the watch learns of it from the manager.
+    let later = upload_direct(&client, &keys, &b, "later", &bytes(10, 2)).await;
+    let seen = tokio::time::timeout(WAIT, watch.next()).await.unwrap();
+    assert_eq!(seen.unwrap().unwrap().id, later.id);
+    watch.unsubscribe().await;
+    drop((a, b));
+}
