@@ -483,7 +483,7 @@ impl Client {
                 .await
             {
                 Ok(()) => {
-                    run.done().await;
+                    run.recorded().await;
                     return Ok(stored);
                 }
                 Err(error) => error,
@@ -554,7 +554,7 @@ impl Client {
             .await
         {
             Ok(()) => {
-                run.done().await;
+                run.recorded().await;
                 Ok(stored)
             }
             Err(error) => {
@@ -602,7 +602,7 @@ impl Client {
         let stored = self.store_one(assignment, domain, item, content).await;
         match stored {
             Ok(stored) => {
-                run.done().await;
+                run.recorded().await;
                 Ok(stored)
             }
             Err(error) => {
@@ -1637,14 +1637,13 @@ impl TaskRun<'_> {
         Ok(())
     }
 
-    /// Reports the task DONE, as its sender that proved the transfer (every root
-    /// matched), and waits, within [`ClientConfig::request_timeout`], until the manager
-    /// ends the job's stream: from then on the manager has recorded where the data went,
-    /// so that a listing right after finds it. The node reports DONE too; whichever
-    /// arrives first counts. A manager that does not end the stream in time costs the
-    /// wait, not the upload, which is stored.
-    async fn done(mut self) {
-        self.report(Status::Done).await;
+    /// Waits, within [`ClientConfig::request_timeout`], until the manager ends the job's
+    /// stream, which it does once the node's DONE report reached it: from then on the
+    /// manager has recorded where the data went, so that a listing right after finds
+    /// it. The node, not this client, reports DONE: it alone knows the items are
+    /// durable, and the manager leaves the job's topic once the job ends. A manager that
+    /// does not end the stream in time costs the wait, not the upload, which is stored.
+    async fn recorded(mut self) {
         let job_id = self.job.job_id.clone();
         let ended = async { while let Ok(Some(_)) = self.job.tasks.next().await {} };
         if tokio::time::timeout(self.client.config.request_timeout, ended)

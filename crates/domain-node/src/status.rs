@@ -1,12 +1,16 @@
 //! Task status reports on gossip (DESIGN §3, "Task updates").
 //!
 //! A stream handler hands each report to a bounded queue; one worker publishes
-//! them in order on the job's topic, subscribing to it first (gossipsub forms
+//! them in order on each job's topic, subscribing to it first (gossipsub forms
 //! its mesh from subscribers) and leaving it once no task of the job runs here.
-//! Reports that no peer took (the manager was restarting) are kept, bounded,
-//! and published again when a peer subscribes to their job's topic.
+//! Jobs are published side by side: a report that waits for a topic's peers
+//! (a job nobody follows, such as a task of a token signed elsewhere) never
+//! holds back the reports of other jobs, which the manager needs to free the
+//! node's capacity. Reports that no peer took (the manager was restarting) are
+//! kept, bounded, and published again when a peer subscribes to their job's
+//! topic.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use domain_auth::TaskClaims;
@@ -15,7 +19,7 @@ use domain_cluster::{ClusterError, ClusterHandle};
 use domain_proto::task::{Status, Task};
 use libp2p::gossipsub::PublishError;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 /// Reports waiting for the worker before handlers wait.
@@ -99,15 +103,25 @@ async fn publish_reports(
         unsent: HashMap::new(),
         unsent_count: 0,
         last_published: None,
+        in_flight: HashMap::new(),
+        queued: 0,
+        publishing: JoinSet::new(),
     };
     loop {
         tokio::select! {
             report = reports.recv() => match report {
-                Some(Report { task }) => worker.report(task).await,
+                Some(Report { task }) => worker.report(task),
                 None => break,
             },
-            topic = next_subscription(&mut events) => worker.resend(&topic).await,
+            topic = next_subscription(&mut events) => worker.resend(&topic),
+            Some(published) = worker.publishing.join_next(), if !worker.publishing.is_empty() => {
+                worker.published(published).await;
+            }
         }
+    }
+    // What is queued still goes out before the worker ends.
+    while let Some(published) = worker.publishing.join_next().await {
+        worker.published(published).await;
     }
     worker.last_published
 }
@@ -137,48 +151,65 @@ struct Worker {
     unsent: HashMap<String, Vec<Task>>,
     unsent_count: usize,
     last_published: Option<Instant>,
+    /// Jobs with a report being published, and the reports of each waiting
+    /// behind it: a job's reports go out in order, jobs side by side.
+    in_flight: HashMap<String, VecDeque<Task>>,
+    /// Reports waiting in `in_flight`, at most [`REPORT_QUEUE`].
+    queued: usize,
+    publishing: JoinSet<(Task, Result<(), ClusterError>)>,
 }
 
 impl Worker {
-    async fn report(&mut self, task: Task) {
+    fn report(&mut self, task: Task) {
         let job_id = task.job_id.clone();
-        let finished = is_final(task.status);
-        if !finished {
-            *self.running.entry(job_id.clone()).or_default() += 1;
-        }
-        self.send(task).await;
-        if finished {
+        if is_final(task.status) {
             let left = self.running.get_mut(&job_id).map(|n| {
                 *n = n.saturating_sub(1);
                 *n
             });
             if left == Some(0) {
+                // The topic is left once this job's last report is out.
                 self.running.remove(&job_id);
-                self.leave(&job_id).await;
+            }
+        } else {
+            *self.running.entry(job_id).or_default() += 1;
+        }
+        self.send(task);
+    }
+
+    /// Publishes `task` after the reports of its job already queued.
+    fn send(&mut self, task: Task) {
+        match self.in_flight.get_mut(&task.job_id) {
+            Some(waiting) if self.queued < REPORT_QUEUE => {
+                waiting.push_back(task);
+                self.queued += 1;
+            }
+            Some(_) => self.keep_unsent(task),
+            None => {
+                self.in_flight.insert(task.job_id.clone(), VecDeque::new());
+                self.spawn(task);
             }
         }
     }
 
-    async fn resend(&mut self, topic: &str) {
-        let Some(tasks) = self.unsent.remove(topic) else {
-            return;
-        };
-        self.unsent_count -= tasks.len();
-        tracing::info!(
-            job = topic,
-            reports = tasks.len(),
-            "a peer joined the job's topic; publishing the reports it missed"
-        );
-        for task in tasks {
-            self.send(task).await;
-        }
-        if !self.running.contains_key(topic) {
-            self.leave(topic).await;
-        }
+    fn spawn(&mut self, task: Task) {
+        let cluster = self.cluster.clone();
+        self.publishing.spawn(async move {
+            let result = publish(&cluster, &task).await;
+            (task, result)
+        });
     }
 
-    async fn send(&mut self, task: Task) {
-        match publish(&self.cluster, &task).await {
+    /// One publication ended: the next report of its job goes, or, with none
+    /// left and no task of the job running here, the node leaves its topic.
+    async fn published(
+        &mut self,
+        published: Result<(Task, Result<(), ClusterError>), tokio::task::JoinError>,
+    ) {
+        let Ok((task, result)) = published else {
+            return;
+        };
+        match result {
             Ok(()) => self.last_published = Some(Instant::now()),
             Err(error) => {
                 tracing::warn!(
@@ -188,8 +219,41 @@ impl Worker {
                     %error,
                     "task status not published; kept for when the manager follows the job again"
                 );
-                self.keep_unsent(task);
+                self.keep_unsent(task.clone());
             }
+        }
+        let job_id = task.job_id;
+        let next = self
+            .in_flight
+            .get_mut(&job_id)
+            .and_then(VecDeque::pop_front);
+        match next {
+            Some(next) => {
+                self.queued -= 1;
+                self.spawn(next);
+            }
+            None => {
+                self.in_flight.remove(&job_id);
+                if !self.running.contains_key(&job_id) {
+                    self.leave(&job_id).await;
+                }
+            }
+        }
+    }
+
+    fn resend(&mut self, topic: &str) {
+        let Some(tasks) = self.unsent.remove(topic) else {
+            return;
+        };
+        self.unsent_count -= tasks.len();
+        tracing::info!(
+            job = topic,
+            reports = tasks.len(),
+            "a peer joined the job's topic; publishing the reports it missed"
+        );
+        // The topic is left once they are out, unless a task of the job runs.
+        for task in tasks {
+            self.send(task);
         }
     }
 
