@@ -1,53 +1,71 @@
-//! `cargo xtask bench e2e`: the end-to-end upload bench, measured against its limits.
+//! `cargo xtask bench e2e`: the end-to-end bench, measured against its limits and targets.
 //!
-//! An upload is bound by the slowest of what it is made of: moving bytes over loopback,
-//! libp2p's encryption and multiplexing, and writing them durably. So each round measures,
-//! over the same bytes (a file of pattern data in a temporary folder, read by every sender):
+//! Three parts, each of which can run alone (`--only upload`, `--only download,latency`):
+//!
+//! - **upload**: `domain upload` (release build) of a file straight to a node, over TCP and
+//!   over QUIC, stored with fsync by the node's datastore;
+//! - **download** ([`download`]): `domain download` of that item from a node, over TCP and
+//!   over QUIC, written and fsynced at the client, its root checked by the command;
+//! - **latency** ([`latency`]): `domain ls` and a 1-item download through the manager, on a
+//!   loopback cluster of 1 node and of 4.
+//!
+//! A transfer is bound by the slowest of what it is made of: moving bytes over loopback,
+//! libp2p's encryption and multiplexing, and writing them durably. So each round of the
+//! upload and download parts measures, over the same bytes (a file of pattern data in a
+//! temporary folder, read by every sender, 1 GiB by default):
 //!
 //! - (a) raw loopback TCP: std sockets, no libp2p;
 //! - (b) one raw libp2p stream (no handshake, no storage), through `domain-cluster`, over
-//!   TCP + Noise + Yamux and over QUIC;
+//!   TCP + Noise + Yamux and over QUIC, both ends in this process;
 //! - (c) a plain file write and fsync into the temporary folder (the same disk);
-//! - the upload: `domain upload` (release build) straight to a node, over TCP and over QUIC,
-//!   stored with fsync by the node's datastore.
+//! - the uploads, then the downloads, over TCP and over QUIC.
+//!
+//! An upload is held against the slowest baseline of its transport; a download against (b)
+//! of its transport, which is what it adds the handshake, the framing, the node's reads and
+//! the client's write and fsync to.
 //!
 //! Every upload goes to a node started for it with an empty store, since a datastore keeps
 //! identical content once and would skip writing it again. The client dials the node's
-//! `/tcp` or `/udp/.../quic-v1` address itself (the direct form of `domain upload`, with a
-//! token signed here with the domain's key from the manager's data folder), so that the
-//! connection runs over that transport. Then a larger upload, one item (sizes are u32),
-//! goes to a fresh node over each transport while its peak RSS (`VmHWM`) is read.
+//! `/tcp` or `/udp/.../quic-v1` address itself (the direct form of `domain upload` and
+//! `domain download`, with a token signed here with the domain's key from the manager's
+//! data folder), so that the connection runs over that transport. The downloads all read
+//! one node that received the item before the rounds. Then a larger item (sizes are u32)
+//! is uploaded to a fresh node over each transport while its peak RSS (`VmHWM`) is read,
+//! and downloaded over each transport while the node's and the client's are.
 //!
 //! The baselines run in this process. Its own crates are built lightly optimised, but the
 //! code bytes pass through (std, tokio, libp2p, yamux, Noise) is optimised fully even here
-//! (`[profile.dev.package."*"]`): a release build of xtask measures the same. The upload's
-//! time is the `domain` process's, start to exit: its start, dial and handshake count
-//! against it.
+//! (`[profile.dev.package."*"]`): a release build of xtask measures the same. A transfer's
+//! time, like a latency, is the `domain` process's, start to exit: its start, dial and
+//! handshake count against it.
 //!
 //! Next to each throughput stands the CPU time spent per GiB by every process that took
-//! part (this one for the baselines; the client and the node for an upload, from
+//! part (this one for the baselines; the client and the node for a transfer, from
 //! `/proc/<pid>/stat`) and the cores it kept busy on average: on a machine with few cores,
-//! an upload that does more work per byte than a baseline cannot keep up with it.
+//! a transfer that does more work per byte than a baseline cannot keep up with it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
-use domain_auth::{DomainKey, DomainKeyStore, TaskClaims};
-use domain_cluster::config::{ClusterConfig, Role};
-use domain_cluster::identity::Identity;
-use domain_cluster::{Cluster, ClusterHandle, Multiaddr, PeerId};
-use domain_e2e::{build_release_binaries, release_binary};
+use domain_cluster::{Multiaddr, PeerId};
+use domain_e2e::build_release_binaries;
+use libp2p::multiaddr::Protocol;
 
 use crate::peers::Peers;
-use domain_proto::protocols::STORE_V1;
-use libp2p::multiaddr::Protocol;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use baseline::{in_process, raw_libp2p, raw_tcp, write_fsync};
+use cluster::{BenchCluster, BenchNode, one_item};
+use procfs::load_average;
+
+mod baseline;
+mod cluster;
+mod download;
+mod latency;
+mod procfs;
 
 /// Minimum upload throughput, as a multiple of the slowest baseline.
 const TARGET_RATIO: f64 = 0.8;
@@ -61,22 +79,50 @@ const DOMAIN: &str = "bench";
 const RAW_PROTOCOL: &str = "/bench/raw/1";
 /// Limit of one `domain` command (a large upload over a slow transport included).
 const COMMAND: Duration = Duration::from_secs(900);
-/// Lifetime of the upload tokens.
+/// Lifetime of the task tokens signed here.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 60);
 const MIB: f64 = (1 << 20) as f64;
 
 /// What `cargo xtask bench e2e` measures.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// MiB per transfer of the throughput rounds.
+    /// Run only these parts (repeat the flag, or separate them with commas) [default: all].
+    #[arg(long, value_enum, value_name = "PART", value_delimiter = ',')]
+    only: Vec<Part>,
+    /// MiB per transfer of the throughput rounds (upload and download).
     #[arg(long, value_name = "MIB", default_value_t = 1024)]
     size_mib: u32,
-    /// Rounds of every measurement; the report shows each one's median.
+    /// Rounds of every throughput measurement; the report shows each one's median.
     #[arg(long, value_name = "N", default_value_t = 3)]
     rounds: u32,
-    /// MiB of the upload during which the node's peak RSS is read (one item: < 4096).
+    /// MiB of the upload and the download during which peak RSS is read (one item: < 4096;
+    /// 0 skips them).
     #[arg(long, value_name = "MIB", default_value_t = 3072)]
     rss_size_mib: u32,
+    /// Runs of each command of the latency part; the report shows median, min and max.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    latency_runs: u32,
+    /// Sizes of the latency part's clusters, in nodes.
+    #[arg(long, value_name = "N,...", value_delimiter = ',', default_values_t = [1, 4])]
+    latency_nodes: Vec<u32>,
+}
+
+impl Options {
+    /// Whether the run includes `part`.
+    pub(crate) fn runs(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
+}
+
+/// A part of the bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Part {
+    /// Uploads over TCP and QUIC against the baselines; the node's peak RSS.
+    Upload,
+    /// Downloads over TCP and QUIC against the baselines; the node's and client's peak RSS.
+    Download,
+    /// `domain ls` and a 1-item download through the manager, on 1 and 4 nodes.
+    Latency,
 }
 
 /// A transport the client can be made to use.
@@ -142,17 +188,20 @@ enum Measure {
     RawLibp2p(Transport),
     WriteFsync,
     Upload(Transport),
+    Download(Transport),
 }
 
 impl Measure {
     /// Every measurement, in the order of a round and of the report.
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 8] = [
         Self::RawTcp,
         Self::RawLibp2p(Transport::Tcp),
         Self::RawLibp2p(Transport::Quic),
         Self::WriteFsync,
         Self::Upload(Transport::Tcp),
         Self::Upload(Transport::Quic),
+        Self::Download(Transport::Tcp),
+        Self::Download(Transport::Quic),
     ];
 
     fn label(self) -> &'static str {
@@ -163,6 +212,17 @@ impl Measure {
             Self::WriteFsync => "(c) file write + fsync",
             Self::Upload(Transport::Tcp) => "    upload over TCP",
             Self::Upload(Transport::Quic) => "    upload over QUIC",
+            Self::Download(Transport::Tcp) => "    download over TCP",
+            Self::Download(Transport::Quic) => "    download over QUIC",
+        }
+    }
+
+    /// The part that measures it; none for a baseline, which both throughput parts need.
+    fn part(self) -> Option<Part> {
+        match self {
+            Self::Upload(_) => Some(Part::Upload),
+            Self::Download(_) => Some(Part::Download),
+            Self::RawTcp | Self::RawLibp2p(_) | Self::WriteFsync => None,
         }
     }
 
@@ -172,7 +232,7 @@ impl Measure {
         match self {
             Self::RawTcp | Self::WriteFsync => true,
             Self::RawLibp2p(over) => over == transport,
-            Self::Upload(_) => false,
+            Self::Upload(_) | Self::Download(_) => false,
         }
     }
 }
@@ -223,11 +283,30 @@ struct PeakRss {
     hwm: u64,
 }
 
+/// What the throughput parts found.
+#[derive(Debug, Default)]
+struct Throughput {
+    samples: Samples,
+    upload_peaks: Vec<PeakRss>,
+    download_peaks: Vec<download::DownloadPeak>,
+}
+
 /// Runs the bench.
 pub fn run(options: &Options) -> anyhow::Result<()> {
     ensure!(options.rounds > 0, "--rounds must be at least 1");
+    ensure!(
+        options.latency_runs > 0,
+        "--latency-runs must be at least 1"
+    );
+    ensure!(
+        options.latency_nodes.iter().all(|&n| n > 0),
+        "--latency-nodes: a cluster needs at least 1 node"
+    );
     let size = item_size(options.size_mib, "--size-mib")?;
-    let rss_size = item_size(options.rss_size_mib, "--rss-size-mib")?;
+    let rss_size = match options.rss_size_mib {
+        0 => None,
+        mib => Some(item_size(mib, "--rss-size-mib")?),
+    };
 
     say("building domain-manager, domain-node and domain in release");
     build_release_binaries(&["domain-manager", "domain-node", "domain-client"])
@@ -240,8 +319,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let load_before = load_average();
     let result = bench(options, size, rss_size, dir.path(), &peers);
     let _ = peers.stop_all();
-    let (samples, peaks) = result?;
-    print!("{}", report(options.size_mib, &samples, &peaks));
+    result?;
     // The machine may be shared: say how busy it was.
     println!(
         "load average (1, 5, 15 min) on {} CPUs: {} before, {} after",
@@ -250,17 +328,6 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         load_average().as_deref().unwrap_or("unknown"),
     );
     Ok(())
-}
-
-/// The first three fields of `/proc/loadavg`.
-fn load_average() -> Option<String> {
-    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
-    Some(
-        text.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" "),
-    )
 }
 
 /// `mib` MiB as an item size (a u32), or why it cannot be one.
@@ -273,24 +340,68 @@ fn item_size(mib: u32, flag: &str) -> anyhow::Result<u64> {
     Ok(bytes)
 }
 
+/// Runs the parts asked for, printing each one's report as soon as it is done, so that a
+/// later part that fails does not lose the figures of an earlier one.
 fn bench(
     options: &Options,
     size: u64,
-    rss_size: u64,
+    rss_size: Option<u64>,
     dir: &Path,
     peers: &Peers,
-) -> anyhow::Result<(Samples, Vec<PeakRss>)> {
+) -> anyhow::Result<()> {
+    if options.runs(Part::Upload) || options.runs(Part::Download) {
+        let found = throughput(options, size, rss_size, dir, peers)?;
+        print!(
+            "{}",
+            report(
+                options.size_mib,
+                &found.samples,
+                &found.upload_peaks,
+                &found.download_peaks
+            )
+        );
+    }
+    if options.runs(Part::Latency) {
+        let mut found = Vec::new();
+        for &nodes in &options.latency_nodes {
+            found.push(latency::measure(dir, peers, nodes, options.latency_runs)?);
+        }
+        print!("{}", latency::report(options.latency_runs, &found));
+    }
+    Ok(())
+}
+
+fn throughput(
+    options: &Options,
+    size: u64,
+    rss_size: Option<u64>,
+    dir: &Path,
+    peers: &Peers,
+) -> anyhow::Result<Throughput> {
     let data = dir.join("data.bin");
     generate(&data, size, 1)?;
-    let cluster = BenchCluster::start(dir, peers)?;
+    let cluster = BenchCluster::start(dir, peers, "manager")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let serving = match options.runs(Part::Download) {
+        true => Some(download::Serving::start(
+            &cluster,
+            "node-load",
+            &data,
+            size,
+        )?),
+        false => None,
+    };
 
-    let mut samples = Samples::new();
+    let measures: Vec<Measure> = Measure::ALL
+        .into_iter()
+        .filter(|measure| measure.part().is_none_or(|part| options.runs(part)))
+        .collect();
+    let mut found = Throughput::default();
     for round in 1..=options.rounds {
-        for measure in Measure::ALL {
+        for &measure in &measures {
             let measured = match measure {
                 Measure::RawTcp => in_process(|| raw_tcp(&data, size))?,
                 Measure::RawLibp2p(transport) => {
@@ -301,6 +412,10 @@ fn bench(
                     let name = format!("node-{}-{round}", transport.name().to_lowercase());
                     cluster.upload(&name, &data, transport)?.measured
                 }
+                Measure::Download(transport) => serving
+                    .as_ref()
+                    .context("no node serves the downloads")?
+                    .download(&cluster, transport)?,
             };
             let sample = Sample::new(size, measured);
             say(&format!(
@@ -310,21 +425,43 @@ fn bench(
                 sample.throughput,
                 sample.cpu_per_gib,
             ));
-            samples.entry(measure).or_default().push(sample);
+            found.samples.entry(measure).or_default().push(sample);
         }
+    }
+    if let Some(serving) = serving {
+        serving.stop(&cluster)?;
     }
     std::fs::remove_file(&data).with_context(|| format!("removing {}", data.display()))?;
 
-    let big = dir.join("big.bin");
-    generate(&big, rss_size, 2)?;
+    if let Some(rss_size) = rss_size {
+        let big = dir.join("big.bin");
+        generate(&big, rss_size, 2)?;
+        if options.runs(Part::Upload) {
+            found.upload_peaks = upload_peaks(&cluster, &big, options.rss_size_mib)?;
+        }
+        if options.runs(Part::Download) {
+            found.download_peaks = download::peaks(&cluster, &big, options.rss_size_mib)?;
+        }
+        std::fs::remove_file(&big).with_context(|| format!("removing {}", big.display()))?;
+    }
+    cluster.stop();
+    Ok(found)
+}
+
+/// The node's peak RSS during an upload of `big` (`size_mib` MiB) over each transport.
+fn upload_peaks(
+    cluster: &BenchCluster<'_>,
+    big: &Path,
+    size_mib: u32,
+) -> anyhow::Result<Vec<PeakRss>> {
     let mut peaks = Vec::new();
     for transport in [Transport::Tcp, Transport::Quic] {
         let name = format!("node-rss-{}", transport.name().to_lowercase());
-        let uploaded = cluster.upload(&name, &big, transport)?;
+        let uploaded = cluster.upload(&name, big, transport)?;
         let peak = PeakRss {
             transport,
-            size_mib: options.rss_size_mib,
-            throughput: mib_per_s(rss_size, uploaded.measured.took),
+            size_mib,
+            throughput: mib_per_s(u64::from(size_mib) << 20, uploaded.measured.took),
             hwm: uploaded.node_hwm,
         };
         say(&format!(
@@ -336,317 +473,7 @@ fn bench(
         ));
         peaks.push(peak);
     }
-    Ok((samples, peaks))
-}
-
-/// A manager, a domain, a client identity and the key to sign its tokens.
-struct BenchCluster<'a> {
-    peers: &'a Peers,
-    dir: PathBuf,
-    manager: String,
-    key: DomainKey,
-    client: PeerId,
-    identity: PathBuf,
-}
-
-/// What one upload took.
-struct Uploaded {
-    /// The `domain upload` process, start to exit; CPU time of it and of the node.
-    measured: Measured,
-    /// The node's `VmHWM` at the end, in bytes.
-    node_hwm: u64,
-}
-
-impl<'a> BenchCluster<'a> {
-    /// Creates the domain (the client on its allow-list) and starts the manager.
-    fn start(dir: &Path, peers: &'a Peers) -> anyhow::Result<Self> {
-        let client_dir = dir.join("client");
-        std::fs::create_dir(&client_dir)
-            .with_context(|| format!("creating {}", client_dir.display()))?;
-        let identity = client_dir.join("identity.key");
-        let client = Identity::load_or_create(&identity)
-            .with_context(|| format!("creating the client identity {}", identity.display()))?
-            .peer_id();
-
-        let manager_dir = path_arg(&dir.join("manager"));
-        let program = release_binary("domain-manager").context("locating domain-manager")?;
-        let client_id = client.to_string();
-        let created = domain_e2e::run(
-            "domain-manager domain create",
-            &program,
-            [
-                "domain",
-                "create",
-                DOMAIN,
-                "--data-dir",
-                &manager_dir,
-                "--allow",
-                &client_id,
-            ],
-            COMMAND,
-        )?;
-        ensure!(
-            created.status.success(),
-            "domain-manager domain create failed ({}): {}",
-            created.status,
-            created.stderr.trim()
-        );
-        let key = DomainKeyStore::open(dir.join("manager").join("keys"))
-            .and_then(|keys| keys.key(DOMAIN))
-            .context("reading the domain's key from the manager's data folder")?;
-
-        let (ready, _) = peers.start("manager", &program, &["run", "--data-dir", &manager_dir])?;
-        say(&format!("manager ready at {}", ready.addr));
-        Ok(Self {
-            peers,
-            dir: dir.to_path_buf(),
-            manager: ready.addr,
-            key,
-            client,
-            identity,
-        })
-    }
-
-    /// Starts a node named `name` with an empty store, uploads `file` to it over
-    /// `transport`, reads its peak RSS, stops it and removes its data.
-    fn upload(&self, name: &str, file: &Path, transport: Transport) -> anyhow::Result<Uploaded> {
-        let node_dir = self.dir.join(name);
-        let program = release_binary("domain-node").context("locating domain-node")?;
-        let node_dir_arg = path_arg(&node_dir);
-        let (ready, pid) = self.peers.start(
-            name,
-            &program,
-            &[
-                "run",
-                "--manager",
-                &self.manager,
-                "--data-dir",
-                &node_dir_arg,
-                "--name",
-                name,
-            ],
-        )?;
-        let addr = transport.pick(&ready.listening)?;
-        let node = peer_of(&addr).with_context(|| format!("{addr} names no peer"))?;
-        let claims = TaskClaims::new(
-            DOMAIN,
-            "bench-e2e",
-            name,
-            self.client.to_string(),
-            node.to_string(),
-            STORE_V1,
-            SystemTime::now(),
-            TOKEN_LIFETIME,
-        );
-        let token = self
-            .key
-            .issue(&claims)
-            .context("signing the upload token")?;
-
-        let domain = release_binary("domain").context("locating domain")?;
-        let (file_arg, addr_arg, identity) =
-            (path_arg(file), addr.to_string(), path_arg(&self.identity));
-        let node_cpu = cpu_time(&pid.to_string())?.own;
-        let client_cpu = cpu_time("self")?.children;
-        let started = Instant::now();
-        let output = domain_e2e::run(
-            "domain upload",
-            &domain,
-            [
-                "upload",
-                &file_arg,
-                "--domain",
-                DOMAIN,
-                "--node",
-                &addr_arg,
-                "--token",
-                &token,
-                "--identity",
-                &identity,
-            ],
-            COMMAND,
-        )?;
-        let took = started.elapsed();
-        // The client was reaped by now, so its time counts among this process's children.
-        let cpu = cpu_time("self")?.children.saturating_sub(client_cpu)
-            + cpu_time(&pid.to_string())?.own.saturating_sub(node_cpu);
-        ensure!(
-            output.status.success(),
-            "domain upload to {name} over {} failed ({}): {}",
-            transport.name(),
-            output.status,
-            output.stderr.trim()
-        );
-        // The client has compared the node's root with its own: one line per stored item.
-        ensure!(
-            output.stdout.lines().count() == 1,
-            "domain upload printed {:?}, not one item line",
-            output.stdout
-        );
-        let node_hwm = peak_rss(pid)?;
-        self.peers.stop(name);
-        std::fs::remove_dir_all(&node_dir)
-            .with_context(|| format!("removing {}", node_dir.display()))?;
-        Ok(Uploaded {
-            measured: Measured { took, cpu },
-            node_hwm,
-        })
-    }
-}
-
-/// (a): the file's bytes over a loopback TCP connection, read to the end on the other side.
-fn raw_tcp(file: &Path, len: u64) -> anyhow::Result<Duration> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding loopback TCP")?;
-    let addr = listener
-        .local_addr()
-        .context("reading the listener's address")?;
-    std::thread::scope(|scope| {
-        let receiver = scope.spawn(move || -> std::io::Result<u64> {
-            let (mut stream, _) = listener.accept()?;
-            let mut buf = vec![0u8; BATCH];
-            let mut total = 0;
-            loop {
-                match stream.read(&mut buf)? {
-                    0 => return Ok(total),
-                    n => total += n as u64,
-                }
-            }
-        });
-        let started = Instant::now();
-        let mut stream = TcpStream::connect(addr).context("connecting over loopback TCP")?;
-        copy_file(file, &mut stream)?;
-        stream
-            .shutdown(Shutdown::Write)
-            .context("closing the sending side")?;
-        let received = receiver
-            .join()
-            .map_err(|_| anyhow::anyhow!("the receiving thread panicked"))?
-            .context("receiving over loopback TCP")?;
-        let took = started.elapsed();
-        ensure!(received == len, "received {received} of {len} bytes");
-        Ok(took)
-    })
-}
-
-/// (b): the file's bytes on one raw libp2p stream between two peers of this process,
-/// counted to the end by the receiver, which answers with the count.
-async fn raw_libp2p(file: &Path, len: u64, transport: Transport) -> anyhow::Result<Duration> {
-    let receiver_config = ClusterConfig::new(Identity::generate(), Role::Node)
-        .with_listen_addrs([transport.listen_addr()]);
-    let (receiver, _) = Cluster::start(receiver_config).context("starting the receiving peer")?;
-    let (sender, _) = Cluster::start(ClusterConfig::new(Identity::generate(), Role::Client))
-        .context("starting the sending peer")?;
-    let result = raw_libp2p_between(&sender, &receiver, file, len, transport).await;
-    let _ = sender.shutdown().await;
-    let _ = receiver.shutdown().await;
-    result
-}
-
-async fn raw_libp2p_between(
-    sender: &ClusterHandle,
-    receiver: &ClusterHandle,
-    file: &Path,
-    len: u64,
-    transport: Transport,
-) -> anyhow::Result<Duration> {
-    let addrs = receiver
-        .listen_addrs()
-        .await
-        .context("waiting for the receiver's address")?;
-    let addr = addrs
-        .into_iter()
-        .find(|addr| transport.carries(addr))
-        .with_context(|| format!("the receiver listens on no {} address", transport.name()))?;
-    let mut incoming = receiver.accept(RAW_PROTOCOL)?;
-    let counting = tokio::spawn(async move {
-        let (_, mut stream) = incoming
-            .next()
-            .await
-            .context("the receiver stopped before the stream came")?;
-        let mut buf = vec![0u8; BATCH];
-        let mut total = 0u64;
-        loop {
-            match stream
-                .read(&mut buf)
-                .await
-                .context("receiving the stream")?
-            {
-                0 => break,
-                n => total += n as u64,
-            }
-        }
-        stream
-            .write_all(&total.to_be_bytes())
-            .await
-            .context("answering with the count")?;
-        stream.shutdown().await.context("closing the stream")?;
-        anyhow::Ok(total)
-    });
-
-    let started = Instant::now();
-    let peer = sender.dial(addr).await?;
-    let mut stream = sender.open_stream(peer, RAW_PROTOCOL).await?;
-    let mut source = tokio::fs::File::open(file)
-        .await
-        .with_context(|| format!("opening {}", file.display()))?;
-    let mut buf = vec![0u8; BATCH];
-    loop {
-        let n = source
-            .read(&mut buf)
-            .await
-            .with_context(|| format!("reading {}", file.display()))?;
-        if n == 0 {
-            break;
-        }
-        stream
-            .write_all(&buf[..n])
-            .await
-            .context("sending on the stream")?;
-    }
-    stream
-        .shutdown()
-        .await
-        .context("closing the sending side")?;
-    let mut count = [0u8; 8];
-    stream
-        .read_exact(&mut count)
-        .await
-        .context("reading the receiver's count")?;
-    let took = started.elapsed();
-    let received = counting.await.context("the receiving task failed")??;
-    ensure!(
-        received == len && u64::from_be_bytes(count) == len,
-        "received {received} of {len} bytes"
-    );
-    Ok(took)
-}
-
-/// (c): the file's bytes written to `copy` and fsynced.
-fn write_fsync(file: &Path, copy: &Path) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let mut out = File::create_new(copy).with_context(|| format!("creating {}", copy.display()))?;
-    copy_file(file, &mut out)?;
-    out.sync_all()
-        .with_context(|| format!("fsync of {}", copy.display()))?;
-    let took = started.elapsed();
-    drop(out);
-    std::fs::remove_file(copy).with_context(|| format!("removing {}", copy.display()))?;
-    Ok(took)
-}
-
-/// Copies the file at `path` into `out` in batches of [`BATCH`].
-fn copy_file(path: &Path, out: &mut impl Write) -> anyhow::Result<()> {
-    let mut source = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut buf = vec![0u8; BATCH];
-    loop {
-        let n = source
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            return Ok(());
-        }
-        out.write_all(&buf[..n]).context("writing the copy")?;
-    }
+    Ok(peaks)
 }
 
 /// Writes `len` bytes of pattern data to `path` and syncs them, so that no writeback of
@@ -661,67 +488,6 @@ fn generate(path: &Path, len: u64, seed: u64) -> anyhow::Result<()> {
     File::open(path)
         .and_then(|file| file.sync_all())
         .with_context(|| format!("fsync of {}", path.display()))
-}
-
-/// Runs `measure` (which answers with its wall time) and adds the CPU time this process
-/// spent meanwhile, on all its threads.
-fn in_process(measure: impl FnOnce() -> anyhow::Result<Duration>) -> anyhow::Result<Measured> {
-    let before = cpu_time("self")?.own;
-    let took = measure()?;
-    let cpu = cpu_time("self")?.own.saturating_sub(before);
-    Ok(Measured { took, cpu })
-}
-
-/// CPU time (user and system) of a process, from `/proc/<pid>/stat`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct CpuTime {
-    /// Its own threads.
-    own: Duration,
-    /// Its children that it has waited for.
-    children: Duration,
-}
-
-/// The [`CpuTime`] of process `pid` (a number, or `self`).
-fn cpu_time(pid: &str) -> anyhow::Result<CpuTime> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    parse_cpu_time(&stat).with_context(|| format!("{path}: no CPU times in {stat:?}"))
-}
-
-/// The CPU times of a `/proc/<pid>/stat` line: utime, stime, cutime, cstime are fields 14
-/// to 17, in clock ticks of `USER_HZ` (100 wherever Linux has `/proc`, x86 and ARM alike).
-fn parse_cpu_time(stat: &str) -> Option<CpuTime> {
-    let ticks = |n: u64| Duration::from_millis(n.saturating_mul(10));
-    // The command name (field 2) is in parentheses and may hold spaces.
-    let (_, after_name) = stat.rsplit_once(')')?;
-    let fields: Vec<u64> = after_name
-        .split_whitespace()
-        .skip(11)
-        .take(4)
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .ok()?;
-    let &[utime, stime, cutime, cstime] = fields.as_slice() else {
-        return None;
-    };
-    Some(CpuTime {
-        own: ticks(utime + stime),
-        children: ticks(cutime + cstime),
-    })
-}
-
-/// The peak resident set size (`VmHWM`) of process `pid`, in bytes.
-fn peak_rss(pid: u32) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    parse_vm_hwm(&status).with_context(|| format!("{path} has no VmHWM line"))
-}
-
-/// The `VmHWM:  <n> kB` line of a `/proc/<pid>/status`, in bytes.
-fn parse_vm_hwm(status: &str) -> Option<u64> {
-    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
-    let kib = line.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
-    Some(kib * 1024)
 }
 
 /// The peer id at the end of `addr` (`/p2p/<id>`).
@@ -748,8 +514,14 @@ fn median(values: &[f64]) -> Option<f64> {
     }
 }
 
-/// The table of medians, the upload ratios and the target checks, as printed.
-fn report(size_mib: u32, samples: &Samples, peaks: &[PeakRss]) -> String {
+/// The table of medians, the ratios and the target checks of the throughput parts, as
+/// printed.
+fn report(
+    size_mib: u32,
+    samples: &Samples,
+    peaks: &[PeakRss],
+    download_peaks: &[download::DownloadPeak],
+) -> String {
     let median_of = |measure: Measure, value: fn(&Sample) -> f64| {
         let values: Vec<f64> = samples.get(&measure)?.iter().map(value).collect();
         median(&values)
@@ -788,6 +560,9 @@ fn report(size_mib: u32, samples: &Samples, peaks: &[PeakRss]) -> String {
             Measure::Upload(transport) => slowest(transport)
                 .map(|(_, base)| format!("  {:.2} x slowest", value / base))
                 .unwrap_or_default(),
+            Measure::Download(transport) => throughput(Measure::RawLibp2p(transport))
+                .map(|base| format!("  {:.2} x (b) {}", value / base, transport.name()))
+                .unwrap_or_default(),
             _ => String::new(),
         };
         let _ = writeln!(
@@ -804,11 +579,7 @@ fn report(size_mib: u32, samples: &Samples, peaks: &[PeakRss]) -> String {
             continue;
         };
         let achieved = value / base;
-        let verdict = if achieved >= TARGET_RATIO {
-            "met"
-        } else {
-            "MISSED"
-        };
+        let verdict = verdict(achieved >= TARGET_RATIO);
         let name = transport.name();
         let _ = writeln!(
             out,
@@ -822,11 +593,7 @@ fn report(size_mib: u32, samples: &Samples, peaks: &[PeakRss]) -> String {
     }
     for peak in peaks {
         let hwm = peak.hwm as f64 / MIB;
-        let verdict = if hwm <= TARGET_RSS_MIB {
-            "met"
-        } else {
-            "MISSED"
-        };
+        let verdict = verdict(hwm <= TARGET_RSS_MIB);
         let _ = writeln!(
             out,
             "node peak RSS (VmHWM) during a {} MiB upload over {} ({:.0} MiB/s): {hwm:.1} MiB; target <= {TARGET_RSS_MIB:.0} MiB, {verdict}",
@@ -835,7 +602,12 @@ fn report(size_mib: u32, samples: &Samples, peaks: &[PeakRss]) -> String {
             peak.throughput
         );
     }
+    download::write_report(&mut out, &throughput, download_peaks);
     out
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
 }
 
 fn say(line: &str) {
@@ -860,15 +632,6 @@ mod tests {
     }
 
     #[test]
-    fn cpu_times_are_read_from_proc_stat_whatever_the_command_name() {
-        let stat = "4242 (tokio (rt) 1) S 1 4242 4242 0 -1 4194560 500 0 0 0 150 25 7 3 20 0 4 0 100 1000 200";
-        let times = parse_cpu_time(stat).unwrap();
-        assert_eq!(times.own, Duration::from_millis(1750));
-        assert_eq!(times.children, Duration::from_millis(100));
-        assert_eq!(parse_cpu_time("4242 (x) S 1 2"), None);
-    }
-
-    #[test]
     fn a_sample_gives_cpu_per_gib_and_cores_busy() {
         let sample = Sample::new(
             1 << 29,
@@ -880,14 +643,6 @@ mod tests {
         assert!((sample.throughput - 256.0).abs() < 1e-9);
         assert!((sample.cpu_per_gib - 6.0).abs() < 1e-9);
         assert!((sample.cores() - 1.5).abs() < 1e-9);
-    }
-
-    #[test]
-    fn vm_hwm_is_read_in_bytes_from_proc_status() {
-        let status =
-            "Name:\tdomain-node\nVmPeak:\t  900000 kB\nVmHWM:\t   23456 kB\nVmRSS:\t   20000 kB\n";
-        assert_eq!(parse_vm_hwm(status), Some(23456 * 1024));
-        assert_eq!(parse_vm_hwm("Name:\tx\n"), None);
     }
 
     #[test]
@@ -942,7 +697,7 @@ mod tests {
             throughput: 255.0,
             hwm: 40 << 20,
         }];
-        let table = report(1024, &samples, &peaks);
+        let table = report(1024, &samples, &peaks, &[]);
         assert!(table.contains("medians of 3 rounds"), "{table}");
         assert!(
             table.contains(
@@ -980,5 +735,60 @@ mod tests {
             table.contains("3072 MiB upload over TCP (255 MiB/s): 40.0 MiB; target <= 64 MiB, met"),
             "{table}"
         );
+        assert!(!table.contains("download"), "{table}");
+    }
+
+    #[test]
+    fn report_holds_each_download_against_the_raw_stream_of_its_transport() {
+        let at = |throughput: f64| {
+            vec![Sample {
+                throughput,
+                cpu_per_gib: 1.0,
+            }]
+        };
+        let samples: Samples = [
+            (Measure::RawLibp2p(Transport::Tcp), at(400.0)),
+            (Measure::RawLibp2p(Transport::Quic), at(250.0)),
+            (Measure::Download(Transport::Tcp), at(340.0)),
+            (Measure::Download(Transport::Quic), at(200.0)),
+        ]
+        .into();
+        let table = report(256, &samples, &[], &[]);
+        assert!(
+            table.contains("    download over TCP                    340 MiB/s       1.00   0.33  [340]  0.85 x (b) TCP"),
+            "{table}"
+        );
+        assert!(
+            table.contains("200 MiB/s       1.00   0.20  [200]  0.80 x (b) QUIC"),
+            "{table}"
+        );
+        assert!(
+            table.contains("target download over TCP >= 0.85 x (b) TCP: 0.85, met"),
+            "{table}"
+        );
+        assert!(!table.contains("upload"), "{table}");
+    }
+
+    #[test]
+    fn the_item_id_is_the_first_field_of_the_one_line_printed() {
+        let line = "id-1  3f2a  /tmp/out/id-1\n";
+        assert_eq!(one_item(line).unwrap(), "id-1");
+        assert!(one_item("").is_err());
+        assert!(one_item("id-1\n").is_err());
+        assert!(one_item(&format!("{line}{line}")).is_err());
+    }
+
+    #[test]
+    fn each_part_runs_only_its_own_measures() {
+        let parts: Vec<Option<Part>> = Measure::ALL.iter().map(|m| m.part()).collect();
+        assert_eq!(parts.iter().filter(|p| p.is_none()).count(), 4);
+        assert_eq!(
+            Measure::ALL
+                .iter()
+                .filter(|m| m.part() == Some(Part::Download))
+                .count(),
+            2
+        );
+        assert!(!Measure::Download(Transport::Tcp).is_baseline_for(Transport::Tcp));
     }
 }

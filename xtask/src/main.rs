@@ -2,8 +2,10 @@
 //!
 //! - `cargo xtask ci`: what CI runs (`.ci/run`): formatting, lints, the test suite.
 //! - `cargo xtask bench [FILTER]...`: the Merkle benches, printed as ratios to BLAKE3's limits.
-//! - `cargo xtask bench e2e`: a 1 GiB upload to a node over TCP and over QUIC, against raw
-//!   TCP, a raw libp2p stream and a file write + fsync of the same bytes; the node's peak RSS.
+//! - `cargo xtask bench e2e`: 1 GiB uploads to a node and downloads from it, over TCP and
+//!   over QUIC, against raw TCP, a raw libp2p stream and a file write + fsync of the same
+//!   bytes; the peak RSS of node and client; the latency of `domain ls` and of a 1-item
+//!   download through the manager on 1 and 4 nodes (`--only upload|download|latency`).
 //! - `cargo xtask demo`: a manager, two nodes and the `domain` command on loopback.
 //! - `cargo xtask browser`: the web page of `examples/browser` next to a loopback cluster.
 //! - `cargo xtask crash --cycles N`: the datastore's SIGKILL crash test, N cycles.
@@ -36,7 +38,7 @@ enum Task {
     Ci,
     /// Run the Merkle benches (release build) and print each as a ratio to BLAKE3 one-shot
     /// and to BLAKE3 over independent 7168-byte leaves; or, as `bench e2e`, the end-to-end
-    /// upload bench.
+    /// bench (uploads, downloads, control-plane latency).
     #[command(args_conflicts_with_subcommands = true)]
     Bench(BenchArgs),
     /// Start a manager and two nodes on loopback, upload a 64 MiB file and a folder with the
@@ -78,11 +80,15 @@ struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 enum BenchTask {
-    /// Upload a file (1 GiB by default) to a node over TCP and over QUIC (release binaries,
-    /// stored with fsync), and measure in the same run raw loopback TCP, a raw libp2p stream
-    /// and a file write + fsync of the same bytes; print each throughput with its CPU time,
-    /// the upload as a ratio to the slowest baseline, and the node's peak RSS during a larger
-    /// upload (3 GiB by default).
+    /// Upload a file (1 GiB by default) to a node and download it back, over TCP and over
+    /// QUIC (release binaries; stored with fsync by the node, written and fsynced by the
+    /// client), and measure in the same run raw loopback TCP, a raw libp2p stream and a file
+    /// write + fsync of the same bytes; print each throughput with its CPU time, the upload
+    /// as a ratio to the slowest baseline, the download as a ratio to the raw stream, and the
+    /// peak RSS of node and client during a larger transfer (3 GiB by default). Then time
+    /// `domain ls` and a 1-item download through the manager, as whole processes, on a
+    /// loopback cluster of 1 node and of 4 (median, min and max of 20 runs). `--only` runs
+    /// some of the parts: upload, download, latency.
     E2e(bench_e2e::Options),
 }
 
@@ -171,5 +177,27 @@ mod tests {
         assert!(matches!(args.bench, Some(BenchTask::E2e(_))));
         assert!(args.criterion_args.is_empty());
         assert!(parse(&["bench", "e2e", "d_parallel"]).is_err());
+    }
+
+    #[test]
+    fn bench_e2e_runs_the_parts_asked_for() {
+        let Task::Bench(BenchArgs {
+            bench: Some(BenchTask::E2e(all)),
+            ..
+        }) = parse(&["bench", "e2e"]).unwrap()
+        else {
+            panic!("not bench e2e");
+        };
+        assert!(all.runs(bench_e2e::Part::Upload) && all.runs(bench_e2e::Part::Latency));
+        let Task::Bench(BenchArgs {
+            bench: Some(BenchTask::E2e(some)),
+            ..
+        }) = parse(&["bench", "e2e", "--only", "download,latency"]).unwrap()
+        else {
+            panic!("not bench e2e");
+        };
+        assert!(!some.runs(bench_e2e::Part::Upload));
+        assert!(some.runs(bench_e2e::Part::Download) && some.runs(bench_e2e::Part::Latency));
+        assert!(parse(&["bench", "e2e", "--only", "everything"]).is_err());
     }
 }

@@ -736,9 +736,11 @@ impl Client {
         Ok(holder)
     }
 
-    /// Runs `gather`'s query on every holder of `domain` that is up, one after the other
-    /// (see [`TaskRun::holders`]); a holder that does not answer is reported and passed
-    /// over.
+    /// Runs `gather`'s query on every holder of `domain` that is up (see
+    /// [`fan_out`](Self::fan_out)); a holder that does not answer is reported and passed
+    /// over. A listing asks every holder anyway, so its first attempts go side by side;
+    /// a download asks one holder after the other, and stops fetching once it has every
+    /// id.
     async fn gather(
         &self,
         domain: &DomainId,
@@ -750,9 +752,19 @@ impl Client {
         let Some(mut run) = run else {
             return Ok(());
         };
-        for index in 0..run.targets.len() {
+        let mut failed_first = Vec::new();
+        if matches!(gather.sink, Sink::Listing(_)) && run.targets.len() > 1 {
+            failed_first = self.list_side_by_side(&mut run, domain, gather).await?;
+        } else {
+            failed_first.extend((0..run.targets.len()).map(|index| (index, None)));
+        }
+        for (index, failure) in failed_first {
             let node = run.select(index);
             let loaded = async {
+                if let Some((current, error)) = failure {
+                    // The first attempt went side by side; the retries go here.
+                    run.resume_after(current, error).await?;
+                }
                 loop {
                     let assignment = run.next_assignment().await?;
                     match self.load_from(assignment, domain, gather).await {
@@ -771,6 +783,48 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// The first attempt of every task of `run` at once, each holder's listing into
+    /// `gather` (each id once); answers the tasks whose attempt failed, with the
+    /// assignment tried and the error, for the caller to go on with.
+    async fn list_side_by_side(
+        &self,
+        run: &mut TaskRun<'_>,
+        domain: &DomainId,
+        gather: &mut Gather<'_>,
+    ) -> Result<FailedFirst, ClientError> {
+        let mut firsts = Vec::with_capacity(run.targets.len());
+        for index in 0..run.targets.len() {
+            let node = run.select(index);
+            let assignment = run.next_assignment().await;
+            firsts.push((index, node, assignment, run.current.take()));
+        }
+        let query = gather.query.clone();
+        let listings = firsts
+            .into_iter()
+            .map(|(index, node, assignment, current)| {
+                let query = &query;
+                async move {
+                    let mut listed = Vec::new();
+                    let result = match assignment {
+                        Ok(assignment) => {
+                            let mut one = Gather::new(query, Sink::Listing(&mut listed));
+                            self.load_from(assignment, domain, &mut one).await
+                        }
+                        Err(error) => Err(error),
+                    };
+                    (index, node, current, result.map(|()| listed))
+                }
+            });
+        let mut failed = Vec::new();
+        for (index, node, current, result) in futures::future::join_all(listings).await {
+            match result {
+                Ok(listed) => gather.add_listed(node, listed)?,
+                Err(error) => failed.push((index, Some((current, error)))),
+            }
+        }
+        Ok(failed)
     }
 
     /// One job of one `endpoint` task pinned to each registered holder of `domain`, as
@@ -1371,6 +1425,22 @@ impl<'a> Gather<'a> {
         }
     }
 
+    /// Adds one holder's listing to this one's, each id once.
+    fn add_listed(&mut self, node: PeerId, listed: Vec<Metadata>) -> Result<(), ClientError> {
+        let Sink::Listing(all) = &mut self.sink else {
+            return Ok(());
+        };
+        for item in listed {
+            if self.seen.insert(item.id.clone()) {
+                if all.len() == MAX_LISTED_ITEMS {
+                    return Err(ClientError::TooManyItems { node });
+                }
+                all.push(item);
+            }
+        }
+        Ok(())
+    }
+
     /// The ids asked for that have not arrived.
     fn missing(&self) -> Vec<String> {
         let wanted: BTreeSet<&String> = self.query.ids.iter().collect();
@@ -1501,6 +1571,10 @@ fn check_length(metadata: &Metadata, copied: u64) -> Result<(), CapabilityError>
     })
 }
 
+/// Tasks of a fan-out whose first attempt failed: the index, and the assignment tried
+/// with the error (none when it was not tried).
+type FailedFirst = Vec<(usize, Option<(Option<Task>, ClientError)>)>;
+
 /// Logs that `node`, a holder, did not answer: one line, the others still do.
 fn not_answered(node: PeerId, error: &ClientError) {
     tracing::warn!("node {node} did not answer: {error}");
@@ -1536,6 +1610,19 @@ impl TaskRun<'_> {
         // Fan-out tasks are always pinned; the manager's own id stands in otherwise.
         node.or(self.client.manager)
             .unwrap_or_else(|| self.client.peer_id())
+    }
+
+    /// Takes back the selected task's first attempt, made elsewhere (the assignment
+    /// tried, or none when the assignment itself failed), and handles its failure as
+    /// [`failed`](Self::failed) does.
+    async fn resume_after(
+        &mut self,
+        current: Option<Task>,
+        error: ClientError,
+    ) -> Result<(), ClientError> {
+        self.attempts = u32::from(current.is_some());
+        self.current = current;
+        self.failed(error).await
     }
 
     /// The next frame of the selected task: kept from earlier reads, or read now,
