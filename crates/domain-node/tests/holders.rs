@@ -116,12 +116,18 @@ async fn listed_eventually(client: &Client, expected: &BTreeSet<String>) -> BTre
     }
 }
 
-fn bytes(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+/// A manager serving `lab`, nodes a and b joined to it, and a client allowed in `lab`.
+struct TwoNodes {
+    dir: tempfile::TempDir,
+    _manager: Manager,
+    a: Node,
+    b: Node,
+    client: Client,
+    /// The manager's domain keys, to sign direct tokens with.
+    keys: std::path::PathBuf,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_item_stored_directly_on_a_node_is_listed_and_downloaded_through_the_manager() {
+async fn two_nodes() -> TwoNodes {
     let dir = tempfile::tempdir().unwrap();
     let identity = Identity::generate();
     let manager = manager(&dir.path().join("m"), loopback(), identity.peer_id()).await;
@@ -129,6 +135,31 @@ async fn an_item_stored_directly_on_a_node_is_listed_and_downloaded_through_the_
     let a = node(&dir.path().join("a"), &addr).await;
     let b = node(&dir.path().join("b"), &addr).await;
     let client = start_client(identity, &addr).await;
+    let keys = dir.path().join("m").join("keys");
+    TwoNodes {
+        dir,
+        _manager: manager,
+        a,
+        b,
+        client,
+        keys,
+    }
+}
+
+fn bytes(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_stored_directly_on_a_node_is_listed_and_downloaded_through_the_manager() {
+    let TwoNodes {
+        dir,
+        _manager,
+        a,
+        b,
+        client,
+        keys,
+    } = two_nodes().await;
     let domain = DomainId::new(DOMAIN).unwrap();
 
     // One item through the manager (it lands on a), one straight onto b.
@@ -137,7 +168,6 @@ async fn an_item_stored_directly_on_a_node_is_listed_and_downloaded_through_the_
         .await
         .unwrap()
         .remove(0);
-    let keys = dir.path().join("m").join("keys");
     let direct = upload_direct(&client, &keys, &b, "direct", &bytes(20_000, 2)).await;
 
     let expected = BTreeSet::from([through.id.clone(), direct.id.clone()]);
@@ -194,14 +224,14 @@ async fn after_a_manager_restart_with_its_state_emptied_listing_finds_every_item
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_that_is_down_is_reported_and_the_others_still_answer() {
-    let dir = tempfile::tempdir().unwrap();
-    let identity = Identity::generate();
-    let manager = manager(&dir.path().join("m"), loopback(), identity.peer_id()).await;
-    let addr = manager.tcp_addr().unwrap().clone();
-    let a = node(&dir.path().join("a"), &addr).await;
-    let b = node(&dir.path().join("b"), &addr).await;
-    let client = start_client(identity, &addr).await;
-    let keys = dir.path().join("m").join("keys");
+    let TwoNodes {
+        dir,
+        _manager,
+        a,
+        b,
+        client,
+        keys,
+    } = two_nodes().await;
     let on_a = upload_direct(&client, &keys, &a, "on-a", &bytes(10, 1)).await;
     let on_b = upload_direct(&client, &keys, &b, "on-b", &bytes(10, 2)).await;
     let both = BTreeSet::from([on_a.id.clone(), on_b.id.clone()]);
@@ -232,14 +262,14 @@ async fn a_holder_that_is_down_is_reported_and_the_others_still_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_follows_a_holder_that_appears_later() {
-    let dir = tempfile::tempdir().unwrap();
-    let identity = Identity::generate();
-    let manager = manager(&dir.path().join("m"), loopback(), identity.peer_id()).await;
-    let addr = manager.tcp_addr().unwrap().clone();
-    let a = node(&dir.path().join("a"), &addr).await;
-    let b = node(&dir.path().join("b"), &addr).await;
-    let client = start_client(identity, &addr).await;
-    let keys = dir.path().join("m").join("keys");
+    let TwoNodes {
+        dir: _dir,
+        _manager,
+        a,
+        b,
+        client,
+        keys,
+    } = two_nodes().await;
     let domain = DomainId::new(DOMAIN).unwrap();
     let first = upload_direct(&client, &keys, &a, "first", &bytes(10, 1)).await;
     let only_a = BTreeSet::from([first.id.clone()]);
