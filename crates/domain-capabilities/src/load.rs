@@ -659,6 +659,112 @@ impl<S: AsyncRead + Unpin + Send> LoadedItem<'_, S> {
             .map_err(|e| content_error(&name, e))?;
         Ok(copied)
     }
+
+    /// Writes the content (from [`offset`](Self::offset)) into `file`, which holds the
+    /// item's first `offset` bytes, at disk speed: in large batches, hashed on a thread
+    /// of their own while written, past the page cache where the file system allows
+    /// ([`domain_datastore::stream_into_file`]). `advanced` hears of the bytes of each
+    /// read as they arrive. Returns the file, not yet synced, once its content matched
+    /// the item's root.
+    ///
+    /// A file is the one writer that can take back what it was given, so unlike
+    /// [`copy_to`](Self::copy_to) nothing waits for the root before it is written.
+    ///
+    /// # Errors
+    /// [`CapabilityError::RootMismatch`] when the content does not match its root;
+    /// [`CapabilityError::Io`] when the stream fails or ends early: the file then holds
+    /// exactly the bytes that arrived, which a later download can resume from;
+    /// [`CapabilityError::Datastore`] when writing fails (the file's content is then
+    /// undefined).
+    pub async fn write_to_file(
+        self,
+        file: std::fs::File,
+        path: &std::path::Path,
+        mut advanced: impl FnMut(u64) + Send,
+    ) -> Result<std::fs::File, CapabilityError> {
+        let LoadConsumer {
+            reader, current, ..
+        } = self.consumer;
+        // Metadata only, or nothing left to send (an empty item, a resumed one that was
+        // whole): the content was checked when its frame came.
+        let Some(content) = current.as_mut() else {
+            return Ok(file);
+        };
+        let tree = std::mem::take(&mut content.builder);
+        let raw = RawContent {
+            reader,
+            remaining: &mut content.remaining,
+            advanced: &mut advanced,
+        };
+        let written = domain_datastore::stream_into_file(
+            file,
+            path,
+            &content.name,
+            self.metadata.size,
+            raw,
+            tree,
+        )
+        .await;
+        let (local, file) = written.map_err(|error| match error {
+            DatastoreError::ReadContent { source, .. } => {
+                CapabilityError::io("reading content", source)
+            }
+            other => CapabilityError::Datastore(other),
+        })?;
+        // Taken only now: after a failure, `next` skips what is left of the content.
+        let Some(content) = current.take() else {
+            return Ok(file);
+        };
+        if local != content.expected {
+            return Err(CapabilityError::RootMismatch {
+                name: content.name,
+                local,
+                remote: content.expected.to_string(),
+            });
+        }
+        Ok(file)
+    }
+}
+
+/// The rest of the current item's content as it comes off the stream, unhashed: for a
+/// reader that hashes it itself. Ends with the content; a stream that ends first is an
+/// [`io::ErrorKind::UnexpectedEof`].
+struct RawContent<'a, R, F> {
+    reader: &'a mut R,
+    remaining: &'a mut u64,
+    advanced: &'a mut F,
+}
+
+impl<R: AsyncRead + Unpin, F: FnMut(u64)> AsyncRead for RawContent<'_, R, F> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if *this.remaining == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        // Never read past the content: what follows is the next item's frame.
+        let room = usize::try_from(*this.remaining).unwrap_or(usize::MAX);
+        let mut limited = if buf.remaining() > room {
+            ReadBuf::new(buf.initialize_unfilled_to(room))
+        } else {
+            ReadBuf::new(buf.initialize_unfilled())
+        };
+        ready!(Pin::new(&mut *this.reader).poll_read(cx, &mut limited))?;
+        let got = limited.filled().len();
+        if got == 0 {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("content cut short with {} bytes to come", this.remaining),
+            )));
+        }
+        buf.advance(got);
+        *this.remaining -= got as u64;
+        (this.advanced)(got as u64);
+        Poll::Ready(Ok(()))
+    }
 }
 
 fn content_error(name: &str, err: io::Error) -> CapabilityError {

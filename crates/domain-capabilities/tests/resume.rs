@@ -63,8 +63,28 @@ struct Loaded {
     error: Option<String>,
 }
 
+/// Where a load writes the item's content.
+enum Into<'a> {
+    /// `LoadedItem`'s `AsyncRead`.
+    Memory,
+    /// `LoadedItem::write_to_file`, into this file, cut to the item's offset first (as the
+    /// client does with a partial download); `content` is then the file's.
+    File(&'a std::path::Path),
+}
+
 /// Loads `id` with `prefixes` over a pipe whose consumer side ends after `cut` bytes.
 async fn load(fixture: &Fixture, id: &str, prefixes: Prefixes, cut: Option<usize>) -> Loaded {
+    load_into(fixture, id, prefixes, cut, Into::Memory).await
+}
+
+/// [`load`], into `into`.
+async fn load_into(
+    fixture: &Fixture,
+    id: &str,
+    prefixes: Prefixes,
+    cut: Option<usize>,
+    into: Into<'_>,
+) -> Loaded {
     let (client, server) = pipe();
     let client = Cut::new(client, cut.unwrap_or(usize::MAX));
     let token = fixture.token(LOAD_V1);
@@ -82,9 +102,25 @@ async fn load(fixture: &Fixture, id: &str, prefixes: Prefixes, cut: Option<usize
             .map_err(|e| format!("{e:?}"))?
             .expect("the item is stored");
         offset = item.offset();
-        item.read_to_end(&mut content)
-            .await
-            .map_err(|e| format!("{e:?}"))?;
+        match into {
+            Into::Memory => {
+                item.read_to_end(&mut content)
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+            }
+            Into::File(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(path)
+                    .unwrap();
+                file.set_len(offset).unwrap();
+                item.write_to_file(file, path, |_| {})
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+            }
+        }
         Ok::<_, String>(())
     };
     let (served, consumed) = tokio::join!(
@@ -97,6 +133,10 @@ async fn load(fixture: &Fixture, id: &str, prefixes: Prefixes, cut: Option<usize
         ),
         consume
     );
+    if let Into::File(path) = into {
+        // None when the stream was cut before the item's frame.
+        content = std::fs::read(path).unwrap_or_default();
+    }
     Loaded {
         served: served.unwrap_or_default(),
         offset,
@@ -183,6 +223,33 @@ proptest! {
             // Sent again: what the consumer held past its last whole chunk (under one
             // chunk), and nothing before it.
             prop_assert_eq!(second.served.bytes, (SIZE - whole) as u64);
+            Ok(())
+        })?;
+    }
+
+    /// Written into a file, a transfer cut anywhere leaves exactly the bytes that arrived
+    /// (the writer sets the file's full length up front, and cuts it back), and the
+    /// download resumed into the same file completes it.
+    #[test]
+    fn a_load_into_a_file_cut_anywhere_leaves_what_arrived_and_resumes_from_it(cut in 0usize..SIZE) {
+        runtime().block_on(async {
+            let fixture = Fixture::new().await;
+            let blob = data(SIZE);
+            let item = stored(&fixture, &blob).await;
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("partial");
+
+            let first = load_into(&fixture, &item.id, Prefixes::new(), Some(cut), Into::File(&path)).await;
+            prop_assert!(first.error.is_some(), "a cut before the content's end fails");
+            let held = first.content;
+            prop_assert_eq!(&held[..], &blob[..held.len()]);
+            let whole = held.len() / CHUNK_SIZE * CHUNK_SIZE;
+            let prefixes = if whole > 0 { prefix_of(&item.id, &held[..whole]) } else { Prefixes::new() };
+
+            let second = load_into(&fixture, &item.id, prefixes, None, Into::File(&path)).await;
+            prop_assert_eq!(second.error, None);
+            prop_assert_eq!(second.offset, whole as u64);
+            prop_assert!(second.content == blob, "the file holds the whole item");
             Ok(())
         })?;
     }

@@ -38,7 +38,6 @@ use std::time::Duration;
 mod delete;
 mod partial;
 mod progress;
-mod read_ahead;
 mod watch;
 
 pub use progress::Progress;
@@ -52,7 +51,7 @@ use domain_cluster::identity::Identity;
 use domain_cluster::{
     Cluster, ClusterError, ClusterHandle, JobStream, Multiaddr, PeerId, SubmittedJob,
 };
-use domain_datastore::DomainId;
+use domain_datastore::{DatastoreError, DomainId};
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use domain_proto::protocols::{LOAD_V1, STORE_V1};
 use domain_proto::task::{
@@ -60,7 +59,7 @@ use domain_proto::task::{
     TaskRequest, resource_recruitment::RecruitmentPolicy,
 };
 use libp2p::multiaddr::Protocol;
-use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite};
 use tokio::sync::oneshot;
 
 pub(crate) use progress::Counted;
@@ -1145,7 +1144,7 @@ impl Client {
             let key = key.as_deref();
             let metadata = match &upload.content {
                 Content::File(path) => {
-                    let file = read_ahead::ReadAhead::open(path)
+                    let file = domain_datastore::ReadAhead::open(path)
                         .await
                         .map_err(|e| ClientError::io("opening", path, e))?;
                     self.send_item(&mut sender, item, key, file).await
@@ -1483,7 +1482,7 @@ impl ItemFileError {
     /// Whether the bytes written so far are worth resuming from: the transfer was cut,
     /// but nothing proved them wrong.
     fn leaves_a_resumable_partial(&self) -> bool {
-        matches!(self, Self::Transfer(_)) && !self.is_root_mismatch()
+        matches!(self, Self::Transfer(CapabilityError::Io { .. }))
     }
 
     /// Whether the content arrived whole and failed its root check.
@@ -1519,12 +1518,11 @@ where
     check_id(&metadata.id).map_err(ItemFileError::Local)?;
     let path = dir.join(&metadata.id);
     let partial = partial::partial_path(dir, &metadata.id);
-    let local = |action, e| ItemFileError::Local(ClientError::io(action, &partial, e));
     if let Some(progress) = progress {
         progress.started(&metadata.name, metadata.size.into());
     }
     let offset = item.offset();
-    let mut file = partial::open_partial(&partial, offset)
+    let file = partial::open_partial(&partial, offset)
         .await
         .map_err(ItemFileError::Local)?;
     if let Some(progress) = progress.filter(|_| offset > 0) {
@@ -1532,20 +1530,30 @@ where
         progress.advanced(offset);
     }
     let written = async {
-        // The copy checks the content against the item's root as it ends.
-        let copied = item
-            .copy_to(&mut Counted::new(&mut file, progress))
+        let advanced = |bytes| {
+            if let Some(progress) = progress {
+                progress.advanced(bytes);
+            }
+        };
+        // The write checks the content against the item's root as it ends.
+        let file =
+            item.write_to_file(file, &partial, advanced)
+                .await
+                .map_err(|error| match error {
+                    CapabilityError::Datastore(DatastoreError::Io { source, .. }) => {
+                        ItemFileError::Local(ClientError::io("writing", &partial, source))
+                    }
+                    other => ItemFileError::Transfer(other),
+                })?;
+        tokio::task::spawn_blocking(move || file.sync_all())
             .await
-            .map_err(ItemFileError::Transfer)?;
-        check_length(metadata, offset + copied).map_err(ItemFileError::Transfer)?;
-        file.flush().await.map_err(|e| local("writing", e))?;
-        file.sync_all().await.map_err(|e| local("syncing", e))?;
+            .map_err(|e| ItemFileError::Local(ClientError::io("syncing", &partial, e.into())))?
+            .map_err(|e| ItemFileError::Local(ClientError::io("syncing", &partial, e)))?;
         tokio::fs::rename(&partial, &path)
             .await
             .map_err(|e| ItemFileError::Local(ClientError::io("renaming into place", &path, e)))
     }
     .await;
-    drop(file);
     if let Err(error) = written {
         if !error.leaves_a_resumable_partial() {
             let _ = tokio::fs::remove_file(&partial).await;

@@ -72,13 +72,15 @@ pub use merkle::{
 };
 
 pub mod local;
+pub mod read_ahead;
 pub mod store;
 pub mod subscription;
 
 pub use local::{
     DEFAULT_PARTIAL_BYTES, DEFAULT_PARTIAL_TTL, DomainUsage, LocalContent, LocalDatastore,
-    LocalOptions, RepairReport,
+    LocalOptions, RepairReport, stream_into_file,
 };
+pub use read_ahead::ReadAhead;
 
 pub use store::{
     Datastore, DatastoreError, DomainId, InvalidDomainId, InvalidQuery, MAX_DOMAIN_ID_LEN,

@@ -39,6 +39,7 @@ pub use repair::RepairReport;
 pub use tables::DomainUsage;
 
 use crate::merkle::{BackgroundBuilder, CHUNK_SIZE, Cores, MerkleBuilder, Root, root_of};
+use crate::read_ahead::ReadAhead;
 use crate::store::{
     Datastore, DatastoreError, DomainId, QueryFilter, ResumePoint, check_replica_id, is_replica,
 };
@@ -287,9 +288,16 @@ impl LocalDatastore {
                 Ok::<_, DatastoreError>((file, TempFile::new(temp_path)))
             })
             .await??;
-            let (root, file) = write_content(file, temp.path(), &item, content, Start::empty())
-                .await
-                .map_err(|cut| cut.error)?;
+            let (root, file) = write_content(
+                file,
+                temp.path(),
+                &item.name,
+                item.size,
+                content,
+                Start::empty(),
+            )
+            .await
+            .map_err(|cut| cut.error)?;
             (root, self.written(domain, root, temp, file).await?)
         };
         self.commit(domain, item, root, content).await
@@ -328,7 +336,7 @@ impl LocalDatastore {
         })
         .await??;
         let start = Start { offset: from, tree };
-        match write_content(file, temp.path(), &item, content, start).await {
+        match write_content(file, temp.path(), &item.name, item.size, content, start).await {
             Ok((root, file)) => {
                 drop(claim);
                 let content = self.written(domain, root, temp, file).await?;
@@ -438,7 +446,8 @@ impl Inner {
             })
     }
 
-    /// Item `id` and its blob file, positioned at `offset`.
+    /// Item `id` and its blob file, to be read from `offset`, which is checked against the
+    /// item's size.
     fn open_content(
         &self,
         domain: &DomainId,
@@ -457,7 +466,7 @@ impl Inner {
             .blobs_dir
             .join(domain.as_str())
             .join(item.hash.as_deref().unwrap_or_default());
-        let mut file = match std::fs::File::open(&path) {
+        let file = match std::fs::File::open(&path) {
             Ok(file) => file,
             // Deleted between the metadata read and the open.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -468,10 +477,6 @@ impl Inner {
             }
             Err(e) => return Err(io_error("open", &path, e)),
         };
-        if offset > 0 {
-            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))
-                .map_err(|e| io_error("seek", &path, e))?;
-        }
         Ok((item, file))
     }
 
@@ -598,7 +603,7 @@ impl Datastore for LocalDatastore {
         Ok((
             item,
             LocalContent {
-                inner: tokio::fs::File::from_std(file).take(len),
+                inner: ReadAhead::new(file, offset, len),
             },
         ))
     }
@@ -636,7 +641,7 @@ impl Datastore for LocalDatastore {
 /// The content of an item of a [`LocalDatastore`]: exactly `size` bytes of its blob file.
 #[derive(Debug)]
 pub struct LocalContent {
-    inner: tokio::io::Take<tokio::fs::File>,
+    inner: ReadAhead,
 }
 
 impl AsyncRead for LocalContent {
@@ -716,6 +721,50 @@ impl From<DatastoreError> for Cut {
     }
 }
 
+/// Streams the content of an item of `size` bytes into `file` at disk speed, as the local
+/// datastore writes its blobs: in large batches, each hashed on a thread of its own while
+/// the batches before it are written, past the page cache where the file system allows.
+/// Returns the root of the whole content and the file, not yet synced.
+///
+/// `tree` is the tree of the bytes `file` holds already (a prefix of whole chunks when a
+/// cut transfer resumes; empty otherwise): writing goes on at its length. `content` is
+/// read to its end, which must come with the content's last byte.
+///
+/// # Errors
+/// [`DatastoreError::ReadContent`] when `content` fails: the file then holds exactly the
+/// bytes that arrived, which a later transfer can resume from.
+/// [`DatastoreError::SizeMismatch`] when `content` ends early (the file holds what
+/// arrived, as before) or goes on past `size`. Any other error (a write that failed, a
+/// hashing thread that panicked) leaves the file's content undefined.
+pub async fn stream_into_file<R: AsyncRead + Unpin>(
+    file: std::fs::File,
+    path: &Path,
+    name: &str,
+    size: u32,
+    content: R,
+    tree: MerkleBuilder,
+) -> Result<(Root, std::fs::File), DatastoreError> {
+    // The writer sets the file's length up front; a cut file is cut back to what arrived.
+    let handle = file.try_clone().map_err(|e| io_error("dup", path, e))?;
+    let start = Start {
+        offset: tree.len(),
+        tree,
+    };
+    match write_content(file, path, name, size, content, start).await {
+        Ok(written) => Ok(written),
+        Err(Cut {
+            error,
+            kept: Some(kept),
+        }) => {
+            handle
+                .set_len(kept.len())
+                .map_err(|e| io_error("truncate", path, e))?;
+            Err(error)
+        }
+        Err(Cut { error, kept: None }) => Err(error),
+    }
+}
+
 /// Streams `content` into `file` after `start.offset` bytes already there, in large
 /// batches. Each batch goes at once to a [`BackgroundBuilder`] and to one of
 /// [`WRITES_IN_FLIGHT`] writing threads, so hashing and writing overlap across batches;
@@ -726,7 +775,8 @@ impl From<DatastoreError> for Cut {
 async fn write_content<R: AsyncRead + Unpin>(
     file: std::fs::File,
     path: &Path,
-    item: &UpsertMetadata,
+    name: &str,
+    size: u32,
     content: R,
     start: Start,
 ) -> Result<(Root, std::fs::File), Cut> {
@@ -748,7 +798,7 @@ async fn write_content<R: AsyncRead + Unpin>(
     let hasher = BackgroundBuilder::spawn(tree, HASH_QUEUE, Cores::All, move |batch| {
         recycle(batch, &hash_free);
     });
-    let blob = Arc::new(BlobWriter::new(file, path, item.size.into()));
+    let blob = Arc::new(BlobWriter::new(file, path, size.into()));
     let writers: Vec<_> = (0..WRITES_IN_FLIGHT)
         .map(|_| {
             let (blob, write_rx, free_tx) = (Arc::clone(&blob), write_rx.clone(), free_tx.clone());
@@ -767,7 +817,8 @@ async fn write_content<R: AsyncRead + Unpin>(
         .collect();
     drop((write_rx, free_tx));
 
-    let size = u64::from(item.size);
+    let expected = size;
+    let size = u64::from(size);
     let limit = size.saturating_sub(start) + 1;
     let capacity = usize::try_from(limit.min(IO_BATCH as u64)).unwrap_or(IO_BATCH);
     // Not `content.take(limit)`: every read below is bounded by `limit - total` already,
@@ -791,7 +842,7 @@ async fn write_content<R: AsyncRead + Unpin>(
                     Ok(n) => filled += n,
                     Err(source) => {
                         failed = Some(DatastoreError::ReadContent {
-                            name: item.name.clone(),
+                            name: name.to_owned(),
                             source,
                         });
                         break;
@@ -801,7 +852,7 @@ async fn write_content<R: AsyncRead + Unpin>(
             total += filled as u64;
             if start + total > size {
                 return Err(DatastoreError::SizeMismatch {
-                    expected: item.size,
+                    expected,
                     got: start + total,
                 });
             }
@@ -839,7 +890,7 @@ async fn write_content<R: AsyncRead + Unpin>(
         Err(error @ DatastoreError::ReadContent { .. }) => Err(cut(error)),
         Err(error) => Err(error.into()),
         Ok(()) if start + total != size => Err(cut(DatastoreError::SizeMismatch {
-            expected: item.size,
+            expected,
             got: start + total,
         })),
         Ok(()) => Ok((tree.finalize(), file)),

@@ -8,12 +8,10 @@
 //! file is removed rather than resumed again.
 
 use std::collections::BTreeSet;
-use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 
 use domain_capabilities::Prefixes;
 use domain_datastore::{CHUNK_SIZE, MerkleBuilder};
-use tokio::io::AsyncSeekExt as _;
 
 use super::{ClientError, check_id};
 
@@ -96,7 +94,7 @@ fn hash_prefix(path: &Path) -> std::io::Result<MerkleBuilder> {
 ///
 /// The file is locked for this process: two downloads of one item into one folder at
 /// once would write over each other.
-pub(crate) async fn open_partial(path: &Path, offset: u64) -> Result<tokio::fs::File, ClientError> {
+pub(crate) async fn open_partial(path: &Path, offset: u64) -> Result<std::fs::File, ClientError> {
     let io = |action, e| ClientError::io(action, path, e);
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -112,10 +110,6 @@ pub(crate) async fn open_partial(path: &Path, offset: u64) -> Result<tokio::fs::
         _ => io("locking", e),
     })?;
     file.set_len(offset).map_err(|e| io("truncating", e))?;
-    let mut file = tokio::fs::File::from_std(file);
-    file.seek(SeekFrom::Start(offset))
-        .await
-        .map_err(|e| io("seeking", e))?;
     Ok(file)
 }
 

@@ -1,9 +1,10 @@
-//! Reading a file to upload ahead of the stream that sends it.
+//! [`ReadAhead`]: a file read by a thread of its own ahead of the stream that sends it.
 //!
-//! `tokio::fs::File` reads one buffer at a time and only when asked, so a file that is
-//! not in the page cache makes the upload wait for the disk between network writes. A
-//! [`ReadAhead`] keeps a thread reading the next batches while the current one is sent:
-//! the disk and the network work at once, with at most [`AHEAD`] batches in memory.
+//! `tokio::fs::File` reads one buffer at a time and only when asked, so a sender waits
+//! for the disk (or the page cache's copy) between network writes. A [`ReadAhead`] keeps
+//! a thread reading the next batches while the current one is sent: the disk and the
+//! network work at once, with at most [`AHEAD`] batches in memory. The client reads the
+//! files it uploads this way, and the local datastore the blobs it serves.
 
 use std::io::{self, SeekFrom};
 use std::os::unix::fs::FileExt as _;
@@ -21,13 +22,34 @@ const BATCH: usize = 1 << 20;
 /// Batches read and not yet sent, at most.
 const AHEAD: usize = 2;
 
-/// A file's bytes, read by a thread of its own up to [`AHEAD`] batches ahead.
+/// A file's bytes (or the first `len` of them from an offset), read by a thread of its
+/// own up to [`AHEAD`] batches of 1 MiB ahead; a short read needs no more memory than
+/// it reads.
 ///
 /// Seeking (what a resumed upload does when the receiver's kept bytes turn out not to be
 /// this file's) starts a new thread at the new position; the old one stops at its next
 /// batch.
+///
+/// Must be used within a Tokio runtime.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # tokio::runtime::Builder::new_multi_thread().build()?.block_on(async {
+/// use tokio::io::AsyncReadExt as _;
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("scan.ply");
+/// std::fs::write(&path, b"ply, then the rest")?;
+/// let mut read = String::new();
+/// domain_datastore::ReadAhead::open(&path).await?.read_to_string(&mut read).await?;
+/// assert_eq!(read, "ply, then the rest");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
-pub(crate) struct ReadAhead {
+pub struct ReadAhead {
     file: Arc<std::fs::File>,
     batches: mpsc::Receiver<io::Result<Vec<u8>>>,
     /// Sent batches go back to the thread, which reads into them again.
@@ -36,38 +58,49 @@ pub(crate) struct ReadAhead {
     at: usize,
     /// The file offset of the next byte read.
     position: u64,
+    /// Where the bytes to read end: the end of the file, or sooner.
+    end: u64,
     /// Where a seek started and not yet completed goes.
     seeking: Option<u64>,
 }
 
 impl ReadAhead {
-    /// Opens the file at `path` and starts reading it.
+    /// Opens the file at `path` and starts reading it, to its end.
     ///
     /// # Errors
     /// The open's.
-    pub(crate) async fn open(path: &Path) -> io::Result<Self> {
+    pub async fn open(path: &Path) -> io::Result<Self> {
         let path = path.to_owned();
         let file = tokio::task::spawn_blocking(move || std::fs::File::open(path))
             .await
             .map_err(io::Error::other)??;
+        Ok(Self::new(file, 0, u64::MAX))
+    }
+
+    /// Starts reading `len` bytes of `file` from `offset` (fewer if the file ends first).
+    pub fn new(file: std::fs::File, offset: u64, len: u64) -> Self {
         let file = Arc::new(file);
-        let (batches, spent) = read_from(Arc::clone(&file), 0);
-        Ok(Self {
+        let end = offset.saturating_add(len);
+        let (batches, spent) = read_from(Arc::clone(&file), offset, end);
+        Self {
             file,
             batches,
             spent,
             current: Vec::new(),
             at: 0,
-            position: 0,
+            position: offset,
+            end,
             seeking: None,
-        })
+        }
     }
 }
 
-/// Starts a thread reading `file` from `offset` on, [`AHEAD`] batches ahead at most.
+/// Starts a thread reading `file` from `offset` up to `end`, [`AHEAD`] batches ahead at
+/// most.
 fn read_from(
     file: Arc<std::fs::File>,
     offset: u64,
+    end: u64,
 ) -> (
     mpsc::Receiver<io::Result<Vec<u8>>>,
     std::sync::mpsc::SyncSender<Vec<u8>>,
@@ -77,8 +110,10 @@ fn read_from(
     tokio::task::spawn_blocking(move || {
         let mut offset = offset;
         loop {
+            let want =
+                usize::try_from(end.saturating_sub(offset)).map_or(BATCH, |left| left.min(BATCH));
             let mut batch = reuse.try_recv().unwrap_or_default();
-            batch.resize(BATCH, 0);
+            batch.resize(want, 0);
             let read = read_full_at(&file, &mut batch, offset).map(|n| {
                 batch.truncate(n);
                 batch
@@ -87,7 +122,7 @@ fn read_from(
             if let Ok(batch) = &read {
                 offset += batch.len() as u64;
             }
-            // A closed channel: the upload stopped reading (or sought), so the thread stops.
+            // A closed channel: the reader was dropped (or sought), so the thread stops.
             if tx.blocking_send(read).is_err() || end {
                 return;
             }
@@ -159,7 +194,7 @@ impl AsyncSeek for ReadAhead {
         if let Some(target) = this.seeking.take() {
             if target != this.position {
                 // Dropping the old channels stops the old thread at its next batch.
-                (this.batches, this.spent) = read_from(Arc::clone(&this.file), target);
+                (this.batches, this.spent) = read_from(Arc::clone(&this.file), target, this.end);
                 this.current.clear();
                 this.at = 0;
                 this.position = target;
@@ -217,6 +252,25 @@ mod tests {
         let mut tail = Vec::new();
         reader.read_to_end(&mut tail).await.unwrap();
         assert_eq!(tail, bytes[bytes.len() - 5..]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_range_ends_after_its_bytes_or_with_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let bytes: Vec<u8> = (0..2 * BATCH + 9).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        // Inside one batch, across a batch boundary, past the end of the file.
+        for (offset, len) in [(3, 10), (BATCH - 2, BATCH + 4), (BATCH, 5 * BATCH)] {
+            let file = std::fs::File::open(&path).unwrap();
+            let mut read = Vec::new();
+            ReadAhead::new(file, offset as u64, len as u64)
+                .read_to_end(&mut read)
+                .await
+                .unwrap();
+            let end = (offset + len).min(bytes.len());
+            assert!(read == bytes[offset..end], "{len} bytes from {offset}");
+        }
     }
 
     #[tokio::test]
