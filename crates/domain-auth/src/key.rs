@@ -17,6 +17,7 @@ use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{Signer, SigningKey};
 
+use crate::private_dir::{PrivateDirError, exposed_mode, open_private_dir};
 use crate::token::{TaskClaims, TokenError};
 
 /// Longest domain id a key can be made for, in bytes (the `/public-key/v1` limit).
@@ -24,9 +25,6 @@ pub const MAX_DOMAIN_ID_LEN: usize = 256;
 
 /// A key file larger than this is not a PEM Ed25519 key; refused before it is read whole.
 const MAX_KEY_FILE_LEN: u64 = 4096;
-
-/// Permission bits that let group or others see a file or enter a folder.
-const GROUP_OTHER_BITS: u32 = 0o077;
 
 /// A domain's Ed25519 public key: the 32 bytes that verify its task tokens.
 ///
@@ -307,15 +305,19 @@ impl DomainKeyStore {
     /// [`KeyStoreError::Io`] when it cannot be created or inspected.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, KeyStoreError> {
         let dir = dir.as_ref().to_path_buf();
-        create_private_dir(&dir)?;
-        let meta = fs::metadata(&dir).map_err(|source| KeyStoreError::Io {
-            action: "inspect key folder",
-            path: dir.clone(),
-            source,
+        open_private_dir(&dir).map_err(|error| match error {
+            PrivateDirError::Exposed { path, mode } => KeyStoreError::InsecureFolder { path, mode },
+            PrivateDirError::NotAFolder { path } => KeyStoreError::Io {
+                action: "open key folder",
+                path,
+                source: std::io::ErrorKind::NotADirectory.into(),
+            },
+            PrivateDirError::Io { path, source, .. } => KeyStoreError::Io {
+                action: "create key folder",
+                path,
+                source,
+            },
         })?;
-        if let Some(mode) = exposed_mode(&meta) {
-            return Err(KeyStoreError::InsecureFolder { path: dir, mode });
-        }
         Ok(Self {
             dir,
             cache: Mutex::new(HashMap::new()),
@@ -432,35 +434,6 @@ fn load_key(path: &Path, domain_id: &str) -> Result<Option<DomainKey>, KeyStoreE
         .map_err(|e| io("read key file", e))?;
     let signing = SigningKey::from_pkcs8_pem(&pem).map_err(|e| corrupt(e.to_string()))?;
     DomainKey::from_signing(domain_id, signing).map(Some)
-}
-
-#[cfg(unix)]
-fn exposed_mode(meta: &fs::Metadata) -> Option<u32> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = meta.permissions().mode() & 0o7777;
-    (mode & GROUP_OTHER_BITS != 0).then_some(mode)
-}
-
-// Elsewhere file modes do not exist; access is the platform ACLs' business.
-#[cfg(not(unix))]
-fn exposed_mode(_meta: &fs::Metadata) -> Option<u32> {
-    let _ = GROUP_OTHER_BITS;
-    None
-}
-
-fn create_private_dir(dir: &Path) -> Result<(), KeyStoreError> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir).map_err(|source| KeyStoreError::Io {
-        action: "create key folder",
-        path: dir.to_path_buf(),
-        source,
-    })
 }
 
 /// Makes a rename in `dir` durable.

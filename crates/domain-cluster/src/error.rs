@@ -163,6 +163,12 @@ pub enum ClusterError {
         /// The i/o failure.
         source: std::io::Error,
     },
+    /// The manager refused this node (not admitted, revoked, a bad invite).
+    #[error("the manager refused this node: {message}")]
+    JoinRefused {
+        /// The manager's reason.
+        message: String,
+    },
     /// The manager refused to say which nodes hold a domain's data.
     #[error("the manager refused to name the holders of domain {domain:?}: {message}")]
     HoldersRefused {

@@ -119,19 +119,21 @@ pub struct SubmittedJob {
 
 impl ClusterHandle {
     /// Registers this node and its capabilities with the manager (`/join/v1`), with
-    /// what it holds (the holder index's source of truth), and returns its answer (which
+    /// what it holds (the holder index's source of truth) and, for a node the manager has
+    /// not admitted yet, the operator's one-use `invite`; returns its answer (which
     /// domains keep more than one copy of each item). The manager requires `node.id` to
     /// be this peer's id.
     ///
     /// # Errors
-    /// Those of [`open_stream`](Self::open_stream); [`ClusterError::Frame`]
-    /// when the exchange fails (a manager that refuses the node drops the
-    /// stream); [`ClusterError::Timeout`].
+    /// [`ClusterError::JoinRefused`] with the manager's reason when it refuses the node;
+    /// those of [`open_stream`](Self::open_stream); [`ClusterError::Frame`]
+    /// when the exchange fails; [`ClusterError::Timeout`].
     pub async fn join(
         &self,
         manager: PeerId,
         node: Node,
         holdings: Option<Holdings>,
+        invite: Option<String>,
     ) -> Result<JoinClusterResponse, ClusterError> {
         let mut stream = self.open_stream(manager, JOIN_V1).await?;
         let frame_err = |source: domain_proto::FrameError| ClusterError::Frame {
@@ -139,12 +141,24 @@ impl ClusterHandle {
             peer: manager,
             source: Box::new(source),
         };
-        self.timed(format!("{JOIN_V1} with {manager}"), async {
-            write_message(&mut stream, &JoinClusterRequest { node, holdings }).await?;
-            read_message::<JoinClusterResponse, _>(&mut stream, DEFAULT_MAX_FRAME).await
-        })
-        .await?
-        .map_err(frame_err)
+        let request = JoinClusterRequest {
+            node,
+            holdings,
+            invite,
+        };
+        let answer = self
+            .timed(format!("{JOIN_V1} with {manager}"), async {
+                write_message(&mut stream, &request).await?;
+                read_message::<JoinClusterResponse, _>(&mut stream, DEFAULT_MAX_FRAME).await
+            })
+            .await?
+            .map_err(frame_err)?;
+        match answer.err_msg.as_deref() {
+            Some(message) if !message.is_empty() => Err(ClusterError::JoinRefused {
+                message: message.to_owned(),
+            }),
+            _ => Ok(answer),
+        }
     }
 
     /// Submits a job to the manager (`/jobs/v1`) and returns its id and the

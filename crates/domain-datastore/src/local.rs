@@ -860,6 +860,7 @@ async fn write_content<R: AsyncRead + Unpin>(
                 batch.truncate(filled);
                 let batch = Arc::new(batch);
                 let offset = start + total - filled as u64;
+                blob.reserve_to(start + total);
                 let sent = hasher.push(Arc::clone(&batch)).await.is_ok()
                     && write_tx.send((offset, batch)).await.is_ok();
                 if !sent {

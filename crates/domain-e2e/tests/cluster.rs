@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use common::{
     content, domain, domain_ok, download_args, item_lines, start_manager, start_node, upload_bytes,
 };
-use domain_cluster::identity::Identity;
 use domain_datastore::{CHUNK_SIZE, root_of};
 
 #[test]
@@ -153,8 +152,7 @@ fn holder_and_first_pick(work: &std::path::Path) -> (String, String) {
     let mut nodes: Vec<(String, String)> = ["node1", "node2"]
         .iter()
         .map(|name| {
-            std::fs::create_dir(work.join(name)).unwrap();
-            let identity = Identity::load_or_create(work.join(name).join("identity.key")).unwrap();
+            let identity = domain_node::node_identity(&work.join(name)).unwrap();
             (identity.peer_id().to_string(), (*name).to_owned())
         })
         .collect();

@@ -1,12 +1,14 @@
 //! What a manager runs with: [`ManagerConfig`], and the TOML file ([`ConfigFile`]) whose keys
 //! mirror the command-line flags (`data-dir`, `listen`, `tick-interval`, …).
 
+use std::collections::BTreeSet;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use domain_cluster::Multiaddr;
+use domain_cluster::{Multiaddr, PeerId};
 use domain_scheduler::parse_timeout;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::domains::DomainSpec;
 use crate::error::ConfigError;
@@ -37,6 +39,11 @@ pub struct ManagerConfig {
     /// At most this many finished jobs are kept; beyond it the oldest finished are forgotten
     /// first, except those finished within the grace period. Running jobs are never forgotten.
     pub max_finished_jobs: usize,
+    /// Nodes admitted by the configuration file, besides those of `nodes.toml`.
+    pub nodes: BTreeSet<PeerId>,
+    /// Run open (any node joins, any client submits) also on addresses other than loopback;
+    /// only for a manager with no domain declared and no node admitted.
+    pub open: bool,
 }
 
 impl ManagerConfig {
@@ -56,6 +63,8 @@ impl ManagerConfig {
             request_timeout: Duration::from_secs(30),
             keep_finished: Duration::from_secs(24 * 3600),
             max_finished_jobs: 10_000,
+            nodes: BTreeSet::new(),
+            open: false,
         }
     }
 
@@ -126,6 +135,15 @@ impl ManagerConfig {
             self.max_finished_jobs = jobs;
         }
         self.domains.extend(file.domain);
+        for node in file.nodes {
+            let peer = node
+                .parse()
+                .map_err(|e| invalid("nodes", format!("{node:?} is not a peer id: {e}")))?;
+            self.nodes.insert(peer);
+        }
+        if let Some(open) = file.open {
+            self.open = open;
+        }
         Ok(())
     }
 }
@@ -134,6 +152,34 @@ impl ManagerConfig {
 #[must_use]
 pub fn keys_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("keys")
+}
+
+/// Writes `value` as TOML to `path` in the folder `dir` whole or not at all: a synced
+/// temporary file renamed into place, then the folder synced.
+///
+/// # Errors
+/// [`ConfigError::Write`].
+pub(crate) fn write_atomically<T: Serialize>(
+    dir: &Path,
+    path: &Path,
+    value: &T,
+) -> Result<(), ConfigError> {
+    let write_err = |source| ConfigError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let text = toml::to_string_pretty(value).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(write_err)?;
+    file.write_all(text.as_bytes()).map_err(write_err)?;
+    file.as_file().sync_all().map_err(write_err)?;
+    file.persist(path).map_err(|e| write_err(e.error))?;
+    // The rename is durable once the folder is.
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(write_err)
 }
 
 /// Loopback TCP, QUIC and WebSocket (for browser pages), on ports the system picks: the
@@ -166,6 +212,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// node-timeout = "30s"
 /// keep-finished = "24h"
 /// max-finished-jobs = 10000
+/// nodes = ["12D3KooWHKMydZGqq1EdtwGm3kxL4xkWaxPynkHVytLrrB8PpvXQ"]
 ///
 /// [[domain]]
 /// id = "my-domain"
@@ -198,6 +245,11 @@ pub struct ConfigFile {
     /// `[[domain]]` tables: `id` and `allow` (client peer ids).
     #[serde(default)]
     pub domain: Vec<DomainSpec>,
+    /// `nodes`: peer ids of the nodes admitted (besides `domain-manager node allow`).
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// `open`: as `--open`.
+    pub open: Option<bool>,
 }
 
 impl ConfigFile {

@@ -66,6 +66,8 @@ pub(crate) enum Request {
     },
     /// The registered nodes.
     Nodes { reply: oneshot::Sender<Vec<Node>> },
+    /// Nodes no longer admitted: dropped from the registry, their tasks given to others.
+    Expel { nodes: Vec<String> },
 }
 
 /// Why a job was not accepted.
@@ -236,6 +238,10 @@ impl Core {
                     let _ = reply.send(self.scheduler.job(&job_id));
                     Ok(())
                 }
+                Request::Expel { nodes } => {
+                    let result = self.expel(&nodes);
+                    fatal(&result)
+                }
                 Request::Nodes { reply } => {
                     let _ = reply.send(self.scheduler.nodes());
                     Ok(())
@@ -366,6 +372,20 @@ impl Core {
             Some(holdings) => self.scheduler.report_holdings(&id, &holdings, now),
             None => Ok(()),
         }
+    }
+
+    /// Drops the registered ones of `nodes`; the others are not registered, which is what
+    /// is wanted.
+    fn expel(&mut self, nodes: &[String]) -> Result<(), SchedulerError> {
+        let now = now_ms();
+        for node in nodes {
+            if self.scheduler.node(node).is_none() {
+                continue;
+            }
+            tracing::warn!(%node, "node no longer admitted: dropped, its tasks go to others");
+            self.scheduler.leave(node, now)?;
+        }
+        Ok(())
     }
 
     fn report(&mut self, batch: &[(Task, String)]) -> Result<(), SchedulerError> {

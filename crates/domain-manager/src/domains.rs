@@ -7,14 +7,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use domain_auth::{DomainKeyStore, MAX_DOMAIN_ID_LEN, PublicKey};
 use domain_cluster::PeerId;
 use serde::{Deserialize, Serialize};
 
-use crate::config::keys_dir;
+use crate::config::{keys_dir, write_atomically};
 use crate::error::ConfigError;
 
 /// A domain and the client peer ids allowed to submit jobs to it.
@@ -240,24 +239,7 @@ impl DomainsFile {
     /// # Errors
     /// [`ConfigError::Write`].
     pub fn save(&self, data_dir: &Path) -> Result<(), ConfigError> {
-        let path = Self::path(data_dir);
-        let write_err = |source| ConfigError::Write {
-            path: path.clone(),
-            source,
-        };
-        let text = toml::to_string_pretty(self).map_err(|e| ConfigError::Parse {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        let mut file = tempfile::NamedTempFile::new_in(data_dir).map_err(write_err)?;
-        file.write_all(text.as_bytes()).map_err(write_err)?;
-        file.as_file().sync_all().map_err(write_err)?;
-        file.persist(&path).map_err(|e| write_err(e.error))?;
-        // The rename is durable once the folder is.
-        std::fs::File::open(data_dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(write_err)?;
-        Ok(())
+        write_atomically(data_dir, &Self::path(data_dir), self)
     }
 }
 
@@ -278,10 +260,7 @@ pub fn create_domain(
         domain: domain.chars().take(80).collect(),
         reason: e.to_string(),
     })?;
-    std::fs::create_dir_all(data_dir).map_err(|source| ConfigError::Write {
-        path: data_dir.to_owned(),
-        source,
-    })?;
+    domain_auth::open_private_dir(data_dir).map_err(ConfigError::DataDir)?;
     let mut file = DomainsFile::load(data_dir)?;
     // Validates what is already there before adding to it.
     DomainPolicy::from_specs(&file.domain)?;
@@ -382,7 +361,7 @@ mod tests {
 
     #[test]
     fn creating_a_domain_twice_keeps_its_key_and_merges_its_allow_list() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::tests_support::private_tempdir();
         let (alice, bob) = (peer(), peer());
         let first = create_domain(dir.path(), "d", &[alice]).unwrap();
         let second = create_domain(dir.path(), "d", &[alice, bob]).unwrap();

@@ -51,6 +51,9 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// The data folder cannot be created, or others may access it.
+    #[error("data folder")]
+    DataDir(#[source] domain_auth::PrivateDirError),
     /// The domain key store failed.
     #[error(transparent)]
     Keys(#[from] KeyStoreError),
@@ -62,14 +65,9 @@ pub enum ManagerError {
     /// The configuration, the domain list or a domain key cannot be used.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The data folder cannot be created.
-    #[error("cannot create the data folder {path}: {source}")]
-    DataDir {
-        /// The folder.
-        path: PathBuf,
-        /// The operating system's error.
-        source: std::io::Error,
-    },
+    /// The data folder cannot be created, or others may access it.
+    #[error("data folder")]
+    DataDir(#[source] domain_auth::PrivateDirError),
     /// The identity file cannot be used.
     #[error("identity: {0}")]
     Identity(#[from] IdentityError),
@@ -79,6 +77,15 @@ pub enum ManagerError {
     /// The swarm failed.
     #[error("cluster: {0}")]
     Cluster(#[from] ClusterError),
+    /// No domain is declared and no node admitted (open mode), on an address beyond
+    /// loopback, without `--open`.
+    #[error(
+        "refusing to run open on {addr}: no domain is declared and no node admitted, so any peer could join and submit; declare a domain (`domain-manager domain create`) and admit nodes (`domain-manager node allow`), listen on loopback only, or pass --open"
+    )]
+    OpenBeyondLoopback {
+        /// The first address beyond loopback.
+        addr: domain_cluster::Multiaddr,
+    },
     /// The scheduler thread could not be started.
     #[error("cannot start the scheduler thread: {0}")]
     Thread(std::io::Error),

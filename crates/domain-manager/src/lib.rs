@@ -48,10 +48,12 @@
 //! use domain_manager::{Manager, ManagerConfig, create_domain};
 //!
 //! let dir = tempfile::tempdir()?;
+//! // The manager's own folder (mode 0700): one that others may enter is refused.
+//! let data = dir.path().join("manager");
 //! let client_id = Identity::generate();
-//! let key = create_domain(dir.path(), "my-domain", &[client_id.peer_id()])?;
+//! let key = create_domain(&data, "my-domain", &[client_id.peer_id()])?;
 //!
-//! let mut config = ManagerConfig::new(dir.path());
+//! let mut config = ManagerConfig::new(&data);
 //! config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
 //! let manager = Manager::start(config).await?;
 //! let addr = manager.tcp_addr().ok_or("no TCP address")?.clone();
@@ -69,13 +71,17 @@
 //! # }
 //! ```
 
+pub mod admission;
 pub mod config;
 mod core;
 pub mod domains;
 mod error;
 mod replication;
 mod service;
+#[cfg(test)]
+mod tests_support;
 
+pub use admission::{Admission, JoinRefusal, NodesFile, admit_node, create_invite, revoke_node};
 pub use config::{ConfigFile, ManagerConfig};
 pub use domains::{DomainPolicy, DomainSpec, DomainsFile, Refusal, create_domain};
 pub use error::{ConfigError, ManagerError};

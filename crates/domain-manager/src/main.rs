@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use domain_cluster::error::one_line;
 use domain_cluster::{Multiaddr, PeerId};
 use domain_manager::config::parse_duration;
-use domain_manager::{ConfigFile, DomainPolicy, DomainsFile, Manager, ManagerConfig};
+use domain_manager::{ConfigFile, DomainPolicy, DomainsFile, Manager, ManagerConfig, NodesFile};
 
 /// The domain manager of a domain cluster.
 #[derive(Debug, Parser)]
@@ -27,6 +27,49 @@ enum Command {
     /// Create or list the manager's domains.
     #[command(subcommand)]
     Domain(DomainCommand),
+    /// Admit, revoke, list or invite the nodes that may join.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Admit a node by its peer id; a running manager accepts it at its next join.
+    Allow {
+        /// The node's peer id (`domain-node id` prints it).
+        peer_id: PeerId,
+        /// The manager's data folder.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
+    /// Revoke a node: a running manager refuses its next join, drops it and gives its
+    /// tasks to others.
+    Revoke {
+        /// The node's peer id.
+        peer_id: PeerId,
+        /// The manager's data folder.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
+    /// List the admitted nodes, one peer id per line.
+    Ls {
+        /// The manager's data folder.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Also the nodes admitted in this configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Print a one-use invite for a node whose peer id is not known yet: `domain-node run
+    /// --invite INVITE` admits that node at its first join.
+    Invite {
+        /// The manager's data folder.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// How long the invite stays valid, e.g. `24h`.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "24h")]
+        ttl: std::time::Duration,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -60,6 +103,10 @@ struct RunArgs {
     /// `max-finished-jobs`).
     #[arg(long, value_name = "N")]
     max_finished_jobs: Option<usize>,
+    /// Run open (any node joins, any peer submits, as with no domain declared and no node
+    /// admitted) also on addresses beyond loopback. Without it such a manager refuses to start.
+    #[arg(long)]
+    open: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +134,9 @@ enum DomainCommand {
 }
 
 fn main() -> ExitCode {
+    // Before any thread: keys, state and admissions are the manager's alone, whatever
+    // umask it was started with.
+    domain_auth::keep_new_files_private();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -130,7 +180,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Domain(DomainCommand::List { data_dir, config }) => list(&data_dir, config),
+        Command::Node(command) => node(command),
     }
+}
+
+fn node(command: NodeCommand) -> anyhow::Result<()> {
+    match command {
+        NodeCommand::Allow { peer_id, data_dir } => {
+            if !domain_manager::admit_node(&data_dir, &peer_id)? {
+                tracing::info!(node = %peer_id, "already admitted");
+            }
+        }
+        NodeCommand::Revoke { peer_id, data_dir } => {
+            if !domain_manager::revoke_node(&data_dir, &peer_id)? {
+                bail!("node {peer_id} is not admitted in {}", data_dir.display());
+            }
+        }
+        NodeCommand::Ls { data_dir, config } => {
+            let mut admitted = NodesFile::load(&data_dir)?.admitted;
+            if let Some(path) = config {
+                admitted.extend(ConfigFile::load(path)?.nodes);
+            }
+            admitted.sort();
+            admitted.dedup();
+            let mut out = std::io::stdout().lock();
+            for peer in admitted {
+                writeln!(out, "{peer}")?;
+            }
+        }
+        NodeCommand::Invite { data_dir, ttl } => {
+            let invite = domain_manager::create_invite(&data_dir, ttl)?;
+            println!("{invite}");
+        }
+    }
+    Ok(())
 }
 
 fn run_config(args: RunArgs) -> anyhow::Result<ManagerConfig> {
@@ -160,6 +243,7 @@ fn run_config(args: RunArgs) -> anyhow::Result<ManagerConfig> {
     if let Some(jobs) = args.max_finished_jobs {
         config.max_finished_jobs = jobs;
     }
+    config.open |= args.open;
     Ok(config)
 }
 

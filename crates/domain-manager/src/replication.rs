@@ -194,7 +194,7 @@ mod tests {
 
     /// Nodes a, b, c; an upload stored on a.
     fn cluster() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::tests_support::private_tempdir();
         let issuer = DomainKeyIssuer::new(DomainKeyStore::open(dir.path().join("keys")).unwrap());
         let store = RedbStore::in_memory().unwrap();
         let mut scheduler = Scheduler::open(

@@ -2,6 +2,7 @@
 //! stops them all.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::admission::{Admission, NodesFile};
 use crate::config::ManagerConfig;
 use crate::core::{Core, HoldersNow, JobView, Outbound, Request, Submission, Watch};
 use crate::domains::{DomainPolicy, DomainsFile, Refusal};
@@ -77,6 +79,7 @@ pub struct Manager {
     core_done: Option<oneshot::Receiver<Result<(), SchedulerError>>>,
     addrs: Vec<Multiaddr>,
     policy: Arc<DomainPolicy>,
+    data_dir: PathBuf,
 }
 
 impl std::fmt::Debug for Manager {
@@ -93,6 +96,8 @@ impl std::fmt::Debug for Manager {
 struct Shared {
     requests: mpsc::Sender<Request>,
     policy: Arc<DomainPolicy>,
+    /// Who may join; its file is read and written under its own lock, off the async workers.
+    admission: Arc<std::sync::Mutex<Admission>>,
     request_timeout: Duration,
     tokens_per_task: usize,
     max_tokens_per_job: usize,
@@ -110,18 +115,33 @@ impl Manager {
     /// cannot be opened (locked by another manager, corrupt), [`ManagerError::Cluster`] when an
     /// address cannot be listened on.
     pub async fn start(config: ManagerConfig) -> Result<Self, ManagerError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| ManagerError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        domain_auth::open_private_dir(&config.data_dir).map_err(ManagerError::DataDir)?;
         let stored = DomainsFile::load(&config.data_dir)?;
         let policy = Arc::new(DomainPolicy::from_specs(
             stored.domain.iter().chain(&config.domains),
         )?);
-        if policy.is_open() {
+        let admission = Admission::load(&config.data_dir, config.nodes.clone(), policy.is_open())?;
+        if admission.is_open() {
+            if let Some(addr) = config.listen.iter().find(|addr| !is_loopback(addr)) {
+                if !config.open {
+                    return Err(ManagerError::OpenBeyondLoopback { addr: addr.clone() });
+                }
+                tracing::warn!(
+                    %addr,
+                    "OPEN MODE (--open) beyond loopback: any peer that reaches this address may \
+                     join as a node and submit jobs for any domain"
+                );
+            }
             tracing::warn!(
-                "no domain is declared: accepting jobs for any domain from any peer \
-                 (declare domains with `domain-manager domain create`)"
+                "no domain is declared and no node admitted: any node may join and any peer \
+                 submit jobs for any domain (declare domains with `domain-manager domain create` \
+                 and admit nodes with `domain-manager node allow` or `node invite`)"
+            );
+        } else if config.nodes.is_empty() && NodesFile::load(&config.data_dir)?.admitted.is_empty()
+        {
+            tracing::warn!(
+                "no node is admitted: every node is refused until you run \
+                 `domain-manager node allow PEER_ID` or give it an invite (`domain-manager node invite`)"
             );
         }
         let identity = Identity::load_or_create(config.identity_path())?;
@@ -149,9 +169,23 @@ impl Manager {
         cluster_config.request_timeout = config.request_timeout;
         let (cluster, cluster_task) = Cluster::start(cluster_config)?;
 
+        // A registry from an earlier run may name nodes that are no longer admitted.
+        let (reply, registered) = oneshot::channel();
+        let _ = requests_tx.send(Request::Nodes { reply }).await;
+        let expelled: Vec<String> = registered
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|node| node.id)
+            .filter(|id| id.parse().is_ok_and(|peer| !admission.admits(&peer)))
+            .collect();
+        if !expelled.is_empty() {
+            let _ = requests_tx.send(Request::Expel { nodes: expelled }).await;
+        }
         let shared = Arc::new(Shared {
             requests: requests_tx.clone(),
             policy: Arc::clone(&policy),
+            admission: Arc::new(std::sync::Mutex::new(admission)),
             request_timeout: config.request_timeout,
             tokens_per_task: config.max_retries.saturating_add(1) as usize,
             max_tokens_per_job: config
@@ -223,7 +257,15 @@ impl Manager {
             core_done: Some(core_done),
             addrs,
             policy,
+            data_dir: config.data_dir.clone(),
         })
+    }
+
+    /// The manager's data folder (where `domain-manager node allow` and `domain create`
+    /// write: see [`admit_node`](crate::admit_node)).
+    #[must_use]
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// The manager's peer id.
@@ -607,8 +649,8 @@ async fn serve_join(shared: &Shared, peer: PeerId, mut stream: ClusterStream) {
         read_message::<JoinClusterRequest, _>(&mut stream, DEFAULT_MAX_FRAME),
     )
     .await;
-    let (node, holdings) = match request {
-        Ok(Ok(request)) => (request.node, request.holdings),
+    let (node, holdings, invite) = match request {
+        Ok(Ok(request)) => (request.node, request.holdings, request.invite),
         Ok(Err(e)) => {
             tracing::debug!(%peer, "bad {JOIN_V1} request: {e}");
             return;
@@ -622,30 +664,75 @@ async fn serve_join(shared: &Shared, peer: PeerId, mut stream: ClusterStream) {
         tracing::warn!(%peer, claimed = %node.id, "refused a join: the node id is not the peer's");
         return;
     }
-    let join = |reply| Request::Join {
-        node,
-        holdings,
-        reply,
-    };
-    match ask(&shared.requests, join).await {
-        Some(Ok(())) => {
-            let answered = tokio::time::timeout(shared.request_timeout, async {
-                let answer = JoinClusterResponse {
+    let admission = Arc::clone(&shared.admission);
+    let checked = tokio::task::spawn_blocking(move || {
+        admission
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .check_join(&peer, invite.as_deref())
+    })
+    .await;
+    let answer = match checked {
+        Ok(Ok(())) => {
+            let join = |reply| Request::Join {
+                node,
+                holdings,
+                reply,
+            };
+            match ask(&shared.requests, join).await {
+                Some(Ok(())) => JoinClusterResponse {
                     replication: shared.policy.replicated().clone().into_iter().collect(),
-                };
-                write_message(&mut stream, &answer).await?;
-                stream
-                    .shutdown()
-                    .await
-                    .map_err(domain_proto::FrameError::from)
-            })
-            .await;
-            if !matches!(answered, Ok(Ok(()))) {
-                tracing::debug!(%peer, "could not answer a join");
+                    err_msg: None,
+                },
+                Some(Err(e)) => {
+                    tracing::warn!(%peer, "refused a join: {e}");
+                    return;
+                }
+                None => return,
             }
         }
-        Some(Err(e)) => tracing::warn!(%peer, "refused a join: {e}"),
-        None => {}
+        Ok(Err(refusal)) => {
+            tracing::warn!(%peer, "refused a join: {refusal}");
+            // A node revoked since it registered leaves now, not at its timeout.
+            let expel = Request::Expel {
+                nodes: vec![peer.to_string()],
+            };
+            if shared.requests.send(expel).await.is_err() {
+                return;
+            }
+            JoinClusterResponse {
+                replication: Default::default(),
+                err_msg: Some(refusal.to_string()),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(%peer, "the admission check failed: {e}");
+            return;
+        }
+    };
+    let answered = tokio::time::timeout(shared.request_timeout, async {
+        write_message(&mut stream, &answer).await?;
+        stream
+            .shutdown()
+            .await
+            .map_err(domain_proto::FrameError::from)
+    })
+    .await;
+    if !matches!(answered, Ok(Ok(()))) {
+        tracing::debug!(%peer, "could not answer a join");
+    }
+}
+
+/// Whether `addr` reaches this host only: an IPv4 or IPv6 loopback address, or the name
+/// `localhost`.
+fn is_loopback(addr: &Multiaddr) -> bool {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => ip.is_loopback(),
+        Some(Protocol::Ip6(ip)) => ip.is_loopback(),
+        Some(Protocol::Dns(name) | Protocol::Dns4(name) | Protocol::Dns6(name)) => {
+            name == "localhost"
+        }
+        _ => false,
     }
 }
 

@@ -16,7 +16,8 @@ fn manager(args: &[&str]) -> std::process::Output {
 #[test]
 fn domain_create_prints_the_public_key_and_domain_list_shows_it() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap();
+    let data = dir.path().join("manager");
+    let data = data.to_str().unwrap();
     let peer = "12D3KooWJWo7dJKXbZLoSvQfLEdHiKsvj7Y9P3D1nYZNjSjoEwU1";
     let created = manager(&[
         "domain",
@@ -49,6 +50,49 @@ fn domain_create_prints_the_public_key_and_domain_list_shows_it() {
         "nobody",
     ]);
     assert!(!bad.status.success());
+}
+
+#[test]
+fn node_allow_revoke_ls_and_invite_keep_the_admissions_of_the_data_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("manager");
+    let data = data.to_str().unwrap();
+    let peer = "12D3KooWJWo7dJKXbZLoSvQfLEdHiKsvj7Y9P3D1nYZNjSjoEwU1";
+    let ls = || String::from_utf8(manager(&["node", "ls", "--data-dir", data]).stdout).unwrap();
+
+    assert!(
+        manager(&["node", "allow", peer, "--data-dir", data])
+            .status
+            .success()
+    );
+    assert!(
+        manager(&["node", "allow", peer, "--data-dir", data])
+            .status
+            .success()
+    );
+    assert_eq!(ls(), format!("{peer}\n"));
+    assert!(
+        manager(&["node", "revoke", peer, "--data-dir", data])
+            .status
+            .success()
+    );
+    assert_eq!(ls(), "");
+    let again = manager(&["node", "revoke", peer, "--data-dir", data]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("is not admitted"));
+    assert!(
+        !manager(&["node", "allow", "nobody", "--data-dir", data])
+            .status
+            .success()
+    );
+
+    let invite = manager(&["node", "invite", "--data-dir", data, "--ttl", "1h"]);
+    assert!(invite.status.success(), "{invite:?}");
+    let invite = String::from_utf8(invite.stdout).unwrap();
+    assert!(invite.starts_with("dcinv-"), "{invite}");
+    // The secret itself is never written.
+    let file = std::fs::read_to_string(dir.path().join("manager").join("nodes.toml")).unwrap();
+    assert!(!file.contains(invite.trim()), "{file}");
 }
 
 /// A running `domain-manager run`, its `listening` addresses and its `ready` address.
@@ -108,7 +152,8 @@ fn stop(mut child: Child) {
 #[test]
 fn run_prints_its_addresses_then_ready_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let running = run_until_ready(&["--data-dir", dir.path().to_str().unwrap()]);
+    let data = dir.path().join("manager");
+    let running = run_until_ready(&["--data-dir", data.to_str().unwrap()]);
     // The default: loopback TCP, QUIC and WebSocket, each with the peer id.
     let Running {
         child,
@@ -131,8 +176,8 @@ fn run_prints_its_addresses_then_ready_and_stops_on_sigterm() {
     );
     stop(child);
     // The state it leaves behind.
-    assert!(dir.path().join("identity.key").exists());
-    assert!(dir.path().join("scheduler.redb").exists());
+    assert!(data.join("identity.key").exists());
+    assert!(data.join("scheduler.redb").exists());
 }
 
 #[test]

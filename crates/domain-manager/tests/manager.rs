@@ -25,7 +25,7 @@ fn rejection(result: Result<SubmittedJob, ClusterError>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joins_and_a_join_under_another_peers_id_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let (manager, addr) = start(config(dir.path())).await;
 
     let node = joined_node(&manager, &addr).await;
@@ -35,7 +35,12 @@ async fn a_node_joins_and_a_join_under_another_peers_id_is_refused() {
     // Joining again is the heartbeat: still one node.
     within(
         "joining again",
-        node.join(manager.peer_id(), node_message(node.local_peer_id()), None),
+        node.join(
+            manager.peer_id(),
+            node_message(node.local_peer_id()),
+            None,
+            None,
+        ),
     )
     .await
     .unwrap();
@@ -45,7 +50,7 @@ async fn a_node_joins_and_a_join_under_another_peers_id_is_refused() {
     let claimed = node_message(node.local_peer_id());
     let refused = within(
         "a join under another id",
-        impostor.join(manager.peer_id(), claimed, None),
+        impostor.join(manager.peer_id(), claimed, None, None),
     )
     .await;
     assert!(
@@ -59,7 +64,7 @@ async fn a_node_joins_and_a_join_under_another_peers_id_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accepted_job_sends_its_tokens_to_the_submitter_and_gossips_tasks_without_them() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let (manager, addr) = start(config(dir.path())).await;
     let node = joined_node(&manager, &addr).await;
     let client = peer(Role::Client, &addr);
@@ -137,7 +142,7 @@ async fn an_accepted_job_sends_its_tokens_to_the_submitter_and_gossips_tasks_wit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_are_refused_for_an_unknown_domain_a_peer_not_allowed_and_a_cycle() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let alice = Identity::generate();
     create_domain(dir.path(), "scans", &[alice.peer_id()]).unwrap();
     let (manager, addr) = start(config(dir.path())).await;
@@ -192,7 +197,7 @@ async fn jobs_are_refused_for_an_unknown_domain_a_peer_not_allowed_and_a_cycle()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_holders_of_a_domain_are_named_to_its_allowed_peers_and_followed_as_they_change() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let alice = Identity::generate();
     create_domain(dir.path(), "scans", &[alice.peer_id()]).unwrap();
     let (manager, addr) = start(config(dir.path())).await;
@@ -208,10 +213,12 @@ async fn the_holders_of_a_domain_are_named_to_its_allowed_peers_and_followed_as_
     };
     let node_holding_scans = async || {
         let node = peer(Role::Node, &addr);
+        admit(&manager, &node);
         let joined = node.join(
             manager.peer_id(),
             node_message(node.local_peer_id()),
             Some(holds_scans.clone()),
+            None,
         );
         within("joining", joined).await.unwrap();
         node
@@ -251,7 +258,7 @@ async fn the_holders_of_a_domain_are_named_to_its_allowed_peers_and_followed_as_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_monitor_streams_the_jobs_a_peer_may_watch_then_their_changes() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let alice = Identity::generate();
     create_domain(dir.path(), "scans", &[alice.peer_id()]).unwrap();
     let (manager, addr) = start(config(dir.path())).await;
@@ -318,7 +325,7 @@ async fn the_monitor_streams_the_jobs_a_peer_may_watch_then_their_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_keys_are_served_for_the_declared_domains_only() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let key = create_domain(dir.path(), "scans", &[]).unwrap();
     let mut config = config(dir.path());
     config.domains.push(domain_manager::DomainSpec {
@@ -349,7 +356,7 @@ async fn public_keys_are_served_for_the_declared_domains_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_updates_from_a_peer_that_is_neither_sender_nor_receiver_are_ignored() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let (manager, addr) = start(config(dir.path())).await;
     let node = joined_node(&manager, &addr).await;
     let client = peer(Role::Client, &addr);
@@ -405,7 +412,7 @@ async fn task_updates_from_a_peer_that_is_neither_sender_nor_receiver_are_ignore
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_manager_resumes_its_jobs_and_the_submitter_gets_fresh_tokens() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let client_identity = Identity::generate();
     let client_id = client_identity.peer_id();
     let request = job(
@@ -424,7 +431,7 @@ async fn a_restarted_manager_resumes_its_jobs_and_the_submitter_gets_fresh_token
     let node = peer_with(node_identity.clone(), Role::Node, &addr);
     within(
         "joining",
-        node.join(manager_id, node_message(node_id), None),
+        node.join(manager_id, node_message(node_id), None, None),
     )
     .await
     .unwrap();
@@ -464,7 +471,7 @@ async fn a_restarted_manager_resumes_its_jobs_and_the_submitter_gets_fresh_token
     let node = peer_with(node_identity, Role::Node, &addr);
     within(
         "joining again",
-        node.join(manager_id, node_message(node_id), None),
+        node.join(manager_id, node_message(node_id), None, None),
     )
     .await
     .unwrap();
@@ -500,7 +507,7 @@ async fn a_restarted_manager_resumes_its_jobs_and_the_submitter_gets_fresh_token
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_manager_on_the_same_folder_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let (manager, _) = start(config(dir.path())).await;
     let second = Manager::start(config(dir.path())).await;
     assert!(second.is_err());

@@ -31,6 +31,12 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// for the handshake's whole idle period and starve every other client.
 pub const DEFAULT_MAX_HANDSHAKES_PER_PEER: usize = 32;
 
+/// Where a node with data folder `data_dir` keeps its peer identity.
+#[must_use]
+pub fn identity_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("identity.key")
+}
+
 /// Everything [`Node::start`](crate::Node::start) needs.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -70,6 +76,9 @@ pub struct NodeConfig {
     /// Settings of the local datastore, among them how much of cut uploads it keeps for
     /// them to resume (`partial_bytes`, `partial_ttl`).
     pub store_options: LocalOptions,
+    /// A one-use invite from the manager's operator (`domain-manager node invite`), sent
+    /// with the joins until one is accepted: the manager then admits this node for good.
+    pub invite: Option<String>,
 }
 
 impl NodeConfig {
@@ -98,6 +107,7 @@ impl NodeConfig {
             max_handshakes_per_peer: DEFAULT_MAX_HANDSHAKES_PER_PEER,
             upstream: None,
             store_options: LocalOptions::default(),
+            invite: None,
         })
     }
 
@@ -125,7 +135,7 @@ impl NodeConfig {
     /// Where the node keeps its peer identity.
     #[must_use]
     pub fn identity_path(&self) -> PathBuf {
-        self.data_dir.join("identity.key")
+        identity_path(&self.data_dir)
     }
 
     /// Where a gateway keeps the identity it reaches its upstream cluster with (its own
@@ -198,6 +208,8 @@ pub struct NodeSettings {
     pub resume_bytes: Option<u64>,
     /// How long the bytes of a cut upload are kept, e.g. `"24h"`.
     pub resume_ttl: Option<String>,
+    /// A one-use invite from the manager's operator.
+    pub invite: Option<String>,
 }
 
 impl NodeSettings {
@@ -242,6 +254,7 @@ impl NodeSettings {
             upstream: over.upstream.or(self.upstream),
             resume_bytes: over.resume_bytes.or(self.resume_bytes),
             resume_ttl: over.resume_ttl.or(self.resume_ttl),
+            invite: over.invite.or(self.invite),
         }
     }
 
@@ -303,6 +316,7 @@ impl NodeSettings {
         if let Some(upstream) = self.upstream {
             config = config.with_upstream(parse_addr("upstream", &upstream)?)?;
         }
+        config.invite = self.invite.filter(|invite| !invite.trim().is_empty());
         Ok(config)
     }
 }

@@ -46,6 +46,6 @@ pub mod store;
 
 pub use config::{ConfigError, NodeConfig, NodeSettings};
 pub use keys::ManagerKeys;
-pub use node::{Node, NodeError, ShutdownReport, first_tcp_addr};
+pub use node::{Node, NodeError, ShutdownReport, first_tcp_addr, node_identity};
 pub use status::StatusReporter;
 pub use store::{NodeContent, NodeDatastore};

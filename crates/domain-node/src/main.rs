@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use domain_cluster::error::one_line;
-use domain_node::{Node, NodeSettings, first_tcp_addr};
+use domain_node::{Node, NodeSettings, first_tcp_addr, node_identity};
 use tracing_subscriber::EnvFilter;
 
 /// A node of a domain cluster: joins the manager and serves `/store/v1` and
@@ -23,7 +23,14 @@ struct Cli {
 enum Command {
     /// Runs the node until Ctrl-C or SIGTERM. Prints `listening <multiaddr>`
     /// per address, then `ready <tcp multiaddr>` once it has joined the manager.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Prints the node's peer id (creating its identity if it has none yet), for the
+    /// manager's operator to admit (`domain-manager node allow PEER_ID`).
+    Id {
+        /// Holds identity.key.
+        #[arg(long, value_name = "DIR", env = "DOMAIN_NODE_DATA_DIR")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +85,15 @@ struct RunArgs {
     /// How long the bytes of a cut upload are kept [default: 24h].
     #[arg(long, value_name = "DURATION")]
     resume_ttl: Option<String>,
+    /// A one-use invite from the manager's operator (`domain-manager node invite`): the
+    /// manager admits this node at its first join.
+    #[arg(
+        long,
+        value_name = "INVITE",
+        env = "DOMAIN_NODE_INVITE",
+        hide_env_values = true
+    )]
+    invite: Option<String>,
     /// A TOML file with the same keys as these flags (flags and the environment win).
     #[arg(long, value_name = "FILE", env = "DOMAIN_NODE_CONFIG")]
     config: Option<PathBuf>,
@@ -104,12 +120,16 @@ impl RunArgs {
             upstream: self.upstream,
             resume_bytes: self.resume_bytes,
             resume_ttl: self.resume_ttl,
+            invite: self.invite,
         };
         Ok(file.overridden_by(flags))
     }
 }
 
 fn main() -> ExitCode {
+    // Before any thread: the store, its database and its temporary files are the node's
+    // alone, whatever umask it was started with.
+    domain_auth::keep_new_files_private();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -131,7 +151,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     match cli.command {
-        Command::Run(args) => runtime.block_on(run_node(args)),
+        Command::Run(args) => runtime.block_on(run_node(*args)),
+        Command::Id { data_dir } => {
+            println!("{}", node_identity(&data_dir)?.peer_id());
+            Ok(())
+        }
     }
 }
 

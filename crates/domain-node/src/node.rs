@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use domain_auth::{PrivateDirError, open_private_dir};
 use domain_capabilities::{CapabilityError, Limits, Served, StreamInfo, accept_task_stream};
 use domain_client::client::{Client, ClientConfig, ClientError};
 use domain_client::datastore::RemoteDatastore;
@@ -45,15 +46,9 @@ pub enum NodeError {
     /// The configuration is not usable.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The data folder cannot be created.
-    #[error("cannot create data folder {path}: {source}")]
-    DataDir {
-        /// The folder.
-        path: std::path::PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The data folder cannot be created, or others may access it.
+    #[error("data folder")]
+    DataDir(#[source] PrivateDirError),
     /// The identity file is not usable.
     #[error(transparent)]
     Identity(#[from] IdentityError),
@@ -161,11 +156,7 @@ impl Node {
                 .into());
             }
         };
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
-        let identity = Identity::load_or_create(config.identity_path())?;
+        let identity = node_identity(&config.data_dir)?;
         let datastore = open_datastore(&config).await?;
 
         let mut cluster_config = ClusterConfig::new(identity, Role::Node)
@@ -268,6 +259,7 @@ impl Node {
                 copies: copies_tx,
                 datastore: datastore.clone(),
                 stored,
+                invite: config.invite,
             },
             stop.clone(),
         )));
@@ -658,6 +650,20 @@ impl Context {
     }
 }
 
+/// The identity of the node with data folder `data_dir`, created (and the folder, mode
+/// 0700) if it has none yet: its peer id is what the manager's operator admits
+/// (`domain-manager node allow`) before the node first joins.
+///
+/// # Errors
+/// [`NodeError::DataDir`] when the folder cannot be created or others may enter it;
+/// [`NodeError::Identity`] for an identity file that cannot be used.
+pub fn node_identity(data_dir: &std::path::Path) -> Result<Identity, NodeError> {
+    open_private_dir(data_dir).map_err(NodeError::DataDir)?;
+    Ok(Identity::load_or_create(crate::config::identity_path(
+        data_dir,
+    ))?)
+}
+
 fn log_failure(peer: PeerId, protocol: &str, job: &str, task: &str, error: &CapabilityError) {
     tracing::warn!(%peer, protocol, job, task, %error, "task stream failed");
 }
@@ -676,6 +682,8 @@ struct JoinLoop {
     datastore: NodeDatastore,
     /// Told after each store or delete.
     stored: Arc<Notify>,
+    /// The operator's invite, sent until a join is accepted.
+    invite: Option<String>,
 }
 
 /// What the node holds now, for its next join; `None` (the manager keeps what it knew)
@@ -698,9 +706,10 @@ fn held_domains(holdings: Option<&Holdings>) -> Option<BTreeSet<String>> {
 /// Joins the manager every interval (the join is the node's heartbeat), with what
 /// the node holds; at once when the domains it holds change; after a failure retries
 /// sooner, doubling the wait up to the interval.
-async fn join_loop(state: JoinLoop, stop: CancellationToken) {
+async fn join_loop(mut state: JoinLoop, stop: CancellationToken) {
     let mut failures: u32 = 0;
     let mut reported: Option<BTreeSet<String>> = None;
+    let mut refused: Option<String> = None;
     loop {
         let holdings = current_holdings(&state.datastore).await;
         let domains = held_domains(holdings.as_ref());
@@ -710,7 +719,12 @@ async fn join_loop(state: JoinLoop, stop: CancellationToken) {
             state.cluster.dial(state.manager_addr.clone()).await?;
             state
                 .cluster
-                .join(state.manager, state.info.clone(), holdings)
+                .join(
+                    state.manager,
+                    state.info.clone(),
+                    holdings,
+                    state.invite.clone(),
+                )
                 .await
         };
         let result = tokio::select! {
@@ -729,11 +743,22 @@ async fn join_loop(state: JoinLoop, stop: CancellationToken) {
                     tracing::info!(manager = %state.manager_addr, "joined the manager");
                 }
                 failures = 0;
+                refused = None;
+                // Admitted for good: the invite is spent.
+                state.invite = None;
                 reported = domains;
                 state.joins.send_modify(|n| *n += 1);
                 state.interval
             }
             Err(ClusterError::Shutdown) => return,
+            // Not a failure to retry soon: the operator has to act. Said once per reason.
+            Err(ClusterError::JoinRefused { message }) => {
+                if refused.as_ref() != Some(&message) {
+                    tracing::error!(manager = %state.manager_addr, "the manager refused this node: {message}");
+                    refused = Some(message);
+                }
+                state.interval
+            }
             Err(error) => {
                 if failures == 0 {
                     tracing::warn!(manager = %state.manager_addr, %error, "cannot join the manager; retrying");

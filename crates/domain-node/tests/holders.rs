@@ -39,8 +39,12 @@ async fn manager(dir: &Path, listen: Multiaddr, client: PeerId) -> Manager {
     Manager::start(config).await.unwrap()
 }
 
-async fn node(dir: &Path, manager: &Multiaddr) -> Node {
-    let mut config = NodeConfig::new(manager.clone(), dir).unwrap();
+/// A node on `dir`, admitted to `manager` (as its operator would) and joined.
+async fn node(dir: &Path, manager: &Manager) -> Node {
+    let peer = domain_node::node_identity(dir).unwrap().peer_id();
+    domain_manager::admit_node(manager.data_dir(), &peer).unwrap();
+    let addr = manager.tcp_addr().unwrap().clone();
+    let mut config = NodeConfig::new(addr, dir).unwrap();
     config.listen = vec![loopback()];
     config.join_interval = Duration::from_millis(300);
     let node = Node::start(config).await.unwrap();
@@ -132,8 +136,8 @@ async fn two_nodes() -> TwoNodes {
     let identity = Identity::generate();
     let manager = manager(&dir.path().join("m"), loopback(), identity.peer_id()).await;
     let addr = manager.tcp_addr().unwrap().clone();
-    let a = node(&dir.path().join("a"), &addr).await;
-    let b = node(&dir.path().join("b"), &addr).await;
+    let a = node(&dir.path().join("a"), &manager).await;
+    let b = node(&dir.path().join("b"), &manager).await;
     let client = start_client(identity, &addr).await;
     let keys = dir.path().join("m").join("keys");
     TwoNodes {
@@ -200,8 +204,8 @@ async fn after_a_manager_restart_with_its_state_emptied_listing_finds_every_item
     let listen: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
     let first = manager(&state, listen.clone(), identity.peer_id()).await;
     let addr = first.tcp_addr().unwrap().clone();
-    let a = node(&dir.path().join("a"), &addr).await;
-    let b = node(&dir.path().join("b"), &addr).await;
+    let a = node(&dir.path().join("a"), &first).await;
+    let b = node(&dir.path().join("b"), &first).await;
     let client = start_client(identity.clone(), &addr).await;
     let keys = state.join("keys");
     let mut expected = BTreeSet::new();

@@ -66,6 +66,11 @@ async fn with_two_copies_every_item_survives_the_loss_of_a_node() {
     let manager_addr = manager.tcp_addr().unwrap().clone();
     let mut nodes = Vec::new();
     for name in ["a", "b", "c"] {
+        // Admitted by the operator before it first joins.
+        let peer = domain_node::node_identity(&dir.path().join(name))
+            .unwrap()
+            .peer_id();
+        domain_manager::admit_node(manager.data_dir(), &peer).unwrap();
         let mut config = NodeConfig::new(manager_addr.clone(), dir.path().join(name)).unwrap();
         config.listen = vec![loopback()];
         config.join_interval = Duration::from_millis(500);

@@ -115,6 +115,7 @@ fn every_message_type_round_trips_through_a_frame() {
         round_trip(JoinClusterRequest {
             node,
             holdings: None,
+            invite: Some("dcinv-00ff".into()),
         })
         .await;
         round_trip(JoinClusterResponse::default()).await;

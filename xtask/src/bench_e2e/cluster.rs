@@ -119,6 +119,37 @@ impl<'a> BenchCluster<'a> {
         let dir = self.dir.join(name);
         let program = release_binary("domain-node").context("locating domain-node")?;
         let dir_arg = path_arg(&dir);
+        // The manager declares the bench's domain, so it admits only the nodes its operator
+        // admitted: this one's peer id, as an operator would.
+        let id = domain_e2e::run(
+            "domain-node id",
+            &program,
+            ["id", "--data-dir", &dir_arg],
+            COMMAND,
+        )?;
+        ensure!(
+            id.status.success(),
+            "domain-node id failed: {}",
+            id.stderr.trim()
+        );
+        let manager_dir = path_arg(&self.dir.join(&self.name));
+        let allowed = domain_e2e::run(
+            "domain-manager node allow",
+            &release_binary("domain-manager").context("locating domain-manager")?,
+            [
+                "node",
+                "allow",
+                id.stdout.trim(),
+                "--data-dir",
+                &manager_dir,
+            ],
+            COMMAND,
+        )?;
+        ensure!(
+            allowed.status.success(),
+            "domain-manager node allow failed: {}",
+            allowed.stderr.trim()
+        );
         let args = [
             "run",
             "--manager",

@@ -121,7 +121,7 @@ async fn a_node_joins_the_manager_with_its_capabilities() {
     within(
         "join",
         node.handle
-            .join(manager.handle.local_peer_id(), me.clone(), None),
+            .join(manager.handle.local_peer_id(), me.clone(), None, None),
     )
     .await
     .unwrap();
@@ -141,7 +141,7 @@ async fn a_join_the_manager_refuses_fails_instead_of_hanging() {
     let err = within(
         "join",
         node.handle
-            .join(manager.handle.local_peer_id(), impostor, None),
+            .join(manager.handle.local_peer_id(), impostor, None, None),
     )
     .await
     .unwrap_err();

@@ -12,11 +12,14 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use super::io_error;
 use crate::store::DatastoreError;
+
+/// Disk a put reserves ahead of the bytes that arrived, at most.
+pub(crate) const RESERVE_AHEAD: u64 = 64 << 20;
 
 /// Memory and file-offset alignment of direct writes: a multiple of every logical block
 /// size in use (512 and 4096 bytes).
@@ -77,6 +80,10 @@ impl AsRef<[u8]> for Batch {
 pub(crate) struct BlobWriter {
     file: File,
     path: PathBuf,
+    /// The length the file will have: what the sender announced.
+    len: u64,
+    /// How far the file's blocks are reserved (see [`BlobWriter::reserve_to`]).
+    reserved: AtomicU64,
     direct: AtomicBool,
     /// Parts shorter than a block that came while writes were direct; written buffered
     /// by [`BlobWriter::finish`]. Only a batch that is not a whole number of blocks leaves
@@ -85,17 +92,36 @@ pub(crate) struct BlobWriter {
 }
 
 impl BlobWriter {
-    /// Takes an empty file opened for writing that will hold `len` bytes; turns on direct
-    /// writes if its file system has them.
+    /// Takes a file opened for writing that will hold `len` bytes (the announced length);
+    /// turns on direct writes if its file system has them.
     pub(crate) fn new(file: File, path: &Path, len: u64) -> Self {
-        preallocate(&file, len);
+        let reserved = file.metadata().map_or(0, |meta| meta.len());
         let direct = set_direct(&file, true).is_ok();
         Self {
             file,
             path: path.to_owned(),
+            len,
+            reserved: AtomicU64::new(reserved),
             direct: AtomicBool::new(direct),
             tails: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Reserves the file's blocks (and sets its length) up to `end` and [`RESERVE_AHEAD`]
+    /// beyond, never past its announced length; call before handing out a batch that ends
+    /// at `end`, from one thread. ext4 serialises direct writes that grow a file (they take
+    /// the inode lock exclusively), so the writes in flight would wait for each other; and
+    /// reserving the whole announced length at once would let a peer that announces 4 GiB
+    /// and sends nothing take 4 GiB of disk. Only an optimisation: a failure changes
+    /// nothing, and a put whose content turns out shorter fails and removes the file.
+    pub(crate) fn reserve_to(&self, end: u64) {
+        let reserved = self.reserved.load(Ordering::Relaxed);
+        if end <= reserved {
+            return;
+        }
+        let target = end.saturating_add(RESERVE_AHEAD).min(self.len).max(end);
+        preallocate(&self.file, reserved, target - reserved);
+        self.reserved.store(target, Ordering::Relaxed);
     }
 
     /// Whether block-aligned writes go past the page cache.
@@ -198,19 +224,16 @@ fn set_direct(_: &File, on: bool) -> std::io::Result<()> {
     }
 }
 
-/// Reserves the file's blocks and sets its length up front. ext4 serialises direct writes
-/// that grow a file (they take the inode lock exclusively), so without this the writes in
-/// flight would wait for each other. Only an optimisation: a failure changes nothing, and
-/// a put whose content turns out shorter fails and removes the file.
+/// Reserves `len` blocks of `file` from `offset` and extends its length over them.
 #[cfg(target_os = "linux")]
-fn preallocate(file: &File, len: u64) {
+fn preallocate(file: &File, offset: u64, len: u64) {
     if len > 0 {
-        let _ = rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len);
+        let _ = rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), offset, len);
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn preallocate(_: &File, _: u64) {}
+fn preallocate(_: &File, _: u64, _: u64) {}
 
 /// Asks the kernel to start writing `len` bytes of `file` from `offset` to disk now,
 /// without waiting: the disk works while hashing goes on, and the final fsync has little
@@ -260,11 +283,30 @@ mod tests {
         for bytes in batches {
             let mut batch = Batch::with_capacity(bytes.len());
             batch.fill(bytes.len()).copy_from_slice(bytes);
+            writer.reserve_to(offset + bytes.len() as u64);
             writer.write_at(offset, batch.bytes()).unwrap();
             offset += bytes.len() as u64;
         }
         writer.finish().unwrap().sync_all().unwrap();
         std::fs::read(&path).unwrap()
+    }
+
+    #[test]
+    fn disk_is_reserved_as_bytes_arrive_not_for_the_announced_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        let announced = 4 << 30;
+        let writer = BlobWriter::new(File::create_new(&path).unwrap(), &path, announced);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        writer.reserve_to(1 << 20);
+        let reserved = std::fs::metadata(&path).unwrap().len();
+        // Where the file system reserves at all, no further than the bound ahead.
+        assert!(reserved <= (1 << 20) + RESERVE_AHEAD, "{reserved}");
+        // And never past the announced length.
+        let small = dir.path().join("small");
+        let writer = BlobWriter::new(File::create_new(&small).unwrap(), &small, 100);
+        writer.reserve_to(50);
+        assert!(std::fs::metadata(&small).unwrap().len() <= 100);
     }
 
     #[test]

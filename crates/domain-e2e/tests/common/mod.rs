@@ -50,8 +50,39 @@ pub fn start_manager(dir: &Path, listen: Option<&str>) -> (Process, Ready) {
 }
 
 /// A node named `name` with its data in `dir/<name>`, joined to the manager at `manager`.
+///
+/// A manager with domains declared admits only the nodes its operator admitted: the node's
+/// peer id (`domain-node id`) is admitted first (`domain-manager node allow`), as an
+/// operator does.
 pub fn start_node(dir: &Path, name: &str, manager: &str) -> (Process, Ready) {
     let data = dir.join(name);
+    let manager_dir = dir.join("manager");
+    if manager_dir.join("domains.toml").exists() {
+        let data_arg = data.display().to_string();
+        let id = run(
+            "domain-node id",
+            &binary("domain-node"),
+            ["id", "--data-dir", &data_arg],
+            COMMAND,
+        )
+        .unwrap();
+        assert!(id.status.success(), "{}", id.stderr);
+        let manager_arg = manager_dir.display().to_string();
+        let allowed = run(
+            "domain-manager node allow",
+            &binary("domain-manager"),
+            [
+                "node",
+                "allow",
+                id.stdout.trim(),
+                "--data-dir",
+                &manager_arg,
+            ],
+            COMMAND,
+        )
+        .unwrap();
+        assert!(allowed.status.success(), "{}", allowed.stderr);
+    }
     let args = [
         "run",
         "--manager",

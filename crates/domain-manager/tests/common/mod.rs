@@ -29,6 +29,16 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
+/// A temporary folder only its owner may enter, as a manager's data folder must be
+/// (`tempfile::tempdir` follows the umask).
+pub fn tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .expect("a temporary folder")
+}
+
 /// A manager configuration in `dir`: loopback TCP, quick ticks.
 pub fn config(dir: &Path) -> ManagerConfig {
     let _ = tracing_subscriber::fmt()
@@ -82,12 +92,26 @@ pub fn node_message(id: PeerId) -> Node {
     }
 }
 
-/// A node that has joined `manager`.
+/// Admits `node` to `manager`, unless the manager is open (admitting one node would close
+/// it to the others).
+pub fn admit(manager: &Manager, node: &ClusterHandle) {
+    if !manager.policy().is_open() {
+        domain_manager::admit_node(manager.data_dir(), &node.local_peer_id()).unwrap();
+    }
+}
+
+/// A node that has joined `manager` (admitted first).
 pub async fn joined_node(manager: &Manager, addr: &Multiaddr) -> ClusterHandle {
     let node = peer(Role::Node, addr);
+    admit(manager, &node);
     within(
         "joining",
-        node.join(manager.peer_id(), node_message(node.local_peer_id()), None),
+        node.join(
+            manager.peer_id(),
+            node_message(node.local_peer_id()),
+            None,
+            None,
+        ),
     )
     .await
     .unwrap();
