@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::SystemTime;
 
-use domain_auth::{Expected, PublicKey, Rejection, TaskClaims, verify};
+use domain_auth::{
+    Expected, MAX_DOMAIN_ID_LEN, MAX_TOKEN_LEN, PublicKey, Rejection, TaskClaims, verify,
+};
 use domain_datastore::DomainId;
 use domain_proto::protocols::STORE_V1;
 use domain_proto::task::{Code, DomainClusterHandshakeRequest, DomainClusterHandshakeResponse};
@@ -215,6 +217,10 @@ where
     }
 }
 
+/// The largest handshake request a receiver reads: a token of [`MAX_TOKEN_LEN`] bytes, a
+/// domain id of [`MAX_DOMAIN_ID_LEN`] and their framing.
+pub const MAX_HANDSHAKE_FRAME: usize = MAX_TOKEN_LEN + MAX_DOMAIN_ID_LEN + 32;
+
 /// Receives the handshake of a task stream: reads the request, checks the token at
 /// the current time, and answers OK or BadRequest with the reason.
 ///
@@ -253,7 +259,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     K: PublicKeySource,
 {
-    let request: DomainClusterHandshakeRequest = read_message(stream, limits.max_frame)
+    // Bounded by what a valid handshake holds, not by the stream's frame limit: a token
+    // over MAX_TOKEN_LEN is refused before its bytes are read, not after.
+    let limit = limits.max_frame.min(MAX_HANDSHAKE_FRAME);
+    let request: DomainClusterHandshakeRequest = read_message(stream, limit)
         .await
         .map_err(|e| CapabilityError::frame("reading the handshake", e))?;
     match check(&request, info, keys, now).await {

@@ -64,7 +64,9 @@ mod store;
 
 pub use delete::{DeleteSummary, Deleted, delete_items, serve_delete};
 pub use error::CapabilityError;
-pub use handshake::{Accepted, KeyFn, Opened, PublicKeySource, RESUME, StaticKeys, StreamInfo};
+pub use handshake::{
+    Accepted, KeyFn, MAX_HANDSHAKE_FRAME, Opened, PublicKeySource, RESUME, StaticKeys, StreamInfo,
+};
 pub use idle::{Direction, IdleElapsed, IdleTimeout};
 pub use load::{
     LoadConsumer, LoadSummary, LoadedItem, Prefixes, Unsubscriber, open_load, open_load_resuming,

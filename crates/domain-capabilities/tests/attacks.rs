@@ -337,6 +337,22 @@ async fn an_oversized_frame_is_refused_before_allocation() {
         ),
         "{served:?}"
     );
+    // A handshake larger than a token can make it, refused before its bytes are read:
+    // the limit is the handshake's, not the stream's 4 MiB.
+    let (mut client, server) = pipe();
+    let announced = domain_capabilities::MAX_HANDSHAKE_FRAME as u32 + 1;
+    client.write_all(&announced.to_be_bytes()).await.unwrap();
+    let served = fixture.serve_store(server).await;
+    assert!(
+        matches!(
+            served,
+            Err(CapabilityError::Frame {
+                source: FrameError::TooLarge { len, .. },
+                ..
+            }) if len == u64::from(announced)
+        ),
+        "{served:?}"
+    );
     // In place of an item.
     let (mut client, server) = pipe();
     let serving = tokio::spawn({

@@ -92,6 +92,9 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// How long to keep trying to reach an assigned node before the attempt fails.
     pub connect_patience: Duration,
+    /// Let a download replace a file that already exists in its folder; otherwise such an
+    /// item fails with [`ClientError::WouldReplace`] and the file is left as it was.
+    pub overwrite: bool,
 }
 
 impl Default for ClientConfig {
@@ -103,6 +106,7 @@ impl Default for ClientConfig {
             limits: Limits::default(),
             request_timeout: Duration::from_secs(30),
             connect_patience: Duration::from_secs(15),
+            overwrite: false,
         }
     }
 }
@@ -232,6 +236,12 @@ pub enum ClientError {
         /// The node.
         node: PeerId,
     },
+    /// A download would replace a file that was there before it.
+    #[error("{} exists and is not replaced (pass --overwrite to replace it)", path.display())]
+    WouldReplace {
+        /// The file.
+        path: PathBuf,
+    },
     /// An item id cannot name a file: empty, with a path separator, or starting with a dot.
     #[error("item id {id:?} cannot be a file name")]
     InvalidId {
@@ -290,6 +300,7 @@ impl ClientError {
             self,
             Self::Io { .. }
                 | Self::PartialInUse { .. }
+                | Self::WouldReplace { .. }
                 | Self::WriterInterrupted { .. }
                 | Self::TooManyItems { .. }
         )
@@ -429,6 +440,14 @@ impl Client {
             config,
             progress: None,
         })
+    }
+
+    /// Lets downloads replace files that already exist in their folder (see
+    /// [`ClientConfig::overwrite`]).
+    #[must_use]
+    pub fn with_overwrite(mut self, overwrite: bool) -> Self {
+        self.config.overwrite = overwrite;
+        self
     }
 
     /// Tells `progress` about every item this client sends or receives from now on.
@@ -1319,15 +1338,17 @@ impl Client {
                 }
                 Sink::Folder { dir, downloads } => {
                     let resumed = item.offset() > 0;
-                    let path = match write_item_file(item, &metadata, dir, progress).await {
-                        Ok(path) => path,
-                        Err(error) => {
-                            if resumed && error.is_root_mismatch() {
-                                gather.discarded_partials.insert(metadata.id.clone());
+                    let overwrite = self.config.overwrite;
+                    let path =
+                        match write_item_file(item, &metadata, dir, overwrite, progress).await {
+                            Ok(path) => path,
+                            Err(error) => {
+                                if resumed && error.is_root_mismatch() {
+                                    gather.discarded_partials.insert(metadata.id.clone());
+                                }
+                                return Err(error.into_client_error(node));
                             }
-                            return Err(error.into_client_error(node));
-                        }
-                    };
+                        };
                     downloads.items.push(Downloaded {
                         metadata: metadata.clone(),
                         path,
@@ -1510,6 +1531,7 @@ async fn write_item_file<S>(
     item: LoadedItem<'_, S>,
     metadata: &Metadata,
     dir: &Path,
+    overwrite: bool,
     progress: Option<&dyn Progress>,
 ) -> Result<PathBuf, ItemFileError>
 where
@@ -1517,6 +1539,10 @@ where
 {
     check_id(&metadata.id).map_err(ItemFileError::Local)?;
     let path = dir.join(&metadata.id);
+    // Checked before any byte comes, and again, atomically, by the rename at the end.
+    if !overwrite && tokio::fs::symlink_metadata(&path).await.is_ok() {
+        return Err(ItemFileError::Local(ClientError::WouldReplace { path }));
+    }
     let partial = partial::partial_path(dir, &metadata.id);
     if let Some(progress) = progress {
         progress.started(&metadata.name, metadata.size.into());
@@ -1549,9 +1575,9 @@ where
             .await
             .map_err(|e| ItemFileError::Local(ClientError::io("syncing", &partial, e.into())))?
             .map_err(|e| ItemFileError::Local(ClientError::io("syncing", &partial, e)))?;
-        tokio::fs::rename(&partial, &path)
+        partial::publish(&partial, &path, overwrite)
             .await
-            .map_err(|e| ItemFileError::Local(ClientError::io("renaming into place", &path, e)))
+            .map_err(ItemFileError::Local)
     }
     .await;
     if let Err(error) = written {
@@ -1857,16 +1883,32 @@ async fn prepare_download(ids: &[String], out_dir: &Path) -> Result<(), ClientEr
 
 /// An item id becomes a file name: nothing that could leave the output folder or hide.
 fn check_id(id: &str) -> Result<(), ClientError> {
-    let bad = id.is_empty()
-        || id.len() > 255
-        || id.starts_with('.')
-        || id
-            .chars()
-            .any(|c| matches!(c, '/' | '\\' | '\0') || c.is_control());
-    if bad {
-        return Err(ClientError::InvalidId { id: id.to_owned() });
+    if is_plain_file_name(id) {
+        Ok(())
+    } else {
+        Err(ClientError::InvalidId { id: id.to_owned() })
     }
-    Ok(())
+}
+
+/// Whether `name` is a file name on every platform, and one a download may write: not
+/// empty, at most 255 bytes, no dot first (hidden files, `.`, `..`, and our `.<id>.part`),
+/// no path separator, no character Windows refuses (`<>:"|?*`, controls), no dot or space
+/// last, and not a name Windows reserves for a device (`CON`, `NUL`, `COM1`, …, with any
+/// extension).
+fn is_plain_file_name(name: &str) -> bool {
+    const RESERVED: &[&str] = &[
+        "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
+        "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+    ];
+    let stem = name.split('.').next().unwrap_or_default().trim_end();
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && !name.ends_with(['.', ' '])
+        && !name.chars().any(|c| {
+            matches!(c, '/' | '\\' | '<' | '>' | ':' | '"' | '|' | '?' | '*') || c.is_control()
+        })
+        && !RESERVED.iter().any(|r| stem.eq_ignore_ascii_case(r))
 }
 
 fn parse_assignment(task: &Task) -> Result<Assignment, String> {
@@ -1915,16 +1957,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_that_could_leave_the_output_folder_are_refused() {
+    fn ids_that_are_not_plain_file_names_on_every_platform_are_refused() {
+        let long = "x".repeat(256);
         for bad in [
-            "", ".", "..", "../x", "a/b", "a\\b", ".hidden", "a\0b", "a\nb",
+            // Leaving the folder, hidden files and our partial files.
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "a\\b",
+            ".hidden",
+            ".x.part",
+            // Characters and endings Windows refuses, device names with any extension.
+            "a:b",
+            "c:",
+            "a<b",
+            "a>b",
+            "a\"b",
+            "a|b",
+            "a?b",
+            "a*b",
+            "x.",
+            "x ",
+            "CON",
+            "nul",
+            "Com1.txt",
+            "LPT9.tar.gz",
+            "aux ",
+            "a\0b",
+            "a\nb",
+            &long,
         ] {
             assert!(
                 matches!(check_id(bad), Err(ClientError::InvalidId { .. })),
                 "{bad:?} was accepted"
             );
         }
-        for good in ["0f3c", "7b6e1c5a-9d2e-4e8b-a1f0-3c2d1e0f9a8b", "scan.ply"] {
+        for good in [
+            "0f3c",
+            "7b6e1c5a-9d2e-4e8b-a1f0-3c2d1e0f9a8b",
+            "scan.ply",
+            "console",
+            "COM10",
+            &"x".repeat(255),
+        ] {
             assert!(check_id(good).is_ok(), "{good:?} was refused");
         }
     }

@@ -116,6 +116,25 @@ fn files_uploaded_through_the_manager_come_back_byte_for_byte_with_their_roots()
     names.sort();
     let ids: Vec<_> = uploaded.keys().map(std::ffi::OsString::from).collect();
     assert_eq!(names, ids, "nothing but the items in the output folder");
+
+    // A file that was there is not replaced: the user edited one copy meanwhile.
+    let (id, _) = uploaded.iter().next().unwrap();
+    let edited = copies.join(id);
+    std::fs::write(&edited, b"edited by hand").unwrap();
+    let again = domain(work, &args);
+    assert!(!again.status.success(), "{}", again.stdout);
+    assert!(
+        again.stderr.contains("is not replaced") && again.stderr.contains("--overwrite"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(std::fs::read(&edited).unwrap(), b"edited by hand");
+    args.push("--overwrite");
+    domain_ok(work, &args);
+    assert_eq!(
+        std::fs::read(&edited).unwrap(),
+        std::fs::read(&uploaded[id].path).unwrap()
+    );
 }
 
 #[test]

@@ -21,10 +21,11 @@ use domain_proto::protocols::{
     HOLDERS_V1, JOBS_V1, JOIN_V1, MONITOR_ACK, MONITOR_V1, PUBLIC_KEY_V1,
 };
 use domain_proto::task::{Code, Job, JobRequest, Status, SubmitJobResponse, Task};
-use domain_proto::{DEFAULT_MAX_FRAME, read_message, write_message};
+use domain_proto::{DEFAULT_MAX_FRAME, read_frame, read_message, wire, write_message};
 use domain_scheduler::{
-    DomainKeyIssuer, Event, HoldersChange, RedbStore, Scheduler, SchedulerConfig, SchedulerError,
-    TokenError, TokenGrant, TokenIssuer, submit_response,
+    DomainKeyIssuer, Event, HoldersChange, MAX_CAPABILITIES, MAX_REPORTED_DOMAINS, RedbStore,
+    Scheduler, SchedulerConfig, SchedulerError, TokenError, TokenGrant, TokenIssuer,
+    submit_response,
 };
 use libp2p::multiaddr::Protocol;
 use prost::Message as _;
@@ -101,6 +102,7 @@ struct Shared {
     request_timeout: Duration,
     tokens_per_task: usize,
     max_tokens_per_job: usize,
+    max_tasks_per_job: usize,
 }
 
 impl Manager {
@@ -188,6 +190,7 @@ impl Manager {
             admission: Arc::new(std::sync::Mutex::new(admission)),
             request_timeout: config.request_timeout,
             tokens_per_task: config.max_retries.saturating_add(1) as usize,
+            max_tasks_per_job: config.max_tasks_per_job,
             max_tokens_per_job: config
                 .max_tasks_per_job
                 .saturating_mul(config.max_retries.saturating_add(1) as usize)
@@ -644,19 +647,37 @@ where
 /// `/join/v1`: registers the node (or counts its heartbeat) and answers; a node that claims
 /// another peer's id, or that the registry refuses, loses its stream without an answer.
 async fn serve_join(shared: &Shared, peer: PeerId, mut stream: ClusterStream) {
-    let request = tokio::time::timeout(
+    let frame = tokio::time::timeout(
         shared.request_timeout,
-        read_message::<JoinClusterRequest, _>(&mut stream, DEFAULT_MAX_FRAME),
+        read_frame(&mut stream, DEFAULT_MAX_FRAME),
     )
     .await;
-    let (node, holdings, invite) = match request {
-        Ok(Ok(request)) => (request.node, request.holdings, request.invite),
+    let frame = match frame {
+        Ok(Ok(frame)) => frame,
         Ok(Err(e)) => {
             tracing::debug!(%peer, "bad {JOIN_V1} request: {e}");
             return;
         }
         Err(_) => {
             tracing::debug!(%peer, "no {JOIN_V1} request in time");
+            return;
+        }
+    };
+    // Too large to build: refused from its encoding, and the node hears why.
+    if let Err(reason) = check_join_shape(frame.body()) {
+        tracing::warn!(%peer, "refused a join: {reason}");
+        let answer = JoinClusterResponse {
+            replication: Default::default(),
+            err_msg: Some(reason),
+        };
+        let _ =
+            tokio::time::timeout(shared.request_timeout, write_message(&mut stream, &answer)).await;
+        return;
+    }
+    let (node, holdings, invite) = match frame.decode::<JoinClusterRequest>() {
+        Ok(request) => (request.node, request.holdings, request.invite),
+        Err(e) => {
+            tracing::debug!(%peer, "bad {JOIN_V1} request: {e}");
             return;
         }
     };
@@ -723,6 +744,67 @@ async fn serve_join(shared: &Shared, peer: PeerId, mut stream: ClusterStream) {
     }
 }
 
+/// Dependencies (`needs`) one task of a job may name.
+const MAX_NEEDS_PER_TASK: usize = 256;
+
+/// Refuses, from its encoding, a `JobRequest` with more tasks than a job may hold or a task
+/// with more dependencies than [`MAX_NEEDS_PER_TASK`], before any of it is built.
+fn check_job_shape(body: &[u8], max_tasks: usize) -> Result<(), String> {
+    // JobRequest.tasks is field 2, TaskRequest.needs field 5.
+    let mut tasks = 0_usize;
+    for field in wire::fields(body) {
+        let (number, value) = field.map_err(|e| format!("bad job request: {e}"))?;
+        if number != 2 {
+            continue;
+        }
+        tasks += 1;
+        if let wire::Value::Bytes(task) = value {
+            let needs = wire::count(task, 5).map_err(|e| format!("bad job request: {e}"))?;
+            if needs > MAX_NEEDS_PER_TASK {
+                return Err(format!(
+                    "a task of the job needs {needs} others; at most {MAX_NEEDS_PER_TASK}"
+                ));
+            }
+        }
+    }
+    if tasks > max_tasks {
+        return Err(format!(
+            "the job holds {tasks} tasks; a job holds at most {max_tasks}"
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses, from its encoding, a `JoinClusterRequest` advertising more capabilities than
+/// [`MAX_CAPABILITIES`] or reporting more domains than a report may hold.
+fn check_join_shape(body: &[u8]) -> Result<(), String> {
+    // JoinClusterRequest: node = 1, holdings = 2; Node.capabilities = 2;
+    // Holdings.domains = 1.
+    let bad = |e: wire::WireError| format!("bad join request: {e}");
+    for field in wire::fields(body) {
+        match field.map_err(bad)? {
+            (1, wire::Value::Bytes(node)) => {
+                let capabilities = wire::count(node, 2).map_err(bad)?;
+                if capabilities > MAX_CAPABILITIES {
+                    return Err(format!(
+                        "the node advertises {capabilities} capabilities; at most {MAX_CAPABILITIES}"
+                    ));
+                }
+            }
+            (2, wire::Value::Bytes(holdings)) => {
+                let domains = wire::count(holdings, 1).map_err(bad)?;
+                if domains > MAX_REPORTED_DOMAINS {
+                    return Err(format!(
+                        "the node reports {domains} domains; at most {MAX_REPORTED_DOMAINS}"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Whether `addr` reaches this host only: an IPv4 or IPv6 loopback address, or the name
 /// `localhost`.
 fn is_loopback(addr: &Multiaddr) -> bool {
@@ -740,19 +822,37 @@ fn is_loopback(addr: &Multiaddr) -> bool {
 /// with its token as it becomes PENDING, until the job ends or the submitter goes away.
 async fn serve_jobs(shared: &Shared, peer: PeerId, stream: ClusterStream) {
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let request = tokio::time::timeout(
+    let frame = tokio::time::timeout(
         shared.request_timeout,
-        read_message::<JobRequest, _>(&mut reader, DEFAULT_MAX_FRAME),
+        read_frame(&mut reader, DEFAULT_MAX_FRAME),
     )
     .await;
-    let request = match request {
-        Ok(Ok(request)) => request,
+    let frame = match frame {
+        Ok(Ok(frame)) => frame,
         Ok(Err(e)) => {
             tracing::debug!(%peer, "bad {JOBS_V1} request: {e}");
             return;
         }
         Err(_) => {
             tracing::debug!(%peer, "no {JOBS_V1} request in time");
+            return;
+        }
+    };
+    // Counted on the wire first: decoding builds a struct per task, and an empty one is
+    // two bytes.
+    let request = check_job_shape(frame.body(), shared.max_tasks_per_job)
+        .and_then(|()| frame.decode::<JobRequest>().map_err(|e| e.to_string()));
+    let request = match request {
+        Ok(request) => request,
+        Err(reason) => {
+            tracing::warn!(%peer, "refused a job: {reason}");
+            let response = SubmitJobResponse {
+                code: Code::BadRequest as i32,
+                job_id: String::new(),
+                err_msg: reason,
+            };
+            let _ = send_frame(shared, &mut writer, &response).await;
+            let _ = writer.shutdown().await;
             return;
         }
     };

@@ -143,6 +143,62 @@ where
     M: Message + Default,
     R: AsyncRead + Unpin + ?Sized,
 {
+    match read_frame_or_eof(reader, limit).await? {
+        Some(frame) => frame.decode().map(Some),
+        None => Ok(None),
+    }
+}
+
+/// One frame's message as it arrived, not yet decoded: what a reader inspects (with
+/// [`crate::wire`]) before it builds the message, to refuse one that would cost too much
+/// memory (a few bytes per element of a repeated field become a struct each).
+#[derive(Debug, Clone)]
+pub struct Frame {
+    bytes: Vec<u8>,
+    /// Where the body starts, after its varint length.
+    body: usize,
+}
+
+impl Frame {
+    /// The message's encoding.
+    #[must_use]
+    pub fn body(&self) -> &[u8] {
+        &self.bytes[self.body..]
+    }
+
+    /// Decodes the message.
+    ///
+    /// # Errors
+    /// [`FrameError::Decode`].
+    pub fn decode<M: Message + Default>(&self) -> Result<M, FrameError> {
+        M::decode(self.body()).map_err(|source| FrameError::Decode {
+            message: std::any::type_name::<M>(),
+            source,
+        })
+    }
+}
+
+/// Reads one frame, refusing frames longer than `limit` bytes, without decoding it.
+///
+/// # Errors
+/// As [`read_message`], but for decoding.
+pub async fn read_frame<R>(reader: &mut R, limit: usize) -> Result<Frame, FrameError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    read_frame_or_eof(reader, limit)
+        .await?
+        .ok_or(FrameError::Truncated {
+            expected: PREFIX_LEN as u64,
+            got: 0,
+        })
+}
+
+/// As [`read_frame`], or `None` when the stream ends cleanly before a frame.
+async fn read_frame_or_eof<R>(reader: &mut R, limit: usize) -> Result<Option<Frame>, FrameError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
     let mut prefix = [0u8; PREFIX_LEN];
     let got = read_up_to(reader, &mut prefix).await?;
     if got == 0 {
@@ -184,12 +240,10 @@ where
             varint_len,
         });
     }
-    M::decode(rest)
-        .map(Some)
-        .map_err(|source| FrameError::Decode {
-            message: std::any::type_name::<M>(),
-            source,
-        })
+    Ok(Some(Frame {
+        bytes: frame,
+        body: varint_len,
+    }))
 }
 
 /// Fills `buf` unless the stream ends first; returns how many bytes arrived.

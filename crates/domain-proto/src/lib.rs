@@ -33,9 +33,11 @@
 mod any;
 pub mod framing;
 pub mod protocols;
+pub mod wire;
 
 pub use framing::{
-    DEFAULT_MAX_FRAME, FrameError, encode_frame, read_message, read_message_or_eof, write_message,
+    DEFAULT_MAX_FRAME, Frame, FrameError, encode_frame, read_frame, read_message,
+    read_message_or_eof, write_message,
 };
 
 /// Messages of package `discovery`: how a node joins a cluster.

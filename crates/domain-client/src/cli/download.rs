@@ -1,5 +1,5 @@
 //! `domain download --domain D [--id I]... [--name N]... [--type T]... [--name-re R]
-//! [--type-re R] [--metadata-only] [--out DIR] (--manager M | --node N --token T)`:
+//! [--type-re R] [--metadata-only] [--out DIR] [--overwrite] (--manager M | --node N --token T)`:
 //! fetch the matching items of every node into `DIR/<id>`, each checked against its
 //! Merkle root; prints `<id>  <root>  <path>` per item. With `--metadata-only`, prints
 //! the listing of `domain ls` instead and writes nothing.
@@ -29,6 +29,10 @@ pub struct DownloadArgs {
     /// The folder to write the items to, each as `<id>` (created if missing).
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub out: PathBuf,
+    /// Replace files already in the folder under an item's id; without it such an item
+    /// fails and the file stays as it was.
+    #[arg(long)]
+    pub overwrite: bool,
     /// How to reach the cluster.
     #[command(flatten)]
     pub remote: RemoteArgs,
@@ -48,7 +52,11 @@ pub fn run(
         return Ok(ExitCode::SUCCESS);
     }
     let downloads = runtime()?.block_on(async {
-        let client = args.remote.start_client("download").await?;
+        let client = args
+            .remote
+            .start_client("download")
+            .await?
+            .with_overwrite(args.overwrite);
         let downloads = match args.remote.direct() {
             Some(direct) => {
                 client

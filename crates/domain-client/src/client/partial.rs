@@ -79,7 +79,10 @@ async fn partial_files(dir: &Path, ids: &[String]) -> Vec<(String, PathBuf)> {
 /// The Merkle builder over the whole chunks at the start of the file at `path`.
 fn hash_prefix(path: &Path) -> std::io::Result<MerkleBuilder> {
     use std::io::Read as _;
-    let file = std::fs::File::open(path)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    no_follow(&mut options);
+    let file = options.open(path)?;
     let whole = file.metadata()?.len() / CHUNK_SIZE as u64 * CHUNK_SIZE as u64;
     let mut builder = MerkleBuilder::new();
     if builder.update_from_reader(file.take(whole))? != whole {
@@ -96,13 +99,10 @@ fn hash_prefix(path: &Path) -> std::io::Result<MerkleBuilder> {
 /// once would write over each other.
 pub(crate) async fn open_partial(path: &Path, offset: u64) -> Result<std::fs::File, ClientError> {
     let io = |action, e| ClientError::io(action, path, e);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| io("creating", e))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    no_follow(&mut options);
+    let file = options.open(path).map_err(|e| io("creating", e))?;
     lock(&file).map_err(|e| match e.kind() {
         std::io::ErrorKind::WouldBlock => ClientError::PartialInUse {
             path: path.to_owned(),
@@ -112,6 +112,69 @@ pub(crate) async fn open_partial(path: &Path, offset: u64) -> Result<std::fs::Fi
     file.set_len(offset).map_err(|e| io("truncating", e))?;
     Ok(file)
 }
+
+/// Moves the complete, synced partial file at `partial` to `path`; unless `overwrite`,
+/// never over a file that is there (checked by the rename itself, so a file that appears
+/// meanwhile is not replaced either).
+///
+/// # Errors
+/// [`ClientError::WouldReplace`]; [`ClientError::Io`] when the rename fails.
+pub(crate) async fn publish(
+    partial: &Path,
+    path: &Path,
+    overwrite: bool,
+) -> Result<(), ClientError> {
+    let (from, to) = (partial.to_owned(), path.to_owned());
+    let renamed = tokio::task::spawn_blocking(move || {
+        if overwrite {
+            std::fs::rename(&from, &to)
+        } else {
+            rename_no_replace(&from, &to)
+        }
+    })
+    .await
+    .map_err(|e| ClientError::io("renaming into place", path, e.into()))?;
+    match renamed {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(ClientError::WouldReplace {
+            path: path.to_owned(),
+        }),
+        Err(e) => Err(ClientError::io("renaming into place", path, e)),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE).map_err(std::io::Error::from)
+}
+
+/// Without an atomic form, a check then a rename: a file that appears in between is
+/// replaced.
+#[cfg(not(target_os = "linux"))]
+fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(to).is_ok() {
+        return Err(std::io::ErrorKind::AlreadyExists.into());
+    }
+    std::fs::rename(from, to)
+}
+
+/// Makes `options` refuse to open a symbolic link: a partial file planted as a link
+/// would otherwise have the download write (or read) wherever it points.
+fn no_follow(options: &mut std::fs::OpenOptions) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.custom_flags(NO_FOLLOW);
+    }
+    #[cfg(not(unix))]
+    let _ = options;
+}
+
+#[cfg(target_os = "linux")]
+const NO_FOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+#[cfg(all(unix, not(target_os = "linux")))]
+const NO_FOLLOW: i32 = 0x100;
 
 /// Takes the exclusive advisory lock of `file`, or fails with `WouldBlock` at once.
 /// (`File::try_lock` needs Rust 1.89; the workspace supports 1.85.)
@@ -167,6 +230,44 @@ mod tests {
         // A partial whose root check failed once is not resumed again.
         let discarded = BTreeSet::from(["item-1".to_owned()]);
         assert!(held_prefixes(dir.path(), &[], &discarded).await.is_empty());
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_partial_planted_as_a_link_is_neither_followed_nor_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("Makefile");
+        std::fs::write(&victim, vec![b'x'; 2 * CHUNK_SIZE]).unwrap();
+        let partial = partial_path(dir.path(), "item-1");
+        std::os::unix::fs::symlink(&victim, &partial).unwrap();
+
+        assert!(
+            held_prefixes(dir.path(), &[], &BTreeSet::new())
+                .await
+                .is_empty()
+        );
+        assert!(open_partial(&partial, 0).await.is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), vec![b'x'; 2 * CHUNK_SIZE]);
+    }
+
+    #[tokio::test]
+    async fn a_download_replaces_no_file_unless_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (partial, path) = (dir.path().join(".a.part"), dir.path().join("a"));
+        std::fs::write(&path, b"the user's").unwrap();
+        std::fs::write(&partial, b"downloaded").unwrap();
+        assert!(matches!(
+            publish(&partial, &path, false).await,
+            Err(ClientError::WouldReplace { .. })
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), b"the user's");
+        publish(&partial, &path, true).await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"downloaded");
+        std::fs::write(&partial, b"new").unwrap();
+        publish(&partial, &dir.path().join("b"), false)
+            .await
+            .unwrap();
+        assert!(!partial.exists());
     }
 
     #[cfg(target_os = "linux")]

@@ -1,0 +1,108 @@
+//! Requests built to cost the manager memory are refused from their encoding, before any
+//! of their elements is built.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use domain_cluster::config::Role;
+use domain_cluster::identity::Identity;
+use domain_manager::create_domain;
+use domain_proto::protocols::{JOBS_V1, JOIN_V1};
+use domain_proto::task::{Code, SubmitJobResponse};
+use domain_proto::{DEFAULT_MAX_FRAME, read_message};
+use tokio::io::AsyncWriteExt as _;
+
+/// A frame whose body is `field` (a key byte) with an empty value, repeated to fill
+/// `len` bytes: the cheapest way to make a decoder build millions of empty structs.
+fn frame_of_empty_fields(key: u8, len: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(len);
+    while body.len() + 2 <= len {
+        body.extend_from_slice(&[key, 0x00]);
+    }
+    let mut varint = Vec::new();
+    prost::encoding::encode_varint(body.len() as u64, &mut varint);
+    let mut frame = ((varint.len() + body.len()) as u32).to_be_bytes().to_vec();
+    frame.extend(varint);
+    frame.extend(body);
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_request_of_two_million_empty_tasks_is_refused_before_it_is_built() {
+    let dir = tempdir();
+    let alice = Identity::generate();
+    create_domain(dir.path(), "scans", &[alice.peer_id()]).unwrap();
+    let (manager, addr) = start(config(dir.path())).await;
+    let alice = peer_with(alice, Role::Client, &addr);
+
+    // JobRequest.tasks is field 2 (key 0x12): 2M empty tasks in 4 MiB.
+    let frame = frame_of_empty_fields(0x12, DEFAULT_MAX_FRAME - 16);
+    let mut stream = within(
+        "opening /jobs/v1",
+        alice.open_stream(manager.peer_id(), JOBS_V1),
+    )
+    .await
+    .unwrap();
+    within("sending", stream.write_all(&frame)).await.unwrap();
+    let answer: SubmitJobResponse =
+        within("the answer", read_message(&mut stream, DEFAULT_MAX_FRAME))
+            .await
+            .unwrap();
+    assert_eq!(answer.code, Code::BadRequest as i32);
+    assert!(
+        answer
+            .err_msg
+            .contains("holds 2097144 tasks; a job holds at most 10000"),
+        "{}",
+        answer.err_msg
+    );
+    manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_of_a_million_empty_capabilities_is_refused_before_it_is_built() {
+    let dir = tempdir();
+    let (manager, addr) = start(config(dir.path())).await;
+    let node = peer(Role::Node, &addr);
+
+    // JoinClusterRequest.node (field 1) holding the node's own id (Node.id, field 1) and
+    // a million empty capabilities (Node.capabilities, field 2, key 0x12): without the
+    // count, a join the manager would accept.
+    let id = node.local_peer_id().to_string();
+    let mut node_message = vec![0x0a, id.len() as u8];
+    node_message.extend_from_slice(id.as_bytes());
+    while node_message.len() < 2 << 20 {
+        node_message.extend_from_slice(&[0x12, 0x00]);
+    }
+    let mut body = vec![0x0a];
+    prost::encoding::encode_varint(node_message.len() as u64, &mut body);
+    body.extend(node_message);
+    let mut varint = Vec::new();
+    prost::encoding::encode_varint(body.len() as u64, &mut varint);
+    let mut frame = ((varint.len() + body.len()) as u32).to_be_bytes().to_vec();
+    frame.extend(varint);
+    frame.extend(body);
+
+    let mut stream = within(
+        "opening /join/v1",
+        node.open_stream(manager.peer_id(), JOIN_V1),
+    )
+    .await
+    .unwrap();
+    within("sending", stream.write_all(&frame)).await.unwrap();
+    let answer = within(
+        "the answer",
+        read_message::<domain_proto::discovery::JoinClusterResponse, _>(&mut stream, 1024),
+    )
+    .await
+    .unwrap();
+    let reason = answer.err_msg.unwrap_or_default();
+    assert!(
+        reason.contains("advertises 1048549 capabilities; at most 256"),
+        "{reason}"
+    );
+    assert!(manager.nodes().await.unwrap().is_empty());
+    manager.shutdown().await.unwrap();
+}
