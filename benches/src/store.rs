@@ -30,6 +30,7 @@ const INFO: StreamInfo<'static> = StreamInfo {
     local_peer: "receiver",
     remote_peer: "sender",
     protocol: STORE_V1,
+    tokens: None,
 };
 
 /// What one timed store goes through.

@@ -5,6 +5,7 @@
 //! both sides close.
 
 use std::collections::BTreeSet;
+use std::time::SystemTime;
 
 use domain_datastore::{Datastore, DatastoreError, DomainId};
 use domain_proto::task::{DeleteDataInputV1, DeleteDataOutputV1};
@@ -50,8 +51,13 @@ where
     K: PublicKeySource,
 {
     let mut stream = IdleTimeout::new(stream, limits.idle_timeout);
-    let accepted = handshake::accept(&mut stream, info, keys, limits).await?;
-    delete_accepted(stream, &accepted.domain, datastore, limits).await
+    let (accepted, mut token) =
+        handshake::accept_claiming(&mut stream, info, keys, limits, SystemTime::now()).await?;
+    let served = delete_accepted(stream, &accepted.domain, datastore, limits).await;
+    if let (Ok(_), Some(token)) = (&served, token.as_mut()) {
+        token.done();
+    }
+    served
 }
 
 /// The part of [`serve_delete`] after an accepted handshake.

@@ -63,6 +63,10 @@ pub enum CapabilityError {
     /// The opener's token was refused (this side is the receiver).
     #[error("task token refused: {0}")]
     Rejected(#[from] Rejection),
+    /// The opener's token is valid but opened a stream already (this side is the
+    /// receiver): one is open, or one ended well.
+    #[error("task token refused: {0}")]
+    Replayed(#[from] crate::ledger::Replay),
     /// The handshake names a domain id that cannot be a domain.
     #[error("handshake names an invalid domain: {0}")]
     InvalidDomain(#[from] InvalidDomainId),

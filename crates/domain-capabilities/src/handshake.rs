@@ -14,7 +14,7 @@ use std::future::Future;
 use std::time::SystemTime;
 
 use domain_auth::{
-    Expected, MAX_DOMAIN_ID_LEN, MAX_TOKEN_LEN, PublicKey, Rejection, TaskClaims, verify,
+    Expected, MAX_DOMAIN_ID_LEN, MAX_TOKEN_LEN, PublicKey, Rejection, TaskClaims, unix_secs, verify,
 };
 use domain_datastore::DomainId;
 use domain_proto::protocols::STORE_V1;
@@ -22,6 +22,7 @@ use domain_proto::task::{Code, DomainClusterHandshakeRequest, DomainClusterHands
 use domain_proto::{read_message, read_message_or_eof, write_message};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use crate::ledger::{TokenLedger, TokenUse};
 use crate::{CapabilityError, Limits};
 
 /// Where a receiver gets the public key of a domain to check tokens with.
@@ -129,7 +130,7 @@ where
 }
 
 /// Who is at each end of a task stream, and which protocol it was opened on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct StreamInfo<'a> {
     /// This peer's id (the token's `receiver`).
     pub local_peer: &'a str,
@@ -137,6 +138,10 @@ pub struct StreamInfo<'a> {
     pub remote_peer: &'a str,
     /// The protocol id the stream was opened on (the token's `endpoint`).
     pub protocol: &'a str,
+    /// The tokens this receiver has served: with one, a token opens one stream at a time
+    /// and none once a stream of it ended well (see [`TokenLedger`]); `None` checks only
+    /// the token itself.
+    pub tokens: Option<&'a TokenLedger>,
 }
 
 /// A handshake the receiver accepted.
@@ -246,6 +251,10 @@ where
 
 /// [`accept`] with the time to check the token against.
 ///
+/// With a ledger in `info`, the token is checked against it, and released at once: to
+/// hold it for the stream and spend it when the stream ends well, serve through
+/// [`accept_task_stream`](crate::accept_task_stream).
+///
 /// # Errors
 /// As [`accept`].
 pub async fn accept_at<S, K>(
@@ -255,6 +264,23 @@ pub async fn accept_at<S, K>(
     limits: &Limits,
     now: SystemTime,
 ) -> Result<Accepted, CapabilityError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    K: PublicKeySource,
+{
+    accept_claiming(stream, info, keys, limits, now)
+        .await
+        .map(|(accepted, _)| accepted)
+}
+
+/// [`accept_at`], holding the token in `info`'s ledger (if any) for the stream.
+pub(crate) async fn accept_claiming<S, K>(
+    stream: &mut S,
+    info: &StreamInfo<'_>,
+    keys: &K,
+    limits: &Limits,
+    now: SystemTime,
+) -> Result<(Accepted, Option<TokenUse>), CapabilityError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     K: PublicKeySource,
@@ -298,7 +324,7 @@ async fn check<K: PublicKeySource>(
     info: &StreamInfo<'_>,
     keys: &K,
     now: SystemTime,
-) -> Result<Accepted, CapabilityError> {
+) -> Result<(Accepted, Option<TokenUse>), CapabilityError> {
     let domain = DomainId::new(request.domain_id.as_str())?;
     let key =
         keys.public_key(domain.as_str())
@@ -325,7 +351,11 @@ async fn check<K: PublicKeySource>(
         },
         verified => verified?,
     };
-    Ok(Accepted { domain, claims })
+    let token = match info.tokens {
+        Some(ledger) => Some(ledger.claim(&claims, unix_secs(now))?),
+        None => None,
+    };
+    Ok((Accepted { domain, claims }, token))
 }
 
 #[cfg(test)]
@@ -345,6 +375,7 @@ mod tests {
         local_peer: "receiver",
         remote_peer: "sender",
         protocol: STORE_V1,
+        tokens: None,
     };
 
     /// A cache holding a stale key, and the fresh one it would fetch.

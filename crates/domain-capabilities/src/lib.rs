@@ -58,6 +58,7 @@ mod delete;
 mod error;
 pub mod handshake;
 mod idle;
+pub mod ledger;
 mod load;
 mod public_key;
 mod store;
@@ -68,6 +69,7 @@ pub use handshake::{
     Accepted, KeyFn, MAX_HANDSHAKE_FRAME, Opened, PublicKeySource, RESUME, StaticKeys, StreamInfo,
 };
 pub use idle::{Direction, IdleElapsed, IdleTimeout};
+pub use ledger::{DEFAULT_LEDGER_CAPACITY, Replay, TokenLedger, TokenUse};
 pub use load::{
     LoadConsumer, LoadSummary, LoadedItem, Prefixes, Unsubscriber, open_load, open_load_resuming,
     serve_load,
@@ -166,6 +168,8 @@ enum TaskProtocol {
 pub struct AcceptedStream<S> {
     stream: IdleTimeout<S>,
     accepted: Accepted,
+    /// The token's hold in the receiver's ledger, spent when the exchange ends well.
+    token: Option<TokenUse>,
     protocol: TaskProtocol,
     limits: Limits,
 }
@@ -197,10 +201,18 @@ where
         }
     };
     let mut stream = IdleTimeout::new(stream, limits.idle_timeout);
-    let accepted = handshake::accept(&mut stream, info, keys, limits).await?;
+    let (accepted, token) = handshake::accept_claiming(
+        &mut stream,
+        info,
+        keys,
+        limits,
+        std::time::SystemTime::now(),
+    )
+    .await?;
     Ok(AcceptedStream {
         stream,
         accepted,
+        token,
         protocol,
         limits: *limits,
     })
@@ -224,10 +236,11 @@ where
         let Self {
             stream,
             accepted,
+            mut token,
             protocol,
             limits,
         } = self;
-        match protocol {
+        let served = match protocol {
             TaskProtocol::Store => {
                 store::store_accepted(stream, &accepted.domain, datastore, &limits)
                     .await
@@ -241,6 +254,12 @@ where
                     .await
                     .map(Served::Delete)
             }
+        };
+        // Done on this node: the token opens nothing more. A stream that failed leaves it
+        // for the transfer to be tried again.
+        if let (Ok(_), Some(token)) = (&served, token.as_mut()) {
+            token.done();
         }
+        served
     }
 }

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::SystemTime;
 
 use domain_datastore::{CHUNK_SIZE, Datastore, DatastoreError, DomainId, MerkleBuilder, Root};
 use domain_proto::domain_data::Metadata;
@@ -48,8 +49,13 @@ where
     K: PublicKeySource,
 {
     let mut stream = IdleTimeout::new(stream, limits.idle_timeout);
-    let accepted = handshake::accept(&mut stream, info, keys, limits).await?;
-    load_accepted(stream, accepted.domain, datastore, limits).await
+    let (accepted, mut token) =
+        handshake::accept_claiming(&mut stream, info, keys, limits, SystemTime::now()).await?;
+    let served = load_accepted(stream, accepted.domain, datastore, limits).await;
+    if let (Ok(_), Some(token)) = (&served, token.as_mut()) {
+        token.done();
+    }
+    served
 }
 
 /// The part of [`serve_load`] after an accepted handshake.

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use domain_datastore::{
@@ -88,8 +89,13 @@ where
     K: PublicKeySource,
 {
     let mut stream = IdleTimeout::new(stream, limits.idle_timeout);
-    let accepted = handshake::accept(&mut stream, info, keys, limits).await?;
-    store_accepted(stream, &accepted.domain, datastore, limits).await
+    let (accepted, mut token) =
+        handshake::accept_claiming(&mut stream, info, keys, limits, SystemTime::now()).await?;
+    let served = store_accepted(stream, &accepted.domain, datastore, limits).await;
+    if let (Ok(_), Some(token)) = (&served, token.as_mut()) {
+        token.done();
+    }
+    served
 }
 
 /// The part of [`serve_store`] after an accepted handshake.

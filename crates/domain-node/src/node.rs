@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use domain_auth::{PrivateDirError, open_private_dir};
-use domain_capabilities::{CapabilityError, Limits, Served, StreamInfo, accept_task_stream};
+use domain_capabilities::{
+    CapabilityError, Limits, Served, StreamInfo, TokenLedger, accept_task_stream,
+};
 use domain_client::client::{Client, ClientConfig, ClientError};
 use domain_client::datastore::RemoteDatastore;
 use domain_cluster::config::{ClusterConfig, Role};
@@ -137,6 +139,9 @@ struct Context {
     /// Told after each store or delete: the join loop then joins at once if the domains
     /// the node holds changed, so the manager's holder index follows.
     stored: Arc<Notify>,
+    /// The tokens this node served: one stream per token at a time, none once its task
+    /// is done here.
+    tokens: TokenLedger,
 }
 
 impl Node {
@@ -202,6 +207,7 @@ impl Node {
             limits: config.limits,
             cut: cut.clone(),
             replicator,
+            tokens: TokenLedger::default(),
         });
 
         let mut background: Vec<JoinHandle<()>> = acceptors
@@ -580,6 +586,7 @@ impl Context {
             local_peer: &self.local_peer,
             remote_peer: &remote_peer,
             protocol,
+            tokens: Some(&self.tokens),
         };
         // The handshake gets one idle period in all, not one per byte.
         let handshake = tokio::time::timeout(

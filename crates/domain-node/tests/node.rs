@@ -329,15 +329,17 @@ async fn a_stream_over_the_limit_is_dropped_at_once_and_the_running_one_goes_on(
     };
     running.send_bytes(item, &b"goes on"[..]).await.unwrap();
     running.finish().await.unwrap();
-    // Its permit back, the node takes streams again.
+    // Its permit back, the node takes streams again (with a token of their own: this
+    // one's task is done here).
     within("the permit to come back", async {
         while setup.node.running_streams() > 0 {
             tokio::task::yield_now().await;
         }
     })
     .await;
+    let next = setup.token("job-limit", "upload-2", STORE_V1).await;
     setup
-        .store(&token, &[("second", b"accepted")])
+        .store(&next, &[("second", b"accepted")])
         .await
         .unwrap();
     setup.stop().await;

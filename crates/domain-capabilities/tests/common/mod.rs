@@ -89,6 +89,7 @@ pub const STORE_INFO: StreamInfo<'static> = StreamInfo {
     local_peer: RECEIVER,
     remote_peer: SENDER,
     protocol: domain_proto::protocols::STORE_V1,
+    tokens: None,
 };
 
 /// The receiver's view of a `/load/v1` stream from the sender.
@@ -96,6 +97,7 @@ pub const LOAD_INFO: StreamInfo<'static> = StreamInfo {
     local_peer: RECEIVER,
     remote_peer: SENDER,
     protocol: domain_proto::protocols::LOAD_V1,
+    tokens: None,
 };
 
 /// Byte i is i mod 251, as in the Merkle vectors: no chunk repeats another.
@@ -123,4 +125,5 @@ pub const DELETE_INFO: StreamInfo<'static> = StreamInfo {
     local_peer: RECEIVER,
     remote_peer: SENDER,
     protocol: domain_proto::protocols::DELETE_V1,
+    tokens: None,
 };
