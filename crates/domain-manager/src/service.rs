@@ -1,6 +1,7 @@
 //! [`Manager`]: starts the swarm and the scheduler thread, serves the manager's protocols, and
 //! stops them all.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -61,6 +62,10 @@ const EVENT_QUEUE: usize = 16 * 1024;
 
 /// Streams of one protocol served at once; more are dropped as they arrive.
 pub const MAX_STREAMS_PER_PROTOCOL: usize = 1024;
+
+/// Streams of one protocol served at once for one peer, so that no peer holds every slot
+/// of [`MAX_STREAMS_PER_PROTOCOL`] (a gateway node runs many jobs at once; a client, a few).
+pub const MAX_STREAMS_PER_PEER: usize = 64;
 
 /// A `/monitor/v1` frame carries tasks up to about this many encoded bytes, well under the
 /// 4 MiB frame limit; a larger job is sent as several frames of the same job.
@@ -629,6 +634,8 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut running = JoinSet::new();
+    let mut peer_of = HashMap::new();
+    let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
     loop {
         tokio::select! {
             next = incoming.next() => {
@@ -637,9 +644,29 @@ where
                     tracing::warn!(%peer, protocol, "too many streams; dropping one");
                     continue;
                 }
-                running.spawn(serve(peer, stream));
+                let held = per_peer.entry(peer).or_default();
+                if *held >= MAX_STREAMS_PER_PEER {
+                    tracing::warn!(%peer, protocol, "too many streams from one peer; dropping one");
+                    continue;
+                }
+                *held += 1;
+                let task = running.spawn(serve(peer, stream));
+                peer_of.insert(task.id(), peer);
             }
-            Some(_) = running.join_next(), if !running.is_empty() => {}
+            Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(error) => error.id(),
+                };
+                if let Some(peer) = peer_of.remove(&id) {
+                    if let Some(held) = per_peer.get_mut(&peer) {
+                        *held -= 1;
+                        if *held == 0 {
+                            per_peer.remove(&peer);
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -106,3 +106,54 @@ async fn a_join_of_a_million_empty_capabilities_is_refused_before_it_is_built() 
     assert!(manager.nodes().await.unwrap().is_empty());
     manager.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_cannot_hold_every_slot_of_a_protocol_with_silent_streams() {
+    let dir = tempdir();
+    let alice = Identity::generate();
+    create_domain(dir.path(), "scans", &[alice.peer_id()]).unwrap();
+    let (manager, addr) = start(config(dir.path())).await;
+    let alice_id = alice.peer_id();
+    let alice = peer_with(alice, Role::Client, &addr);
+    let greedy = peer(Role::Client, &addr);
+
+    // Silent streams up to the peer's share: each held until the manager's request timeout.
+    let mut held = Vec::new();
+    for _ in 0..domain_manager::MAX_STREAMS_PER_PEER {
+        held.push(
+            within(
+                "a silent stream",
+                greedy.open_stream(manager.peer_id(), JOBS_V1),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    // One more is dropped at once, not after the request timeout (20 s here).
+    let mut over = within(
+        "one stream more",
+        greedy.open_stream(manager.peer_id(), JOBS_V1),
+    )
+    .await
+    .unwrap();
+    let mut byte = [0u8; 1];
+    let ended = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut over, &mut byte),
+    )
+    .await;
+    assert!(matches!(ended, Ok(Ok(0) | Err(_))), "{ended:?}");
+
+    // Everyone else is still served.
+    let accepted = within(
+        "alice's job",
+        alice.submit_job(
+            manager.peer_id(),
+            job("scans", "1", vec![store_task("a", alice_id, &[])]),
+        ),
+    )
+    .await;
+    assert!(accepted.is_ok(), "{accepted:?}");
+    drop(held);
+    manager.shutdown().await.unwrap();
+}
