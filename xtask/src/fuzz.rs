@@ -12,7 +12,12 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, bail};
 
 /// The fuzz targets, in the order they run.
-pub const TARGETS: [&str; 3] = ["frame_decoder", "handshake", "store_receiver"];
+pub const TARGETS: [&str; 4] = [
+    "frame_decoder",
+    "handshake",
+    "store_receiver",
+    "manager_requests",
+];
 
 /// Runs every target in [`TARGETS`] for `seconds` seconds each.
 pub fn run(seconds: u64) -> anyhow::Result<()> {

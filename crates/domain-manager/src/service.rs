@@ -777,57 +777,37 @@ const MAX_NEEDS_PER_TASK: usize = 256;
 /// Refuses, from its encoding, a `JobRequest` with more tasks than a job may hold or a task
 /// with more dependencies than [`MAX_NEEDS_PER_TASK`], before any of it is built.
 fn check_job_shape(body: &[u8], max_tasks: usize) -> Result<(), String> {
-    // JobRequest.tasks is field 2, TaskRequest.needs field 5.
-    let mut tasks = 0_usize;
-    for field in wire::fields(body) {
-        let (number, value) = field.map_err(|e| format!("bad job request: {e}"))?;
-        if number != 2 {
-            continue;
-        }
-        tasks += 1;
-        if let wire::Value::Bytes(task) = value {
-            let needs = wire::count(task, 5).map_err(|e| format!("bad job request: {e}"))?;
-            if needs > MAX_NEEDS_PER_TASK {
-                return Err(format!(
-                    "a task of the job needs {needs} others; at most {MAX_NEEDS_PER_TASK}"
-                ));
-            }
-        }
-    }
-    if tasks > max_tasks {
+    let shape = wire::job_shape(body).map_err(|e| format!("bad job request: {e}"))?;
+    if shape.most_needs > MAX_NEEDS_PER_TASK {
         return Err(format!(
-            "the job holds {tasks} tasks; a job holds at most {max_tasks}"
+            "a task of the job needs {} others; at most {MAX_NEEDS_PER_TASK}",
+            shape.most_needs
+        ));
+    }
+    if shape.tasks > max_tasks {
+        return Err(format!(
+            "the job holds {} tasks; a job holds at most {max_tasks}",
+            shape.tasks
         ));
     }
     Ok(())
 }
 
 /// Refuses, from its encoding, a `JoinClusterRequest` advertising more capabilities than
-/// [`MAX_CAPABILITIES`] or reporting more domains than a report may hold.
+/// the registry takes or reporting more domains than a report may hold.
 fn check_join_shape(body: &[u8]) -> Result<(), String> {
-    // JoinClusterRequest: node = 1, holdings = 2; Node.capabilities = 2;
-    // Holdings.domains = 1.
-    let bad = |e: wire::WireError| format!("bad join request: {e}");
-    for field in wire::fields(body) {
-        match field.map_err(bad)? {
-            (1, wire::Value::Bytes(node)) => {
-                let capabilities = wire::count(node, 2).map_err(bad)?;
-                if capabilities > MAX_CAPABILITIES {
-                    return Err(format!(
-                        "the node advertises {capabilities} capabilities; at most {MAX_CAPABILITIES}"
-                    ));
-                }
-            }
-            (2, wire::Value::Bytes(holdings)) => {
-                let domains = wire::count(holdings, 1).map_err(bad)?;
-                if domains > MAX_REPORTED_DOMAINS {
-                    return Err(format!(
-                        "the node reports {domains} domains; at most {MAX_REPORTED_DOMAINS}"
-                    ));
-                }
-            }
-            _ => {}
-        }
+    let shape = wire::join_shape(body).map_err(|e| format!("bad join request: {e}"))?;
+    if shape.capabilities > MAX_CAPABILITIES {
+        return Err(format!(
+            "the node advertises {} capabilities; at most {MAX_CAPABILITIES}",
+            shape.capabilities
+        ));
+    }
+    if shape.domains > MAX_REPORTED_DOMAINS {
+        return Err(format!(
+            "the node reports {} domains; at most {MAX_REPORTED_DOMAINS}",
+            shape.domains
+        ));
     }
     Ok(())
 }

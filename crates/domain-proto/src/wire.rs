@@ -131,6 +131,62 @@ pub fn count(body: &[u8], number: u32) -> Result<usize, WireError> {
     Ok(found)
 }
 
+/// What a `JobRequest` encoding holds, counted without decoding it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobShape {
+    /// Its tasks.
+    pub tasks: usize,
+    /// The most dependencies (`needs`) of one task.
+    pub most_needs: usize,
+}
+
+/// Counts the tasks of the `JobRequest` encoding `body`, and the dependencies of each.
+///
+/// # Errors
+/// [`WireError`] for an invalid encoding.
+pub fn job_shape(body: &[u8]) -> Result<JobShape, WireError> {
+    // JobRequest.tasks = 2; TaskRequest.needs = 5.
+    let mut shape = JobShape::default();
+    for field in fields(body) {
+        if let (2, value) = field? {
+            shape.tasks += 1;
+            if let Value::Bytes(task) = value {
+                shape.most_needs = shape.most_needs.max(count(task, 5)?);
+            }
+        }
+    }
+    Ok(shape)
+}
+
+/// What a `JoinClusterRequest` encoding holds, counted without decoding it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JoinShape {
+    /// The capabilities of its node.
+    pub capabilities: usize,
+    /// The domains of its holdings.
+    pub domains: usize,
+}
+
+/// Counts the capabilities and the reported domains of the `JoinClusterRequest` encoding
+/// `body`. A message field that appears more than once is merged by decoding, so its
+/// occurrences are counted together.
+///
+/// # Errors
+/// [`WireError`] for an invalid encoding.
+pub fn join_shape(body: &[u8]) -> Result<JoinShape, WireError> {
+    // JoinClusterRequest: node = 1, holdings = 2; Node.capabilities = 2;
+    // Holdings.domains = 1.
+    let mut shape = JoinShape::default();
+    for field in fields(body) {
+        match field? {
+            (1, Value::Bytes(node)) => shape.capabilities += count(node, 2)?,
+            (2, Value::Bytes(holdings)) => shape.domains += count(holdings, 1)?,
+            _ => {}
+        }
+    }
+    Ok(shape)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -181,5 +237,50 @@ mod tests {
         // A length past the end.
         assert!(count(&[0x12, 0x05, 0x00], 2).is_err());
         assert_eq!(count(&[], 2), Ok(0));
+    }
+
+    #[test]
+    fn a_message_field_sent_twice_is_counted_as_decoding_merges_it() {
+        use crate::discovery::{Capability, JoinClusterRequest, Node};
+        let node = Node {
+            capabilities: vec![Capability::default(); 3],
+            ..Default::default()
+        };
+        let mut body = JoinClusterRequest {
+            node: node.clone(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        // The same field again: decoding merges it into one node of six capabilities.
+        body.extend(
+            JoinClusterRequest {
+                node,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        let decoded = JoinClusterRequest::decode(body.as_slice()).unwrap();
+        assert_eq!(decoded.node.capabilities.len(), 6);
+        assert_eq!(join_shape(&body).unwrap().capabilities, 6);
+    }
+
+    #[test]
+    fn a_job_is_counted_by_tasks_and_its_largest_dependency_list() {
+        let task = |needs: usize| TaskRequest {
+            needs: vec!["x".into(); needs],
+            ..Default::default()
+        };
+        let body = JobRequest {
+            tasks: vec![task(1), task(4), task(0)],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert_eq!(
+            job_shape(&body).unwrap(),
+            JobShape {
+                tasks: 3,
+                most_needs: 4
+            }
+        );
     }
 }
