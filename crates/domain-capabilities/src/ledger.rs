@@ -4,9 +4,12 @@
 //! A token is valid until its `exp` (up to an hour). Without a ledger, one that opened a
 //! `/store/v1` stream could open another after the first finished, as long as it had not
 //! expired: whoever saw it could write again. The ledger keeps each token id (`jti`)
-//! while a stream of it is open, and after a stream of it ends well until its `exp`;
-//! a stream that failed or was cut leaves its token usable, so that the transfer can be
-//! tried again (a resumed upload, a download whose partial file proved wrong).
+//! while a stream of it is open, and after a write (`/store/v1`, `/delete/v1`) of it ends
+//! well until its `exp`. A stream that failed or was cut leaves its token usable, so that
+//! the transfer can be tried again (a resumed upload). A read (`/load/v1`) never spends
+//! its token, one stream at a time: the node cannot tell a read that ended well from one
+//! whose content then failed its root at the client, which reads again on the same token,
+//! and reading again grants nothing the token did not.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

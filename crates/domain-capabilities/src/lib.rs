@@ -259,9 +259,11 @@ where
                     .map(Served::Delete)
             }
         };
-        // Done on this node: the token opens nothing more. A stream that failed leaves it
-        // for the transfer to be tried again.
-        if let (Ok(_), Some(token)) = (&served, token.as_mut()) {
+        // A write done on this node: the token writes nothing more. A stream that failed
+        // leaves it for the transfer to be tried again, and a read never spends it (see
+        // `TokenLedger`).
+        let wrote = matches!(protocol, TaskProtocol::Store | TaskProtocol::Delete);
+        if let (true, Ok(_), Some(token)) = (wrote, &served, token.as_mut()) {
             token.done();
         }
         served

@@ -49,13 +49,11 @@ where
     K: PublicKeySource,
 {
     let mut stream = IdleTimeout::new(stream, limits.idle_timeout);
-    let (accepted, mut token) =
+    let (accepted, token) =
         handshake::accept_claiming(&mut stream, info, keys, limits, SystemTime::now()).await?;
-    let served = load_accepted(stream, accepted.domain, datastore, limits).await;
-    if let (Ok(_), Some(token)) = (&served, token.as_mut()) {
-        token.done();
-    }
-    served
+    // Held for the stream, never spent: see `TokenLedger`.
+    let _token = token;
+    load_accepted(stream, accepted.domain, datastore, limits).await
 }
 
 /// The part of [`serve_load`] after an accepted handshake.
