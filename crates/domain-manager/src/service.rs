@@ -771,6 +771,18 @@ async fn serve_join(shared: &Shared, peer: PeerId, mut stream: ClusterStream) {
     }
 }
 
+/// Answers a job request with BadRequest and `reason`, then closes the stream; a submitter
+/// that cannot take the answer loses nothing it was owed.
+async fn refuse_job<W: AsyncWrite + Unpin>(shared: &Shared, writer: &mut W, reason: String) {
+    let response = SubmitJobResponse {
+        code: Code::BadRequest as i32,
+        job_id: String::new(),
+        err_msg: reason,
+    };
+    let _ = send_frame(shared, writer, &response).await;
+    let _ = writer.shutdown().await;
+}
+
 /// Dependencies (`needs`) one task of a job may name.
 const MAX_NEEDS_PER_TASK: usize = 256;
 
@@ -853,13 +865,7 @@ async fn serve_jobs(shared: &Shared, peer: PeerId, stream: ClusterStream) {
         Ok(request) => request,
         Err(reason) => {
             tracing::warn!(%peer, "refused a job: {reason}");
-            let response = SubmitJobResponse {
-                code: Code::BadRequest as i32,
-                job_id: String::new(),
-                err_msg: reason,
-            };
-            let _ = send_frame(shared, &mut writer, &response).await;
-            let _ = writer.shutdown().await;
+            refuse_job(shared, &mut writer, reason).await;
             return;
         }
     };
@@ -885,13 +891,7 @@ async fn serve_jobs(shared: &Shared, peer: PeerId, stream: ClusterStream) {
     };
     if let Err(refusal) = allowed {
         tracing::warn!(%peer, job = %request.name, "refused a job: {refusal}");
-        let response = SubmitJobResponse {
-            code: Code::BadRequest as i32,
-            job_id: String::new(),
-            err_msg: refusal.to_string(),
-        };
-        let _ = send_frame(shared, &mut writer, &response).await;
-        let _ = writer.shutdown().await;
+        refuse_job(shared, &mut writer, refusal.to_string()).await;
         return;
     }
     // Room for every token the job can get (each task, each retry) and each task's FAILED

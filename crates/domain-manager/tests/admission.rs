@@ -23,11 +23,7 @@ fn refusal<T: std::fmt::Debug>(result: Result<T, ClusterError>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_not_admitted_is_refused_with_a_reason_and_never_gets_a_task() {
     let dir = tempdir();
-    let alice = Identity::generate();
-    create_domain(dir.path(), "scans", &[alice.peer_id()]).unwrap();
-    let (manager, addr) = start(config(dir.path())).await;
-    let alice_id = alice.peer_id();
-    let alice = peer_with(alice, Role::Client, &addr);
+    let (manager, addr, alice, alice_id) = manager_with_client(dir.path()).await;
 
     let rogue = peer(Role::Node, &addr);
     let rogue_id = rogue.local_peer_id();
@@ -130,11 +126,7 @@ async fn an_invite_admits_the_first_node_that_presents_it_and_no_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_node_is_refused_at_its_next_join_and_its_task_goes_to_another() {
     let dir = tempdir();
-    let alice = Identity::generate();
-    create_domain(dir.path(), "scans", &[alice.peer_id()]).unwrap();
-    let (manager, addr) = start(config(dir.path())).await;
-    let alice_id = alice.peer_id();
-    let alice = peer_with(alice, Role::Client, &addr);
+    let (manager, addr, alice, alice_id) = manager_with_client(dir.path()).await;
 
     let first = joined_node(&manager, &addr).await;
     let first_id = first.local_peer_id();

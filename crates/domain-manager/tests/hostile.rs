@@ -7,8 +7,6 @@ mod common;
 
 use common::*;
 use domain_cluster::config::Role;
-use domain_cluster::identity::Identity;
-use domain_manager::create_domain;
 use domain_proto::protocols::{JOBS_V1, JOIN_V1};
 use domain_proto::task::{Code, SubmitJobResponse};
 use domain_proto::{DEFAULT_MAX_FRAME, read_message};
@@ -32,10 +30,7 @@ fn frame_of_empty_fields(key: u8, len: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_request_of_two_million_empty_tasks_is_refused_before_it_is_built() {
     let dir = tempdir();
-    let alice = Identity::generate();
-    create_domain(dir.path(), "scans", &[alice.peer_id()]).unwrap();
-    let (manager, addr) = start(config(dir.path())).await;
-    let alice = peer_with(alice, Role::Client, &addr);
+    let (manager, _, alice, _) = manager_with_client(dir.path()).await;
 
     // JobRequest.tasks is field 2 (key 0x12): 2M empty tasks in 4 MiB.
     let frame = frame_of_empty_fields(0x12, DEFAULT_MAX_FRAME - 16);
@@ -110,11 +105,7 @@ async fn a_join_of_a_million_empty_capabilities_is_refused_before_it_is_built() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_peer_cannot_hold_every_slot_of_a_protocol_with_silent_streams() {
     let dir = tempdir();
-    let alice = Identity::generate();
-    create_domain(dir.path(), "scans", &[alice.peer_id()]).unwrap();
-    let (manager, addr) = start(config(dir.path())).await;
-    let alice_id = alice.peer_id();
-    let alice = peer_with(alice, Role::Client, &addr);
+    let (manager, addr, alice, alice_id) = manager_with_client(dir.path()).await;
     let greedy = peer(Role::Client, &addr);
 
     // Silent streams up to the peer's share: each held until the manager's request timeout.
@@ -161,11 +152,7 @@ async fn one_peer_cannot_hold_every_slot_of_a_protocol_with_silent_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_marks_its_own_tasks_as_copies_is_refused() {
     let dir = tempdir();
-    let alice = Identity::generate();
-    create_domain(dir.path(), "scans", &[alice.peer_id()]).unwrap();
-    let (manager, addr) = start(config(dir.path())).await;
-    let alice_id = alice.peer_id();
-    let alice = peer_with(alice, Role::Client, &addr);
+    let (manager, _, alice, alice_id) = manager_with_client(dir.path()).await;
 
     // A copy's token lets its sender choose item ids: a job may not claim to be one.
     let mut forged = store_task("b", alice_id, &[]);

@@ -39,6 +39,17 @@ pub fn tempdir() -> tempfile::TempDir {
         .expect("a temporary folder")
 }
 
+/// A manager on `dir` serving domain `scans` to one client: the manager, its address, the
+/// client (connected) and the client's peer id.
+pub async fn manager_with_client(dir: &Path) -> (Manager, Multiaddr, ClusterHandle, PeerId) {
+    let client = Identity::generate();
+    let client_id = client.peer_id();
+    domain_manager::create_domain(dir, "scans", &[client_id]).unwrap();
+    let (manager, addr) = start(config(dir)).await;
+    let client = peer_with(client, Role::Client, &addr);
+    (manager, addr, client, client_id)
+}
+
 /// A manager configuration in `dir`: loopback TCP, quick ticks.
 pub fn config(dir: &Path) -> ManagerConfig {
     let _ = tracing_subscriber::fmt()
