@@ -31,7 +31,6 @@
 //! ```
 
 mod any;
-pub use any::REPLICATE_INPUT;
 pub mod framing;
 pub mod protocols;
 pub mod wire;
