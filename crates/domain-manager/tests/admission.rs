@@ -39,15 +39,7 @@ async fn a_node_not_admitted_is_refused_with_a_reason_and_never_gets_a_task() {
     assert!(manager.nodes().await.unwrap().is_empty());
 
     // The upload's task waits for an admitted node, and goes to the first that joins.
-    let mut submitted = within(
-        "submitting",
-        alice.submit_job(
-            manager.peer_id(),
-            job("scans", "1", vec![store_task("a", alice_id, &[])]),
-        ),
-    )
-    .await
-    .unwrap();
+    let mut submitted = submit_one_store(&manager, &alice, alice_id).await;
     let refused_again = within(
         "the rogue again",
         rogue.join(manager.peer_id(), node_message(rogue_id), None, None),
@@ -112,13 +104,7 @@ async fn an_invite_admits_the_first_node_that_presents_it_and_no_other() {
         .await,
     );
     assert!(message.contains("already used"), "{message}");
-    let nodes: Vec<String> = manager
-        .nodes()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|n| n.id)
-        .collect();
+    let nodes = node_ids(&manager).await;
     assert_eq!(nodes, [invited_id.to_string()]);
     manager.shutdown().await.unwrap();
 }
@@ -130,15 +116,7 @@ async fn a_revoked_node_is_refused_at_its_next_join_and_its_task_goes_to_another
 
     let first = joined_node(&manager, &addr).await;
     let first_id = first.local_peer_id();
-    let mut submitted = within(
-        "submitting",
-        alice.submit_job(
-            manager.peer_id(),
-            job("scans", "1", vec![store_task("a", alice_id, &[])]),
-        ),
-    )
-    .await
-    .unwrap();
+    let mut submitted = submit_one_store(&manager, &alice, alice_id).await;
     let task = within("the first token", submitted.tasks.next())
         .await
         .unwrap()
@@ -166,13 +144,7 @@ async fn a_revoked_node_is_refused_at_its_next_join_and_its_task_goes_to_another
         task.receiver.as_deref(),
         Some(second.local_peer_id().to_string().as_str())
     );
-    let nodes: Vec<String> = manager
-        .nodes()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|n| n.id)
-        .collect();
+    let nodes = node_ids(&manager).await;
     assert_eq!(nodes, [second.local_peer_id().to_string()]);
     manager.shutdown().await.unwrap();
 }

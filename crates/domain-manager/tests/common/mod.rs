@@ -50,6 +50,34 @@ pub async fn manager_with_client(dir: &Path) -> (Manager, Multiaddr, ClusterHand
     (manager, addr, client, client_id)
 }
 
+/// Submits, as `client` (`client_id`), a job of one `/store/v1` task to domain `scans`.
+pub async fn submit_one_store(
+    manager: &Manager,
+    client: &ClusterHandle,
+    client_id: PeerId,
+) -> domain_cluster::SubmittedJob {
+    within(
+        "submitting",
+        client.submit_job(
+            manager.peer_id(),
+            job("scans", "1", vec![store_task("a", client_id, &[])]),
+        ),
+    )
+    .await
+    .unwrap()
+}
+
+/// The peer ids of the nodes registered with `manager`, in id order.
+pub async fn node_ids(manager: &Manager) -> Vec<String> {
+    manager
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.id)
+        .collect()
+}
+
 /// A manager configuration in `dir`: loopback TCP, quick ticks.
 pub fn config(dir: &Path) -> ManagerConfig {
     let _ = tracing_subscriber::fmt()
