@@ -13,11 +13,13 @@ use domain_datastore::{CHUNK_SIZE, Datastore, DatastoreError, DomainId, MerkleBu
 use domain_proto::domain_data::Metadata;
 use domain_proto::task::{ConsumeDataInputV1, UnsubscribeDataQueryV1};
 use domain_proto::{read_message, read_message_or_eof, write_message};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{
+    AsyncBufReadExt as _, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf,
+    WriteHalf,
+};
 
 use crate::handshake::{self, PublicKeySource, StreamInfo};
 use crate::idle::IdleTimeout;
-use crate::store::fill;
 use crate::{CapabilityError, Limits};
 
 /// What a `/load/v1` receiver sent on one stream.
@@ -90,8 +92,6 @@ where
         datastore,
         domain: &domain,
         metadata_only: query.metadata_only,
-        buf: Vec::new(),
-        batch: limits.io_batch.max(1),
         resume,
         summary: LoadSummary::default(),
     };
@@ -160,8 +160,6 @@ struct ItemSender<'a, D> {
     datastore: &'a D,
     domain: &'a DomainId,
     metadata_only: bool,
-    buf: Vec<u8>,
-    batch: usize,
     /// Bytes the consumer holds per id; each applies to the first send of its id only
     /// (a later version of the item has other content).
     resume: BTreeMap<String, u64>,
@@ -216,33 +214,32 @@ impl<D: Datastore> ItemSender<'_, D> {
         write_message(writer, &metadata)
             .await
             .map_err(|e| CapabilityError::frame("sending metadata", e))?;
-        if self.buf.len() < self.batch {
-            self.buf.resize(self.batch, 0);
-        }
         let offset = offset.unwrap_or(0);
         let mut sent = offset;
         while sent < size {
-            let want = (size - sent).min(self.batch as u64) as usize;
-            let filled = fill(&mut content, &mut self.buf[..want])
-                .await
-                .map_err(|source| {
-                    CapabilityError::Datastore(DatastoreError::ReadContent {
-                        name: metadata.name.clone(),
-                        source,
-                    })
-                })?;
-            if filled == 0 {
+            // Written from the store's own buffer: the content is copied once, into the
+            // stream.
+            let available = content.fill_buf().await.map_err(|source| {
+                CapabilityError::Datastore(DatastoreError::ReadContent {
+                    name: metadata.name.clone(),
+                    source,
+                })
+            })?;
+            if available.is_empty() {
                 return Err(CapabilityError::Datastore(DatastoreError::Corrupt {
                     domain: self.domain.clone(),
                     id: metadata.id.clone(),
                     reason: format!("content ends after {sent} of {size} bytes"),
                 }));
             }
+            let n = usize::try_from(size - sent)
+                .map_or(available.len(), |left| left.min(available.len()));
             writer
-                .write_all(&self.buf[..filled])
+                .write_all(&available[..n])
                 .await
                 .map_err(|e| CapabilityError::io("sending content", e))?;
-            sent += filled as u64;
+            content.consume(n);
+            sent += n as u64;
         }
         writer
             .flush()

@@ -50,7 +50,7 @@ use domain_datastore::{
     Subscription, check_replica_id, is_replica,
 };
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
-use tokio::io::{AsyncRead, AsyncReadExt as _, DuplexStream, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt as _, BufReader, DuplexStream, ReadBuf};
 use tokio::sync::{oneshot, watch};
 
 use crate::client::{Client, ClientError};
@@ -58,6 +58,10 @@ use crate::client::{Client, ClientError};
 /// Bytes of a [`get`](Datastore::get)'s content buffered between the transfer and its
 /// reader: the transfer waits while the reader is this far behind.
 const CONTENT_PIPE: usize = 1024 * 1024;
+
+/// Bytes a [`RemoteContent`] lends its reader at a time: large enough that a sender
+/// writing from it makes large network writes.
+const CONTENT_READ: usize = 256 * 1024;
 
 /// How often a subscription's feed checks whether its subscriber is still there, when
 /// no item comes to tell.
@@ -201,7 +205,7 @@ impl Datastore for RemoteDatastore {
             Ok(metadata) => Ok((
                 metadata,
                 RemoteContent {
-                    pipe: reader,
+                    pipe: BufReader::with_capacity(CONTENT_READ, reader),
                     outcome: Some(outcome),
                 },
             )),
@@ -332,9 +336,30 @@ impl Drop for Establishing {
 /// or content that does not match its root, ends it with an error instead.
 #[derive(Debug)]
 pub struct RemoteContent {
-    pipe: DuplexStream,
+    pipe: BufReader<DuplexStream>,
     /// How the transfer ended; taken once the pipe is drained.
     outcome: Option<oneshot::Receiver<Result<Option<Metadata>, ClientError>>>,
+}
+
+impl RemoteContent {
+    /// How the transfer ended, once the pipe is drained: `Ok` when the content was whole
+    /// and matched its root.
+    fn poll_outcome(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(outcome) = self.outcome.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let outcome = ready!(Pin::new(outcome).poll(cx));
+        self.outcome = None;
+        match outcome {
+            Ok(Ok(Some(_))) => Poll::Ready(Ok(())),
+            Ok(Ok(None)) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the item's content ended early: it went while it was read",
+            ))),
+            Ok(Err(error)) => Poll::Ready(Err(io::Error::other(error))),
+            Err(_) => Poll::Ready(Err(io::Error::other(TaskGone))),
+        }
+    }
 }
 
 impl AsyncRead for RemoteContent {
@@ -350,20 +375,22 @@ impl AsyncRead for RemoteContent {
             return Poll::Ready(Ok(()));
         }
         // The pipe ended: the transfer is over, and says how.
-        let Some(outcome) = this.outcome.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        let outcome = ready!(Pin::new(outcome).poll(cx));
-        this.outcome = None;
-        match outcome {
-            Ok(Ok(Some(_))) => Poll::Ready(Ok(())),
-            Ok(Ok(None)) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the item's content ended early: it went while it was read",
-            ))),
-            Ok(Err(error)) => Poll::Ready(Err(io::Error::other(error))),
-            Err(_) => Poll::Ready(Err(io::Error::other(TaskGone))),
+        this.poll_outcome(cx)
+    }
+}
+
+impl AsyncBufRead for RemoteContent {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        if ready!(Pin::new(&mut this.pipe).poll_fill_buf(cx))?.is_empty() {
+            // The pipe ended: the transfer is over, and says how.
+            ready!(this.poll_outcome(cx))?;
         }
+        Pin::new(&mut this.pipe).poll_fill_buf(cx)
+    }
+
+    fn consume(mut self: Pin<&mut Self>, amt: usize) {
+        Pin::new(&mut self.pipe).consume(amt);
     }
 }
 

@@ -3,8 +3,10 @@
 //! `tokio::fs::File` reads one buffer at a time and only when asked, so a sender waits
 //! for the disk (or the page cache's copy) between network writes. A [`ReadAhead`] keeps
 //! a thread reading the next batches while the current one is sent: the disk and the
-//! network work at once, with at most [`AHEAD`] batches in memory. The client reads the
-//! files it uploads this way, and the local datastore the blobs it serves.
+//! network work at once, with at most [`AHEAD`] batches in memory. Read as an
+//! [`AsyncBufRead`], it lends its batches: a sender writes from them, copying nothing.
+//! The client reads the files it uploads this way, and the local datastore the blobs it
+//! serves.
 
 use std::io::{self, SeekFrom};
 use std::os::unix::fs::FileExt as _;
@@ -13,7 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncSeek, ReadBuf};
 use tokio::sync::mpsc;
 
 /// Bytes the reading thread reads at a time.
@@ -145,13 +147,10 @@ fn read_full_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result
     Ok(filled)
 }
 
-impl AsyncRead for ReadAhead {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
+impl AsyncBufRead for ReadAhead {
+    /// The rest of the batch at hand: a sender writes from it without copying it first.
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
         if this.at == this.current.len() {
             match ready!(this.batches.poll_recv(cx)) {
                 Some(Ok(batch)) => {
@@ -161,13 +160,29 @@ impl AsyncRead for ReadAhead {
                 }
                 Some(Err(error)) => return Poll::Ready(Err(error)),
                 // The file ended (an empty batch came first, then the thread left).
-                None => return Poll::Ready(Ok(())),
+                None => return Poll::Ready(Ok(&[])),
             }
         }
-        let n = buf.remaining().min(this.current.len() - this.at);
-        buf.put_slice(&this.current[this.at..this.at + n]);
-        this.at += n;
-        this.position += n as u64;
+        Poll::Ready(Ok(&this.current[this.at..]))
+    }
+
+    fn consume(mut self: Pin<&mut Self>, amt: usize) {
+        let amt = amt.min(self.current.len() - self.at);
+        self.at += amt;
+        self.position += amt as u64;
+    }
+}
+
+impl AsyncRead for ReadAhead {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let available = ready!(self.as_mut().poll_fill_buf(cx))?;
+        let n = buf.remaining().min(available.len());
+        buf.put_slice(&available[..n]);
+        self.consume(n);
         Poll::Ready(Ok(()))
     }
 }
@@ -270,6 +285,36 @@ mod tests {
                 .unwrap();
             let end = (offset + len).min(bytes.len());
             assert!(read == bytes[offset..end], "{len} bytes from {offset}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lent_batches_carry_every_byte_and_mix_with_reads() {
+        use tokio::io::AsyncBufReadExt as _;
+
+        let dir = tempfile::tempdir().unwrap();
+        for &size in SIZES {
+            let bytes: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let path = dir.path().join(format!("f{size}"));
+            std::fs::write(&path, &bytes).unwrap();
+            let mut reader = ReadAhead::open(&path).await.unwrap();
+            let mut read = Vec::new();
+            loop {
+                let lent = reader.fill_buf().await.unwrap();
+                if lent.is_empty() {
+                    break;
+                }
+                assert!(lent.len() <= BATCH, "a lent slice is at most one batch");
+                // Half of each lent slice, then a plain read of a few bytes: the two ways
+                // of reading share one position.
+                let half = lent.len().div_ceil(2);
+                read.extend_from_slice(&lent[..half]);
+                reader.consume(half);
+                let mut few = [0; 7];
+                let n = reader.read(&mut few).await.unwrap();
+                read.extend_from_slice(&few[..n]);
+            }
+            assert!(read == bytes, "{size} bytes");
         }
     }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use regex::{Regex, RegexBuilder};
-use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt as _};
 
 use crate::merkle::Root;
 use crate::subscription::Subscription;
@@ -434,11 +434,12 @@ pub struct ResumePoint {
 /// [`Metadata::hash`].
 ///
 /// Shaped for streaming and for both backends (local files now, a remote peer later):
-/// content goes in and out as [`AsyncRead`]; nothing is buffered whole in memory.
+/// content goes in as [`AsyncRead`] and out as [`AsyncBufRead`]; nothing is buffered whole in memory.
 /// Every operation names its domain; items never cross domains.
 pub trait Datastore: Send + Sync + 'static {
-    /// The content reader [`get`](Self::get) returns.
-    type Content: AsyncRead + Send + Unpin + 'static;
+    /// The content reader [`get`](Self::get) returns. Buffered, so that a sender can
+    /// write straight from the store's own buffers.
+    type Content: AsyncBufRead + Send + Unpin + 'static;
 
     /// Stores one item and returns its metadata, whose `hash` is the Merkle root computed
     /// while the bytes were written (one pass, nothing read back).

@@ -12,7 +12,7 @@ use domain_datastore::{
 };
 use domain_proto::discovery::{DomainHoldings, Holdings};
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
 
 /// A node's datastore: local files, or another cluster it stands in front of.
 #[derive(Debug, Clone)]
@@ -80,6 +80,22 @@ impl AsyncRead for NodeContent {
         match self.get_mut() {
             Self::Local(content) => Pin::new(content).poll_read(cx, buf),
             Self::Remote(content) => Pin::new(content).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncBufRead for NodeContent {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        match self.get_mut() {
+            Self::Local(content) => Pin::new(content).poll_fill_buf(cx),
+            Self::Remote(content) => Pin::new(content).poll_fill_buf(cx),
+        }
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        match self.get_mut() {
+            Self::Local(content) => Pin::new(content).consume(amt),
+            Self::Remote(content) => Pin::new(content).consume(amt),
         }
     }
 }
