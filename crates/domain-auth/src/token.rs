@@ -99,6 +99,29 @@ impl TaskClaims {
     }
 }
 
+impl TaskClaims {
+    /// The claims `token` states, read without checking its signature or any claim: what
+    /// the holder of a token reads to learn when it expires. Never a basis for trust; a
+    /// receiver calls [`verify`].
+    ///
+    /// # Errors
+    /// [`Rejection::Malformed`] (or [`Rejection::AlgNotEdDsa`]) when `token` is no EdDSA
+    /// JWT carrying these claims.
+    pub fn read_unverified(token: &str) -> Result<Self, Rejection> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(malformed(format!(
+                "{} bytes is longer than {MAX_TOKEN_LEN}",
+                token.len()
+            )));
+        }
+        let parts = split_and_check_alg(token)?;
+        let payload = URL_SAFE_NO_PAD
+            .decode(parts.payload)
+            .map_err(|err| malformed(format!("payload is not base64url: {err}")))?;
+        serde_json::from_slice(&payload).map_err(|err| malformed(format!("claims: {err}")))
+    }
+}
+
 /// The default token lifetime for a task with this timeout: the timeout itself,
 /// at most [`MAX_TOKEN_LIFETIME`].
 pub fn lifetime_for_timeout(timeout: Duration) -> Duration {

@@ -246,7 +246,7 @@ where
                     .await
                     .map(Served::Store)
             }
-            TaskProtocol::Load => load::load_accepted(stream, accepted.domain, datastore, &limits)
+            TaskProtocol::Load => load::load_accepted(stream, &accepted, datastore, &limits)
                 .await
                 .map(Served::Load),
             TaskProtocol::Delete => {

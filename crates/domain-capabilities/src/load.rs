@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use domain_datastore::{CHUNK_SIZE, Datastore, DatastoreError, DomainId, MerkleBuilder, Root};
 use domain_proto::domain_data::Metadata;
@@ -18,7 +18,7 @@ use tokio::io::{
     WriteHalf,
 };
 
-use crate::handshake::{self, PublicKeySource, StreamInfo};
+use crate::handshake::{self, Accepted, PublicKeySource, StreamInfo};
 use crate::idle::IdleTimeout;
 use crate::{CapabilityError, Limits};
 
@@ -55,13 +55,17 @@ where
         handshake::accept_claiming(&mut stream, info, keys, limits, SystemTime::now()).await?;
     // Held for the stream, never spent: see `TokenLedger`.
     let _token = token;
-    load_accepted(stream, accepted.domain, datastore, limits).await
+    load_accepted(stream, &accepted, datastore, limits).await
 }
 
 /// The part of [`serve_load`] after an accepted handshake.
+///
+/// A keep-alive subscription ends when the token that opened it expires: a token grants
+/// a stream for its lifetime, not forever. The sender renews it with a new stream on a
+/// fresh token before then.
 pub(crate) async fn load_accepted<S, D>(
     mut stream: IdleTimeout<S>,
-    domain: DomainId,
+    accepted: &Accepted,
     datastore: &D,
     limits: &Limits,
 ) -> Result<LoadSummary, CapabilityError>
@@ -69,6 +73,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     D: Datastore,
 {
+    let domain = &accepted.domain;
+    // Measured on the tokio clock, so that paused time in tests runs it out.
+    let left = UNIX_EPOCH + Duration::from_secs(accepted.claims.exp);
+    let left = left.duration_since(SystemTime::now()).unwrap_or_default();
+    let expires = tokio::time::Instant::now() + left;
     let request: ConsumeDataInputV1 = read_message(&mut stream, limits.max_frame)
         .await
         .map_err(|e| CapabilityError::frame("reading the load request", e))?;
@@ -78,19 +87,19 @@ where
     let subscription = match request.keep_alive {
         true => Some(
             datastore
-                .subscribe(&domain, &query)
+                .subscribe(domain, &query)
                 .map_err(CapabilityError::Datastore)?,
         ),
         false => None,
     };
     let existing = datastore
-        .query(&domain, &query)
+        .query(domain, &query)
         .await
         .map_err(CapabilityError::Datastore)?;
 
     let mut sender = ItemSender {
         datastore,
-        domain: &domain,
+        domain,
         metadata_only: query.metadata_only,
         resume,
         summary: LoadSummary::default(),
@@ -135,6 +144,7 @@ where
                 ended?;
                 break;
             }
+            () = tokio::time::sleep_until(expires) => break,
             next = subscription.recv() => match next {
                 Some(Ok(item)) => {
                     if sent_before.get(&item.id).is_some_and(|hash| *hash == item.hash) {
@@ -428,9 +438,27 @@ impl<S: AsyncRead + Unpin + Send> LoadConsumer<S> {
     /// A receiver that does not know the extension sends no marker: bound the wait.
     ///
     /// # Errors
+    /// As [`next_before_caught_up`](Self::next_before_caught_up).
+    pub async fn skip_to_caught_up(&mut self) -> Result<u64, CapabilityError> {
+        let mut passed = 0;
+        while self.next_before_caught_up().await?.is_some() {
+            passed += 1;
+        }
+        Ok(passed)
+    }
+
+    /// The next of the items that matched when a keep-alive subscription began, or
+    /// `None` once the receiver's caught-up marker (asked for with
+    /// `ConsumeDataInputV1.mark_caught_up`) came: from then on [`next`](Self::next) gives
+    /// the items stored since. What a subscriber that renews its stream reads to tell the
+    /// items it has seen from those stored while it renewed.
+    ///
+    /// # Errors
     /// [`CapabilityError::Unexpected`] when no marker was asked for or it came already;
     /// [`CapabilityError::Closed`] when the stream ends first; as [`next`](Self::next).
-    pub async fn skip_to_caught_up(&mut self) -> Result<u64, CapabilityError> {
+    pub async fn next_before_caught_up(
+        &mut self,
+    ) -> Result<Option<LoadedItem<'_, S>>, CapabilityError> {
         const DURING: &str = "waiting for the subscription to catch up";
         if !self.marker_due {
             return Err(CapabilityError::Unexpected {
@@ -438,13 +466,14 @@ impl<S: AsyncRead + Unpin + Send> LoadConsumer<S> {
                 what: "a wait for a caught-up marker that was not asked for",
             });
         }
-        let mut passed = 0;
-        loop {
-            match self.next_frame().await? {
-                Frame::CaughtUp => return Ok(passed),
-                Frame::End => return Err(CapabilityError::Closed { during: DURING }),
-                Frame::Item(..) => passed += 1,
-            }
+        match self.next_frame().await? {
+            Frame::CaughtUp => Ok(None),
+            Frame::End => Err(CapabilityError::Closed { during: DURING }),
+            Frame::Item(metadata, offset) => Ok(Some(LoadedItem {
+                metadata,
+                offset,
+                consumer: self,
+            })),
         }
     }
 

@@ -3,9 +3,10 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use common::{DOMAIN, Fixture, LOAD_INFO, data, new_item, pipe};
+use common::{DOMAIN, Fixture, LOAD_INFO, claims, data, new_item, pipe};
+use domain_auth::{TaskClaims, unix_secs};
 use domain_capabilities::{
     CapabilityError, Limits, LoadConsumer, LoadSummary, Unsubscriber, open_load, serve_load,
 };
@@ -35,14 +36,27 @@ async fn served_in_background(
     Unsubscriber<DuplexStream>,
     tokio::task::JoinHandle<Result<LoadSummary, CapabilityError>>,
 ) {
+    served_with(fixture, request, &fixture.token(LOAD_V1), Limits::DEFAULT).await
+}
+
+/// [`served_in_background`] on `token`, with `limits` at both ends.
+async fn served_with(
+    fixture: &Fixture,
+    request: ConsumeDataInputV1,
+    token: &str,
+    limits: Limits,
+) -> (
+    LoadConsumer<DuplexStream>,
+    Unsubscriber<DuplexStream>,
+    tokio::task::JoinHandle<Result<LoadSummary, CapabilityError>>,
+) {
     let (client, server) = pipe();
-    let token = fixture.token(LOAD_V1);
     let server = tokio::spawn({
         let store = fixture.store.clone();
         let keys = fixture.keys.clone();
-        async move { serve_load(server, &LOAD_INFO, &store, &keys, &Limits::DEFAULT).await }
+        async move { serve_load(server, &LOAD_INFO, &store, &keys, &limits).await }
     });
-    let (consumer, unsubscriber) = open_load(client, &token, DOMAIN, request, Limits::DEFAULT)
+    let (consumer, unsubscriber) = open_load(client, token, DOMAIN, request, limits)
         .await
         .unwrap();
     (consumer, unsubscriber, server)
@@ -306,7 +320,9 @@ async fn a_consumer_that_asked_for_no_marker_cannot_wait_for_one() {
     server.await.unwrap().unwrap();
 }
 
-#[tokio::test(start_paused = true)]
+// Real time, not paused: the store's puts run on blocking threads, and paused time would
+// jump to the token's expiry while one runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_alive_subscription_may_stay_silent_longer_than_the_idle_timeout() {
     let fixture = Fixture::new().await;
     let request = ConsumeDataInputV1 {
@@ -314,11 +330,16 @@ async fn a_keep_alive_subscription_may_stay_silent_longer_than_the_idle_timeout(
         keep_alive: true,
         ..Default::default()
     };
-    let (mut consumer, unsubscriber, server) = served_in_background(&fixture, request).await;
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(100),
+        ..Limits::DEFAULT
+    };
+    let token = fixture.token(LOAD_V1);
+    let (mut consumer, unsubscriber, server) = served_with(&fixture, request, &token, limits).await;
     let store = fixture.store.clone();
     let domain = fixture.domain();
     let writer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(600)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         store
             .put(&domain, new_item("late", 4), &b"late"[..])
             .await
@@ -336,6 +357,37 @@ async fn a_keep_alive_subscription_may_stay_silent_longer_than_the_idle_timeout(
     assert_eq!(content, b"late");
     unsubscriber.unsubscribe().await.unwrap();
     assert!(consumer.next().await.unwrap().is_none());
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_subscription_ends_when_its_token_expires() {
+    let fixture = Fixture::new().await;
+    let request = ConsumeDataInputV1 {
+        query: Query::default(),
+        keep_alive: true,
+        ..Default::default()
+    };
+    let claims = TaskClaims {
+        exp: unix_secs(SystemTime::now()) + 2,
+        ..claims(LOAD_V1)
+    };
+    let token = fixture.key.issue(&claims).unwrap();
+    let (mut consumer, _unsubscriber, server) =
+        served_with(&fixture, request, &token, Limits::DEFAULT).await;
+    let stored = put(&fixture, "before", b"in time").await;
+    let got = consumer.next().await.unwrap().unwrap();
+    assert_eq!(*got.metadata(), stored);
+    // The node ends the stream at `exp`, as it would on an unsubscribe; the sender must
+    // renew it on a fresh token.
+    let ended = tokio::time::timeout(Duration::from_secs(10), consumer.next()).await;
+    assert!(
+        ended
+            .expect("the stream outlived its token")
+            .unwrap()
+            .is_none()
+    );
+    assert!(unix_secs(SystemTime::now()) >= claims.exp);
     server.await.unwrap().unwrap();
 }
 

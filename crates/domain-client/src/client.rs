@@ -95,6 +95,11 @@ pub struct ClientConfig {
     /// Let a download replace a file that already exists in its folder; otherwise such an
     /// item fails with [`ClientError::WouldReplace`] and the file is left as it was.
     pub overwrite: bool,
+    /// The timeout of a subscription's tasks, which bounds the life of each node
+    /// stream's token (at most an hour). A node ends a stream when its token expires; the
+    /// subscription renews each one on a fresh token before then, so it lasts until
+    /// [`Subscription::unsubscribe`](super::Subscription::unsubscribe).
+    pub subscription_timeout: String,
 }
 
 impl Default for ClientConfig {
@@ -107,6 +112,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(30),
             connect_patience: Duration::from_secs(15),
             overwrite: false,
+            subscription_timeout: "1h".to_owned(),
         }
     }
 }

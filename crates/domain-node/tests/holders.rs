@@ -56,9 +56,18 @@ async fn node(dir: &Path, manager: &Manager) -> Node {
 }
 
 async fn start_client(identity: Identity, manager: &Multiaddr) -> Client {
+    start_client_with(identity, manager, ClientConfig::default()).await
+}
+
+/// A client with `config`, patient for a second only with nodes that are down.
+async fn start_client_with(
+    identity: Identity,
+    manager: &Multiaddr,
+    config: ClientConfig,
+) -> Client {
     let config = ClientConfig {
         connect_patience: Duration::from_secs(1),
-        ..ClientConfig::default()
+        ..config
     };
     Client::start(identity, Some(manager.clone()), config)
         .await
@@ -132,13 +141,18 @@ struct TwoNodes {
 }
 
 async fn two_nodes() -> TwoNodes {
+    two_nodes_with(ClientConfig::default()).await
+}
+
+/// [`two_nodes`], with a client of `config`.
+async fn two_nodes_with(config: ClientConfig) -> TwoNodes {
     let dir = tempfile::tempdir().unwrap();
     let identity = Identity::generate();
     let manager = manager(&dir.path().join("m"), loopback(), identity.peer_id()).await;
     let addr = manager.tcp_addr().unwrap().clone();
     let a = node(&dir.path().join("a"), &manager).await;
     let b = node(&dir.path().join("b"), &manager).await;
-    let client = start_client(identity, &addr).await;
+    let client = start_client_with(identity, &addr, config).await;
     let keys = dir.path().join("m").join("keys");
     TwoNodes {
         dir,
@@ -286,6 +300,63 @@ async fn a_watch_follows_a_holder_that_appears_later() {
     let later = upload_direct(&client, &keys, &b, "later", &bytes(10, 2)).await;
     let seen = tokio::time::timeout(WAIT, watch.next()).await.unwrap();
     assert_eq!(seen.unwrap().unwrap().id, later.id);
+    watch.unsubscribe().await;
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_outlives_its_tokens_and_shows_each_item_once() {
+    // Tokens of 3 s: each node ends its stream within 3 s, and the watch must have
+    // renewed it on a fresh token by then, several times over.
+    let config = ClientConfig {
+        subscription_timeout: "3s".to_owned(),
+        ..ClientConfig::default()
+    };
+    let TwoNodes {
+        dir: _dir,
+        _manager,
+        a,
+        b,
+        client,
+        keys,
+    } = two_nodes_with(config).await;
+    let domain = DomainId::new(DOMAIN).unwrap();
+    let first = upload_direct(&client, &keys, &a, "first", &bytes(10, 1)).await;
+    let only_a = BTreeSet::from([first.id.clone()]);
+    assert_eq!(listed_eventually(&client, &only_a).await, only_a);
+
+    let mut watch = client.subscribe(&domain, &Query::default()).await.unwrap();
+    // Uploads over 10 s (more than three tokens' lives), to both nodes, while the watch
+    // renews its streams.
+    let uploader = tokio::spawn({
+        let (client, keys) = (client.clone(), keys.clone());
+        async move {
+            let mut stored = Vec::new();
+            for round in 0..12_u8 {
+                let node = if round % 2 == 0 { &a } else { &b };
+                let name = format!("item-{round}");
+                let data = bytes(10, round + 2);
+                stored.push(upload_direct(&client, &keys, node, &name, &data).await.id);
+                tokio::time::sleep(Duration::from_millis(850)).await;
+            }
+            (stored, a, b)
+        }
+    });
+    let mut seen = Vec::new();
+    while seen.len() < 13 {
+        let next = tokio::time::timeout(WAIT, watch.next())
+            .await
+            .expect("no item came");
+        seen.push(next.expect("the watch ended").expect("a stream failed").id);
+    }
+    let (mut stored, a, b) = uploader.await.unwrap();
+    stored.push(first.id);
+    // A renewed stream sends every item again: none may show a second time.
+    let again = tokio::time::timeout(Duration::from_secs(4), watch.next()).await;
+    assert!(again.is_err(), "shown again: {again:?}");
+    seen.sort();
+    stored.sort();
+    assert_eq!(seen, stored);
     watch.unsubscribe().await;
     drop((a, b));
 }

@@ -7,11 +7,18 @@
 //! match, then each new one; an id seen before with the same root is not shown again.
 //! [`Client::subscribe_new`] passes over the items already there, up to each node's
 //! caught-up marker, before it returns.
+//!
+//! A node ends a stream when the token that opened it expires (an hour at most). Each
+//! node's follower renews its stream on a fresh token before then: it opens the new
+//! stream first, then closes the old one, and passes over the new stream's first items
+//! where that node sent them already.
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use domain_capabilities::{CapabilityError, open_load};
-use domain_cluster::{HolderStream, PeerId};
+use domain_auth::TaskClaims;
+use domain_capabilities::{CapabilityError, LoadConsumer, Unsubscriber, open_load};
+use domain_cluster::{ClusterStream, HolderStream, PeerId};
 use domain_datastore::DomainId;
 use domain_proto::discovery::Holder;
 use domain_proto::domain_data::{Metadata, Query};
@@ -19,15 +26,15 @@ use domain_proto::protocols::LOAD_V1;
 use domain_proto::task::ConsumeDataInputV1;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 
 use super::{Client, ClientError, MAX_LISTED_ITEMS, not_answered};
 
 /// Items waiting for [`Subscription::next`] before the node streams wait for it.
 const QUEUED_ITEMS: usize = 256;
 
-/// A subscription's task timeout, which also bounds its token's life (at most an hour):
-/// the streams themselves last until [`Subscription::unsubscribe`].
-const SUBSCRIPTION_TASK_TIMEOUT: &str = "1h";
+/// Pause before trying again to renew a node stream whose renewal failed.
+const RENEW_RETRY: Duration = Duration::from_secs(15);
 
 /// What the node streams of one subscription share.
 #[derive(Clone, Copy)]
@@ -138,7 +145,7 @@ impl Client {
         start: Start,
     ) -> Result<Subscription, ClientError> {
         let mut client = self.clone();
-        client.config.task_timeout = SUBSCRIPTION_TASK_TIMEOUT.to_owned();
+        client.config.task_timeout = client.config.subscription_timeout.clone();
         let query = Query {
             metadata_only: true,
             ..query.clone()
@@ -253,7 +260,7 @@ impl Client {
         }
     }
 
-    /// Opens a keep-alive `/load/v1` stream on `node` and spawns its reader into
+    /// Opens a keep-alive `/load/v1` stream on `node` and spawns its follower into
     /// `streams`. With [`Start::New`] the items the node holds already are passed over
     /// first.
     async fn follow_node(
@@ -269,24 +276,67 @@ impl Client {
             items,
             stopped,
         } = *follow;
-        let mut run = self.submit(domain, "watch", LOAD_V1, &[Some(node)]).await?;
-        let (node, mut consumer, unsubscriber) = loop {
-            let assignment = run.next_assignment().await?;
-            let node = assignment.node;
+        let (node, mut stream) = self
+            .open_subscription(domain, query, node, start == Start::New)
+            .await?;
+        let mut seen = Seen::default();
+        if start == Start::New {
             let transfer = |source| ClientError::Transfer {
                 protocol: LOAD_V1,
                 node,
                 source: Box::new(source),
             };
+            let passed = async {
+                while let Some(item) = stream.consumer.next_before_caught_up().await? {
+                    seen.insert(item.metadata());
+                }
+                Ok(())
+            };
+            tokio::time::timeout(self.config.request_timeout, passed)
+                .await
+                .map_err(|_| {
+                    transfer(CapabilityError::Unexpected {
+                        during: "waiting for the subscription to catch up",
+                        what: "no caught-up marker in time",
+                    })
+                })?
+                .map_err(transfer)?;
+        }
+        let follower = NodeFollower {
+            client: self.clone(),
+            domain: domain.clone(),
+            query: query.clone(),
+            node,
+            items: items.clone(),
+            stopped: stopped.clone(),
+            seen,
+        };
+        streams.spawn(follower.run(stream));
+        Ok(())
+    }
+
+    /// Submits a job for a keep-alive `/load/v1` task on `node` and opens its stream,
+    /// asking for the caught-up marker when `mark_caught_up`.
+    async fn open_subscription(
+        &self,
+        domain: &DomainId,
+        query: &Query,
+        node: PeerId,
+        mark_caught_up: bool,
+    ) -> Result<(PeerId, NodeStream), ClientError> {
+        let mut run = self.submit(domain, "watch", LOAD_V1, &[Some(node)]).await?;
+        loop {
+            let assignment = run.next_assignment().await?;
+            let node = assignment.node;
             let opened = async {
                 let stream = self.open(node, LOAD_V1).await?;
                 let request = ConsumeDataInputV1 {
                     query: query.clone(),
                     keep_alive: true,
-                    mark_caught_up: (start == Start::New).then_some(true),
+                    mark_caught_up: mark_caught_up.then_some(true),
                     ..Default::default()
                 };
-                let (mut consumer, unsubscriber) = open_load(
+                open_load(
                     stream,
                     &assignment.token,
                     domain.as_str(),
@@ -294,51 +344,199 @@ impl Client {
                     self.config.limits,
                 )
                 .await
-                .map_err(transfer)?;
-                if start == Start::New {
-                    tokio::time::timeout(self.config.request_timeout, consumer.skip_to_caught_up())
-                        .await
-                        .map_err(|_| {
-                            transfer(CapabilityError::Unexpected {
-                                during: "waiting for the subscription to catch up",
-                                what: "no caught-up marker in time",
-                            })
-                        })?
-                        .map_err(transfer)?;
-                }
-                Ok::<_, ClientError>((consumer, unsubscriber))
+                .map_err(|source| ClientError::Transfer {
+                    protocol: LOAD_V1,
+                    node,
+                    source: Box::new(source),
+                })
             };
             match opened.await {
-                Ok((consumer, unsubscriber)) => break (node, consumer, unsubscriber),
+                Ok((consumer, unsubscriber)) => {
+                    let stream = NodeStream {
+                        consumer,
+                        unsubscriber,
+                        renew_at: renewal_time(&assignment.token),
+                    };
+                    return Ok((node, stream));
+                }
                 Err(error) => run.failed(error).await?,
             }
-        };
-        let items = items.clone();
-        let mut stopped = stopped.clone();
-        streams.spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    _ = stopped.wait_for(|stop| *stop) => break,
-                    next = consumer.next() => next,
-                };
-                let item = match next {
-                    Ok(Some(item)) => Ok(item.metadata().clone()),
-                    Ok(None) => Err(ClientError::SubscriptionEnded { node }),
-                    Err(source) => Err(ClientError::Transfer {
-                        protocol: LOAD_V1,
-                        node,
-                        source: Box::new(source),
-                    }),
-                };
-                let failed = item.is_err();
-                if items.send(item).await.is_err() || failed {
-                    return;
+        }
+    }
+}
+
+/// A subscription's stream on one node, and when to renew it.
+struct NodeStream {
+    consumer: LoadConsumer<ClusterStream>,
+    unsubscriber: Unsubscriber<ClusterStream>,
+    /// When to open the next stream on a fresh token; `None` for a token whose expiry
+    /// cannot be read, whose stream then ends with it.
+    renew_at: Option<Instant>,
+}
+
+/// When to renew a stream opened on `token`: once three quarters of its life have
+/// passed, which leaves a quarter (15 minutes of an hour's token) for the renewal and
+/// its retries, and for clocks that disagree.
+fn renewal_time(token: &str) -> Option<Instant> {
+    match TaskClaims::read_unverified(token) {
+        Ok(claims) => {
+            let expires = UNIX_EPOCH + Duration::from_secs(claims.exp);
+            let left = expires
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            Some(Instant::now() + left * 3 / 4)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "the manager's token is unreadable; its stream will not be renewed");
+            None
+        }
+    }
+}
+
+/// The id and root of each item a node's streams sent, so that a renewed stream, which
+/// sends again every item that matches, shows only those stored while it was renewed.
+#[derive(Default)]
+struct Seen(HashMap<String, Option<String>>);
+
+impl Seen {
+    fn insert(&mut self, item: &Metadata) {
+        if self.0.len() == MAX_LISTED_ITEMS {
+            // Forgetting may show an item twice; remembering forever grows without end.
+            self.0.clear();
+        }
+        self.0.insert(item.id.clone(), item.hash.clone());
+    }
+
+    fn contains(&self, item: &Metadata) -> bool {
+        self.0.get(&item.id) == Some(&item.hash)
+    }
+}
+
+/// What happened on a node's subscription.
+enum Event {
+    Stop,
+    Renew,
+    Read(Result<Read, CapabilityError>),
+}
+
+/// What a node stream gave.
+enum Read {
+    /// An item; `renewed` when it came from a renewed stream before its caught-up marker,
+    /// so it may be one seen already.
+    Item { item: Metadata, renewed: bool },
+    /// A renewed stream's caught-up marker.
+    CaughtUp,
+    /// The end of the stream.
+    End,
+}
+
+/// Follows one node for a subscription: forwards its items and renews its stream on a
+/// fresh token before the token expires (the node ends the stream then). The renewed
+/// stream is subscribed before the old one is closed, and sends first every item that
+/// matches: those seen already are passed over, so nothing is lost or shown twice.
+struct NodeFollower {
+    client: Client,
+    domain: DomainId,
+    query: Query,
+    node: PeerId,
+    items: mpsc::Sender<Result<Metadata, ClientError>>,
+    stopped: watch::Receiver<bool>,
+    seen: Seen,
+}
+
+impl NodeFollower {
+    async fn run(mut self, mut stream: NodeStream) {
+        let node = self.node;
+        // Whether `stream` is a renewal that has not sent its caught-up marker yet.
+        let mut renewed = false;
+        let mut stopped = self.stopped.clone();
+        loop {
+            let renew_at = stream.renew_at;
+            let event = tokio::select! {
+                biased;
+                _ = stopped.wait_for(|stop| *stop) => Event::Stop,
+                () = async {
+                    match renew_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => Event::Renew,
+                read = read(&mut stream.consumer, renewed) => Event::Read(read),
+            };
+            let item = match event {
+                Event::Stop => break,
+                Event::Renew => {
+                    match self
+                        .client
+                        .open_subscription(&self.domain, &self.query, node, true)
+                        .await
+                    {
+                        Ok((_, new)) => {
+                            let old = std::mem::replace(&mut stream, new);
+                            close(node, old).await;
+                            renewed = true;
+                        }
+                        Err(error) => {
+                            tracing::warn!(
+                                %node, %error,
+                                "renewing a subscription's stream failed; trying again"
+                            );
+                            stream.renew_at = Some(Instant::now() + RENEW_RETRY);
+                        }
+                    }
+                    continue;
                 }
+                Event::Read(Ok(Read::CaughtUp)) => {
+                    renewed = false;
+                    continue;
+                }
+                Event::Read(Ok(Read::Item { item, renewed })) => {
+                    if renewed && self.seen.contains(&item) {
+                        continue;
+                    }
+                    self.seen.insert(&item);
+                    Ok(item)
+                }
+                Event::Read(Ok(Read::End)) => Err(ClientError::SubscriptionEnded { node }),
+                Event::Read(Err(source)) => Err(ClientError::Transfer {
+                    protocol: LOAD_V1,
+                    node,
+                    source: Box::new(source),
+                }),
+            };
+            let failed = item.is_err();
+            if self.items.send(item).await.is_err() || failed {
+                return;
             }
-            if let Err(error) = unsubscriber.unsubscribe().await {
-                tracing::debug!(%node, %error, "unsubscribing failed");
-            }
-        });
-        Ok(())
+        }
+        close(node, stream).await;
+    }
+}
+
+/// The next item of a node stream; with `renewed`, of those it matched when it began.
+async fn read(
+    consumer: &mut LoadConsumer<ClusterStream>,
+    renewed: bool,
+) -> Result<Read, CapabilityError> {
+    let next = match renewed {
+        true => match consumer.next_before_caught_up().await? {
+            Some(item) => Some(item),
+            None => return Ok(Read::CaughtUp),
+        },
+        false => consumer.next().await?,
+    };
+    Ok(match next {
+        Some(item) => Read::Item {
+            item: item.metadata().clone(),
+            renewed,
+        },
+        None => Read::End,
+    })
+}
+
+/// Ends a node stream: the node is sent `UnsubscribeDataQueryV1`.
+async fn close(node: PeerId, stream: NodeStream) {
+    if let Err(error) = stream.unsubscriber.unsubscribe().await {
+        tracing::debug!(%node, %error, "unsubscribing failed");
     }
 }
