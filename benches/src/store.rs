@@ -31,6 +31,7 @@ const INFO: StreamInfo<'static> = StreamInfo {
     remote_peer: "sender",
     protocol: STORE_V1,
     tokens: None,
+    permits: None,
 };
 
 /// What one timed store goes through.

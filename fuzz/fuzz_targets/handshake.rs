@@ -20,7 +20,7 @@ use tokio::io::AsyncWriteExt;
 
 const DOMAIN: &str = "domain-1";
 const NOW: u64 = 1_800_000_000;
-const INFO: StreamInfo<'static> = StreamInfo { local_peer: "receiver", remote_peer: "sender", protocol: STORE_V1, tokens: None };
+const INFO: StreamInfo<'static> = StreamInfo { local_peer: "receiver", remote_peer: "sender", protocol: STORE_V1, tokens: None, permits: None };
 
 struct Setup {
     runtime: tokio::runtime::Runtime,

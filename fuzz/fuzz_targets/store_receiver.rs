@@ -18,7 +18,7 @@ use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DOMAIN: &str = "domain-1";
-const INFO: StreamInfo<'static> = StreamInfo { local_peer: "receiver", remote_peer: "sender", protocol: STORE_V1, tokens: None };
+const INFO: StreamInfo<'static> = StreamInfo { local_peer: "receiver", remote_peer: "sender", protocol: STORE_V1, tokens: None, permits: None };
 
 struct Setup {
     runtime: tokio::runtime::Runtime,

@@ -12,6 +12,10 @@ use crate::idle::{Direction, idle_elapsed};
 /// Why a capability stream failed. The stream is lost; nothing else is.
 #[derive(Debug, thiserror::Error)]
 pub enum CapabilityError {
+    /// The receiver accepted the token but serves as many task streams as it may: the
+    /// stream is dropped unanswered and the token left for another try.
+    #[error("the receiver serves as many task streams as it may")]
+    Busy,
     /// The peer moved no byte for the idle period.
     #[error("peer idle for {idle:?} while {during} ({direction})")]
     Idle {

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use domain_auth::{
@@ -21,6 +22,7 @@ use domain_proto::protocols::STORE_V1;
 use domain_proto::task::{Code, DomainClusterHandshakeRequest, DomainClusterHandshakeResponse};
 use domain_proto::{read_message, read_message_or_eof, write_message};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::ledger::{TokenLedger, TokenUse};
 use crate::{CapabilityError, Limits};
@@ -142,6 +144,20 @@ pub struct StreamInfo<'a> {
     /// and none once a stream of it ended well (see [`TokenLedger`]); `None` checks only
     /// the token itself.
     pub tokens: Option<&'a TokenLedger>,
+    /// The receiver's task-stream permits: with them, a stream whose token was accepted
+    /// takes one before the OK is sent, and is dropped unanswered when none is free
+    /// ([`CapabilityError::Busy`]; the sender tries again), so that streams still in
+    /// their handshake never hold one. `None` takes none.
+    pub permits: Option<&'a Arc<Semaphore>>,
+}
+
+/// What an accepted stream holds until it ends: its token in the receiver's ledger, and
+/// one of the receiver's permits.
+#[derive(Debug, Default)]
+pub(crate) struct Holds {
+    pub(crate) token: Option<TokenUse>,
+    #[expect(dead_code, reason = "held for its drop, which gives the permit back")]
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
 }
 
 /// A handshake the receiver accepted.
@@ -280,7 +296,7 @@ pub(crate) async fn accept_claiming<S, K>(
     keys: &K,
     limits: &Limits,
     now: SystemTime,
-) -> Result<(Accepted, Option<TokenUse>), CapabilityError>
+) -> Result<(Accepted, Holds), CapabilityError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     K: PublicKeySource,
@@ -292,7 +308,15 @@ where
         .await
         .map_err(|e| CapabilityError::frame("reading the handshake", e))?;
     match check(&request, info, keys, now).await {
-        Ok(accepted) => {
+        Ok((accepted, token)) => {
+            let permit = match info.permits {
+                Some(permits) => match Arc::clone(permits).try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    // Unanswered, the token released: the sender tries again later.
+                    Err(_) => return Err(CapabilityError::Busy),
+                },
+                None => None,
+            };
             let ok = DomainClusterHandshakeResponse {
                 code: Code::Ok as i32,
                 err_msg: String::new(),
@@ -301,7 +325,7 @@ where
             write_message(stream, &ok)
                 .await
                 .map_err(|e| CapabilityError::frame("accepting the handshake", e))?;
-            Ok(accepted)
+            Ok((accepted, Holds { token, permit }))
         }
         Err(refusal) => {
             let bad = DomainClusterHandshakeResponse {
@@ -376,6 +400,7 @@ mod tests {
         remote_peer: "sender",
         protocol: STORE_V1,
         tokens: None,
+        permits: None,
     };
 
     /// A cache holding a stale key, and the fresh one it would fetch.
@@ -419,6 +444,48 @@ mod tests {
         );
         assert_eq!(opened.is_ok(), accepted.is_ok());
         accepted
+    }
+
+    #[tokio::test]
+    async fn an_accepted_stream_holds_a_permit_and_one_past_them_goes_unanswered() {
+        let key = DomainKey::generate(DOMAIN).unwrap();
+        let keys = StaticKeys::new().with(DOMAIN, key.public_key());
+        let limits = Limits::default();
+        let permits = Arc::new(Semaphore::new(1));
+        let info = StreamInfo {
+            permits: Some(&permits),
+            ..INFO
+        };
+        // Opens a stream on a fresh token; the opener's half stays open until dropped.
+        let open_one = || async {
+            let (mut opener, receiver) = tokio::io::duplex(4096);
+            let (opened, accepted) = tokio::join!(
+                async {
+                    let opened = open(&mut opener, &token(&key), DOMAIN, &limits).await;
+                    (opened, opener)
+                },
+                accept_task_stream(receiver, &info, &keys, &limits),
+            );
+            (opened, accepted)
+        };
+        let ((opened, _opener), first) = open_one().await;
+        assert!(opened.is_ok());
+        let first = first.unwrap();
+        assert_eq!(
+            permits.available_permits(),
+            0,
+            "the accepted stream holds it"
+        );
+
+        let ((opened, _opener), second) = open_one().await;
+        assert!(matches!(second, Err(CapabilityError::Busy)), "{second:?}");
+        assert!(
+            opened.is_err(),
+            "the stream past the permits goes unanswered"
+        );
+
+        drop(first);
+        assert_eq!(permits.available_permits(), 1, "back with the stream's end");
     }
 
     #[tokio::test]

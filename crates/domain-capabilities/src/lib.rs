@@ -65,6 +65,7 @@ mod store;
 
 pub use delete::{DeleteSummary, Deleted, delete_items, serve_delete};
 pub use error::CapabilityError;
+use handshake::Holds;
 pub use handshake::{
     Accepted, KeyFn, MAX_HANDSHAKE_FRAME, Opened, PublicKeySource, RESUME, StaticKeys, StreamInfo,
 };
@@ -168,8 +169,9 @@ enum TaskProtocol {
 pub struct AcceptedStream<S> {
     stream: IdleTimeout<S>,
     accepted: Accepted,
-    /// The token's hold in the receiver's ledger, spent when the exchange ends well.
-    token: Option<TokenUse>,
+    /// The token's hold in the receiver's ledger, spent when the exchange ends well, and
+    /// the receiver's permit, given back when the stream ends.
+    holds: Holds,
     protocol: TaskProtocol,
     limits: Limits,
 }
@@ -201,7 +203,7 @@ where
         }
     };
     let mut stream = IdleTimeout::new(stream, limits.idle_timeout);
-    let (accepted, token) = handshake::accept_claiming(
+    let (accepted, holds) = handshake::accept_claiming(
         &mut stream,
         info,
         keys,
@@ -212,7 +214,7 @@ where
     Ok(AcceptedStream {
         stream,
         accepted,
-        token,
+        holds,
         protocol,
         limits: *limits,
     })
@@ -236,7 +238,7 @@ where
         let Self {
             stream,
             accepted,
-            mut token,
+            mut holds,
             protocol,
             limits,
         } = self;
@@ -259,7 +261,7 @@ where
         // leaves it for the transfer to be tried again, and a read never spends it (see
         // `TokenLedger`).
         let wrote = matches!(protocol, TaskProtocol::Store | TaskProtocol::Delete);
-        if let (true, Ok(_), Some(token)) = (wrote, &served, token.as_mut()) {
+        if let (true, Ok(_), Some(token)) = (wrote, &served, holds.token.as_mut()) {
             token.done();
         }
         served

@@ -51,10 +51,10 @@ where
     K: PublicKeySource,
 {
     let mut stream = IdleTimeout::new(stream, limits.idle_timeout);
-    let (accepted, token) =
+    let (accepted, holds) =
         handshake::accept_claiming(&mut stream, info, keys, limits, SystemTime::now()).await?;
-    // Held for the stream, never spent: see `TokenLedger`.
-    let _token = token;
+    // Held for the stream, the token never spent: see `TokenLedger`.
+    let _holds = holds;
     load_accepted(stream, &accepted, datastore, limits).await
 }
 

@@ -89,10 +89,10 @@ where
     K: PublicKeySource,
 {
     let mut stream = IdleTimeout::new(stream, limits.idle_timeout);
-    let (accepted, mut token) =
+    let (accepted, mut holds) =
         handshake::accept_claiming(&mut stream, info, keys, limits, SystemTime::now()).await?;
     let served = store_accepted(stream, &accepted.domain, datastore, limits).await;
-    if let (Ok(_), Some(token)) = (&served, token.as_mut()) {
+    if let (Ok(_), Some(token)) = (&served, holds.token.as_mut()) {
         token.done();
     }
     served

@@ -24,6 +24,7 @@ where
 {
     let info = StreamInfo {
         tokens: Some(ledger),
+        permits: None,
         ..STORE_INFO
     };
     serve_store(
@@ -93,6 +94,7 @@ async fn a_token_opens_one_stream_at_a_time_and_a_cut_stream_leaves_it_for_a_ret
         async move {
             let info = StreamInfo {
                 tokens: Some(&ledger),
+                permits: None,
                 ..STORE_INFO
             };
             serve_store(server, &info, &fixture_store, &keys, &Limits::DEFAULT).await
@@ -143,6 +145,7 @@ async fn a_load_token_reads_again_after_a_stream_ended_well() {
         let (client, server) = pipe();
         let info = StreamInfo {
             tokens: Some(&ledger),
+            permits: None,
             ..LOAD_INFO
         };
         let request = ConsumeDataInputV1 {

@@ -74,6 +74,7 @@ async fn serve_refuses_a_protocol_it_has_no_handler_for() {
         remote_peer: SENDER,
         protocol: JOBS_V1,
         tokens: None,
+        permits: None,
     };
     let (_client, server) = pipe();
     let served = serve(

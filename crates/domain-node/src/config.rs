@@ -27,8 +27,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// An honest handshake is two small frames and ends in milliseconds; by default
 /// the scheduler gives a node at most 16 + 16 tasks at once ([`DEFAULT_CAPACITY`]
 /// per capability). A peer past this many is opening streams it does not
-/// authenticate: without the limit, one peer could hold every task-stream permit
-/// for the handshake's whole idle period and starve every other client.
+/// authenticate: without the limit, one peer could take every place of the pool of
+/// handshakes and push out the handshakes of every other client.
 pub const DEFAULT_MAX_HANDSHAKES_PER_PEER: usize = 32;
 
 /// Where a node with data folder `data_dir` keeps its peer identity.
@@ -61,11 +61,12 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// The limits of every task stream.
     pub limits: Limits,
-    /// Task streams served at once; one more is dropped at once.
+    /// Task streams served at once, counted from the acceptance of their token; one more
+    /// is dropped at once.
     pub max_task_streams: usize,
-    /// Task streams one remote peer may have in their handshake at once (each
-    /// holds one of the `max_task_streams` permits meanwhile); one more from
-    /// that peer is dropped at once. See [`DEFAULT_MAX_HANDSHAKES_PER_PEER`].
+    /// Task streams one remote peer may have in their handshake at once (all peers
+    /// together have 128, the oldest ending for a new one when all are taken); one more
+    /// from that peer is dropped at once. See [`DEFAULT_MAX_HANDSHAKES_PER_PEER`].
     pub max_handshakes_per_peer: usize,
     /// The manager of another cluster (with `/p2p/<id>`) to serve every task from,
     /// as a gateway in front of that cluster's nodes; `None` serves from the local

@@ -38,6 +38,7 @@
 //! ```
 
 pub mod config;
+mod handshakes;
 pub mod keys;
 mod node;
 mod replicate;

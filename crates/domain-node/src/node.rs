@@ -1,12 +1,12 @@
 //! The running node: datastore, swarm, join loop, task-stream acceptors.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use domain_auth::{PrivateDirError, open_private_dir};
 use domain_capabilities::{
-    CapabilityError, Limits, Served, StreamInfo, TokenLedger, accept_task_stream,
+    AcceptedStream, CapabilityError, Limits, Served, StreamInfo, TokenLedger, accept_task_stream,
 };
 use domain_client::client::{Client, ClientConfig, ClientError};
 use domain_client::datastore::RemoteDatastore;
@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, NodeConfig};
+use crate::handshakes::{HANDSHAKE_TIMEOUT, HandshakeSlot, Handshakes, MAX_PENDING_HANDSHAKES};
 use crate::keys::ManagerKeys;
 use crate::replicate::Replicator;
 use crate::status::StatusReporter;
@@ -119,6 +120,7 @@ pub struct Node {
     cut: CancellationToken,
     permits: Arc<Semaphore>,
     max_streams: usize,
+    handshakes: Arc<Handshakes>,
     background: Vec<JoinHandle<()>>,
     reporter_task: JoinHandle<Option<tokio::time::Instant>>,
     grace: Duration,
@@ -185,7 +187,10 @@ impl Node {
         let cut = CancellationToken::new();
         let max_streams = config.max_task_streams.clamp(1, Semaphore::MAX_PERMITS);
         let permits = Arc::new(Semaphore::new(max_streams));
-        let handshakes = Arc::new(Handshakes::new(config.max_handshakes_per_peer));
+        let handshakes = Arc::new(Handshakes::new(
+            config.max_handshakes_per_peer,
+            MAX_PENDING_HANDSHAKES,
+        ));
         let (copies_tx, copies) = watch::channel(BTreeMap::new());
         let replicator = datastore.local().map(|local| {
             Arc::new(Replicator::new(
@@ -280,6 +285,7 @@ impl Node {
             cut,
             permits,
             max_streams,
+            handshakes,
             background,
             reporter_task,
             grace: config.shutdown_grace,
@@ -349,10 +355,16 @@ impl Node {
             .map_err(|_| NodeError::Stopped)
     }
 
-    /// Task streams running now.
+    /// Task streams running now: those whose token was accepted and that are not over.
     #[must_use]
     pub fn running_streams(&self) -> usize {
         self.max_streams - self.permits.available_permits()
+    }
+
+    /// Task streams in their handshake now: opened, their token not yet accepted.
+    #[must_use]
+    pub fn streams_in_handshake(&self) -> usize {
+        self.handshakes.pending()
     }
 
     /// Stops gracefully: stops accepting streams and joining, lets running task
@@ -373,6 +385,7 @@ impl Node {
             cut,
             permits,
             max_streams,
+            handshakes: _,
             background,
             reporter_task,
             grace,
@@ -465,68 +478,6 @@ pub fn first_tcp_addr(addrs: &[Multiaddr]) -> Option<Multiaddr> {
         .cloned()
 }
 
-/// Streams in their handshake, counted per remote peer.
-///
-/// Every task stream holds one of the node's permits from its arrival, also
-/// while its opener has not shown a token yet. Without a bound per peer, one
-/// peer that opens streams and stays silent would hold every permit for the
-/// handshake's idle period, and the streams of every other client would be
-/// dropped meanwhile.
-#[derive(Debug)]
-struct Handshakes {
-    limit: usize,
-    /// Only peers with a stream in its handshake: an entry goes at zero, so
-    /// the map holds at most one entry per permit.
-    by_peer: Mutex<HashMap<PeerId, usize>>,
-}
-
-/// One stream's place among its peer's [`Handshakes`], given back on drop.
-#[derive(Debug)]
-struct HandshakeSlot {
-    handshakes: Arc<Handshakes>,
-    peer: PeerId,
-}
-
-impl Handshakes {
-    fn new(limit: usize) -> Self {
-        Self {
-            limit: limit.max(1),
-            by_peer: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn by_peer(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, usize>> {
-        // Counts only, whole after every update: usable even if a holder panicked.
-        self.by_peer.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// A slot for one more handshake of `peer`, unless it has `limit` already.
-    fn try_start(self: &Arc<Self>, peer: PeerId) -> Option<HandshakeSlot> {
-        let mut by_peer = self.by_peer();
-        let running = by_peer.entry(peer).or_insert(0);
-        if *running >= self.limit {
-            return None;
-        }
-        *running += 1;
-        Some(HandshakeSlot {
-            handshakes: Arc::clone(self),
-            peer,
-        })
-    }
-}
-
-impl Drop for HandshakeSlot {
-    fn drop(&mut self) {
-        let mut by_peer = self.handshakes.by_peer();
-        if let Some(running) = by_peer.get_mut(&self.peer) {
-            *running = running.saturating_sub(1);
-            if *running == 0 {
-                by_peer.remove(&self.peer);
-            }
-        }
-    }
-}
-
 /// What bounds the task streams: the node's permits, and the handshakes per peer.
 #[derive(Debug)]
 struct Limiters {
@@ -550,66 +501,89 @@ async fn accept_streams(
                 None => break,
             },
         };
-        // Over a limit, a stream is dropped at once: queueing it would hold the
+        // Over its peer's limit, a stream is dropped at once: queueing it would hold the
         // sender's token until it expires, and the scheduler will retry the task.
         let Some(slot) = limiters.handshakes.try_start(peer) else {
-            tracing::warn!(%peer, protocol, limit = limiters.handshakes.limit, "too many task streams of this peer in their handshake; dropping one");
-            drop(stream);
-            continue;
-        };
-        let Ok(permit) = Arc::clone(&limiters.permits).try_acquire_owned() else {
-            tracing::warn!(%peer, protocol, limit = limiters.max_streams, "too many task streams; dropping one");
+            tracing::warn!(%peer, protocol, limit = limiters.handshakes.per_peer(), "too many task streams of this peer in their handshake; dropping one");
             drop(stream);
             continue;
         };
         let context = Arc::clone(&context);
+        let (permits, max_streams) = (Arc::clone(&limiters.permits), limiters.max_streams);
         tokio::spawn(async move {
-            context.serve(peer, protocol, stream, slot).await;
-            drop(permit);
+            let accepted = context
+                .handshake(peer, protocol, stream, slot, &permits, max_streams)
+                .await;
+            // Out of its handshake, the stream no longer counts against its peer; an
+            // accepted one holds its permit until it ends.
+            if let Some(accepted) = accepted {
+                context.serve(peer, protocol, accepted).await;
+            }
         });
     }
     // Dropping `incoming` frees the protocol: new streams are refused from now on.
 }
 
 impl Context {
-    /// Serves one task stream; `slot` counts it among its peer's handshakes
-    /// until the handshake is over.
-    async fn serve(
+    /// Runs the handshake of one task stream, within [`HANDSHAKE_TIMEOUT`], while `slot`
+    /// holds its place among the [`Handshakes`]; an accepted stream takes one of
+    /// `permits` before it is answered. `None` when the stream was refused, evicted or
+    /// cut, or no permit was free: the stream is dropped, the token unspent, and the
+    /// scheduler tries again.
+    async fn handshake(
         &self,
         peer: PeerId,
         protocol: &'static str,
         stream: ClusterStream,
         slot: HandshakeSlot,
-    ) {
+        permits: &Arc<Semaphore>,
+        max_streams: usize,
+    ) -> Option<AcceptedStream<ClusterStream>> {
         let remote_peer = peer.to_string();
         let info = StreamInfo {
             local_peer: &self.local_peer,
             remote_peer: &remote_peer,
             protocol,
             tokens: Some(&self.tokens),
+            permits: Some(permits),
         };
-        // The handshake gets one idle period in all, not one per byte.
+        // The handshake gets one deadline in all, not one per byte.
         let handshake = tokio::time::timeout(
-            self.limits.idle_timeout,
+            self.limits.idle_timeout.min(HANDSHAKE_TIMEOUT),
             accept_task_stream(stream, &info, &self.keys, &self.limits),
         );
         let accepted = tokio::select! {
-            () = self.cut.cancelled() => return,
+            () = self.cut.cancelled() => return None,
+            () = slot.evicted() => {
+                tracing::warn!(%peer, protocol, "task stream dropped in its handshake: newer streams needed the place");
+                return None;
+            }
             accepted = handshake => accepted,
         };
-        // Authenticated or refused, the stream no longer counts against its peer.
-        drop(slot);
-        let accepted = match accepted {
-            Ok(Ok(accepted)) => accepted,
+        match accepted {
+            Ok(Ok(accepted)) => Some(accepted),
+            Ok(Err(CapabilityError::Busy)) => {
+                tracing::warn!(%peer, protocol, limit = max_streams, "too many task streams; dropping one");
+                None
+            }
             Ok(Err(error)) => {
                 tracing::warn!(%peer, protocol, %error, "task stream refused");
-                return;
+                None
             }
             Err(_) => {
                 tracing::warn!(%peer, protocol, "task stream refused: no handshake in time");
-                return;
+                None
             }
-        };
+        }
+    }
+
+    /// Serves one accepted task stream and reports how it went.
+    async fn serve(
+        &self,
+        peer: PeerId,
+        protocol: &'static str,
+        accepted: AcceptedStream<ClusterStream>,
+    ) {
         let claims = accepted.accepted().claims.clone();
         tracing::info!(%peer, protocol, job = claims.job_id, task = claims.task_name, domain = claims.domain_id, "task stream accepted");
         self.reporter.report(&claims, Status::Processing).await;
@@ -791,35 +765,5 @@ async fn join_loop(mut state: JoinLoop, stop: CancellationToken) {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_peer_gets_at_most_the_limit_of_handshakes_and_others_are_not_counted_against_it() {
-        let handshakes = Arc::new(Handshakes::new(2));
-        let (greedy, other) = (PeerId::random(), PeerId::random());
-        let first = handshakes.try_start(greedy).unwrap();
-        let _second = handshakes.try_start(greedy).unwrap();
-        assert!(handshakes.try_start(greedy).is_none());
-        let _others = handshakes.try_start(other).unwrap();
-
-        drop(first);
-        let _third = handshakes.try_start(greedy).unwrap();
-        assert!(handshakes.try_start(greedy).is_none());
-    }
-
-    #[test]
-    fn a_peer_is_forgotten_when_its_last_handshake_ends() {
-        let handshakes = Arc::new(Handshakes::new(8));
-        let slots: Vec<_> = (0..3)
-            .map(|_| handshakes.try_start(PeerId::random()).unwrap())
-            .collect();
-        assert_eq!(handshakes.by_peer().len(), 3);
-        drop(slots);
-        assert!(handshakes.by_peer().is_empty());
     }
 }

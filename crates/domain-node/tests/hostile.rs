@@ -2,8 +2,9 @@
 //! streams of garbage and silence while a good client moves data with real
 //! tokens. The good transfers succeed, the node keeps serving, nothing the
 //! hostile peer sent is stored, and the node logs at most a line per hostile
-//! stream. The node runs with its default limits (256 task streams, 30 s to
-//! handshake): the point is that they hold.
+//! stream. The node runs with its default limits (256 task streams, 128 handshakes,
+//! 32 of them per peer, 5 s each): the point is that they hold. (`flood.rs` holds them
+//! against many identities at once.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -426,15 +427,15 @@ async fn a_good_client_moves_data_while_a_peer_floods_the_node_with_garbage_and_
     })
     .await;
 
-    // Silent streams, more than the node has permits, each holding what the
-    // node gave it for as long as the node lets it (30 s by default).
+    // Silent streams, more than the node takes from one peer, each holding its place
+    // among the handshakes for as long as the node lets it (5 s).
     let mut silent = JoinSet::new();
     for index in 0..SILENT_STREAMS {
         silent.spawn(until_ended(hostile.open_silent(index).await));
     }
     let mut ended = 0;
     within("the node to take or drop every silent stream", async {
-        while ended + setup.node.running_streams() < SILENT_STREAMS {
+        while ended + setup.node.streams_in_handshake() < SILENT_STREAMS {
             while let Some(ended_one) = silent.try_join_next() {
                 ended_one.unwrap();
                 ended += 1;
@@ -444,6 +445,8 @@ async fn a_good_client_moves_data_while_a_peer_floods_the_node_with_garbage_and_
     })
     .await;
     let held = SILENT_STREAMS - ended;
+    // None of them holds a task-stream permit: those go to accepted tokens only.
+    assert_eq!(setup.node.running_streams(), 0);
 
     // The good client is served while they are held.
     let b_big = content(2 << 20, 2);
@@ -468,13 +471,12 @@ async fn a_good_client_moves_data_while_a_peer_floods_the_node_with_garbage_and_
         ]
     );
     assert_eq!(held, DEFAULT_MAX_HANDSHAKES_PER_PEER, "silent streams held");
-    assert!(setup.node.running_streams() >= held, "held throughout");
 
     // When the hostile peer goes, the node lets go of what it held.
     hostile_cluster.shutdown().await.unwrap();
     within("the silent streams to end", silent.join_all()).await;
     within("the node to let go of the silent streams", async {
-        while setup.node.running_streams() > 0 {
+        while setup.node.streams_in_handshake() > 0 {
             tokio::task::yield_now().await;
         }
     })

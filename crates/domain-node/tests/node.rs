@@ -313,10 +313,12 @@ async fn a_stream_over_the_limit_is_dropped_at_once_and_the_running_one_goes_on(
         .await
         .unwrap();
 
+    // A token of its own, accepted: the node drops the stream for want of a permit.
+    let other = setup.token("job-limit", "upload-b", STORE_V1).await;
     let stream = setup.client.open_stream(node, STORE_V1).await.unwrap();
     let over = within(
         "the stream over the limit to be dropped",
-        StoreSender::open(stream, &token, DOMAIN, Limits::default()),
+        StoreSender::open(stream, &other, DOMAIN, Limits::default()),
     )
     .await;
     assert!(over.is_err());

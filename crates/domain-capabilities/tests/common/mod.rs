@@ -90,6 +90,7 @@ pub const STORE_INFO: StreamInfo<'static> = StreamInfo {
     remote_peer: SENDER,
     protocol: domain_proto::protocols::STORE_V1,
     tokens: None,
+    permits: None,
 };
 
 /// The receiver's view of a `/load/v1` stream from the sender.
@@ -98,6 +99,7 @@ pub const LOAD_INFO: StreamInfo<'static> = StreamInfo {
     remote_peer: SENDER,
     protocol: domain_proto::protocols::LOAD_V1,
     tokens: None,
+    permits: None,
 };
 
 /// Byte i is i mod 251, as in the Merkle vectors: no chunk repeats another.
@@ -126,4 +128,5 @@ pub const DELETE_INFO: StreamInfo<'static> = StreamInfo {
     remote_peer: SENDER,
     protocol: domain_proto::protocols::DELETE_V1,
     tokens: None,
+    permits: None,
 };
