@@ -180,6 +180,13 @@ impl DomainPolicy {
         self.check_submitter(domain, peer).is_ok()
     }
 
+    /// Whether `peer` may use some domain (any peer, when open): a peer the manager
+    /// serves on the streams of its own share, not from the few left to strangers.
+    #[must_use]
+    pub fn knows(&self, peer: &PeerId) -> bool {
+        self.is_open() || self.domains.values().any(|allowed| allowed.contains(peer))
+    }
+
     /// Whether the manager serves `domain` at all (open, or declared).
     #[must_use]
     pub fn serves(&self, domain: &str) -> bool {

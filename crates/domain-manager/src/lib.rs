@@ -85,4 +85,7 @@ pub use admission::{Admission, JoinRefusal, NodesFile, admit_node, create_invite
 pub use config::{ConfigFile, ManagerConfig};
 pub use domains::{DomainPolicy, DomainSpec, DomainsFile, Refusal, create_domain};
 pub use error::{ConfigError, ManagerError};
-pub use service::{MAX_STREAMS_PER_PEER, MAX_STREAMS_PER_PROTOCOL, Manager, is_plain_tcp};
+pub use service::{
+    FIRST_REQUEST_TIMEOUT, MAX_STRANGER_STREAMS, MAX_STRANGER_STREAMS_PER_PEER,
+    MAX_STREAMS_PER_PEER, MAX_STREAMS_PER_PROTOCOL, Manager, is_plain_tcp,
+};

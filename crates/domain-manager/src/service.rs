@@ -1,10 +1,10 @@
 //! [`Manager`]: starts the swarm and the scheduler thread, serves the manager's protocols, and
 //! stops them all.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use domain_auth::{DomainKeyStore, PublicKey};
@@ -32,7 +32,7 @@ use libp2p::multiaddr::Protocol;
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
 use crate::admission::{Admission, NodesFile};
 use crate::config::ManagerConfig;
@@ -66,6 +66,19 @@ pub const MAX_STREAMS_PER_PROTOCOL: usize = 1024;
 /// Streams of one protocol served at once for one peer, so that no peer holds every slot
 /// of [`MAX_STREAMS_PER_PROTOCOL`] (a gateway node runs many jobs at once; a client, a few).
 pub const MAX_STREAMS_PER_PEER: usize = 64;
+
+/// Streams of one protocol served at once for peers the manager does not know (on no
+/// allow-list, not admitted): besides the known peers' [`MAX_STREAMS_PER_PROTOCOL`], never
+/// from them. A stream past this many ends the oldest.
+pub const MAX_STRANGER_STREAMS: usize = 128;
+
+/// Streams of one protocol served at once for one peer the manager does not know: a node
+/// joining with an invite, a peer asking a public key, needs one.
+pub const MAX_STRANGER_STREAMS_PER_PEER: usize = 4;
+
+/// The longest a stream's request may take to arrive (or the manager's request timeout,
+/// when shorter): every request is one small frame.
+pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A `/monitor/v1` frame carries tasks up to about this many encoded bytes, well under the
 /// 4 MiB frame limit; a larger job is sent as several frames of the same job.
@@ -108,6 +121,23 @@ struct Shared {
     tokens_per_task: usize,
     max_tokens_per_job: usize,
     max_tasks_per_job: usize,
+}
+
+impl Shared {
+    /// Whether `peer` is an admitted node or on an allow-list (everyone, when open).
+    fn knows(&self, peer: &PeerId) -> bool {
+        self.policy.knows(peer)
+            || self
+                .admission
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .admits(peer)
+    }
+
+    /// The deadline of a stream's first request.
+    fn first_request_timeout(&self) -> Duration {
+        self.request_timeout.min(FIRST_REQUEST_TIMEOUT)
+    }
 }
 
 impl Manager {
@@ -230,9 +260,11 @@ impl Manager {
         for (incoming, protocol) in accepted {
             let shared = Arc::clone(&shared);
             let keys = Arc::clone(&keys);
+            let knows = Arc::clone(&shared);
             tasks.push(tokio::spawn(serve_protocol(
                 incoming,
                 protocol,
+                move |peer| knows.knows(peer),
                 move |peer, stream| {
                     let shared = Arc::clone(&shared);
                     let keys = Arc::clone(&keys);
@@ -626,45 +658,81 @@ async fn publish(cluster: &ClusterHandle, task: &Task) {
     }
 }
 
-/// Accepts the streams of one protocol, each served by a task of its own, at most
-/// [`MAX_STREAMS_PER_PROTOCOL`] at once. Aborting it aborts every stream it serves.
-async fn serve_protocol<F, Fut>(mut incoming: IncomingStreams, protocol: &'static str, serve: F)
-where
+/// Accepts the streams of one protocol, each served by a task of its own. A peer the
+/// manager knows (`known`: an admitted node, a peer on an allow-list) has a share of
+/// [`MAX_STREAMS_PER_PEER`] among [`MAX_STREAMS_PER_PROTOCOL`]; a stranger (a node
+/// presenting an invite, a peer asking a public key, anyone else) one of
+/// [`MAX_STRANGER_STREAMS_PER_PEER`] among [`MAX_STRANGER_STREAMS`], where a new stream
+/// ends the oldest when all are taken: many fresh identities together can neither take the
+/// known peers' streams nor keep a newcomer out for long. Aborting it aborts every stream
+/// it serves.
+async fn serve_protocol<F, Fut, K>(
+    mut incoming: IncomingStreams,
+    protocol: &'static str,
+    known: K,
+    serve: F,
+) where
     F: Fn(PeerId, ClusterStream) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
+    K: Fn(&PeerId) -> bool,
 {
     let mut running = JoinSet::new();
     let mut peer_of = HashMap::new();
     let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
+    let mut known_running = 0_usize;
+    // The strangers' streams, oldest first.
+    let mut strangers: VecDeque<(tokio::task::Id, AbortHandle)> = VecDeque::new();
     loop {
         tokio::select! {
             next = incoming.next() => {
                 let Some((peer, stream)) = next else { return };
-                if running.len() >= MAX_STREAMS_PER_PROTOCOL {
-                    tracing::warn!(%peer, protocol, "too many streams; dropping one");
-                    continue;
+                let is_known = known(&peer);
+                let held = per_peer.get(&peer).copied().unwrap_or(0);
+                if is_known {
+                    if known_running >= MAX_STREAMS_PER_PROTOCOL {
+                        tracing::warn!(%peer, protocol, "too many streams; dropping one");
+                        continue;
+                    }
+                    if held >= MAX_STREAMS_PER_PEER {
+                        tracing::warn!(%peer, protocol, "too many streams from one peer; dropping one");
+                        continue;
+                    }
+                } else {
+                    if held >= MAX_STRANGER_STREAMS_PER_PEER {
+                        tracing::debug!(%peer, protocol, "too many streams from one unknown peer; dropping one");
+                        continue;
+                    }
+                    if strangers.len() >= MAX_STRANGER_STREAMS {
+                        if let Some((_, oldest)) = strangers.pop_front() {
+                            tracing::debug!(protocol, "streams of unknown peers at their limit; ending the oldest");
+                            oldest.abort();
+                        }
+                    }
                 }
-                let held = per_peer.entry(peer).or_default();
-                if *held >= MAX_STREAMS_PER_PEER {
-                    tracing::warn!(%peer, protocol, "too many streams from one peer; dropping one");
-                    continue;
-                }
-                *held += 1;
+                *per_peer.entry(peer).or_default() += 1;
                 let task = running.spawn(serve(peer, stream));
-                peer_of.insert(task.id(), peer);
+                peer_of.insert(task.id(), (peer, is_known));
+                match is_known {
+                    true => known_running += 1,
+                    false => strangers.push_back((task.id(), task)),
+                }
             }
             Some(done) = running.join_next_with_id(), if !running.is_empty() => {
                 let id = match done {
                     Ok((id, ())) => id,
                     Err(error) => error.id(),
                 };
-                if let Some(peer) = peer_of.remove(&id) {
-                    if let Some(held) = per_peer.get_mut(&peer) {
-                        *held -= 1;
-                        if *held == 0 {
-                            per_peer.remove(&peer);
-                        }
+                let Some((peer, is_known)) = peer_of.remove(&id) else { continue };
+                if let Some(held) = per_peer.get_mut(&peer) {
+                    *held -= 1;
+                    if *held == 0 {
+                        per_peer.remove(&peer);
                     }
+                }
+                if is_known {
+                    known_running -= 1;
+                } else if let Some(at) = strangers.iter().position(|(task, _)| *task == id) {
+                    strangers.remove(at);
                 }
             }
         }
@@ -675,7 +743,7 @@ where
 /// another peer's id, or that the registry refuses, loses its stream without an answer.
 async fn serve_join(shared: &Shared, peer: PeerId, mut stream: ClusterStream) {
     let frame = tokio::time::timeout(
-        shared.request_timeout,
+        shared.first_request_timeout(),
         read_frame(&mut stream, DEFAULT_MAX_FRAME),
     )
     .await;
@@ -842,7 +910,7 @@ fn is_loopback(addr: &Multiaddr) -> bool {
 async fn serve_jobs(shared: &Shared, peer: PeerId, stream: ClusterStream) {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let frame = tokio::time::timeout(
-        shared.request_timeout,
+        shared.first_request_timeout(),
         read_frame(&mut reader, DEFAULT_MAX_FRAME),
     )
     .await;
@@ -941,7 +1009,7 @@ async fn serve_jobs(shared: &Shared, peer: PeerId, stream: ClusterStream) {
 async fn serve_holders(shared: &Shared, peer: PeerId, stream: ClusterStream) {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let request = tokio::time::timeout(
-        shared.request_timeout,
+        shared.first_request_timeout(),
         read_message::<HoldersRequest, _>(&mut reader, MAX_HOLDERS_REQUEST),
     )
     .await;
@@ -1007,7 +1075,7 @@ async fn serve_holders(shared: &Shared, peer: PeerId, stream: ClusterStream) {
 async fn serve_monitor(shared: &Shared, peer: PeerId, stream: ClusterStream) {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut ack = [0u8; MONITOR_ACK.len()];
-    match tokio::time::timeout(shared.request_timeout, reader.read_exact(&mut ack)).await {
+    match tokio::time::timeout(shared.first_request_timeout(), reader.read_exact(&mut ack)).await {
         Ok(Ok(_)) if &ack == MONITOR_ACK => {}
         _ => {
             tracing::debug!(%peer, "no {MONITOR_V1} ack");
@@ -1136,8 +1204,9 @@ async fn serve_key<S: AsyncRead + AsyncWrite + Unpin + Send>(
     peer: PeerId,
     stream: S,
 ) {
+    // One small request and its answer: the first request's deadline is the stream's.
     let limits = Limits {
-        idle_timeout: shared.request_timeout,
+        idle_timeout: shared.first_request_timeout(),
         ..Limits::default()
     };
     match serve_public_key(stream, keys, &limits).await {

@@ -7,7 +7,10 @@ mod common;
 
 use common::*;
 use domain_cluster::config::Role;
-use domain_proto::protocols::{JOBS_V1, JOIN_V1};
+use domain_cluster::identity::Identity;
+use std::time::Duration;
+
+use domain_proto::protocols::{HOLDERS_V1, JOBS_V1, JOIN_V1, MONITOR_V1};
 use domain_proto::task::{Code, SubmitJobResponse};
 use domain_proto::{DEFAULT_MAX_FRAME, read_message};
 use tokio::io::AsyncWriteExt as _;
@@ -105,10 +108,13 @@ async fn a_join_of_a_million_empty_capabilities_is_refused_before_it_is_built() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_peer_cannot_hold_every_slot_of_a_protocol_with_silent_streams() {
     let dir = tempdir();
+    // A peer the manager knows (on an allow-list), gone rogue.
+    let greedy = Identity::generate();
+    domain_manager::create_domain(dir.path(), "greedy", &[greedy.peer_id()]).unwrap();
     let (manager, addr, alice, alice_id) = manager_with_client(dir.path()).await;
-    let greedy = peer(Role::Client, &addr);
+    let greedy = peer_with(greedy, Role::Client, &addr);
 
-    // Silent streams up to the peer's share: each held until the manager's request timeout.
+    // Silent streams up to the peer's share: each held until the first request's deadline.
     let mut held = Vec::new();
     for _ in 0..domain_manager::MAX_STREAMS_PER_PEER {
         held.push(
@@ -120,7 +126,7 @@ async fn one_peer_cannot_hold_every_slot_of_a_protocol_with_silent_streams() {
             .unwrap(),
         );
     }
-    // One more is dropped at once, not after the request timeout (20 s here).
+    // One more is dropped at once, not after the deadline (5 s).
     let mut over = within(
         "one stream more",
         greedy.open_stream(manager.peer_id(), JOBS_V1),
@@ -129,7 +135,7 @@ async fn one_peer_cannot_hold_every_slot_of_a_protocol_with_silent_streams() {
     .unwrap();
     let mut byte = [0u8; 1];
     let ended = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
+        std::time::Duration::from_secs(2),
         tokio::io::AsyncReadExt::read(&mut over, &mut byte),
     )
     .await;
@@ -145,6 +151,105 @@ async fn one_peer_cannot_hold_every_slot_of_a_protocol_with_silent_streams() {
     )
     .await;
     assert!(accepted.is_ok(), "{accepted:?}");
+    drop(held);
+    manager.shutdown().await.unwrap();
+}
+
+/// Fresh identities of the flood. Each opens on every protocol as many silent streams as
+/// a known peer may hold (64; 2,560 in all, more than the 1,024 of a protocol) and an
+/// oversized frame; the manager serves 4 of each, 128 at most in all.
+const FLOOD_IDENTITIES: usize = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_fresh_identities_neither_drops_a_node_nor_keeps_out_a_client_or_an_invited_node()
+ {
+    let dir = tempdir();
+    let (manager, addr, alice, alice_id) = manager_with_client(dir.path()).await;
+    let node = joined_node(&manager, &addr).await;
+    let invite =
+        domain_manager::create_invite(manager.data_dir(), Duration::from_secs(600)).unwrap();
+
+    // Each identity up to its share on every protocol, silent or with an oversized frame.
+    let mut held = Vec::new();
+    let mut flooders = Vec::new();
+    for _ in 0..FLOOD_IDENTITIES {
+        let flooder = peer(Role::Client, &addr);
+        for protocol in [JOIN_V1, JOBS_V1, MONITOR_V1, HOLDERS_V1] {
+            // A frame header over every limit (refused at once), then half a frame
+            // header on as many streams as the identity may hold, and silence.
+            let oversized = std::iter::once(u32::MAX.to_be_bytes().to_vec());
+            let silent = std::iter::repeat_n(vec![0, 0], domain_manager::MAX_STREAMS_PER_PEER);
+            for bytes in oversized.chain(silent) {
+                let Ok(mut stream) = flooder.open_stream(manager.peer_id(), protocol).await else {
+                    continue;
+                };
+                let _ = stream.write_all(&bytes).await;
+                let _ = stream.flush().await;
+                held.push(stream);
+            }
+        }
+        flooders.push(flooder);
+    }
+    let per_protocol = FLOOD_IDENTITIES * domain_manager::MAX_STREAMS_PER_PEER;
+    assert_eq!(
+        held.len(),
+        4 * (per_protocol + FLOOD_IDENTITIES),
+        "every flood stream opened"
+    );
+    // The manager holds 4 streams of the last flooder at most: one more is dropped at once.
+    let last = flooders.last().unwrap();
+    let mut over = last.open_stream(manager.peer_id(), JOIN_V1).await.unwrap();
+    let _ = over.write_all(&[0, 0]).await;
+    let _ = over.flush().await;
+    let mut byte = [0u8; 1];
+    let ended = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::io::AsyncReadExt::read(&mut over, &mut byte),
+    )
+    .await;
+    assert!(matches!(ended, Ok(Ok(0) | Err(_))), "{ended:?}");
+
+    // The admitted node's heartbeat, a client's job and a newcomer's invite all get in.
+    within(
+        "the node's heartbeat",
+        node.join(
+            manager.peer_id(),
+            node_message(node.local_peer_id()),
+            None,
+            None,
+        ),
+    )
+    .await
+    .unwrap();
+    let accepted = within(
+        "alice's job",
+        alice.submit_job(
+            manager.peer_id(),
+            job("scans", "1", vec![store_task("a", alice_id, &[])]),
+        ),
+    )
+    .await;
+    assert!(accepted.is_ok(), "{accepted:?}");
+    let newcomer = peer(Role::Node, &addr);
+    within(
+        "the invited node's join",
+        newcomer.join(
+            manager.peer_id(),
+            node_message(newcomer.local_peer_id()),
+            None,
+            Some(invite),
+        ),
+    )
+    .await
+    .unwrap();
+    let mut nodes = node_ids(&manager).await;
+    nodes.sort();
+    let mut expected = vec![
+        node.local_peer_id().to_string(),
+        newcomer.local_peer_id().to_string(),
+    ];
+    expected.sort();
+    assert_eq!(nodes, expected, "no node dropped, the newcomer admitted");
     drop(held);
     manager.shutdown().await.unwrap();
 }
