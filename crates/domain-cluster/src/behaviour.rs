@@ -23,6 +23,8 @@ pub(crate) struct Behaviour {
     /// First, so that a connection over the limits is refused before any other
     /// behaviour sets up state for it.
     pub(crate) limits: connection_limits::Behaviour,
+    /// Next, so that one address cannot take every place `limits` leaves.
+    pub(crate) per_ip: crate::ip_limits::Behaviour,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -195,6 +197,7 @@ fn build_behaviour(
 
     Ok(Behaviour {
         limits: connection_limits::Behaviour::new(limits),
+        per_ip: crate::ip_limits::Behaviour::new(config.connection_limits.max_incoming_per_ip),
         identify,
         ping: ping::Behaviour::default(),
         kad,

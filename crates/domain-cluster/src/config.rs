@@ -35,6 +35,10 @@ pub struct ConnectionLimits {
     pub max_established_per_peer: Option<u32>,
     /// Established connections in all.
     pub max_established_total: Option<u32>,
+    /// Inbound connections, pending and established, from one IP address (an IPv6
+    /// address counts by its /64): fresh peer ids cost nothing, addresses do. Relayed
+    /// connections are not counted.
+    pub max_incoming_per_ip: Option<u32>,
 }
 
 impl Default for ConnectionLimits {
@@ -48,6 +52,9 @@ impl Default for ConnectionLimits {
             // briefly, over more than one transport.
             max_established_per_peer: Some(8),
             max_established_total: Some(2048),
+            // A loopback cluster's peers all come from one address; so may an office
+            // behind one NAT.
+            max_incoming_per_ip: Some(256),
         }
     }
 }

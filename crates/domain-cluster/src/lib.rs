@@ -65,6 +65,7 @@ mod event_loop;
 pub mod gossip;
 mod handle;
 pub mod identity;
+mod ip_limits;
 pub mod peers;
 mod requests;
 pub mod stream;
@@ -72,6 +73,7 @@ mod streams;
 
 pub use error::{ClusterError, IdentityError};
 pub use handle::{Cluster, ClusterHandle};
+pub use ip_limits::PerIpExceeded;
 pub use libp2p::{Multiaddr, PeerId};
 pub use requests::{
     FrameStream, HolderStream, JobStream, PUBLIC_KEY_LEN, SubmittedJob, TaskStream,

@@ -227,3 +227,36 @@ async fn many_dials_at_once_to_one_peer_share_one_connection() {
     let connections = peer.handle.peer_addrs(target_id).await.unwrap();
     assert_eq!(connections.len(), 1, "{connections:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_past_its_inbound_connections_is_refused_until_one_goes() {
+    let mut config = loopback(Role::Manager);
+    config.connection_limits.max_incoming_per_ip = Some(2);
+    let manager = start(config).await;
+    let addr = tcp_addr(&manager.addrs);
+    // Three fresh identities on one address: the third is one too many.
+    let peers = [
+        start(loopback(Role::Client)).await,
+        start(loopback(Role::Client)).await,
+        start(loopback(Role::Client)).await,
+    ];
+    for peer in &peers[..2] {
+        within("dial", peer.handle.dial(addr.clone()))
+            .await
+            .unwrap();
+    }
+    let refused = within("dial", peers[2].handle.dial(addr.clone())).await;
+    assert!(
+        matches!(&refused, Err(ClusterError::Dial { .. })),
+        "{refused:?}"
+    );
+    // One leaves, and its place is free again.
+    let [first, _second, third] = peers;
+    within("shutdown", first.handle.shutdown()).await.unwrap();
+    within("the freed place", async {
+        while third.handle.dial(addr.clone()).await.is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
