@@ -7,8 +7,8 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    PeerId, StreamProtocol, Swarm, Transport, autonat, connection_limits, dcutr, gossipsub,
-    identify, kad, noise, ping, quic, relay, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, Transport, autonat, connection_limits, dcutr,
+    gossipsub, identify, kad, noise, ping, quic, relay, tcp, yamux,
 };
 
 use std::sync::Arc;
@@ -179,17 +179,26 @@ fn build_behaviour(
 
     let relay_server = (config.role == Role::Manager).then(|| {
         let l = &config.relay_limits;
-        relay::Behaviour::new(
-            peer_id,
-            relay::Config {
-                max_reservations: l.max_reservations,
-                max_circuits: l.max_circuits,
-                max_circuits_per_peer: l.max_circuits_per_peer,
-                max_circuit_duration: l.max_circuit_duration,
-                max_circuit_bytes: l.max_circuit_bytes,
-                ..relay::Config::default()
-            },
-        )
+        let mut relay_config = relay::Config {
+            max_reservations: l.max_reservations,
+            max_circuits: l.max_circuits,
+            max_circuits_per_peer: l.max_circuits_per_peer,
+            max_circuit_duration: l.max_circuit_duration,
+            max_circuit_bytes: l.max_circuit_bytes,
+            ..relay::Config::default()
+        };
+        if let Some(gate) = &l.serves {
+            // libp2p's rate limiters are its hook for refusing a peer: one that says no to
+            // a peer outside the gate refuses its reservations and its circuits.
+            let (reserving, sourcing) = (gate.clone(), gate.clone());
+            relay_config.reservation_rate_limiters.push(Box::new(
+                move |peer: PeerId, _: &Multiaddr, _: std::time::Instant| reserving.admits(&peer),
+            ));
+            relay_config.circuit_src_rate_limiters.push(Box::new(
+                move |peer: PeerId, _: &Multiaddr, _: std::time::Instant| sourcing.admits(&peer),
+            ));
+        }
+        relay::Behaviour::new(peer_id, relay_config)
     });
     let dcutr = relay_client
         .is_some()

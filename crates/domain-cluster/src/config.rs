@@ -1,9 +1,11 @@
 //! How a peer joins the swarm: its role, addresses, limits and timeouts.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
 
 use crate::identity::Identity;
 
@@ -59,8 +61,32 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// Who a peer serves with something only some peers may use (the manager's relay): a
+/// test of a remote peer id, asked again each time, so that it follows changes.
+#[derive(Clone)]
+pub struct PeerGate(Arc<dyn Fn(&PeerId) -> bool + Send + Sync>);
+
+impl PeerGate {
+    /// A gate that lets through the peers for which `admits` is true.
+    pub fn new(admits: impl Fn(&PeerId) -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(admits))
+    }
+
+    /// Whether `peer` may pass.
+    #[must_use]
+    pub fn admits(&self, peer: &PeerId) -> bool {
+        (self.0)(peer)
+    }
+}
+
+impl fmt::Debug for PeerGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PeerGate")
+    }
+}
+
 /// Limits of the relay server that the manager runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RelayLimits {
     /// Peers that may hold a reservation at once.
     pub max_reservations: usize,
@@ -72,6 +98,10 @@ pub struct RelayLimits {
     pub max_circuit_duration: Duration,
     /// How many bytes one circuit may carry; 0 means no cap.
     pub max_circuit_bytes: u64,
+    /// Who may reserve a slot and open circuits (as their source); `None` serves any
+    /// peer within the limits. The manager lets through its admitted nodes and the peers
+    /// on its allow-lists.
+    pub serves: Option<PeerGate>,
 }
 
 impl Default for RelayLimits {
@@ -83,7 +113,9 @@ impl Default for RelayLimits {
             // Task streams carry domain data: libp2p's defaults (2 minutes,
             // 128 KiB) suit hole punching only, not a fallback data path.
             max_circuit_duration: Duration::from_secs(60 * 60),
-            max_circuit_bytes: 0,
+            // A relay is a fallback path: an upload through it may be large, not endless.
+            max_circuit_bytes: 16 << 30,
+            serves: None,
         }
     }
 }

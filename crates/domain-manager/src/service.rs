@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use domain_auth::{DomainKeyStore, PublicKey};
 use domain_capabilities::{Limits, PublicKeySource, serve_public_key};
-use domain_cluster::config::{ClusterConfig, Role};
+use domain_cluster::config::{ClusterConfig, PeerGate, Role};
 use domain_cluster::gossip::{GossipEvent, decode_task_update};
 use domain_cluster::identity::Identity;
 use domain_cluster::{
@@ -123,15 +123,21 @@ struct Shared {
     max_tasks_per_job: usize,
 }
 
+/// Whether `peer` is an admitted node or on an allow-list (everyone, when open).
+fn knows(policy: &DomainPolicy, admission: &std::sync::Mutex<Admission>, peer: &PeerId) -> bool {
+    policy.knows(peer) || lock(admission).admits(peer)
+}
+
+/// The admissions, read or changed in place: a holder that panicked left them whole
+/// (they change only by whole-file reloads and single inserts).
+fn lock(admission: &std::sync::Mutex<Admission>) -> std::sync::MutexGuard<'_, Admission> {
+    admission.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Shared {
     /// Whether `peer` is an admitted node or on an allow-list (everyone, when open).
     fn knows(&self, peer: &PeerId) -> bool {
-        self.policy.knows(peer)
-            || self
-                .admission
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .admits(peer)
+        knows(&self.policy, &self.admission, peer)
     }
 
     /// The deadline of a stream's first request.
@@ -201,9 +207,16 @@ impl Manager {
         )
         .await?;
 
+        let admission = Arc::new(std::sync::Mutex::new(admission));
         let mut cluster_config = ClusterConfig::new(identity, Role::Manager)
             .with_listen_addrs(config.listen.iter().cloned());
         cluster_config.request_timeout = config.request_timeout;
+        // The relay carries the known peers' traffic only: nodes reserve, known peers reach
+        // them through it.
+        cluster_config.relay_limits.serves = Some(PeerGate::new({
+            let (policy, admission) = (Arc::clone(&policy), Arc::clone(&admission));
+            move |peer| knows(&policy, &admission, peer)
+        }));
         let (cluster, cluster_task) = Cluster::start(cluster_config)?;
 
         // A registry from an earlier run may name nodes that are no longer admitted.
@@ -214,7 +227,7 @@ impl Manager {
             .unwrap_or_default()
             .into_iter()
             .map(|node| node.id)
-            .filter(|id| id.parse().is_ok_and(|peer| !admission.admits(&peer)))
+            .filter(|id| id.parse().is_ok_and(|peer| !lock(&admission).admits(&peer)))
             .collect();
         if !expelled.is_empty() {
             let _ = requests_tx.send(Request::Expel { nodes: expelled }).await;
@@ -222,7 +235,7 @@ impl Manager {
         let shared = Arc::new(Shared {
             requests: requests_tx.clone(),
             policy: Arc::clone(&policy),
-            admission: Arc::new(std::sync::Mutex::new(admission)),
+            admission,
             request_timeout: config.request_timeout,
             tokens_per_task: config.max_retries.saturating_add(1) as usize,
             max_tasks_per_job: config.max_tasks_per_job,
@@ -781,13 +794,9 @@ async fn serve_join(shared: &Shared, peer: PeerId, mut stream: ClusterStream) {
         return;
     }
     let admission = Arc::clone(&shared.admission);
-    let checked = tokio::task::spawn_blocking(move || {
-        admission
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .check_join(&peer, invite.as_deref())
-    })
-    .await;
+    let checked =
+        tokio::task::spawn_blocking(move || lock(&admission).check_join(&peer, invite.as_deref()))
+            .await;
     let answer = match checked {
         Ok(Ok(())) => {
             let join = |reply| Request::Join {

@@ -1,7 +1,7 @@
 //! Reaching a node that cannot be dialled directly, through the manager's relay.
 
 use domain_cluster::ClusterError;
-use domain_cluster::config::{ClusterConfig, Role};
+use domain_cluster::config::{ClusterConfig, PeerGate, Role};
 use domain_cluster::identity::Identity;
 use domain_cluster::peers::PeerEvent;
 use libp2p::Multiaddr;
@@ -203,4 +203,64 @@ async fn peer_events_report_the_first_connection_and_the_last_disconnection() {
         *e == PeerEvent::Disconnected { peer: client_id }
     })
     .await;
+}
+
+/// The loopback configuration of `role` for `identity`.
+fn loopback_as(identity: Identity, role: Role) -> ClusterConfig {
+    ClusterConfig {
+        identity,
+        ..loopback(role)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gated_relay_serves_only_the_peers_its_gate_lets_through() {
+    let (node_identity, client_identity) = (Identity::generate(), Identity::generate());
+    let known = [node_identity.peer_id(), client_identity.peer_id()];
+    let mut config = loopback(Role::Manager);
+    config.relay_limits.serves = Some(PeerGate::new(move |peer| known.contains(peer)));
+    let manager = start(config).await;
+    let bootstrap = tcp_addr(&manager.addrs);
+
+    // A known node reserves a slot and a known client reaches it through the relay.
+    let node = start(
+        loopback_as(node_identity, Role::Node)
+            .with_listen_addrs([])
+            .with_bootstrap(bootstrap.clone()),
+    )
+    .await;
+    within("the known node's reservation", node.handle.relay_addrs())
+        .await
+        .unwrap();
+    let _server = serve_echo(&node.handle, ECHO);
+    let client =
+        start(loopback_as(client_identity, Role::Client).with_bootstrap(bootstrap.clone())).await;
+    let node_id = node.handle.local_peer_id();
+    let back = echo(&client.handle, node_id, ECHO, b"known").await;
+    assert_eq!(back, b"known");
+
+    // A stranger can neither reach the node through the relay nor reserve a slot.
+    let stranger = joined(Role::Client, &manager).await;
+    let refused = within(
+        "the stranger's stream",
+        stranger.handle.open_stream(node_id, ECHO),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(ClusterError::Unreachable { .. })),
+        "{refused:?}"
+    );
+    let hidden_stranger = hidden_node(&manager).await;
+    let reserved = within(
+        "the stranger's reservation",
+        hidden_stranger.handle.relay_addrs(),
+    )
+    .await;
+    assert!(
+        matches!(
+            reserved,
+            Err(ClusterError::NoRelayReservation { .. } | ClusterError::Timeout { .. })
+        ),
+        "{reserved:?}"
+    );
 }
