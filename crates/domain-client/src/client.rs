@@ -1781,8 +1781,8 @@ impl TaskRun<'_> {
         }
     }
 
-    /// Reports the current attempt `status` (DONE or FAILED) on the job's topic, so that
-    /// the manager acts now rather than at the task's deadline.
+    /// Reports the current attempt `status` (DONE or FAILED) to the manager, so that it
+    /// acts now rather than at the task's deadline.
     async fn report(&mut self, status: Status) {
         let job_id = self.job.job_id.as_str();
         let Some(task) = self.current.take() else {
@@ -1793,13 +1793,11 @@ impl TaskRun<'_> {
             ..task
         };
         // Best effort: the node reports its side too, and the deadline remains.
-        let cluster = &self.client.cluster;
-        let published = async {
-            // Subscribing first makes this peer part of the topic's mesh.
-            let _updates = cluster.follow_task_updates(job_id).await?;
-            cluster.publish_task_update(job_id, &update).await
+        let reported = match self.client.manager {
+            Some(manager) => self.client.cluster.report_tasks(manager, &[update]).await,
+            None => return,
         };
-        if let Err(report_error) = published.await {
+        if let Err(report_error) = reported {
             tracing::debug!(%job_id, error = %report_error, ?status, "could not report the attempt");
         }
     }

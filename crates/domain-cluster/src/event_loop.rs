@@ -142,6 +142,12 @@ pub(crate) struct EventLoop {
     redial: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The wait before the next redial; doubles up to [`MAX_REDIAL_BACKOFF`].
     redial_backoff: Duration,
+    /// When to ask the relay again for a reservation it refused (a node the manager
+    /// admits only once its operator allows it, or from its first join on).
+    rereserve: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The wait before the next reservation request; doubles up to
+    /// [`MAX_REDIAL_BACKOFF`].
+    rereserve_backoff: Duration,
     /// Dials handles wait for, by the id of their connection.
     pending_dials: HashMap<ConnectionId, PendingDial>,
     /// The pending dial of each peer: a handle that asks for a peer already being
@@ -201,6 +207,8 @@ impl EventLoop {
             bootstrapped: false,
             redial: None,
             redial_backoff: MIN_REDIAL_BACKOFF,
+            rereserve: None,
+            rereserve_backoff: MIN_REDIAL_BACKOFF,
             pending_dials: HashMap::new(),
             dialing: HashMap::new(),
             connections: HashMap::new(),
@@ -218,6 +226,10 @@ impl EventLoop {
                 () = until(&mut self.redial) => {
                     self.redial = None;
                     self.dial_manager();
+                }
+                () = until(&mut self.rereserve) => {
+                    self.rereserve = None;
+                    self.reserve_relay_slot();
                 }
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown { reply }) => break Some(reply),
@@ -569,6 +581,10 @@ impl EventLoop {
                 });
                 if is_relay && lost {
                     self.reserve_relay_slot();
+                } else if is_relay && self.rereserve.is_none() {
+                    tracing::info!(after = ?self.rereserve_backoff, "asking the relay again later");
+                    self.rereserve = Some(Box::pin(tokio::time::sleep(self.rereserve_backoff)));
+                    self.rereserve_backoff = (self.rereserve_backoff * 2).min(MAX_REDIAL_BACKOFF);
                 }
             }
             SwarmEvent::ListenerError { listener_id, error } => {
@@ -655,6 +671,7 @@ impl EventLoop {
                 ..
             }) => {
                 tracing::info!(relay = %relay_peer_id, renewal, "relay reservation accepted");
+                self.rereserve_backoff = MIN_REDIAL_BACKOFF;
             }
             BehaviourEvent::RelayServer(event) => tracing::debug!(?event, "relay server"),
             BehaviourEvent::Dcutr(dcutr::Event {

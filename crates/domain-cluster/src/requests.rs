@@ -9,7 +9,8 @@ use domain_proto::discovery::{
     Node,
 };
 use domain_proto::protocols::{
-    HOLDERS_V1, JOBS_V1, JOIN_V1, MAX_DOMAIN_ID_LEN, MONITOR_ACK, MONITOR_V1, PUBLIC_KEY_V1,
+    HOLDERS_V1, JOBS_V1, JOIN_V1, MAX_DOMAIN_ID_LEN, MAX_STATUS_REPORTS, MONITOR_ACK, MONITOR_V1,
+    PUBLIC_KEY_V1, TASK_STATUS_V1,
 };
 use domain_proto::task::{Code, Job, JobRequest, SubmitJobResponse, Task};
 use domain_proto::{DEFAULT_MAX_FRAME, read_message, read_message_or_eof, write_message};
@@ -271,6 +272,50 @@ impl ClusterHandle {
             });
         };
         Ok((first, holders))
+    }
+
+    /// Reports the status of tasks this peer sends or receives to the manager
+    /// (`/task-status/v1`): a `Task` frame each (no token), at most
+    /// [`MAX_STATUS_REPORTS`] per stream, the write half closed, then the manager's own
+    /// close once it has taken them. The manager believes a report only from the task's
+    /// sender or receiver.
+    ///
+    /// # Errors
+    /// Those of [`open_stream`](Self::open_stream); [`ClusterError::Frame`];
+    /// [`ClusterError::StreamIo`]; [`ClusterError::Timeout`].
+    pub async fn report_tasks(&self, manager: PeerId, tasks: &[Task]) -> Result<(), ClusterError> {
+        for batch in tasks.chunks(MAX_STATUS_REPORTS) {
+            let mut stream = self.open_stream(manager, TASK_STATUS_V1).await?;
+            let frame_err = |source: domain_proto::FrameError| ClusterError::Frame {
+                protocol: TASK_STATUS_V1,
+                peer: manager,
+                source: Box::new(source),
+            };
+            self.timed(format!("{TASK_STATUS_V1} with {manager}"), async {
+                for task in batch {
+                    // A report never carries a token, whatever the caller holds.
+                    let report = Task {
+                        access_token: None,
+                        ..task.clone()
+                    };
+                    write_message(&mut stream, &report)
+                        .await
+                        .map_err(frame_err)?;
+                }
+                let io = |source| ClusterError::StreamIo {
+                    protocol: TASK_STATUS_V1,
+                    peer: manager,
+                    source,
+                };
+                stream.shutdown().await.map_err(io)?;
+                // The manager closes its side once every report is in its queue.
+                let mut rest = [0u8; 1];
+                while stream.read(&mut rest).await.map_err(io)? > 0 {}
+                Ok::<_, ClusterError>(())
+            })
+            .await??;
+        }
+        Ok(())
     }
 
     /// Asks `peer` for a domain's Ed25519 public key (`/public-key/v1`): the

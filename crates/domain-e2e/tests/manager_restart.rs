@@ -12,9 +12,8 @@ use common::{content, start_manager, start_node};
 use domain_capabilities::{Limits, store_items};
 use domain_client::client::{Client, ClientConfig, peer_of};
 use domain_cluster::config::{ClusterConfig, Role};
-use domain_cluster::gossip::TaskUpdates;
 use domain_cluster::identity::Identity;
-use domain_cluster::{Cluster, ClusterHandle, Multiaddr, PeerId, TaskStream};
+use domain_cluster::{Cluster, ClusterHandle, JobStream, Multiaddr, PeerId, TaskStream};
 use domain_datastore::{DomainId, root_of};
 use domain_e2e::free_port;
 use domain_proto::domain_data::{Query, UpsertMetadata};
@@ -88,25 +87,35 @@ async fn store(client: &ClusterHandle, node: PeerId, token: &str, i: usize) -> S
     root
 }
 
-/// Collects the manager's own task updates until every task in `until` is DONE.
-async fn manager_updates_until_done(
-    updates: &mut TaskUpdates,
-    manager: PeerId,
+/// Follows job `job_id` on the manager's monitor until every task in `until` is DONE,
+/// recording each change of a task's status in `seen` (`last`: each task's status last
+/// seen, across monitor streams).
+async fn monitor_until_done(
+    monitor: &mut JobStream,
+    job_id: &str,
     until: &[String],
+    last: &mut BTreeMap<String, Status>,
     seen: &mut Vec<(String, Status)>,
 ) {
-    let all_done = |seen: &Vec<(String, Status)>| {
+    let all_done = |last: &BTreeMap<String, Status>| {
         until
             .iter()
-            .all(|name| seen.iter().any(|(n, s)| n == name && *s == Status::Done))
+            .all(|name| last.get(name) == Some(&Status::Done))
     };
-    while !all_done(seen) {
-        let update = tokio::time::timeout(WAIT, updates.recv())
+    while !all_done(last) {
+        let job = tokio::time::timeout(WAIT, monitor.next())
             .await
             .unwrap_or_else(|_| panic!("tasks not DONE in time; the manager said {seen:?}"))
-            .unwrap();
-        if update.publisher == Some(manager) {
-            seen.push((update.task.name.clone(), update.task.status()));
+            .unwrap()
+            .expect("the monitor stream ended");
+        if job.id != job_id {
+            continue;
+        }
+        for task in &job.tasks {
+            let status = task.status();
+            if last.insert(task.name.clone(), status) != Some(status) {
+                seen.push((task.name.clone(), status));
+            }
         }
     }
 }
@@ -140,15 +149,22 @@ async fn a_manager_killed_mid_job_resumes_it_with_nothing_lost_and_nothing_run_t
         .await
         .unwrap();
     let job_id = job.job_id.clone();
-    let mut updates = client.follow_task_updates(&job_id).await.unwrap();
+    let mut monitor = client.monitor(manager_id).await.unwrap();
     let first = assignments(&mut job.tasks, TASKS).await;
 
     // One task runs to DONE, then the manager dies with the three others assigned.
     let mut roots = BTreeMap::new();
     let (node, token) = &first["store-0"];
     roots.insert(0, store(&client, *node, token, 0).await);
-    let mut seen = Vec::new();
-    manager_updates_until_done(&mut updates, manager_id, &["store-0".into()], &mut seen).await;
+    let (mut last, mut seen) = (BTreeMap::new(), Vec::new());
+    monitor_until_done(
+        &mut monitor,
+        &job_id,
+        &["store-0".into()],
+        &mut last,
+        &mut seen,
+    )
+    .await;
     manager.kill();
     drop(job);
 
@@ -179,7 +195,8 @@ async fn a_manager_killed_mid_job_resumes_it_with_nothing_lost_and_nothing_run_t
         roots.insert(i, store(&client, *node, token, i).await);
     }
     let names: Vec<String> = (0..TASKS).map(|i| format!("store-{i}")).collect();
-    manager_updates_until_done(&mut updates, manager_id, &names, &mut seen).await;
+    let mut monitor = client.monitor(manager_id).await.unwrap();
+    monitor_until_done(&mut monitor, &job_id, &names, &mut last, &mut seen).await;
 
     // Each task became DONE once, and none was retried or failed.
     for name in &names {

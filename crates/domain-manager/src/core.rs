@@ -93,14 +93,12 @@ pub(crate) struct Submission {
 
 /// What the dispatcher does, in the order the scheduler thread decides.
 pub(crate) enum Outbound {
-    /// Follow the job's topic (a job resumed at start).
-    Follow { job_id: String },
     /// Send the job's next tokens to this submitter stream.
     Attach {
         job_id: String,
         tokens: mpsc::Sender<Task>,
     },
-    /// A scheduler event to gossip and route (boxed: events are large, the others small).
+    /// A scheduler event to route (boxed: events are large, the others small).
     Event(Box<Event>),
 }
 
@@ -149,22 +147,11 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    /// Tells the dispatcher to follow every job still running; call once, after start.
-    fn follow_running_jobs(&self) -> Result<(), Stopping> {
-        for job_id in self.scheduler.recent_job_ids(0) {
-            self.send(Outbound::Follow { job_id })?;
-        }
-        Ok(())
-    }
-
     /// Serves requests until every sender is gone, the dispatcher stops, or the store fails.
     pub(crate) fn run(
         mut self,
         mut requests: mpsc::Receiver<Request>,
     ) -> Result<(), SchedulerError> {
-        if self.follow_running_jobs().is_err() {
-            return Ok(());
-        }
         let mut deferred = None;
         loop {
             let request = match deferred.take() {

@@ -10,7 +10,6 @@ use std::time::Duration;
 use domain_auth::{DomainKeyStore, PublicKey};
 use domain_capabilities::{Limits, PublicKeySource, serve_public_key};
 use domain_cluster::config::{ClusterConfig, PeerGate, Role};
-use domain_cluster::gossip::{GossipEvent, decode_task_update};
 use domain_cluster::identity::Identity;
 use domain_cluster::{
     Cluster, ClusterError, ClusterHandle, ClusterStream, IncomingStreams, Multiaddr, PeerId,
@@ -19,10 +18,13 @@ use domain_proto::discovery::{
     HoldersRequest, HoldersResponse, JoinClusterRequest, JoinClusterResponse, Node,
 };
 use domain_proto::protocols::{
-    HOLDERS_V1, JOBS_V1, JOIN_V1, MONITOR_ACK, MONITOR_V1, PUBLIC_KEY_V1,
+    HOLDERS_V1, JOBS_V1, JOIN_V1, MAX_STATUS_FRAME, MAX_STATUS_REPORTS, MONITOR_ACK, MONITOR_V1,
+    PUBLIC_KEY_V1, TASK_STATUS_V1,
 };
 use domain_proto::task::{Code, Job, JobRequest, Status, SubmitJobResponse, Task};
-use domain_proto::{DEFAULT_MAX_FRAME, read_frame, read_message, wire, write_message};
+use domain_proto::{
+    DEFAULT_MAX_FRAME, read_frame, read_message, read_message_or_eof, wire, write_message,
+};
 use domain_scheduler::{
     DomainKeyIssuer, Event, HoldersChange, MAX_CAPABILITIES, MAX_REPORTED_DOMAINS, RedbStore,
     Scheduler, SchedulerConfig, SchedulerError, TokenError, TokenGrant, TokenIssuer,
@@ -249,8 +251,7 @@ impl Manager {
             policy: Arc::clone(&policy),
         });
         let mut tasks = vec![
-            tokio::spawn(dispatch(cluster.clone(), outbound_rx)),
-            tokio::spawn(follow_gossip(cluster.clone(), requests_tx.clone())),
+            tokio::spawn(dispatch(outbound_rx)),
             tokio::spawn(tick(requests_tx.clone(), config.tick_interval)),
         ];
         let accepted = (|| -> Result<_, ClusterError> {
@@ -259,6 +260,7 @@ impl Manager {
                 (cluster.accept(JOBS_V1)?, JOBS_V1),
                 (cluster.accept(MONITOR_V1)?, MONITOR_V1),
                 (cluster.accept(HOLDERS_V1)?, HOLDERS_V1),
+                (cluster.accept(TASK_STATUS_V1)?, TASK_STATUS_V1),
                 (cluster.accept(PUBLIC_KEY_V1)?, PUBLIC_KEY_V1),
             ])
         })();
@@ -287,6 +289,7 @@ impl Manager {
                             JOBS_V1 => serve_jobs(&shared, peer, stream).await,
                             MONITOR_V1 => serve_monitor(&shared, peer, stream).await,
                             HOLDERS_V1 => serve_holders(&shared, peer, stream).await,
+                            TASK_STATUS_V1 => serve_status(&shared, peer, stream).await,
                             _ => serve_key(&shared, &keys, peer, stream).await,
                         }
                     }
@@ -550,68 +553,17 @@ async fn tick(requests: mpsc::Sender<Request>, every: Duration) {
     }
 }
 
-/// Hands each task update gossiped on a job's topic to the scheduler, which believes only the
-/// task's sender and receiver.
-async fn follow_gossip(cluster: ClusterHandle, requests: mpsc::Sender<Request>) {
-    let mut events = match cluster.gossip_events() {
-        Ok(events) => events,
-        Err(_) => return,
-    };
-    loop {
-        let (topic, source, data) = match events.recv().await {
-            Ok(GossipEvent::Message {
-                topic,
-                source,
-                data,
-                ..
-            }) => (topic, source, data),
-            Ok(_) => continue,
-            Err(ClusterError::GossipLagged { missed }) => {
-                tracing::warn!(
-                    missed,
-                    "task updates lost: the scheduler fell behind gossip"
-                );
-                continue;
-            }
-            Err(_) => return,
-        };
-        let Some(reporter) = source else { continue };
-        let task = match decode_task_update(&data) {
-            Ok(task) => task,
-            Err(e) => {
-                tracing::debug!(%topic, %reporter, "not a task update: {e}");
-                continue;
-            }
-        };
-        if task.job_id != topic {
-            tracing::debug!(%topic, %reporter, job = %task.job_id, "task update on another job's topic");
-            continue;
-        }
-        let report = Request::Report {
-            task,
-            reporter: reporter.to_string(),
-        };
-        if requests.send(report).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Gossips every task change, routes each token to its submitter's stream, and follows each
-/// running job's topic, in the order the scheduler made them.
-async fn dispatch(cluster: ClusterHandle, mut outbound: mpsc::Receiver<Outbound>) {
-    let mut submitters: std::collections::HashMap<String, mpsc::Sender<Task>> =
-        std::collections::HashMap::new();
+/// Routes each token to its submitter's stream, and each task that failed for good too, in
+/// the order the scheduler made them. Nothing of a job goes on gossip: a job's topic and
+/// its updates would reach every peer that asks (see `/task-status/v1`).
+async fn dispatch(mut outbound: mpsc::Receiver<Outbound>) {
+    let mut submitters: HashMap<String, mpsc::Sender<Task>> = HashMap::new();
     while let Some(item) = outbound.recv().await {
         match item {
-            Outbound::Follow { job_id } => subscribe(&cluster, &job_id).await,
             Outbound::Attach { job_id, tokens } => {
                 submitters.insert(job_id, tokens);
             }
             Outbound::Event(event) => match event.as_ref() {
-                // Subscribed before any token goes out, so that the manager hears the first
-                // update a node publishes.
-                Event::JobSubmitted { job_id, .. } => subscribe(&cluster, job_id).await,
                 Event::TaskAssigned { task, .. } => {
                     if let (Some(with_token), Some(submitter)) =
                         (event.task_for_submitter(), submitters.get(&task.job_id))
@@ -627,7 +579,6 @@ async fn dispatch(cluster: ClusterHandle, mut outbound: mpsc::Receiver<Outbound>
                             }
                         }
                     }
-                    publish(&cluster, task).await;
                 }
                 Event::TaskChanged { task, reason } => {
                     if let Some(reason) = reason {
@@ -643,32 +594,50 @@ async fn dispatch(cluster: ClusterHandle, mut outbound: mpsc::Receiver<Outbound>
                             }
                         }
                     }
-                    publish(&cluster, task).await;
                 }
                 Event::JobFinished { job_id, status } => {
                     tracing::info!(job = %job_id, ?status, "job finished");
                     // Dropping the sender ends the submitter's stream.
                     submitters.remove(job_id);
-                    if let Err(e) = cluster.unsubscribe(job_id).await {
-                        tracing::debug!(job = %job_id, "unsubscribe: {e}");
-                    }
                 }
+                _ => {}
             },
         }
     }
 }
 
-async fn subscribe(cluster: &ClusterHandle, job_id: &str) {
-    if let Err(e) = cluster.subscribe(job_id).await {
-        tracing::warn!(job = %job_id, "cannot follow the job's task updates: {e}");
+/// `/task-status/v1`: hands each `Task` frame to the scheduler as a report of `peer`, which
+/// it believes only from the task's sender or receiver; closes the stream once all are in
+/// its queue.
+async fn serve_status(shared: &Shared, peer: PeerId, stream: ClusterStream) {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    for _ in 0..MAX_STATUS_REPORTS {
+        let next = tokio::time::timeout(
+            shared.first_request_timeout(),
+            read_message_or_eof::<Task, _>(&mut reader, MAX_STATUS_FRAME),
+        )
+        .await;
+        let task = match next {
+            Ok(Ok(Some(task))) => task,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "bad {TASK_STATUS_V1} report: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no {TASK_STATUS_V1} report in time");
+                return;
+            }
+        };
+        let report = Request::Report {
+            task,
+            reporter: peer.to_string(),
+        };
+        if shared.requests.send(report).await.is_err() {
+            return;
+        }
     }
-}
-
-async fn publish(cluster: &ClusterHandle, task: &Task) {
-    // With no subscriber yet, gossipsub refuses to publish; nobody misses anything then.
-    if let Err(e) = cluster.publish_task_update(&task.job_id, task).await {
-        tracing::debug!(job = %task.job_id, task = %task.name, "task update not gossiped: {e}");
-    }
+    let _ = tokio::time::timeout(shared.request_timeout, writer.shutdown()).await;
 }
 
 /// Accepts the streams of one protocol, each served by a task of its own. A peer the

@@ -63,7 +63,7 @@ async fn a_node_joins_and_a_join_under_another_peers_id_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_accepted_job_sends_its_tokens_to_the_submitter_and_gossips_tasks_without_them() {
+async fn an_accepted_job_sends_its_tokens_to_the_submitter_and_nothing_of_it_on_gossip() {
     let dir = tempdir();
     let (manager, addr) = start(config(dir.path())).await;
     let node = joined_node(&manager, &addr).await;
@@ -106,27 +106,12 @@ async fn an_accepted_job_sends_its_tokens_to_the_submitter_and_gossips_tasks_wit
     .unwrap();
     assert_eq!(claims.job_id, submitted.job_id);
 
-    // Someone else on the topic sees the task change, never a token.
+    // A peer that follows the job's topic learns nothing there: the manager neither
+    // announces the topic nor gossips the task's changes; the node reports to it directly.
     let mut events = watcher.gossip_events().unwrap();
     watcher.subscribe(&submitted.job_id).await.unwrap();
-    // Subscribing is local at first: until the watcher's subscription reaches the others, a
-    // publish passes it by. So the node reports again until the watcher has seen a change.
-    let gossiped = within("the watcher seeing the task change", async {
-        loop {
-            publish(&node, &with_status(&task, Status::Processing)).await;
-            let seen = next_raw_task(&mut events, &submitted.job_id);
-            if let Ok(task) = tokio::time::timeout(Duration::from_millis(500), seen).await {
-                return task;
-            }
-        }
-    })
-    .await;
-    assert_eq!(gossiped.name, "upload");
-    assert_eq!(gossiped.access_token, None);
-
-    // The manager heard the node's PROCESSING (the watcher saw it pass or the manager's own
-    // change), so it is on the topic: one DONE ends the job and its stream.
-    publish(&node, &with_status(&task, Status::Done)).await;
+    report(&node, &manager, &with_status(&task, Status::Processing)).await;
+    report(&node, &manager, &with_status(&task, Status::Done)).await;
     assert_eq!(
         within("the end of the job", submitted.tasks.next())
             .await
@@ -136,6 +121,22 @@ async fn an_accepted_job_sends_its_tokens_to_the_submitter_and_gossips_tasks_wit
     let job = manager.job(&submitted.job_id).await.unwrap().unwrap();
     assert_eq!(job.tasks[0].status, Status::Done as i32);
     assert!(job.tasks.iter().all(|t| t.access_token.is_none()));
+    let overheard = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match events.recv().await {
+                Ok(
+                    domain_cluster::gossip::GossipEvent::Message { topic, .. }
+                    | domain_cluster::gossip::GossipEvent::Subscribed { topic, .. },
+                ) if topic == submitted.job_id => {
+                    return topic;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
+    assert!(overheard.is_err(), "the job's topic carried something");
 
     manager.shutdown().await.unwrap();
 }
@@ -293,7 +294,7 @@ async fn the_monitor_streams_the_jobs_a_peer_may_watch_then_their_changes() {
     );
 
     // Then the changes, without tokens.
-    publish(&node, &with_status(&task, Status::Done)).await;
+    report(&node, &manager, &with_status(&task, Status::Done)).await;
     let frames = monitor_until(&mut monitor, &first.job_id, "a", Status::Done).await;
     assert!(
         frames
@@ -384,8 +385,13 @@ async fn task_updates_from_a_peer_that_is_neither_sender_nor_receiver_are_ignore
 
     // One publisher's messages arrive in order: once "b" is PROCESSING, the claim on "a" was
     // weighed, and refused.
-    publish(&stranger, &with_status(&tasks[0], Status::Failed)).await;
-    publish(&stranger, &with_status(&tasks[1], Status::Processing)).await;
+    report(&stranger, &manager, &with_status(&tasks[0], Status::Failed)).await;
+    report(
+        &stranger,
+        &manager,
+        &with_status(&tasks[1], Status::Processing),
+    )
+    .await;
     let frames = monitor_until(&mut monitor, &submitted.job_id, "b", Status::Processing).await;
     let a_statuses: Vec<i32> = frames
         .iter()
@@ -405,7 +411,7 @@ async fn task_updates_from_a_peer_that_is_neither_sender_nor_receiver_are_ignore
     );
 
     // The receiver's word counts.
-    publish(&node, &with_status(&tasks[0], Status::Done)).await;
+    report(&node, &manager, &with_status(&tasks[0], Status::Done)).await;
     monitor_until(&mut monitor, &submitted.job_id, "a", Status::Done).await;
     manager.shutdown().await.unwrap();
 }
@@ -488,14 +494,14 @@ async fn a_restarted_manager_resumes_its_jobs_and_the_submitter_gets_fresh_token
     assert!(again.access_token.is_some());
 
     // "first" is done: "second" is assigned, and its token arrives on the resumed stream.
-    publish(&node, &with_status(&again, Status::Done)).await;
+    report(&node, &manager, &with_status(&again, Status::Done)).await;
     let second = within("the next task", resumed.tasks.next())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(second.name, "second");
     assert_eq!(second.receiver, Some(node_id.to_string()));
-    publish(&node, &with_status(&second, Status::Done)).await;
+    report(&node, &manager, &with_status(&second, Status::Done)).await;
     assert_eq!(
         within("the end of the job", resumed.tasks.next())
             .await

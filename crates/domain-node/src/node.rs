@@ -35,13 +35,8 @@ use crate::store::NodeDatastore;
 /// The first retry of a failed join; later ones double up to the join interval.
 const FIRST_JOIN_RETRY: Duration = Duration::from_millis(250);
 
-/// How long shutdown waits for the status worker to publish what is queued.
+/// How long shutdown waits for the status worker to send what is queued.
 const REPORT_DRAIN: Duration = Duration::from_secs(5);
-
-/// How long the swarm stays up after the last status report: publishing only
-/// queues a message for the connections, and stopping the swarm drops what
-/// they have not sent yet.
-const REPORT_LINGER: Duration = Duration::from_millis(300);
 
 /// Why a node cannot start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +117,7 @@ pub struct Node {
     max_streams: usize,
     handshakes: Arc<Handshakes>,
     background: Vec<JoinHandle<()>>,
-    reporter_task: JoinHandle<Option<tokio::time::Instant>>,
+    reporter_task: JoinHandle<()>,
     grace: Duration,
 }
 
@@ -182,7 +177,7 @@ impl Node {
         let acceptors = acceptors.into_iter().collect::<Result<Vec<_>, _>>()?;
 
         let keys = ManagerKeys::new(cluster.clone(), config.manager.clone(), manager);
-        let (reporter, reporter_task) = StatusReporter::start(cluster.clone());
+        let (reporter, reporter_task) = StatusReporter::start(cluster.clone(), manager);
         let stop = CancellationToken::new();
         let cut = CancellationToken::new();
         let max_streams = config.max_task_streams.clamp(1, Semaphore::MAX_PERMITS);
@@ -414,13 +409,12 @@ impl Node {
         }
         drop((keys, joins));
         // The last reporter clone went with the handlers' context: the worker
-        // publishes what is queued, then ends.
-        match tokio::time::timeout(REPORT_DRAIN, reporter_task).await {
-            Ok(Ok(Some(last_published))) => {
-                tokio::time::sleep_until(last_published + REPORT_LINGER).await;
-            }
-            Ok(_) => {}
-            Err(_) => tracing::warn!("status reports still unpublished at shutdown"),
+        // sends what is queued, then ends.
+        if tokio::time::timeout(REPORT_DRAIN, reporter_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("status reports still unsent at shutdown");
         }
         cluster.shutdown().await?;
         let _ = cluster_task.await;

@@ -172,8 +172,6 @@ impl Replicator {
             domain_id: domain.as_str().to_owned(),
         };
         let mut job = self.submit(request).await?;
-        // Followed, so that a failed attempt can be reported on the job's topic.
-        let _updates = self.cluster.follow_task_updates(&job.job_id).await;
         loop {
             let next = tokio::time::timeout(ASSIGNMENT_PATIENCE, job.tasks.next()).await;
             let task = match next {
@@ -193,7 +191,7 @@ impl Replicator {
     }
 
     /// Submits `request`, again while the manager refuses it: the store task's DONE,
-    /// which it checks, travels by gossip and may arrive after the job.
+    /// which it checks, travels on a stream of its own and may arrive after the job.
     async fn submit(
         &self,
         request: JobRequest,
@@ -301,15 +299,15 @@ impl Replicator {
         sender.finish().await.map_err(transfer)
     }
 
-    /// Reports an attempt FAILED on its job's topic, so that the manager retries it now
-    /// rather than at its deadline.
+    /// Reports an attempt FAILED to the manager, so that it retries it now rather than at
+    /// its deadline.
     async fn report_failed(&self, job_id: &str, task: Task) {
         let update = Task {
             status: Status::Failed as i32,
             access_token: None,
             ..task
         };
-        if let Err(error) = self.cluster.publish_task_update(job_id, &update).await {
+        if let Err(error) = self.cluster.report_tasks(self.manager, &[update]).await {
             tracing::debug!(job_id, %error, "could not report the failed copy");
         }
     }

@@ -9,7 +9,6 @@ use domain_auth::{DomainKey, TaskClaims};
 use domain_capabilities::{CapabilityError, Limits, StoreSender};
 use domain_cluster::Multiaddr;
 use domain_cluster::PeerId;
-use domain_cluster::gossip::TaskUpdates;
 use domain_cluster::identity::Identity;
 use domain_datastore::Datastore as _;
 use domain_proto::domain_data::{Query, UpsertMetadata};
@@ -21,12 +20,12 @@ mod common;
 use common::setup::Setup;
 use common::{DOMAIN, StandIn, within};
 
-/// The next update of `updates`, which must come from `publisher`.
-async fn next_update(updates: &mut TaskUpdates, publisher: PeerId) -> (String, Status) {
-    let update = within("a task update", updates.recv()).await.unwrap();
-    assert_eq!(update.publisher, Some(publisher));
-    assert_eq!(update.task.access_token, None);
-    (update.task.name.clone(), update.task.status())
+/// The next status report `manager` received, which must come from `reporter`.
+async fn next_update(manager: &StandIn, reporter: PeerId) -> (String, Status) {
+    let (from, task) = manager.next_report().await;
+    assert_eq!(from, reporter);
+    assert_eq!(task.access_token, None);
+    (task.name.clone(), task.status())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,24 +116,18 @@ async fn tokens_not_signed_by_the_domain_key_or_for_another_protocol_are_refused
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_node_reports_processing_then_done_or_failed_on_the_jobs_topic() {
+async fn the_node_reports_processing_then_done_or_failed_to_the_manager() {
     let setup = Setup::start(|c| c.join_interval = Duration::from_secs(60)).await;
     let node = setup.node.peer_id();
-    let mut updates = setup
-        .manager
-        .cluster
-        .follow_task_updates("job-status")
-        .await
-        .unwrap();
 
     let token = setup.token("job-status", "upload", STORE_V1).await;
     setup.store(&token, &[("a", b"abc")]).await.unwrap();
     assert_eq!(
-        next_update(&mut updates, node).await,
+        next_update(&setup.manager, node).await,
         ("upload".to_owned(), Status::Processing)
     );
     assert_eq!(
-        next_update(&mut updates, node).await,
+        next_update(&setup.manager, node).await,
         ("upload".to_owned(), Status::Done)
     );
 
@@ -153,11 +146,11 @@ async fn the_node_reports_processing_then_done_or_failed_on_the_jobs_topic() {
     assert!(sender.send(item, &b"abc"[..]).await.is_err());
     drop(sender);
     assert_eq!(
-        next_update(&mut updates, node).await,
+        next_update(&setup.manager, node).await,
         ("broken-upload".to_owned(), Status::Processing)
     );
     assert_eq!(
-        next_update(&mut updates, node).await,
+        next_update(&setup.manager, node).await,
         ("broken-upload".to_owned(), Status::Failed)
     );
     setup.stop().await;
@@ -266,12 +259,6 @@ async fn shutdown_cuts_a_stream_still_running_after_the_grace_period() {
         c.shutdown_grace = Duration::from_millis(200);
     })
     .await;
-    let mut updates = setup
-        .manager
-        .cluster
-        .follow_task_updates("job-cut")
-        .await
-        .unwrap();
     let node_id = setup.node.peer_id();
     let token = setup.token("job-cut", "upload", STORE_V1).await;
     let stream = setup.client.open_stream(node_id, STORE_V1).await.unwrap();
@@ -279,7 +266,7 @@ async fn shutdown_cuts_a_stream_still_running_after_the_grace_period() {
         .await
         .unwrap();
     assert_eq!(
-        next_update(&mut updates, node_id).await,
+        next_update(&setup.manager, node_id).await,
         ("upload".to_owned(), Status::Processing)
     );
     let Setup {
@@ -292,7 +279,7 @@ async fn shutdown_cuts_a_stream_still_running_after_the_grace_period() {
     let report = within("the shutdown", node.shutdown()).await.unwrap();
     assert_eq!(report.streams_cut, 1);
     assert_eq!(
-        next_update(&mut updates, node_id).await,
+        next_update(&manager, node_id).await,
         ("upload".to_owned(), Status::Failed)
     );
     client.shutdown().await.unwrap();
@@ -348,7 +335,7 @@ async fn a_stream_over_the_limit_is_dropped_at_once_and_the_running_one_goes_on(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_report_made_while_the_manager_restarts_reaches_it_once_it_follows_the_job_again() {
+async fn a_report_made_while_the_manager_restarts_reaches_it_once_it_is_back() {
     let setup = Setup::start(|c| c.join_interval = Duration::from_millis(300)).await;
     let node_id = setup.node.peer_id();
     let token = setup.token("job-restart", "upload", STORE_V1).await;
@@ -382,13 +369,8 @@ async fn a_report_made_while_the_manager_restarts_reaches_it_once_it_follows_the
         .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
         .collect();
     let restarted = StandIn::start(manager_identity, listen, &key).await;
-    let mut updates = restarted
-        .cluster
-        .follow_task_updates("job-restart")
-        .await
-        .unwrap();
     loop {
-        let (name, status) = next_update(&mut updates, node_id).await;
+        let (name, status) = next_update(&restarted, node_id).await;
         assert_eq!(name, "upload");
         if status == Status::Done {
             break;

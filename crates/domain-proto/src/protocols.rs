@@ -14,6 +14,13 @@ pub const JOBS_V1: &str = "/jobs/v1";
 pub const MONITOR_V1: &str = "/monitor/v1";
 /// A client asks the manager which nodes hold data of a domain (an extension).
 pub const HOLDERS_V1: &str = "/holders/v1";
+/// A task's sender or receiver reports its status to the manager (an extension: posemesh
+/// gossips task updates on the job's topic, which any peer may follow).
+pub const TASK_STATUS_V1: &str = "/task-status/v1";
+/// The `Task` frames one `/task-status/v1` stream carries at most.
+pub const MAX_STATUS_REPORTS: usize = 256;
+/// The largest `Task` frame of `/task-status/v1`: names and peer ids, no token.
+pub const MAX_STATUS_FRAME: usize = 16 * 1024;
 /// A task sender stores items on a receiver.
 pub const STORE_V1: &str = "/store/v1";
 /// A task sender loads items (or subscribes to new ones) from a receiver.
@@ -22,12 +29,13 @@ pub const LOAD_V1: &str = "/load/v1";
 pub const DELETE_V1: &str = "/delete/v1";
 
 /// Every stream protocol above, for registering handlers.
-pub const ALL_STREAM_PROTOCOLS: [&str; 8] = [
+pub const ALL_STREAM_PROTOCOLS: [&str; 9] = [
     PUBLIC_KEY_V1,
     JOIN_V1,
     JOBS_V1,
     MONITOR_V1,
     HOLDERS_V1,
+    TASK_STATUS_V1,
     STORE_V1,
     LOAD_V1,
     DELETE_V1,

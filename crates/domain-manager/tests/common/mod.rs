@@ -8,16 +8,14 @@ use std::time::Duration;
 
 use domain_cluster::JobStream;
 use domain_cluster::config::{ClusterConfig, Role};
-use domain_cluster::gossip::GossipEvent;
 use domain_cluster::identity::Identity;
-use domain_cluster::{Cluster, ClusterError, ClusterHandle, Multiaddr, PeerId};
+use domain_cluster::{Cluster, ClusterHandle, Multiaddr, PeerId};
 use domain_manager::{Manager, ManagerConfig};
 use domain_proto::discovery::{Capability, Node};
 use domain_proto::protocols::{LOAD_V1, STORE_V1};
 use domain_proto::task::{
     CapabilityFilters, Job, JobRequest, ResourceRecruitment, Status, Task, TaskRequest,
 };
-use prost::Message as _;
 
 /// The longest a test waits for one step: far above what loopback needs on a busy machine.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -191,22 +189,14 @@ pub fn with_status(task: &Task, status: Status) -> Task {
     }
 }
 
-/// Publishes a task update once some peer hears the job's topic (gossipsub refuses to publish
-/// before it knows a subscriber).
-pub async fn publish(peer: &ClusterHandle, task: &Task) {
-    peer.follow_task_updates(&task.job_id).await.unwrap();
-    within("publishing a task update", async {
-        loop {
-            match peer.publish_task_update(&task.job_id, task).await {
-                Ok(()) => return,
-                Err(ClusterError::Publish { .. }) => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("publish: {e}"),
-            }
-        }
-    })
-    .await;
+/// Reports a task's status to `manager` as `peer` (`/task-status/v1`).
+pub async fn report(peer: &ClusterHandle, manager: &Manager, task: &Task) {
+    within(
+        "reporting a task's status",
+        peer.report_tasks(manager.peer_id(), std::slice::from_ref(task)),
+    )
+    .await
+    .unwrap();
 }
 
 /// Reads monitor frames until one shows `task` of `job_id` in `status`; returns every frame
@@ -234,18 +224,4 @@ pub async fn monitor_until(
     })
     .await;
     seen
-}
-
-/// The next gossip message on `topic`, decoded without dropping a token it may carry.
-pub async fn next_raw_task(events: &mut domain_cluster::gossip::GossipEvents, topic: &str) -> Task {
-    within("a gossiped task", async {
-        loop {
-            if let GossipEvent::Message { topic: t, data, .. } = events.recv().await.unwrap()
-                && t == topic
-            {
-                return Task::decode_length_delimited(data.as_slice()).unwrap();
-            }
-        }
-    })
-    .await
 }

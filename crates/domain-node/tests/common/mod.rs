@@ -10,11 +10,12 @@ use domain_auth::DomainKey;
 use domain_capabilities::{Limits, StaticKeys};
 use domain_cluster::config::{ClusterConfig, Role};
 use domain_cluster::identity::Identity;
-use domain_cluster::{Cluster, ClusterHandle, Multiaddr};
+use domain_cluster::{Cluster, ClusterHandle, Multiaddr, PeerId};
 use domain_node::first_tcp_addr;
 use domain_proto::discovery::{JoinClusterRequest, JoinClusterResponse};
-use domain_proto::protocols::{JOIN_V1, PUBLIC_KEY_V1};
-use domain_proto::{DEFAULT_MAX_FRAME, read_message, write_message};
+use domain_proto::protocols::{JOIN_V1, MAX_STATUS_FRAME, PUBLIC_KEY_V1, TASK_STATUS_V1};
+use domain_proto::task::Task;
+use domain_proto::{DEFAULT_MAX_FRAME, read_message, read_message_or_eof, write_message};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -41,6 +42,8 @@ pub struct StandIn {
     event_loop: JoinHandle<()>,
     pub addr: Multiaddr,
     joins: mpsc::Receiver<JoinClusterRequest>,
+    /// The task status reports received on `/task-status/v1`, with their reporter.
+    reports: tokio::sync::Mutex<mpsc::Receiver<(PeerId, Task)>>,
     servers: Vec<JoinHandle<()>>,
 }
 
@@ -87,13 +90,39 @@ impl StandIn {
             }
         });
 
+        let (reports_tx, reports) = mpsc::channel(256);
+        let mut report_streams = cluster.accept(TASK_STATUS_V1).unwrap();
+        let report_server = tokio::spawn(async move {
+            while let Some((peer, stream)) = report_streams.next().await {
+                let reports = reports_tx.clone();
+                tokio::spawn(async move {
+                    let (mut reader, mut writer) = tokio::io::split(stream);
+                    while let Ok(Some(task)) =
+                        read_message_or_eof::<Task, _>(&mut reader, MAX_STATUS_FRAME).await
+                    {
+                        let _ = reports.send((peer, task)).await;
+                    }
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut writer).await;
+                });
+            }
+        });
+
         Self {
             cluster,
             event_loop,
             addr,
             joins,
-            servers: vec![join_server, key_server],
+            reports: tokio::sync::Mutex::new(reports),
+            servers: vec![join_server, key_server, report_server],
         }
+    }
+
+    /// The next task status report received, and who sent it.
+    pub async fn next_report(&self) -> (PeerId, Task) {
+        let mut reports = self.reports.lock().await;
+        within("a task status report", reports.recv())
+            .await
+            .unwrap()
     }
 
     pub async fn next_join(&mut self) -> JoinClusterRequest {
