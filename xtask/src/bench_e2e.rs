@@ -64,6 +64,7 @@ use procfs::load_average;
 mod baseline;
 mod cluster;
 mod download;
+mod flood;
 mod latency;
 mod procfs;
 
@@ -102,6 +103,9 @@ pub struct Options {
     /// Runs of each command of the latency part; the report shows median, min and max.
     #[arg(long, value_name = "N", default_value_t = 20)]
     latency_runs: u32,
+    /// MiB of each upload of the flood part.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    flood_size_mib: u32,
     /// Sizes of the latency part's clusters, in nodes.
     #[arg(long, value_name = "N,...", value_delimiter = ',', default_values_t = [1, 4])]
     latency_nodes: Vec<u32>,
@@ -123,6 +127,9 @@ pub(crate) enum Part {
     Download,
     /// `domain ls` and a 1-item download through the manager, on 1 and 4 nodes.
     Latency,
+    /// An upload through the manager alone and while 16 fresh identities flood the
+    /// manager and the node.
+    Flood,
 }
 
 /// A transport the client can be made to use.
@@ -367,6 +374,10 @@ fn bench(
             found.push(latency::measure(dir, peers, nodes, options.latency_runs)?);
         }
         print!("{}", latency::report(options.latency_runs, &found));
+    }
+    if options.runs(Part::Flood) {
+        let found = flood::measure(dir, peers, options.flood_size_mib, options.rounds)?;
+        print!("{}", flood::report(&found));
     }
     Ok(())
 }

@@ -25,6 +25,8 @@ pub(crate) struct Behaviour {
     pub(crate) limits: connection_limits::Behaviour,
     /// Next, so that one address cannot take every place `limits` leaves.
     pub(crate) per_ip: crate::ip_limits::Behaviour,
+    /// Peers refused for a while (see [`ClusterHandle::ban`](crate::ClusterHandle::ban)).
+    pub(crate) bans: crate::bans::Behaviour,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -207,6 +209,7 @@ fn build_behaviour(
     Ok(Behaviour {
         limits: connection_limits::Behaviour::new(limits),
         per_ip: crate::ip_limits::Behaviour::new(config.connection_limits.max_incoming_per_ip),
+        bans: crate::bans::Behaviour::default(),
         identify,
         ping: ping::Behaviour::default(),
         kad,

@@ -81,6 +81,12 @@ pub(crate) enum Command {
         peer: PeerId,
         reply: oneshot::Sender<bool>,
     },
+    /// Close every connection to the peer and refuse its connections for a while.
+    Ban {
+        peer: PeerId,
+        duration: Duration,
+        reply: oneshot::Sender<()>,
+    },
     /// Stop the event loop, closing every connection.
     Shutdown { reply: oneshot::Sender<()> },
 }
@@ -348,6 +354,16 @@ impl EventLoop {
             }
             Command::Disconnect { peer, reply } => {
                 let _ = reply.send(self.swarm.disconnect_peer_id(peer).is_ok());
+            }
+            Command::Ban {
+                peer,
+                duration,
+                reply,
+            } => {
+                tracing::info!(%peer, ?duration, "banning a peer");
+                self.swarm.behaviour_mut().bans.ban(peer, duration);
+                let _ = self.swarm.disconnect_peer_id(peer);
+                let _ = reply.send(());
             }
             // Handled by `run`, which owns the loop.
             Command::Shutdown { reply } => {

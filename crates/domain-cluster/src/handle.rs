@@ -352,6 +352,20 @@ impl ClusterHandle {
             .await
     }
 
+    /// Closes every connection to `peer` and refuses its connections, both ways, for
+    /// `duration` (a longer ban already in force stays). For a peer that misbehaves.
+    ///
+    /// # Errors
+    /// [`ClusterError::Shutdown`].
+    pub async fn ban(&self, peer: PeerId, duration: Duration) -> Result<(), ClusterError> {
+        self.request(|reply| Command::Ban {
+            peer,
+            duration,
+            reply,
+        })
+        .await
+    }
+
     /// Peers connecting and disconnecting, from now on.
     ///
     /// # Errors

@@ -58,6 +58,7 @@
 //! # }
 //! ```
 
+mod bans;
 mod behaviour;
 pub mod config;
 pub mod error;
@@ -71,6 +72,7 @@ mod requests;
 pub mod stream;
 mod streams;
 
+pub use bans::{Banned, MAX_BANS};
 pub use error::{ClusterError, IdentityError};
 pub use handle::{Cluster, ClusterHandle};
 pub use ip_limits::PerIpExceeded;

@@ -87,5 +87,6 @@ pub use domains::{DomainPolicy, DomainSpec, DomainsFile, Refusal, create_domain}
 pub use error::{ConfigError, ManagerError};
 pub use service::{
     FIRST_REQUEST_TIMEOUT, MAX_STRANGER_STREAMS, MAX_STRANGER_STREAMS_PER_PEER,
-    MAX_STREAMS_PER_PEER, MAX_STREAMS_PER_PROTOCOL, Manager, is_plain_tcp,
+    MAX_STREAMS_PER_PEER, MAX_STREAMS_PER_PROTOCOL, Manager, STRANGER_BAN,
+    STRANGER_REFUSALS_BEFORE_BAN, is_plain_tcp,
 };

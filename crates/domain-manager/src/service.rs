@@ -78,6 +78,12 @@ pub const MAX_STRANGER_STREAMS: usize = 128;
 /// joining with an invite, a peer asking a public key, needs one.
 pub const MAX_STRANGER_STREAMS_PER_PEER: usize = 4;
 
+/// Streams an unknown peer may open past its share of a protocol before it is banned.
+pub const STRANGER_REFUSALS_BEFORE_BAN: u32 = 16;
+
+/// How long an unknown peer that floods a protocol is refused.
+pub const STRANGER_BAN: Duration = Duration::from_secs(10 * 60);
+
 /// The longest a stream's request may take to arrive (or the manager's request timeout,
 /// when shorter): every request is one small frame.
 pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -280,6 +286,7 @@ impl Manager {
                 incoming,
                 protocol,
                 move |peer| knows.knows(peer),
+                cluster.clone(),
                 move |peer, stream| {
                     let shared = Arc::clone(&shared);
                     let keys = Arc::clone(&keys);
@@ -652,12 +659,16 @@ async fn serve_protocol<F, Fut, K>(
     mut incoming: IncomingStreams,
     protocol: &'static str,
     known: K,
+    cluster: ClusterHandle,
     serve: F,
 ) where
     F: Fn(PeerId, ClusterStream) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
     K: Fn(&PeerId) -> bool,
 {
+    // Streams of each stranger dropped for being past its share: a peer that keeps
+    // opening them is flooding, and is banned.
+    let mut refused: HashMap<PeerId, u32> = HashMap::new();
     let mut running = JoinSet::new();
     let mut peer_of = HashMap::new();
     let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
@@ -682,6 +693,17 @@ async fn serve_protocol<F, Fut, K>(
                 } else {
                     if held >= MAX_STRANGER_STREAMS_PER_PEER {
                         tracing::debug!(%peer, protocol, "too many streams from one unknown peer; dropping one");
+                        if refused.len() >= MAX_STRANGER_STREAMS * 32 {
+                            refused.clear();
+                        }
+                        let count = refused.entry(peer).or_default();
+                        *count += 1;
+                        if *count == STRANGER_REFUSALS_BEFORE_BAN {
+                            refused.remove(&peer);
+                            tracing::warn!(%peer, protocol, ?STRANGER_BAN, "an unknown peer keeps opening streams past its share; banning it");
+                            let cluster = cluster.clone();
+                            tokio::spawn(async move { cluster.ban(peer, STRANGER_BAN).await });
+                        }
                         continue;
                     }
                     if strangers.len() >= MAX_STRANGER_STREAMS {

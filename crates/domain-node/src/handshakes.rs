@@ -32,6 +32,16 @@ pub const MAX_PENDING_HANDSHAKES: usize = 128;
 /// honest one takes a round trip.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Handshakes of one peer that fail in a row (dropped past its limit, pushed out, timed
+/// out, or refused) before it is banned: an honest peer's handshakes succeed.
+pub const FAILED_HANDSHAKES_BEFORE_BAN: u32 = 64;
+
+/// How long a peer whose handshakes keep failing is refused.
+pub const HANDSHAKE_BAN: Duration = Duration::from_secs(10 * 60);
+
+/// Peers whose failures are counted at most; past this many the counts start over.
+const MAX_COUNTED_PEERS: usize = 65_536;
+
 /// Streams in their handshake: counted per remote peer, and in all, oldest first.
 #[derive(Debug)]
 pub(crate) struct Handshakes {
@@ -47,6 +57,8 @@ struct State {
     /// The handshakes under way, oldest first, each with what ends it early.
     pending: VecDeque<(u64, CancellationToken)>,
     next_serial: u64,
+    /// Handshakes that failed in a row, per peer.
+    failures: HashMap<PeerId, u32>,
 }
 
 /// One stream's place among the [`Handshakes`], given back on drop.
@@ -103,6 +115,27 @@ impl Handshakes {
             serial,
             evicted,
         })
+    }
+
+    /// Counts a failed handshake of `peer`; `true` when it makes
+    /// [`FAILED_HANDSHAKES_BEFORE_BAN`] in a row, and the count starts over.
+    pub(crate) fn failed(&self, peer: PeerId) -> bool {
+        let mut state = self.state();
+        if state.failures.len() >= MAX_COUNTED_PEERS && !state.failures.contains_key(&peer) {
+            state.failures.clear();
+        }
+        let count = state.failures.entry(peer).or_default();
+        *count += 1;
+        if *count < FAILED_HANDSHAKES_BEFORE_BAN {
+            return false;
+        }
+        state.failures.remove(&peer);
+        true
+    }
+
+    /// A handshake of `peer` succeeded: its failures are forgotten.
+    pub(crate) fn succeeded(&self, peer: PeerId) {
+        self.state().failures.remove(&peer);
     }
 
     /// Handshakes under way (evicted ones no longer count).
@@ -167,6 +200,24 @@ mod tests {
         assert_eq!(handshakes.counts(), (3, 3));
         drop(slots);
         assert_eq!(handshakes.counts(), (0, 0));
+    }
+
+    #[test]
+    fn a_peer_whose_handshakes_keep_failing_is_named_once_and_a_success_forgives() {
+        let handshakes = Handshakes::new(2, 4);
+        let (flooder, honest) = (PeerId::random(), PeerId::random());
+        let named = (0..FAILED_HANDSHAKES_BEFORE_BAN)
+            .filter(|_| handshakes.failed(flooder))
+            .count();
+        assert_eq!(named, 1, "named when it reaches the count");
+        for _ in 1..FAILED_HANDSHAKES_BEFORE_BAN {
+            assert!(!handshakes.failed(honest));
+            handshakes.succeeded(honest);
+        }
+        assert!(
+            !handshakes.failed(honest),
+            "failures with successes between"
+        );
     }
 
     #[test]

@@ -26,7 +26,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, NodeConfig};
-use crate::handshakes::{HANDSHAKE_TIMEOUT, HandshakeSlot, Handshakes, MAX_PENDING_HANDSHAKES};
+use crate::handshakes::{
+    HANDSHAKE_BAN, HANDSHAKE_TIMEOUT, HandshakeSlot, Handshakes, MAX_PENDING_HANDSHAKES,
+};
 use crate::keys::ManagerKeys;
 use crate::replicate::Replicator;
 use crate::status::StatusReporter;
@@ -221,6 +223,7 @@ impl Node {
                         permits: Arc::clone(&permits),
                         max_streams,
                         handshakes: Arc::clone(&handshakes),
+                        cluster: cluster.clone(),
                     },
                     stop.clone(),
                 ))
@@ -473,11 +476,34 @@ pub fn first_tcp_addr(addrs: &[Multiaddr]) -> Option<Multiaddr> {
 }
 
 /// What bounds the task streams: the node's permits, and the handshakes per peer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Limiters {
     permits: Arc<Semaphore>,
     max_streams: usize,
     handshakes: Arc<Handshakes>,
+    /// Bans a peer whose handshakes keep failing.
+    cluster: ClusterHandle,
+}
+
+impl Limiters {
+    /// Counts a failed handshake of `peer`, and bans it when they keep failing.
+    fn count_failure(&self, peer: PeerId) {
+        if self.handshakes.failed(peer) {
+            tracing::warn!(%peer, ban = ?HANDSHAKE_BAN, "the handshakes of this peer keep failing; banning it");
+            let cluster = self.cluster.clone();
+            tokio::spawn(async move { cluster.ban(peer, HANDSHAKE_BAN).await });
+        }
+    }
+}
+
+/// How a stream's handshake ended.
+enum Handshake {
+    /// Its token was accepted and it holds a permit (boxed: the others are empty).
+    Accepted(Box<AcceptedStream<ClusterStream>>),
+    /// It failed by its opener's doing: refused, silent, pushed out.
+    Failed,
+    /// It was dropped by this node's doing: no permit free, or a shutdown.
+    Dropped,
 }
 
 async fn accept_streams(
@@ -500,18 +526,31 @@ async fn accept_streams(
         let Some(slot) = limiters.handshakes.try_start(peer) else {
             tracing::warn!(%peer, protocol, limit = limiters.handshakes.per_peer(), "too many task streams of this peer in their handshake; dropping one");
             drop(stream);
+            limiters.count_failure(peer);
             continue;
         };
         let context = Arc::clone(&context);
-        let (permits, max_streams) = (Arc::clone(&limiters.permits), limiters.max_streams);
+        let limiters = limiters.clone();
         tokio::spawn(async move {
-            let accepted = context
-                .handshake(peer, protocol, stream, slot, &permits, max_streams)
+            let outcome = context
+                .handshake(
+                    peer,
+                    protocol,
+                    stream,
+                    slot,
+                    &limiters.permits,
+                    limiters.max_streams,
+                )
                 .await;
             // Out of its handshake, the stream no longer counts against its peer; an
             // accepted one holds its permit until it ends.
-            if let Some(accepted) = accepted {
-                context.serve(peer, protocol, accepted).await;
+            match outcome {
+                Handshake::Accepted(accepted) => {
+                    limiters.handshakes.succeeded(peer);
+                    context.serve(peer, protocol, *accepted).await;
+                }
+                Handshake::Failed => limiters.count_failure(peer),
+                Handshake::Dropped => {}
             }
         });
     }
@@ -521,9 +560,8 @@ async fn accept_streams(
 impl Context {
     /// Runs the handshake of one task stream, within [`HANDSHAKE_TIMEOUT`], while `slot`
     /// holds its place among the [`Handshakes`]; an accepted stream takes one of
-    /// `permits` before it is answered. `None` when the stream was refused, evicted or
-    /// cut, or no permit was free: the stream is dropped, the token unspent, and the
-    /// scheduler tries again.
+    /// `permits` before it is answered. Any other stream is dropped, its token unspent,
+    /// and the scheduler tries again.
     async fn handshake(
         &self,
         peer: PeerId,
@@ -532,7 +570,7 @@ impl Context {
         slot: HandshakeSlot,
         permits: &Arc<Semaphore>,
         max_streams: usize,
-    ) -> Option<AcceptedStream<ClusterStream>> {
+    ) -> Handshake {
         let remote_peer = peer.to_string();
         let info = StreamInfo {
             local_peer: &self.local_peer,
@@ -547,26 +585,26 @@ impl Context {
             accept_task_stream(stream, &info, &self.keys, &self.limits),
         );
         let accepted = tokio::select! {
-            () = self.cut.cancelled() => return None,
+            () = self.cut.cancelled() => return Handshake::Dropped,
             () = slot.evicted() => {
                 tracing::warn!(%peer, protocol, "task stream dropped in its handshake: newer streams needed the place");
-                return None;
+                return Handshake::Failed;
             }
             accepted = handshake => accepted,
         };
         match accepted {
-            Ok(Ok(accepted)) => Some(accepted),
+            Ok(Ok(accepted)) => Handshake::Accepted(Box::new(accepted)),
             Ok(Err(CapabilityError::Busy)) => {
                 tracing::warn!(%peer, protocol, limit = max_streams, "too many task streams; dropping one");
-                None
+                Handshake::Dropped
             }
             Ok(Err(error)) => {
                 tracing::warn!(%peer, protocol, %error, "task stream refused");
-                None
+                Handshake::Failed
             }
             Err(_) => {
                 tracing::warn!(%peer, protocol, "task stream refused: no handshake in time");
-                None
+                Handshake::Failed
             }
         }
     }

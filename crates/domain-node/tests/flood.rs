@@ -98,3 +98,37 @@ async fn a_good_client_moves_data_while_sixteen_identities_hold_silent_streams()
     }
     setup.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_handshakes_keep_failing_is_banned() {
+    let setup = Setup::start(|c| c.join_interval = Duration::from_secs(60)).await;
+    let node = setup.node.peer_id();
+    let node_addr = setup.node.ready_addr().await.unwrap();
+    let flooder = client(&setup.manager.addr);
+    flooder.dial(node_addr.clone()).await.unwrap();
+    // Garbage handshakes one after another, each refused at once; the node bans the peer
+    // at the 64th, and then it cannot even open a stream.
+    let mut refused = 0;
+    let banned = within("the ban", async {
+        loop {
+            let Ok(mut stream) = flooder.open_stream(node, STORE_V1).await else {
+                return refused;
+            };
+            let _ = stream.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await;
+            let _ = stream.shutdown().await;
+            let mut buf = Vec::new();
+            let _ = stream.read_to_end(&mut buf).await;
+            refused += 1;
+        }
+    })
+    .await;
+    assert!(
+        (64..=80).contains(&banned),
+        "banned after {banned} failed handshakes"
+    );
+    // The good client is not touched.
+    let store = setup.token("job-good", "upload", STORE_V1).await;
+    setup.store(&store, &[("after", b"fine")]).await.unwrap();
+    flooder.shutdown().await.unwrap();
+    setup.stop().await;
+}

@@ -35,8 +35,12 @@ use common::{DOMAIN, within};
 
 /// Hostile streams that send garbage and close their write half.
 const GARBAGE_STREAMS: usize = 700;
-/// Hostile streams that send nothing, or a frame's beginning, and then wait.
-const SILENT_STREAMS: usize = 300;
+/// Hostile streams that send nothing, or a frame's beginning, and then wait: more than
+/// the node takes from one peer, fewer than it takes to ban it.
+const SILENT_STREAMS: usize = DEFAULT_MAX_HANDSHAKES_PER_PEER + 16;
+/// Garbage streams from one identity: fewer than the failed handshakes that get a peer
+/// banned (`flood.rs` shows the ban).
+const STREAMS_PER_IDENTITY: usize = 32;
 /// Garbage streams open at once: under the node's per-peer handshake limit, so
 /// that most of them reach the handshake parser instead of being dropped at
 /// the door (which the silent streams exercise).
@@ -130,8 +134,12 @@ impl XorShift {
     }
 }
 
-/// The hostile peer and what it has to send.
+/// The hostile peers and what they have to send.
 struct Hostile {
+    /// Garbage stream `i` goes from `garbage[i / STREAMS_PER_IDENTITY]`: each sends fewer
+    /// than it takes for the node to ban it, so that every stream reaches the parsers.
+    garbage: Vec<ClusterHandle>,
+    /// The peer of the silent streams.
     cluster: ClusterHandle,
     node: PeerId,
     /// Tokens of the hostile peer for each protocol, signed by a forger's key.
@@ -156,7 +164,8 @@ impl Hostile {
             Garbage::UnknownProtocol => "/garbage/v1",
             _ => [STORE_V1, LOAD_V1][side],
         };
-        let Ok(mut stream) = self.cluster.open_stream(self.node, protocol).await else {
+        let cluster = &self.garbage[index / STREAMS_PER_IDENTITY];
+        let Ok(mut stream) = cluster.open_stream(self.node, protocol).await else {
             return Outcome::NotOpened;
         };
         let bytes = match kind {
@@ -352,7 +361,17 @@ async fn a_good_client_moves_data_while_a_peer_floods_the_node_with_garbage_and_
     let store_a = setup.token("job-a", "upload", STORE_V1).await;
     let store_b = setup.token("job-b", "upload", STORE_V1).await;
     let load = setup.token("job-c", "download", LOAD_V1).await;
+    let mut garbage = Vec::new();
+    for _ in 0..GARBAGE_STREAMS.div_ceil(STREAMS_PER_IDENTITY) {
+        let cluster = client(&setup.manager.addr);
+        cluster
+            .dial(setup.node.ready_addr().await.unwrap())
+            .await
+            .unwrap();
+        garbage.push(cluster);
+    }
     let hostile = Arc::new(Hostile {
+        garbage: garbage.clone(),
         cluster: hostile_cluster.clone(),
         node,
         forged,
@@ -474,6 +493,9 @@ async fn a_good_client_moves_data_while_a_peer_floods_the_node_with_garbage_and_
 
     // When the hostile peer goes, the node lets go of what it held.
     hostile_cluster.shutdown().await.unwrap();
+    for cluster in garbage {
+        cluster.shutdown().await.unwrap();
+    }
     within("the silent streams to end", silent.join_all()).await;
     within("the node to let go of the silent streams", async {
         while setup.node.streams_in_handshake() > 0 {

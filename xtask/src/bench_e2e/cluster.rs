@@ -23,6 +23,8 @@ pub(super) struct BenchCluster<'a> {
     name: String,
     /// The manager's address.
     pub(super) manager: String,
+    /// The manager's process id.
+    pub(super) manager_pid: u32,
     key: DomainKey,
     client: PeerId,
     /// The client's identity file, as an argument.
@@ -95,13 +97,15 @@ impl<'a> BenchCluster<'a> {
             .and_then(|keys| keys.key(DOMAIN))
             .context("reading the domain's key from the manager's data folder")?;
 
-        let (ready, _) = peers.start(name, &program, &["run", "--data-dir", &manager_dir])?;
+        let (ready, manager_pid) =
+            peers.start(name, &program, &["run", "--data-dir", &manager_dir])?;
         say(&format!("{name} ready at {}", ready.addr));
         Ok(Self {
             peers,
             dir: dir.to_path_buf(),
             name: name.to_owned(),
             manager: ready.addr,
+            manager_pid,
             key,
             client,
             identity,
