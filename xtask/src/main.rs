@@ -5,7 +5,8 @@
 //! - `cargo xtask bench e2e`: 1 GiB uploads to a node and downloads from it, over TCP and
 //!   over QUIC, against raw TCP, a raw libp2p stream and a file write + fsync of the same
 //!   bytes; the peak RSS of node and client; the latency of `domain ls` and of a 1-item
-//!   download through the manager on 1 and 4 nodes (`--only upload|download|latency`).
+//!   download through the manager on 1 and 4 nodes; an upload through the manager while
+//!   16 fresh identities flood it and the node (`--only upload|download|latency|flood`).
 //! - `cargo xtask demo`: a manager, two nodes and the `domain` command on loopback.
 //! - `cargo xtask browser`: the web page of `examples/browser` next to a loopback cluster.
 //! - `cargo xtask crash --cycles N`: the datastore's SIGKILL crash test, N cycles.
@@ -87,8 +88,9 @@ enum BenchTask {
     /// as a ratio to the slowest baseline, the download as a ratio to the raw stream, and the
     /// peak RSS of node and client during a larger transfer (3 GiB by default). Then time
     /// `domain ls` and a 1-item download through the manager, as whole processes, on a
-    /// loopback cluster of 1 node and of 4 (median, min and max of 20 runs). `--only` runs
-    /// some of the parts: upload, download, latency.
+    /// loopback cluster of 1 node and of 4 (median, min and max of 20 runs). Then an upload
+    /// through the manager, alone and while 16 fresh identities flood the manager and the
+    /// node. `--only` runs some of the parts: upload, download, latency, flood.
     E2e(bench_e2e::Options),
 }
 
