@@ -178,6 +178,7 @@ fn bench_scheduler(c: &mut Criterion) {
         endpoint: ENDPOINT,
         issued_at: 1_700_000_000_000,
         lifetime: Duration::from_secs(600),
+        copy: false,
     };
     issuer.issue(&grant).unwrap();
     let mut group = c.benchmark_group("scheduler");

@@ -56,6 +56,10 @@ pub struct TaskClaims {
     pub scope: String,
     /// A unique token id (a random UUID), for logs and replay tracking.
     pub jti: String,
+    /// The task is a copy the manager placed: the stream may store items under the ids
+    /// they have elsewhere (`UpsertMetadata.replica`). Absent (false) on every other task.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub copy: bool,
 }
 
 impl TaskClaims {
@@ -95,6 +99,7 @@ impl TaskClaims {
             iat,
             exp: iat.saturating_add(lifetime_secs),
             jti: uuid::Uuid::new_v4().to_string(),
+            copy: false,
         }
     }
 }

@@ -243,11 +243,15 @@ where
             limits,
         } = self;
         let served = match protocol {
-            TaskProtocol::Store => {
-                store::store_accepted(stream, &accepted.domain, datastore, &limits)
-                    .await
-                    .map(Served::Store)
-            }
+            TaskProtocol::Store => store::store_accepted(
+                stream,
+                &accepted.domain,
+                accepted.claims.copy,
+                datastore,
+                &limits,
+            )
+            .await
+            .map(Served::Store),
             TaskProtocol::Load => load::load_accepted(stream, &accepted, datastore, &limits)
                 .await
                 .map(Served::Load),

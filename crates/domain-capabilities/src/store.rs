@@ -91,7 +91,14 @@ where
     let mut stream = IdleTimeout::new(stream, limits.idle_timeout);
     let (accepted, mut holds) =
         handshake::accept_claiming(&mut stream, info, keys, limits, SystemTime::now()).await?;
-    let served = store_accepted(stream, &accepted.domain, datastore, limits).await;
+    let served = store_accepted(
+        stream,
+        &accepted.domain,
+        accepted.claims.copy,
+        datastore,
+        limits,
+    )
+    .await;
     if let (Ok(_), Some(token)) = (&served, holds.token.as_mut()) {
         token.done();
     }
@@ -99,9 +106,13 @@ where
 }
 
 /// The part of [`serve_store`] after an accepted handshake.
+///
+/// Items under ids of their own (`UpsertMetadata.replica`) are taken only when `copy`: the
+/// token says the manager placed this task as a copy.
 pub(crate) async fn store_accepted<S, D>(
     mut stream: IdleTimeout<S>,
     domain: &DomainId,
+    copy: bool,
     datastore: &D,
     limits: &Limits,
 ) -> Result<StoreSummary, CapabilityError>
@@ -118,6 +129,12 @@ where
         let name = item.name.clone();
         let size = u64::from(item.size);
         let replica = is_replica(&item);
+        if replica && !copy {
+            return Err(CapabilityError::Unexpected {
+                during: "reading the next item",
+                what: "an item under an id of its own (a replica) on a task the manager did not place as a copy",
+            });
+        }
         let replaces = !item.is_new && !replica;
         let stored = match item.resume_key.take() {
             None => datastore

@@ -630,3 +630,51 @@ async fn an_idle_timeout_fires_on_time_even_with_large_limits() {
     assert!(matches!(served, Err(CapabilityError::Idle { .. })));
     assert_eq!(started.elapsed(), Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_under_an_id_of_its_own_is_refused_unless_the_token_is_for_a_copy() {
+    let fixture = Fixture::new().await;
+    let blob = data(100);
+    let replica = UpsertMetadata {
+        id: "chosen-by-the-sender".into(),
+        is_new: false,
+        replica: Some(true),
+        ..new_item("x", blob.len())
+    };
+    let store_with = |token: String| {
+        let (client, server) = pipe();
+        let replica = replica.clone();
+        let blob = blob.clone();
+        let fixture = &fixture;
+        async move {
+            let (served, sent) = tokio::join!(
+                fixture.serve_store(server),
+                store_items(
+                    client,
+                    &token,
+                    DOMAIN,
+                    [(replica, blob.as_slice())],
+                    Limits::DEFAULT
+                ),
+            );
+            (served.map(drop), sent)
+        }
+    };
+
+    // An ordinary task's token: the sender may not choose the id.
+    let (served, _) = store_with(fixture.token(STORE_V1)).await;
+    assert!(
+        matches!(served, Err(CapabilityError::Unexpected { .. })),
+        "{served:?}"
+    );
+    assert_eq!(stored_count(&fixture).await, 0);
+
+    // A copy the manager placed: stored under the id it has elsewhere.
+    let copy = domain_auth::TaskClaims {
+        copy: true,
+        ..common::claims(STORE_V1)
+    };
+    let (served, sent) = store_with(fixture.key.issue(&copy).unwrap()).await;
+    served.unwrap();
+    assert_eq!(sent.unwrap()[0].id, "chosen-by-the-sender");
+}

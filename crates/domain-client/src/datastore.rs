@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use domain_datastore::{
     DEFAULT_SUBSCRIPTION_CAPACITY, Datastore, DatastoreError, DomainId, QueryFilter, Subscribers,
-    Subscription, check_replica_id, is_replica,
+    Subscription, is_replica,
 };
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt as _, BufReader, DuplexStream, ReadBuf};
@@ -127,13 +127,13 @@ impl RemoteDatastore {
                 Err(source) => return Err(DatastoreError::ReadContent { name, source }),
             }
         }
-        self.subscriptions_established().await;
-        let replica = is_replica(&item);
-        if replica {
-            check_replica_id(&item.id)?;
+        if is_replica(&item) {
+            // The upstream nodes take items under ids of their own only on the copy tasks
+            // their manager places (`TaskClaims::copy`): this client's tasks are none.
+            return Err(DatastoreError::ReplicasUnsupported);
         }
-        let receiver = match item.is_new || replica {
-            // A replica goes where the manager places it, held there already or not.
+        self.subscriptions_established().await;
+        let receiver = match item.is_new {
             true => None,
             false => match self.client.locate(domain, &item.id).await {
                 Ok(Some((_, node))) => Some(node),

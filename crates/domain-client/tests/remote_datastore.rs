@@ -15,4 +15,4 @@ async fn fresh() -> (RemoteDatastore, Cluster) {
     (RemoteDatastore::new(cluster.client(None).await), cluster)
 }
 
-datastore_suite!(fresh);
+datastore_suite!(fresh, refusing replicas);

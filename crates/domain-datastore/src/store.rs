@@ -315,6 +315,11 @@ pub fn check_replica_id(id: &str) -> Result<(), DatastoreError> {
 /// Why a [`Datastore`] operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DatastoreError {
+    /// A replica (an item under an id of its own) was given to a store that cannot keep
+    /// one: a remote store reaches its cluster as a client, and only the copy tasks its
+    /// manager places may choose ids there.
+    #[error("this store takes no replicas: only its cluster's manager places copies")]
+    ReplicasUnsupported,
     /// The content had fewer or more bytes than the announced `size`; nothing was stored.
     #[error("content size mismatch: announced {expected} bytes, got {got}{}", if *got > u64::from(*expected) { " or more" } else { "" })]
     SizeMismatch {

@@ -14,7 +14,7 @@ use domain_proto::discovery::{Holder, Holdings, Node};
 use domain_proto::task::{Job, JobRequest, Status, Task};
 use domain_scheduler::{
     DomainKeyIssuer, Event, HoldersChange, JobStatus, MAX_TOKEN_LIFETIME, Scheduler,
-    SchedulerError, TokenGrant, TokenIssuer, job_id, parse_timeout,
+    SchedulerError, TokenGrant, TokenIssuer, is_copy, job_id, parse_timeout,
 };
 use tokio::sync::broadcast::error::TryRecvError;
 
@@ -332,6 +332,7 @@ impl Core {
                 endpoint: &task.endpoint,
                 issued_at: now,
                 lifetime,
+                copy: is_copy(spec),
             };
             match self.issuer.issue(&grant) {
                 Ok(token) => out.push(Task {

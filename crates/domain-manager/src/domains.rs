@@ -47,6 +47,10 @@ pub enum Refusal {
         /// The submitter.
         peer: PeerId,
     },
+    /// A task of a job other than a replicate request carries replicate data, which marks
+    /// the copies only the manager places.
+    #[error("only the manager places copies: a task of this job carries replicate data")]
+    CopyData,
     /// The domain id cannot be one.
     #[error("domain id {domain:?} is not valid: {reason}")]
     InvalidDomain {

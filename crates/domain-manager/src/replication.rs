@@ -15,8 +15,7 @@ use domain_proto::task::{
 };
 use domain_scheduler::Scheduler;
 
-/// The `type_url` of a replicate job's task data.
-pub(crate) const REPLICATE_INPUT: &str = "ReplicateDataInputV1";
+pub(crate) use domain_proto::REPLICATE_INPUT;
 
 /// The task timeout of a copy when the request names none.
 const COPY_TIMEOUT: &str = "10m";

@@ -944,6 +944,17 @@ async fn serve_jobs(shared: &Shared, peer: PeerId, stream: ClusterStream) {
         true => Err(Refusal::UnknownDomain {
             domain: request.domain_id.chars().take(80).collect(),
         }),
+        // Replicate data marks the copies the manager places (their tokens let the sender
+        // choose item ids): never on a job it did not expand itself.
+        false
+            if request.tasks.iter().any(|task| {
+                task.data
+                    .as_ref()
+                    .is_some_and(|d| d.type_url == domain_proto::REPLICATE_INPUT)
+            }) =>
+        {
+            Err(Refusal::CopyData)
+        }
         false => shared.policy.check_submitter(&request.domain_id, &peer),
     };
     if let Err(refusal) = allowed {

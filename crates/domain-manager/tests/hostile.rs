@@ -250,3 +250,28 @@ async fn a_flood_of_fresh_identities_is_banned_and_neither_drops_a_node_nor_keep
     drop(held);
     manager.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_marks_its_own_tasks_as_copies_is_refused() {
+    let dir = tempdir();
+    let (manager, _, alice, alice_id) = manager_with_client(dir.path()).await;
+
+    // A copy's token lets its sender choose item ids: a job may not claim to be one.
+    let mut forged = store_task("b", alice_id, &[]);
+    forged.data = Some(domain_proto::task::Any {
+        type_url: domain_proto::REPLICATE_INPUT.into(),
+        value: Vec::new(),
+    });
+    let request = job("scans", "1", vec![store_task("a", alice_id, &[]), forged]);
+    let refused = within("submitting", alice.submit_job(manager.peer_id(), request)).await;
+    match refused {
+        Err(domain_cluster::ClusterError::JobRejected { message, .. }) => {
+            assert!(
+                message.contains("only the manager places copies"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    manager.shutdown().await.unwrap();
+}

@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 /// The `type_url` of a replicate job's task data (the manager's name for it).
-const REPLICATE_INPUT: &str = "ReplicateDataInputV1";
+use domain_proto::REPLICATE_INPUT;
 
 /// The timeout of each copy task.
 const COPY_TIMEOUT: &str = "10m";

@@ -6,6 +6,10 @@ use prost::Message;
 
 use crate::task::Any;
 
+/// The `type_url` of a replicate job's task data ([`crate::task::ReplicateDataInputV1`]),
+/// which the manager's copy tasks carry too.
+pub const REPLICATE_INPUT: &str = "ReplicateDataInputV1";
+
 impl Any {
     /// `message`, encoded, under the bare name `type_url`.
     pub fn pack(type_url: &str, message: &impl Message) -> Self {

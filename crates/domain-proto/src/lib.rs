@@ -31,6 +31,7 @@
 //! ```
 
 mod any;
+pub use any::REPLICATE_INPUT;
 pub mod framing;
 pub mod protocols;
 pub mod wire;

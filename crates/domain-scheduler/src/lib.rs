@@ -134,7 +134,7 @@ pub use store::{
     Snapshot, StoreError, TaskRecord,
 };
 pub use timeout::{MAX_TIMEOUT, TimeoutError, parse_timeout};
-pub use token::{DomainKeyIssuer, TokenError, TokenGrant, TokenIssuer};
+pub use token::{DomainKeyIssuer, TokenError, TokenGrant, TokenIssuer, is_copy};
 pub use validate::{JobRejected, job_id};
 
 use domain_proto::task::{Code, SubmitJobResponse};

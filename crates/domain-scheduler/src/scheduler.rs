@@ -18,7 +18,7 @@ use crate::events::{Event, JobStatus};
 use crate::holders::{HolderIndex, HoldersChange, HoldingsError};
 use crate::registry::{JoinError, Needs, Registry};
 use crate::store::{Batch, JobRecord, NodeRecord, SchedulerStore, StoreError, TaskRecord};
-use crate::token::{TokenError, TokenGrant, TokenIssuer};
+use crate::token::{TokenError, TokenGrant, TokenIssuer, is_copy};
 use crate::validate::{JobRejected, TaskSpec, job_id, validate};
 
 /// The longest a task token lives, whatever the task's timeout (DESIGN §5).
@@ -1450,6 +1450,7 @@ impl Scheduler {
                 endpoint: &request.capability_filters.endpoint,
                 issued_at: now,
                 lifetime: job.specs[position].timeout.min(MAX_TOKEN_LIFETIME),
+                copy: is_copy(request),
             };
             Some(issuer.issue(&grant))
         };

@@ -4,6 +4,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use domain_auth::{DomainKeyStore, TaskClaims};
+use domain_proto::task::TaskRequest;
 
 /// What one token grants: the claims the scheduler decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +25,20 @@ pub struct TokenGrant<'a> {
     pub issued_at: u64,
     /// How long the token is valid: the task's timeout, at most one hour.
     pub lifetime: Duration,
+    /// The task is a copy the manager placed (see `TaskClaims::copy`).
+    pub copy: bool,
+}
+
+/// Whether `task` is a copy the manager placed: a `/store/v1` task carrying replicate data
+/// ([`domain_proto::REPLICATE_INPUT`]). The manager refuses such data on any job it did not
+/// expand from a replicate request itself, so only its copies carry it.
+#[must_use]
+pub fn is_copy(task: &TaskRequest) -> bool {
+    task.capability_filters.endpoint == domain_proto::protocols::STORE_V1
+        && task
+            .data
+            .as_ref()
+            .is_some_and(|data| data.type_url == domain_proto::REPLICATE_INPUT)
 }
 
 /// Why a token could not be issued.
@@ -87,16 +102,19 @@ impl TokenIssuer for DomainKeyIssuer {
             .keys
             .key(grant.domain_id)
             .map_err(|e| TokenError::new(grant, e))?;
-        let claims = TaskClaims::new(
-            grant.domain_id,
-            grant.job_id,
-            grant.task_name,
-            grant.sender,
-            grant.receiver,
-            grant.endpoint,
-            UNIX_EPOCH + Duration::from_millis(grant.issued_at),
-            grant.lifetime,
-        );
+        let claims = TaskClaims {
+            copy: grant.copy,
+            ..TaskClaims::new(
+                grant.domain_id,
+                grant.job_id,
+                grant.task_name,
+                grant.sender,
+                grant.receiver,
+                grant.endpoint,
+                UNIX_EPOCH + Duration::from_millis(grant.issued_at),
+                grant.lifetime,
+            )
+        };
         key.issue(&claims).map_err(|e| TokenError::new(grant, e))
     }
 }

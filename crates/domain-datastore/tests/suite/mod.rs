@@ -1,7 +1,8 @@
 //! The behaviour every [`Datastore`] backend must have, written once over the trait.
 //!
 //! A backend's test file includes this module and instantiates every behaviour with
-//! [`datastore_suite!`], giving it an async constructor of a fresh, empty store:
+//! [`datastore_suite!`], giving it an async constructor of a fresh, empty store (and
+//! `refusing replicas` for a store that cannot keep items under ids of their own):
 //!
 //! ```ignore
 //! #[path = "suite/mod.rs"]
@@ -23,7 +24,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 /// Defines one `#[tokio::test]` per behaviour, each on a fresh store from `$fresh`.
 #[macro_export]
 macro_rules! datastore_suite {
+    // A store that keeps replicas (the local one).
     ($fresh:path) => {
+        $crate::datastore_suite!($fresh, without replicas);
+        $crate::datastore_suite!(@tests $fresh; a_replica_is_stored_under_its_id_whether_or_not_it_exists);
+    };
+    // A store that refuses them (a remote one: only its cluster's manager places copies).
+    ($fresh:path, refusing replicas) => {
+        $crate::datastore_suite!($fresh, without replicas);
+        $crate::datastore_suite!(@tests $fresh; a_replica_is_refused_and_leaves_nothing);
+    };
+    ($fresh:path, without replicas) => {
         $crate::datastore_suite!(@tests $fresh;
             put_answers_the_merkle_root_of_the_content,
             get_returns_the_stored_metadata_and_exact_bytes,
@@ -35,7 +46,6 @@ macro_rules! datastore_suite {
             is_new_makes_a_new_id_whatever_id_is_given,
             upsert_replaces_the_item_with_that_id,
             upsert_of_an_unknown_id_is_not_found,
-            a_replica_is_stored_under_its_id_whether_or_not_it_exists,
             delete_removes_the_item,
             unknown_ids_are_not_found,
             identical_content_survives_deleting_one_of_its_items,
@@ -324,6 +334,24 @@ pub async fn upsert_of_an_unknown_id_is_not_found<S: Datastore>(store: &S) {
     assert_eq!(all(store, &d).await.len(), 1);
 }
 
+#[allow(dead_code, reason = "a backend runs one of the two replica behaviours")]
+pub async fn a_replica_is_refused_and_leaves_nothing<S: Datastore>(store: &S) {
+    let d = domain("d");
+    let replica = UpsertMetadata {
+        is_new: false,
+        id: "copy-of-an-item-held-elsewhere".into(),
+        replica: Some(true),
+        ..upsert("copy", "t", 3)
+    };
+    let err = store.put(&d, replica, &b"one"[..]).await.unwrap_err();
+    assert!(
+        matches!(err, DatastoreError::ReplicasUnsupported),
+        "{err:?}"
+    );
+    assert!(all(store, &d).await.is_empty());
+}
+
+#[allow(dead_code, reason = "a backend runs one of the two replica behaviours")]
 pub async fn a_replica_is_stored_under_its_id_whether_or_not_it_exists<S: Datastore>(store: &S) {
     let d = domain("d");
     let replica = |size| UpsertMetadata {
