@@ -160,8 +160,9 @@ pub(crate) struct EventLoop {
     /// dialled waits on that dial rather than opening a connection of its own (many
     /// requests at once to one peer would otherwise open one connection each).
     dialing: HashMap<PeerId, ConnectionId>,
-    /// The open connections, by peer, with their remote address.
-    connections: HashMap<PeerId, HashMap<ConnectionId, Multiaddr>>,
+    /// The open connections, by peer, with their remote address and whether they are
+    /// relayed.
+    connections: HashMap<PeerId, HashMap<ConnectionId, (Multiaddr, bool)>>,
 }
 
 /// A dial in flight and the handles waiting on it.
@@ -345,7 +346,7 @@ impl EventLoop {
                 let addrs = self
                     .connections
                     .get(&peer)
-                    .map(|c| c.values().cloned().collect())
+                    .map(|c| c.values().map(|(addr, _)| addr.clone()).collect())
                     .unwrap_or_default();
                 let _ = reply.send(addrs);
             }
@@ -377,8 +378,17 @@ impl EventLoop {
             DialTarget::Peer(peer) => Some(*peer),
             DialTarget::Addr(addr) => last_peer_id(addr),
         };
+        // A direct address asked for is dialled even when the peer is reached through a
+        // relay already (a DHT query may have connected that way first): streams go
+        // over a direct connection when there is one, and a circuit dies with its relay.
+        let direct = matches!(&target, DialTarget::Addr(addr) if !is_circuit(addr));
         if let Some(peer) = peer {
-            if self.swarm.is_connected(&peer) {
+            let connected = if direct {
+                self.has_direct_connection(peer)
+            } else {
+                self.swarm.is_connected(&peer)
+            };
+            if connected {
                 let _ = reply.send(Ok(peer));
                 return;
             }
@@ -394,7 +404,11 @@ impl EventLoop {
         let opts = match (&target, peer) {
             (DialTarget::Addr(addr), Some(peer)) => DialOpts::peer_id(peer)
                 .addresses(vec![addr.clone()])
-                .condition(PeerCondition::Disconnected)
+                .condition(if direct {
+                    PeerCondition::Always
+                } else {
+                    PeerCondition::Disconnected
+                })
                 .build(),
             (DialTarget::Addr(addr), None) => {
                 DialOpts::unknown_peer_id().address(addr.clone()).build()
@@ -427,6 +441,13 @@ impl EventLoop {
         }
     }
 
+    /// Whether one of the open connections to `peer` is not relayed.
+    fn has_direct_connection(&self, peer: PeerId) -> bool {
+        self.connections
+            .get(&peer)
+            .is_some_and(|connections| connections.values().any(|&(_, relayed)| !relayed))
+    }
+
     /// Forgets the pending dial of `connection_id`, if any, and hands it over.
     fn end_dial(&mut self, connection_id: ConnectionId) -> Option<PendingDial> {
         let pending = self.pending_dials.remove(&connection_id)?;
@@ -449,10 +470,10 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, addr = %remote_addr(&endpoint), "connection established");
-                self.connections
-                    .entry(peer_id)
-                    .or_default()
-                    .insert(connection_id, remote_addr(&endpoint).clone());
+                self.connections.entry(peer_id).or_default().insert(
+                    connection_id,
+                    (remote_addr(&endpoint).clone(), endpoint.is_relayed()),
+                );
                 if let Some(pending) = self.end_dial(connection_id) {
                     for reply in pending.replies {
                         let _ = reply.send(Ok(peer_id));
@@ -520,8 +541,7 @@ impl EventLoop {
                 address,
             } => {
                 tracing::info!(%address, "listening");
-                if self.role == Role::Manager && !address.iter().any(|p| p == Protocol::P2pCircuit)
-                {
+                if self.role == Role::Manager && !is_circuit(&address) {
                     // The manager is reachable by definition, and its relay
                     // server serves only while it has a confirmed address.
                     self.swarm.add_external_address(address.clone());
@@ -789,4 +809,9 @@ pub(crate) fn with_peer_id(addr: Multiaddr, peer: PeerId) -> Multiaddr {
     } else {
         addr.with(Protocol::P2p(peer))
     }
+}
+
+/// Whether `addr` goes through a relay.
+fn is_circuit(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
 }

@@ -90,6 +90,32 @@ async fn an_explicit_circuit_address_dials_through_the_manager() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_address_is_dialled_even_when_a_circuit_to_the_peer_is_open() {
+    let manager = manager().await;
+    // A node with an address of its own, and a relay slot besides.
+    let node = joined(Role::Node, &manager).await;
+    let circuit = within("relay reservation", node.handle.relay_addrs())
+        .await
+        .unwrap()
+        .remove(0);
+    let client = joined(Role::Client, &manager).await;
+    let peer = within("circuit dial", client.handle.dial(circuit))
+        .await
+        .unwrap();
+    let direct = tcp_addr(&node.addrs).with(Protocol::P2p(peer));
+    within("direct dial", client.handle.dial(direct))
+        .await
+        .unwrap();
+    let conns = client.handle.peer_addrs(peer).await.unwrap();
+    assert!(
+        conns
+            .iter()
+            .any(|a| !a.iter().any(|p| p == Protocol::P2pCircuit)),
+        "no direct connection among {conns:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_unreachable_directly_and_through_the_relay_is_reported_with_both_reasons() {
     let manager = manager().await;
     let client = joined(Role::Client, &manager).await;
