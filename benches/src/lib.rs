@@ -1,9 +1,10 @@
 //! Shared inputs for the criterion benches of the domain cluster's streaming core.
 //!
 //! The benches live in `benches/benches/`; run one with
-//! `cargo bench -p domain-benches --bench merkle` (or `cargo xtask bench`, which also prints
-//! the ratios between them). Inputs come from here so that every bench measures the same bytes;
-//! [`store`] is the setup of the `/store/v1` benches.
+//! `cargo bench -p domain-benches --bench store_paired`. The Merkle core's own bench is in
+//! its crate (`cargo bench -p domain-merkle`, or `cargo xtask bench`, which also prints its
+//! ratios). Inputs come from here so that every bench measures the same bytes; [`store`] is
+//! the setup of the `/store/v1` benches.
 //!
 //! ```
 //! use domain_benches::{MIB, pattern};

@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-/// The criterion group of `benches/benches/merkle.rs`.
+/// The criterion group of `crates/domain-merkle/benches/merkle.rs`.
 const GROUP: &str = "merkle";
 /// The ceiling: `blake3::hash` over the whole buffer.
 const ONE_SHOT: &str = "a_blake3_one_shot";
@@ -48,7 +48,7 @@ impl Measured {
     }
 }
 
-/// Runs `cargo bench -p domain-benches --bench merkle -- <criterion_args>` from the
+/// Runs `cargo bench -p domain-merkle --bench merkle -- <criterion_args>` from the
 /// workspace root, then prints every result of the group as throughput and as ratios to
 /// `a_blake3_one_shot` and `b_blake3_per_leaf`.
 ///
@@ -61,7 +61,7 @@ pub fn run(criterion_args: &[String]) -> anyhow::Result<()> {
 
     let status = Command::new(&cargo)
         .current_dir(&root)
-        .args(["bench", "-p", "domain-benches", "--bench", GROUP, "--"])
+        .args(["bench", "-p", "domain-merkle", "--bench", GROUP, "--"])
         .args(criterion_args)
         .status()
         .with_context(|| format!("running {} bench", cargo.to_string_lossy()))?;

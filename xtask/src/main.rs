@@ -1,6 +1,9 @@
 //! Project automation, run as `cargo xtask <command>` (the alias lives in `.cargo/config.toml`).
 //!
-//! - `cargo xtask ci`: what CI runs (`.ci/run`): formatting, lints, the test suite.
+//! - `cargo xtask test`: the whole test suite, with what it needs installed first
+//!   (`.ci/prepare`: Chromium and the browser page's npm packages).
+//! - `cargo xtask ci`: what CI runs (`.ci/run`): formatting, lints, docs, the fuzz targets'
+//!   build, the test suite.
 //! - `cargo xtask bench [FILTER]...`: the Merkle benches, printed as ratios to BLAKE3's limits.
 //! - `cargo xtask bench e2e`: 1 GiB uploads to a node and downloads from it, over TCP and
 //!   over QUIC, against raw TCP, a raw libp2p stream and a file write + fsync of the same
@@ -35,7 +38,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Run what CI runs: `cargo fmt --check`, clippy with warnings denied, the tests.
+    /// Install what the tests need when it is missing (`.ci/prepare`: Debian's Chromium,
+    /// the npm packages of the browser page), then run `cargo test --workspace`.
+    Test {
+        /// `.ci/prepare` has run already: go straight to the tests.
+        #[arg(long)]
+        prepared: bool,
+        /// Arguments for `cargo test` after `--workspace`, e.g. `-- --test-threads 1`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Run what CI runs (`.ci/run`): `cargo fmt --check`, clippy and rustdoc with
+    /// warnings denied, a check of the fuzz targets, then `cargo xtask test`.
     Ci,
     /// Run the Merkle benches (release build) and print each as a ratio to BLAKE3 one-shot
     /// and to BLAKE3 over independent 7168-byte leaves; or, as `bench e2e`, the end-to-end
@@ -106,6 +120,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Task::Test {
+            prepared,
+            cargo_args,
+        } => test(prepared, &cargo_args),
         Task::Ci => ci(),
         Task::Bench(BenchArgs {
             bench: Some(BenchTask::E2e(options)),
@@ -122,14 +140,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+fn test(prepared: bool, cargo_args: &[String]) -> anyhow::Result<()> {
+    if !prepared {
+        run_in_root(Command::new("bash").arg(".ci/prepare"), "bash .ci/prepare")?;
+    }
+    run_in_root(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["test", "--workspace"])
+            .args(cargo_args),
+        "cargo test --workspace",
+    )
+}
+
 fn ci() -> anyhow::Result<()> {
-    let status = Command::new("bash")
-        .arg(".ci/run")
+    run_in_root(Command::new("bash").arg(".ci/run"), "bash .ci/run")
+}
+
+/// Runs `command` in the workspace root and fails unless it succeeds.
+fn run_in_root(command: &mut Command, what: &str) -> anyhow::Result<()> {
+    let status = command
         .current_dir(workspace_root())
         .status()
-        .context("cannot start bash .ci/run")?;
+        .with_context(|| format!("cannot start {what}"))?;
     if !status.success() {
-        bail!(".ci/run failed ({status})");
+        bail!("{what} failed ({status})");
     }
     Ok(())
 }

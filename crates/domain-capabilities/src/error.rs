@@ -4,7 +4,8 @@ use std::io;
 use std::time::Duration;
 
 use domain_auth::Rejection;
-use domain_datastore::{DatastoreError, InvalidDomainId, Root, SubscriptionError};
+use domain_datastore::{DatastoreError, InvalidDomainId, SubscriptionError};
+use domain_merkle::Root;
 use domain_proto::FrameError;
 
 use crate::idle::{Direction, idle_elapsed};

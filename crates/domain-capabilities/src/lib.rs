@@ -6,7 +6,7 @@
 //!   task token (DESIGN §5) with a domain public key from a [`PublicKeySource`].
 //! - `/store/v1`: [`StoreSender`] (or [`store_items`]) streams items and checks the
 //!   receiver's Merkle root against its own; [`serve_store`] streams them into a
-//!   [`Datastore`](domain_datastore::Datastore). With the [`RESUME`] extension,
+//!   [`domain_datastore::Datastore`]. With the [`RESUME`] extension,
 //!   [`StoreSender::send_resumable`] continues an item whose earlier stream was cut
 //!   after the whole chunks the receiver kept.
 //! - `/load/v1`: [`open_load`] gives a [`LoadConsumer`] of items (content checked

@@ -17,9 +17,8 @@ use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use domain_datastore::{
-    BackgroundBuilder, CHUNK_SIZE, Cores, Datastore, DomainId, MerkleBuilder, Root, is_replica,
-};
+use domain_datastore::{Datastore, DomainId, is_replica};
+use domain_merkle::{BackgroundBuilder, CHUNK_SIZE, Cores, MerkleBuilder, Root};
 use domain_proto::domain_data::{Metadata, ResumeOffer, ResumeStart, UpsertMetadata};
 use domain_proto::{read_message, read_message_or_eof, write_message};
 use tokio::io::{

@@ -438,7 +438,7 @@ async fn bytes_beyond_size_are_not_content_and_break_the_stream() {
     assert_eq!(items[0].size, 100);
     assert_eq!(
         items[0].hash,
-        Some(domain_datastore::root_of(&blob[..100]).to_string())
+        Some(domain_merkle::root_of(&blob[..100]).to_string())
     );
 }
 

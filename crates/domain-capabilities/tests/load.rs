@@ -10,7 +10,8 @@ use domain_auth::{TaskClaims, unix_secs};
 use domain_capabilities::{
     CapabilityError, Limits, LoadConsumer, LoadSummary, Unsubscriber, open_load, serve_load,
 };
-use domain_datastore::{CHUNK_SIZE, Datastore, root_of};
+use domain_datastore::Datastore;
+use domain_merkle::{CHUNK_SIZE, root_of};
 use domain_proto::domain_data::{Metadata, Query};
 use domain_proto::protocols::LOAD_V1;
 use domain_proto::task::ConsumeDataInputV1;

@@ -14,7 +14,8 @@ use domain_capabilities::{
     CapabilityError, Limits, LoadSummary, Prefixes, Sent, StoreSender, StoreSummary,
     open_load_resuming, serve_load,
 };
-use domain_datastore::{CHUNK_SIZE, Datastore, MerkleBuilder, root_of};
+use domain_datastore::Datastore;
+use domain_merkle::{CHUNK_SIZE, MerkleBuilder, root_of};
 use domain_proto::domain_data::{Metadata, Query, ResumeOffer, ResumeStart, UpsertMetadata};
 use domain_proto::protocols::{LOAD_V1, STORE_V1};
 use domain_proto::task::{

@@ -8,7 +8,7 @@ use common::{DOMAIN, Fixture, LOAD_INFO, RECEIVER, SENDER, STORE_INFO, new_item,
 use domain_capabilities::{
     CapabilityError, Limits, Served, StreamInfo, open_load, serve, store_items,
 };
-use domain_datastore::CHUNK_SIZE;
+use domain_merkle::CHUNK_SIZE;
 use domain_proto::domain_data::Query;
 use domain_proto::protocols::{JOBS_V1, LOAD_V1, STORE_V1};
 use domain_proto::task::ConsumeDataInputV1;

@@ -7,7 +7,8 @@ use common::{DOMAIN, Fixture, STORE_INFO, data, new_item, pipe};
 use domain_capabilities::{
     CapabilityError, Limits, StoreSender, StoreSummary, serve_store, store_items,
 };
-use domain_datastore::{CHUNK_SIZE, Datastore, root_of};
+use domain_datastore::Datastore;
+use domain_merkle::{CHUNK_SIZE, root_of};
 use domain_proto::domain_data::{Query, UpsertMetadata};
 use domain_proto::protocols::STORE_V1;
 use tokio::io::AsyncReadExt;

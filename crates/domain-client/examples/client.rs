@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use domain_client::client::{Client, ClientConfig};
 use domain_cluster::identity::Identity;
-use domain_datastore::root_of;
+use domain_merkle::root_of;
 use domain_proto::domain_data::{Query, UpsertMetadata};
 
 #[tokio::main]

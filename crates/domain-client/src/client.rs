@@ -98,7 +98,7 @@ pub struct ClientConfig {
     /// The timeout of a subscription's tasks, which bounds the life of each node
     /// stream's token (at most an hour). A node ends a stream when its token expires; the
     /// subscription renews each one on a fresh token before then, so it lasts until
-    /// [`Subscription::unsubscribe`](super::Subscription::unsubscribe).
+    /// [`Subscription::unsubscribe`](Subscription::unsubscribe).
     pub subscription_timeout: String,
 }
 

@@ -9,7 +9,7 @@
 //!
 //! ```
 //! use domain_client::cli::hash::root_of_reader;
-//! use domain_datastore::root_of;
+//! use domain_merkle::root_of;
 //!
 //! // What `domain hash` prints for a file holding "scan".
 //! let root = root_of_reader(&b"scan"[..])?;

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use domain_datastore::{CHUNK_SIZE, root_of};
+use domain_merkle::{CHUNK_SIZE, root_of};
 
 fn domain() -> Command {
     Command::new(env!("CARGO_BIN_EXE_domain"))

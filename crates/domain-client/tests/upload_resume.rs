@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use common::Cluster;
 use domain_client::client::{Progress, Upload};
 use domain_cluster::{ClusterHandle, PeerId};
-use domain_datastore::{CHUNK_SIZE, DomainId, root_of};
+use domain_datastore::DomainId;
+use domain_merkle::{CHUNK_SIZE, root_of};
 
 /// Closes the node's connections to the client once `after` bytes of the upload have
 /// been read (before the client reads more), and records what the client says it

@@ -1,26 +1,10 @@
-//! Domain data storage.
+//! Domain data storage: where the items of a domain live.
 //!
-//! **Merkle core** ([`merkle`]): the BLAKE3 Merkle tree over 7168-byte chunks that both
-//! ends of a transfer build while the bytes stream, and whose [`Root`] proves the
-//! transfer. [`MerkleBuilder`] takes writes of any size in O(log n) memory (with a
-//! parallel path for large batches), [`root_of`] hashes a buffer in one call, and
-//! [`HashingReader`] / [`HashingWriter`] hash what passes through an async stream.
-//!
-//! ```
-//! use domain_datastore::{MerkleBuilder, Root, root_of};
-//!
-//! let mut builder = MerkleBuilder::new();
-//! builder.update(b"hello ").update(b"world");
-//! let root: Root = builder.finalize();
-//! assert_eq!(root, root_of(b"hello world"));
-//! assert_eq!(root.to_string().parse::<Root>()?, root);
-//! # Ok::<(), domain_datastore::ParseRootError>(())
-//! ```
-//!
-//! **The store** ([`store`], [`local`], [`subscription`]): the [`Datastore`] trait that
-//! every backend implements (local files now, a remote peer later) — `put` an item from
-//! an `AsyncRead` and get back its [`Metadata`](domain_proto::domain_data::Metadata) whose
-//! `hash` is the Merkle root computed while the bytes were written; `get` metadata and an
+//! [`store`], [`local`], [`subscription`]: the [`Datastore`] trait that every backend
+//! implements ([`LocalDatastore`] here; `domain-client`'s `RemoteDatastore` over a
+//! cluster) — `put` an item from an `AsyncRead` and get back its
+//! [`Metadata`](domain_proto::domain_data::Metadata) whose `hash` is the Merkle root
+//! (`domain-merkle`) computed while the bytes were written; `get` metadata and an
 //! `AsyncRead` of the content; `query` with the semantics of `domain_data.Query` (compiled
 //! into a [`QueryFilter`]); `delete`; `subscribe` to a bounded stream of new items.
 //! Every call names a [`DomainId`], validated so that it is safe as a folder name.
@@ -34,7 +18,8 @@
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
-//! use domain_datastore::{Datastore, DomainId, LocalDatastore, root_of};
+//! use domain_datastore::{Datastore, DomainId, LocalDatastore};
+//! use domain_merkle::root_of;
 //! use domain_proto::domain_data::{Query, UpsertMetadata};
 //! use tokio::io::AsyncReadExt;
 //!
@@ -64,12 +49,6 @@
 //! # Ok(())
 //! # }
 //! ```
-
-pub mod merkle;
-pub use merkle::{
-    BackgroundBuilder, CHUNK_SIZE, Cores, HasherStopped, HashingReader, HashingWriter,
-    MerkleBuilder, ParseRootError, Root, root_of,
-};
 
 pub mod local;
 pub mod read_ahead;

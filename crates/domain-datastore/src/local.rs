@@ -38,7 +38,6 @@ use tokio::sync::{mpsc, oneshot};
 pub use repair::RepairReport;
 pub use tables::DomainUsage;
 
-use crate::merkle::{BackgroundBuilder, CHUNK_SIZE, Cores, MerkleBuilder, Root, root_of};
 use crate::read_ahead::ReadAhead;
 use crate::store::{
     Datastore, DatastoreError, DomainId, QueryFilter, ResumePoint, check_replica_id, is_replica,
@@ -46,6 +45,7 @@ use crate::store::{
 use crate::subscription::{DEFAULT_SUBSCRIPTION_CAPACITY, Subscribers, Subscription};
 use blob::{Batch, BlobWriter};
 use commit::{Content, DeleteRequest, PutRequest, Request, Worker};
+use domain_merkle::{BackgroundBuilder, CHUNK_SIZE, Cores, MerkleBuilder, Root, root_of};
 use partial::Partials;
 use tables::ReadTables;
 
@@ -229,7 +229,7 @@ impl LocalDatastore {
     /// what a node tells its manager it holds. It reads counters, never the items.
     ///
     /// # Errors
-    /// [`DatastoreError::Database`].
+    /// [`DatastoreError::Db`].
     pub async fn usage(&self) -> Result<Vec<DomainUsage>, DatastoreError> {
         let db = Arc::clone(&self.inner.db);
         tokio::task::spawn_blocking(move || {

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 const BATCH: usize = 1 << 20;
 
 /// Batches read and not yet sent, at most.
-const AHEAD: usize = 2;
+pub const AHEAD: usize = 2;
 
 /// A file's bytes (or the first `len` of them from an offset), read by a thread of its
 /// own up to [`AHEAD`] batches of 1 MiB ahead; a short read needs no more memory than

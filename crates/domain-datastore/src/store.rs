@@ -9,8 +9,8 @@ use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use regex::{Regex, RegexBuilder};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt as _};
 
-use crate::merkle::Root;
 use crate::subscription::Subscription;
+use domain_merkle::Root;
 
 /// Longest domain id accepted, in bytes (the `/public-key/v1` limit).
 pub const MAX_DOMAIN_ID_LEN: usize = 256;
@@ -429,7 +429,7 @@ impl DatastoreError {
 /// [`Datastore::resume_point`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResumePoint {
-    /// Content bytes kept, a whole number of [`CHUNK_SIZE`](crate::CHUNK_SIZE) chunks.
+    /// Content bytes kept, a whole number of [`CHUNK_SIZE`](domain_merkle::CHUNK_SIZE) chunks.
     pub offset: u64,
     /// The Merkle root of those bytes taken as content of their own.
     pub prefix_root: Root,

@@ -12,9 +12,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use domain_datastore::{
-    CHUNK_SIZE, Datastore, DatastoreError, LocalDatastore, LocalOptions, ResumePoint, root_of,
-};
+use domain_datastore::{Datastore, DatastoreError, LocalDatastore, LocalOptions, ResumePoint};
+use domain_merkle::{CHUNK_SIZE, root_of};
 use domain_proto::domain_data::Query;
 use suite::{domain, pattern, read_content, upsert};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use common::{
     content, domain, domain_ok, download_args, item_lines, start_manager, start_node, upload_bytes,
 };
-use domain_datastore::{CHUNK_SIZE, root_of};
+use domain_merkle::{CHUNK_SIZE, root_of};
 
 #[test]
 fn files_uploaded_through_the_manager_come_back_byte_for_byte_with_their_roots() {

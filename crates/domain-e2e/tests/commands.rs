@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::{READY, binary, content, domain, domain_ok, item_lines, start_manager, start_node};
 use domain_auth::DomainKeyStore;
-use domain_datastore::root_of;
 use domain_e2e::Process;
+use domain_merkle::root_of;
 
 /// Fields of one `domain ls` line: id, root, size, data type, name.
 fn listing(stdout: &str) -> Vec<Vec<String>> {

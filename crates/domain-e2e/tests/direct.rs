@@ -10,7 +10,7 @@ use common::{COMMAND, binary, content, domain, domain_ok, item_lines, start_mana
 use domain_auth::{DomainKeyStore, TaskClaims};
 use domain_cluster::identity::Identity;
 use domain_cluster::{Multiaddr, PeerId};
-use domain_datastore::root_of;
+use domain_merkle::root_of;
 use domain_proto::protocols::{LOAD_V1, STORE_V1};
 
 fn peer_of(addr: &str) -> PeerId {

@@ -8,8 +8,9 @@ use std::time::Duration;
 use domain_client::client::{Client, ClientConfig, Upload};
 use domain_cluster::Multiaddr;
 use domain_cluster::identity::Identity;
-use domain_datastore::{Datastore as _, DomainId, root_of};
+use domain_datastore::{Datastore as _, DomainId};
 use domain_manager::{Manager, ManagerConfig};
+use domain_merkle::root_of;
 use domain_node::{Node, NodeConfig};
 use domain_proto::domain_data::Query;
 

@@ -11,8 +11,9 @@ use domain_client::client::{Client, ClientConfig, Upload};
 use domain_client::datastore::RemoteDatastore;
 use domain_cluster::Multiaddr;
 use domain_cluster::identity::Identity;
-use domain_datastore::{Datastore as _, DomainId, root_of};
+use domain_datastore::{Datastore as _, DomainId};
 use domain_manager::{DomainSpec, Manager, ManagerConfig};
+use domain_merkle::root_of;
 use domain_node::{Node, NodeConfig};
 use domain_proto::domain_data::{Query, UpsertMetadata};
 

@@ -10,7 +10,7 @@ interface Vector {
 
 const vectors: { chunk_size: number; vectors: Vector[] } = JSON.parse(
   readFileSync(// The copy the Rust tests check against ../shared/vectors/merkle.json.
-  new URL('../../../crates/domain-datastore/tests/vectors/merkle.json', import.meta.url), 'utf8'),
+  new URL('../../../crates/domain-merkle/tests/vectors/merkle.json', import.meta.url), 'utf8'),
 )
 
 /** Byte i = i mod 251, as the vectors say. */

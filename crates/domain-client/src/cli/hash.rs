@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use domain_datastore::{MerkleBuilder, Root};
+use domain_merkle::{MerkleBuilder, Root};
 
 /// Bytes read before each hashing step: large enough to keep every core busy hashing
 /// 7168-byte leaves, small enough to stay in cache.
@@ -89,7 +89,7 @@ fn hash_input(path: &Path) -> io::Result<Root> {
 ///
 /// ```
 /// use domain_client::cli::hash::root_of_reader;
-/// use domain_datastore::root_of;
+/// use domain_merkle::root_of;
 ///
 /// let data = vec![3_u8; 3 << 20];
 /// assert_eq!(root_of_reader(&data[..])?, root_of(&data));

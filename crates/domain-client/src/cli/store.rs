@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use domain_datastore::{Datastore, DomainId, HashingReader, LocalDatastore};
+use domain_datastore::{Datastore, DomainId, LocalDatastore};
+use domain_merkle::HashingReader;
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 

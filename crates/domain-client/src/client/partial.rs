@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use domain_capabilities::Prefixes;
-use domain_datastore::{CHUNK_SIZE, MerkleBuilder};
+use domain_merkle::{CHUNK_SIZE, MerkleBuilder};
 
 use super::{ClientError, check_id};
 

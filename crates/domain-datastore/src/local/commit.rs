@@ -18,9 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::tables::{ReadTables, WriteTables, domain_known};
 use super::{TempFile, fsync_dir, io_error};
-use crate::merkle::Root;
 use crate::store::{DatastoreError, DomainId};
 use crate::subscription::Subscribers;
+use domain_merkle::Root;
 
 /// Most requests committed in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -346,7 +346,7 @@ fn apply_delete(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::merkle::root_of;
+    use domain_merkle::root_of;
 
     fn worker(dir: &std::path::Path) -> Worker {
         let (blobs_dir, tmp_dir) = (dir.join("blobs"), dir.join("tmp"));

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use super::io_error;
-use crate::merkle::{CHUNK_SIZE, MerkleBuilder};
 use crate::store::{DatastoreError, DomainId, ResumePoint};
+use domain_merkle::{CHUNK_SIZE, MerkleBuilder};
 
 /// Trees of kept files remembered at once; the others are read back from their files.
 const KNOWN_TREES: usize = 256;

@@ -15,8 +15,8 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::io_error;
 use super::tables::{DOMAINS, ReadTables, WriteTables};
-use crate::merkle::Root;
 use crate::store::{DatastoreError, DomainId};
+use domain_merkle::Root;
 
 /// What [`LocalDatastore::open`](super::LocalDatastore::open) found and repaired.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -296,7 +296,7 @@ pub(super) fn decode(
     if item
         .hash
         .as_deref()
-        .is_none_or(|h| h.parse::<crate::Root>().is_err())
+        .is_none_or(|h| h.parse::<domain_merkle::Root>().is_err())
     {
         return Err(corrupt(format!(
             "hash {:?} is not a Merkle root",

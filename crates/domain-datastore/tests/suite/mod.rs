@@ -16,7 +16,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use domain_datastore::{Datastore, DatastoreError, DomainId, root_of};
+use domain_datastore::{Datastore, DatastoreError, DomainId};
+use domain_merkle::root_of;
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};

@@ -8,7 +8,7 @@ use domain_capabilities::{CapabilityError, Limits, StoreSender, open_load};
 use domain_cluster::config::{ClusterConfig, Role};
 use domain_cluster::identity::Identity;
 use domain_cluster::{Cluster, ClusterHandle, Multiaddr};
-use domain_datastore::root_of;
+use domain_merkle::root_of;
 use domain_node::{Node, NodeConfig};
 use domain_proto::domain_data::{Query, UpsertMetadata};
 use domain_proto::protocols::{LOAD_V1, STORE_V1};

@@ -29,15 +29,19 @@ use criterion::measurement::WallTime;
 use criterion::{
     BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
-use domain_benches::{MIB, pattern};
-use domain_datastore::{
-    BackgroundBuilder, CHUNK_SIZE, Cores, HashingWriter, MerkleBuilder, root_of,
-};
+use domain_merkle::{BackgroundBuilder, CHUNK_SIZE, Cores, HashingWriter, MerkleBuilder, root_of};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+const MIB: usize = 1 << 20;
 const DATA_LEN: usize = 64 * MIB;
 
-fn builder_in_writes(data: &[u8], write: usize) -> domain_datastore::Root {
+/// `len` bytes where byte i = i mod 251, the data of the shared vectors: no two chunks
+/// hold the same bytes.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..=250_u8).cycle().take(len).collect()
+}
+
+fn builder_in_writes(data: &[u8], write: usize) -> domain_merkle::Root {
     let mut builder = MerkleBuilder::new();
     for piece in data.chunks(write) {
         builder.update(piece);
@@ -151,7 +155,7 @@ impl Hashing {
     }
 }
 
-async fn write_into_pipe(data: &Bytes, hashing: Hashing) -> Option<domain_datastore::Root> {
+async fn write_into_pipe(data: &Bytes, hashing: Hashing) -> Option<domain_merkle::Root> {
     let (mut writer, mut reader) = tokio::io::duplex(8 * MIB);
     let drain = tokio::spawn(async move {
         let mut buf = vec![0_u8; MIB];

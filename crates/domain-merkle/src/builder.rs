@@ -92,7 +92,7 @@ fn sequential_subtree_root(chunks: &[u8]) -> Digest {
 /// chunk split across writes are buffered.
 ///
 /// ```
-/// use domain_datastore::{MerkleBuilder, root_of, CHUNK_SIZE};
+/// use domain_merkle::{MerkleBuilder, root_of, CHUNK_SIZE};
 ///
 /// let data = vec![7_u8; 3 * CHUNK_SIZE + 10];
 /// let mut builder = MerkleBuilder::new();
@@ -236,7 +236,7 @@ impl MerkleBuilder {
     /// inside a chunk.
     ///
     /// ```
-    /// use domain_datastore::{CHUNK_SIZE, MerkleBuilder, root_of};
+    /// use domain_merkle::{CHUNK_SIZE, MerkleBuilder, root_of};
     ///
     /// let data = vec![3_u8; 2 * CHUNK_SIZE + 10];
     /// let mut builder = MerkleBuilder::new();
@@ -312,7 +312,7 @@ impl Default for MerkleBuilder {
 /// Feeds the builder from synchronous code, e.g. with [`std::io::copy`]; writes never fail.
 ///
 /// ```
-/// use domain_datastore::{MerkleBuilder, root_of};
+/// use domain_merkle::{MerkleBuilder, root_of};
 ///
 /// let data = vec![9_u8; 50_000];
 /// let mut builder = MerkleBuilder::new();
@@ -344,7 +344,7 @@ impl fmt::Debug for MerkleBuilder {
 /// The Merkle root of `data` in one call; large inputs are hashed on all cores.
 ///
 /// ```
-/// use domain_datastore::root_of;
+/// use domain_merkle::root_of;
 ///
 /// // A blob of one chunk has the root `b3sum` prints: its plain BLAKE3 hash.
 /// assert_eq!(root_of(b"abc").as_bytes(), blake3::hash(b"abc").as_bytes());

@@ -1,6 +1,7 @@
-//! The Merkle core: the tree both ends of a transfer build while the bytes stream.
+//! The verified-streaming core of domain cluster: the BLAKE3 Merkle tree both ends of a
+//! transfer build while the bytes stream, whose [`Root`] proves the transfer.
 //!
-//! The tree of DESIGN.md §4:
+//! The tree (`docs/design.md`, "The Merkle tree"):
 //!
 //! - leaves are the data cut into [`CHUNK_SIZE`] (7168-byte) chunks, the last one possibly
 //!   shorter; empty data has exactly one leaf, the empty chunk;
@@ -15,14 +16,33 @@
 //! async stream; [`BackgroundBuilder`] builds it on a thread of its own from batches that
 //! async code hands it, so hashing overlaps with moving the bytes. [`Root`] is the result
 //! and its canonical text form, 64 lowercase hex digits.
+//!
+//! ```
+//! use domain_merkle::{MerkleBuilder, Root, root_of};
+//!
+//! let mut builder = MerkleBuilder::new();
+//! builder.update(b"hello ").update(b"world");
+//! let root: Root = builder.finalize();
+//! assert_eq!(root, root_of(b"hello world"));
+//! assert_eq!(root.to_string().parse::<Root>()?, root);
+//! # Ok::<(), domain_merkle::ParseRootError>(())
+//! ```
+//!
+//! The crate depends on `blake3` and `rayon`; its default feature `tokio` adds the async
+//! [`HashingReader`], [`HashingWriter`] and [`BackgroundBuilder`]. Without it
+//! (`default-features = false`) it is the tree alone.
 
+#[cfg(feature = "tokio")]
 mod background;
 mod builder;
+#[cfg(feature = "tokio")]
 mod io;
 mod leaves;
 mod root;
 
+#[cfg(feature = "tokio")]
 pub use background::{BackgroundBuilder, Cores, HasherStopped};
 pub use builder::{CHUNK_SIZE, MerkleBuilder, NODE_CONTEXT, root_of};
+#[cfg(feature = "tokio")]
 pub use io::{HashingReader, HashingWriter};
 pub use root::{ParseRootError, ROOT_HEX_LEN, ROOT_LEN, Root};

@@ -22,7 +22,7 @@ pin_project! {
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
-    /// use domain_datastore::{HashingReader, root_of};
+    /// use domain_merkle::{HashingReader, root_of};
     /// use tokio::io::AsyncReadExt;
     ///
     /// let data = vec![42_u8; 20_000];
@@ -131,7 +131,7 @@ pin_project! {
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
-    /// use domain_datastore::{HashingWriter, root_of};
+    /// use domain_merkle::{HashingWriter, root_of};
     /// use tokio::io::AsyncWriteExt;
     ///
     /// let data = vec![42_u8; 20_000];

@@ -30,7 +30,7 @@ use super::MerkleBuilder;
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # tokio::runtime::Builder::new_multi_thread().build()?.block_on(async {
-/// use domain_datastore::{BackgroundBuilder, Cores, MerkleBuilder, root_of};
+/// use domain_merkle::{BackgroundBuilder, Cores, MerkleBuilder, root_of};
 ///
 /// let data = vec![9_u8; 3_000_000];
 /// let hasher = BackgroundBuilder::spawn(MerkleBuilder::new(), 2, Cores::One, drop::<Vec<u8>>);
@@ -130,7 +130,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::merkle::{CHUNK_SIZE, root_of};
+    use crate::{CHUNK_SIZE, root_of};
 
     fn data(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i % 251) as u8).collect()

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use domain_datastore::merkle::{NODE_CONTEXT, ROOT_HEX_LEN};
-use domain_datastore::{
-    CHUNK_SIZE, HashingReader, HashingWriter, MerkleBuilder, ParseRootError, Root, root_of,
+use domain_merkle::{
+    CHUNK_SIZE, HashingReader, HashingWriter, MerkleBuilder, NODE_CONTEXT, ParseRootError,
+    ROOT_HEX_LEN, Root, root_of,
 };
 use proptest::prelude::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};

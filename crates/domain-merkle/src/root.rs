@@ -22,14 +22,14 @@ pub const ROOT_HEX_LEN: usize = 2 * ROOT_LEN;
 /// protocol, so `"AB…"` is refused with [`ParseRootError::InvalidChar`].
 ///
 /// ```
-/// use domain_datastore::{Root, root_of};
+/// use domain_merkle::{Root, root_of};
 ///
 /// let root = root_of(b"hello");
 /// let text = root.to_string();
 /// assert_eq!(text.len(), 64);
 /// assert_eq!(text.parse::<Root>()?, root);
 /// assert!(text.to_uppercase().parse::<Root>().is_err());
-/// # Ok::<(), domain_datastore::ParseRootError>(())
+/// # Ok::<(), domain_merkle::ParseRootError>(())
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Root([u8; ROOT_LEN]);
@@ -69,7 +69,7 @@ impl AsRef<[u8]> for Root {
 impl fmt::Display for Root {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // `pad` rather than `write_str`, so width and alignment flags work in tables.
-        f.pad(&hex::encode(self.0))
+        f.pad(blake3::Hash::from_bytes(self.0).to_hex().as_str())
     }
 }
 
