@@ -812,6 +812,6 @@ pub(crate) fn with_peer_id(addr: Multiaddr, peer: PeerId) -> Multiaddr {
 }
 
 /// Whether `addr` goes through a relay.
-fn is_circuit(addr: &Multiaddr) -> bool {
+pub(crate) fn is_circuit(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| p == Protocol::P2pCircuit)
 }

@@ -202,7 +202,7 @@ impl ClusterHandle {
             RelayStatus::Reserved => Ok(state
                 .addrs
                 .into_iter()
-                .filter(|a| a.iter().any(|p| p == Protocol::P2pCircuit))
+                .filter(crate::event_loop::is_circuit)
                 .collect()),
             RelayStatus::NotRequested => Err(ClusterError::NoRelayReservation {
                 reason: "this peer does not reserve a relay slot".into(),
