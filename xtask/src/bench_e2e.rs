@@ -316,7 +316,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     };
 
     say("building domain-manager, domain-node and domain in release");
-    build_release_binaries(&["domain-manager", "domain-node", "domain-client"])
+    build_release_binaries(&["domain-manager", "domain-node", "domain-cli"])
         .context("building the release binaries")?;
     let dir = tempfile::Builder::new()
         .prefix("domain-bench-e2e-")

@@ -71,7 +71,7 @@ fn serve(page: &Path, dir: &Path, peers: &Peers, port: u16) -> anyhow::Result<()
         "open http://127.0.0.1:{port}/?manager={websocket}&domain={DOMAIN}  (Ctrl-C stops)"
     ));
     say(&format!(
-        "upload from the command line too: DOMAIN_MANAGER={} cargo run -q -p domain-client --bin domain -- upload FILE --domain {DOMAIN}",
+        "upload from the command line too: DOMAIN_MANAGER={} cargo run -q -p domain-cli --bin domain -- upload FILE --domain {DOMAIN}",
         manager.addr
     ));
     let port = port.to_string();

@@ -53,7 +53,7 @@ pub fn run() -> anyhow::Result<()> {
 /// `cargo build` of the binaries the demo runs, in the profile of this xtask.
 pub(crate) fn build() -> anyhow::Result<()> {
     say("building domain-manager, domain-node and domain");
-    build_binaries(&["domain-manager", "domain-node", "domain-client"])
+    build_binaries(&["domain-manager", "domain-node", "domain-cli"])
         .context("building the binaries")
 }
 

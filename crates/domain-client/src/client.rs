@@ -40,7 +40,7 @@ mod partial;
 mod progress;
 mod watch;
 
-pub use progress::Progress;
+pub use progress::{Counted, Progress};
 pub use watch::Subscription;
 
 use domain_capabilities::{
@@ -61,8 +61,6 @@ use domain_proto::task::{
 use libp2p::multiaddr::Protocol;
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite};
 use tokio::sync::oneshot;
-
-pub(crate) use progress::Counted;
 
 /// Most items a listing collects, so that a node cannot grow the client's memory
 /// without bound.

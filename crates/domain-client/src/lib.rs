@@ -1,22 +1,29 @@
-//! Client of a domain cluster: the library behind the `domain` command.
+//! Client of a domain cluster: the library behind the `domain` command (`domain-cli`),
+//! the gateway node and any program that keeps its data in domains.
 //!
-//! - [`client`]: [`Client`](client::Client) uploads and downloads through a cluster: a job
-//!   on the manager, then a task stream to the node it assigns, roots compared on both
-//!   ends; or straight to a node with a token obtained elsewhere.
-//! - [`cli`]: the `domain` command line, one module per command
-//!   (`domain hash` prints the Merkle root a domain stores a file under; `domain upload`
-//!   and `domain download` use [`client`]).
+//! - [`client`]: a [`Client`](client::Client) is a peer of the cluster that uploads,
+//!   downloads, lists, removes and watches items: a job on the manager, then task
+//!   streams to the nodes it assigns, every item's Merkle root compared on both ends; or
+//!   straight to a node with a token obtained elsewhere ([`Direct`](client::Direct)).
+//! - [`datastore`]: [`RemoteDatastore`](datastore::RemoteDatastore), the cluster behind
+//!   the same `Datastore` trait as a local folder.
 //!
-//! ```
-//! use domain_client::cli::hash::root_of_reader;
-//! use domain_merkle::root_of;
+//! ```no_run
+//! use domain_client::client::{Client, ClientConfig, Upload};
+//! use domain_cluster::identity::Identity;
+//! use domain_datastore::DomainId;
 //!
-//! // What `domain hash` prints for a file holding "scan".
-//! let root = root_of_reader(&b"scan"[..])?;
-//! assert_eq!(root, root_of(b"scan"));
-//! # Ok::<(), std::io::Error>(())
+//! # async fn example(manager: domain_cluster::Multiaddr) -> Result<(), Box<dyn std::error::Error>> {
+//! let client = Client::start(Identity::generate(), Some(manager), ClientConfig::default()).await?;
+//! let domain = DomainId::new("lab")?;
+//! let stored = client
+//!     .upload(&domain, &[Upload::bytes(b"scan".to_vec(), "scan", "ply")])
+//!     .await?;
+//! println!("stored {} with root {:?}", stored[0].id, stored[0].hash);
+//! client.shutdown().await?;
+//! # Ok(())
+//! # }
 //! ```
 
-pub mod cli;
 pub mod client;
 pub mod datastore;

@@ -204,12 +204,20 @@ impl ClusterConfig {
     }
 }
 
+/// `/ip4/127.0.0.1/tcp/0`: any free TCP port on the IPv4 loopback.
+#[must_use]
+pub fn loopback_tcp() -> Multiaddr {
+    Multiaddr::empty()
+        .with(Protocol::Ip4(std::net::Ipv4Addr::LOCALHOST))
+        .with(Protocol::Tcp(0))
+}
+
 /// `/ip4/127.0.0.1/tcp/0`, `/ip4/127.0.0.1/udp/0/quic-v1` and `/ip4/127.0.0.1/tcp/0/ws`.
 #[must_use]
 pub fn loopback_listen_addrs() -> Vec<Multiaddr> {
     let ip = Protocol::Ip4(std::net::Ipv4Addr::LOCALHOST);
     vec![
-        Multiaddr::empty().with(ip.clone()).with(Protocol::Tcp(0)),
+        loopback_tcp(),
         Multiaddr::empty()
             .with(ip.clone())
             .with(Protocol::Udp(0))

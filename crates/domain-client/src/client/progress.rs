@@ -38,14 +38,15 @@ pub trait Progress: Send + Sync + fmt::Debug {
 
 /// A reader or writer that tells a [`Progress`] of the bytes passing through it.
 #[derive(Debug)]
-pub(crate) struct Counted<'p, T> {
+pub struct Counted<'p, T> {
     inner: T,
     progress: Option<&'p dyn Progress>,
     count: u64,
 }
 
 impl<'p, T> Counted<'p, T> {
-    pub(crate) fn new(inner: T, progress: Option<&'p dyn Progress>) -> Self {
+    /// Counts what passes through `inner`, telling `progress` (when given) of each step.
+    pub fn new(inner: T, progress: Option<&'p dyn Progress>) -> Self {
         Self {
             inner,
             progress,
@@ -54,7 +55,8 @@ impl<'p, T> Counted<'p, T> {
     }
 
     /// Bytes passed so far.
-    pub(crate) fn count(&self) -> u64 {
+    #[must_use]
+    pub fn count(&self) -> u64 {
         self.count
     }
 

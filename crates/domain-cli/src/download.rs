@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use domain_datastore::DomainId;
 
-use super::remote::{RemoteArgs, runtime};
-use super::store::{QueryArgs, write_listing};
+use crate::remote::{RemoteArgs, runtime};
+use crate::store::{QueryArgs, write_listing};
 
 /// Arguments of `domain download`.
 #[derive(Debug, Clone, clap::Args)]
@@ -47,7 +47,7 @@ pub fn run(
 ) -> anyhow::Result<ExitCode> {
     let query = args.query.to_query(args.metadata_only);
     if args.metadata_only {
-        let items = super::list::list(&args.domain, &query, &args.remote)?;
+        let items = crate::list::list(&args.domain, &query, &args.remote)?;
         write_listing(&items, out)?;
         return Ok(ExitCode::SUCCESS);
     }

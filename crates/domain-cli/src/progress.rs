@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::client::Progress;
+use domain_client::client::Progress;
 
 /// Items from this size up get a progress bar (when standard error is a terminal).
 const PROGRESS_FROM: u64 = 16 << 20;

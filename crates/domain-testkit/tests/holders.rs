@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use domain_auth::{DomainKeyStore, TaskClaims};
 use domain_client::client::{Client, ClientConfig, Direct, Upload};
+use domain_cluster::config::loopback_tcp;
 use domain_cluster::identity::Identity;
 use domain_cluster::{Multiaddr, PeerId};
 use domain_datastore::DomainId;
@@ -19,13 +20,10 @@ use domain_merkle::root_of;
 use domain_node::{Node, NodeConfig};
 use domain_proto::domain_data::{Metadata, Query};
 use domain_proto::protocols::STORE_V1;
+use domain_testkit::{admit, manager_addr, start_node};
 
 const WAIT: Duration = Duration::from_secs(60);
 const DOMAIN: &str = "lab";
-
-fn loopback() -> Multiaddr {
-    "/ip4/127.0.0.1/tcp/0".parse().unwrap()
-}
 
 /// A manager serving domain `lab` to `client`, on `listen`, keeping its state in `dir`.
 async fn manager(dir: &Path, listen: Multiaddr, client: PeerId) -> Manager {
@@ -42,18 +40,10 @@ async fn manager(dir: &Path, listen: Multiaddr, client: PeerId) -> Manager {
 
 /// A node on `dir`, admitted to `manager` (as its operator would) and joined.
 async fn node(dir: &Path, manager: &Manager) -> Node {
-    let peer = domain_node::node_identity(dir).unwrap().peer_id();
-    domain_manager::admit_node(manager.data_dir(), &peer).unwrap();
-    let addr = manager.tcp_addr().unwrap().clone();
-    let mut config = NodeConfig::new(addr, dir).unwrap();
-    config.listen = vec![loopback()];
+    admit(manager, dir).unwrap();
+    let mut config = NodeConfig::new(manager_addr(manager).unwrap(), dir).unwrap();
     config.join_interval = Duration::from_millis(300);
-    let node = Node::start(config).await.unwrap();
-    tokio::time::timeout(WAIT, node.joined())
-        .await
-        .unwrap()
-        .unwrap();
-    node
+    start_node(config).await.unwrap()
 }
 
 async fn start_client(identity: Identity, manager: &Multiaddr) -> Client {
@@ -70,7 +60,7 @@ async fn start_client_with(
         connect_patience: Duration::from_secs(1),
         ..config
     };
-    Client::start(identity, Some(manager.clone()), config)
+    domain_testkit::start_client(identity, manager, config)
         .await
         .unwrap()
 }
@@ -149,7 +139,7 @@ async fn two_nodes() -> TwoNodes {
 async fn two_nodes_with(config: ClientConfig) -> TwoNodes {
     let dir = tempfile::tempdir().unwrap();
     let identity = Identity::generate();
-    let manager = manager(&dir.path().join("m"), loopback(), identity.peer_id()).await;
+    let manager = manager(&dir.path().join("m"), loopback_tcp(), identity.peer_id()).await;
     let addr = manager.tcp_addr().unwrap().clone();
     let a = node(&dir.path().join("a"), &manager).await;
     let b = node(&dir.path().join("b"), &manager).await;

@@ -2,8 +2,8 @@
 //! upload from a reader, download into a writer, roots checked on both ends.
 //!
 //! ```sh
-//! cargo run -p domain-client --example client                        # its own cluster
-//! cargo run -p domain-client --example client -- MANAGER_ADDR DOMAIN  # a running one
+//! cargo run -p domain-testkit --example client                        # its own cluster
+//! cargo run -p domain-testkit --example client -- MANAGER_ADDR DOMAIN  # a running one
 //! ```
 //!
 //! Without arguments it starts a manager and a node in this process, on loopback, with

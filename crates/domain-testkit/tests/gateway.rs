@@ -3,8 +3,6 @@
 //! client only ever talks to the gateway's cluster.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
 use domain_client::client::{Client, ClientConfig, Upload};
 use domain_cluster::Multiaddr;
 use domain_cluster::identity::Identity;
@@ -13,36 +11,20 @@ use domain_manager::{Manager, ManagerConfig};
 use domain_merkle::root_of;
 use domain_node::{Node, NodeConfig};
 use domain_proto::domain_data::Query;
-
-fn loopback() -> Multiaddr {
-    "/ip4/127.0.0.1/tcp/0".parse().unwrap()
-}
+use domain_testkit::{manager_addr, start_client, start_manager, start_node};
 
 async fn manager(dir: &std::path::Path) -> (Manager, Multiaddr) {
-    let mut config = ManagerConfig::new(dir);
-    config.listen = vec![loopback()];
-    let manager = Manager::start(config).await.unwrap();
-    let addr = manager.tcp_addr().unwrap().clone();
+    let manager = start_manager(ManagerConfig::new(dir)).await.unwrap();
+    let addr = manager_addr(&manager).unwrap();
     (manager, addr)
 }
 
 async fn node(config: NodeConfig) -> Node {
-    let node = Node::start(NodeConfig {
-        listen: vec![loopback()],
-        ..config
-    })
-    .await
-    .unwrap();
-    tokio::time::timeout(Duration::from_secs(60), node.joined())
-        .await
-        .unwrap()
-        .unwrap();
-    node
+    start_node(config).await.unwrap()
 }
 
 async fn client(manager: Multiaddr) -> Client {
-    let config = ClientConfig::default();
-    Client::start(Identity::generate(), Some(manager), config)
+    start_client(Identity::generate(), &manager, ClientConfig::default())
         .await
         .unwrap()
 }

@@ -39,7 +39,7 @@ fn multiaddr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Multiaddr>
 /// names one: `$XDG_CONFIG_HOME/domain/config.toml`, or `~/.config/domain/config.toml`.
 #[must_use]
 pub fn default_path() -> Option<PathBuf> {
-    crate::client::default_identity_path()
+    domain_client::client::default_identity_path()
         .and_then(|identity| identity.parent().map(|dir| dir.join("config.toml")))
 }
 
@@ -95,7 +95,7 @@ mod tests {
 
     #[test]
     fn the_example_in_the_repository_parses() {
-        let example = include_str!("../../../../config/domain.example.toml");
+        let example = include_str!("../../../config/domain.example.toml");
         parse(example).unwrap();
     }
 

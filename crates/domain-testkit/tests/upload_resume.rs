@@ -2,16 +2,14 @@
 //! node, after the bytes the node kept, instead of starting over on another node.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use common::Cluster;
 use domain_client::client::{Progress, Upload};
 use domain_cluster::{ClusterHandle, PeerId};
 use domain_datastore::DomainId;
 use domain_merkle::{CHUNK_SIZE, root_of};
+use domain_testkit::LocalCluster;
 
 /// Closes the node's connections to the client once `after` bytes of the upload have
 /// been read (before the client reads more), and records what the client says it
@@ -51,20 +49,24 @@ impl Progress for CutOnce {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_cut_while_sending_continues_on_the_same_node_after_what_it_kept() {
-    let cluster = Cluster::start().await;
+    let cluster = LocalCluster::start().await.unwrap();
     let size = 48 << 20;
     let bytes: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-    let path = cluster.dir.path().join("scan.bin");
+    let path = cluster.dir().join("scan.bin");
     std::fs::write(&path, &bytes).unwrap();
     let progress = Arc::new(CutOnce {
-        node: cluster.node.cluster().clone(),
+        node: cluster.node().cluster().clone(),
         client: OnceLock::new(),
         after: 16 << 20,
         seen: AtomicU64::new(0),
         cut: AtomicBool::new(false),
         resumed: Mutex::new(Vec::new()),
     });
-    let client = cluster.client(Some(progress.clone())).await;
+    let client = cluster
+        .client()
+        .await
+        .unwrap()
+        .with_progress(progress.clone());
     progress.client.set(client.peer_id()).unwrap();
     let domain = DomainId::new("scans").unwrap();
 
@@ -86,7 +88,7 @@ async fn an_upload_cut_while_sending_continues_on_the_same_node_after_what_it_ke
     assert_eq!(stored[0].hash, Some(root_of(&bytes).to_string()));
 
     // The resumed job finished on the node, so the manager sends a download there.
-    let out = cluster.dir.path().join("out");
+    let out = cluster.dir().join("out");
     let downloads = client
         .download(&domain, &[stored[0].id.clone()], &out)
         .await

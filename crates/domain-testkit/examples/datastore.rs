@@ -3,8 +3,8 @@
 //! `RemoteDatastore` that reaches a cluster through `domain-client`.
 //!
 //! ```sh
-//! cargo run -p domain-client --example datastore                        # its own cluster
-//! cargo run -p domain-client --example datastore -- MANAGER_ADDR DOMAIN  # a running one
+//! cargo run -p domain-testkit --example datastore                        # its own cluster
+//! cargo run -p domain-testkit --example datastore -- MANAGER_ADDR DOMAIN  # a running one
 //! ```
 //!
 //! Without arguments it starts a manager and a node in this process, on loopback, with

@@ -5,14 +5,15 @@
 #[path = "../../domain-datastore/tests/suite/mod.rs"]
 mod suite;
 
-mod common;
-
-use common::Cluster;
 use domain_client::datastore::RemoteDatastore;
+use domain_testkit::LocalCluster;
 
-async fn fresh() -> (RemoteDatastore, Cluster) {
-    let cluster = Cluster::start().await;
-    (RemoteDatastore::new(cluster.client(None).await), cluster)
+async fn fresh() -> (RemoteDatastore, LocalCluster) {
+    let cluster = LocalCluster::start().await.unwrap();
+    (
+        RemoteDatastore::new(cluster.client().await.unwrap()),
+        cluster,
+    )
 }
 
 datastore_suite!(fresh, refusing replicas);

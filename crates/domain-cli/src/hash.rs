@@ -88,7 +88,7 @@ fn hash_input(path: &Path) -> io::Result<Root> {
 /// hashed on all cores.
 ///
 /// ```
-/// use domain_client::cli::hash::root_of_reader;
+/// use domain_cli::hash::root_of_reader;
 /// use domain_merkle::root_of;
 ///
 /// let data = vec![3_u8; 3 << 20];

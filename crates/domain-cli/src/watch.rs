@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use domain_datastore::DomainId;
 
-use super::remote::{RemoteArgs, runtime};
-use super::store::{QueryArgs, write_listing};
+use crate::remote::{RemoteArgs, runtime};
+use crate::store::{QueryArgs, write_listing};
 
 /// Arguments of `domain watch`.
 #[derive(Debug, Clone, clap::Args)]

@@ -21,8 +21,8 @@ use domain_merkle::HashingReader;
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
-use super::progress::Bars;
-use crate::client::{Counted, Progress as _};
+use crate::progress::Bars;
+use domain_client::client::{Counted, Progress as _};
 
 /// Copy buffer of `get`: large reads and writes, never chunk-sized ones.
 const COPY_BUFFER: usize = 1 << 20;

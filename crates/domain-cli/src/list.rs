@@ -9,8 +9,8 @@ use anyhow::Context as _;
 use domain_datastore::DomainId;
 use domain_proto::domain_data::{Metadata, Query};
 
-use super::remote::{RemoteArgs, runtime};
-use super::store::{QueryArgs, write_listing};
+use crate::remote::{RemoteArgs, runtime};
+use crate::store::{QueryArgs, write_listing};
 
 /// Arguments of `domain ls`.
 #[derive(Debug, Clone, clap::Args)]

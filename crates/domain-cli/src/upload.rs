@@ -10,9 +10,9 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use domain_datastore::DomainId;
 
-use super::remote::{RemoteArgs, runtime};
-use super::store::parse_property;
-use crate::client::Upload;
+use crate::remote::{RemoteArgs, runtime};
+use crate::store::parse_property;
+use domain_client::client::Upload;
 
 /// The data type of a file without extension, when `--type` is absent.
 pub const DEFAULT_DATA_TYPE: &str = "application/octet-stream";
@@ -210,7 +210,7 @@ mod tests {
         std::fs::write(&b, b"b").unwrap();
         let manager =
             "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWD51SR7iHbeSZk8CrZ3YpqgpXkJRUhU2s5es5mSL9vxyR";
-        let cli = crate::cli::Cli::try_parse_from([
+        let cli = crate::Cli::try_parse_from([
             "domain",
             "upload",
             a.to_str().unwrap(),
@@ -223,7 +223,7 @@ mod tests {
             manager,
         ])
         .unwrap();
-        let crate::cli::Command::Upload(args) = cli.command else {
+        let crate::Command::Upload(args) = cli.command else {
             panic!("parsed as another command");
         };
         let error = run(&args, &mut Vec::new()).unwrap_err();
@@ -232,11 +232,11 @@ mod tests {
 
     #[test]
     fn properties_apply_to_every_item() {
-        let cli = crate::cli::Cli::try_parse_from([
+        let cli = crate::Cli::try_parse_from([
             "domain", "upload", "a", "--domain", "d", "--prop", "site=lab", "--prop", "floor=2",
         ])
         .unwrap();
-        let crate::cli::Command::Upload(args) = cli.command else {
+        let crate::Command::Upload(args) = cli.command else {
             panic!("parsed as another command");
         };
         assert_eq!(

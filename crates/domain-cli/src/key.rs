@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use domain_datastore::DomainId;
 
-use super::remote::{RemoteArgs, runtime};
+use crate::remote::{RemoteArgs, runtime};
 
 /// Arguments of `domain key`.
 #[derive(Debug, Clone, clap::Args)]

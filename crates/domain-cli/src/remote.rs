@@ -1,5 +1,5 @@
 //! What the network commands share: how to reach the cluster, from flags, the
-//! environment and the settings file ([`super::config`]).
+//! environment and the settings file ([`crate::config`]).
 
 use std::path::PathBuf;
 
@@ -7,9 +7,9 @@ use anyhow::{Context as _, bail};
 use domain_cluster::Multiaddr;
 use domain_cluster::identity::Identity;
 
-use super::config;
-use super::progress::Bars;
-use crate::client::{Client, ClientConfig, Direct, default_identity_path};
+use crate::config;
+use crate::progress::Bars;
+use domain_client::client::{Client, ClientConfig, Direct, default_identity_path};
 
 /// Where to send a transfer: through the manager, or straight to a node with a token.
 #[derive(Debug, Clone, clap::Args)]

@@ -6,7 +6,7 @@
 //!
 //! ```
 //! use clap::Parser;
-//! use domain_client::cli::{Cli, Command};
+//! use domain_cli::{Cli, Command};
 //!
 //! let cli = Cli::try_parse_from(["domain", "hash", "scan.ply", "-"])?;
 //! let Command::Hash(args) = cli.command else { panic!("parsed as another command") };

@@ -1,10 +1,10 @@
 //! The `domain` command: parses the arguments and turns the outcome into an exit status.
-//! The commands live in [`domain_client::cli`].
+//! The commands live in [`domain_cli`].
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use domain_client::cli::{self, Cli};
+use domain_cli::Cli;
 use domain_cluster::error::one_line;
 
 fn main() -> ExitCode {
@@ -18,7 +18,7 @@ fn main() -> ExitCode {
         // Colours only for a person: a log file or a pipe gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match cli::run(Cli::parse()) {
+    match domain_cli::run(Cli::parse()) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("domain: {}", one_line(error.as_ref()));

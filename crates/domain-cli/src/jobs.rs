@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use domain_proto::task::Job;
 
-use super::remote::{RemoteArgs, runtime};
+use crate::remote::{RemoteArgs, runtime};
 
 /// Without `--follow`, the listing ends once the stream has been quiet this long: the
 /// manager sends its jobs at once (the running ones and the last finished), then only changes.
@@ -37,7 +37,7 @@ pub fn run(args: &JobsArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
             .jobs()
             .await
             .context("following the manager's jobs")?;
-        let interrupted = super::watch::interrupted();
+        let interrupted = crate::watch::interrupted();
         tokio::pin!(interrupted);
         let outcome = loop {
             let quiet = async {

@@ -9,19 +9,15 @@ use std::time::Duration;
 
 use domain_client::client::{Client, ClientConfig, Upload};
 use domain_client::datastore::RemoteDatastore;
-use domain_cluster::Multiaddr;
 use domain_cluster::identity::Identity;
 use domain_datastore::{Datastore as _, DomainId};
-use domain_manager::{DomainSpec, Manager, ManagerConfig};
+use domain_manager::{DomainSpec, ManagerConfig};
 use domain_merkle::root_of;
 use domain_node::{Node, NodeConfig};
 use domain_proto::domain_data::{Query, UpsertMetadata};
+use domain_testkit::{admit, manager_addr, start_manager, start_node};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn loopback() -> Multiaddr {
-    "/ip4/127.0.0.1/tcp/0".parse().unwrap()
-}
 
 fn client_config() -> ClientConfig {
     ClientConfig {
@@ -57,30 +53,20 @@ async fn with_two_copies_every_item_survives_the_loss_of_a_node() {
     let client_identity = Identity::generate();
     let domain = DomainId::new("lab").unwrap();
     let mut config = ManagerConfig::new(dir.path().join("manager"));
-    config.listen = vec![loopback()];
     config.domains.push(DomainSpec {
         id: domain.to_string(),
         allow: vec![client_identity.peer_id().to_string()],
         replication: Some(2),
     });
-    let manager = Manager::start(config).await.unwrap();
-    let manager_addr = manager.tcp_addr().unwrap().clone();
+    let manager = start_manager(config).await.unwrap();
+    let manager_addr = manager_addr(&manager).unwrap();
     let mut nodes = Vec::new();
     for name in ["a", "b", "c"] {
         // Admitted by the operator before it first joins.
-        let peer = domain_node::node_identity(&dir.path().join(name))
-            .unwrap()
-            .peer_id();
-        domain_manager::admit_node(manager.data_dir(), &peer).unwrap();
+        admit(&manager, &dir.path().join(name)).unwrap();
         let mut config = NodeConfig::new(manager_addr.clone(), dir.path().join(name)).unwrap();
-        config.listen = vec![loopback()];
         config.join_interval = Duration::from_millis(500);
-        let node = Node::start(config).await.unwrap();
-        tokio::time::timeout(WAIT, node.joined())
-            .await
-            .unwrap()
-            .unwrap();
-        nodes.push(node);
+        nodes.push(start_node(config).await.unwrap());
     }
 
     // Uploads one at a time, so that they spread over the nodes; the sizes span chunks.

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use domain_datastore::DomainId;
 
-use super::remote::{RemoteArgs, runtime};
+use crate::remote::{RemoteArgs, runtime};
 
 /// Arguments of `domain rm`.
 #[derive(Debug, Clone, clap::Args)]
