@@ -120,6 +120,12 @@ impl<'a> BenchCluster<'a> {
     /// Starts the node `name` on its store `<dir>/<name>`: empty when the folder is new,
     /// as a previous process of that name left it otherwise.
     pub(super) fn start_node(&self, name: &str) -> anyhow::Result<BenchNode> {
+        self.start_node_on(name, &[])
+    }
+
+    /// As [`start_node`](Self::start_node), listening on `listen` only (all three
+    /// loopback transports when empty).
+    pub(super) fn start_node_on(&self, name: &str, listen: &[&str]) -> anyhow::Result<BenchNode> {
         let dir = self.dir.join(name);
         let program = release_binary("domain-node").context("locating domain-node")?;
         let dir_arg = path_arg(&dir);
@@ -154,7 +160,7 @@ impl<'a> BenchCluster<'a> {
             "domain-manager node allow failed: {}",
             allowed.stderr.trim()
         );
-        let args = [
+        let mut args = vec![
             "run",
             "--manager",
             &self.manager,
@@ -163,6 +169,9 @@ impl<'a> BenchCluster<'a> {
             "--name",
             name,
         ];
+        for addr in listen {
+            args.extend(["--listen", addr]);
+        }
         let (ready, pid) = self.peers.start(name, &program, &args)?;
         Ok(BenchNode {
             name: name.to_owned(),

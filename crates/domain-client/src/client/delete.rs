@@ -10,7 +10,8 @@ use domain_capabilities::{Deleted, delete_items};
 use domain_datastore::DomainId;
 use domain_proto::protocols::DELETE_V1;
 
-use super::{Assignment, Client, ClientError, Direct, not_answered};
+use super::holders::not_answered;
+use super::{Assignment, Client, ClientError, Direct};
 
 impl Client {
     /// Removes the items `ids` of `domain` from every node that holds them, and returns

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use domain_capabilities::Prefixes;
 use domain_merkle::{CHUNK_SIZE, MerkleBuilder};
 
-use super::{ClientError, check_id};
+use super::ClientError;
+use super::download::check_id;
 
 /// Partial files a download hashes to resume at most; more are downloaded whole.
 const MAX_RESUMED: usize = 64;

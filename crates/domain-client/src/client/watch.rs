@@ -28,7 +28,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use super::{Client, ClientError, MAX_LISTED_ITEMS, not_answered};
+use super::holders::not_answered;
+use super::{Client, ClientError, MAX_LISTED_ITEMS};
 
 /// Items waiting for [`Subscription::next`] before the node streams wait for it.
 const QUEUED_ITEMS: usize = 256;

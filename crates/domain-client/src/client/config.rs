@@ -1,0 +1,64 @@
+//! How a [`Client`](super::Client) runs its jobs, and where the `domain` command keeps its identity.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use domain_capabilities::Limits;
+
+/// How a [`Client`] runs its jobs.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The timeout of each task, in the scheduler's syntax ("30s", "10m"): the manager
+    /// assigns the task again when it has not finished by then, and the token expires.
+    pub task_timeout: String,
+    /// How long to wait for the manager to assign a task (a node with free capacity).
+    pub assignment_timeout: Duration,
+    /// Attempts per task, each on the node the manager assigns; the scheduler allows
+    /// one attempt and three retries.
+    pub max_attempts: u32,
+    /// Limits of the task streams (frame size, idle timeout, I/O batch).
+    pub limits: Limits,
+    /// The limit on each remote wait of the swarm (dials, opening streams).
+    pub request_timeout: Duration,
+    /// How long to keep trying to reach an assigned node before the attempt fails.
+    pub connect_patience: Duration,
+    /// Let a download replace a file that already exists in its folder; otherwise such an
+    /// item fails with [`ClientError::WouldReplace`] and the file is left as it was.
+    pub overwrite: bool,
+    /// The timeout of a subscription's tasks, which bounds the life of each node
+    /// stream's token (at most an hour). A node ends a stream when its token expires; the
+    /// subscription renews each one on a fresh token before then, so it lasts until
+    /// [`Subscription::unsubscribe`](Subscription::unsubscribe).
+    pub subscription_timeout: String,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            task_timeout: "10m".to_owned(),
+            assignment_timeout: Duration::from_secs(60),
+            max_attempts: 4,
+            limits: Limits::default(),
+            request_timeout: Duration::from_secs(30),
+            connect_patience: Duration::from_secs(15),
+            overwrite: false,
+            subscription_timeout: "1h".to_owned(),
+        }
+    }
+}
+
+/// Where the `domain` command keeps its identity by default:
+/// `$XDG_CONFIG_HOME/domain/identity.key`, or `~/.config/domain/identity.key`.
+#[must_use]
+pub fn default_identity_path() -> Option<PathBuf> {
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|home| home.join(".config"))
+        })?;
+    Some(config.join("domain").join("identity.key"))
+}
