@@ -1,7 +1,7 @@
 //! The receiver's handshake with token verification, three ways: the whole opener
 //! stream arbitrary; an arbitrary token in a well-formed request; and arbitrary
 //! claims, correctly signed with the domain key, so that every check after the
-//! signature is reached. Whatever is accepted must satisfy every rule of DESIGN §5.
+//! signature is reached. Whatever is accepted must satisfy every rule of docs/design.md §5.
 #![no_main]
 
 use std::sync::OnceLock;

@@ -1,4 +1,4 @@
-//! Domain keys and task tokens (DESIGN §5).
+//! Domain keys and task tokens (docs/design.md §5).
 //!
 //! The manager keeps one Ed25519 key pair per domain and signs, for each task, a
 //! short-lived JWT (alg EdDSA only) that lets one sender open one protocol on one

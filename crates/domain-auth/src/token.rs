@@ -1,4 +1,4 @@
-//! Task tokens (DESIGN §5): the claims, and the receiver's checks.
+//! Task tokens (docs/design.md §5): the claims, and the receiver's checks.
 //!
 //! A token is a JWT signed with alg EdDSA by the domain's key. [`verify`] accepts a
 //! token only when every check of §5 passes and otherwise names the first that
@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::key::PublicKey;
 
-/// Clock skew tolerated on `exp` and `iat`, in seconds (DESIGN §5 allows at most 30).
+/// Clock skew tolerated on `exp` and `iat`, in seconds (docs/design.md §5 allows at most 30).
 pub const LEEWAY_SECS: u64 = 30;
 
 /// The longest a token may live: a task's timeout, capped at one hour.
@@ -70,7 +70,7 @@ impl TaskClaims {
     /// Use [`lifetime_for_timeout`] to derive the lifetime from a task's timeout.
     #[expect(
         clippy::too_many_arguments,
-        reason = "one parameter per claim of DESIGN §5"
+        reason = "one parameter per claim of docs/design.md §5"
     )]
     pub fn new(
         domain_id: impl Into<String>,
@@ -151,7 +151,7 @@ pub struct Expected<'a> {
     pub endpoint: &'a str,
 }
 
-/// Why a token was refused: one variant per check of DESIGN §5.
+/// Why a token was refused: one variant per check of docs/design.md §5.
 ///
 /// The `Display` text is what a receiver sends back in a BadRequest handshake response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

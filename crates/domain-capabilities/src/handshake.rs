@@ -1,4 +1,4 @@
-//! The handshake that opens every task stream (DESIGN §3 and §5).
+//! The handshake that opens every task stream (docs/protocol.md, docs/design.md §5).
 //!
 //! The opener sends `DomainClusterHandshakeRequest{access_token, domain_id}`; the
 //! receiver checks the token with the domain's public key and answers

@@ -1,4 +1,4 @@
-//! The idle timeout of every task stream (DESIGN §9): a peer that sends or accepts
+//! The idle timeout of every task stream (docs/design.md §9): a peer that sends or accepts
 //! no byte for the idle period loses its stream.
 
 use std::fmt;

@@ -3,7 +3,7 @@
 //! `tokio::io::duplex` in tests): nothing here knows of libp2p.
 //!
 //! - [`handshake`]: the first frames of every task stream; the receiver checks the
-//!   task token (DESIGN §5) with a domain public key from a [`PublicKeySource`].
+//!   task token (docs/design.md §5) with a domain public key from a [`PublicKeySource`].
 //! - `/store/v1`: [`StoreSender`] (or [`store_items`]) streams items and checks the
 //!   receiver's Merkle root against its own; [`serve_store`] streams them into a
 //!   [`domain_datastore::Datastore`]. With the [`RESUME`] extension,
@@ -80,15 +80,15 @@ pub use store::{
     MAX_RESUME_KEY_LEN, MAX_SUMMARY_IDS, Sent, StoreSender, StoreSummary, serve_store, store_items,
 };
 
-/// Inbound task streams a node serves at once (DESIGN §9); the node holds a
+/// Inbound task streams a node serves at once (docs/design.md §9); the node holds a
 /// `tokio::sync::Semaphore` of this many permits around [`serve`].
 pub const MAX_CONCURRENT_TASK_STREAMS: usize = 256;
 
-/// Default idle limit of a stream (DESIGN §9).
+/// Default idle limit of a stream (docs/design.md §9).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Default batch of raw content per read and write: large, so that transfers are
-/// not bound by per-call costs (DESIGN §4).
+/// not bound by per-call costs (docs/design.md §4).
 pub const DEFAULT_IO_BATCH: usize = 1024 * 1024;
 
 /// The limits every capability stream runs under.
@@ -103,7 +103,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The defaults of DESIGN §9: 4 MiB frames, 30 s idle, 1 MiB content batches.
+    /// The defaults of docs/design.md §9: 4 MiB frames, 30 s idle, 1 MiB content batches.
     pub const DEFAULT: Self = Self {
         max_frame: DEFAULT_MAX_FRAME,
         idle_timeout: DEFAULT_IDLE_TIMEOUT,

@@ -1,4 +1,4 @@
-//! The swarm of DESIGN §6: transports and the composed network behaviour.
+//! The swarm of docs/design.md §6: transports and the composed network behaviour.
 
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, OptionalTransport};
@@ -75,7 +75,7 @@ fn build_transport(
         .authenticate(noise.clone())
         .multiplex(yamux::Config::default());
 
-    // WebSocket is for browsers; no DNS resolver is wired in (DESIGN §6: no
+    // WebSocket is for browsers; no DNS resolver is wired in (docs/design.md §6: no
     // public DNS), so `/dns/...` WebSocket addresses are not dialled.
     let ws = libp2p_websocket::Config::new(tcp::tokio::Transport::new(tcp_config))
         .upgrade(Version::V1Lazy)

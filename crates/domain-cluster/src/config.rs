@@ -9,7 +9,7 @@ use libp2p::{Multiaddr, PeerId};
 
 use crate::identity::Identity;
 
-/// What a peer is in the cluster (DESIGN §1); it decides which behaviours run.
+/// What a peer is in the cluster (docs/design.md §1); it decides which behaviours run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// The domain manager: Kademlia server, relay server, always reachable.

@@ -1,4 +1,4 @@
-//! The one owner of the swarm (DESIGN §6): it polls swarm events and takes
+//! The one owner of the swarm (docs/design.md §6): it polls swarm events and takes
 //! [`Command`]s from handles over a bounded channel, answering on oneshot
 //! channels, in the manner of rust-libp2p's file-sharing example.
 

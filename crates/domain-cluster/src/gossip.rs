@@ -1,4 +1,5 @@
-//! Gossipsub events and task updates (DESIGN §3, "Task updates").
+//! Gossipsub events and posemesh task updates (docs/protocol.md: posemesh peers publish
+//! task updates on gossip; ours report on `/task-status/v1`).
 //!
 //! The event loop hands every gossip event to a bounded broadcast channel: it
 //! never waits for a subscriber, and a subscriber that falls more than the

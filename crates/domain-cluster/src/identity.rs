@@ -1,5 +1,5 @@
 //! A peer's identity key, kept in a file so a restarted peer keeps its peer id
-//! (DESIGN §6): allow-lists name peer ids and task tokens are bound to them.
+//! (docs/design.md §6): allow-lists name peer ids and task tokens are bound to them.
 
 use std::fs;
 use std::io::{Read, Write};

@@ -1,4 +1,4 @@
-//! The libp2p swarm of a domain cluster (DESIGN §6).
+//! The libp2p swarm of a domain cluster (docs/design.md §6).
 //!
 //! One swarm per process, owned by one event loop that takes commands from
 //! cloneable [`ClusterHandle`]s over a bounded channel and answers on oneshot

@@ -1,4 +1,4 @@
-//! The client side of the manager's protocols (DESIGN §3), built on streams
+//! The client side of the manager's protocols (docs/protocol.md), built on streams
 //! and domain-proto's framing: `/join/v1`, `/jobs/v1`, `/monitor/v1`,
 //! `/holders/v1`, and `/public-key/v1` towards any peer.
 

@@ -15,7 +15,7 @@ use domain_merkle::Root;
 /// Longest domain id accepted, in bytes (the `/public-key/v1` limit).
 pub const MAX_DOMAIN_ID_LEN: usize = 256;
 
-/// Longest regular expression accepted in a [`Query`], in bytes (DESIGN §9).
+/// Longest regular expression accepted in a [`Query`], in bytes (docs/design.md §9).
 pub const MAX_REGEX_LEN: usize = 4096;
 
 /// The `regex` crate's message (which points at the error on a second line) on one line.

@@ -1,4 +1,4 @@
-//! The domain manager (DESIGN §1, §3, §5–§7): the always-on peer of a domain cluster that
+//! The domain manager (docs/design.md §1, §3, §5–§7): the always-on peer of a domain cluster that
 //! registers nodes, schedules jobs, issues task tokens and serves the domains' public keys.
 //!
 //! A [`Manager`] composes the libraries: the swarm of domain-cluster in

@@ -79,7 +79,7 @@ fn sequential_subtree_root(chunks: &[u8]) -> Digest {
     level[0]
 }
 
-/// Builds the Merkle root of a byte stream incrementally (DESIGN.md §4).
+/// Builds the Merkle root of a byte stream incrementally (docs/design.md §4).
 ///
 /// Feed bytes with [`update`](Self::update) (or [`update_parallel`](Self::update_parallel)
 /// for large batches) in writes of any size; the root depends only on the bytes, never on

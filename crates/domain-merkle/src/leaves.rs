@@ -3,7 +3,7 @@
 //! `blake3::hash` of one 7168-byte chunk spreads its 7 BLAKE3 chunks over the SIMD
 //! lanes: 7 of AVX2's 8, 7 of AVX-512's 16, then a serial tail of parent nodes. Hashing
 //! many leaves side by side instead, lane *i* on leaf *i*, keeps every lane busy, which
-//! is what lets the tree run near the speed of one-shot BLAKE3 (DESIGN.md §4).
+//! is what lets the tree run near the speed of one-shot BLAKE3 (docs/design.md §4).
 //!
 //! This drives BLAKE3's compression through `blake3::platform`, which the crate marks
 //! unstable; the workspace therefore pins blake3 to one exact version, and the tests

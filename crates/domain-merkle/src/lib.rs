@@ -1,7 +1,7 @@
 //! The verified-streaming core of domain cluster: the BLAKE3 Merkle tree both ends of a
 //! transfer build while the bytes stream, whose [`Root`] proves the transfer.
 //!
-//! The tree of DESIGN.md §4:
+//! The tree of docs/design.md §4:
 //!
 //! - leaves are the data cut into [`CHUNK_SIZE`] (7168-byte) chunks, the last one possibly
 //!   shorter; empty data has exactly one leaf, the empty chunk;

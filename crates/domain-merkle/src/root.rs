@@ -9,7 +9,7 @@ pub const ROOT_LEN: usize = 32;
 /// Length of a [`Root`]'s text form: two lowercase hex digits per byte.
 pub const ROOT_HEX_LEN: usize = 2 * ROOT_LEN;
 
-/// The root of the Merkle tree of a blob (DESIGN.md §4).
+/// The root of the Merkle tree of a blob (docs/design.md §4).
 ///
 /// It travels as 64 lowercase hex characters in `Metadata.hash` and names blob
 /// files on disk. [`Display`](fmt::Display) writes that form and

@@ -1,4 +1,4 @@
-//! The Merkle core against its definition (DESIGN.md §4) and the shared vectors.
+//! The Merkle core against its definition (docs/design.md §4) and the shared vectors.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io;

@@ -1,4 +1,4 @@
-//! A domain-cluster node (DESIGN §1, §3, §5, §6, §9): it joins the manager,
+//! A domain-cluster node (docs/design.md §1, §3, §5, §6, §9): it joins the manager,
 //! registers `/store/v1`, `/load/v1` and `/delete/v1` with their capacities, and serves
 //! them from its local datastore, or, as a gateway
 //! ([`upstream`](NodeConfig::upstream)), from the cluster of another manager

@@ -3,9 +3,9 @@
 //! A stream handler hands each report to a bounded queue; one worker sends them in
 //! order, in batches, to the manager, which believes a report only from the task's
 //! sender or receiver. (posemesh gossips them on the job's topic instead, where any peer
-//! that subscribes reads them: see ARCHITECTURE.) Reports the manager did not take (it
-//! was restarting) are kept, bounded, and sent again after a pause that doubles up to
-//! [`MAX_RETRY`].
+//! that subscribes reads them: see docs/design.md, "Task status on its own stream".)
+//! Reports the manager did not take (it was restarting) are kept, bounded, and sent again
+//! after a pause that doubles up to [`MAX_RETRY`].
 
 use std::collections::VecDeque;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! One protobuf message per frame (DESIGN §3).
+//! One protobuf message per frame (docs/protocol.md).
 //!
 //! A frame is a 4-byte big-endian length `n`, then `n` bytes holding the message
 //! in its length-delimited form: a varint length, then the body. Posemesh peers
@@ -11,7 +11,7 @@
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Default limit on one frame, in bytes (DESIGN §9).
+/// Default limit on one frame, in bytes (docs/design.md §9).
 pub const DEFAULT_MAX_FRAME: usize = 4 * 1024 * 1024;
 
 /// The size of the big-endian length prefix.

@@ -1,4 +1,4 @@
-//! Protocol ids of the domain cluster (DESIGN §3).
+//! Protocol ids of the domain cluster (docs/protocol.md).
 //!
 //! Stream protocols are opened per task or per request; the `/posemesh/…` names
 //! replace libp2p's defaults for identify and Kademlia so that posemesh peers

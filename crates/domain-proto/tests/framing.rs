@@ -1,4 +1,4 @@
-//! The framing of DESIGN §3, as a specification: what round-trips, and how each
+//! The framing of docs/protocol.md, as a specification: what round-trips, and how each
 //! malformed frame is refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -1,5 +1,5 @@
 //! The domain manager's job scheduler: jobs as DAGs of tasks, the node registry, assignment,
-//! task tokens, retries, timeouts and persistence (DESIGN §7). Pure logic plus storage: no
+//! task tokens, retries, timeouts and persistence (docs/design.md §7). Pure logic plus storage: no
 //! libp2p, no threads, no clock. Every call takes `now` (milliseconds since the Unix epoch), and
 //! the manager drives [`Scheduler::tick`] from a timer.
 //!

@@ -21,7 +21,7 @@ use crate::store::{Batch, JobRecord, NodeRecord, SchedulerStore, StoreError, Tas
 use crate::token::{TokenError, TokenGrant, TokenIssuer, is_copy};
 use crate::validate::{JobRejected, TaskSpec, job_id, validate};
 
-/// The longest a task token lives, whatever the task's timeout (DESIGN §5).
+/// The longest a task token lives, whatever the task's timeout (docs/design.md §5).
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// Tokens of one scheduling pass are signed in parallel in chunks of at least this many: below

@@ -1,5 +1,5 @@
 //! Task tokens for assignments: the scheduler asks a [`TokenIssuer`] for one token per
-//! assignment, bound to the task's sender, receiver, endpoint, job and task (DESIGN §5).
+//! assignment, bound to the task's sender, receiver, endpoint, job and task (docs/design.md §5).
 
 use std::time::{Duration, UNIX_EPOCH};
 

@@ -28,7 +28,7 @@ export const LOAD_V1 = '/load/v1'
 const JOBS_V1 = '/jobs/v1'
 const KAD_PROTOCOL = '/posemesh/kad/1.0.0'
 
-/** How long a task's token lives, in the scheduler's duration syntax (DESIGN §7). */
+/** How long a task's token lives, in the scheduler's duration syntax (docs/design.md §7). */
 const TASK_TIMEOUT = '10m'
 /** Bytes read from a file and written to the stream at once. */
 const UPLOAD_BATCH = 256 * 1024

@@ -1,4 +1,4 @@
-// The Merkle tree of DESIGN §4, built with @noble/hashes' BLAKE3: a second implementation,
+// The Merkle tree of docs/design.md §4, built with @noble/hashes' BLAKE3: a second implementation,
 // independent of the Rust `blake3` crate the nodes use, so that a root the page and a node
 // agree on is evidence, not an echo.
 

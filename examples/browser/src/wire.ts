@@ -1,16 +1,16 @@
 // The posemesh domain protocol v1 on a js-libp2p stream: the messages, compiled at run time
 // from the very `.proto` files the Rust crates build from (so the two cannot drift), and the
-// framing of DESIGN §3: a 4-byte big-endian length `n`, then `n` bytes holding the message in
+// framing of docs/protocol.md: a 4-byte big-endian length `n`, then `n` bytes holding the message in
 // its length-delimited form (a varint length, then the body).
 
 import protobuf from 'protobufjs'
 import domainDataProto from '../../../crates/domain-proto/proto/domain_data.proto?raw'
 import taskProto from '../../../crates/domain-proto/proto/task.proto?raw'
 
-/** The largest frame either side accepts, as the Rust nodes' default (DESIGN §3). */
+/** The largest frame either side accepts, as the Rust nodes' default (docs/protocol.md). */
 export const MAX_FRAME_LEN = 4 * 1024 * 1024
 
-/** How long a read waits for the peer's next bytes, as the nodes' idle timeout (DESIGN §9). */
+/** How long a read waits for the peer's next bytes, as the nodes' idle timeout (docs/design.md §9). */
 export const IDLE_TIMEOUT_MS = 30_000
 
 const root = new protobuf.Root()
