@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use domain_benches::{MIB, pattern};
-use domain_datastore::{Datastore, DomainId, LocalDatastore};
+use domain_datastore::{Datastore, LocalDatastore};
+use domain_proto::DomainId;
 use domain_proto::domain_data::{Query, UpsertMetadata};
 use futures::StreamExt;
 

@@ -9,9 +9,10 @@ use domain_auth::{DomainKey, KeyStoreError, TaskClaims, TokenError};
 use domain_capabilities::{
     CapabilityError, Limits, StaticKeys, StoreSender, StreamInfo, serve_store,
 };
-use domain_datastore::{Datastore, DatastoreError, DomainId, InvalidDomainId, LocalDatastore};
+use domain_datastore::{Datastore, DatastoreError, LocalDatastore};
 use domain_proto::domain_data::UpsertMetadata;
 use domain_proto::protocols::STORE_V1;
+use domain_proto::{DomainId, InvalidDomainId};
 
 use crate::{MIB, pattern};
 

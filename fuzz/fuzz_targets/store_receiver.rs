@@ -8,10 +8,11 @@
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
+use domain_proto::DomainId;
 use domain_auth::{DomainKey, TaskClaims};
 use domain_capabilities::handshake::StreamInfo;
 use domain_capabilities::{Limits, StaticKeys, serve_store};
-use domain_datastore::{Datastore, DomainId, LocalDatastore, LocalOptions};
+use domain_datastore::{Datastore, LocalDatastore, LocalOptions};
 use domain_merkle::root_of;
 use domain_proto::task::DomainClusterHandshakeRequest;
 use domain_proto::{encode_frame, protocols::STORE_V1, read_message, read_message_or_eof};

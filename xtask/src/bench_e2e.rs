@@ -47,14 +47,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
-use domain_cluster::{Multiaddr, PeerId};
+use domain_cluster::Multiaddr;
+use domain_cluster::addr::{is_plain_quic, is_plain_tcp, loopback_quic, loopback_tcp};
 use domain_e2e::build_release_binaries;
-use libp2p::multiaddr::Protocol;
 
 use crate::peers::Peers;
 use baseline::{in_process, raw_libp2p, raw_tcp, write_fsync};
@@ -149,28 +148,17 @@ impl Transport {
 
     /// A loopback listen address on this transport, its port picked by the system.
     fn listen_addr(self) -> Multiaddr {
-        let ip = Multiaddr::empty().with(Protocol::Ip4(Ipv4Addr::LOCALHOST));
         match self {
-            Self::Tcp => ip.with(Protocol::Tcp(0)),
-            Self::Quic => ip.with(Protocol::Udp(0)).with(Protocol::QuicV1),
+            Self::Tcp => loopback_tcp(),
+            Self::Quic => loopback_quic(),
         }
     }
 
     /// Whether `addr` is a direct address of this transport (plain TCP: not WebSocket).
     fn carries(self, addr: &Multiaddr) -> bool {
-        let mut tcp = false;
-        let mut quic = false;
-        for protocol in addr.iter() {
-            match protocol {
-                Protocol::Tcp(_) => tcp = true,
-                Protocol::QuicV1 => quic = true,
-                Protocol::Ws(_) | Protocol::Wss(_) | Protocol::P2pCircuit => return false,
-                _ => {}
-            }
-        }
         match self {
-            Self::Tcp => tcp,
-            Self::Quic => quic,
+            Self::Tcp => is_plain_tcp(addr),
+            Self::Quic => is_plain_quic(addr),
         }
     }
 
@@ -501,14 +489,6 @@ fn generate(path: &Path, len: u64, seed: u64) -> anyhow::Result<()> {
         .with_context(|| format!("fsync of {}", path.display()))
 }
 
-/// The peer id at the end of `addr` (`/p2p/<id>`).
-fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
-    match addr.iter().last() {
-        Some(Protocol::P2p(peer)) => Some(peer),
-        _ => None,
-    }
-}
-
 fn mib_per_s(bytes: u64, took: Duration) -> f64 {
     bytes as f64 / MIB / took.as_secs_f64().max(1e-9)
 }
@@ -667,7 +647,10 @@ mod tests {
         assert_eq!(tcp.to_string(), addrs[2]);
         let quic = Transport::Quic.pick(&addrs).unwrap();
         assert_eq!(quic.to_string(), addrs[1]);
-        assert_eq!(peer_of(&quic).unwrap().to_string(), PEER);
+        assert_eq!(
+            domain_cluster::addr::peer_of(&quic).unwrap().to_string(),
+            PEER
+        );
         assert!(Transport::Quic.pick(&addrs[2..]).is_err());
     }
 

@@ -6,22 +6,22 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use domain_proto::{DomainId, InvalidDomainId};
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{Signer, SigningKey};
 
-use crate::private_dir::{PrivateDirError, exposed_mode, open_private_dir};
+use crate::private_dir::{
+    Existing, PrivateDirError, exposed_mode, open_private_dir, write_private,
+};
 use crate::token::{TaskClaims, TokenError};
-
-/// Longest domain id a key can be made for, in bytes (the `/public-key/v1` limit).
-pub const MAX_DOMAIN_ID_LEN: usize = 256;
 
 /// A key file larger than this is not a PEM Ed25519 key; refused before it is read whole.
 const MAX_KEY_FILE_LEN: u64 = 4096;
@@ -130,7 +130,7 @@ impl DomainKey {
     /// Makes a fresh random key for `domain_id` (not stored anywhere).
     ///
     /// # Errors
-    /// [`KeyStoreError::InvalidDomainId`] for an empty or over-long domain id,
+    /// [`KeyStoreError::InvalidDomainId`] for a domain id [`DomainId`] refuses,
     /// [`KeyStoreError::Encode`] if the key cannot be put in PKCS#8 form.
     pub fn generate(domain_id: &str) -> Result<Self, KeyStoreError> {
         check_domain_id(domain_id)?;
@@ -252,14 +252,9 @@ pub enum KeyStoreError {
         /// What was wrong.
         reason: String,
     },
-    /// The domain id cannot name a key.
-    #[error("domain id {domain_id:?} is not valid: {reason}")]
-    InvalidDomainId {
-        /// The domain id given (at most its first 80 characters).
-        domain_id: String,
-        /// What was wrong.
-        reason: &'static str,
-    },
+    /// The domain id cannot name a domain.
+    #[error("no key for an invalid domain id")]
+    InvalidDomainId(#[source] InvalidDomainId),
     /// The key could not be put in PKCS#8 form.
     #[error("cannot encode the key of domain {domain_id}: {reason}")]
     Encode {
@@ -271,17 +266,9 @@ pub enum KeyStoreError {
 }
 
 fn check_domain_id(domain_id: &str) -> Result<(), KeyStoreError> {
-    let reason = if domain_id.is_empty() {
-        "it is empty"
-    } else if domain_id.len() > MAX_DOMAIN_ID_LEN {
-        "it is longer than 256 bytes"
-    } else {
-        return Ok(());
-    };
-    Err(KeyStoreError::InvalidDomainId {
-        domain_id: domain_id.chars().take(80).collect(),
-        reason,
-    })
+    DomainId::new(domain_id)
+        .map(drop)
+        .map_err(KeyStoreError::InvalidDomainId)
 }
 
 /// The domain keys of a manager: one Ed25519 key per domain, created on first use.
@@ -371,25 +358,16 @@ impl DomainKeyStore {
             path: path.to_path_buf(),
             source,
         };
-        // tempfile creates its files with mode 0600 on Unix.
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".key-")
-            .suffix(".tmp")
-            .tempfile_in(&self.dir)
-            .map_err(|e| io("create temporary key file for", e))?;
-        tmp.write_all(pem.as_bytes()).map_err(|e| io("write", e))?;
-        tmp.as_file().sync_all().map_err(|e| io("sync", e))?;
-        match tmp.persist_noclobber(path) {
-            Ok(_) => {}
+        match write_private(path, pem.as_bytes(), Existing::Keep) {
+            Ok(()) => {}
             // Another process made this domain's key first: use theirs.
-            Err(err) if err.error.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
                 return load_key(path, domain_id)?.ok_or_else(|| {
                     io("reload", std::io::Error::from(std::io::ErrorKind::NotFound))
                 });
             }
-            Err(err) => return Err(io("persist", err.error)),
+            Err(err) => return Err(io("write", err)),
         }
-        sync_dir(&self.dir)?;
         Ok(key)
     }
 }
@@ -436,23 +414,6 @@ fn load_key(path: &Path, domain_id: &str) -> Result<Option<DomainKey>, KeyStoreE
     DomainKey::from_signing(domain_id, signing).map(Some)
 }
 
-/// Makes a rename in `dir` durable.
-fn sync_dir(dir: &Path) -> Result<(), KeyStoreError> {
-    #[cfg(unix)]
-    {
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| KeyStoreError::Io {
-                action: "sync key folder",
-                path: dir.to_path_buf(),
-                source,
-            })?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,10 +458,15 @@ mod tests {
             DomainKey::generate(""),
             Err(KeyStoreError::InvalidDomainId { .. })
         ));
-        let long = "x".repeat(MAX_DOMAIN_ID_LEN + 1);
-        assert!(matches!(
-            DomainKey::generate(&long),
-            Err(KeyStoreError::InvalidDomainId { .. })
-        ));
+        let long = "x".repeat(domain_proto::MAX_DOMAIN_ID_LEN + 1);
+        for bad in [long.as_str(), "my lab", "../keys", ".hidden"] {
+            assert!(
+                matches!(
+                    DomainKey::generate(bad),
+                    Err(KeyStoreError::InvalidDomainId(_))
+                ),
+                "{bad:?}"
+            );
+        }
     }
 }

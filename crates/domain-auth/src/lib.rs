@@ -50,10 +50,11 @@ mod key;
 pub mod private_dir;
 mod token;
 
-pub use key::{
-    DomainKey, DomainKeyStore, KeyStoreError, MAX_DOMAIN_ID_LEN, PublicKey, PublicKeyError,
+pub use key::{DomainKey, DomainKeyStore, KeyStoreError, PublicKey, PublicKeyError};
+pub use private_dir::{
+    Existing, PrivateDirError, create_private_dir, keep_new_files_private, open_private_dir,
+    write_private,
 };
-pub use private_dir::{PrivateDirError, keep_new_files_private, open_private_dir};
 pub use token::{
     Expected, LEEWAY_SECS, MAX_TOKEN_LEN, MAX_TOKEN_LIFETIME, Rejection, TaskClaims, TokenError,
     lifetime_for_timeout, unix_secs, verify, verify_now,

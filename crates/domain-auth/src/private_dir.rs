@@ -1,12 +1,15 @@
-//! Folders only their owner may enter: where a manager and a node keep keys, state and
-//! data.
+//! Files and folders only their owner may read: where a manager and a node keep keys,
+//! state and data, and where a client keeps its identity.
 //!
 //! [`open_private_dir`] creates a folder with mode 0700 (whatever the umask), and refuses
 //! one that group or others may access, naming its mode. Everything inside such a folder
 //! is out of other users' reach whatever its own mode, since reaching it means passing
-//! through the folder.
+//! through the folder. [`create_private_dir`] only creates (for a folder the user may have
+//! made otherwise, such as the one of a client's identity), and [`write_private`] writes a
+//! file of mode 0600 whole or not at all.
 
 use std::fs;
+use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
 /// Permission bits that let group or others in.
@@ -57,15 +60,7 @@ pub fn open_private_dir(path: &Path) -> Result<(), PrivateDirError> {
         path: path.to_owned(),
         source,
     };
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        // The umask may only take bits away from 0700: the mode holds under any umask.
-        builder.mode(0o700);
-    }
-    builder.create(path).map_err(|e| io("create", e))?;
+    create_private_dir(path).map_err(|e| io("create", e))?;
     let meta = fs::metadata(path).map_err(|e| io("inspect", e))?;
     if !meta.is_dir() {
         return Err(PrivateDirError::NotAFolder {
@@ -78,6 +73,70 @@ pub fn open_private_dir(path: &Path) -> Result<(), PrivateDirError> {
             mode,
         });
     }
+    Ok(())
+}
+
+/// Creates the folder `path` and its missing parents with mode 0700; a folder that
+/// exists is left as it is.
+///
+/// # Errors
+/// The operating system's, when a folder cannot be created.
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        // The umask may only take bits away from 0700: the mode holds under any umask.
+        builder.mode(0o700);
+    }
+    builder.create(path)
+}
+
+/// What [`write_private`] does when `path` exists already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Leave it, and fail with [`io::ErrorKind::AlreadyExists`]: for a key that another
+    /// process may have made meanwhile, whose key then wins.
+    Keep,
+    /// Replace it.
+    Replace,
+}
+
+/// Writes `bytes` to the file `path` whole or not at all, with mode 0600: a temporary
+/// file in the same folder, synced, renamed into place, then the folder synced so that
+/// the rename survives a crash. No one else can read the bytes at any point, not even
+/// before the rename.
+///
+/// # Errors
+/// The operating system's; [`io::ErrorKind::AlreadyExists`] with [`Existing::Keep`] when
+/// `path` exists.
+pub fn write_private(path: &Path, bytes: &[u8], existing: Existing) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    // tempfile creates its files with mode 0600 on Unix.
+    let mut file = tempfile::Builder::new()
+        .prefix(".private-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    file.write_all(bytes)?;
+    file.as_file().sync_all()?;
+    match existing {
+        Existing::Keep => file.persist_noclobber(path),
+        Existing::Replace => file.persist(path),
+    }
+    .map_err(|e| e.error)?;
+    sync_dir(dir)
+}
+
+/// Makes a rename in `dir` durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    fs::File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
     Ok(())
 }
 
@@ -147,5 +206,22 @@ mod tests {
         let path = dir.path().join("file");
         fs::write(&path, b"x").unwrap();
         assert!(open_private_dir(&path).is_err());
+    }
+
+    #[test]
+    fn a_private_file_is_0600_whole_and_kept_or_replaced_as_asked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        write_private(&path, b"first", Existing::Keep).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let kept = write_private(&path, b"second", Existing::Keep).unwrap_err();
+        assert_eq!(kept.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        write_private(&path, b"third", Existing::Replace).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"third");
+        // No temporary file is left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -7,7 +7,8 @@
 use std::collections::BTreeSet;
 use std::time::SystemTime;
 
-use domain_datastore::{Datastore, DatastoreError, DomainId};
+use domain_datastore::{Datastore, DatastoreError};
+use domain_proto::DomainId;
 use domain_proto::task::{DeleteDataInputV1, DeleteDataOutputV1};
 use domain_proto::{read_message, read_message_or_eof, write_message};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};

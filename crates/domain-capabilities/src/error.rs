@@ -4,9 +4,10 @@ use std::io;
 use std::time::Duration;
 
 use domain_auth::Rejection;
-use domain_datastore::{DatastoreError, InvalidDomainId, SubscriptionError};
+use domain_datastore::{DatastoreError, SubscriptionError};
 use domain_merkle::Root;
 use domain_proto::FrameError;
+use domain_proto::InvalidDomainId;
 
 use crate::idle::{Direction, idle_elapsed};
 

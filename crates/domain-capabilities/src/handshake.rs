@@ -14,12 +14,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use domain_auth::{
-    Expected, MAX_DOMAIN_ID_LEN, MAX_TOKEN_LEN, PublicKey, Rejection, TaskClaims, unix_secs, verify,
-};
-use domain_datastore::DomainId;
+use domain_auth::{Expected, MAX_TOKEN_LEN, PublicKey, Rejection, TaskClaims, unix_secs, verify};
 use domain_proto::protocols::STORE_V1;
 use domain_proto::task::{Code, DomainClusterHandshakeRequest, DomainClusterHandshakeResponse};
+use domain_proto::{DomainId, MAX_DOMAIN_ID_LEN};
 use domain_proto::{read_message, read_message_or_eof, write_message};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};

@@ -9,8 +9,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use domain_datastore::{Datastore, DatastoreError, DomainId};
+use domain_datastore::{Datastore, DatastoreError};
 use domain_merkle::{CHUNK_SIZE, MerkleBuilder, Root};
+use domain_proto::DomainId;
 use domain_proto::domain_data::Metadata;
 use domain_proto::task::{ConsumeDataInputV1, UnsubscribeDataQueryV1};
 use domain_proto::{read_message, read_message_or_eof, write_message};

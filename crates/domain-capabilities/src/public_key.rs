@@ -2,7 +2,7 @@
 //! closes its write half; the answer is the raw 32-byte Ed25519 public key, then close.
 
 use domain_auth::PublicKey;
-use domain_proto::protocols::MAX_DOMAIN_ID_LEN;
+use domain_proto::{DomainId, MAX_DOMAIN_ID_LEN};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::handshake::PublicKeySource;
@@ -12,7 +12,7 @@ use crate::{CapabilityError, Limits};
 /// Asks the peer at the other end of `stream` for the public key of `domain_id`.
 ///
 /// # Errors
-/// [`CapabilityError::BadKeyRequest`] for an empty or over-long domain id,
+/// [`CapabilityError::BadKeyRequest`] for a domain id [`DomainId`] refuses,
 /// [`CapabilityError::NoPublicKey`] when the peer closes without a key,
 /// [`CapabilityError::BadPublicKey`] for an answer that is not 32 bytes, or a
 /// stream or idle error.
@@ -24,7 +24,7 @@ pub async fn fetch_public_key<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    check_domain_id(domain_id.as_bytes())?;
+    check_domain_id(domain_id)?;
     let mut stream = IdleTimeout::new(stream, limits.idle_timeout);
     stream
         .write_all(domain_id.as_bytes())
@@ -74,10 +74,10 @@ where
         .read_to_end(&mut request)
         .await
         .map_err(|e| CapabilityError::io("reading the domain id", e))?;
-    check_domain_id(&request)?;
     let domain_id = String::from_utf8(request).map_err(|_| CapabilityError::BadKeyRequest {
         reason: "the domain id is not UTF-8".into(),
     })?;
+    check_domain_id(&domain_id)?;
     let key = match keys.public_key(&domain_id).await {
         Ok(key) => key,
         Err(reason) => {
@@ -96,16 +96,11 @@ where
     Ok(domain_id)
 }
 
-fn check_domain_id(id: &[u8]) -> Result<(), CapabilityError> {
-    if id.is_empty() {
-        return Err(CapabilityError::BadKeyRequest {
-            reason: "the domain id is empty".into(),
-        });
-    }
-    if id.len() > MAX_DOMAIN_ID_LEN {
-        return Err(CapabilityError::BadKeyRequest {
-            reason: format!("the domain id is longer than {MAX_DOMAIN_ID_LEN} bytes"),
-        });
-    }
-    Ok(())
+/// A domain id a key may be asked for: one [`DomainId`] accepts.
+fn check_domain_id(domain_id: &str) -> Result<(), CapabilityError> {
+    DomainId::new(domain_id)
+        .map(drop)
+        .map_err(|invalid| CapabilityError::BadKeyRequest {
+            reason: invalid.to_string(),
+        })
 }

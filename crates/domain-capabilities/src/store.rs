@@ -17,8 +17,9 @@ use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use domain_datastore::{Datastore, DomainId, is_replica};
+use domain_datastore::{Datastore, is_replica};
 use domain_merkle::{BackgroundBuilder, CHUNK_SIZE, Cores, MerkleBuilder, Root};
+use domain_proto::DomainId;
 use domain_proto::domain_data::{Metadata, ResumeOffer, ResumeStart, UpsertMetadata};
 use domain_proto::{read_message, read_message_or_eof, write_message};
 use tokio::io::{

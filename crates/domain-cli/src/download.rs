@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use domain_datastore::DomainId;
+use domain_proto::DomainId;
 
 use crate::remote::{RemoteArgs, runtime};
 use crate::store::{QueryArgs, write_listing};

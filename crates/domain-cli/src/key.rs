@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use domain_datastore::DomainId;
+use domain_proto::DomainId;
 
 use crate::remote::{RemoteArgs, runtime};
 

@@ -68,7 +68,8 @@ impl RemoteArgs {
                 .context("no home folder for the identity: pass --identity FILE")?,
         };
         if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            create_private_dir(folder).with_context(|| format!("creating {}", folder.display()))?;
+            domain_auth::create_private_dir(folder)
+                .with_context(|| format!("creating {}", folder.display()))?;
         }
         let identity = Identity::load_or_create(&path)
             .with_context(|| format!("loading the identity {}", path.display()))?;
@@ -92,15 +93,6 @@ impl RemoteArgs {
             .context("starting the client")?;
         Ok(client.with_progress(std::sync::Arc::new(Bars::new(verb))))
     }
-}
-
-/// Creates `folder` (and its parents) readable by its owner only, as a key's folder should be.
-fn create_private_dir(folder: &std::path::Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(folder)
 }
 
 /// The runtime of the network commands.

@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use domain_datastore::{Datastore, DomainId, LocalDatastore};
+use domain_datastore::{Datastore, LocalDatastore};
 use domain_merkle::HashingReader;
+use domain_proto::DomainId;
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use domain_datastore::DomainId;
+use domain_proto::DomainId;
 
 use crate::remote::{RemoteArgs, runtime};
 use crate::store::parse_property;

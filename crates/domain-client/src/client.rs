@@ -53,19 +53,19 @@ pub use upload::{Content, RESUMABLE_MIN, Upload};
 pub use watch::Subscription;
 
 use attempts::TaskRun;
+use domain_proto::DomainId;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use domain_cluster::addr::peer_of;
 use domain_cluster::config::{ClusterConfig, Role};
 use domain_cluster::identity::Identity;
 use domain_cluster::{Cluster, ClusterError, ClusterHandle, JobStream, Multiaddr, PeerId};
-use domain_datastore::DomainId;
 use domain_proto::task::{
     CapabilityFilters, JobRequest, ResourceRecruitment, TaskRequest,
     resource_recruitment::RecruitmentPolicy,
 };
-use libp2p::multiaddr::Protocol;
 
 /// Most items a listing collects, so that a node cannot grow the client's memory
 /// without bound.
@@ -315,15 +315,6 @@ impl Client {
                 }
             }
         }
-    }
-}
-
-/// The peer id at the end of `addr` (`/p2p/<id>`).
-#[must_use]
-pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
-    match addr.iter().last() {
-        Some(Protocol::P2p(peer)) => Some(peer),
-        _ => None,
     }
 }
 

@@ -26,7 +26,8 @@
 //! ```no_run
 //! # async fn demo(client: domain_client::client::Client) -> Result<(), domain_datastore::DatastoreError> {
 //! use domain_client::datastore::RemoteDatastore;
-//! use domain_datastore::{Datastore, DomainId};
+//! use domain_datastore::Datastore;
+//! use domain_proto::DomainId;
 //! use domain_proto::domain_data::UpsertMetadata;
 //!
 //! let store = RemoteDatastore::new(client);
@@ -46,9 +47,10 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use domain_datastore::{
-    DEFAULT_SUBSCRIPTION_CAPACITY, Datastore, DatastoreError, DomainId, QueryFilter, Subscribers,
+    DEFAULT_SUBSCRIPTION_CAPACITY, Datastore, DatastoreError, QueryFilter, Subscribers,
     Subscription, is_replica,
 };
+use domain_proto::DomainId;
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt as _, BufReader, DuplexStream, ReadBuf};
 use tokio::sync::{oneshot, watch};

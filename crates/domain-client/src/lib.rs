@@ -11,7 +11,7 @@
 //! ```no_run
 //! use domain_client::client::{Client, ClientConfig, Upload};
 //! use domain_cluster::identity::Identity;
-//! use domain_datastore::DomainId;
+//! use domain_proto::DomainId;
 //!
 //! # async fn example(manager: domain_cluster::Multiaddr) -> Result<(), Box<dyn std::error::Error>> {
 //! let client = Client::start(Identity::generate(), Some(manager), ClientConfig::default()).await?;

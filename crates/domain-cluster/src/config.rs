@@ -1,5 +1,6 @@
 //! How a peer joins the swarm: its role, addresses, limits and timeouts.
 
+use crate::addr::{loopback_quic, loopback_tcp};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -204,28 +205,13 @@ impl ClusterConfig {
     }
 }
 
-/// `/ip4/127.0.0.1/tcp/0`: any free TCP port on the IPv4 loopback.
-#[must_use]
-pub fn loopback_tcp() -> Multiaddr {
-    Multiaddr::empty()
-        .with(Protocol::Ip4(std::net::Ipv4Addr::LOCALHOST))
-        .with(Protocol::Tcp(0))
-}
-
 /// `/ip4/127.0.0.1/tcp/0`, `/ip4/127.0.0.1/udp/0/quic-v1` and `/ip4/127.0.0.1/tcp/0/ws`.
 #[must_use]
 pub fn loopback_listen_addrs() -> Vec<Multiaddr> {
-    let ip = Protocol::Ip4(std::net::Ipv4Addr::LOCALHOST);
     vec![
         loopback_tcp(),
-        Multiaddr::empty()
-            .with(ip.clone())
-            .with(Protocol::Udp(0))
-            .with(Protocol::QuicV1),
-        Multiaddr::empty()
-            .with(ip)
-            .with(Protocol::Tcp(0))
-            .with(Protocol::Ws("/".into())),
+        loopback_quic(),
+        loopback_tcp().with(Protocol::Ws("/".into())),
     ]
 }
 

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use domain_proto::InvalidDomainId;
 use libp2p::{Multiaddr, PeerId};
 
 /// Why an identity key file could not be loaded or created.
@@ -193,14 +194,9 @@ pub enum ClusterError {
         /// The code received.
         code: i32,
     },
-    /// A domain id longer than `/public-key/v1` allows.
-    #[error("domain id of {len} bytes exceeds the limit of {limit} bytes")]
-    DomainIdTooLong {
-        /// Its length.
-        len: usize,
-        /// The limit.
-        limit: usize,
-    },
+    /// A domain id that is not one, refused before anything is sent.
+    #[error("not a valid domain id")]
+    InvalidDomainId(#[source] InvalidDomainId),
     /// Subscribing to a gossip topic failed.
     #[error("cannot subscribe to topic {topic}: {source}")]
     Subscribe {

@@ -15,6 +15,7 @@ use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, gossipsub, identify, kad, relay};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use crate::addr::{is_circuit, peer_of, with_peer_id, without_peer_id};
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::config::Role;
 use crate::error::ClusterError;
@@ -255,7 +256,7 @@ impl EventLoop {
     }
 
     fn start_bootstrap(&mut self, bootstrap: &Bootstrap) {
-        let transport_addr = without_p2p(&bootstrap.addr);
+        let transport_addr = without_peer_id(&bootstrap.addr);
         self.swarm
             .behaviour_mut()
             .kad
@@ -376,7 +377,7 @@ impl EventLoop {
     fn dial(&mut self, target: DialTarget, reply: oneshot::Sender<Result<PeerId, ClusterError>>) {
         let peer = match &target {
             DialTarget::Peer(peer) => Some(*peer),
-            DialTarget::Addr(addr) => last_peer_id(addr),
+            DialTarget::Addr(addr) => peer_of(addr),
         };
         // A direct address asked for is dialled even when the peer is reached through a
         // relay already (a DHT query may have connected that way first): streams go
@@ -783,35 +784,4 @@ fn remote_addr(endpoint: &ConnectedPoint) -> &Multiaddr {
         ConnectedPoint::Dialer { address, .. } => address,
         ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
     }
-}
-
-/// The peer id an address ends with, if it ends with one.
-pub(crate) fn last_peer_id(addr: &Multiaddr) -> Option<PeerId> {
-    match addr.iter().last() {
-        Some(Protocol::P2p(peer)) => Some(peer),
-        _ => None,
-    }
-}
-
-/// `addr` without its trailing `/p2p/<id>`.
-pub(crate) fn without_p2p(addr: &Multiaddr) -> Multiaddr {
-    let mut addr = addr.clone();
-    if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
-        addr.pop();
-    }
-    addr
-}
-
-/// `addr` ending with `/p2p/<peer>`.
-pub(crate) fn with_peer_id(addr: Multiaddr, peer: PeerId) -> Multiaddr {
-    if last_peer_id(&addr) == Some(peer) {
-        addr
-    } else {
-        addr.with(Protocol::P2p(peer))
-    }
-}
-
-/// Whether `addr` goes through a relay.
-pub(crate) fn is_circuit(addr: &Multiaddr) -> bool {
-    addr.iter().any(|p| p == Protocol::P2pCircuit)
 }

@@ -11,12 +11,12 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::addr::peer_of;
 use crate::behaviour::build_swarm;
 use crate::config::{ClusterConfig, Role};
 use crate::error::ClusterError;
 use crate::event_loop::{
     Bootstrap, Command, DialTarget, EventLoop, EventLoopParts, ListenState, RelayStatus,
-    last_peer_id,
 };
 use crate::gossip::{self, GossipEvents, TaskUpdates};
 use crate::peers::{PeerEvent, PeerEvents};
@@ -43,7 +43,7 @@ impl Cluster {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ClusterError::NoRuntime)?;
         let bootstrap = match &config.bootstrap {
             Some(addr) => Some(Bootstrap {
-                peer: last_peer_id(addr)
+                peer: peer_of(addr)
                     .ok_or_else(|| ClusterError::MissingPeerId { addr: addr.clone() })?,
                 addr: addr.clone(),
             }),
@@ -202,7 +202,7 @@ impl ClusterHandle {
             RelayStatus::Reserved => Ok(state
                 .addrs
                 .into_iter()
-                .filter(crate::event_loop::is_circuit)
+                .filter(crate::addr::is_circuit)
                 .collect()),
             RelayStatus::NotRequested => Err(ClusterError::NoRelayReservation {
                 reason: "this peer does not reserve a relay slot".into(),

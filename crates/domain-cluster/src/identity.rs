@@ -2,11 +2,13 @@
 //! (docs/design.md §6): allow-lists name peer ids and task tokens are bound to them.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::path::Path;
 
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
+
+use domain_auth::{Existing, write_private};
 
 use crate::error::IdentityError;
 
@@ -116,10 +118,6 @@ impl Identity {
 
     /// Writes the key pair to a new file at `path`, atomically, with mode 0600.
     fn save_new(&self, path: &Path) -> Result<(), IdentityError> {
-        let io_err = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| IdentityError::Io { path: p, source }
-        };
         let bytes =
             self.keypair
                 .to_protobuf_encoding()
@@ -127,32 +125,11 @@ impl Identity {
                     path: path.to_path_buf(),
                     source,
                 })?;
-        let dir = parent_dir(path);
-        // tempfile creates its files with mode 0600 on Unix, so the key is never
-        // visible to others, not even before the rename.
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".identity-")
-            .suffix(".tmp")
-            .tempfile_in(&dir)
-            .map_err(io_err(&dir))?;
-        tmp.write_all(&bytes).map_err(io_err(tmp.path()))?;
-        tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
-        // `persist_noclobber` refuses to replace a key another process wrote
-        // meanwhile; that key wins and this one is discarded with the temp file.
-        tmp.persist_noclobber(path).map_err(|e| IdentityError::Io {
+        // A key another process wrote meanwhile wins; this one is discarded.
+        write_private(path, &bytes, Existing::Keep).map_err(|source| IdentityError::Io {
             path: path.to_path_buf(),
-            source: e.error,
-        })?;
-        sync_dir(&dir).map_err(io_err(&dir))?;
-        Ok(())
-    }
-}
-
-/// The folder holding `path` (the current folder for a bare file name).
-fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-        _ => PathBuf::from("."),
+            source,
+        })
     }
 }
 
@@ -176,16 +153,6 @@ fn check_private(_path: &Path, _meta: &fs::Metadata) -> Result<(), IdentityError
 }
 
 /// Makes the rename durable: a crash after it must not lose the new entry.
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    fs::File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> std::io::Result<()> {
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,7 +34,7 @@ impl Source {
     /// The source of a connection from `addr`; `None` for a relayed connection or an
     /// address without an IP.
     fn of(addr: &Multiaddr) -> Option<Self> {
-        if crate::event_loop::is_circuit(addr) {
+        if crate::addr::is_circuit(addr) {
             return None;
         }
         let ip = addr.iter().find_map(|p| match p {

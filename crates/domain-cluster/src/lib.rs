@@ -58,6 +58,7 @@
 //! # }
 //! ```
 
+pub mod addr;
 mod bans;
 mod behaviour;
 pub mod config;

@@ -4,13 +4,14 @@
 
 use std::marker::PhantomData;
 
+use domain_proto::DomainId;
 use domain_proto::discovery::{
     Holder, HoldersRequest, HoldersResponse, Holdings, JoinClusterRequest, JoinClusterResponse,
     Node,
 };
 use domain_proto::protocols::{
-    HOLDERS_V1, JOBS_V1, JOIN_V1, MAX_DOMAIN_ID_LEN, MAX_STATUS_REPORTS, MONITOR_ACK, MONITOR_V1,
-    PUBLIC_KEY_V1, TASK_STATUS_V1,
+    HOLDERS_V1, JOBS_V1, JOIN_V1, MAX_STATUS_REPORTS, MONITOR_ACK, MONITOR_V1, PUBLIC_KEY_V1,
+    TASK_STATUS_V1,
 };
 use domain_proto::task::{Code, Job, JobRequest, SubmitJobResponse, Task};
 use domain_proto::{DEFAULT_MAX_FRAME, read_message, read_message_or_eof, write_message};
@@ -228,7 +229,7 @@ impl ClusterHandle {
     /// for its first answer; with `follow`, the stream goes on with each change.
     ///
     /// # Errors
-    /// [`ClusterError::DomainIdTooLong`] before anything is sent;
+    /// [`ClusterError::InvalidDomainId`] before anything is sent;
     /// [`ClusterError::HoldersRefused`] (a domain this peer may not use); those of
     /// [`open_stream`](Self::open_stream); [`ClusterError::Frame`];
     /// [`ClusterError::Timeout`].
@@ -238,12 +239,7 @@ impl ClusterHandle {
         domain_id: &str,
         follow: bool,
     ) -> Result<(Vec<Holder>, HolderStream), ClusterError> {
-        if domain_id.len() > MAX_DOMAIN_ID_LEN {
-            return Err(ClusterError::DomainIdTooLong {
-                len: domain_id.len(),
-                limit: MAX_DOMAIN_ID_LEN,
-            });
-        }
+        DomainId::new(domain_id).map_err(ClusterError::InvalidDomainId)?;
         let mut stream = self.open_stream(manager, HOLDERS_V1).await?;
         let request = HoldersRequest {
             domain_id: domain_id.to_owned(),
@@ -322,7 +318,7 @@ impl ClusterHandle {
     /// domain id as raw UTF-8, the write half closed, then exactly 32 bytes back.
     ///
     /// # Errors
-    /// [`ClusterError::DomainIdTooLong`] before anything is sent;
+    /// [`ClusterError::InvalidDomainId`] before anything is sent;
     /// [`ClusterError::StreamIo`] when the exchange fails or the answer is
     /// shorter than a key; those of [`open_stream`](Self::open_stream);
     /// [`ClusterError::Timeout`].
@@ -331,12 +327,7 @@ impl ClusterHandle {
         peer: PeerId,
         domain_id: &str,
     ) -> Result<[u8; PUBLIC_KEY_LEN], ClusterError> {
-        if domain_id.len() > MAX_DOMAIN_ID_LEN {
-            return Err(ClusterError::DomainIdTooLong {
-                len: domain_id.len(),
-                limit: MAX_DOMAIN_ID_LEN,
-            });
-        }
+        DomainId::new(domain_id).map_err(ClusterError::InvalidDomainId)?;
         let mut stream = self.open_stream(peer, PUBLIC_KEY_V1).await?;
         let mut key = [0u8; PUBLIC_KEY_LEN];
         self.timed(format!("{PUBLIC_KEY_V1} with {peer}"), async {

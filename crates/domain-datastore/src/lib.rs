@@ -7,7 +7,7 @@
 //! (`domain-merkle`) computed while the bytes were written; `get` metadata and an
 //! `AsyncRead` of the content; `query` with the semantics of `domain_data.Query` (compiled
 //! into a [`QueryFilter`]); `delete`; `subscribe` to a bounded stream of new items.
-//! Every call names a [`DomainId`], validated so that it is safe as a folder name.
+//! Every call names a [`DomainId`](domain_proto::DomainId), validated so that it is safe as a folder name.
 //! [`LocalDatastore`] keeps metadata in redb (one table set per domain, indexed by name
 //! and data type) and content in files named by their root; a put is durable before it
 //! returns, a crash leaves nothing partial, and opening repairs what a crash left
@@ -18,8 +18,9 @@
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
-//! use domain_datastore::{Datastore, DomainId, LocalDatastore};
+//! use domain_datastore::{Datastore, LocalDatastore};
 //! use domain_merkle::root_of;
+//! use domain_proto::DomainId;
 //! use domain_proto::domain_data::{Query, UpsertMetadata};
 //! use tokio::io::AsyncReadExt;
 //!
@@ -62,9 +63,8 @@ pub use local::{
 pub use read_ahead::ReadAhead;
 
 pub use store::{
-    Datastore, DatastoreError, DomainId, InvalidDomainId, InvalidQuery, MAX_DOMAIN_ID_LEN,
-    MAX_ITEM_ID_LEN, MAX_REGEX_LEN, QueryFilter, RegexField, ResumePoint, check_replica_id,
-    is_replica,
+    Datastore, DatastoreError, InvalidQuery, MAX_ITEM_ID_LEN, MAX_REGEX_LEN, QueryFilter,
+    RegexField, ResumePoint, check_replica_id, is_replica,
 };
 pub use subscription::{
     DEFAULT_SUBSCRIPTION_CAPACITY, Subscribers, Subscription, SubscriptionError,

@@ -40,12 +40,13 @@ pub use tables::DomainUsage;
 
 use crate::read_ahead::ReadAhead;
 use crate::store::{
-    Datastore, DatastoreError, DomainId, QueryFilter, ResumePoint, check_replica_id, is_replica,
+    Datastore, DatastoreError, QueryFilter, ResumePoint, check_replica_id, is_replica,
 };
 use crate::subscription::{DEFAULT_SUBSCRIPTION_CAPACITY, Subscribers, Subscription};
 use blob::{Batch, BlobWriter};
 use commit::{Content, DeleteRequest, PutRequest, Request, Worker};
 use domain_merkle::{BackgroundBuilder, CHUNK_SIZE, Cores, MerkleBuilder, Root, root_of};
+use domain_proto::DomainId;
 use partial::Partials;
 use tables::ReadTables;
 

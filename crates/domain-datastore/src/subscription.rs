@@ -17,7 +17,8 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
-use crate::store::{DomainId, QueryFilter};
+use crate::store::QueryFilter;
+use domain_proto::DomainId;
 
 /// Queue length of each subscriber unless a backend picks another.
 pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 1024;

@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use domain_datastore::{Datastore, DomainId, LocalDatastore};
+use domain_datastore::{Datastore, LocalDatastore};
 use domain_merkle::root_of;
+use domain_proto::DomainId;
 use domain_proto::domain_data::{Query, UpsertMetadata};
 use tokio::io::AsyncReadExt;
 

@@ -7,10 +7,11 @@ mod suite;
 use std::path::{Path, PathBuf};
 
 use domain_datastore::{
-    Datastore, DatastoreError, DomainId, LocalContent, LocalDatastore, LocalOptions, Subscription,
+    Datastore, DatastoreError, LocalContent, LocalDatastore, LocalOptions, Subscription,
     SubscriptionError,
 };
 use domain_merkle::{Root, root_of};
+use domain_proto::DomainId;
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use futures::StreamExt;
 use proptest::prelude::*;

@@ -15,7 +15,7 @@ use domain_proto::protocols::{LOAD_V1, STORE_V1};
 
 fn peer_of(addr: &str) -> PeerId {
     let addr: Multiaddr = addr.parse().unwrap();
-    domain_client::client::peer_of(&addr).unwrap()
+    domain_cluster::addr::peer_of(&addr).unwrap()
 }
 
 #[test]

@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use common::{content, start_manager, start_node};
 use domain_capabilities::{Limits, store_items};
-use domain_client::client::{Client, ClientConfig, peer_of};
+use domain_client::client::{Client, ClientConfig};
+use domain_cluster::addr::peer_of;
 use domain_cluster::config::{ClusterConfig, Role};
 use domain_cluster::identity::Identity;
 use domain_cluster::{Cluster, ClusterHandle, JobStream, Multiaddr, PeerId, TaskStream};
-use domain_datastore::DomainId;
 use domain_e2e::free_port;
 use domain_merkle::root_of;
+use domain_proto::DomainId;
 use domain_proto::domain_data::{Query, UpsertMetadata};
 use domain_proto::protocols::STORE_V1;
 use domain_proto::task::{CapabilityFilters, JobRequest, ResourceRecruitment, Status, TaskRequest};

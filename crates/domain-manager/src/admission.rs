@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use domain_cluster::PeerId;
 use serde::{Deserialize, Serialize};
 
-use crate::config::write_atomically;
+use crate::config::write_toml;
 use crate::error::ConfigError;
 
 /// Bytes of an invite's secret.
@@ -142,7 +142,7 @@ impl NodesFile {
         let mut file = Self::load(data_dir)?;
         let (changed, answer) = change(&mut file);
         if changed {
-            write_atomically(data_dir, &Self::path(data_dir), &file)?;
+            write_toml(&Self::path(data_dir), &file)?;
         }
         Ok(answer)
     }
@@ -465,7 +465,7 @@ mod tests {
         // Expired long ago, as a manager would see it a day later.
         let mut file = NodesFile::load(dir.path()).unwrap();
         file.invites[0].expires = 1;
-        write_atomically(dir.path(), &NodesFile::path(dir.path()), &file).unwrap();
+        write_toml(&NodesFile::path(dir.path()), &file).unwrap();
         let mut admission = Admission::load(dir.path(), BTreeSet::new(), false).unwrap();
         assert_eq!(
             admission.check_join(&node, Some(&invite)),

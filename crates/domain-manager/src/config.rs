@@ -2,10 +2,10 @@
 //! mirror the command-line flags (`data-dir`, `listen`, `tick-interval`, …).
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use domain_auth::{Existing, write_private};
 use domain_cluster::{Multiaddr, PeerId};
 use domain_scheduler::parse_timeout;
 use serde::{Deserialize, Serialize};
@@ -154,16 +154,12 @@ pub fn keys_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("keys")
 }
 
-/// Writes `value` as TOML to `path` in the folder `dir` whole or not at all: a synced
-/// temporary file renamed into place, then the folder synced.
+/// Writes `value` as TOML to `path`, whole or not at all and private to its owner
+/// ([`domain_auth::write_private`]).
 ///
 /// # Errors
 /// [`ConfigError::Write`].
-pub(crate) fn write_atomically<T: Serialize>(
-    dir: &Path,
-    path: &Path,
-    value: &T,
-) -> Result<(), ConfigError> {
+pub(crate) fn write_toml<T: Serialize>(path: &Path, value: &T) -> Result<(), ConfigError> {
     let write_err = |source| ConfigError::Write {
         path: path.to_owned(),
         source,
@@ -172,14 +168,7 @@ pub(crate) fn write_atomically<T: Serialize>(
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
-    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(write_err)?;
-    file.write_all(text.as_bytes()).map_err(write_err)?;
-    file.as_file().sync_all().map_err(write_err)?;
-    file.persist(path).map_err(|e| write_err(e.error))?;
-    // The rename is durable once the folder is.
-    std::fs::File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(write_err)
+    write_private(path, text.as_bytes(), Existing::Replace).map_err(write_err)
 }
 
 /// Loopback TCP, QUIC and WebSocket (for browser pages), on ports the system picks: the

@@ -10,11 +10,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use domain_auth::{MAX_TOKEN_LIFETIME, lifetime_for_timeout};
 use domain_proto::discovery::{Holder, Holdings, Node};
 use domain_proto::task::{Job, JobRequest, Status, Task};
 use domain_scheduler::{
-    DomainKeyIssuer, Event, HoldersChange, JobStatus, MAX_TOKEN_LIFETIME, Scheduler,
-    SchedulerError, TokenGrant, TokenIssuer, is_copy, job_id, parse_timeout,
+    DomainKeyIssuer, Event, HoldersChange, JobStatus, Scheduler, SchedulerError, TokenGrant,
+    TokenIssuer, is_copy, job_id, parse_timeout,
 };
 use tokio::sync::broadcast::error::TryRecvError;
 
@@ -499,11 +500,10 @@ fn fatal<T>(result: &Result<T, SchedulerError>) -> Result<(), SchedulerError> {
     }
 }
 
-/// The token lifetime the scheduler gives a task with this timeout: the timeout, at most an hour.
+/// The token lifetime the scheduler gives a task with this timeout (a timeout that does
+/// not parse, which the scheduler refused already, gets the longest).
 fn token_lifetime(timeout: &str) -> Duration {
-    parse_timeout(timeout)
-        .unwrap_or(MAX_TOKEN_LIFETIME)
-        .min(MAX_TOKEN_LIFETIME)
+    parse_timeout(timeout).map_or(MAX_TOKEN_LIFETIME, lifetime_for_timeout)
 }
 
 #[cfg(test)]

@@ -9,11 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use domain_auth::{DomainKeyStore, MAX_DOMAIN_ID_LEN, PublicKey};
+use domain_auth::{DomainKeyStore, PublicKey};
 use domain_cluster::PeerId;
+use domain_proto::{DomainId, InvalidDomainId};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{keys_dir, write_atomically};
+use crate::config::{keys_dir, write_toml};
 use crate::error::ConfigError;
 
 /// A domain and the client peer ids allowed to submit jobs to it.
@@ -52,13 +53,8 @@ pub enum Refusal {
     #[error("only the manager places copies: a task of this job carries replicate data")]
     CopyData,
     /// The domain id cannot be one.
-    #[error("domain id {domain:?} is not valid: {reason}")]
-    InvalidDomain {
-        /// The domain id (at most its first 80 characters).
-        domain: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
+    #[error("not a valid domain id")]
+    InvalidDomain(#[source] InvalidDomainId),
 }
 
 /// The domains a manager serves, each with its allowed submitters; empty means open.
@@ -199,17 +195,9 @@ impl DomainPolicy {
 }
 
 fn check_domain_id(domain: &str) -> Result<(), Refusal> {
-    let reason = if domain.is_empty() {
-        "it is empty"
-    } else if domain.len() > MAX_DOMAIN_ID_LEN {
-        "it is longer than 256 bytes"
-    } else {
-        return Ok(());
-    };
-    Err(Refusal::InvalidDomain {
-        domain: domain.chars().take(80).collect(),
-        reason,
-    })
+    DomainId::new(domain)
+        .map(drop)
+        .map_err(Refusal::InvalidDomain)
 }
 
 /// `DIR/domains.toml`: the domains made with `domain-manager domain create`.
@@ -250,7 +238,7 @@ impl DomainsFile {
     /// # Errors
     /// [`ConfigError::Write`].
     pub fn save(&self, data_dir: &Path) -> Result<(), ConfigError> {
-        write_atomically(data_dir, &Self::path(data_dir), self)
+        write_toml(&Self::path(data_dir), self)
     }
 }
 
@@ -310,7 +298,7 @@ mod tests {
         assert!(policy.check_submitter("anything", &peer()).is_ok());
         assert!(matches!(
             policy.check_submitter("", &peer()),
-            Err(Refusal::InvalidDomain { .. })
+            Err(Refusal::InvalidDomain(_))
         ));
         assert!(policy.check_submitter(&"d".repeat(257), &peer()).is_err());
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use domain_auth::{DomainKeyStore, PublicKey};
 use domain_capabilities::{Limits, PublicKeySource, serve_public_key};
+use domain_cluster::addr::{is_loopback, is_plain_tcp};
 use domain_cluster::config::{ClusterConfig, PeerGate, Role};
 use domain_cluster::identity::Identity;
 use domain_cluster::{
@@ -30,7 +31,6 @@ use domain_scheduler::{
     Scheduler, SchedulerConfig, SchedulerError, TokenError, TokenGrant, TokenIssuer,
     submit_response,
 };
-use libp2p::multiaddr::Protocol;
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -457,20 +457,6 @@ impl Drop for Manager {
     }
 }
 
-/// Whether `addr` is a direct TCP address (no WebSocket, no relay circuit).
-#[must_use]
-pub fn is_plain_tcp(addr: &Multiaddr) -> bool {
-    let mut tcp = false;
-    for protocol in addr.iter() {
-        match protocol {
-            Protocol::Tcp(_) => tcp = true,
-            Protocol::Ws(_) | Protocol::Wss(_) | Protocol::P2pCircuit => return false,
-            _ => {}
-        }
-    }
-    tcp
-}
-
 /// Starts the scheduler thread and waits for the scheduler to open.
 async fn start_core(
     config: &ManagerConfig,
@@ -890,19 +876,6 @@ fn check_join_shape(body: &[u8]) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// Whether `addr` reaches this host only: an IPv4 or IPv6 loopback address, or the name
-/// `localhost`.
-fn is_loopback(addr: &Multiaddr) -> bool {
-    match addr.iter().next() {
-        Some(Protocol::Ip4(ip)) => ip.is_loopback(),
-        Some(Protocol::Ip6(ip)) => ip.is_loopback(),
-        Some(Protocol::Dns(name) | Protocol::Dns4(name) | Protocol::Dns6(name)) => {
-            name == "localhost"
-        }
-        _ => false,
-    }
 }
 
 /// `/jobs/v1`: checks the domain and the submitter, submits, answers, then writes each task

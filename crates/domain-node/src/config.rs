@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use domain_capabilities::{Limits, MAX_CONCURRENT_TASK_STREAMS};
 use domain_cluster::Multiaddr;
+use domain_cluster::addr::{ParseError, Protocol};
 use domain_datastore::LocalOptions;
-use libp2p::multiaddr::Protocol;
 use serde::Deserialize;
 
 /// Capacity advertised for each capability when none is configured.
@@ -396,7 +396,7 @@ pub enum ConfigError {
         value: String,
         /// The parse error.
         #[source]
-        source: libp2p::multiaddr::Error,
+        source: ParseError,
     },
     /// The manager's address does not name the manager.
     #[error("manager address {addr} does not end with /p2p/<manager peer id>")]

@@ -47,6 +47,6 @@ pub mod store;
 
 pub use config::{ConfigError, NodeConfig, NodeSettings};
 pub use keys::ManagerKeys;
-pub use node::{Node, NodeError, ShutdownReport, first_tcp_addr, node_identity};
+pub use node::{Node, NodeError, ShutdownReport, node_identity};
 pub use status::StatusReporter;
 pub use store::{NodeContent, NodeDatastore};

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use domain_cluster::addr::first_plain_tcp;
 use domain_cluster::error::one_line;
-use domain_node::{Node, NodeSettings, first_tcp_addr, node_identity};
+use domain_node::{Node, NodeSettings, node_identity};
 use tracing_subscriber::EnvFilter;
 
 /// A node of a domain cluster: joins the manager and serves `/store/v1` and
@@ -166,7 +167,7 @@ async fn run_node(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot start the node in {}", data_dir.display()))?;
     let addrs = node.listen_addrs().await.context("no listen address")?;
-    let ready = first_tcp_addr(&addrs).context("the node listens on no TCP address")?;
+    let ready = first_plain_tcp(&addrs).context("the node listens on no TCP address")?;
     let signal = shutdown_signal()?;
     tokio::pin!(signal);
     {

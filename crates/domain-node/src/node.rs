@@ -10,6 +10,7 @@ use domain_capabilities::{
 };
 use domain_client::client::{Client, ClientConfig, ClientError};
 use domain_client::datastore::RemoteDatastore;
+use domain_cluster::addr::{Protocol, first_plain_tcp};
 use domain_cluster::config::{ClusterConfig, Role};
 use domain_cluster::identity::Identity;
 use domain_cluster::{
@@ -20,7 +21,6 @@ use domain_datastore::{DatastoreError, LocalDatastore};
 use domain_proto::discovery::{Capability, Holdings, Node as NodeInfo};
 use domain_proto::protocols::{DELETE_V1, LOAD_V1, STORE_V1};
 use domain_proto::task::Status;
-use libp2p::multiaddr::Protocol;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -330,7 +330,9 @@ impl Node {
     /// [`NodeError::NoTcpAddress`] when the node listens on no TCP address.
     pub async fn ready_addr(&self) -> Result<Multiaddr, NodeError> {
         let addrs = self.listen_addrs().await?;
-        first_tcp_addr(&addrs).ok_or(NodeError::NoTcpAddress { addrs })
+        first_plain_tcp(&addrs)
+            .cloned()
+            .ok_or(NodeError::NoTcpAddress { addrs })
     }
 
     /// Successful joins so far; it changes at each one (the heartbeat).
@@ -459,20 +461,6 @@ async fn open_datastore(config: &NodeConfig) -> Result<NodeDatastore, NodeError>
     Ok(NodeDatastore::Remote(Box::new(RemoteDatastore::new(
         client,
     ))))
-}
-
-/// The first address of `addrs` over plain TCP (no WebSocket, no relay).
-#[must_use]
-pub fn first_tcp_addr(addrs: &[Multiaddr]) -> Option<Multiaddr> {
-    addrs
-        .iter()
-        .find(|addr| {
-            addr.iter().any(|p| matches!(p, Protocol::Tcp(_)))
-                && !addr
-                    .iter()
-                    .any(|p| matches!(p, Protocol::Ws(_) | Protocol::Wss(_) | Protocol::P2pCircuit))
-        })
-        .cloned()
 }
 
 /// What bounds the task streams: the node's permits, and the handshakes per peer.

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use domain_capabilities::{CapabilityError, Limits, StoreSender, delete_items};
 use domain_cluster::{ClusterError, ClusterHandle, ClusterStream, PeerId};
-use domain_datastore::{Datastore, DatastoreError, DomainId, LocalDatastore};
+use domain_datastore::{Datastore, DatastoreError, LocalDatastore};
+use domain_proto::DomainId;
 use domain_proto::domain_data::UpsertMetadata;
 use domain_proto::protocols::{DELETE_V1, STORE_V1};
 use domain_proto::task::{

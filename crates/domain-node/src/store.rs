@@ -8,8 +8,9 @@ use std::task::{Context, Poll};
 
 use domain_client::datastore::{RemoteContent, RemoteDatastore};
 use domain_datastore::{
-    Datastore, DatastoreError, DomainId, LocalContent, LocalDatastore, ResumePoint, Subscription,
+    Datastore, DatastoreError, LocalContent, LocalDatastore, ResumePoint, Subscription,
 };
+use domain_proto::DomainId;
 use domain_proto::discovery::{DomainHoldings, Holdings};
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};

@@ -5,9 +5,9 @@
 use std::process::Stdio;
 
 use domain_auth::DomainKey;
+use domain_cluster::Multiaddr;
+use domain_cluster::addr::peer_of;
 use domain_cluster::identity::Identity;
-use domain_cluster::{Multiaddr, PeerId};
-use libp2p::multiaddr::Protocol;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -22,13 +22,6 @@ fn node_binary() -> Command {
         .stdin(Stdio::null())
         .kill_on_drop(true);
     command
-}
-
-fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
-    match addr.iter().last() {
-        Some(Protocol::P2p(peer)) => Some(peer),
-        _ => None,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

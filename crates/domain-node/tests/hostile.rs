@@ -13,8 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use domain_auth::{DomainKey, TaskClaims};
 use domain_cluster::{ClusterHandle, ClusterStream, PeerId};
-use domain_datastore::{Datastore as _, DomainId};
+use domain_datastore::Datastore as _;
 use domain_node::config::DEFAULT_MAX_HANDSHAKES_PER_PEER;
+use domain_proto::DomainId;
 use domain_proto::domain_data::Query;
 use domain_proto::protocols::{LOAD_V1, STORE_V1};
 use domain_proto::task::{

@@ -5,21 +5,18 @@ use std::time::Duration;
 
 use domain_auth::DomainKey;
 use domain_capabilities::PublicKeySource;
+use domain_cluster::addr::Protocol;
 use domain_cluster::config::{ClusterConfig, Role};
 use domain_cluster::identity::Identity;
 use domain_cluster::{Cluster, Multiaddr, PeerId};
 use domain_node::ManagerKeys;
-use libp2p::multiaddr::Protocol;
 
 mod common;
 
 use common::{DOMAIN, StandIn, tcp_loopback, within};
 
 fn peer_of(addr: &Multiaddr) -> PeerId {
-    match addr.iter().last() {
-        Some(Protocol::P2p(peer)) => peer,
-        _ => panic!("no peer id in {addr}"),
-    }
+    domain_cluster::addr::peer_of(addr).unwrap_or_else(|| panic!("no peer id in {addr}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,7 +106,7 @@ async fn tokens_not_signed_by_the_domain_key_or_for_another_protocol_are_refused
         .node
         .datastore()
         .query(
-            &domain_datastore::DomainId::new(DOMAIN).unwrap(),
+            &domain_proto::DomainId::new(DOMAIN).unwrap(),
             &Query::default(),
         )
         .await
@@ -173,7 +173,7 @@ async fn the_node_joins_again_after_the_manager_restarts() {
     // Same identity, same port: what a restarted manager looks like.
     let listen: Multiaddr = addr
         .iter()
-        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .filter(|p| !matches!(p, domain_cluster::addr::Protocol::P2p(_)))
         .collect();
     let mut restarted = StandIn::start(manager_identity, listen, &key).await;
     assert_eq!(restarted.addr, addr);
@@ -241,10 +241,7 @@ async fn shutdown_lets_a_running_stream_finish_within_the_grace_period() {
     let report = within("the shutdown", shutdown).await.unwrap().unwrap();
     assert_eq!(report.streams_cut, 0);
     let (metadata, _) = store
-        .get(
-            &domain_datastore::DomainId::new(DOMAIN).unwrap(),
-            &stored.id,
-        )
+        .get(&domain_proto::DomainId::new(DOMAIN).unwrap(), &stored.id)
         .await
         .unwrap();
     assert_eq!(metadata.name, "late");
@@ -366,7 +363,7 @@ async fn a_report_made_while_the_manager_restarts_reaches_it_once_it_is_back() {
 
     let listen: Multiaddr = addr
         .iter()
-        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .filter(|p| !matches!(p, domain_cluster::addr::Protocol::P2p(_)))
         .collect();
     let restarted = StandIn::start(manager_identity, listen, &key).await;
     loop {

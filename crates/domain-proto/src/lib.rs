@@ -10,6 +10,7 @@
 //!   in length-delimited form; [`read_message`] checks every length before it
 //!   allocates and names each way a frame can be malformed in [`FrameError`].
 //! - [`protocols`]: the stream protocol ids (`/store/v1`, …) and libp2p protocol names.
+//! - [`DomainId`]: a domain id, validated once by the one rule every part applies.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,7 +32,9 @@
 //! ```
 
 mod any;
+mod domain_id;
 pub use any::REPLICATE_INPUT;
+pub use domain_id::{DomainId, InvalidDomainId, MAX_DOMAIN_ID_LEN};
 pub mod framing;
 pub mod protocols;
 pub mod wire;

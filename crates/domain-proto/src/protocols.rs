@@ -51,6 +51,3 @@ pub const KADEMLIA: &str = "/posemesh/kad/1.0.0";
 
 /// What a client writes first on `/monitor/v1`.
 pub const MONITOR_ACK: &[u8; 3] = b"ack";
-
-/// Longest domain id accepted on `/public-key/v1`, in bytes.
-pub const MAX_DOMAIN_ID_LEN: usize = 256;

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use domain_proto::discovery::{Holder, Holdings};
-use domain_proto::protocols::MAX_DOMAIN_ID_LEN;
+use domain_proto::{DomainId, InvalidDomainId};
 
 use crate::store::HolderRecord;
 
@@ -47,13 +47,14 @@ pub enum HoldingsError {
         /// Domains reported.
         count: usize,
     },
-    /// A domain id that is empty or longer than [`MAX_DOMAIN_ID_LEN`].
-    #[error("node {node} reports a domain id of {len} bytes (1 to {MAX_DOMAIN_ID_LEN} allowed)")]
+    /// A domain id that is not one.
+    #[error("node {node} reports an invalid domain id")]
     BadDomain {
         /// The node.
         node: String,
-        /// Its length in bytes.
-        len: usize,
+        /// What is wrong with it.
+        #[source]
+        source: InvalidDomainId,
     },
     /// The same domain twice.
     #[error("node {node} reports domain {domain:?} twice")]
@@ -170,11 +171,10 @@ impl HolderIndex {
         }
         let mut reported: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
         for entry in &holdings.domains {
-            let len = entry.domain_id.len();
-            if len == 0 || len > MAX_DOMAIN_ID_LEN {
+            if let Err(source) = DomainId::new(entry.domain_id.as_str()) {
                 return Err(HoldingsError::BadDomain {
                     node: node.to_owned(),
-                    len,
+                    source,
                 });
             }
             if entry.items == 0 {
@@ -413,7 +413,7 @@ mod tests {
     #[test]
     fn reports_too_large_or_malformed_are_refused_whole() {
         let mut index = HolderIndex::default();
-        let long = "d".repeat(MAX_DOMAIN_ID_LEN + 1);
+        let long = "d".repeat(domain_proto::MAX_DOMAIN_ID_LEN + 1);
         assert!(matches!(
             index.report("n1", &report(&[("a", 1), (&long, 1)]), 1),
             Err(HoldingsError::BadDomain { .. })

@@ -126,9 +126,7 @@ mod validate;
 pub use events::{Event, JobStatus};
 pub use holders::{HoldersChange, HoldingsError, MAX_REPORTED_DOMAINS};
 pub use registry::{JoinError, MAX_CAPABILITIES};
-pub use scheduler::{
-    FINISHED_GRACE, MAX_TOKEN_LIFETIME, Scheduler, SchedulerConfig, SchedulerError,
-};
+pub use scheduler::{FINISHED_GRACE, Scheduler, SchedulerConfig, SchedulerError};
 pub use store::{
     Batch, HolderRecord, JobRecord, NodeRecord, REDB_CACHE_SIZE, RedbStore, SchedulerStore,
     Snapshot, StoreError, TaskRecord,

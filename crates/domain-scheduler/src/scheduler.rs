@@ -21,9 +21,6 @@ use crate::store::{Batch, JobRecord, NodeRecord, SchedulerStore, StoreError, Tas
 use crate::token::{TokenError, TokenGrant, TokenIssuer, is_copy};
 use crate::validate::{JobRejected, TaskSpec, job_id, validate};
 
-/// The longest a task token lives, whatever the task's timeout (docs/design.md §5).
-pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
-
 /// Tokens of one scheduling pass are signed in parallel in chunks of at least this many: below
 /// it, handing work to other threads costs more than signing.
 const PARALLEL_SIGNING_CHUNK: usize = 64;
@@ -1449,7 +1446,7 @@ impl Scheduler {
                 receiver: node,
                 endpoint: &request.capability_filters.endpoint,
                 issued_at: now,
-                lifetime: job.specs[position].timeout.min(MAX_TOKEN_LIFETIME),
+                lifetime: domain_auth::lifetime_for_timeout(job.specs[position].timeout),
                 copy: is_copy(request),
             };
             Some(issuer.issue(&grant))

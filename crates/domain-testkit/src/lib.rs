@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use domain_client::client::{Client, ClientConfig};
 use domain_cluster::Multiaddr;
-use domain_cluster::config::loopback_tcp;
+use domain_cluster::addr::loopback_tcp;
 use domain_cluster::identity::Identity;
 use domain_manager::{Manager, ManagerConfig};
 use domain_node::{Node, NodeConfig};

@@ -6,10 +6,11 @@
 use domain_client::client::{Client, ClientConfig, Upload};
 use domain_cluster::Multiaddr;
 use domain_cluster::identity::Identity;
-use domain_datastore::{Datastore as _, DomainId};
+use domain_datastore::Datastore as _;
 use domain_manager::{Manager, ManagerConfig};
 use domain_merkle::root_of;
 use domain_node::{Node, NodeConfig};
+use domain_proto::DomainId;
 use domain_proto::domain_data::Query;
 use domain_testkit::{manager_addr, start_client, start_manager, start_node};
 

@@ -11,13 +11,13 @@ use std::time::{Duration, SystemTime};
 
 use domain_auth::{DomainKeyStore, TaskClaims};
 use domain_client::client::{Client, ClientConfig, Direct, Upload};
-use domain_cluster::config::loopback_tcp;
+use domain_cluster::addr::loopback_tcp;
 use domain_cluster::identity::Identity;
 use domain_cluster::{Multiaddr, PeerId};
-use domain_datastore::DomainId;
 use domain_manager::{DomainSpec, Manager, ManagerConfig};
 use domain_merkle::root_of;
 use domain_node::{Node, NodeConfig};
+use domain_proto::DomainId;
 use domain_proto::domain_data::{Metadata, Query};
 use domain_proto::protocols::STORE_V1;
 use domain_testkit::{admit, manager_addr, start_node};

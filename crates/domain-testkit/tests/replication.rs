@@ -10,10 +10,11 @@ use std::time::Duration;
 use domain_client::client::{Client, ClientConfig, Upload};
 use domain_client::datastore::RemoteDatastore;
 use domain_cluster::identity::Identity;
-use domain_datastore::{Datastore as _, DomainId};
+use domain_datastore::Datastore as _;
 use domain_manager::{DomainSpec, ManagerConfig};
 use domain_merkle::root_of;
 use domain_node::{Node, NodeConfig};
+use domain_proto::DomainId;
 use domain_proto::domain_data::{Query, UpsertMetadata};
 use domain_testkit::{admit, manager_addr, start_manager, start_node};
 

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use domain_client::client::{Progress, Upload};
 use domain_cluster::{ClusterHandle, PeerId};
-use domain_datastore::DomainId;
 use domain_merkle::{CHUNK_SIZE, root_of};
+use domain_proto::DomainId;
 use domain_testkit::LocalCluster;
 
 /// Closes the node's connections to the client once `after` bytes of the upload have

@@ -12,8 +12,9 @@ use domain_e2e::{Output, release_binary};
 use domain_proto::protocols::STORE_V1;
 
 use super::procfs::{cpu_time, peak_rss};
-use super::{COMMAND, DOMAIN, Measured, TOKEN_LIFETIME, Transport, path_arg, peer_of, say};
+use super::{COMMAND, DOMAIN, Measured, TOKEN_LIFETIME, Transport, path_arg, say};
 use crate::peers::Peers;
+use domain_cluster::addr::peer_of;
 
 /// A manager, a domain, a client identity and the key to sign its tokens.
 pub(super) struct BenchCluster<'a> {

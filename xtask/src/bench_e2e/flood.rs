@@ -154,8 +154,8 @@ struct Flood {
 
 impl Flood {
     async fn start(manager: &Multiaddr, node: &Multiaddr) -> anyhow::Result<Self> {
-        let manager_id = super::peer_of(manager).context("the manager's peer id")?;
-        let node_id = super::peer_of(node).context("the node's peer id")?;
+        let manager_id = domain_cluster::addr::peer_of(manager).context("the manager's peer id")?;
+        let node_id = domain_cluster::addr::peer_of(node).context("the node's peer id")?;
         let (stop, stopped) = watch::channel(false);
         let mut identities = Vec::new();
         let mut workers = tokio::task::JoinSet::new();

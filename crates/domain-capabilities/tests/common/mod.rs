@@ -8,7 +8,8 @@ use domain_auth::{DomainKey, TaskClaims};
 use domain_capabilities::{
     CapabilityError, Limits, StaticKeys, StoreSummary, StreamInfo, serve_store,
 };
-use domain_datastore::{DomainId, LocalDatastore};
+use domain_datastore::LocalDatastore;
+use domain_proto::DomainId;
 use domain_proto::domain_data::UpsertMetadata;
 
 pub const DOMAIN: &str = "domain-1";

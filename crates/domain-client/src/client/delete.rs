@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use domain_capabilities::{Deleted, delete_items};
-use domain_datastore::DomainId;
+use domain_proto::DomainId;
 use domain_proto::protocols::DELETE_V1;
 
 use super::holders::not_answered;

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use domain_capabilities::{CapabilityError, LoadedItem, Prefixes, open_load_resuming};
 use domain_cluster::PeerId;
-use domain_datastore::{DatastoreError, DomainId};
+use domain_datastore::DatastoreError;
+use domain_proto::DomainId;
 use domain_proto::domain_data::{Metadata, Query};
 use domain_proto::protocols::LOAD_V1;
 use domain_proto::task::ConsumeDataInputV1;

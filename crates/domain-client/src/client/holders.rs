@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use domain_cluster::PeerId;
-use domain_datastore::DomainId;
+use domain_proto::DomainId;
 use domain_proto::domain_data::{Metadata, Query};
 use domain_proto::protocols::LOAD_V1;
 use domain_proto::task::Task;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use domain_capabilities::{CapabilityError, StoreSender};
 use domain_cluster::PeerId;
-use domain_datastore::DomainId;
+use domain_proto::DomainId;
 use domain_proto::domain_data::{Metadata, UpsertMetadata};
 use domain_proto::protocols::STORE_V1;
 use domain_proto::task::Status;

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use domain_auth::TaskClaims;
 use domain_capabilities::{CapabilityError, LoadConsumer, Unsubscriber, open_load};
 use domain_cluster::{ClusterStream, HolderStream, PeerId};
-use domain_datastore::DomainId;
+use domain_proto::DomainId;
 use domain_proto::discovery::Holder;
 use domain_proto::domain_data::{Metadata, Query};
 use domain_proto::protocols::LOAD_V1;

@@ -326,10 +326,10 @@ async fn a_domain_id_over_256_bytes_is_refused_before_anything_is_sent() {
     assert!(
         matches!(
             err,
-            ClusterError::DomainIdTooLong {
+            ClusterError::InvalidDomainId(domain_proto::InvalidDomainId::TooLong {
                 len: 257,
-                limit: 256
-            }
+                max: 256
+            })
         ),
         "unexpected error: {err}"
     );

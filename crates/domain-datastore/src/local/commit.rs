@@ -18,9 +18,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::tables::{ReadTables, WriteTables, domain_known};
 use super::{TempFile, fsync_dir, io_error};
-use crate::store::{DatastoreError, DomainId};
+use crate::store::DatastoreError;
 use crate::subscription::Subscribers;
 use domain_merkle::Root;
+use domain_proto::DomainId;
 
 /// Most requests committed in one transaction.
 const MAX_BATCH: usize = 4096;

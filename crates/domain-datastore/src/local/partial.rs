@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use super::io_error;
-use crate::store::{DatastoreError, DomainId, ResumePoint};
+use crate::store::{DatastoreError, ResumePoint};
 use domain_merkle::{CHUNK_SIZE, MerkleBuilder};
+use domain_proto::DomainId;
 
 /// Trees of kept files remembered at once; the others are read back from their files.
 const KNOWN_TREES: usize = 256;

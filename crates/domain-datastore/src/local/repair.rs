@@ -15,8 +15,9 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::io_error;
 use super::tables::{DOMAINS, ReadTables, WriteTables};
-use crate::store::{DatastoreError, DomainId};
+use crate::store::DatastoreError;
 use domain_merkle::Root;
+use domain_proto::DomainId;
 
 /// What [`LocalDatastore::open`](super::LocalDatastore::open) found and repaired.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

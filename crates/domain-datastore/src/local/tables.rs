@@ -19,7 +19,8 @@ use redb::{
     ReadableTable, ReadableTableMetadata, Table, TableDefinition, TableError, WriteTransaction,
 };
 
-use crate::store::{DatastoreError, DomainId};
+use crate::store::DatastoreError;
+use domain_proto::DomainId;
 
 /// Every domain that ever stored an item.
 pub(super) const DOMAINS: TableDefinition<'static, &str, ()> = TableDefinition::new("domains");

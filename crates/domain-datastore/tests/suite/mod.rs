@@ -16,8 +16,9 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use domain_datastore::{Datastore, DatastoreError, DomainId};
+use domain_datastore::{Datastore, DatastoreError};
 use domain_merkle::root_of;
+use domain_proto::DomainId;
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};

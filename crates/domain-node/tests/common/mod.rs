@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use domain_auth::DomainKey;
 use domain_capabilities::{Limits, StaticKeys};
+use domain_cluster::addr::first_plain_tcp;
 use domain_cluster::config::{ClusterConfig, Role};
 use domain_cluster::identity::Identity;
 use domain_cluster::{Cluster, ClusterHandle, Multiaddr, PeerId};
-use domain_node::first_tcp_addr;
 use domain_proto::discovery::{JoinClusterRequest, JoinClusterResponse};
 use domain_proto::protocols::{JOIN_V1, MAX_STATUS_FRAME, PUBLIC_KEY_V1, TASK_STATUS_V1};
 use domain_proto::task::Task;
@@ -51,7 +51,9 @@ impl StandIn {
     pub async fn start(identity: Identity, listen: Multiaddr, key: &DomainKey) -> Self {
         let config = ClusterConfig::new(identity, Role::Manager).with_listen_addrs([listen]);
         let (cluster, event_loop) = Cluster::start(config).unwrap();
-        let addr = first_tcp_addr(&cluster.listen_addrs().await.unwrap()).unwrap();
+        let addr = first_plain_tcp(&cluster.listen_addrs().await.unwrap())
+            .cloned()
+            .unwrap();
 
         let (joins_tx, joins) = mpsc::channel(64);
         let mut join_streams = cluster.accept(JOIN_V1).unwrap();

@@ -2,7 +2,7 @@
 
 use anyhow::bail;
 use domain_cluster::Multiaddr;
-use domain_datastore::DomainId;
+use domain_proto::DomainId;
 use domain_testkit::LocalCluster;
 
 /// The cluster an example works on, from its arguments: none, a cluster of its own in
