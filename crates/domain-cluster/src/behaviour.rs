@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::config::{ClusterConfig, Role};
 use crate::error::ClusterError;
-use crate::streams::Registry;
+use crate::stream_behaviour::Registry;
 
 /// Every protocol the swarm speaks, one field per libp2p behaviour.
 #[derive(NetworkBehaviour)]
@@ -35,7 +35,7 @@ pub(crate) struct Behaviour {
     pub(crate) relay_client: Toggle<relay::client::Behaviour>,
     pub(crate) dcutr: Toggle<dcutr::Behaviour>,
     pub(crate) autonat: autonat::Behaviour,
-    pub(crate) stream: crate::streams::Behaviour,
+    pub(crate) stream: crate::stream_behaviour::Behaviour,
 }
 
 /// Builds the swarm: transports, behaviours and swarm settings for `config`;
@@ -218,6 +218,6 @@ fn build_behaviour(
         relay_client: relay_client.into(),
         dcutr: dcutr.into(),
         autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
-        stream: crate::streams::Behaviour::new(registry, config.request_timeout),
+        stream: crate::stream_behaviour::Behaviour::new(registry, config.request_timeout),
     })
 }

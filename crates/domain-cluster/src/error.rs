@@ -134,7 +134,7 @@ pub enum ClusterError {
         /// The protocol id.
         protocol: String,
         /// Why it failed.
-        source: Box<crate::streams::OpenStreamError>,
+        source: Box<crate::stream_behaviour::OpenStreamError>,
     },
     /// A remote wait took longer than allowed.
     #[error("{operation} timed out after {after:?}")]

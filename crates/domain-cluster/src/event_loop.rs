@@ -21,7 +21,7 @@ use crate::config::Role;
 use crate::error::ClusterError;
 use crate::gossip::GossipEvent;
 use crate::peers::PeerEvent;
-use crate::streams::OpenStreamError;
+use crate::stream_behaviour::OpenStreamError;
 
 /// What a dial aims at.
 #[derive(Debug, Clone)]

@@ -21,7 +21,7 @@ use crate::event_loop::{
 use crate::gossip::{self, GossipEvents, TaskUpdates};
 use crate::peers::{PeerEvent, PeerEvents};
 use crate::stream::{ClusterStream, IncomingStreams, compat};
-use crate::streams::{OpenStreamError, Registry};
+use crate::stream_behaviour::{OpenStreamError, Registry};
 
 /// Starts a peer's swarm.
 #[derive(Debug)]

@@ -71,7 +71,7 @@ mod ip_limits;
 pub mod peers;
 mod requests;
 pub mod stream;
-mod streams;
+mod stream_behaviour;
 
 pub use bans::{Banned, MAX_BANS};
 pub use error::{ClusterError, IdentityError};
@@ -82,4 +82,4 @@ pub use requests::{
     FrameStream, HolderStream, JobStream, PUBLIC_KEY_LEN, SubmittedJob, TaskStream,
 };
 pub use stream::{ClusterStream, IncomingStreams, PeerStream};
-pub use streams::OpenStreamError;
+pub use stream_behaviour::OpenStreamError;

@@ -73,10 +73,10 @@
 
 pub mod admission;
 pub mod config;
-mod core;
 pub mod domains;
 mod error;
 mod replication;
+mod scheduler_thread;
 mod service;
 #[cfg(test)]
 mod tests_support;

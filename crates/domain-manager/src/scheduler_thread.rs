@@ -3,7 +3,7 @@
 //!
 //! Every scheduler operation commits to redb (an fsync) before it returns, so it runs on a
 //! thread of its own rather than on the async workers. After each operation the thread drains
-//! the scheduler's events in order and hands them to the dispatcher (gossip, submitters' streams)
+//! the scheduler's events in order and hands them to the dispatcher (submitters' streams, nodes)
 //! through a bounded queue, and publishes a [`JobView`] of each job that changed to the monitors.
 
 use std::collections::{BTreeMap, BTreeSet};
