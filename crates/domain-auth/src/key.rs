@@ -209,7 +209,7 @@ impl fmt::Debug for DomainKey {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyStoreError {
     /// A file-system operation failed.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}")]
     Io {
         /// What was being done.
         action: &'static str,

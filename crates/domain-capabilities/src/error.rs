@@ -29,7 +29,7 @@ pub enum CapabilityError {
         during: &'static str,
     },
     /// The stream failed.
-    #[error("stream failed while {during}: {source}")]
+    #[error("stream failed while {during}")]
     Io {
         /// What this side was doing.
         during: &'static str,
@@ -38,7 +38,7 @@ pub enum CapabilityError {
         source: io::Error,
     },
     /// A frame was malformed, oversized or cut short.
-    #[error("bad frame while {during}: {source}")]
+    #[error("bad frame while {during}")]
     Frame {
         /// What this side was doing.
         during: &'static str,
@@ -67,14 +67,14 @@ pub enum CapabilityError {
         message: String,
     },
     /// The opener's token was refused (this side is the receiver).
-    #[error("task token refused: {0}")]
+    #[error("task token refused")]
     Rejected(#[from] Rejection),
     /// The opener's token is valid but opened a stream already (this side is the
     /// receiver): one is open, or one ended well.
-    #[error("task token refused: {0}")]
+    #[error("task token refused")]
     Replayed(#[from] crate::ledger::Replay),
     /// The handshake names a domain id that cannot be a domain.
-    #[error("handshake names an invalid domain: {0}")]
+    #[error("handshake names an invalid domain")]
     InvalidDomain(#[from] InvalidDomainId),
     /// The domain's public key could not be had, so no token can be checked.
     #[error("no public key for domain {domain_id}: {reason}")]
@@ -171,13 +171,13 @@ pub enum CapabilityError {
         reason: String,
     },
     /// This side's Merkle hashing thread failed (it panicked, a bug).
-    #[error("the Merkle hashing thread failed: {0}")]
+    #[error("the Merkle hashing thread failed")]
     Hashing(#[source] tokio::task::JoinError),
     /// The local datastore failed.
-    #[error("datastore: {0}")]
+    #[error("datastore")]
     Datastore(#[source] DatastoreError),
     /// A keep-alive subscription fell behind and lost items; the consumer must reload.
-    #[error("subscription dropped: {0}")]
+    #[error("subscription dropped")]
     Lagged(#[from] SubscriptionError),
 }
 

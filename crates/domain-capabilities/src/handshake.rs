@@ -328,7 +328,7 @@ where
         Err(refusal) => {
             let bad = DomainClusterHandshakeResponse {
                 code: Code::BadRequest as i32,
-                err_msg: refusal.to_string(),
+                err_msg: domain_proto::ErrorChain(&refusal).to_string(),
                 extensions: Vec::new(),
             };
             // The refusal is the error that matters; a peer that cannot take the answer

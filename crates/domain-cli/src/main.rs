@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use domain_cli::Cli;
-use domain_cluster::error::one_line;
 
 fn main() -> ExitCode {
     // Logs go to standard error, so that standard output stays the command's result.
@@ -21,7 +20,7 @@ fn main() -> ExitCode {
     match domain_cli::run(Cli::parse()) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("domain: {}", one_line(error.as_ref()));
+            eprintln!("domain: {error:#}");
             ExitCode::FAILURE
         }
     }

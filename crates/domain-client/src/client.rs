@@ -303,7 +303,7 @@ impl Client {
                 Err(error @ ClusterError::Unreachable { .. })
                     if tokio::time::Instant::now() + pause < deadline =>
                 {
-                    tracing::debug!(%node, %error, ?pause, "node unreachable, trying again");
+                    tracing::debug!(%node, error = %domain_proto::ErrorChain(&error), ?pause, "node unreachable, trying again");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(MAX_CONNECT_PAUSE);
                 }

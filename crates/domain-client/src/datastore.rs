@@ -293,7 +293,7 @@ impl Feed {
         let mut subscription = match subscribed {
             Ok(subscription) => subscription,
             Err(error) => {
-                tracing::warn!(domain = %self.domain, %error, "subscription to the cluster failed; ending it");
+                tracing::warn!(domain = %self.domain, error = %domain_proto::ErrorChain(&error), "subscription to the cluster failed; ending it");
                 return;
             }
         };
@@ -303,7 +303,7 @@ impl Feed {
                 item = subscription.next() => match item {
                     Some(Ok(item)) => self.subscribers.publish(&self.domain, &item),
                     // One node's stream; the others go on.
-                    Some(Err(error)) => tracing::warn!(domain = %self.domain, %error, "a node's subscription stream ended"),
+                    Some(Err(error)) => tracing::warn!(domain = %self.domain, error = %domain_proto::ErrorChain(&error), "a node's subscription stream ended"),
                     None => break,
                 },
                 _ = check.tick() => {}

@@ -10,7 +10,7 @@ use libp2p::{Multiaddr, PeerId};
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// Reading, writing or inspecting the file failed.
-    #[error("identity file {path}: {source}")]
+    #[error("identity file {path}")]
     Io {
         /// The key file (or its folder).
         path: PathBuf,
@@ -38,7 +38,7 @@ pub enum IdentityError {
         limit: u64,
     },
     /// The file does not hold a protobuf-encoded libp2p key pair.
-    #[error("identity file {path} is not a libp2p key pair: {source}")]
+    #[error("identity file {path} is not a libp2p key pair")]
     Decode {
         /// The key file.
         path: PathBuf,
@@ -46,7 +46,7 @@ pub enum IdentityError {
         source: libp2p::identity::DecodingError,
     },
     /// The key pair could not be encoded for writing.
-    #[error("cannot encode the key pair for {path}: {source}")]
+    #[error("cannot encode the key pair for {path}")]
     Encode {
         /// The key file.
         path: PathBuf,
@@ -62,16 +62,16 @@ pub enum ClusterError {
     #[error("the cluster needs a Tokio runtime to run its event loop")]
     NoRuntime,
     /// The transport stack could not be built (Noise key derivation).
-    #[error("cannot set up the Noise handshake: {0}")]
+    #[error("cannot set up the Noise handshake")]
     Noise(#[from] libp2p::noise::Error),
     /// Gossipsub refused its configuration.
-    #[error("invalid gossipsub configuration: {0}")]
+    #[error("invalid gossipsub configuration")]
     GossipsubConfig(#[from] libp2p::gossipsub::ConfigBuilderError),
     /// Gossipsub refused to start with its configuration and key.
     #[error("cannot set up gossipsub: {0}")]
     GossipsubSetup(&'static str),
     /// Listening on an address failed.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         /// The address.
         addr: Multiaddr,
@@ -91,7 +91,7 @@ pub enum ClusterError {
         addr: Multiaddr,
     },
     /// A dial failed.
-    #[error("cannot dial {target}: {source}")]
+    #[error("cannot dial {target}")]
     Dial {
         /// The address or peer dialled.
         target: String,
@@ -127,7 +127,7 @@ pub enum ClusterError {
         protocol: String,
     },
     /// A stream could not be opened.
-    #[error("cannot open a {protocol} stream to {peer}: {source}")]
+    #[error("cannot open a {protocol} stream to {peer}")]
     OpenStream {
         /// The remote peer.
         peer: PeerId,
@@ -145,7 +145,7 @@ pub enum ClusterError {
         after: Duration,
     },
     /// A framed message could not be read or written on a protocol stream.
-    #[error("{protocol} with {peer}: {source}")]
+    #[error("{protocol} with {peer}")]
     Frame {
         /// The protocol id.
         protocol: &'static str,
@@ -155,7 +155,7 @@ pub enum ClusterError {
         source: Box<domain_proto::FrameError>,
     },
     /// Raw bytes could not be read or written on a protocol stream.
-    #[error("{protocol} with {peer}: {source}")]
+    #[error("{protocol} with {peer}")]
     StreamIo {
         /// The protocol id.
         protocol: &'static str,
@@ -198,7 +198,7 @@ pub enum ClusterError {
     #[error("not a valid domain id")]
     InvalidDomainId(#[source] InvalidDomainId),
     /// Subscribing to a gossip topic failed.
-    #[error("cannot subscribe to topic {topic}: {source}")]
+    #[error("cannot subscribe to topic {topic}")]
     Subscribe {
         /// The topic.
         topic: String,
@@ -206,7 +206,7 @@ pub enum ClusterError {
         source: libp2p::gossipsub::SubscriptionError,
     },
     /// Publishing on a gossip topic failed.
-    #[error("cannot publish on topic {topic}: {source}")]
+    #[error("cannot publish on topic {topic}")]
     Publish {
         /// The topic.
         topic: String,
@@ -236,43 +236,9 @@ pub enum ClusterError {
         error: Box<crate::gossip::TaskUpdateError>,
     },
     /// A task update could not be encoded.
-    #[error("cannot encode a task update: {0}")]
+    #[error("cannot encode a task update")]
     EncodeTaskUpdate(#[from] prost::EncodeError),
     /// The event loop has stopped (after `shutdown`, or when it failed).
     #[error("the cluster event loop has stopped")]
     Shutdown,
-}
-
-/// `error` and its causes on one line, each cause once.
-///
-/// Our errors name their cause in their own message (a library user who prints one
-/// error sees why), and also return it from `source()` (so a program can inspect it).
-/// Printing the whole chain, as `anyhow`'s `{:#}` does, would then repeat every cause;
-/// this skips a cause whose text the line already ends with.
-///
-/// ```
-/// use domain_cluster::error::one_line;
-///
-/// #[derive(Debug, thiserror::Error)]
-/// #[error("cannot open the store: {source}")]
-/// struct Open {
-///     source: std::io::Error,
-/// }
-///
-/// let error = anyhow::Error::new(Open { source: std::io::Error::other("disk full") })
-///     .context("starting the node");
-/// assert_eq!(one_line(error.as_ref()), "starting the node: cannot open the store: disk full");
-/// ```
-pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = error.to_string();
-    let mut cause = error.source();
-    while let Some(next) = cause {
-        let text = next.to_string();
-        if !line.ends_with(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        cause = next.source();
-    }
-    line
 }

@@ -280,7 +280,7 @@ impl EventLoop {
         match self.swarm.dial(opts) {
             Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
             Err(error) => {
-                tracing::warn!(manager = %bootstrap.addr, %error, "cannot dial the manager");
+                tracing::warn!(manager = %bootstrap.addr, error = %domain_proto::ErrorChain(&error), "cannot dial the manager");
                 self.schedule_redial();
             }
         }
@@ -523,7 +523,7 @@ impl EventLoop {
                 peer_id,
                 error,
             } => {
-                tracing::debug!(?peer_id, %error, "outgoing connection failed");
+                tracing::debug!(?peer_id, error = %domain_proto::ErrorChain(&error), "outgoing connection failed");
                 if let Some(pending) = self.end_dial(connection_id) {
                     let source = Arc::new(error);
                     for reply in pending.replies {
@@ -625,14 +625,14 @@ impl EventLoop {
                 }
             }
             SwarmEvent::ListenerError { listener_id, error } => {
-                tracing::warn!(?listener_id, %error, "listener error");
+                tracing::warn!(?listener_id, error = %domain_proto::ErrorChain(&error), "listener error");
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
                 error,
                 ..
             } => {
-                tracing::debug!(%send_back_addr, %error, "incoming connection failed");
+                tracing::debug!(%send_back_addr, error = %domain_proto::ErrorChain(&error), "incoming connection failed");
             }
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 tracing::info!(%address, "external address confirmed");
@@ -650,7 +650,7 @@ impl EventLoop {
         if !self.bootstrapped {
             self.bootstrapped = true;
             if let Err(error) = self.swarm.behaviour_mut().kad.bootstrap() {
-                tracing::warn!(%error, "cannot bootstrap Kademlia");
+                tracing::warn!(error = %domain_proto::ErrorChain(&error), "cannot bootstrap Kademlia");
             }
         }
         self.reserve_relay_slot();
@@ -675,7 +675,7 @@ impl EventLoop {
         match self.swarm.listen_on(circuit.clone()) {
             Ok(listener) => self.relay_listener = Some(listener),
             Err(error) => {
-                tracing::warn!(%circuit, %error, "cannot listen through the relay");
+                tracing::warn!(%circuit, error = %domain_proto::ErrorChain(&error), "cannot listen through the relay");
                 self.update_listen(|state| state.relay = RelayStatus::Failed(error.to_string()));
             }
         }

@@ -150,7 +150,7 @@ pub fn encode_task_update(task: &Task) -> Result<Vec<u8>, prost::EncodeError> {
 pub enum TaskUpdateError {
     /// The payload does not start with a valid varint length, or its body is
     /// not a `Task`.
-    #[error("not a length-delimited task: {0}")]
+    #[error("not a length-delimited task")]
     Decode(#[from] prost::DecodeError),
     /// The varint length and the payload disagree.
     #[error("length prefix says {declared} bytes, but {actual} follow it")]

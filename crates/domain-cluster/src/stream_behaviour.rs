@@ -48,7 +48,7 @@ pub enum OpenStreamError {
     #[error("protocol negotiation timed out")]
     Timeout,
     /// The connection failed while the stream was being opened.
-    #[error("i/o error while opening the stream: {0}")]
+    #[error("i/o error while opening the stream")]
     Io(#[from] std::io::Error),
 }
 

@@ -359,7 +359,7 @@ impl LocalDatastore {
                 })
                 .await?;
                 if let Err(keeping) = kept {
-                    tracing::warn!(error = %keeping, "cannot keep the bytes of a cut upload");
+                    tracing::warn!(error = %domain_proto::ErrorChain(&keeping), "cannot keep the bytes of a cut upload");
                 }
                 Err(error)
             }
@@ -730,7 +730,7 @@ impl Drop for TempFile {
             if let Err(e) = std::fs::remove_file(&self.path) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     // The next open removes it.
-                    tracing::warn!(path = %self.path.display(), error = %e, "cannot remove temporary file");
+                    tracing::warn!(path = %self.path.display(), error = %domain_proto::ErrorChain(&e), "cannot remove temporary file");
                 }
             }
         }

@@ -17,7 +17,7 @@ use domain_proto::DomainId;
 pub const MAX_REGEX_LEN: usize = 4096;
 
 /// The `regex` crate's message (which points at the error on a second line) on one line.
-fn one_line(error: &regex::Error) -> String {
+fn regex_message(error: &regex::Error) -> String {
     error
         .to_string()
         .split_whitespace()
@@ -62,7 +62,7 @@ pub enum InvalidQuery {
     /// A regular expression does not parse, or compiles to a program over the size limit.
     #[error(
         "{field} {pattern:?} is not a usable regular expression: {}",
-        one_line(error)
+        regex_message(error)
     )]
     Regex {
         /// The offending field.

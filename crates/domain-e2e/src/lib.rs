@@ -88,7 +88,7 @@ pub enum HarnessError {
 impl std::fmt::Display for HarnessError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Io { name, source } => write!(f, "{name}: {source}"),
+            Self::Io { name, .. } => write!(f, "cannot run {name}"),
             Self::NotReady { name, waited, log } => {
                 write!(
                     f,

@@ -310,7 +310,10 @@ impl Admission {
     pub fn check_join(&mut self, peer: &PeerId, invite: Option<&str>) -> Result<(), JoinRefusal> {
         if let Err(error) = self.reload() {
             // The last admissions read stay in force; the operator sees why.
-            tracing::warn!("cannot read the node admissions again: {error}");
+            tracing::warn!(
+                "cannot read the node admissions again: {}",
+                domain_proto::ErrorChain(&error)
+            );
         }
         if self.admits(peer) {
             return Ok(());
@@ -340,7 +343,7 @@ impl Admission {
             }
             Ok(false) => Err(JoinRefusal::BadInvite { peer: *peer }),
             Err(error) => {
-                tracing::warn!(node = %peer, "cannot record an admission: {error}");
+                tracing::warn!(node = %peer, "cannot record an admission: {}", domain_proto::ErrorChain(&error));
                 Err(JoinRefusal::NotRecorded { peer: *peer })
             }
         }

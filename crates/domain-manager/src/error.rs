@@ -10,7 +10,7 @@ use domain_scheduler::SchedulerError;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A file cannot be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -18,7 +18,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// A file cannot be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         /// The file or folder.
         path: PathBuf,
@@ -69,13 +69,13 @@ pub enum ManagerError {
     #[error("data folder")]
     DataDir(#[source] domain_auth::PrivateDirError),
     /// The identity file cannot be used.
-    #[error("identity: {0}")]
+    #[error("identity")]
     Identity(#[from] IdentityError),
     /// The scheduler's state cannot be opened (a corrupt or locked database, a poisoned store).
-    #[error("scheduler: {0}")]
+    #[error("scheduler")]
     Scheduler(#[from] SchedulerError),
     /// The swarm failed.
-    #[error("cluster: {0}")]
+    #[error("cluster")]
     Cluster(#[from] ClusterError),
     /// No domain is declared and no node admitted (open mode), on an address beyond
     /// loopback, without `--open`.

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use domain_cluster::error::one_line;
 use domain_cluster::{Multiaddr, PeerId};
 use domain_manager::config::parse_duration;
 use domain_manager::{ConfigFile, DomainPolicy, DomainsFile, Manager, ManagerConfig, NodesFile};
@@ -150,7 +149,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("domain-manager: {}", one_line(error.as_ref()));
+            eprintln!("domain-manager: {error:#}");
             ExitCode::FAILURE
         }
     }

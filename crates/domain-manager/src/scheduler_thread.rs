@@ -187,7 +187,7 @@ impl Core {
                     let result = self.submit(request, &submitter, copies, tokens);
                     let fatal = match &result {
                         Err(SubmitError::Scheduler(e)) if is_fatal(e) => {
-                            tracing::error!("{e}");
+                            tracing::error!("{}", domain_proto::ErrorChain(e));
                             Err(SchedulerError::Poisoned)
                         }
                         _ => Ok(()),
@@ -340,7 +340,9 @@ impl Core {
                     access_token: Some(token),
                     ..task
                 }),
-                Err(e) => tracing::warn!(job = %job_id, task = %task.name, "{e}"),
+                Err(e) => {
+                    tracing::warn!(job = %job_id, task = %task.name, "{}", domain_proto::ErrorChain(&e))
+                }
             }
         }
         out
@@ -389,9 +391,11 @@ impl Core {
                     status = task.status, "task update applied"
                 ),
                 Err(e @ SchedulerError::NotAllowed { .. }) => {
-                    tracing::warn!(%reporter, "ignored a task update: {e}");
+                    tracing::warn!(%reporter, "ignored a task update: {}", domain_proto::ErrorChain(&e));
                 }
-                Err(e) => tracing::debug!(%reporter, "ignored a task update: {e}"),
+                Err(e) => {
+                    tracing::debug!(%reporter, "ignored a task update: {}", domain_proto::ErrorChain(&e))
+                }
             }
         }
         Ok(())
@@ -493,7 +497,7 @@ fn is_fatal(e: &SchedulerError) -> bool {
 fn fatal<T>(result: &Result<T, SchedulerError>) -> Result<(), SchedulerError> {
     match result {
         Err(e) if is_fatal(e) => {
-            tracing::error!("{e}");
+            tracing::error!("{}", domain_proto::ErrorChain(e));
             Err(SchedulerError::Poisoned)
         }
         _ => Ok(()),

@@ -370,7 +370,7 @@ pub enum ConfigError {
         key: &'static str,
     },
     /// The config file cannot be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -379,7 +379,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The config file is not valid TOML of the expected keys.
-    #[error("config file {path}: {source}")]
+    #[error("config file {path}")]
     Parse {
         /// The file.
         path: PathBuf,
@@ -388,7 +388,7 @@ pub enum ConfigError {
         source: Box<toml::de::Error>,
     },
     /// A value that is not a multiaddr.
-    #[error("{key} {value:?} is not a multiaddr: {source}")]
+    #[error("{key} {value:?} is not a multiaddr")]
     Multiaddr {
         /// The setting.
         key: &'static str,

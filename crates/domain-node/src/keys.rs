@@ -130,7 +130,10 @@ impl ManagerKeys {
                 Ok(key)
             }
             Err(error) => {
-                let reason = format!("the manager gave no key: {error}");
+                let reason = format!(
+                    "the manager gave no key: {}",
+                    domain_proto::ErrorChain(&error)
+                );
                 // A failed refresh keeps the key that was known.
                 if self.cached(domain_id).is_none() {
                     self.remember(

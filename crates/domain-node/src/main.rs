@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use domain_cluster::addr::first_plain_tcp;
-use domain_cluster::error::one_line;
 use domain_node::{Node, NodeSettings, node_identity};
 use tracing_subscriber::EnvFilter;
 
@@ -140,7 +139,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("domain-node: {}", one_line(error.as_ref()));
+            eprintln!("domain-node: {error:#}");
             ExitCode::FAILURE
         }
     }

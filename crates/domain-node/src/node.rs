@@ -53,7 +53,7 @@ pub enum NodeError {
     #[error(transparent)]
     Identity(#[from] IdentityError),
     /// The datastore cannot be opened.
-    #[error("cannot open the datastore in {path}: {source}")]
+    #[error("cannot open the datastore in {path}")]
     Datastore {
         /// The store's folder.
         path: std::path::PathBuf,
@@ -62,7 +62,7 @@ pub enum NodeError {
         source: DatastoreError,
     },
     /// A gateway's client of its upstream cluster cannot start.
-    #[error("cannot reach the upstream cluster at {addr}: {source}")]
+    #[error("cannot reach the upstream cluster at {addr}")]
     Upstream {
         /// The upstream manager's address.
         addr: Multiaddr,
@@ -428,7 +428,7 @@ impl Node {
             NodeDatastore::Local(store) => drop(store),
             NodeDatastore::Remote(store) => {
                 if let Err(error) = store.client().clone().shutdown().await {
-                    tracing::debug!(%error, "the upstream client had stopped already");
+                    tracing::debug!(error = %domain_proto::ErrorChain(&error), "the upstream client had stopped already");
                 }
             }
         }
@@ -587,7 +587,7 @@ impl Context {
                 Handshake::Dropped
             }
             Ok(Err(error)) => {
-                tracing::warn!(%peer, protocol, %error, "task stream refused");
+                tracing::warn!(%peer, protocol, error = %domain_proto::ErrorChain(&error), "task stream refused");
                 Handshake::Failed
             }
             Err(_) => {
@@ -666,7 +666,7 @@ pub fn node_identity(data_dir: &std::path::Path) -> Result<Identity, NodeError> 
 }
 
 fn log_failure(peer: PeerId, protocol: &str, job: &str, task: &str, error: &CapabilityError) {
-    tracing::warn!(%peer, protocol, job, task, %error, "task stream failed");
+    tracing::warn!(%peer, protocol, job, task, error = %domain_proto::ErrorChain(error), "task stream failed");
 }
 
 /// What the join loop needs.
@@ -693,7 +693,7 @@ async fn current_holdings(datastore: &NodeDatastore) -> Option<Holdings> {
     match datastore.holdings().await {
         Ok(holdings) => Some(holdings),
         Err(error) => {
-            tracing::warn!(%error, "cannot count what the datastore holds; the join reports nothing");
+            tracing::warn!(error = %domain_proto::ErrorChain(&error), "cannot count what the datastore holds; the join reports nothing");
             None
         }
     }
@@ -762,9 +762,9 @@ async fn join_loop(mut state: JoinLoop, stop: CancellationToken) {
             }
             Err(error) => {
                 if failures == 0 {
-                    tracing::warn!(manager = %state.manager_addr, %error, "cannot join the manager; retrying");
+                    tracing::warn!(manager = %state.manager_addr, error = %domain_proto::ErrorChain(&error), "cannot join the manager; retrying");
                 } else {
-                    tracing::debug!(%error, failures, "join failed again");
+                    tracing::debug!(error = %domain_proto::ErrorChain(&error), failures, "join failed again");
                 }
                 failures = failures.saturating_add(1);
                 FIRST_JOIN_RETRY

@@ -47,23 +47,23 @@ pub(crate) type Copies = watch::Receiver<BTreeMap<String, u32>>;
 /// Why copying a task's items to other nodes failed.
 #[derive(Debug, thiserror::Error)]
 enum ReplicationError {
-    #[error("submitting the replicate job: {0}")]
+    #[error("submitting the replicate job")]
     Submit(#[source] Box<ClusterError>),
     #[error("the manager's assignment of {task:?} is unusable: {reason}")]
     Assignment { task: String, reason: &'static str },
-    #[error("opening a task stream to {node}: {source}")]
+    #[error("opening a task stream to {node}")]
     Open {
         node: PeerId,
         #[source]
         source: Box<ClusterError>,
     },
-    #[error("the task stream with {node} failed: {source}")]
+    #[error("the task stream with {node} failed")]
     Transfer {
         node: PeerId,
         #[source]
         source: Box<CapabilityError>,
     },
-    #[error("reading item {id} to copy: {source}")]
+    #[error("reading item {id} to copy")]
     Read {
         id: String,
         #[source]
@@ -144,7 +144,9 @@ impl Replicator {
             };
             match replicated {
                 Ok(()) => tracing::info!(%domain, job, copies, "items copied to the other nodes"),
-                Err(error) => tracing::warn!(%domain, job, %error, "items not copied"),
+                Err(error) => {
+                    tracing::warn!(%domain, job, error = %domain_proto::ErrorChain(&error), "items not copied")
+                }
             }
         });
     }
@@ -185,7 +187,7 @@ impl Replicator {
                 _ => self.copy(domain, &task, &input.ids).await,
             };
             if let Err(error) = done {
-                tracing::warn!(job = %job.job_id, task = %task.name, %error, "a copy failed; the manager will try again");
+                tracing::warn!(job = %job.job_id, task = %task.name, error = %domain_proto::ErrorChain(&error), "a copy failed; the manager will try again");
                 self.report_failed(&job.job_id, task).await;
             }
         }
@@ -309,7 +311,7 @@ impl Replicator {
             ..task
         };
         if let Err(error) = self.cluster.report_tasks(self.manager, &[update]).await {
-            tracing::debug!(job_id, %error, "could not report the failed copy");
+            tracing::debug!(job_id, error = %domain_proto::ErrorChain(&error), "could not report the failed copy");
         }
     }
 }

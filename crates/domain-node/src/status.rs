@@ -116,7 +116,7 @@ async fn send_reports(cluster: ClusterHandle, manager: PeerId, mut reports: mpsc
             Err(error) if open => {
                 tracing::warn!(
                     reports = pending.len(),
-                    %error,
+                    error = %domain_proto::ErrorChain(&error),
                     "task status not reported; trying again"
                 );
                 // Keep reading reports meanwhile, so that handlers never wait on a manager
@@ -139,7 +139,7 @@ async fn send_reports(cluster: ClusterHandle, manager: PeerId, mut reports: mpsc
             }
             // Shutting down: one try was all there is time for.
             Err(error) => {
-                tracing::warn!(reports = pending.len(), %error, "task status not reported at shutdown");
+                tracing::warn!(reports = pending.len(), error = %domain_proto::ErrorChain(&error), "task status not reported at shutdown");
                 return;
             }
         }

@@ -25,7 +25,7 @@ const INITIAL_RESERVE: usize = 64 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     /// The underlying stream failed.
-    #[error("stream i/o failed: {0}")]
+    #[error("stream i/o failed")]
     Io(#[from] std::io::Error),
     /// The length prefix announces more than the reader accepts.
     #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
@@ -62,7 +62,7 @@ pub enum FrameError {
         varint_len: usize,
     },
     /// The body is not a valid encoding of the expected message.
-    #[error("cannot decode {message}: {source}")]
+    #[error("cannot decode {message}")]
     Decode {
         /// The message type expected.
         message: &'static str,

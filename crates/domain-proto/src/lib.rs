@@ -11,6 +11,7 @@
 //!   allocates and names each way a frame can be malformed in [`FrameError`].
 //! - [`protocols`]: the stream protocol ids (`/store/v1`, …) and libp2p protocol names.
 //! - [`DomainId`]: a domain id, validated once by the one rule every part applies.
+//! - [`ErrorChain`]: an error and its causes on one line, for logs and answers to peers.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -33,8 +34,10 @@
 
 mod any;
 mod domain_id;
+mod error_chain;
 pub use any::REPLICATE_INPUT;
 pub use domain_id::{DomainId, InvalidDomainId, MAX_DOMAIN_ID_LEN};
+pub use error_chain::ErrorChain;
 pub mod framing;
 pub mod protocols;
 pub mod wire;

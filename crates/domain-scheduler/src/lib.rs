@@ -149,7 +149,7 @@ pub fn submit_response(result: &Result<String, SchedulerError>) -> SubmitJobResp
         Err(e) => SubmitJobResponse {
             code: Code::BadRequest as i32,
             job_id: String::new(),
-            err_msg: e.to_string(),
+            err_msg: domain_proto::ErrorChain(e).to_string(),
         },
     }
 }

@@ -127,10 +127,10 @@ impl Batch {
 pub enum StoreError {
     /// The database failed (I/O, corruption detected by its checksums, lock held by another
     /// process, …).
-    #[error("scheduler database: {0}")]
+    #[error("scheduler database")]
     Database(#[from] redb::Error),
     /// A record does not decode.
-    #[error("scheduler database: record {key} in table {table} does not decode: {source}")]
+    #[error("scheduler database: record {key} in table {table} does not decode")]
     Decode {
         /// The table.
         table: &'static str,

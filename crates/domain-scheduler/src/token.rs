@@ -43,7 +43,7 @@ pub fn is_copy(task: &TaskRequest) -> bool {
 
 /// Why a token could not be issued.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot issue a token for task {task:?} of job {job_id} in domain {domain_id:?}: {source}")]
+#[error("cannot issue a token for task {task:?} of job {job_id} in domain {domain_id:?}")]
 pub struct TokenError {
     /// The domain.
     pub domain_id: String,

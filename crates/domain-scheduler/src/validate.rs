@@ -59,7 +59,7 @@ pub enum JobRejected {
         task: String,
     },
     /// A task's timeout does not parse.
-    #[error("task {task:?}: {source}")]
+    #[error("task {task:?}")]
     BadTimeout {
         /// The task.
         task: String,

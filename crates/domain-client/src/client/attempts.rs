@@ -279,7 +279,7 @@ impl TaskRun<'_> {
                 Err(error)
             }
             AfterFailure::ReportAndRetry => {
-                tracing::warn!(job_id = %self.job.job_id, %error, attempt = self.attempts, "task failed, waiting for another node");
+                tracing::warn!(job_id = %self.job.job_id, error = %domain_proto::ErrorChain(&error), attempt = self.attempts, "task failed, waiting for another node");
                 self.report(Status::Failed).await;
                 Ok(())
             }
@@ -320,7 +320,7 @@ impl TaskRun<'_> {
             None => return,
         };
         if let Err(report_error) = reported {
-            tracing::debug!(%job_id, error = %report_error, ?status, "could not report the attempt");
+            tracing::debug!(%job_id, error = %domain_proto::ErrorChain(&report_error), ?status, "could not report the attempt");
         }
     }
 }

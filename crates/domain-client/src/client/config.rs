@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use domain_capabilities::Limits;
 
-/// How a [`Client`] runs its jobs.
+/// How a [`Client`](super::Client) runs its jobs.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// The timeout of each task, in the scheduler's syntax ("30s", "10m"): the manager
@@ -23,12 +23,12 @@ pub struct ClientConfig {
     /// How long to keep trying to reach an assigned node before the attempt fails.
     pub connect_patience: Duration,
     /// Let a download replace a file that already exists in its folder; otherwise such an
-    /// item fails with [`ClientError::WouldReplace`] and the file is left as it was.
+    /// item fails with [`ClientError::WouldReplace`](super::ClientError::WouldReplace) and the file is left as it was.
     pub overwrite: bool,
     /// The timeout of a subscription's tasks, which bounds the life of each node
     /// stream's token (at most an hour). A node ends a stream when its token expires; the
     /// subscription renews each one on a fresh token before then, so it lasts until
-    /// [`Subscription::unsubscribe`](Subscription::unsubscribe).
+    /// [`Subscription::unsubscribe`](super::Subscription::unsubscribe).
     pub subscription_timeout: String,
 }
 

@@ -210,7 +210,7 @@ impl Client {
             let discarded = gather.discarded_partials.len();
             match self.load_once(&assignment, domain, gather).await {
                 Err(error) if gather.discarded_partials.len() > discarded => {
-                    tracing::warn!(node = %assignment.node, %error, "a partial download did not match its item; downloading the item again whole");
+                    tracing::warn!(node = %assignment.node, error = %domain_proto::ErrorChain(&error), "a partial download did not match its item; downloading the item again whole");
                 }
                 result => return result,
             }

@@ -12,7 +12,7 @@ use super::MAX_LISTED_ITEMS;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The swarm could not be started or stopped.
-    #[error("cannot run the client's peer: {0}")]
+    #[error("cannot run the client's peer")]
     Cluster(#[source] Box<ClusterError>),
     /// The manager's address does not end with `/p2p/<peer id>`.
     #[error("the manager address {addr} does not end with /p2p/<peer id>")]
@@ -24,7 +24,7 @@ pub enum ClientError {
     #[error("this client has no manager address; pass one, or a node address and a token")]
     NoManager,
     /// The manager refused the job, or an exchange with it failed.
-    #[error("job {job}: {source}")]
+    #[error("job {job}")]
     Manager {
         /// The job's name.
         job: String,
@@ -71,7 +71,7 @@ pub enum ClientError {
         reason: String,
     },
     /// The node could not be reached.
-    #[error("cannot reach node {node}: {source}")]
+    #[error("cannot reach node {node}")]
     Connect {
         /// The node, as an address or a peer id.
         node: String,
@@ -80,7 +80,7 @@ pub enum ClientError {
         source: Box<ClusterError>,
     },
     /// A task stream with the node failed (refused token, root mismatch, broken stream).
-    #[error("{protocol} with node {node}: {source}")]
+    #[error("{protocol} with node {node}")]
     Transfer {
         /// The protocol.
         protocol: &'static str,
@@ -100,7 +100,7 @@ pub enum ClientError {
     },
     /// A download into a writer failed after bytes had reached the writer, which cannot
     /// be rewound, so it was not retried; discard what the writer received.
-    #[error("item {id}: the download failed after {written} bytes were written: {source}")]
+    #[error("item {id}: the download failed after {written} bytes were written")]
     WriterInterrupted {
         /// The item.
         id: String,
@@ -112,7 +112,7 @@ pub enum ClientError {
     },
     /// An upload from a reader failed; a reader cannot be read again, so it was not
     /// retried on another node.
-    #[error("uploading {name} from a reader: {source}")]
+    #[error("uploading {name} from a reader")]
     ReaderUpload {
         /// The item's name.
         name: String,
@@ -154,7 +154,7 @@ pub enum ClientError {
         len: u64,
     },
     /// A local file could not be read or written.
-    #[error("{action} {}: {source}", path.display())]
+    #[error("{action} {}", path.display())]
     Io {
         /// What the client was doing.
         action: &'static str,

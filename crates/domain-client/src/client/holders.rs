@@ -314,7 +314,10 @@ pub(super) type FailedFirst = Vec<(usize, Option<(Option<Task>, ClientError)>)>;
 
 /// Logs that `node`, a holder, did not answer: one line, the others still do.
 pub(super) fn not_answered(node: PeerId, error: &ClientError) {
-    tracing::warn!("node {node} did not answer: {error}");
+    tracing::warn!(
+        "node {node} did not answer: {}",
+        domain_proto::ErrorChain(error)
+    );
 }
 
 #[cfg(test)]

@@ -44,8 +44,12 @@ pub(crate) async fn held_prefixes(
                 // Whole chunks by construction, so the insert cannot refuse it.
                 let _ = prefixes.insert(id, prefix);
             }
-            Ok(Err(error)) => tracing::debug!(%id, %error, "partial download not resumed"),
-            Err(error) => tracing::debug!(%id, %error, "partial download not resumed"),
+            Ok(Err(error)) => {
+                tracing::debug!(%id, error = %domain_proto::ErrorChain(&error), "partial download not resumed")
+            }
+            Err(error) => {
+                tracing::debug!(%id, error = %domain_proto::ErrorChain(&error), "partial download not resumed")
+            }
         }
     }
     prefixes

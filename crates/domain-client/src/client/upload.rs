@@ -97,14 +97,14 @@ impl Client {
             // before the manager's retry starts again from nothing on another node.
             if resumes_on_same_node(&error, resumed) {
                 resumed = true;
-                tracing::warn!(%node, %error, "upload cut; resuming on the same node");
+                tracing::warn!(%node, error = %domain_proto::ErrorChain(&error), "upload cut; resuming on the same node");
                 match self.resume_on(node, domain, items, &plan, stored).await {
                     Ok(stored) => {
                         run.report(Status::Failed).await;
                         return Ok(stored);
                     }
                     Err(resume_error) => {
-                        tracing::warn!(%node, error = %resume_error, "could not resume the upload");
+                        tracing::warn!(%node, error = %domain_proto::ErrorChain(&resume_error), "could not resume the upload");
                     }
                 }
             }
@@ -131,7 +131,7 @@ impl Client {
             .await
         {
             Err(error) if error.is_cut() => {
-                tracing::warn!(node = %assignment.node, %error, "upload cut; resuming");
+                tracing::warn!(node = %assignment.node, error = %domain_proto::ErrorChain(&error), "upload cut; resuming");
                 self.store_on(assignment, domain, items, &plan, &mut stored)
                     .await?;
                 Ok(stored)

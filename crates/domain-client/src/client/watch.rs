@@ -388,7 +388,7 @@ fn renewal_time(token: &str) -> Option<Instant> {
             Some(Instant::now() + left * 3 / 4)
         }
         Err(error) => {
-            tracing::warn!(%error, "the manager's token is unreadable; its stream will not be renewed");
+            tracing::warn!(error = %domain_proto::ErrorChain(&error), "the manager's token is unreadable; its stream will not be renewed");
             None
         }
     }
@@ -479,7 +479,7 @@ impl NodeFollower {
                         }
                         Err(error) => {
                             tracing::warn!(
-                                %node, %error,
+                                %node, error = %domain_proto::ErrorChain(&error),
                                 "renewing a subscription's stream failed; trying again"
                             );
                             stream.renew_at = Some(Instant::now() + RENEW_RETRY);
@@ -538,6 +538,6 @@ async fn read(
 /// Ends a node stream: the node is sent `UnsubscribeDataQueryV1`.
 async fn close(node: PeerId, stream: NodeStream) {
     if let Err(error) = stream.unsubscriber.unsubscribe().await {
-        tracing::debug!(%node, %error, "unsubscribing failed");
+        tracing::debug!(%node, error = %domain_proto::ErrorChain(&error), "unsubscribing failed");
     }
 }

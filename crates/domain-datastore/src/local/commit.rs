@@ -150,7 +150,7 @@ impl Worker {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "metadata commit failed");
+                tracing::error!(error = %domain_proto::ErrorChain(&e), "metadata commit failed");
                 let e = Arc::new(e);
                 for request in pending {
                     match request {
@@ -257,12 +257,14 @@ impl Worker {
                     if let Err(e) = std::fs::remove_file(&path) {
                         if e.kind() != std::io::ErrorKind::NotFound {
                             // Left for the repair at the next open.
-                            tracing::warn!(path = %path.display(), error = %e, "cannot remove unused blob");
+                            tracing::warn!(path = %path.display(), error = %domain_proto::ErrorChain(&e), "cannot remove unused blob");
                         }
                     }
                 }
                 // Unsure whether it is used: keeping it is safe, the next open repairs.
-                Err(e) => tracing::warn!(%domain, root, error = %e, "cannot check blob use"),
+                Err(e) => {
+                    tracing::warn!(%domain, root, error = %domain_proto::ErrorChain(&e), "cannot check blob use")
+                }
             }
         }
     }

@@ -75,7 +75,7 @@ pub(super) fn repair(
                             domains.insert(domain);
                         }
                         Err(e) => {
-                            tracing::warn!(name, error = %e, "metadata names an invalid domain")
+                            tracing::warn!(name, error = %domain_proto::ErrorChain(&e), "metadata names an invalid domain")
                         }
                     }
                 }
@@ -146,7 +146,7 @@ fn repair_domain(
                 match super::tables::decode(domain, id.value(), bytes.value()) {
                     Ok(item) => items.push(item),
                     Err(e) => {
-                        tracing::warn!(error = %e, "undecodable item; removed");
+                        tracing::warn!(error = %domain_proto::ErrorChain(&e), "undecodable item; removed");
                         undecodable.push(id.value().to_owned());
                     }
                 }

@@ -53,7 +53,7 @@ pub(super) async fn serve_status(shared: &Shared, peer: PeerId, stream: ClusterS
             Ok(Ok(Some(task))) => task,
             Ok(Ok(None)) => break,
             Ok(Err(e)) => {
-                tracing::debug!(%peer, "bad {TASK_STATUS_V1} report: {e}");
+                tracing::debug!(%peer, "bad {TASK_STATUS_V1} report: {}", domain_proto::ErrorChain(&e));
                 return;
             }
             Err(_) => {
@@ -179,7 +179,7 @@ pub(super) async fn serve_join(shared: &Shared, peer: PeerId, mut stream: Cluste
     let frame = match frame {
         Ok(Ok(frame)) => frame,
         Ok(Err(e)) => {
-            tracing::debug!(%peer, "bad {JOIN_V1} request: {e}");
+            tracing::debug!(%peer, "bad {JOIN_V1} request: {}", domain_proto::ErrorChain(&e));
             return;
         }
         Err(_) => {
@@ -201,7 +201,7 @@ pub(super) async fn serve_join(shared: &Shared, peer: PeerId, mut stream: Cluste
     let (node, holdings, invite) = match frame.decode::<JoinClusterRequest>() {
         Ok(request) => (request.node, request.holdings, request.invite),
         Err(e) => {
-            tracing::debug!(%peer, "bad {JOIN_V1} request: {e}");
+            tracing::debug!(%peer, "bad {JOIN_V1} request: {}", domain_proto::ErrorChain(&e));
             return;
         }
     };
@@ -226,14 +226,14 @@ pub(super) async fn serve_join(shared: &Shared, peer: PeerId, mut stream: Cluste
                     err_msg: None,
                 },
                 Some(Err(e)) => {
-                    tracing::warn!(%peer, "refused a join: {e}");
+                    tracing::warn!(%peer, "refused a join: {}", domain_proto::ErrorChain(&e));
                     return;
                 }
                 None => return,
             }
         }
         Ok(Err(refusal)) => {
-            tracing::warn!(%peer, "refused a join: {refusal}");
+            tracing::warn!(%peer, "refused a join: {}", domain_proto::ErrorChain(&refusal));
             // A node revoked since it registered leaves now, not at its timeout.
             let expel = Request::Expel {
                 nodes: vec![peer.to_string()],
@@ -243,11 +243,11 @@ pub(super) async fn serve_join(shared: &Shared, peer: PeerId, mut stream: Cluste
             }
             JoinClusterResponse {
                 replication: Default::default(),
-                err_msg: Some(refusal.to_string()),
+                err_msg: Some(domain_proto::ErrorChain(&refusal).to_string()),
             }
         }
         Err(e) => {
-            tracing::warn!(%peer, "the admission check failed: {e}");
+            tracing::warn!(%peer, "the admission check failed: {}", domain_proto::ErrorChain(&e));
             return;
         }
     };
@@ -329,7 +329,7 @@ pub(super) async fn serve_jobs(shared: &Shared, peer: PeerId, stream: ClusterStr
     let frame = match frame {
         Ok(Ok(frame)) => frame,
         Ok(Err(e)) => {
-            tracing::debug!(%peer, "bad {JOBS_V1} request: {e}");
+            tracing::debug!(%peer, "bad {JOBS_V1} request: {}", domain_proto::ErrorChain(&e));
             return;
         }
         Err(_) => {
@@ -339,8 +339,11 @@ pub(super) async fn serve_jobs(shared: &Shared, peer: PeerId, stream: ClusterStr
     };
     // Counted on the wire first: decoding builds a struct per task, and an empty one is
     // two bytes.
-    let request = check_job_shape(frame.body(), shared.max_tasks_per_job)
-        .and_then(|()| frame.decode::<JobRequest>().map_err(|e| e.to_string()));
+    let request = check_job_shape(frame.body(), shared.max_tasks_per_job).and_then(|()| {
+        frame
+            .decode::<JobRequest>()
+            .map_err(|e| domain_proto::ErrorChain(&e).to_string())
+    });
     let request = match request {
         Ok(request) => request,
         Err(reason) => {
@@ -370,8 +373,9 @@ pub(super) async fn serve_jobs(shared: &Shared, peer: PeerId, stream: ClusterStr
         false => shared.policy.check_submitter(&request.domain_id, &peer),
     };
     if let Err(refusal) = allowed {
-        tracing::warn!(%peer, job = %request.name, "refused a job: {refusal}");
-        refuse_job(shared, &mut writer, refusal.to_string()).await;
+        tracing::warn!(%peer, job = %request.name, "refused a job: {}", domain_proto::ErrorChain(&refusal));
+        let reason = domain_proto::ErrorChain(&refusal).to_string();
+        refuse_job(shared, &mut writer, reason).await;
         return;
     }
     // Room for every token the job can get (each task, each retry) and each task's FAILED
@@ -399,11 +403,11 @@ pub(super) async fn serve_jobs(shared: &Shared, peer: PeerId, stream: ClusterStr
             submit_response(&Ok(job_id.clone()))
         }
         Err(e) => {
-            tracing::warn!(%peer, job = %name, "refused a job: {e}");
+            tracing::warn!(%peer, job = %name, "refused a job: {}", domain_proto::ErrorChain(e));
             SubmitJobResponse {
                 code: Code::BadRequest as i32,
                 job_id: String::new(),
-                err_msg: e.to_string(),
+                err_msg: domain_proto::ErrorChain(e).to_string(),
             }
         }
     };
@@ -439,7 +443,7 @@ pub(super) async fn serve_holders(shared: &Shared, peer: PeerId, stream: Cluster
     let HoldersRequest { domain_id, follow } = match request {
         Ok(Ok(request)) => request,
         Ok(Err(e)) => {
-            tracing::debug!(%peer, "bad {HOLDERS_V1} request: {e}");
+            tracing::debug!(%peer, "bad {HOLDERS_V1} request: {}", domain_proto::ErrorChain(&e));
             return;
         }
         Err(_) => {
@@ -448,9 +452,9 @@ pub(super) async fn serve_holders(shared: &Shared, peer: PeerId, stream: Cluster
         }
     };
     if let Err(refusal) = shared.policy.check_submitter(&domain_id, &peer) {
-        tracing::warn!(%peer, "refused a holders request: {refusal}");
+        tracing::warn!(%peer, "refused a holders request: {}", domain_proto::ErrorChain(&refusal));
         let answer = HoldersResponse {
-            err_msg: refusal.to_string(),
+            err_msg: domain_proto::ErrorChain(&refusal).to_string(),
             holders: Vec::new(),
         };
         let _ = send_frame(shared, &mut writer, &answer).await;
@@ -608,7 +612,7 @@ impl ServedKeys {
         }
         keys.key(domain)
             .map(|key| key.public_key())
-            .map_err(|e| e.to_string())
+            .map_err(|e| domain_proto::ErrorChain(&e).to_string())
     }
 }
 
@@ -634,7 +638,7 @@ pub(super) async fn serve_key<S: AsyncRead + AsyncWrite + Unpin + Send>(
     };
     match serve_public_key(stream, keys, &limits).await {
         Ok(domain) => tracing::debug!(%peer, %domain, "served a public key"),
-        Err(e) => tracing::debug!(%peer, "{PUBLIC_KEY_V1}: {e}"),
+        Err(e) => tracing::debug!(%peer, "{PUBLIC_KEY_V1}: {}", domain_proto::ErrorChain(&e)),
     }
 }
 

@@ -8,6 +8,9 @@ use crate::holders::HoldingsError;
 use crate::registry::JoinError;
 use crate::store::StoreError;
 use crate::validate::JobRejected;
+// Named in the documentation only.
+#[cfg(doc)]
+use super::{FINISHED_GRACE, Scheduler};
 
 /// Settings of a [`Scheduler`].
 #[derive(Debug, Clone, PartialEq, Eq)]
