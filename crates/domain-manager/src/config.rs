@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use domain_auth::{Existing, write_private};
+use domain_cluster::config::parse_duration;
 use domain_cluster::{Multiaddr, PeerId};
-use domain_scheduler::parse_timeout;
 use serde::{Deserialize, Serialize};
 
 use crate::domains::DomainSpec;
@@ -178,19 +178,6 @@ pub fn default_listen() -> Vec<Multiaddr> {
     domain_cluster::config::loopback_listen_addrs()
 }
 
-/// A duration as the scheduler writes task timeouts: `"500ms"`, `"30s"`, `"10m"`, `"2h"`, a
-/// bare number of milliseconds. Zero is refused: a zero interval would spin.
-///
-/// # Errors
-/// The reason, as text.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    match parse_timeout(text) {
-        Ok(d) if d.is_zero() => Err(format!("{text:?} is zero")),
-        Ok(d) => Ok(d),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 /// The manager's TOML configuration file. Every key is optional; command-line flags override
 /// what it says.
 ///
@@ -288,6 +275,19 @@ mod tests {
         assert_eq!(config.max_finished_jobs, 10_000);
         assert_eq!(config.domains.len(), 1);
         assert_eq!(config.data_dir, PathBuf::from("/data"));
+    }
+
+    #[test]
+    fn durations_take_the_grammar_the_node_takes() {
+        let file: ConfigFile = toml::from_str(
+            r#"node-timeout = "1m 30s"
+keep-finished = "2days""#,
+        )
+        .unwrap();
+        let mut config = ManagerConfig::new("/d");
+        config.apply_file(file).unwrap();
+        assert_eq!(config.node_timeout, Duration::from_secs(90));
+        assert_eq!(config.keep_finished, Duration::from_secs(2 * 24 * 3600));
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+use domain_cluster::config::parse_duration;
 use domain_cluster::{Multiaddr, PeerId};
-use domain_manager::config::parse_duration;
 use domain_manager::{ConfigFile, DomainPolicy, DomainsFile, Manager, ManagerConfig, NodesFile};
 
 /// The domain manager of a domain cluster.

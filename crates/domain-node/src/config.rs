@@ -345,19 +345,11 @@ fn check_limit(key: &'static str, limit: usize) -> Result<usize, ConfigError> {
 }
 
 fn parse_duration(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    match humantime::parse_duration(value) {
-        Ok(duration) if !duration.is_zero() => Ok(duration),
-        Ok(_) => Err(ConfigError::Duration {
-            key,
-            value: value.to_owned(),
-            reason: "it must be longer than zero".into(),
-        }),
-        Err(error) => Err(ConfigError::Duration {
-            key,
-            value: value.to_owned(),
-            reason: error.to_string(),
-        }),
-    }
+    domain_cluster::config::parse_duration(value).map_err(|reason| ConfigError::Duration {
+        key,
+        value: value.to_owned(),
+        reason,
+    })
 }
 
 /// Why a node's configuration is not usable.
