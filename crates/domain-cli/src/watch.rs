@@ -55,7 +55,7 @@ pub fn run(
                     }
                 }
                 Some(Err(error)) => {
-                    let _ = writeln!(err, "domain: {error}");
+                    let _ = writeln!(err, "domain: {}", domain_proto::ErrorChain(&error));
                 }
                 None => break Err(anyhow::anyhow!("the subscription stopped")),
             }

@@ -598,7 +598,7 @@ impl EventLoop {
                 let lost = reason.is_ok();
                 let reason = match reason {
                     Ok(()) => "closed".to_owned(),
-                    Err(error) => error.to_string(),
+                    Err(error) => domain_proto::ErrorChain(&error).to_string(),
                 };
                 tracing::warn!(?listener_id, %reason, "listener closed");
                 let first = self.pending_listeners.remove(&listener_id);
@@ -676,7 +676,9 @@ impl EventLoop {
             Ok(listener) => self.relay_listener = Some(listener),
             Err(error) => {
                 tracing::warn!(%circuit, error = %domain_proto::ErrorChain(&error), "cannot listen through the relay");
-                self.update_listen(|state| state.relay = RelayStatus::Failed(error.to_string()));
+                self.update_listen(|state| {
+                    state.relay = RelayStatus::Failed(domain_proto::ErrorChain(&error).to_string())
+                });
             }
         }
     }

@@ -257,7 +257,7 @@ pub fn create_domain(
 ) -> Result<PublicKey, ConfigError> {
     check_domain_id(domain).map_err(|e| ConfigError::Domain {
         domain: domain.chars().take(80).collect(),
-        reason: e.to_string(),
+        reason: domain_proto::ErrorChain(&e).to_string(),
     })?;
     domain_auth::open_private_dir(data_dir).map_err(ConfigError::DataDir)?;
     let mut file = DomainsFile::load(data_dir)?;
@@ -356,6 +356,14 @@ mod tests {
         }];
         let err = DomainPolicy::from_specs(&specs).unwrap_err();
         assert!(err.to_string().contains("not-a-peer"), "{err}");
+    }
+
+    #[test]
+    fn a_domain_id_nodes_would_refuse_is_not_created_and_the_reason_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = create_domain(dir.path(), "my lab", &[]).unwrap_err();
+        assert!(error.to_string().contains("contains ' '"), "{error}");
+        assert!(!DomainsFile::path(dir.path()).exists());
     }
 
     #[test]

@@ -32,8 +32,13 @@ impl Scheduler {
         records.sort_by(|a, b| (a.created_at, &a.job_id).cmp(&(b.created_at, &b.job_id)));
         let mut order = Vec::with_capacity(records.len());
         for record in records {
-            let specs = validate(&record.request, usize::MAX)
-                .map_err(|e| inconsistent(format!("stored job {}: {e}", record.job_id)))?;
+            let specs = validate(&record.request, usize::MAX).map_err(|e| {
+                inconsistent(format!(
+                    "stored job {}: {}",
+                    record.job_id,
+                    domain_proto::ErrorChain(&e)
+                ))
+            })?;
             let id: Arc<str> = Arc::from(record.job_id.as_str());
             let job = JobState::new(
                 id.clone(),

@@ -307,7 +307,7 @@ impl Scheduler {
                     if let Some(endpoint) = self.endpoint(&task).map(str::to_owned) {
                         self.registry.release(&node, &endpoint);
                     }
-                    self.fail(&task, now, e.to_string());
+                    self.fail(&task, now, domain_proto::ErrorChain(&e).to_string());
                 }
             }
         }
