@@ -5,34 +5,37 @@
 //! # ~/.config/domain/config.toml (or --config FILE, or DOMAIN_CONFIG)
 //! manager = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW..."
 //! identity = "/home/me/.config/domain/identity.key"
-//! task_timeout = "10m"
+//! task-timeout = "10m"
 //! ```
 //!
 //! `config/domain.example.toml` in the repository lists every key.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use domain_cluster::Multiaddr;
-use serde::Deserialize;
+use domain_settings::parse_duration;
+use serde::{Deserialize, Serialize};
 
-/// The settings a file may hold; every key is optional.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The settings every network command shares, declared once: its flags (some also read
+/// from the environment) and the keys of the settings file. Every one is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Settings {
     /// The manager's address, ending with `/p2p/<peer id>`.
-    #[serde(default, deserialize_with = "multiaddr")]
+    #[arg(long, value_name = "MULTIADDR", env = "DOMAIN_MANAGER")]
     pub manager: Option<Multiaddr>,
-    /// The client's identity key file.
+    /// The client's identity key file (created when missing) [default:
+    /// $XDG_CONFIG_HOME/domain/identity.key or ~/.config/domain/identity.key].
+    #[arg(long, value_name = "FILE", env = "DOMAIN_IDENTITY")]
     pub identity: Option<PathBuf>,
-    /// The timeout of each task, in the scheduler's syntax ("30s", "10m").
-    pub task_timeout: Option<String>,
-}
-
-fn multiaddr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Multiaddr>, D::Error> {
-    let text: Option<String> = Option::deserialize(d)?;
-    text.map(|t| t.parse().map_err(serde::de::Error::custom))
-        .transpose()
+    /// How long each transfer task may run before the manager assigns it again, at most a
+    /// week [default: 10m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    // The first releases spelt the key with an underscore.
+    #[serde(with = "domain_settings::duration", alias = "task_timeout")]
+    pub task_timeout: Option<Duration>,
 }
 
 /// Where the settings file is looked for when neither `--config` nor `DOMAIN_CONFIG`
@@ -43,8 +46,8 @@ pub fn default_path() -> Option<PathBuf> {
         .and_then(|identity| identity.parent().map(|dir| dir.join("config.toml")))
 }
 
-/// Reads the settings: from `path` when given (it must exist), else from
-/// [`default_path`] when that file exists, else none.
+/// Reads the settings file: `path` when given (it must exist), else [`default_path`] when
+/// that file exists, else none.
 ///
 /// # Errors
 /// When the file cannot be read or is not valid settings (an unknown key included).
@@ -56,28 +59,44 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<Settings> {
             None => return Ok(Settings::default()),
         },
     };
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading the settings file {}", path.display()))?;
-    parse(&text).with_context(|| format!("in the settings file {}", path.display()))
+    Ok(domain_settings::load(&path)?)
 }
 
-/// Parses settings from TOML text.
+/// The flags and the environment (`flags`) over the settings file at `path` ([`load`]).
 ///
 /// # Errors
-/// On TOML errors, unknown keys and malformed values (a manager that is no multiaddr).
-pub fn parse(text: &str) -> anyhow::Result<Settings> {
-    Ok(toml::from_str(text)?)
+/// Those of [`load`], and a value of the command line that cannot be merged.
+pub fn merged(flags: &Settings, path: Option<&Path>) -> anyhow::Result<Settings> {
+    let file = load(path)?;
+    domain_settings::layer(&file, flags).context("merging the settings")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser as _;
+
+    fn parse(text: &str) -> anyhow::Result<Settings> {
+        Ok(toml::from_str(text)?)
+    }
+
+    fn flags(args: &[&str]) -> Settings {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let args = std::iter::once("domain").chain(args.iter().copied());
+        Command::try_parse_from(args).unwrap().settings
+    }
+
+    const EXAMPLE: &str = include_str!("../../../config/domain.example.toml");
 
     #[test]
     fn every_key_is_optional_and_unknown_keys_are_refused() {
         assert_eq!(parse("").unwrap(), Settings::default());
         let settings = parse(
-            "manager = \"/ip4/127.0.0.1/tcp/4001\"\nidentity = \"/k\"\ntask_timeout = \"5m\"\n",
+            "manager = \"/ip4/127.0.0.1/tcp/4001\"\nidentity = \"/k\"\ntask-timeout = \"1m 30s\"\n",
         )
         .unwrap();
         assert_eq!(
@@ -85,18 +104,34 @@ mod tests {
             "/ip4/127.0.0.1/tcp/4001"
         );
         assert_eq!(settings.identity.unwrap(), PathBuf::from("/k"));
-        assert_eq!(settings.task_timeout.as_deref(), Some("5m"));
+        assert_eq!(settings.task_timeout, Some(Duration::from_secs(90)));
         assert!(
             parse("managr = \"x\"").is_err(),
             "a typo must not pass silently"
         );
         assert!(parse("manager = \"not an address\"").is_err());
+        assert!(parse("task-timeout = \"0s\"").is_err());
     }
 
     #[test]
-    fn the_example_in_the_repository_parses() {
-        let example = include_str!("../../../config/domain.example.toml");
-        parse(example).unwrap();
+    fn the_underscore_spelling_of_the_first_releases_still_reads() {
+        let settings = parse("task_timeout = \"5m\"").unwrap();
+        assert_eq!(settings.task_timeout, Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn the_example_in_the_repository_parses_and_no_flags_leave_it_as_it_is() {
+        let mut file = parse(EXAMPLE).unwrap();
+        file.identity = Some("/k".into());
+        assert_eq!(
+            toml::Table::try_from(&file).unwrap().len(),
+            3,
+            "a key of Settings is not in this test"
+        );
+        assert_eq!(domain_settings::layer(&file, &flags(&[])).unwrap(), file);
+        let over = domain_settings::layer(&file, &flags(&["--task-timeout", "2h"])).unwrap();
+        assert_eq!(over.task_timeout, Some(Duration::from_secs(7200)));
+        assert_eq!(over.manager, file.manager);
     }
 
     #[test]

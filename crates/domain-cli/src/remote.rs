@@ -14,10 +14,9 @@ use domain_client::client::{Client, ClientConfig, Direct, default_identity_path}
 /// Where to send a transfer: through the manager, or straight to a node with a token.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RemoteArgs {
-    /// The manager's address, ending with `/p2p/<peer id>` [default: `manager` in the
-    /// settings file].
-    #[arg(long, value_name = "MULTIADDR", env = "DOMAIN_MANAGER")]
-    pub manager: Option<Multiaddr>,
+    /// What the settings file may also say: `--manager`, `--identity`, `--task-timeout`.
+    #[command(flatten)]
+    pub settings: config::Settings,
     /// A node's address, ending with `/p2p/<peer id>`: skip the manager and use `--token`.
     #[arg(
         long,
@@ -29,10 +28,6 @@ pub struct RemoteArgs {
     /// The task token for `--node`, issued to this client's identity.
     #[arg(long, value_name = "TOKEN", requires = "node")]
     pub token: Option<String>,
-    /// The client's identity key file (created when missing) [default:
-    /// $XDG_CONFIG_HOME/domain/identity.key or ~/.config/domain/identity.key].
-    #[arg(long, value_name = "FILE", env = "DOMAIN_IDENTITY")]
-    pub identity: Option<PathBuf>,
     /// The settings file [default: $XDG_CONFIG_HOME/domain/config.toml or
     /// ~/.config/domain/config.toml, when it exists].
     #[arg(long, value_name = "FILE", env = "DOMAIN_CONFIG")]
@@ -61,8 +56,8 @@ impl RemoteArgs {
     /// Transfers draw progress bars labelled with `verb` on standard error when it is a
     /// terminal.
     pub async fn start_client(&self, verb: &'static str) -> anyhow::Result<Client> {
-        let settings = config::load(self.config.as_deref())?;
-        let path = match self.identity.clone().or(settings.identity) {
+        let settings = config::merged(&self.settings, self.config.as_deref())?;
+        let path = match settings.identity {
             Some(path) => path,
             None => default_identity_path()
                 .context("no home folder for the identity: pass --identity FILE")?,
@@ -76,7 +71,7 @@ impl RemoteArgs {
         let manager = if self.direct().is_some() {
             None
         } else {
-            match self.manager.clone().or(settings.manager) {
+            match settings.manager {
                 Some(addr) => Some(addr),
                 None => bail!(
                     "no manager: pass --manager MULTIADDR (or set DOMAIN_MANAGER, or `manager` \
@@ -85,9 +80,7 @@ impl RemoteArgs {
             }
         };
         let mut client_config = ClientConfig::default();
-        if let Some(timeout) = settings.task_timeout {
-            client_config.task_timeout = timeout;
-        }
+        client_config.task_timeout = settings.task_timeout.unwrap_or(client_config.task_timeout);
         let client = Client::start(identity, manager, client_config)
             .await
             .context("starting the client")?;
@@ -125,7 +118,7 @@ mod tests {
     #[test]
     fn a_node_needs_a_token_and_excludes_the_manager() {
         // No manager on the command line is fine: it may come from the settings file.
-        assert!(parse(&[]).unwrap().manager.is_none());
+        assert!(parse(&[]).unwrap().settings.manager.is_none());
         assert!(parse(&["--node", MANAGER]).is_err(), "--node needs --token");
         assert!(parse(&["--token", "t"]).is_err(), "--token needs --node");
         assert!(parse(&["--manager", MANAGER, "--node", MANAGER, "--token", "t"]).is_err());

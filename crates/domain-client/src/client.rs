@@ -242,7 +242,7 @@ impl Client {
                         endpoint: endpoint.to_owned(),
                         ..CapabilityFilters::default()
                     },
-                    timeout: self.config.task_timeout.clone(),
+                    timeout: config::wire_timeout(self.config.task_timeout),
                     resource_recruitment: ResourceRecruitment {
                         recruitment_policy: policy as i32,
                         ..ResourceRecruitment::default()

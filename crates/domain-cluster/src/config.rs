@@ -215,30 +215,6 @@ pub fn loopback_listen_addrs() -> Vec<Multiaddr> {
     ]
 }
 
-/// A duration in a setting (a flag, the environment, a settings file) of any of the
-/// binaries: humantime's grammar (`"500ms"`, `"30s"`, `"1m 30s"`, `"2h"`), longer than
-/// zero, since a zero interval would spin. (Task timeouts on the wire keep posemesh's
-/// grammar: `domain_scheduler::parse_timeout`.)
-///
-/// ```
-/// use std::time::Duration;
-/// use domain_cluster::config::parse_duration;
-///
-/// assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
-/// assert!(parse_duration("0s").is_err());
-/// assert!(parse_duration("soon").is_err());
-/// ```
-///
-/// # Errors
-/// The reason, as text.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(duration) if duration.is_zero() => Err(format!("{text:?} is zero")),
-        Ok(duration) => Ok(duration),
-        Err(error) => Err(format!("{text:?}: {error}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

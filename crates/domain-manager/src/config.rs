@@ -1,13 +1,14 @@
-//! What a manager runs with: [`ManagerConfig`], and the TOML file ([`ConfigFile`]) whose keys
-//! mirror the command-line flags (`data-dir`, `listen`, `tick-interval`, …).
+//! What a manager runs with: [`ManagerConfig`], and [`ManagerSettings`], the partial form
+//! that the command line, the environment and a TOML file fill in (flags over the
+//! environment over the file).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use domain_auth::{Existing, write_private};
-use domain_cluster::config::parse_duration;
 use domain_cluster::{Multiaddr, PeerId};
+use domain_settings::parse_duration;
 use serde::{Deserialize, Serialize};
 
 use crate::domains::DomainSpec;
@@ -85,67 +86,6 @@ impl ManagerConfig {
     pub fn scheduler_path(&self) -> PathBuf {
         self.data_dir.join("scheduler.redb")
     }
-
-    /// Applies the settings of a configuration file; flags applied afterwards override them.
-    ///
-    /// # Errors
-    /// [`ConfigError::Invalid`] for a setting that does not parse.
-    pub fn apply_file(&mut self, file: ConfigFile) -> Result<(), ConfigError> {
-        let path = file.path.clone().unwrap_or_default();
-        let invalid = |key: &str, reason: String| ConfigError::Invalid {
-            path: path.clone(),
-            key: key.to_owned(),
-            reason,
-        };
-        if let Some(dir) = file.data_dir {
-            self.data_dir = dir;
-        }
-        if let Some(listen) = file.listen {
-            self.listen = listen
-                .iter()
-                .map(|a| {
-                    a.parse()
-                        .map_err(|e| invalid("listen", format!("{a:?}: {e}")))
-                })
-                .collect::<Result<_, _>>()?;
-        }
-        if let Some(interval) = file.tick_interval {
-            self.tick_interval =
-                parse_duration(&interval).map_err(|reason| invalid("tick-interval", reason))?;
-        }
-        if let Some(timeout) = file.node_timeout {
-            self.node_timeout =
-                parse_duration(&timeout).map_err(|reason| invalid("node-timeout", reason))?;
-        }
-        if let Some(timeout) = file.request_timeout {
-            self.request_timeout =
-                parse_duration(&timeout).map_err(|reason| invalid("request-timeout", reason))?;
-        }
-        if let Some(retries) = file.max_retries {
-            self.max_retries = retries;
-        }
-        if let Some(tasks) = file.max_tasks_per_job {
-            self.max_tasks_per_job = tasks;
-        }
-        if let Some(keep) = file.keep_finished {
-            self.keep_finished =
-                parse_duration(&keep).map_err(|reason| invalid("keep-finished", reason))?;
-        }
-        if let Some(jobs) = file.max_finished_jobs {
-            self.max_finished_jobs = jobs;
-        }
-        self.domains.extend(file.domain);
-        for node in file.nodes {
-            let peer = node
-                .parse()
-                .map_err(|e| invalid("nodes", format!("{node:?} is not a peer id: {e}")))?;
-            self.nodes.insert(peer);
-        }
-        if let Some(open) = file.open {
-            self.open = open;
-        }
-        Ok(())
-    }
 }
 
 /// `DIR/keys`: where the domain keys of a manager with data folder `data_dir` live.
@@ -178,8 +118,10 @@ pub fn default_listen() -> Vec<Multiaddr> {
     domain_cluster::config::loopback_listen_addrs()
 }
 
-/// The manager's TOML configuration file. Every key is optional; command-line flags override
-/// what it says.
+/// The manager's settings, declared once: the flags of `domain-manager run` (some also read
+/// from the environment) and the keys of its TOML file, named as the flags are. Every one
+/// is optional but `data-dir`; [`into_config`](Self::into_config) fills in the defaults of
+/// [`ManagerConfig::new`]. Nodes and domains are declared in the file only.
 ///
 /// ```toml
 /// data-dir = "/var/lib/domain-manager"
@@ -194,58 +136,136 @@ pub fn default_listen() -> Vec<Multiaddr> {
 /// id = "my-domain"
 /// allow = ["12D3KooWJWo7dJKXbZLoSvQfLEdHiKsvj7Y9P3D1nYZNjSjoEwU1"]
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct ConfigFile {
-    /// The file this was read from, for error messages.
-    #[serde(skip)]
-    pub path: Option<PathBuf>,
-    /// `data-dir`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ManagerSettings {
+    /// Folder of the identity, domain keys, scheduler state and domains.
+    #[arg(long, value_name = "DIR", env = "DOMAIN_MANAGER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// `listen`: multiaddrs.
-    pub listen: Option<Vec<String>>,
-    /// `tick-interval`, e.g. `"1s"`.
-    pub tick_interval: Option<String>,
-    /// `node-timeout`, e.g. `"30s"`.
-    pub node_timeout: Option<String>,
-    /// `request-timeout`, e.g. `"30s"`.
-    pub request_timeout: Option<String>,
-    /// `max-retries`.
+    /// An address to listen on (repeatable) [default: loopback TCP, QUIC and WebSocket on
+    /// ports the system picks].
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        env = "DOMAIN_MANAGER_LISTEN",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listen: Vec<Multiaddr>,
+    /// How often the scheduler enforces timeouts, drops silent nodes and retries
+    /// assignments [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(with = "domain_settings::duration")]
+    pub tick_interval: Option<Duration>,
+    /// Drop a node that has not joined again for this long; its tasks go elsewhere
+    /// [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(with = "domain_settings::duration")]
+    pub node_timeout: Option<Duration>,
+    /// The limit on every wait for a remote peer [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(with = "domain_settings::duration")]
+    pub request_timeout: Option<Duration>,
+    /// Failed attempts retried before a task is FAILED [default: 3].
+    #[arg(long, value_name = "N")]
     pub max_retries: Option<u32>,
-    /// `max-tasks-per-job`.
+    /// The most tasks one job may hold [default: 10000].
+    #[arg(long, value_name = "N")]
     pub max_tasks_per_job: Option<usize>,
-    /// `keep-finished`, e.g. `"24h"`.
-    pub keep_finished: Option<String>,
-    /// `max-finished-jobs`.
+    /// Forget a finished job this long after it finished; never sooner than a minute
+    /// [default: 24h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(with = "domain_settings::duration")]
+    pub keep_finished: Option<Duration>,
+    /// Keep at most this many finished jobs, forgetting the oldest finished first
+    /// [default: 10000].
+    #[arg(long, value_name = "N")]
     pub max_finished_jobs: Option<usize>,
-    /// `[[domain]]` tables: `id` and `allow` (client peer ids).
-    #[serde(default)]
-    pub domain: Vec<DomainSpec>,
-    /// `nodes`: peer ids of the nodes admitted (besides `domain-manager node allow`).
-    #[serde(default)]
+    /// Run open (any node joins, any peer submits, as with no domain declared and no node
+    /// admitted) also on addresses beyond loopback. Without it such a manager refuses to
+    /// start.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "domain_settings::is_false")]
+    pub open: bool,
+    /// Peer ids of the nodes admitted (besides `domain-manager node allow`); file only.
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
-    /// `open`: as `--open`.
-    pub open: Option<bool>,
+    /// `[[domain]]` tables: `id`, `allow` (client peer ids), `replication`; file only.
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub domain: Vec<DomainSpec>,
 }
 
-impl ConfigFile {
-    /// Reads and parses the file at `path`.
+impl ManagerSettings {
+    /// Reads settings from the TOML file at `path`.
     ///
     /// # Errors
-    /// [`ConfigError::Read`] when it cannot be read, [`ConfigError::Parse`] when it is not a
-    /// valid configuration (an unknown key, a wrong type, a peer id that does not parse).
+    /// [`ConfigError::Settings`] when it cannot be read or is not valid settings (an
+    /// unknown key, a wrong type, a duration that does not parse), and
+    /// [`ConfigError::Invalid`] for a node that is no peer id, each naming the file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut file: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            reason: e.message().to_owned(),
-        })?;
-        file.path = Some(path.to_owned());
-        Ok(file)
+        let settings: Self = domain_settings::load(path)?;
+        settings
+            .admitted_nodes()
+            .map_err(|reason| ConfigError::Invalid {
+                path: path.to_owned(),
+                key: "nodes".to_owned(),
+                reason,
+            })?;
+        Ok(settings)
+    }
+
+    /// Checks the settings and fills in the defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError::Missing`] without `data-dir`; [`ConfigError::Invalid`] for a node
+    /// that is no peer id.
+    pub fn into_config(self) -> Result<ManagerConfig, ConfigError> {
+        let nodes = self
+            .admitted_nodes()
+            .map_err(|reason| ConfigError::Invalid {
+                path: PathBuf::new(),
+                key: "nodes".to_owned(),
+                reason,
+            })?;
+        let data_dir = self
+            .data_dir
+            .ok_or(ConfigError::Missing { key: "data-dir" })?;
+        let defaults = ManagerConfig::new(data_dir);
+        Ok(ManagerConfig {
+            listen: if self.listen.is_empty() {
+                defaults.listen
+            } else {
+                self.listen
+            },
+            domains: self.domain,
+            tick_interval: self.tick_interval.unwrap_or(defaults.tick_interval),
+            node_timeout: self.node_timeout.unwrap_or(defaults.node_timeout),
+            max_retries: self.max_retries.unwrap_or(defaults.max_retries),
+            max_tasks_per_job: self.max_tasks_per_job.unwrap_or(defaults.max_tasks_per_job),
+            request_timeout: self.request_timeout.unwrap_or(defaults.request_timeout),
+            keep_finished: self.keep_finished.unwrap_or(defaults.keep_finished),
+            max_finished_jobs: self.max_finished_jobs.unwrap_or(defaults.max_finished_jobs),
+            nodes,
+            open: self.open,
+            data_dir: defaults.data_dir,
+        })
+    }
+
+    /// The peer ids of `nodes`.
+    ///
+    /// # Errors
+    /// The first that does not parse, as text.
+    pub fn admitted_nodes(&self) -> Result<BTreeSet<PeerId>, String> {
+        self.nodes
+            .iter()
+            .map(|node| {
+                node.parse()
+                    .map_err(|e| format!("{node:?} is not a peer id: {e}"))
+            })
+            .collect()
     }
 }
 
@@ -253,10 +273,33 @@ impl ConfigFile {
 mod tests {
     use super::*;
 
+    /// What `domain-manager run ARGS` gives as flags.
+    fn flags(args: &[&str]) -> ManagerSettings {
+        #[derive(clap::Parser)]
+        struct Run {
+            #[command(flatten)]
+            settings: ManagerSettings,
+        }
+        let args = std::iter::once("run").chain(args.iter().copied());
+        <Run as clap::Parser>::try_parse_from(args)
+            .unwrap()
+            .settings
+    }
+
+    fn file(text: &str) -> ManagerSettings {
+        toml::from_str(text).unwrap()
+    }
+
+    const EXAMPLE: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../config/manager.example.toml"
+    );
+
     #[test]
     fn a_file_sets_what_it_names_and_keeps_the_defaults_otherwise() {
-        let file: ConfigFile = toml::from_str(
+        let config = file(
             r#"
+            data-dir = "/data"
             listen = ["/ip4/127.0.0.1/tcp/4001"]
             tick-interval = "250ms"
             keep-finished = "2h"
@@ -265,9 +308,8 @@ mod tests {
             allow = ["12D3KooWJWo7dJKXbZLoSvQfLEdHiKsvj7Y9P3D1nYZNjSjoEwU1"]
             "#,
         )
+        .into_config()
         .unwrap();
-        let mut config = ManagerConfig::new("/data");
-        config.apply_file(file).unwrap();
         assert_eq!(config.listen, ["/ip4/127.0.0.1/tcp/4001".parse().unwrap()]);
         assert_eq!(config.tick_interval, Duration::from_millis(250));
         assert_eq!(config.node_timeout, Duration::from_secs(30));
@@ -278,38 +320,88 @@ mod tests {
     }
 
     #[test]
-    fn durations_take_the_grammar_the_node_takes() {
-        let file: ConfigFile = toml::from_str(
-            r#"node-timeout = "1m 30s"
-keep-finished = "2days""#,
+    fn flags_override_the_file_key_by_key_and_keep_its_nodes_and_domains() {
+        let from_file = ManagerSettings::load(EXAMPLE).unwrap();
+        let merged = domain_settings::layer(
+            &from_file,
+            &flags(&[
+                "--data-dir",
+                "/elsewhere",
+                "--node-timeout",
+                "1m 30s",
+                "--open",
+            ]),
         )
         .unwrap();
-        let mut config = ManagerConfig::new("/d");
-        config.apply_file(file).unwrap();
+        let config = merged.into_config().unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/elsewhere"));
+        assert_eq!(config.node_timeout, Duration::from_secs(90));
+        assert!(config.open);
+        assert_eq!(config.listen.len(), 3, "the file's listen addresses stay");
+        assert_eq!(config.domains, from_file.domain);
+        assert_eq!(config.nodes, from_file.admitted_nodes().unwrap());
+    }
+
+    #[test]
+    fn no_flags_leave_every_key_of_the_example_file_as_it_is() {
+        let mut from_file = ManagerSettings::load(EXAMPLE).unwrap();
+        from_file.open = true;
+        let every_key = toml::Table::try_from(&from_file).unwrap();
+        assert_eq!(
+            every_key.len(),
+            12,
+            "a key of ManagerSettings is not in this test"
+        );
+        assert_eq!(
+            domain_settings::layer(&from_file, &flags(&[])).unwrap(),
+            from_file
+        );
+    }
+
+    #[test]
+    fn durations_take_the_grammar_the_node_takes() {
+        let config = file(
+            r#"data-dir = "/d"
+node-timeout = "1m 30s"
+keep-finished = "2days""#,
+        )
+        .into_config()
+        .unwrap();
         assert_eq!(config.node_timeout, Duration::from_secs(90));
         assert_eq!(config.keep_finished, Duration::from_secs(2 * 24 * 3600));
     }
 
     #[test]
     fn unknown_keys_and_bad_values_are_refused_with_their_name() {
-        assert!(toml::from_str::<ConfigFile>("lisen = []").is_err());
-        let file: ConfigFile = toml::from_str(r#"node-timeout = "soon""#).unwrap();
-        let err = ManagerConfig::new("/d").apply_file(file).unwrap_err();
-        assert!(err.to_string().contains("node-timeout"), "{err}");
-        let file: ConfigFile = toml::from_str(r#"tick-interval = "0s""#).unwrap();
-        assert!(ManagerConfig::new("/d").apply_file(file).is_err());
-        let file: ConfigFile = toml::from_str(r#"keep-finished = "forever""#).unwrap();
-        let err = ManagerConfig::new("/d").apply_file(file).unwrap_err();
-        assert!(err.to_string().contains("keep-finished"), "{err}");
-        assert!(toml::from_str::<ConfigFile>("max-finished-jobs = -1").is_err());
+        for (text, key) in [
+            ("lisen = []", "lisen"),
+            (r#"node-timeout = "soon""#, "node-timeout"),
+            (r#"tick-interval = "0s""#, "tick-interval"),
+            (r#"keep-finished = "forever""#, "keep-finished"),
+            ("max-finished-jobs = -1", "max-finished-jobs"),
+            (r#"listen = ["nowhere"]"#, "listen"),
+        ] {
+            let error = toml::from_str::<ManagerSettings>(text).unwrap_err();
+            assert!(error.to_string().contains(key), "{text}: {error}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manager.toml");
+        std::fs::write(&path, "nodes = [\"not-a-peer\"]\n").unwrap();
+        let error = ManagerSettings::load(&path).unwrap_err();
+        assert!(matches!(error, ConfigError::Invalid { .. }), "{error}");
+        assert!(error.to_string().contains("manager.toml"), "{error}");
+        assert!(matches!(
+            ManagerSettings::default().into_config(),
+            Err(ConfigError::Missing { key: "data-dir" })
+        ));
     }
 
     #[test]
     fn the_example_config_in_the_repository_is_valid() {
-        let file: ConfigFile =
-            toml::from_str(include_str!("../../../config/manager.example.toml")).unwrap();
-        let mut config = ManagerConfig::new("/data");
-        config.apply_file(file).unwrap();
+        let config = ManagerSettings::load(EXAMPLE)
+            .unwrap()
+            .into_config()
+            .unwrap();
         let policy = crate::DomainPolicy::from_specs(&config.domains).unwrap();
         assert_eq!(policy.replication("my-domain"), 2);
         assert_eq!(config.keep_finished, Duration::from_secs(24 * 3600));

@@ -33,6 +33,15 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// A required setting is absent from both the file and the command line.
+    #[error("no {key} given (flag --{key} or key `{key}` in the settings file)")]
+    Missing {
+        /// The setting.
+        key: &'static str,
+    },
+    /// The settings file cannot be read, or is not valid TOML of the manager's keys.
+    #[error(transparent)]
+    Settings(#[from] domain_settings::SettingsError),
     /// A setting has a value that does not parse.
     #[error("{path}: {key}: {reason}")]
     Invalid {

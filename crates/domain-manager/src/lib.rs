@@ -33,7 +33,7 @@
 //! # Main types
 //! - [`Manager`]: [`start`](Manager::start), addresses, [`job`](Manager::job),
 //!   [`nodes`](Manager::nodes), [`shutdown`](Manager::shutdown).
-//! - [`ManagerConfig`] and the TOML [`ConfigFile`].
+//! - [`ManagerConfig`] and [`ManagerSettings`], its flags and TOML file declared once.
 //! - [`DomainPolicy`] (who may submit where), [`create_domain`] and [`DomainsFile`].
 //! - [`ManagerError`], [`ConfigError`].
 //!
@@ -82,7 +82,7 @@ mod service;
 mod tests_support;
 
 pub use admission::{Admission, JoinRefusal, NodesFile, admit_node, create_invite, revoke_node};
-pub use config::{ConfigFile, ManagerConfig};
+pub use config::{ManagerConfig, ManagerSettings};
 pub use domains::{DomainPolicy, DomainSpec, DomainsFile, Refusal, create_domain};
 pub use error::{ConfigError, ManagerError};
 pub use service::{

@@ -7,9 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use domain_cluster::config::parse_duration;
-use domain_cluster::{Multiaddr, PeerId};
-use domain_manager::{ConfigFile, DomainPolicy, DomainsFile, Manager, ManagerConfig, NodesFile};
+use domain_cluster::PeerId;
+use domain_manager::{
+    DomainPolicy, DomainsFile, Manager, ManagerConfig, ManagerSettings, NodesFile,
+};
+use domain_settings::parse_duration;
 
 /// The domain manager of a domain cluster.
 #[derive(Debug, Parser)]
@@ -73,39 +75,12 @@ enum NodeCommand {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Folder of the identity, domain keys, scheduler state and domains (overrides `data-dir`).
-    #[arg(long, value_name = "DIR", env = "DOMAIN_MANAGER_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Address to listen on; repeat for more (replaces `listen`). Default: loopback TCP, QUIC
-    /// and WebSocket on ports the system picks.
-    #[arg(
-        long,
-        value_name = "MULTIADDR",
-        env = "DOMAIN_MANAGER_LISTEN",
-        value_delimiter = ','
-    )]
-    listen: Vec<Multiaddr>,
-    /// TOML configuration file; flags and the environment override it.
+    #[command(flatten)]
+    settings: ManagerSettings,
+    /// TOML settings file with the same keys as these flags, and the nodes and domains;
+    /// flags and the environment override it.
     #[arg(long, value_name = "FILE", env = "DOMAIN_MANAGER_CONFIG")]
     config: Option<PathBuf>,
-    /// How often the scheduler enforces timeouts and retries, e.g. `1s`.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    tick_interval: Option<std::time::Duration>,
-    /// Drop a node that has not joined again for this long, e.g. `30s`.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    node_timeout: Option<std::time::Duration>,
-    /// Forget a finished job this long after it finished, e.g. `24h` (overrides
-    /// `keep-finished`; never sooner than a minute).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    keep_finished: Option<std::time::Duration>,
-    /// Keep at most this many finished jobs, forgetting the oldest finished first (overrides
-    /// `max-finished-jobs`).
-    #[arg(long, value_name = "N")]
-    max_finished_jobs: Option<usize>,
-    /// Run open (any node joins, any peer submits, as with no domain declared and no node
-    /// admitted) also on addresses beyond loopback. Without it such a manager refuses to start.
-    #[arg(long)]
-    open: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -198,7 +173,7 @@ fn node(command: NodeCommand) -> anyhow::Result<()> {
         NodeCommand::Ls { data_dir, config } => {
             let mut admitted = NodesFile::load(&data_dir)?.admitted;
             if let Some(path) = config {
-                admitted.extend(ConfigFile::load(path)?.nodes);
+                admitted.extend(ManagerSettings::load(path)?.nodes);
             }
             admitted.sort();
             admitted.dedup();
@@ -215,35 +190,13 @@ fn node(command: NodeCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The flags and the environment over the file.
 fn run_config(args: RunArgs) -> anyhow::Result<ManagerConfig> {
-    let mut config = ManagerConfig::new(PathBuf::new());
-    if let Some(path) = &args.config {
-        let file = ConfigFile::load(path)?;
-        config.apply_file(file)?;
-    }
-    if let Some(dir) = args.data_dir {
-        config.data_dir = dir;
-    }
-    if config.data_dir.as_os_str().is_empty() {
-        bail!("no data folder: give --data-dir DIR or `data-dir` in the configuration file");
-    }
-    if !args.listen.is_empty() {
-        config.listen = args.listen;
-    }
-    if let Some(interval) = args.tick_interval {
-        config.tick_interval = interval;
-    }
-    if let Some(timeout) = args.node_timeout {
-        config.node_timeout = timeout;
-    }
-    if let Some(keep) = args.keep_finished {
-        config.keep_finished = keep;
-    }
-    if let Some(jobs) = args.max_finished_jobs {
-        config.max_finished_jobs = jobs;
-    }
-    config.open |= args.open;
-    Ok(config)
+    let settings = match &args.config {
+        Some(path) => domain_settings::layer(&ManagerSettings::load(path)?, &args.settings)?,
+        None => args.settings,
+    };
+    Ok(settings.into_config()?)
 }
 
 async fn serve(config: ManagerConfig) -> anyhow::Result<()> {
@@ -308,7 +261,7 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 fn list(data_dir: &Path, config: Option<PathBuf>) -> anyhow::Result<()> {
     let mut specs = DomainsFile::load(data_dir)?.domain;
     if let Some(path) = config {
-        specs.extend(ConfigFile::load(path)?.domain);
+        specs.extend(ManagerSettings::load(path)?.domain);
     }
     let policy = DomainPolicy::from_specs(&specs)?;
     let keys = domain_auth::DomainKeyStore::open(domain_manager::config::keys_dir(data_dir))

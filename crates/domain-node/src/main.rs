@@ -35,94 +35,21 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// The manager's multiaddr, ending with /p2p/<manager peer id>.
-    #[arg(long, value_name = "MULTIADDR", env = "DOMAIN_MANAGER")]
-    manager: Option<String>,
-    /// Holds identity.key and the datastore (store/).
-    #[arg(long, value_name = "DIR", env = "DOMAIN_NODE_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// An address to listen on (repeatable) [default: loopback TCP, QUIC and WebSocket].
-    #[arg(
-        long,
-        value_name = "MULTIADDR",
-        env = "DOMAIN_NODE_LISTEN",
-        value_delimiter = ','
-    )]
-    listen: Vec<String>,
-    /// The name to register with [default: the peer id].
-    #[arg(long, value_name = "N", env = "DOMAIN_NODE_NAME")]
-    name: Option<String>,
-    /// Concurrent /store/v1 tasks to take, -1 for unlimited [default: 16].
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    store_capacity: Option<i32>,
-    /// Concurrent /load/v1 tasks to take, -1 for unlimited [default: 16].
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    load_capacity: Option<i32>,
-    /// Time between joins, the node's heartbeat [default: 5s].
-    #[arg(long, value_name = "DURATION")]
-    join_interval: Option<String>,
-    /// How long running task streams may go on after Ctrl-C or SIGTERM [default: 30s].
-    #[arg(long, value_name = "DURATION")]
-    shutdown_grace: Option<String>,
-    /// The limit on each remote wait [default: 30s].
-    #[arg(long, value_name = "DURATION")]
-    request_timeout: Option<String>,
-    /// Task streams served at once; one more is dropped [default: 256].
-    #[arg(long, value_name = "N")]
-    max_task_streams: Option<usize>,
-    /// Task streams one remote peer may have in their handshake at once [default: 32].
-    #[arg(long, value_name = "N")]
-    max_handshakes_per_peer: Option<usize>,
-    /// Store nothing here: serve every task from the cluster of this manager (its
-    /// multiaddr with /p2p/<id>), as a gateway in front of its nodes. The node reaches it
-    /// as the peer in DIR/upstream.key, which its domains must allow.
-    #[arg(long, value_name = "MULTIADDR", env = "DOMAIN_NODE_UPSTREAM")]
-    upstream: Option<String>,
-    /// Bytes of cut uploads kept for them to resume, all together; the oldest go first
-    /// [default: 4 GiB].
-    #[arg(long, value_name = "BYTES")]
-    resume_bytes: Option<u64>,
-    /// How long the bytes of a cut upload are kept [default: 24h].
-    #[arg(long, value_name = "DURATION")]
-    resume_ttl: Option<String>,
-    /// A one-use invite from the manager's operator (`domain-manager node invite`): the
-    /// manager admits this node at its first join.
-    #[arg(
-        long,
-        value_name = "INVITE",
-        env = "DOMAIN_NODE_INVITE",
-        hide_env_values = true
-    )]
-    invite: Option<String>,
+    #[command(flatten)]
+    settings: NodeSettings,
     /// A TOML file with the same keys as these flags (flags and the environment win).
     #[arg(long, value_name = "FILE", env = "DOMAIN_NODE_CONFIG")]
     config: Option<PathBuf>,
 }
 
 impl RunArgs {
-    fn settings(self) -> anyhow::Result<NodeSettings> {
-        let file = match &self.config {
-            Some(path) => NodeSettings::load(path)?,
-            None => NodeSettings::default(),
+    /// The flags and the environment over the file.
+    fn settings(&self) -> anyhow::Result<NodeSettings> {
+        let Some(path) = &self.config else {
+            return Ok(self.settings.clone());
         };
-        let flags = NodeSettings {
-            manager: self.manager,
-            data_dir: self.data_dir,
-            listen: self.listen,
-            name: self.name,
-            store_capacity: self.store_capacity,
-            load_capacity: self.load_capacity,
-            join_interval: self.join_interval,
-            shutdown_grace: self.shutdown_grace,
-            request_timeout: self.request_timeout,
-            max_task_streams: self.max_task_streams,
-            max_handshakes_per_peer: self.max_handshakes_per_peer,
-            upstream: self.upstream,
-            resume_bytes: self.resume_bytes,
-            resume_ttl: self.resume_ttl,
-            invite: self.invite,
-        };
-        Ok(file.overridden_by(flags))
+        let file = NodeSettings::load(path)?;
+        Ok(domain_settings::layer(&file, &self.settings)?)
     }
 }
 

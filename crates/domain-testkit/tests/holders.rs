@@ -300,7 +300,7 @@ async fn a_watch_outlives_its_tokens_and_shows_each_item_once() {
     // Tokens of 3 s: each node ends its stream within 3 s, and the watch must have
     // renewed it on a fresh token by then, several times over.
     let config = ClientConfig {
-        subscription_timeout: "3s".to_owned(),
+        subscription_timeout: std::time::Duration::from_secs(3),
         ..ClientConfig::default()
     };
     let TwoNodes {

@@ -8,9 +8,9 @@ use domain_capabilities::Limits;
 /// How a [`Client`](super::Client) runs its jobs.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// The timeout of each task, in the scheduler's syntax ("30s", "10m"): the manager
-    /// assigns the task again when it has not finished by then, and the token expires.
-    pub task_timeout: String,
+    /// The timeout of each task: the manager assigns the task again when it has not
+    /// finished by then, and the token expires. The manager takes at most a week.
+    pub task_timeout: Duration,
     /// How long to wait for the manager to assign a task (a node with free capacity).
     pub assignment_timeout: Duration,
     /// Attempts per task, each on the node the manager assigns; the scheduler allows
@@ -29,22 +29,36 @@ pub struct ClientConfig {
     /// stream's token (at most an hour). A node ends a stream when its token expires; the
     /// subscription renews each one on a fresh token before then, so it lasts until
     /// [`Subscription::unsubscribe`](super::Subscription::unsubscribe).
-    pub subscription_timeout: String,
+    pub subscription_timeout: Duration,
 }
 
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
-            task_timeout: "10m".to_owned(),
+            task_timeout: Duration::from_secs(10 * 60),
             assignment_timeout: Duration::from_secs(60),
             max_attempts: 4,
             limits: Limits::default(),
             request_timeout: Duration::from_secs(30),
             connect_patience: Duration::from_secs(15),
             overwrite: false,
-            subscription_timeout: "1h".to_owned(),
+            subscription_timeout: Duration::from_secs(3600),
         }
     }
+}
+
+/// `timeout` as a `TaskRequest` carries it, in the grammar of
+/// `domain_scheduler::parse_timeout` (posemesh's: one number, one unit): in the largest
+/// unit that holds it whole, to read well in job listings; in milliseconds rounded up
+/// otherwise, so that no timeout becomes zero.
+pub(crate) fn wire_timeout(timeout: Duration) -> String {
+    let millis = timeout.as_nanos().div_ceil(1_000_000);
+    for (unit, per_unit) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        if millis % per_unit == 0 {
+            return format!("{}{unit}", millis / per_unit);
+        }
+    }
+    format!("{millis}ms")
 }
 
 /// Where the `domain` command keeps its identity by default:
@@ -61,4 +75,19 @@ pub fn default_identity_path() -> Option<PathBuf> {
                 .map(|home| home.join(".config"))
         })?;
     Some(config.join("domain").join("identity.key"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_go_on_the_wire_in_the_largest_whole_unit_or_milliseconds_rounded_up() {
+        assert_eq!(wire_timeout(Duration::from_secs(600)), "10m");
+        assert_eq!(wire_timeout(Duration::from_secs(7200)), "2h");
+        assert_eq!(wire_timeout(Duration::from_secs(90)), "90s");
+        assert_eq!(wire_timeout(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(wire_timeout(Duration::from_micros(1500)), "2ms");
+        assert_eq!(wire_timeout(Duration::from_nanos(1)), "1ms");
+    }
 }

@@ -146,7 +146,7 @@ impl Client {
         start: Start,
     ) -> Result<Subscription, ClientError> {
         let mut client = self.clone();
-        client.config.task_timeout = client.config.subscription_timeout.clone();
+        client.config.task_timeout = client.config.subscription_timeout;
         let query = Query {
             metadata_only: true,
             ..query.clone()
