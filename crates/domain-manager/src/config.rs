@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use domain_auth::{Existing, write_private};
 use domain_cluster::{Multiaddr, PeerId};
+use domain_etcd::EtcdConfig;
 use domain_settings::parse_duration;
 use serde::{Deserialize, Serialize};
 
@@ -45,7 +46,17 @@ pub struct ManagerConfig {
     /// Run open (any node joins, any client submits) also on addresses other than loopback;
     /// only for a manager with no domain declared and no node admitted.
     pub open: bool,
+    /// Keep the scheduler's state in this etcd, shared with the other managers there, one of
+    /// which leads at a time; `None` keeps it in `scheduler.redb`, for this manager alone.
+    pub etcd: Option<EtcdConfig>,
+    /// The time-to-live of the leader's etcd lease (whole seconds): how long a dead leader
+    /// leads before a standby takes over.
+    pub leader_lease: Duration,
 }
+
+/// The leader's lease when none is configured: a standby takes over 2 to 3 s after the
+/// leader dies.
+pub const DEFAULT_LEADER_LEASE: Duration = Duration::from_secs(2);
 
 impl ManagerConfig {
     /// The defaults, keeping state in `data_dir`: listen on loopback TCP, QUIC and WebSocket with ports the
@@ -66,6 +77,8 @@ impl ManagerConfig {
             max_finished_jobs: 10_000,
             nodes: BTreeSet::new(),
             open: false,
+            etcd: None,
+            leader_lease: DEFAULT_LEADER_LEASE,
         }
     }
 
@@ -187,6 +200,26 @@ pub struct ManagerSettings {
     #[arg(long)]
     #[serde(skip_serializing_if = "domain_settings::is_false")]
     pub open: bool,
+    /// An etcd endpoint (repeatable): keep the scheduler's state there, shared with the
+    /// other managers on it, one of which leads at a time [default: scheduler.redb in the
+    /// data folder, this manager alone].
+    #[arg(
+        long = "etcd",
+        value_name = "URL",
+        env = "DOMAIN_MANAGER_ETCD",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub etcd: Vec<String>,
+    /// Where in etcd the cluster keeps its keys, so that one etcd can serve several
+    /// clusters [default: /domain-cluster/].
+    #[arg(long, value_name = "PREFIX")]
+    pub etcd_prefix: Option<String>,
+    /// How long a dead leader's etcd lease outlives it, in whole seconds: a standby leads
+    /// that long after the leader dies [default: 2s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(with = "domain_settings::duration")]
+    pub leader_lease: Option<Duration>,
     /// Peer ids of the nodes admitted (besides `domain-manager node allow`); file only.
     #[arg(skip)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -234,6 +267,26 @@ impl ManagerSettings {
             .data_dir
             .ok_or(ConfigError::Missing { key: "data-dir" })?;
         let defaults = ManagerConfig::new(data_dir);
+        let leader_lease = self.leader_lease.unwrap_or(defaults.leader_lease);
+        if leader_lease.subsec_nanos() != 0 {
+            return Err(ConfigError::Invalid {
+                path: PathBuf::new(),
+                key: "leader-lease".to_owned(),
+                reason: format!(
+                    "{} is not whole seconds (etcd's leases are)",
+                    humantime::format_duration(leader_lease)
+                ),
+            });
+        }
+        let request_timeout = self.request_timeout.unwrap_or(defaults.request_timeout);
+        let etcd = (!self.etcd.is_empty()).then(|| EtcdConfig {
+            endpoints: self.etcd,
+            prefix: self
+                .etcd_prefix
+                .unwrap_or_else(|| EtcdConfig::DEFAULT_PREFIX.to_owned()),
+            // A call that outlasts the lease is of no use to a leader.
+            request_timeout: request_timeout.min(leader_lease),
+        });
         Ok(ManagerConfig {
             listen: if self.listen.is_empty() {
                 defaults.listen
@@ -245,11 +298,13 @@ impl ManagerSettings {
             node_timeout: self.node_timeout.unwrap_or(defaults.node_timeout),
             max_retries: self.max_retries.unwrap_or(defaults.max_retries),
             max_tasks_per_job: self.max_tasks_per_job.unwrap_or(defaults.max_tasks_per_job),
-            request_timeout: self.request_timeout.unwrap_or(defaults.request_timeout),
+            request_timeout,
             keep_finished: self.keep_finished.unwrap_or(defaults.keep_finished),
             max_finished_jobs: self.max_finished_jobs.unwrap_or(defaults.max_finished_jobs),
             nodes,
             open: self.open,
+            etcd,
+            leader_lease,
             data_dir: defaults.data_dir,
         })
     }
@@ -346,10 +401,13 @@ mod tests {
     fn no_flags_leave_every_key_of_the_example_file_as_it_is() {
         let mut from_file = ManagerSettings::load(EXAMPLE).unwrap();
         from_file.open = true;
+        from_file.etcd = vec!["http://127.0.0.1:2379".into()];
+        from_file.etcd_prefix = Some("/lab/".into());
+        from_file.leader_lease = Some(Duration::from_secs(3));
         let every_key = toml::Table::try_from(&from_file).unwrap();
         assert_eq!(
             every_key.len(),
-            12,
+            15,
             "a key of ManagerSettings is not in this test"
         );
         assert_eq!(
@@ -394,6 +452,34 @@ keep-finished = "2days""#,
             ManagerSettings::default().into_config(),
             Err(ConfigError::Missing { key: "data-dir" })
         ));
+    }
+
+    #[test]
+    fn etcd_endpoints_make_a_shared_store_with_a_lease_of_whole_seconds() {
+        let config = flags(&[
+            "--data-dir",
+            "/d",
+            "--etcd",
+            "http://127.0.0.1:2379,http://127.0.0.1:22379",
+            "--leader-lease",
+            "3s",
+        ])
+        .into_config()
+        .unwrap();
+        let etcd = config.etcd.unwrap();
+        assert_eq!(etcd.endpoints.len(), 2);
+        assert_eq!(etcd.prefix, EtcdConfig::DEFAULT_PREFIX);
+        assert_eq!(etcd.request_timeout, Duration::from_secs(3));
+        assert_eq!(config.leader_lease, Duration::from_secs(3));
+        assert_eq!(
+            flags(&["--data-dir", "/d"]).into_config().unwrap().etcd,
+            None
+        );
+        let fraction = flags(&["--data-dir", "/d", "--leader-lease", "1500ms"]).into_config();
+        assert!(
+            matches!(fraction, Err(ConfigError::Invalid { .. })),
+            "{fraction:?}"
+        );
     }
 
     #[test]

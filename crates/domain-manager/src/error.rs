@@ -86,6 +86,13 @@ pub enum ManagerError {
     /// The swarm failed.
     #[error("cluster")]
     Cluster(#[from] ClusterError),
+    /// etcd, where managers that share their state keep it, cannot be used.
+    #[error("etcd")]
+    Etcd(#[from] domain_etcd::EtcdError),
+    /// This manager led the others through etcd and no longer does: its lease ran out
+    /// (etcd unreachable for as long, or the process paused). Another leads, or will.
+    #[error("this manager lost its leadership: its etcd lease ran out")]
+    LeadershipLost,
     /// No domain is declared and no node admitted (open mode), on an address beyond
     /// loopback, without `--open`.
     #[error(

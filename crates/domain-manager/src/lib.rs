@@ -75,6 +75,7 @@ pub mod admission;
 pub mod config;
 pub mod domains;
 mod error;
+pub mod leadership;
 mod replication;
 mod scheduler_thread;
 mod service;

@@ -7,18 +7,19 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use domain_auth::DomainKeyStore;
-use domain_cluster::addr::{is_loopback, is_plain_tcp};
+use domain_cluster::addr::{is_loopback, is_plain_tcp, with_peer_id};
 use domain_cluster::config::{ClusterConfig, PeerGate, Role};
 use domain_cluster::identity::Identity;
 use domain_cluster::{Cluster, ClusterError, ClusterHandle, Multiaddr, PeerId};
+use domain_etcd::Leadership;
 use domain_proto::discovery::Node;
 use domain_proto::protocols::{
     HOLDERS_V1, JOBS_V1, JOIN_V1, MONITOR_V1, PUBLIC_KEY_V1, TASK_STATUS_V1,
 };
 use domain_proto::task::{Job, Status, Task};
 use domain_scheduler::{
-    DomainKeyIssuer, Event, RedbStore, Scheduler, SchedulerConfig, SchedulerError, TokenError,
-    TokenGrant, TokenIssuer,
+    DomainKeyIssuer, Event, Scheduler, SchedulerConfig, SchedulerError, TokenError, TokenGrant,
+    TokenIssuer,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -27,6 +28,7 @@ use crate::admission::{Admission, NodesFile};
 use crate::config::ManagerConfig;
 use crate::domains::{DomainPolicy, DomainsFile};
 use crate::error::ManagerError;
+use crate::leadership::{StoreChoice, store_for};
 use crate::scheduler_thread::{Core, JobView, Outbound, Request};
 
 mod protocols;
@@ -100,6 +102,8 @@ pub struct Manager {
     addrs: Vec<Multiaddr>,
     policy: Arc<DomainPolicy>,
     data_dir: PathBuf,
+    /// With etcd: the leadership this manager serves under.
+    leadership: Option<Leadership>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -195,19 +199,7 @@ impl Manager {
         }
         let issuer = Arc::new(DomainKeyIssuer::new(keys));
 
-        let (requests_tx, requests_rx) = mpsc::channel(REQUEST_QUEUE);
-        let (outbound_tx, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
-        let (views, _) = broadcast::channel(VIEW_QUEUE);
-        let core_done = start_core(
-            &config,
-            identity.peer_id(),
-            Arc::clone(&issuer),
-            outbound_tx,
-            views,
-            requests_rx,
-        )
-        .await?;
-
+        let peer = identity.peer_id();
         let admission = Arc::new(std::sync::Mutex::new(admission));
         let mut cluster_config = ClusterConfig::new(identity, Role::Manager)
             .with_listen_addrs(config.listen.iter().cloned());
@@ -219,6 +211,39 @@ impl Manager {
             move |peer| knows(&policy, &admission, peer)
         }));
         let (cluster, cluster_task) = Cluster::start(cluster_config)?;
+
+        // Listening first: with etcd, the leader announces its addresses, and a standby is
+        // reachable while it waits.
+        let (requests_tx, requests_rx) = mpsc::channel(REQUEST_QUEUE);
+        let (outbound_tx, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let (views, _) = broadcast::channel(VIEW_QUEUE);
+        let opened = async {
+            let addrs: Vec<Multiaddr> = cluster
+                .listen_addrs()
+                .await?
+                .into_iter()
+                .map(|addr| with_peer_id(addr, peer))
+                .collect();
+            let (store, leadership) = store_for(&config, &addrs).await?;
+            let core_done = start_core(
+                &config,
+                peer,
+                Arc::clone(&issuer),
+                outbound_tx,
+                views,
+                requests_rx,
+                store,
+            )
+            .await?;
+            Ok::<_, ManagerError>((core_done, leadership))
+        };
+        let (core_done, leadership) = match opened.await {
+            Ok(opened) => opened,
+            Err(e) => {
+                let _ = cluster.shutdown().await;
+                return Err(e);
+            }
+        };
 
         // A registry from an earlier run may name nodes that are no longer admitted.
         let (reply, registered) = oneshot::channel();
@@ -314,6 +339,7 @@ impl Manager {
             addrs,
             policy,
             data_dir: config.data_dir.clone(),
+            leadership,
         })
     }
 
@@ -398,7 +424,14 @@ impl Manager {
                 None => std::future::pending().await,
             }
         };
+        let deposed = async {
+            match self.leadership.as_ref() {
+                Some(leadership) => leadership.lost().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            () = deposed => Err(ManagerError::LeadershipLost),
             outcome = core => {
                 self.core_done = None;
                 match outcome {
@@ -437,6 +470,13 @@ impl Manager {
         if let Some(task) = self.cluster_task.take() {
             let _ = task.await;
         }
+        // The scheduler has stopped writing: a standby may lead now rather than after the
+        // lease runs out.
+        if let Some(leadership) = self.leadership.take()
+            && let Err(error) = leadership.resign().await
+        {
+            tracing::warn!(error = %domain_proto::ErrorChain(&error), "cannot resign the leadership; it ends with its lease");
+        }
         tracing::info!("manager stopped");
         outcome.map_err(ManagerError::from)
     }
@@ -458,6 +498,7 @@ async fn start_core(
     outbound: mpsc::Sender<Outbound>,
     views: broadcast::Sender<Arc<JobView>>,
     requests: mpsc::Receiver<Request>,
+    store: StoreChoice,
 ) -> Result<oneshot::Receiver<Result<(), SchedulerError>>, ManagerError> {
     let mut scheduler_config = SchedulerConfig::new(peer.to_string());
     scheduler_config.node_timeout = config.node_timeout;
@@ -466,17 +507,15 @@ async fn start_core(
     scheduler_config.event_capacity = EVENT_QUEUE;
     scheduler_config.finished_ttl = config.keep_finished;
     scheduler_config.max_finished_jobs = config.max_finished_jobs;
-    let path = config.scheduler_path();
     let (opened_tx, opened) = oneshot::channel();
     let (done_tx, done) = oneshot::channel();
     std::thread::Builder::new()
         .name("scheduler".into())
         .spawn(move || {
             let open = || -> Result<Scheduler, SchedulerError> {
-                let store = RedbStore::open(&path)?;
                 Scheduler::open(
                     scheduler_config,
-                    Box::new(store),
+                    store.open()?,
                     Box::new(SharedIssuer(Arc::clone(&issuer))),
                     crate::scheduler_thread::now_ms(),
                 )

@@ -142,6 +142,13 @@ pub enum StoreError {
     /// The records are inconsistent with each other.
     #[error("scheduler database is inconsistent: {0}")]
     Inconsistent(String),
+    /// A store other than redb failed (etcd unreachable, a request refused, ...).
+    #[error("scheduler store")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A store shared by several managers refused a write because this manager no longer
+    /// leads them: another one writes the state now.
+    #[error("scheduler store: this manager is no longer the leader")]
+    NotLeader,
 }
 
 /// Where the scheduler keeps its state.

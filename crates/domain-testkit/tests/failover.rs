@@ -1,0 +1,116 @@
+//! Managers that share their state in a real etcd (Debian's `etcd-server`, started on
+//! loopback by `LocalEtcd`): one leads, the others stand by until it is gone, and the next
+//! leader serves the state the first one wrote.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use domain_etcd::LocalEtcd;
+use domain_manager::{Manager, ManagerConfig};
+use domain_node::NodeConfig;
+use domain_testkit::{manager_addr, start_manager, start_node};
+
+/// Far above the lease (2 s) and the time a standby takes to open the state.
+const TAKEOVER: Duration = Duration::from_secs(30);
+
+fn config(etcd: &LocalEtcd, dir: &Path) -> ManagerConfig {
+    ManagerConfig {
+        etcd: Some(etcd.config("/failover/")),
+        leader_lease: Duration::from_secs(2),
+        ..ManagerConfig::new(dir)
+    }
+}
+
+async fn registered(manager: &Manager) -> Vec<String> {
+    let mut nodes: Vec<String> = manager
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|node| node.id)
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_leads_once_the_leader_dies_and_serves_the_state_it_wrote() {
+    let etcd = LocalEtcd::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let first = start_manager(config(&etcd, &dir.path().join("first")))
+        .await
+        .unwrap();
+    // Open mode (no domain, no admission): any node joins, and its registration is state.
+    let node = start_node(
+        NodeConfig::new(manager_addr(&first).unwrap(), dir.path().join("node")).unwrap(),
+    )
+    .await
+    .unwrap();
+    let joined = registered(&first).await;
+    assert_eq!(joined.len(), 1);
+
+    let standby = tokio::spawn(start_manager(config(&etcd, &dir.path().join("second"))));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !standby.is_finished(),
+        "a second manager serves while the first leads"
+    );
+
+    // As a crash: no resignation, the lease runs out.
+    drop(first);
+    let second = tokio::time::timeout(TAKEOVER, standby)
+        .await
+        .expect("the standby leads once the leader's lease ran out")
+        .unwrap()
+        .unwrap();
+    assert_eq!(registered(&second).await, joined);
+    drop(node);
+    second.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_that_shuts_down_hands_over_at_once() {
+    let etcd = LocalEtcd::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let first = start_manager(config(&etcd, &dir.path().join("first")))
+        .await
+        .unwrap();
+    let standby = tokio::spawn(start_manager(config(&etcd, &dir.path().join("second"))));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!standby.is_finished());
+    first.shutdown().await.unwrap();
+    // Resigned: the standby needs no lease to run out. Well within one lease here, but the
+    // bound is generous: timings belong in benches.
+    let second = tokio::time::timeout(TAKEOVER, standby)
+        .await
+        .expect("the standby leads once the leader resigned")
+        .unwrap()
+        .unwrap();
+    second.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_whose_lease_is_gone_stops() {
+    let etcd = LocalEtcd::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = start_manager(config(&etcd, &dir.path().join("first")))
+        .await
+        .unwrap();
+    // etcd gone for longer than the lease: the leader cannot know it still leads.
+    let mut etcd = etcd;
+    etcd.kill();
+    let stopped = tokio::time::timeout(TAKEOVER, leader.stopped())
+        .await
+        .expect("the leader stops once its lease ran out");
+    // Whichever it notices first: the lease it cannot refresh, or a write etcd refuses.
+    assert!(
+        matches!(
+            stopped,
+            Err(domain_manager::ManagerError::LeadershipLost
+                | domain_manager::ManagerError::Scheduler(_))
+        ),
+        "{stopped:?}"
+    );
+    let _ = leader.shutdown().await;
+}
