@@ -255,6 +255,27 @@ pub enum KeyStoreError {
     /// The domain id cannot name a domain.
     #[error("no key for an invalid domain id")]
     InvalidDomainId(#[source] InvalidDomainId),
+    /// An export asked for a domain that has no key here.
+    #[error("no key for domain {domain_id} in this key store")]
+    NoKey {
+        /// The domain.
+        domain_id: String,
+    },
+    /// An import brought a key for a domain that has another one here: replacing it would
+    /// make every token issued with it fail.
+    #[error("domain {domain_id} has another key here already; remove its file to replace it")]
+    KeyExists {
+        /// The domain.
+        domain_id: String,
+    },
+    /// An imported key is not a PKCS#8 PEM Ed25519 key.
+    #[error("the key given for domain {domain_id} is not a PKCS#8 PEM Ed25519 key: {reason}")]
+    NotAKey {
+        /// The domain.
+        domain_id: String,
+        /// What was wrong.
+        reason: String,
+    },
     /// The key could not be put in PKCS#8 form.
     #[error("cannot encode the key of domain {domain_id}: {reason}")]
     Encode {
@@ -342,6 +363,78 @@ impl DomainKeyStore {
         };
         cache.insert(domain_id.to_owned(), key.clone());
         Ok(key)
+    }
+
+    /// The private key of `domain_id` as PKCS#8 PEM, for another manager of the same
+    /// domains to [`import`](Self::import). It is the secret that signs the domain's
+    /// tokens: move it over a channel only its owner can read.
+    ///
+    /// # Errors
+    /// [`KeyStoreError::NoKey`] when the domain has no key here yet; those of
+    /// [`key`](Self::key) reading it.
+    pub fn export(&self, domain_id: &str) -> Result<zeroize::Zeroizing<String>, KeyStoreError> {
+        check_domain_id(domain_id)?;
+        let key = load_key(&self.key_path(domain_id), domain_id)?.ok_or_else(|| {
+            KeyStoreError::NoKey {
+                domain_id: domain_id.to_owned(),
+            }
+        })?;
+        key.to_pem()
+    }
+
+    /// Stores `pem`, the key another manager [exported](Self::export), as the key of
+    /// `domain_id`, so that both issue tokens the same public key verifies. Importing the
+    /// key a domain already has changes nothing.
+    ///
+    /// # Errors
+    /// [`KeyStoreError::NotAKey`] for text that is no PKCS#8 PEM Ed25519 key;
+    /// [`KeyStoreError::KeyExists`] when the domain has another key here; those of
+    /// [`key`](Self::key) writing it.
+    pub fn import(&self, domain_id: &str, pem: &str) -> Result<DomainKey, KeyStoreError> {
+        check_domain_id(domain_id)?;
+        let signing = SigningKey::from_pkcs8_pem(pem).map_err(|e| KeyStoreError::NotAKey {
+            domain_id: domain_id.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let imported = DomainKey::from_signing(domain_id, signing)?;
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let path = self.key_path(domain_id);
+        let exists = |key: DomainKey| {
+            if key.public_key() == imported.public_key() {
+                Ok(key)
+            } else {
+                Err(KeyStoreError::KeyExists {
+                    domain_id: domain_id.to_owned(),
+                })
+            }
+        };
+        if let Some(key) = load_key(&path, domain_id)? {
+            return exists(key);
+        }
+        match write_private(&path, imported.to_pem()?.as_bytes(), Existing::Keep) {
+            Ok(()) => {}
+            // Another process made or imported this domain's key in between.
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                let key = load_key(&path, domain_id)?.ok_or_else(|| KeyStoreError::Io {
+                    action: "reload",
+                    path: path.clone(),
+                    source: std::io::ErrorKind::NotFound.into(),
+                })?;
+                return exists(key);
+            }
+            Err(source) => {
+                return Err(KeyStoreError::Io {
+                    action: "write",
+                    path,
+                    source,
+                });
+            }
+        }
+        cache.insert(domain_id.to_owned(), imported.clone());
+        Ok(imported)
     }
 
     /// The path of `domain_id`'s key file (which may not exist yet).

@@ -185,3 +185,72 @@ fn debug_of_the_store_and_its_keys_never_prints_the_private_key() {
     let shown = format!("{store:?} {key:?} {key:#?}");
     assert!(!shown.contains(secret_line), "{shown}");
 }
+
+#[test]
+fn a_key_exported_from_one_store_and_imported_into_another_signs_tokens_the_first_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = DomainKeyStore::open(tmp.path().join("first")).unwrap();
+    let second = DomainKeyStore::open(tmp.path().join("second")).unwrap();
+    let public = first.key("d").unwrap().public_key();
+    let pem = first.export("d").unwrap();
+    let imported = second.import("d", &pem).unwrap();
+    assert_eq!(imported.public_key(), public);
+    assert_eq!(mode(&second.key_path("d")), 0o600);
+    // A reopened store reads the imported key from its file.
+    let key = DomainKeyStore::open(tmp.path().join("second"))
+        .unwrap()
+        .key("d")
+        .unwrap();
+    let now = SystemTime::now();
+    let claims = TaskClaims::new(
+        "d",
+        "j",
+        "t",
+        "s",
+        "r",
+        "/load/v1",
+        now,
+        Duration::from_secs(60),
+    );
+    let expected = Expected {
+        domain_id: "d",
+        receiver: "r",
+        sender: "s",
+        endpoint: "/load/v1",
+    };
+    let token = key.issue(&claims).unwrap();
+    assert_eq!(verify(&token, &public, &expected, now).unwrap(), claims);
+    // Importing the same key again changes nothing.
+    assert_eq!(second.import("d", &pem).unwrap().public_key(), public);
+}
+
+#[test]
+fn an_import_never_replaces_another_key_nor_takes_what_is_no_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = DomainKeyStore::open(tmp.path().join("first")).unwrap();
+    let second = DomainKeyStore::open(tmp.path().join("second")).unwrap();
+    first.key("d").unwrap();
+    let own = second.key("d").unwrap().public_key();
+    let foreign = first.export("d").unwrap();
+    assert!(matches!(
+        second.import("d", &foreign),
+        Err(KeyStoreError::KeyExists { .. })
+    ));
+    assert_eq!(second.key("d").unwrap().public_key(), own);
+    assert!(matches!(
+        second.import(
+            "e",
+            "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n"
+        ),
+        Err(KeyStoreError::NotAKey { .. })
+    ));
+    assert!(!second.key_path("e").exists());
+    assert!(matches!(
+        second.export("absent"),
+        Err(KeyStoreError::NoKey { .. })
+    ));
+    assert!(matches!(
+        second.import("../x", &foreign),
+        Err(KeyStoreError::InvalidDomainId(_))
+    ));
+}

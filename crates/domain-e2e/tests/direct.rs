@@ -165,3 +165,59 @@ fn a_client_not_on_the_domains_allow_list_is_refused_with_the_managers_reason() 
     assert!(!unknown.status.success());
     assert!(unknown.stderr.contains("elsewhere"), "{}", unknown.stderr);
 }
+
+/// `domain-manager ARGS`, which must succeed; its standard output.
+fn manager_ok(args: &[&str]) -> String {
+    let output =
+        domain_e2e::run("domain-manager", &binary("domain-manager"), args, COMMAND).unwrap();
+    assert!(output.status.success(), "{args:?}: {}", output.stderr);
+    output.stdout
+}
+
+#[test]
+fn a_domain_key_exported_by_one_manager_signs_for_the_other_once_imported() {
+    let dir = tempfile::tempdir().unwrap();
+    let [first, second, third] =
+        ["first", "second", "third"].map(|name| dir.path().join(name).display().to_string());
+    let public = manager_ok(&["domain", "create", "shared", "--data-dir", &first]);
+    let pem = manager_ok(&["domain", "export", "shared", "--data-dir", &first]);
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{pem}");
+    let file = dir.path().join("shared.pem");
+    std::fs::write(&file, &pem).unwrap();
+    let file = file.display().to_string();
+    let imported = manager_ok(&[
+        "domain",
+        "import",
+        "shared",
+        "--data-dir",
+        &second,
+        "--file",
+        &file,
+    ]);
+    assert_eq!(imported, public);
+    // Declaring the domain there keeps the imported key.
+    assert_eq!(
+        manager_ok(&["domain", "create", "shared", "--data-dir", &second]),
+        public
+    );
+
+    // A manager whose domain has a key of its own keeps it.
+    manager_ok(&["domain", "create", "shared", "--data-dir", &third]);
+    let refused = domain_e2e::run(
+        "domain-manager domain import",
+        &binary("domain-manager"),
+        [
+            "domain",
+            "import",
+            "shared",
+            "--data-dir",
+            &third,
+            "--file",
+            &file,
+        ],
+        COMMAND,
+    )
+    .unwrap();
+    assert!(!refused.status.success());
+    assert!(refused.stderr.contains("another key"), "{}", refused.stderr);
+}

@@ -1,7 +1,7 @@
 //! `domain-manager`: runs a domain manager, or manages its domains. Parses arguments, loads the
 //! configuration, and hands over to [`domain_manager`].
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -96,6 +96,30 @@ enum DomainCommand {
         #[arg(long, value_name = "PEER_ID")]
         allow: Vec<PeerId>,
     },
+    /// Print a domain's private key (PKCS#8 PEM), for another manager of the same domains
+    /// to import: managers that share their state in etcd must sign with the same keys.
+    /// It is the secret that signs the domain's tokens: pipe it straight to the other
+    /// manager (`... | ssh other domain-manager domain import ID --data-dir DIR`).
+    Export {
+        /// The domain id.
+        id: String,
+        /// The manager's data folder.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
+    /// Store a domain's private key exported by another manager (from FILE, or standard
+    /// input); prints its public key. A domain that has another key here is left alone.
+    /// Then `domain create` (which keeps the key) declares the domain and its allow-list.
+    Import {
+        /// The domain id.
+        id: String,
+        /// The manager's data folder.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The exported key [default: standard input].
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
     /// List the domains: id, public key, allowed peers.
     List {
         /// The manager's data folder.
@@ -154,6 +178,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Domain(DomainCommand::List { data_dir, config }) => list(&data_dir, config),
+        Command::Domain(DomainCommand::Export { id, data_dir }) => {
+            let pem = domain_keys(&data_dir)?
+                .export(&id)
+                .with_context(|| format!("exporting the key of domain {id:?}"))?;
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                tracing::warn!(
+                    "this is the private key of domain {id:?}: whoever reads it can issue its tokens"
+                );
+            }
+            let mut out = std::io::stdout().lock();
+            out.write_all(pem.as_bytes())?;
+            out.flush()?;
+            Ok(())
+        }
+        Command::Domain(DomainCommand::Import { id, data_dir, file }) => {
+            let pem = read_key(file.as_deref())?;
+            let key = domain_keys(&data_dir)?
+                .import(&id, &pem)
+                .with_context(|| format!("importing the key of domain {id:?}"))?;
+            println!("{}", key.public_key());
+            Ok(())
+        }
         Command::Node(command) => node(command),
     }
 }
@@ -258,14 +304,38 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     }
 }
 
+fn domain_keys(data_dir: &Path) -> anyhow::Result<domain_auth::DomainKeyStore> {
+    domain_auth::DomainKeyStore::open(domain_manager::config::keys_dir(data_dir))
+        .context("opening the domain keys")
+}
+
+/// An exported key from `file` or standard input: a few hundred bytes, so more than
+/// 64 KiB is no key and is not read whole.
+fn read_key(file: Option<&Path>) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    const LIMIT: u64 = 64 * 1024;
+    let mut pem = zeroize::Zeroizing::new(String::new());
+    let read = match file {
+        Some(path) => std::fs::File::open(path)
+            .and_then(|f| std::io::Read::read_to_string(&mut f.take(LIMIT + 1), &mut pem))
+            .with_context(|| format!("reading {}", path.display()))?,
+        None => {
+            std::io::Read::read_to_string(&mut std::io::stdin().lock().take(LIMIT + 1), &mut pem)
+                .context("reading standard input")?
+        }
+    };
+    if read as u64 > LIMIT {
+        bail!("more than {LIMIT} bytes: no exported key is that long");
+    }
+    Ok(pem)
+}
+
 fn list(data_dir: &Path, config: Option<PathBuf>) -> anyhow::Result<()> {
     let mut specs = DomainsFile::load(data_dir)?.domain;
     if let Some(path) = config {
         specs.extend(ManagerSettings::load(path)?.domain);
     }
     let policy = DomainPolicy::from_specs(&specs)?;
-    let keys = domain_auth::DomainKeyStore::open(domain_manager::config::keys_dir(data_dir))
-        .context("opening the domain keys")?;
+    let keys = domain_keys(data_dir)?;
     let mut out = std::io::stdout().lock();
     for domain in policy.domains() {
         let key = if keys.key_path(domain).exists() {
