@@ -10,6 +10,9 @@
 //!   bytes; the peak RSS of node and client; the latency of `domain ls` and of a 1-item
 //!   download through the manager on 1 and 4 nodes; an upload through the manager while
 //!   16 fresh identities flood it and the node (`--only upload|download|latency|flood`).
+//! - `cargo xtask bench failover`: three managers on etcd, the leader killed 20 times: the
+//!   time until a job is accepted again, failed attempts, lost jobs; submit throughput on
+//!   etcd against redb.
 //! - `cargo xtask demo`: a manager, two nodes and the `domain` command on loopback.
 //! - `cargo xtask browser`: the web page of `examples/browser` next to a loopback cluster.
 //! - `cargo xtask crash --cycles N`: the datastore's SIGKILL crash test, N cycles.
@@ -22,6 +25,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod bench;
 mod bench_e2e;
+mod bench_failover;
 mod browser;
 mod crash;
 mod demo;
@@ -106,6 +110,12 @@ enum BenchTask {
     /// through the manager, alone and while 16 fresh identities flood the manager and the
     /// node. `--only` runs some of the parts: upload, download, latency, flood.
     E2e(bench_e2e::Options),
+    /// Three managers on a real etcd (release binaries): kill the leader 20 times while a
+    /// client submits jobs, and print the time from each kill until a job is accepted again
+    /// (min, median, p90, max), how many client attempts failed, whether any acknowledged
+    /// job is missing afterwards; then the submit throughput on etcd and on redb, in the
+    /// same run.
+    Failover(bench_failover::Options),
 }
 
 fn main() -> ExitCode {
@@ -129,6 +139,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bench: Some(BenchTask::E2e(options)),
             ..
         }) => bench_e2e::run(&options),
+        Task::Bench(BenchArgs {
+            bench: Some(BenchTask::Failover(options)),
+            ..
+        }) => bench_failover::run(&options),
         Task::Bench(BenchArgs {
             bench: None,
             criterion_args,

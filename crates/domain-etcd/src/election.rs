@@ -175,12 +175,19 @@ async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, lost: watch::Sender<b
     let mut expires = Instant::now() + ttl;
     while Instant::now() < expires {
         let (requests, stream) = mpsc::channel(1);
+        // The first refresh goes with the call: etcd answers it (and so the call completes)
+        // only once it has a request to answer.
+        let mut sent = Instant::now();
+        if requests
+            .try_send(LeaseKeepAliveRequest { id: lease })
+            .is_err()
+        {
+            break;
+        }
         let mut client = etcd.lease.clone();
-        let opened = tokio::time::timeout(
-            etcd.timeout,
-            client.lease_keep_alive(ReceiverStream::new(stream)),
-        )
-        .await;
+        let left = expires.saturating_duration_since(sent);
+        let opened =
+            tokio::time::timeout(left, client.lease_keep_alive(ReceiverStream::new(stream))).await;
         let mut responses = match opened {
             Ok(Ok(response)) => response.into_inner(),
             Ok(Err(error)) => {
@@ -191,15 +198,7 @@ async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, lost: watch::Sender<b
             Err(_) => continue,
         };
         loop {
-            let sent = Instant::now();
-            if requests
-                .send(LeaseKeepAliveRequest { id: lease })
-                .await
-                .is_err()
-            {
-                break;
-            }
-            let left = expires.saturating_duration_since(sent);
+            let left = expires.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, responses.message()).await {
                 Ok(Ok(Some(answer))) if answer.ttl > 0 => {
                     // Counted from the sending: etcd refreshed it no earlier.
@@ -213,6 +212,14 @@ async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, lost: watch::Sender<b
                 Ok(Ok(None) | Err(_)) | Err(_) => break,
             }
             tokio::time::sleep(period).await;
+            sent = Instant::now();
+            if requests
+                .send(LeaseKeepAliveRequest { id: lease })
+                .await
+                .is_err()
+            {
+                break;
+            }
         }
     }
     tracing::warn!(lease, "the lease ran out before etcd confirmed a refresh");

@@ -90,6 +90,23 @@ async fn one_candidate_leads_and_the_next_leads_once_it_resigns() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_leadership_outlives_many_times_its_lease_while_refreshed() {
+    let (_server, etcd) = etcd().await;
+    let leader = etcd.campaign("managers", b"first", TTL).await.unwrap();
+    let mut store = EtcdStore::open(etcd.clone(), &leader).await.unwrap();
+    tokio::time::sleep(TTL * 3).await;
+    assert!(!leader.is_lost());
+    tokio::task::spawn_blocking(move || store.commit(job_batch("still-leading", 1)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        etcd.leader("managers").await.unwrap().as_deref(),
+        Some(&b"first"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_leader_that_stops_refreshing_its_lease_is_followed_after_its_time_to_live() {
     let (_server, etcd) = etcd().await;
     let first = etcd.campaign("managers", b"first", TTL).await.unwrap();
