@@ -71,7 +71,9 @@ struct Manager {
 impl Manager {
     fn new(work: &Path, name: &str, etcd: Option<&str>, lease: Duration) -> anyhow::Result<Self> {
         let dir = work.join(name);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // A manager refuses a data folder that others may read.
+        domain_auth::create_private_dir(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
         let peer = Identity::load_or_create(dir.join("identity.key"))
             .context("creating a manager identity")?
             .peer_id();
@@ -275,6 +277,7 @@ async fn submit_to_any(
     accepted: &mut Vec<String>,
 ) -> anyhow::Result<(usize, Duration)> {
     let started = Instant::now();
+    let mut last_error = None;
     while started.elapsed() < GIVE_UP {
         for (i, manager) in managers.iter().enumerate() {
             if manager.process.is_none() {
@@ -292,12 +295,26 @@ async fn submit_to_any(
                     accepted.push(name);
                     return Ok((i, started.elapsed()));
                 }
-                Err(_) => *failed += 1,
+                Err(error) => {
+                    *failed += 1;
+                    last_error = Some(error);
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    bail!("no manager accepted a job within {GIVE_UP:?}")
+    let logs: Vec<String> = managers
+        .iter()
+        .filter_map(|m| m.process.as_ref())
+        .map(|p| format!("{}:\n{}", p.name(), p.log_tail()))
+        .collect();
+    match last_error {
+        Some(error) => Err(anyhow::Error::new(error).context(format!(
+            "no manager accepted a job within {GIVE_UP:?}; their logs end:\n{}",
+            logs.join("\n")
+        ))),
+        None => bail!("no manager to submit to"),
+    }
 }
 
 /// Jobs per second submitted to `manager`, `options.concurrency` at a time.
