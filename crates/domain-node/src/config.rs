@@ -185,7 +185,7 @@ pub fn default_listen_addrs() -> Vec<Multiaddr> {
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NodeSettings {
-    /// The manager's multiaddr, ending with /p2p/<manager peer id>.
+    /// The manager's multiaddr, ending with /p2p/PEER_ID.
     #[arg(long, value_name = "MULTIADDR", env = "DOMAIN_MANAGER")]
     pub manager: Option<Multiaddr>,
     /// Holds identity.key and the datastore (store/).
@@ -228,7 +228,7 @@ pub struct NodeSettings {
     #[arg(long, value_name = "N")]
     pub max_handshakes_per_peer: Option<usize>,
     /// Store nothing here: serve every task from the cluster of this manager (its
-    /// multiaddr with /p2p/<id>), as a gateway in front of its nodes. The node reaches it
+    /// multiaddr with /p2p/PEER_ID), as a gateway in front of its nodes. The node reaches it
     /// as the peer in DIR/upstream.key, which its domains must allow.
     #[arg(long, value_name = "MULTIADDR", env = "DOMAIN_NODE_UPSTREAM")]
     pub upstream: Option<Multiaddr>,
