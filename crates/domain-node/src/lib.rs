@@ -17,16 +17,16 @@
 //! - [`ManagerKeys`]: domain public keys fetched from the manager over
 //!   `/public-key/v1`, cached, fetched again when a token's signature fails.
 //! - [`StatusReporter`]: PROCESSING when a stream's handshake succeeds, DONE or
-//!   FAILED when it ends, published on the gossip topic of the job the verified
-//!   token names, without token.
+//!   FAILED when it ends, reported to the manager on `/task-status/v1`, without token.
 //! - [`NodeConfig`] and [`NodeSettings`]: the configuration, and the partial form
-//!   that the TOML file and the command line of `domain-node run` fill in.
+//!   that the command line, the environment and the TOML file of `domain-node run`
+//!   fill in.
 //!
 //! ```
 //! use domain_node::{NodeConfig, NodeSettings};
 //!
 //! let settings = NodeSettings {
-//!     manager: Some("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWLRPJAA5o6Ztr9vdumNjgx3D7T9dbtXbZpGbSaDcJkfAP".into()),
+//!     manager: Some("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWLRPJAA5o6Ztr9vdumNjgx3D7T9dbtXbZpGbSaDcJkfAP".parse()?),
 //!     data_dir: Some("/var/lib/domain-node".into()),
 //!     load_capacity: Some(-1),
 //!     ..NodeSettings::default()
@@ -34,7 +34,7 @@
 //! let config: NodeConfig = settings.into_config()?;
 //! assert_eq!(config.store_dir(), std::path::Path::new("/var/lib/domain-node/store"));
 //! assert_eq!((config.store_capacity, config.load_capacity), (16, -1));
-//! # Ok::<(), domain_node::ConfigError>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod config;

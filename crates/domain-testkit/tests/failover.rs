@@ -114,3 +114,43 @@ async fn a_leader_whose_lease_is_gone_stops() {
     );
     let _ = leader.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_etcd_restart_shorter_than_the_lease_costs_the_leader_nothing() {
+    let mut etcd = LocalEtcd::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |name: &str| ManagerConfig {
+        // Far longer than a restart of a local etcd, so that the leader outlives it.
+        leader_lease: Duration::from_secs(10),
+        ..config(&etcd, &dir.path().join(name))
+    };
+    let leader = start_manager(config("first")).await.unwrap();
+    let standby = tokio::spawn(start_manager(config("second")));
+    let first = start_node(
+        NodeConfig::new(manager_addr(&leader).unwrap(), dir.path().join("node-1")).unwrap(),
+    )
+    .await
+    .unwrap();
+
+    etcd.restart().await.unwrap();
+
+    // The leader still leads: a node joins (a write of the registry), and both are there.
+    let second = start_node(
+        NodeConfig::new(manager_addr(&leader).unwrap(), dir.path().join("node-2")).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(registered(&leader).await.len(), 2);
+    assert!(!standby.is_finished(), "the standby took over");
+    // And what it wrote is in etcd: the standby finds it once the leader hands over.
+    let joined = registered(&leader).await;
+    drop((first, second));
+    leader.shutdown().await.unwrap();
+    let next = tokio::time::timeout(TAKEOVER, standby)
+        .await
+        .expect("the standby leads once the leader resigned")
+        .unwrap()
+        .unwrap();
+    assert_eq!(registered(&next).await, joined);
+    next.shutdown().await.unwrap();
+}
