@@ -23,9 +23,19 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Settings {
-    /// The manager's address, ending with `/p2p/<peer id>`.
-    #[arg(long, value_name = "MULTIADDR", env = "DOMAIN_MANAGER")]
-    pub manager: Option<Multiaddr>,
+    /// A manager's address, ending with `/p2p/<peer id>`; repeat it (or separate with
+    /// commas) for several managers on one etcd: the client follows whichever leads.
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        env = "DOMAIN_MANAGER",
+        value_delimiter = ','
+    )]
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "domain_settings::one_or_many"
+    )]
+    pub manager: Vec<Multiaddr>,
     /// The client's identity key file (created when missing) [default:
     /// $XDG_CONFIG_HOME/domain/identity.key or ~/.config/domain/identity.key].
     #[arg(long, value_name = "FILE", env = "DOMAIN_IDENTITY")]
@@ -99,10 +109,7 @@ mod tests {
             "manager = \"/ip4/127.0.0.1/tcp/4001\"\nidentity = \"/k\"\ntask-timeout = \"1m 30s\"\n",
         )
         .unwrap();
-        assert_eq!(
-            settings.manager.unwrap().to_string(),
-            "/ip4/127.0.0.1/tcp/4001"
-        );
+        assert_eq!(settings.manager[0].to_string(), "/ip4/127.0.0.1/tcp/4001");
         assert_eq!(settings.identity.unwrap(), PathBuf::from("/k"));
         assert_eq!(settings.task_timeout, Some(Duration::from_secs(90)));
         assert!(
@@ -110,6 +117,19 @@ mod tests {
             "a typo must not pass silently"
         );
         assert!(parse("manager = \"not an address\"").is_err());
+        let several = parse("manager = [\"/ip4/127.0.0.1/tcp/4001\", \"/ip4/127.0.0.1/tcp/4002\"]");
+        assert_eq!(several.unwrap().manager.len(), 2);
+        assert_eq!(
+            flags(&[
+                "--manager",
+                "/ip4/127.0.0.1/tcp/1,/ip4/127.0.0.1/tcp/2",
+                "--manager",
+                "/ip4/127.0.0.1/tcp/3"
+            ])
+            .manager
+            .len(),
+            3
+        );
         assert!(parse("task-timeout = \"0s\"").is_err());
     }
 

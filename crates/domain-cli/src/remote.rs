@@ -68,20 +68,19 @@ impl RemoteArgs {
         }
         let identity = Identity::load_or_create(&path)
             .with_context(|| format!("loading the identity {}", path.display()))?;
-        let manager = if self.direct().is_some() {
-            None
+        let managers = if self.direct().is_some() {
+            Vec::new()
+        } else if settings.manager.is_empty() {
+            bail!(
+                "no manager: pass --manager MULTIADDR (or set DOMAIN_MANAGER, or `manager` \
+                 in the settings file), or --node MULTIADDR --token TOKEN"
+            )
         } else {
-            match settings.manager {
-                Some(addr) => Some(addr),
-                None => bail!(
-                    "no manager: pass --manager MULTIADDR (or set DOMAIN_MANAGER, or `manager` \
-                     in the settings file), or --node MULTIADDR --token TOKEN"
-                ),
-            }
+            settings.manager
         };
         let mut client_config = ClientConfig::default();
         client_config.task_timeout = settings.task_timeout.unwrap_or(client_config.task_timeout);
-        let client = Client::start(identity, manager, client_config)
+        let client = Client::start(identity, managers, client_config)
             .await
             .context("starting the client")?;
         Ok(client.with_progress(std::sync::Arc::new(Bars::new(verb))))
@@ -118,7 +117,7 @@ mod tests {
     #[test]
     fn a_node_needs_a_token_and_excludes_the_manager() {
         // No manager on the command line is fine: it may come from the settings file.
-        assert!(parse(&[]).unwrap().settings.manager.is_none());
+        assert!(parse(&[]).unwrap().settings.manager.is_empty());
         assert!(parse(&["--node", MANAGER]).is_err(), "--node needs --token");
         assert!(parse(&["--token", "t"]).is_err(), "--token needs --node");
         assert!(parse(&["--manager", MANAGER, "--node", MANAGER, "--token", "t"]).is_err());

@@ -61,7 +61,9 @@ use std::time::Duration;
 use domain_cluster::addr::peer_of;
 use domain_cluster::config::{ClusterConfig, Role};
 use domain_cluster::identity::Identity;
-use domain_cluster::{Cluster, ClusterError, ClusterHandle, JobStream, Multiaddr, PeerId};
+use domain_cluster::{
+    Cluster, ClusterError, ClusterHandle, JobStream, Managers, Multiaddr, PeerId,
+};
 use domain_proto::task::{
     CapabilityFilters, JobRequest, ResourceRecruitment, TaskRequest,
     resource_recruitment::RecruitmentPolicy,
@@ -101,39 +103,48 @@ struct Assignment {
 #[derive(Debug, Clone)]
 pub struct Client {
     cluster: ClusterHandle,
-    manager: Option<PeerId>,
+    managers: Option<Managers>,
     config: ClientConfig,
     progress: Option<Arc<dyn Progress>>,
 }
 
 impl Client {
-    /// Starts the client's peer, bootstrapped from the manager at `manager` (an address
-    /// ending with `/p2p/<id>`), or alone when `None` (for the direct forms).
+    /// Starts the client's peer, bootstrapped from the first of `managers` (addresses
+    /// ending with `/p2p/<id>`: one, or several on one etcd, of which the client follows
+    /// whichever leads), or alone when there is none (for the direct forms). An
+    /// `Option<Multiaddr>` is such a list.
     ///
     /// # Errors
     /// [`ClientError::ManagerAddress`], [`ClientError::Cluster`].
     pub async fn start(
         identity: Identity,
-        manager: Option<Multiaddr>,
+        managers: impl IntoIterator<Item = Multiaddr>,
         config: ClientConfig,
     ) -> Result<Self, ClientError> {
+        let managers: Vec<Multiaddr> = managers.into_iter().collect();
+        if let Some(addr) = managers.iter().find(|addr| peer_of(addr).is_none()) {
+            return Err(ClientError::ManagerAddress { addr: addr.clone() });
+        }
         let mut cluster_config = ClusterConfig::new(identity, Role::Client);
         cluster_config.request_timeout = config.request_timeout;
-        let manager_id = match manager {
-            Some(addr) => {
-                let Some(peer) = peer_of(&addr) else {
-                    return Err(ClientError::ManagerAddress { addr });
-                };
-                cluster_config = cluster_config.with_bootstrap(addr);
-                Some(peer)
-            }
-            None => None,
-        };
+        if let Some((first, more)) = managers.split_first() {
+            cluster_config = cluster_config
+                .with_bootstrap(first.clone())
+                .with_more_bootstrap(more.iter().cloned());
+        }
         let (cluster, _event_loop) =
             Cluster::start(cluster_config).map_err(|e| ClientError::Cluster(Box::new(e)))?;
+        let managers = if managers.is_empty() {
+            None
+        } else {
+            Some(
+                Managers::new(cluster.clone(), managers)
+                    .map_err(|e| ClientError::Cluster(Box::new(e)))?,
+            )
+        };
         Ok(Self {
             cluster,
-            manager: manager_id,
+            managers,
             config,
             progress: None,
         })
@@ -177,9 +188,8 @@ impl Client {
     /// # Errors
     /// [`ClientError::NoManager`], [`ClientError::Manager`].
     pub async fn public_key(&self, domain: &DomainId) -> Result<[u8; 32], ClientError> {
-        let manager = self.manager.ok_or(ClientError::NoManager)?;
-        self.cluster
-            .public_key(manager, domain.as_str())
+        self.managers()?
+            .call(|manager| self.cluster.public_key(manager, domain.as_str()))
             .await
             .map_err(|source| ClientError::Manager {
                 job: "public-key".to_owned(),
@@ -194,9 +204,8 @@ impl Client {
     /// # Errors
     /// [`ClientError::NoManager`], [`ClientError::Manager`].
     pub async fn jobs(&self) -> Result<JobStream, ClientError> {
-        let manager = self.manager.ok_or(ClientError::NoManager)?;
-        self.cluster
-            .monitor(manager)
+        self.managers()?
+            .call(|manager| self.cluster.monitor(manager))
             .await
             .map_err(|source| ClientError::Manager {
                 job: "monitor".to_owned(),
@@ -215,7 +224,7 @@ impl Client {
         endpoint: &str,
         receivers: &[Option<PeerId>],
     ) -> Result<TaskRun<'_>, ClientError> {
-        let manager = self.manager.ok_or(ClientError::NoManager)?;
+        let managers = self.managers()?;
         let targets: Vec<(String, Option<PeerId>)> = match receivers {
             [receiver] => vec![(job_name.to_owned(), *receiver)],
             _ => receivers
@@ -259,16 +268,26 @@ impl Client {
             nonce: uuid::Uuid::new_v4().to_string(),
             domain_id: domain.as_str().to_owned(),
         };
-        let job = self
-            .cluster
-            .submit_job(manager, request)
+        // Submitted again to a new leader, the same request (same nonce) is the same job.
+        let job = managers
+            .call(|manager| self.cluster.submit_job(manager, request.clone()))
             .await
             .map_err(|source| ClientError::Manager {
                 job: job_name.to_owned(),
                 source: Box::new(source),
             })?;
         tracing::debug!(job_id = %job.job_id, job = job_name, "job accepted");
-        Ok(TaskRun::new(self, job, targets))
+        Ok(TaskRun::new(self, job, request, targets))
+    }
+
+    /// The managers, or [`ClientError::NoManager`] for a client started without.
+    fn managers(&self) -> Result<&Managers, ClientError> {
+        self.managers.as_ref().ok_or(ClientError::NoManager)
+    }
+
+    /// The manager believed to lead, if the client has managers.
+    fn manager(&self) -> Option<PeerId> {
+        self.managers.as_ref().map(Managers::leader)
     }
 
     /// Connects to a node given directly.

@@ -138,6 +138,11 @@ pub struct ClusterConfig {
     /// The manager's address, ending with `/p2p/<manager id>`: Kademlia
     /// bootstrap, AutoNAT server and relay for nodes and clients.
     pub bootstrap: Option<Multiaddr>,
+    /// The other managers (several on one etcd), each ending with `/p2p/<id>`: Kademlia
+    /// knows them from the start, and the first connection to any manager joins the DHT,
+    /// so that a peer whose first manager is down still finds the nodes. The relay and
+    /// the redial stay with `bootstrap`.
+    pub more_bootstrap: Vec<Multiaddr>,
     /// Whether a node reserves a slot on the manager's relay and listens through
     /// it (ignored for other roles).
     pub relay_reservation: bool,
@@ -171,6 +176,7 @@ impl ClusterConfig {
             listen_addrs: Vec::new(),
             external_addrs: Vec::new(),
             bootstrap: None,
+            more_bootstrap: Vec::new(),
             relay_reservation: true,
             connection_limits: ConnectionLimits::default(),
             relay_limits: RelayLimits::default(),
@@ -201,6 +207,13 @@ impl ClusterConfig {
     #[must_use]
     pub fn with_bootstrap(mut self, manager: Multiaddr) -> Self {
         self.bootstrap = Some(manager);
+        self
+    }
+
+    /// Sets the other managers' addresses (each ending with `/p2p/<manager id>`).
+    #[must_use]
+    pub fn with_more_bootstrap(mut self, managers: impl IntoIterator<Item = Multiaddr>) -> Self {
+        self.more_bootstrap = managers.into_iter().collect();
         self
     }
 }

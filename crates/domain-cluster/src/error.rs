@@ -238,6 +238,18 @@ pub enum ClusterError {
     /// A task update could not be encoded.
     #[error("cannot encode a task update")]
     EncodeTaskUpdate(#[from] prost::EncodeError),
+    /// No manager address was given.
+    #[error("no manager address given")]
+    NoManager,
+    /// None of the managers led within the time allowed (all down, or an election that
+    /// does not end: is etcd reachable?).
+    #[error("none of the {managers} managers leads after {waited:?}")]
+    NoLeader {
+        /// How many managers were asked.
+        managers: usize,
+        /// How long they were asked.
+        waited: Duration,
+    },
     /// The event loop has stopped (after `shutdown`, or when it failed).
     #[error("the cluster event loop has stopped")]
     Shutdown,

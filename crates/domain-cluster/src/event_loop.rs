@@ -141,6 +141,8 @@ pub(crate) struct EventLoop {
     /// The listener that holds the relay reservation, once requested.
     relay_listener: Option<libp2p::core::transport::ListenerId>,
     bootstrap: Option<Bootstrap>,
+    /// The other managers, known to Kademlia from the start.
+    more_bootstrap: Vec<Bootstrap>,
     /// Whether a node should reserve a relay slot once connected to the manager.
     wants_relay: bool,
     /// Whether the first connection to the manager has been used to bootstrap.
@@ -184,6 +186,7 @@ pub(crate) struct EventLoopParts {
     pub(crate) listen: watch::Sender<ListenState>,
     pub(crate) pending_listeners: HashSet<libp2p::core::transport::ListenerId>,
     pub(crate) bootstrap: Option<Bootstrap>,
+    pub(crate) more_bootstrap: Vec<Bootstrap>,
     pub(crate) wants_relay: bool,
 }
 
@@ -198,6 +201,7 @@ impl EventLoop {
             listen,
             pending_listeners,
             bootstrap,
+            more_bootstrap,
             wants_relay,
         } = parts;
         Self {
@@ -211,6 +215,7 @@ impl EventLoop {
             listener_addrs: Vec::new(),
             relay_listener: None,
             bootstrap,
+            more_bootstrap,
             wants_relay,
             bootstrapped: false,
             redial: None,
@@ -225,6 +230,12 @@ impl EventLoop {
 
     /// Runs until [`Command::Shutdown`] or until every handle is dropped.
     pub(crate) async fn run(mut self) {
+        for manager in &self.more_bootstrap {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&manager.peer, without_peer_id(&manager.addr));
+        }
         if let Some(bootstrap) = self.bootstrap.clone() {
             self.start_bootstrap(&bootstrap);
         }
@@ -482,6 +493,10 @@ impl EventLoop {
                 }
                 if self.bootstrap.as_ref().is_some_and(|b| b.peer == peer_id) {
                     self.on_manager_connected();
+                } else if !self.bootstrapped
+                    && self.more_bootstrap.iter().any(|b| b.peer == peer_id)
+                {
+                    self.join_dht();
                 }
                 if num_established.get() == 1 {
                     let addr = remote_addr(&endpoint).clone();
@@ -648,12 +663,17 @@ impl EventLoop {
         self.redial = None;
         self.redial_backoff = MIN_REDIAL_BACKOFF;
         if !self.bootstrapped {
-            self.bootstrapped = true;
-            if let Err(error) = self.swarm.behaviour_mut().kad.bootstrap() {
-                tracing::warn!(error = %domain_proto::ErrorChain(&error), "cannot bootstrap Kademlia");
-            }
+            self.join_dht();
         }
         self.reserve_relay_slot();
+    }
+
+    /// Joins the DHT through the managers Kademlia knows, once.
+    fn join_dht(&mut self) {
+        self.bootstrapped = true;
+        if let Err(error) = self.swarm.behaviour_mut().kad.bootstrap() {
+            tracing::warn!(error = %domain_proto::ErrorChain(&error), "cannot bootstrap Kademlia");
+        }
     }
 
     /// Listens through the manager's relay, once connected to it, unless a

@@ -49,6 +49,17 @@ impl Cluster {
             }),
             None => None,
         };
+        let more_bootstrap = config
+            .more_bootstrap
+            .iter()
+            .map(|addr| {
+                Ok(Bootstrap {
+                    peer: peer_of(addr)
+                        .ok_or_else(|| ClusterError::MissingPeerId { addr: addr.clone() })?,
+                    addr: addr.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, ClusterError>>()?;
         let registry = Registry::new(config.accept_backlog);
         let mut swarm = build_swarm(&config, Arc::clone(&registry))?;
         let local_peer_id = *swarm.local_peer_id();
@@ -106,6 +117,7 @@ impl Cluster {
             listen: listen_tx,
             pending_listeners,
             bootstrap,
+            more_bootstrap,
             wants_relay,
         });
         let task = runtime.spawn(event_loop.run());

@@ -16,7 +16,9 @@
 //! - [`ClusterHandle`]: dial, [`open_stream`](ClusterHandle::open_stream) (through
 //!   the manager's relay when a direct dial fails), [`accept`](ClusterHandle::accept),
 //!   gossip, task updates, and the client side of `/join/v1`, `/jobs/v1`,
-//!   `/monitor/v1` and `/public-key/v1`.
+//!   `/monitor/v1`, `/leader/v1` and `/public-key/v1`.
+//! - [`Managers`]: the managers a peer knows, and which leads; requests go to the
+//!   leader and follow it when it changes.
 //! - [`gossip`]: gossip events and task updates (length-delimited `Task`s
 //!   without access tokens, on a topic named by the job id); [`peers`]:
 //!   connection events.
@@ -68,6 +70,7 @@ pub mod gossip;
 mod handle;
 pub mod identity;
 mod ip_limits;
+pub mod managers;
 pub mod peers;
 mod requests;
 pub mod stream;
@@ -78,6 +81,7 @@ pub use error::{ClusterError, IdentityError};
 pub use handle::{Cluster, ClusterHandle};
 pub use ip_limits::PerIpExceeded;
 pub use libp2p::{Multiaddr, PeerId};
+pub use managers::Managers;
 pub use requests::{
     FrameStream, HolderStream, JobStream, PUBLIC_KEY_LEN, SubmittedJob, TaskStream,
 };

@@ -1,17 +1,17 @@
 //! The client side of the manager's protocols (docs/protocol.md), built on streams
 //! and domain-proto's framing: `/join/v1`, `/jobs/v1`, `/monitor/v1`,
-//! `/holders/v1`, and `/public-key/v1` towards any peer.
+//! `/holders/v1`, `/leader/v1`, and `/public-key/v1` towards any peer.
 
 use std::marker::PhantomData;
 
 use domain_proto::DomainId;
 use domain_proto::discovery::{
     Holder, HoldersRequest, HoldersResponse, Holdings, JoinClusterRequest, JoinClusterResponse,
-    Node,
+    LeaderRequest, LeaderResponse, Node,
 };
 use domain_proto::protocols::{
-    HOLDERS_V1, JOBS_V1, JOIN_V1, MAX_STATUS_REPORTS, MONITOR_ACK, MONITOR_V1, PUBLIC_KEY_V1,
-    TASK_STATUS_V1,
+    HOLDERS_V1, JOBS_V1, JOIN_V1, LEADER_V1, MAX_STATUS_REPORTS, MONITOR_ACK, MONITOR_V1,
+    PUBLIC_KEY_V1, TASK_STATUS_V1,
 };
 use domain_proto::task::{Code, Job, JobRequest, SubmitJobResponse, Task};
 use domain_proto::{DEFAULT_MAX_FRAME, read_message, read_message_or_eof, write_message};
@@ -24,6 +24,9 @@ use crate::stream::ClusterStream;
 
 /// Length of an Ed25519 public key, the whole `/public-key/v1` response.
 pub const PUBLIC_KEY_LEN: usize = 32;
+
+/// The largest `/leader/v1` answer read: a few addresses, never more.
+const LEADER_FRAME: usize = 16 * 1024;
 
 /// Frames of one message type arriving on a stream, until the peer closes it.
 ///
@@ -161,6 +164,26 @@ impl ClusterHandle {
             }),
             _ => Ok(answer),
         }
+    }
+
+    /// Asks `manager` which manager leads (`/leader/v1`): itself, another (whose addresses
+    /// it names), or none while an election is under way.
+    ///
+    /// # Errors
+    /// Those of [`open_stream`](Self::open_stream) (a manager that predates `/leader/v1`
+    /// does not support it); [`ClusterError::Frame`]; [`ClusterError::Timeout`].
+    pub async fn leader(&self, manager: PeerId) -> Result<LeaderResponse, ClusterError> {
+        let mut stream = self.open_stream(manager, LEADER_V1).await?;
+        self.timed(format!("{LEADER_V1} with {manager}"), async {
+            write_message(&mut stream, &LeaderRequest {}).await?;
+            read_message::<LeaderResponse, _>(&mut stream, LEADER_FRAME).await
+        })
+        .await?
+        .map_err(|source| ClusterError::Frame {
+            protocol: LEADER_V1,
+            peer: manager,
+            source: Box::new(source),
+        })
     }
 
     /// Submits a job to the manager (`/jobs/v1`) and returns its id and the

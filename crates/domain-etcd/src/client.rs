@@ -8,7 +8,8 @@ use tonic::transport::{Channel, Endpoint};
 use crate::api::etcdserverpb::kv_client::KvClient;
 use crate::api::etcdserverpb::lease_client::LeaseClient;
 use crate::api::etcdserverpb::{
-    LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, TxnRequest, TxnResponse,
+    Compare, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest, TxnResponse, compare, request_op,
 };
 use crate::api::mvccpb::KeyValue;
 use crate::api::v3electionpb::election_client::ElectionClient;
@@ -243,6 +244,51 @@ impl Etcd {
         let mut kv = self.kv.clone();
         self.bounded("put", kv.put(request)).await?;
         Ok(())
+    }
+
+    /// Changes the value at `key` (a full key) with `change`, atomically: `change` gets the
+    /// value as it is (`None` when absent) and answers the new one (`None`: leave it), which
+    /// is written only if nobody wrote the key since it was read; otherwise it is read again
+    /// and `change` called again. Returns whether a value was written.
+    ///
+    /// # Errors
+    /// [`EtcdError::Rpc`] or [`EtcdError::Timeout`]; what `change` returns.
+    pub async fn update<E: From<EtcdError>>(
+        &self,
+        key: &[u8],
+        mut change: impl FnMut(Option<&[u8]>) -> Result<Option<Vec<u8>>, E>,
+    ) -> Result<bool, E> {
+        loop {
+            let current = self.get(key).await?;
+            let Some(value) = change(current.as_ref().map(|kv| kv.value.as_slice()))? else {
+                return Ok(false);
+            };
+            // Unwritten since read: the same modification (0 when it was absent).
+            let unchanged = Compare {
+                result: compare::CompareResult::Equal.into(),
+                target: compare::CompareTarget::Mod.into(),
+                key: key.to_vec(),
+                target_union: Some(compare::TargetUnion::ModRevision(
+                    current.as_ref().map_or(0, |kv| kv.mod_revision),
+                )),
+                range_end: Vec::new(),
+            };
+            let put = RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: key.to_vec(),
+                    value,
+                    ..PutRequest::default()
+                })),
+            };
+            let request = TxnRequest {
+                compare: vec![unchanged],
+                success: vec![put],
+                failure: Vec::new(),
+            };
+            if self.txn(request).await?.succeeded {
+                return Ok(true);
+            }
+        }
     }
 
     /// Runs a transaction: its comparisons, then its success or failure operations.

@@ -11,10 +11,10 @@ use domain_cluster::addr::{is_loopback, is_plain_tcp, with_peer_id};
 use domain_cluster::config::{ClusterConfig, PeerGate, Role};
 use domain_cluster::identity::Identity;
 use domain_cluster::{Cluster, ClusterError, ClusterHandle, Multiaddr, PeerId};
-use domain_etcd::Leadership;
+use domain_etcd::{Etcd, Leadership};
 use domain_proto::discovery::Node;
 use domain_proto::protocols::{
-    HOLDERS_V1, JOBS_V1, JOIN_V1, MONITOR_V1, PUBLIC_KEY_V1, TASK_STATUS_V1,
+    HOLDERS_V1, JOBS_V1, JOIN_V1, LEADER_V1, MONITOR_V1, PUBLIC_KEY_V1, TASK_STATUS_V1,
 };
 use domain_proto::task::{Job, Status, Task};
 use domain_scheduler::{
@@ -28,7 +28,7 @@ use crate::admission::{Admission, NodesFile};
 use crate::config::ManagerConfig;
 use crate::domains::{DomainPolicy, DomainsFile};
 use crate::error::ManagerError;
-use crate::leadership::{StoreChoice, store_for};
+use crate::leadership::{LeaderAnswers, StoreChoice, serve_leader, store_for};
 use crate::scheduler_thread::{Core, JobView, Outbound, Request};
 
 mod protocols;
@@ -213,10 +213,11 @@ impl Manager {
         let (cluster, cluster_task) = Cluster::start(cluster_config)?;
 
         // Listening first: with etcd, the leader announces its addresses, and a standby is
-        // reachable while it waits.
+        // reachable while it waits, answering `/leader/v1` with who leads.
         let (requests_tx, requests_rx) = mpsc::channel(REQUEST_QUEUE);
         let (outbound_tx, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let (views, _) = broadcast::channel(VIEW_QUEUE);
+        let mut leader_task = None;
         let opened = async {
             let addrs: Vec<Multiaddr> = cluster
                 .listen_addrs()
@@ -224,7 +225,27 @@ impl Manager {
                 .into_iter()
                 .map(|addr| with_peer_id(addr, peer))
                 .collect();
-            let (store, leadership) = store_for(&config, &addrs).await?;
+            let etcd = config.etcd.as_ref().map(Etcd::connect).transpose()?;
+            let answers = LeaderAnswers::new(etcd, &addrs);
+            let incoming = cluster.accept(LEADER_V1)?;
+            let timeout = config.request_timeout.min(FIRST_REQUEST_TIMEOUT);
+            leader_task = Some(tokio::spawn(serve_protocol(
+                incoming,
+                LEADER_V1,
+                {
+                    let (policy, admission) = (Arc::clone(&policy), Arc::clone(&admission));
+                    move |peer| knows(&policy, &admission, peer)
+                },
+                cluster.clone(),
+                {
+                    let answers = answers.clone();
+                    move |peer, stream| {
+                        let answers = answers.clone();
+                        async move { serve_leader(&answers, peer, stream, timeout).await }
+                    }
+                },
+            )));
+            let (store, leadership) = store_for(&config, &answers).await?;
             let core_done = start_core(
                 &config,
                 peer,
@@ -235,11 +256,12 @@ impl Manager {
                 store,
             )
             .await?;
-            Ok::<_, ManagerError>((core_done, leadership))
+            Ok::<_, ManagerError>((core_done, leadership, answers))
         };
-        let (core_done, leadership) = match opened.await {
+        let (core_done, leadership, answers) = match opened.await {
             Ok(opened) => opened,
             Err(e) => {
+                leader_task.iter().for_each(JoinHandle::abort);
                 let _ = cluster.shutdown().await;
                 return Err(e);
             }
@@ -278,6 +300,7 @@ impl Manager {
             tokio::spawn(dispatch(outbound_rx)),
             tokio::spawn(tick(requests_tx.clone(), config.tick_interval)),
         ];
+        tasks.extend(leader_task);
         let accepted = (|| -> Result<_, ClusterError> {
             Ok([
                 (cluster.accept(JOIN_V1)?, JOIN_V1),
@@ -329,6 +352,7 @@ impl Manager {
                 return Err(e.into());
             }
         };
+        answers.serving();
         tracing::info!(peer = %cluster.local_peer_id(), "manager started");
         Ok(Self {
             cluster,

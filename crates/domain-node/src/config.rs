@@ -42,8 +42,10 @@ pub fn identity_path(data_dir: &Path) -> PathBuf {
 /// Everything [`Node::start`](crate::Node::start) needs.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// The manager's address, ending with `/p2p/<manager id>`.
-    pub manager: Multiaddr,
+    /// The managers' addresses, each ending with `/p2p/<manager id>`; never empty. With
+    /// several (managers sharing one state in etcd), the node finds the leader among them
+    /// and follows it when it changes; the first is asked first.
+    pub managers: Vec<Multiaddr>,
     /// Holds `identity.key` and the datastore (`store/`).
     pub data_dir: PathBuf,
     /// Addresses to listen on.
@@ -92,11 +94,9 @@ impl NodeConfig {
     /// [`ConfigError::ManagerWithoutPeerId`] when `manager` does not end with
     /// `/p2p/<id>`.
     pub fn new(manager: Multiaddr, data_dir: impl Into<PathBuf>) -> Result<Self, ConfigError> {
-        if !matches!(manager.iter().last(), Some(Protocol::P2p(_))) {
-            return Err(ConfigError::ManagerWithoutPeerId { addr: manager });
-        }
+        check_manager(&manager)?;
         Ok(Self {
-            manager,
+            managers: vec![manager],
             data_dir: data_dir.into(),
             listen: default_listen_addrs(),
             name: None,
@@ -114,6 +114,25 @@ impl NodeConfig {
         })
     }
 
+    /// Replaces the managers with `managers` (several managers on one etcd), asked in
+    /// this order.
+    ///
+    /// # Errors
+    /// [`ConfigError::ManagerWithoutPeerId`] for an address without `/p2p/<id>`;
+    /// [`ConfigError::Missing`] when `managers` is empty.
+    pub fn with_managers(
+        mut self,
+        managers: impl IntoIterator<Item = Multiaddr>,
+    ) -> Result<Self, ConfigError> {
+        let managers: Vec<Multiaddr> = managers.into_iter().collect();
+        if managers.is_empty() {
+            return Err(ConfigError::Missing { key: "manager" });
+        }
+        managers.iter().try_for_each(check_manager)?;
+        self.managers = managers;
+        Ok(self)
+    }
+
     /// Serves every task from the cluster of the manager at `upstream` (a gateway).
     ///
     /// # Errors
@@ -128,7 +147,11 @@ impl NodeConfig {
         let Some(upstream_peer) = peer(&upstream) else {
             return Err(ConfigError::ManagerWithoutPeerId { addr: upstream });
         };
-        if peer(&self.manager) == Some(upstream_peer) {
+        if self
+            .managers
+            .iter()
+            .any(|manager| peer(manager) == Some(upstream_peer))
+        {
             return Err(ConfigError::UpstreamIsOwnManager { addr: upstream });
         }
         self.upstream = Some(upstream);
@@ -185,9 +208,19 @@ pub fn default_listen_addrs() -> Vec<Multiaddr> {
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NodeSettings {
-    /// The manager's multiaddr, ending with /p2p/PEER_ID.
-    #[arg(long, value_name = "MULTIADDR", env = "DOMAIN_MANAGER")]
-    pub manager: Option<Multiaddr>,
+    /// A manager's multiaddr, ending with /p2p/PEER_ID; repeat it (or separate with
+    /// commas) for several managers on one etcd: the node follows whichever leads.
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        env = "DOMAIN_MANAGER",
+        value_delimiter = ','
+    )]
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "domain_settings::one_or_many"
+    )]
+    pub manager: Vec<Multiaddr>,
     /// Holds identity.key and the datastore (store/).
     #[arg(long, value_name = "DIR", env = "DOMAIN_NODE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -266,13 +299,15 @@ impl NodeSettings {
     /// [`ConfigError::Missing`] without `manager` or `data-dir`; a
     /// [`ConfigError`] naming the key of any value out of range.
     pub fn into_config(self) -> Result<NodeConfig, ConfigError> {
-        let manager = self
-            .manager
+        let mut managers = self.manager.into_iter();
+        let first = managers
+            .next()
             .ok_or(ConfigError::Missing { key: "manager" })?;
         let data_dir = self
             .data_dir
             .ok_or(ConfigError::Missing { key: "data-dir" })?;
-        let mut config = NodeConfig::new(manager, data_dir)?;
+        let mut config = NodeConfig::new(first.clone(), data_dir)?
+            .with_managers(std::iter::once(first).chain(managers))?;
         if !self.listen.is_empty() {
             config.listen = self.listen;
         }
@@ -308,6 +343,16 @@ impl NodeSettings {
         }
         config.invite = self.invite.filter(|invite| !invite.trim().is_empty());
         Ok(config)
+    }
+}
+
+fn check_manager(manager: &Multiaddr) -> Result<(), ConfigError> {
+    if matches!(manager.iter().last(), Some(Protocol::P2p(_))) {
+        Ok(())
+    } else {
+        Err(ConfigError::ManagerWithoutPeerId {
+            addr: manager.clone(),
+        })
     }
 }
 
@@ -395,7 +440,7 @@ mod tests {
 
     fn settings() -> NodeSettings {
         NodeSettings {
-            manager: Some(addr(MANAGER)),
+            manager: vec![addr(MANAGER)],
             data_dir: Some("/tmp/node".into()),
             ..NodeSettings::default()
         }
@@ -467,7 +512,7 @@ mod tests {
     #[test]
     fn a_missing_manager_or_data_dir_is_named() {
         let no_manager = NodeSettings {
-            manager: None,
+            manager: Vec::new(),
             ..settings()
         };
         assert!(matches!(
@@ -487,7 +532,7 @@ mod tests {
     #[test]
     fn a_manager_address_without_peer_id_is_refused() {
         let bare = NodeSettings {
-            manager: Some(addr("/ip4/127.0.0.1/tcp/4001")),
+            manager: vec![addr("/ip4/127.0.0.1/tcp/4001")],
             ..settings()
         };
         assert!(matches!(

@@ -1,4 +1,4 @@
-//! Domain public keys fetched from the manager over `/public-key/v1`, cached.
+//! Domain public keys fetched from the leading manager over `/public-key/v1`, cached.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use domain_auth::PublicKey;
 use domain_capabilities::PublicKeySource;
-use domain_cluster::{ClusterHandle, Multiaddr, PeerId};
+use domain_cluster::{ClusterHandle, Managers};
 use tokio::time::Instant;
 
 /// Domains whose keys (or whose absence) the cache holds at most; past that,
@@ -34,8 +34,7 @@ pub struct ManagerKeys {
 #[derive(Debug)]
 struct Inner {
     cluster: ClusterHandle,
-    manager_addr: Multiaddr,
-    manager: PeerId,
+    managers: Managers,
     cache: Mutex<HashMap<String, Entry>>,
     /// One fetch at a time, so that a burst of streams for a new domain makes
     /// one request, not one per stream.
@@ -49,15 +48,13 @@ enum Entry {
 }
 
 impl ManagerKeys {
-    /// Keys of the manager at `manager_addr` (ending with `/p2p/<manager id>`),
-    /// fetched through `cluster`.
+    /// Keys of the leader of `managers`, fetched through `cluster`.
     #[must_use]
-    pub fn new(cluster: ClusterHandle, manager_addr: Multiaddr, manager: PeerId) -> Self {
+    pub fn new(cluster: ClusterHandle, managers: Managers) -> Self {
         Self {
             inner: Arc::new(Inner {
                 cluster,
-                manager_addr,
-                manager,
+                managers,
                 cache: Mutex::new(HashMap::new()),
                 fetching: tokio::sync::Mutex::new(()),
             }),
@@ -110,12 +107,10 @@ impl ManagerKeys {
     /// Asks the manager, and caches the answer (a key, or that it has none).
     async fn fetch(&self, domain_id: &str) -> Result<PublicKey, String> {
         let inner = &self.inner;
-        // The manager may have restarted since the last request: dial its full
-        // address, which the swarm may have forgotten after failed dials.
-        let answer = match inner.cluster.dial(inner.manager_addr.clone()).await {
-            Ok(_) => inner.cluster.public_key(inner.manager, domain_id).await,
-            Err(error) => Err(error),
-        };
+        let answer = inner
+            .managers
+            .call(|manager| inner.cluster.public_key(manager, domain_id))
+            .await;
         match answer {
             Ok(bytes) => {
                 let key = PublicKey::from_bytes(bytes);

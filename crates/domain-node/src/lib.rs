@@ -6,15 +6,17 @@
 //!
 //! - [`Node`]: [`Node::start`] opens the [`LocalDatastore`](domain_datastore::LocalDatastore)
 //!   under `DIR/store`, keeps the peer identity at `DIR/identity.key`, starts the
-//!   swarm with the manager as bootstrap peer, joins the manager and re-joins it
+//!   swarm with the (first) manager as bootstrap peer, joins the manager and re-joins it
 //!   every [`join_interval`](NodeConfig::join_interval) (the heartbeat; the manager's
-//!   address is dialled again each time, so a restarted manager is found). Task
+//!   address is dialled again each time, so a restarted manager is found; given several
+//!   [`managers`](NodeConfig::managers), the node joins whichever leads and follows a new
+//!   leader, keeping its admission, which lives in the shared state). Task
 //!   streams are served with domain-capabilities' handlers, at most
 //!   [`max_task_streams`](NodeConfig::max_task_streams) at once (by default
 //!   [`MAX_CONCURRENT_TASK_STREAMS`](domain_capabilities::MAX_CONCURRENT_TASK_STREAMS)):
 //!   one more is dropped at once, not queued. [`Node::shutdown`] stops
 //!   accepting, lets running streams finish within the grace period, and cuts the rest.
-//! - [`ManagerKeys`]: domain public keys fetched from the manager over
+//! - [`ManagerKeys`]: domain public keys fetched from the leading manager over
 //!   `/public-key/v1`, cached, fetched again when a token's signature fails.
 //! - [`StatusReporter`]: PROCESSING when a stream's handshake succeeds, DONE or
 //!   FAILED when it ends, reported to the manager on `/task-status/v1`, without token.
@@ -26,7 +28,7 @@
 //! use domain_node::{NodeConfig, NodeSettings};
 //!
 //! let settings = NodeSettings {
-//!     manager: Some("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWLRPJAA5o6Ztr9vdumNjgx3D7T9dbtXbZpGbSaDcJkfAP".parse()?),
+//!     manager: vec!["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWLRPJAA5o6Ztr9vdumNjgx3D7T9dbtXbZpGbSaDcJkfAP".parse()?],
 //!     data_dir: Some("/var/lib/domain-node".into()),
 //!     load_capacity: Some(-1),
 //!     ..NodeSettings::default()

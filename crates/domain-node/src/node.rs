@@ -10,12 +10,12 @@ use domain_capabilities::{
 };
 use domain_client::client::{Client, ClientConfig, ClientError};
 use domain_client::datastore::RemoteDatastore;
-use domain_cluster::addr::{Protocol, first_plain_tcp};
+use domain_cluster::addr::first_plain_tcp;
 use domain_cluster::config::{ClusterConfig, Role};
 use domain_cluster::identity::Identity;
 use domain_cluster::{
-    Cluster, ClusterError, ClusterHandle, ClusterStream, IdentityError, IncomingStreams, Multiaddr,
-    PeerId,
+    Cluster, ClusterError, ClusterHandle, ClusterStream, IdentityError, IncomingStreams, Managers,
+    Multiaddr, PeerId,
 };
 use domain_datastore::{DatastoreError, LocalDatastore};
 use domain_proto::discovery::{Capability, Holdings, Node as NodeInfo};
@@ -151,21 +151,16 @@ impl Node {
     /// # Errors
     /// A [`NodeError`] naming what could not be set up.
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
-        let manager = match config.manager.iter().last() {
-            Some(Protocol::P2p(peer)) => peer,
-            _ => {
-                return Err(ConfigError::ManagerWithoutPeerId {
-                    addr: config.manager,
-                }
-                .into());
-            }
+        let Some(first_manager) = config.managers.first().cloned() else {
+            return Err(ConfigError::Missing { key: "manager" }.into());
         };
         let identity = node_identity(&config.data_dir)?;
         let datastore = open_datastore(&config).await?;
 
         let mut cluster_config = ClusterConfig::new(identity, Role::Node)
             .with_listen_addrs(config.listen.clone())
-            .with_bootstrap(config.manager.clone());
+            .with_bootstrap(first_manager)
+            .with_more_bootstrap(config.managers.iter().skip(1).cloned());
         cluster_config.request_timeout = config.request_timeout;
         let (cluster, cluster_task) = Cluster::start(cluster_config)?;
         let local_peer = cluster.local_peer_id();
@@ -178,8 +173,9 @@ impl Node {
         });
         let acceptors = acceptors.into_iter().collect::<Result<Vec<_>, _>>()?;
 
-        let keys = ManagerKeys::new(cluster.clone(), config.manager.clone(), manager);
-        let (reporter, reporter_task) = StatusReporter::start(cluster.clone(), manager);
+        let managers = Managers::new(cluster.clone(), config.managers.iter().cloned())?;
+        let keys = ManagerKeys::new(cluster.clone(), managers.clone());
+        let (reporter, reporter_task) = StatusReporter::start(cluster.clone(), managers.clone());
         let stop = CancellationToken::new();
         let cut = CancellationToken::new();
         let max_streams = config.max_task_streams.clamp(1, Semaphore::MAX_PERMITS);
@@ -192,7 +188,7 @@ impl Node {
         let replicator = datastore.local().map(|local| {
             Arc::new(Replicator::new(
                 cluster.clone(),
-                manager,
+                managers.clone(),
                 local.clone(),
                 config.limits,
                 copies,
@@ -260,8 +256,7 @@ impl Node {
         background.push(tokio::spawn(join_loop(
             JoinLoop {
                 cluster: cluster.clone(),
-                manager_addr: config.manager,
-                manager,
+                managers,
                 info,
                 interval: config.join_interval,
                 joins: joins_tx,
@@ -672,8 +667,7 @@ fn log_failure(peer: PeerId, protocol: &str, job: &str, task: &str, error: &Capa
 /// What the join loop needs.
 struct JoinLoop {
     cluster: ClusterHandle,
-    manager_addr: Multiaddr,
-    manager: PeerId,
+    managers: Managers,
     info: NodeInfo,
     interval: Duration,
     joins: watch::Sender<u64>,
@@ -714,20 +708,16 @@ async fn join_loop(mut state: JoinLoop, stop: CancellationToken) {
     loop {
         let holdings = current_holdings(&state.datastore).await;
         let domains = held_domains(holdings.as_ref());
-        let attempt = async {
-            // Dial the full address each time: after a manager restart the swarm
-            // may have dropped the addresses it knew for it.
-            state.cluster.dial(state.manager_addr.clone()).await?;
-            state
-                .cluster
-                .join(
-                    state.manager,
-                    state.info.clone(),
-                    holdings,
-                    state.invite.clone(),
-                )
-                .await
-        };
+        // The leader's address is dialled each time (after a manager restart the swarm may
+        // have dropped the addresses it knew for it); a new leader is found and joined.
+        let attempt = state.managers.call(|manager| {
+            state.cluster.join(
+                manager,
+                state.info.clone(),
+                holdings.clone(),
+                state.invite.clone(),
+            )
+        });
         let result = tokio::select! {
             () = stop.cancelled() => return,
             result = attempt => result,
@@ -741,7 +731,7 @@ async fn join_loop(mut state: JoinLoop, stop: CancellationToken) {
                     changed
                 });
                 if failures > 0 || *state.joins.borrow() == 0 {
-                    tracing::info!(manager = %state.manager_addr, "joined the manager");
+                    tracing::info!(manager = %state.managers.leader(), "joined the manager");
                 }
                 failures = 0;
                 refused = None;
@@ -755,14 +745,14 @@ async fn join_loop(mut state: JoinLoop, stop: CancellationToken) {
             // Not a failure to retry soon: the operator has to act. Said once per reason.
             Err(ClusterError::JoinRefused { message }) => {
                 if refused.as_ref() != Some(&message) {
-                    tracing::error!(manager = %state.manager_addr, "the manager refused this node: {message}");
+                    tracing::error!(manager = %state.managers.leader(), "the manager refused this node: {message}");
                     refused = Some(message);
                 }
                 state.interval
             }
             Err(error) => {
                 if failures == 0 {
-                    tracing::warn!(manager = %state.manager_addr, error = %domain_proto::ErrorChain(&error), "cannot join the manager; retrying");
+                    tracing::warn!(manager = %state.managers.leader(), error = %domain_proto::ErrorChain(&error), "cannot join the manager; retrying");
                 } else {
                     tracing::debug!(error = %domain_proto::ErrorChain(&error), failures, "join failed again");
                 }

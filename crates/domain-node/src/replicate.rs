@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain_capabilities::{CapabilityError, Limits, StoreSender, delete_items};
-use domain_cluster::{ClusterError, ClusterHandle, ClusterStream, PeerId};
+use domain_cluster::{ClusterError, ClusterHandle, ClusterStream, Managers, PeerId};
 use domain_datastore::{Datastore, DatastoreError, LocalDatastore};
 use domain_proto::DomainId;
 use domain_proto::domain_data::UpsertMetadata;
@@ -81,7 +81,7 @@ enum ReplicationError {
 #[derive(Debug)]
 pub(crate) struct Replicator {
     pub cluster: ClusterHandle,
-    pub manager: PeerId,
+    pub managers: Managers,
     pub datastore: LocalDatastore,
     pub limits: Limits,
     pub copies: Copies,
@@ -92,7 +92,7 @@ pub(crate) struct Replicator {
 impl Replicator {
     pub(crate) fn new(
         cluster: ClusterHandle,
-        manager: PeerId,
+        managers: Managers,
         datastore: LocalDatastore,
         limits: Limits,
         copies: Copies,
@@ -100,7 +100,7 @@ impl Replicator {
     ) -> Self {
         Self {
             cluster,
-            manager,
+            managers,
             datastore,
             limits,
             copies,
@@ -202,7 +202,11 @@ impl Replicator {
         let mut pause = FIRST_SUBMIT_PAUSE;
         let mut attempts = 1;
         loop {
-            match self.cluster.submit_job(self.manager, request.clone()).await {
+            let submitted = self
+                .managers
+                .call(|manager| self.cluster.submit_job(manager, request.clone()))
+                .await;
+            match submitted {
                 Err(ClusterError::JobRejected { message, .. }) if attempts < SUBMIT_ATTEMPTS => {
                     tracing::debug!(%message, attempts, "replicate job refused; trying again");
                     tokio::time::sleep(pause).await;
@@ -310,7 +314,14 @@ impl Replicator {
             access_token: None,
             ..task
         };
-        if let Err(error) = self.cluster.report_tasks(self.manager, &[update]).await {
+        let reported = self
+            .managers
+            .call(|manager| {
+                self.cluster
+                    .report_tasks(manager, std::slice::from_ref(&update))
+            })
+            .await;
+        if let Err(error) = reported {
             tracing::debug!(job_id, error = %domain_proto::ErrorChain(&error), "could not report the failed copy");
         }
     }

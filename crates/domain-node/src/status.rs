@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use domain_auth::TaskClaims;
-use domain_cluster::{ClusterError, ClusterHandle, PeerId};
+use domain_cluster::{ClusterError, ClusterHandle, Managers};
 use domain_proto::protocols::MAX_STATUS_REPORTS;
 use domain_proto::task::{Status, Task};
 use tokio::sync::mpsc;
@@ -37,12 +37,12 @@ pub struct StatusReporter {
 }
 
 impl StatusReporter {
-    /// Starts the worker that sends through `cluster` to `manager`; returns the reporter
-    /// and the worker's task, which ends once the reports are out.
+    /// Starts the worker that sends through `cluster` to the leader of `managers`; returns
+    /// the reporter and the worker's task, which ends once the reports are out.
     #[must_use]
-    pub fn start(cluster: ClusterHandle, manager: PeerId) -> (Self, JoinHandle<()>) {
+    pub fn start(cluster: ClusterHandle, managers: Managers) -> (Self, JoinHandle<()>) {
         let (queue, reports) = mpsc::channel(REPORT_QUEUE);
-        let worker = tokio::spawn(send_reports(cluster, manager, reports));
+        let worker = tokio::spawn(send_reports(cluster, managers, reports));
         (Self { queue }, worker)
     }
 
@@ -76,7 +76,11 @@ pub fn task_update(claims: &TaskClaims, status: Status) -> Task {
     }
 }
 
-async fn send_reports(cluster: ClusterHandle, manager: PeerId, mut reports: mpsc::Receiver<Task>) {
+async fn send_reports(
+    cluster: ClusterHandle,
+    managers: Managers,
+    mut reports: mpsc::Receiver<Task>,
+) {
     let mut pending: VecDeque<Task> = VecDeque::new();
     let mut pause = FIRST_RETRY;
     let mut open = true;
@@ -104,7 +108,7 @@ async fn send_reports(cluster: ClusterHandle, manager: PeerId, mut reports: mpsc
         let batch = pending.len().min(MAX_STATUS_REPORTS);
         let sent = send(
             &cluster,
-            manager,
+            &managers,
             pending.make_contiguous()[..batch].as_ref(),
         )
         .await;
@@ -162,10 +166,13 @@ fn keep(pending: &mut VecDeque<Task>, task: Task) {
 
 async fn send(
     cluster: &ClusterHandle,
-    manager: PeerId,
+    managers: &Managers,
     batch: &[Task],
 ) -> Result<(), ClusterError> {
-    cluster.report_tasks(manager, batch).await?;
+    // A report repeated to a new leader changes nothing the first one did not.
+    managers
+        .call(|manager| cluster.report_tasks(manager, batch))
+        .await?;
     tracing::debug!(reports = batch.len(), "task status reported");
     Ok(())
 }

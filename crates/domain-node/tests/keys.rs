@@ -8,16 +8,12 @@ use domain_capabilities::PublicKeySource;
 use domain_cluster::addr::Protocol;
 use domain_cluster::config::{ClusterConfig, Role};
 use domain_cluster::identity::Identity;
-use domain_cluster::{Cluster, Multiaddr, PeerId};
+use domain_cluster::{Cluster, Managers, Multiaddr};
 use domain_node::ManagerKeys;
 
 mod common;
 
 use common::{DOMAIN, StandIn, tcp_loopback, within};
-
-fn peer_of(addr: &Multiaddr) -> PeerId {
-    domain_cluster::addr::peer_of(addr).unwrap_or_else(|| panic!("no peer id in {addr}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_fetched_once_cached_and_refetched_after_a_rotation() {
@@ -29,8 +25,9 @@ async fn keys_are_fetched_once_cached_and_refetched_after_a_rotation() {
         .with_listen_addrs([tcp_loopback()])
         .with_bootstrap(addr.clone());
     let (cluster, _) = Cluster::start(config).unwrap();
-    let keys = ManagerKeys::new(cluster.clone(), addr.clone(), peer_of(&addr))
-        .with_min_refresh_interval(Duration::ZERO);
+    let managers = Managers::new(cluster.clone(), [addr.clone()]).unwrap();
+    let keys =
+        ManagerKeys::new(cluster.clone(), managers).with_min_refresh_interval(Duration::ZERO);
 
     assert_eq!(keys.cached(DOMAIN), None);
     let fetched = within("a key", keys.public_key(DOMAIN)).await.unwrap();
@@ -76,11 +73,8 @@ async fn a_signature_failure_soon_after_a_fetch_asks_the_manager_nothing() {
         .with_listen_addrs([tcp_loopback()])
         .with_bootstrap(manager.addr.clone());
     let (cluster, _) = Cluster::start(config).unwrap();
-    let keys = ManagerKeys::new(
-        cluster.clone(),
-        manager.addr.clone(),
-        peer_of(&manager.addr),
-    );
+    let managers = Managers::new(cluster.clone(), [manager.addr.clone()]).unwrap();
+    let keys = ManagerKeys::new(cluster.clone(), managers);
     within("a key", keys.public_key(DOMAIN)).await.unwrap();
     // Forged tokens must not turn into requests to the manager.
     assert_eq!(keys.refreshed_key(DOMAIN).await, None);

@@ -14,6 +14,8 @@ pub const JOBS_V1: &str = "/jobs/v1";
 pub const MONITOR_V1: &str = "/monitor/v1";
 /// A client asks the manager which nodes hold data of a domain (an extension).
 pub const HOLDERS_V1: &str = "/holders/v1";
+/// Anyone asks a manager which manager leads (an extension: posemesh has one manager).
+pub const LEADER_V1: &str = "/leader/v1";
 /// A task's sender or receiver reports its status to the manager (an extension: posemesh
 /// gossips task updates on the job's topic, which any peer may follow).
 pub const TASK_STATUS_V1: &str = "/task-status/v1";
@@ -29,8 +31,9 @@ pub const LOAD_V1: &str = "/load/v1";
 pub const DELETE_V1: &str = "/delete/v1";
 
 /// Every stream protocol above, for registering handlers.
-pub const ALL_STREAM_PROTOCOLS: [&str; 9] = [
+pub const ALL_STREAM_PROTOCOLS: [&str; 10] = [
     PUBLIC_KEY_V1,
+    LEADER_V1,
     JOIN_V1,
     JOBS_V1,
     MONITOR_V1,

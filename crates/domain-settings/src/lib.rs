@@ -182,6 +182,32 @@ pub mod duration {
     }
 }
 
+/// Deserializes a list setting that a file may also give as one value (`manager =
+/// "/ip4/…"` as well as `manager = ["/ip4/…", "/ip4/…"]`), so that a file written when the
+/// setting took one value still reads: `#[serde(deserialize_with =
+/// "domain_settings::one_or_many")]`.
+///
+/// # Errors
+/// When the value is neither a `T` nor a list of them.
+pub fn one_or_many<'de, T, D>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    use serde::Deserialize as _;
+
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany<T> {
+        Many(Vec<T>),
+        One(T),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::Many(values) => values,
+        OneOrMany::One(value) => vec![value],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +248,22 @@ mod tests {
             Ok(cli) => cli.settings,
             Err(error) => panic!("{error}"),
         }
+    }
+
+    #[test]
+    fn a_list_setting_reads_from_one_value_or_a_list() {
+        #[derive(Debug, Deserialize)]
+        struct Managers {
+            #[serde(deserialize_with = "one_or_many")]
+            manager: Vec<String>,
+        }
+        let one: Managers = toml::from_str("manager = \"a\"").unwrap();
+        let many: Managers = toml::from_str("manager = [\"a\", \"b\"]").unwrap();
+        assert_eq!(
+            (one.manager, many.manager),
+            (vec!["a".to_owned()], vec!["a".to_owned(), "b".to_owned()])
+        );
+        assert!(toml::from_str::<Managers>("manager = 3").is_err());
     }
 
     fn full_file() -> Settings {

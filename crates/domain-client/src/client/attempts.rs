@@ -8,14 +8,19 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use domain_cluster::managers::leads_elsewhere;
 use domain_cluster::{ClusterError, PeerId, SubmittedJob};
-use domain_proto::task::{Status, Task};
+use domain_proto::task::{JobRequest, Status, Task};
 
 use super::{Assignment, Client, ClientError};
 
 /// The most frames of other tasks a [`TaskRun`] keeps while it waits for the selected
 /// task's: the manager sends at most a few per task (a token per attempt, a FAILED).
 pub(super) const MAX_BUFFERED_FRAMES: usize = 4096;
+
+/// How many times a job whose stream broke is submitted again (to the manager that leads
+/// now): each is a manager lost while the job ran.
+const MAX_RESUBMITS: u32 = 3;
 
 /// Where the selected task's attempts stand when one failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +149,10 @@ impl OtherFrames {
 pub(super) struct TaskRun<'a> {
     client: &'a Client,
     job: SubmittedJob,
+    /// The request submitted, to submit again when the job's stream breaks.
+    request: JobRequest,
+    /// How many times it was.
+    resubmits: u32,
     /// Each task's name and the node it is pinned to, in the order submitted.
     pub(super) targets: Vec<(String, Option<PeerId>)>,
     task_name: String,
@@ -158,11 +167,14 @@ impl<'a> TaskRun<'a> {
     pub(super) fn new(
         client: &'a Client,
         job: SubmittedJob,
+        request: JobRequest,
         targets: Vec<(String, Option<PeerId>)>,
     ) -> Self {
         Self {
             client,
             job,
+            request,
+            resubmits: 0,
             task_name: targets
                 .first()
                 .map(|(name, _)| name.clone())
@@ -182,7 +194,7 @@ impl TaskRun<'_> {
         self.task_name = name;
         self.attempts = 0;
         self.current = None;
-        target_node(node, self.client.manager, self.client.peer_id())
+        target_node(node, self.client.manager(), self.client.peer_id())
     }
 
     /// Takes back the selected task's first attempt, made elsewhere (the assignment
@@ -205,8 +217,14 @@ impl TaskRun<'_> {
             return Ok(Some(frame));
         }
         loop {
-            let Some(task) = self.job.tasks.next().await? else {
-                return Ok(None);
+            let task = match self.job.tasks.next().await {
+                Ok(Some(task)) => task,
+                Ok(None) => return Ok(None),
+                Err(error) if leads_elsewhere(&error) && self.resubmits < MAX_RESUBMITS => {
+                    self.resubmit(error).await?;
+                    continue;
+                }
+                Err(error) => return Err(error),
             };
             if task.name == self.task_name {
                 return Ok(Some(task));
@@ -215,6 +233,24 @@ impl TaskRun<'_> {
                 self.others.keep(task);
             }
         }
+    }
+
+    /// Carries on after the job's stream broke with `error` (its manager died or stepped
+    /// down): the job lives on in the managers' shared state, and the same request
+    /// submitted to the manager that leads now is the same job, answered with fresh tokens
+    /// for the tasks already assigned and a stream that goes on.
+    async fn resubmit(&mut self, error: ClusterError) -> Result<(), ClusterError> {
+        self.resubmits += 1;
+        tracing::info!(job_id = %self.job.job_id, error = %domain_proto::ErrorChain(&error), "the job's stream broke; submitting it again");
+        let Some(managers) = &self.client.managers else {
+            return Err(error);
+        };
+        let request = &self.request;
+        let cluster = &self.client.cluster;
+        self.job = managers
+            .call(|manager| cluster.submit_job(manager, request.clone()))
+            .await?;
+        Ok(())
     }
 
     /// The next assignment of the task: a node and a token.
@@ -315,10 +351,13 @@ impl TaskRun<'_> {
             ..task
         };
         // Best effort: the node reports its side too, and the deadline remains.
-        let reported = match self.client.manager {
-            Some(manager) => self.client.cluster.report_tasks(manager, &[update]).await,
-            None => return,
+        let Some(managers) = &self.client.managers else {
+            return;
         };
+        let cluster = &self.client.cluster;
+        let reported = managers
+            .call(|manager| cluster.report_tasks(manager, std::slice::from_ref(&update)))
+            .await;
         if let Err(report_error) = reported {
             tracing::debug!(%job_id, error = %domain_proto::ErrorChain(&report_error), ?status, "could not report the attempt");
         }

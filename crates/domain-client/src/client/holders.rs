@@ -179,10 +179,9 @@ impl Client {
         job_name: &str,
         endpoint: &str,
     ) -> Result<(Option<TaskRun<'_>>, Vec<PeerId>), ClientError> {
-        let manager = self.manager.ok_or(ClientError::NoManager)?;
         let (holders, _) = self
-            .cluster
-            .holders(manager, domain.as_str(), false)
+            .managers()?
+            .call(|manager| self.cluster.holders(manager, domain.as_str(), false))
             .await
             .map_err(|source| ClientError::Manager {
                 job: job_name.to_owned(),

@@ -160,10 +160,9 @@ impl Client {
             items: &items,
             stopped: &stopped,
         };
-        let manager = client.manager.ok_or(ClientError::NoManager)?;
         let (holders, changes) = client
-            .cluster
-            .holders(manager, domain.as_str(), true)
+            .managers()?
+            .call(|manager| client.cluster.holders(manager, domain.as_str(), true))
             .await
             .map_err(|source| ClientError::Manager {
                 job: "watch".to_owned(),
