@@ -18,6 +18,8 @@ use domain_etcd::LocalEtcd;
 use domain_proto::task::Status;
 
 const DOMAIN: &str = "e2e";
+/// Where the managers keep their state in etcd.
+const PREFIX: &str = "/e2e/";
 /// The managers' lease: a standby leads about one lease after the leader dies.
 const LEASE: &str = "2s";
 /// Bytes of each file of the upload that is cut by the kill: long enough to be streaming
@@ -37,16 +39,9 @@ struct Manager {
 }
 
 impl Manager {
-    /// A manager whose data folder (`dir/<name>`) knows domain `e2e` with `key` (its
-    /// exported private key, or `None` to make it), allows `clients`, admits `nodes`.
-    fn prepare(
-        dir: &Path,
-        name: &str,
-        etcd: &str,
-        key: Option<&Path>,
-        clients: &[PeerId],
-        nodes: &[PeerId],
-    ) -> Self {
+    /// A manager with its data folder in `dir/<name>`, holding the key of domain `e2e`
+    /// exported to `key` by the manager that made it (keys never go through etcd).
+    fn prepare(dir: &Path, name: &str, etcd: &str, key: Option<&Path>) -> Self {
         let data = dir.join(name);
         domain_auth::create_private_dir(&data).unwrap();
         let peer = Identity::load_or_create(data.join("identity.key"))
@@ -65,15 +60,6 @@ impl Manager {
                 &key,
             ]);
         }
-        let mut create = vec!["domain", "create", DOMAIN, "--data-dir", &data_arg];
-        let clients: Vec<String> = clients.iter().map(ToString::to_string).collect();
-        for client in &clients {
-            create.extend(["--allow", client]);
-        }
-        manager_ok(&create);
-        for node in nodes {
-            manager_ok(&["node", "allow", &node.to_string(), "--data-dir", &data_arg]);
-        }
         let listen = format!("/ip4/127.0.0.1/tcp/{}", free_port().unwrap());
         let addr = format!("{listen}/p2p/{peer}").parse().unwrap();
         let args = [
@@ -85,7 +71,7 @@ impl Manager {
             "--etcd",
             etcd,
             "--etcd-prefix",
-            "/e2e/",
+            PREFIX,
             "--leader-lease",
             LEASE,
             "--tick-interval",
@@ -248,32 +234,32 @@ fn a_standby_finishes_an_upload_whose_leader_was_killed_and_the_cluster_outlives
     let nodes: Vec<PeerId> = node_dirs.iter().map(|d| node_id(d)).collect();
     let clients = [client.peer_id(), watcher.peer_id()];
 
-    // Every manager signs with the same domain key: made by the first, imported by the
-    // others (keys never go through etcd).
-    let mut managers = vec![Manager::prepare(
-        dir,
-        "manager-1",
-        &endpoint,
-        None,
-        &clients,
-        &nodes,
-    )];
-    let key = dir.join("e2e.pem");
+    // The operator declares the domain and admits the nodes once, in etcd, for every
+    // manager. Every manager signs with the same domain key: made by the first, which etcd
+    // publishes, imported by the others.
+    let mut managers = vec![Manager::prepare(dir, "manager-1", &endpoint, None)];
     let first_data = managers[0].dir.display().to_string();
+    let on_etcd = ["--etcd", &endpoint, "--etcd-prefix", PREFIX];
+    let mut create = vec!["domain", "create", DOMAIN, "--data-dir", &first_data];
+    let clients: Vec<String> = clients.iter().map(ToString::to_string).collect();
+    for client in &clients {
+        create.extend(["--allow", client]);
+    }
+    manager_ok(&[&create[..], &on_etcd[..]].concat());
+    for node in &nodes {
+        let node = node.to_string();
+        manager_ok(&[&["node", "allow", &node][..], &on_etcd[..]].concat());
+    }
+    let admitted = manager_ok(&[&["node", "ls"][..], &on_etcd[..]].concat());
+    assert_eq!(admitted.lines().count(), 2, "{admitted}");
+    let key = dir.join("e2e.pem");
     std::fs::write(
         &key,
         manager_ok(&["domain", "export", DOMAIN, "--data-dir", &first_data]),
     )
     .unwrap();
     for name in ["manager-2", "manager-3"] {
-        managers.push(Manager::prepare(
-            dir,
-            name,
-            &endpoint,
-            Some(&key),
-            &clients,
-            &nodes,
-        ));
+        managers.push(Manager::prepare(dir, name, &endpoint, Some(&key)));
     }
     std::fs::remove_file(&key).unwrap();
     phase("managers prepared");

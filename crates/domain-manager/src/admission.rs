@@ -14,12 +14,14 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::PoisonError;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use domain_cluster::PeerId;
 use serde::{Deserialize, Serialize};
 
 use crate::config::write_toml;
+use crate::control::{ControlStore, Version};
 use crate::error::ConfigError;
 
 /// Bytes of an invite's secret.
@@ -107,7 +109,7 @@ impl NodesFile {
     }
 
     /// The admitted peer ids.
-    fn peers(&self) -> Result<BTreeSet<PeerId>, String> {
+    pub(crate) fn peers(&self) -> Result<BTreeSet<PeerId>, String> {
         self.admitted
             .iter()
             .map(|peer| {
@@ -147,6 +149,43 @@ impl NodesFile {
         Ok(answer)
     }
 
+    /// Admits `peer`; false when it was admitted already.
+    pub fn admit(&mut self, peer: &PeerId) -> bool {
+        let peer = peer.to_string();
+        let new = !self.admitted.contains(&peer);
+        if new {
+            self.admitted.push(peer);
+        }
+        new
+    }
+
+    /// Revokes `peer`; false when it was not admitted.
+    pub fn revoke(&mut self, peer: &PeerId) -> bool {
+        let peer = peer.to_string();
+        let before = self.admitted.len();
+        self.admitted.retain(|admitted| *admitted != peer);
+        self.admitted.len() != before
+    }
+
+    /// Records a new invite (its hash and expiry), dropping the expired and the oldest.
+    fn add_invite(&mut self, record: InviteRecord, now: u64) {
+        self.prune(now);
+        self.invites.push(record);
+        self.prune(now);
+    }
+
+    /// Spends the invite whose hash is `hash`, if known and unexpired at `now`, admitting
+    /// `peer`. Returns (whether the file changed, whether the invite was good).
+    fn redeem(&mut self, hash: &str, peer: &PeerId, now: u64) -> (bool, bool) {
+        let pruned = self.prune(now);
+        let Some(at) = self.invites.iter().position(|known| known.hash == hash) else {
+            return (pruned, false);
+        };
+        self.invites.remove(at);
+        self.admit(peer);
+        (true, true)
+    }
+
     /// Drops the invites that expired before `now` (seconds since the epoch), and the
     /// oldest past [`MAX_INVITES`]; true when any went.
     fn prune(&mut self, now: u64) -> bool {
@@ -167,12 +206,8 @@ impl NodesFile {
 /// Those of [`NodesFile::update`].
 pub fn admit_node(data_dir: &Path, peer: &PeerId) -> Result<bool, ConfigError> {
     ensure_dir(data_dir)?;
-    let peer = peer.to_string();
     NodesFile::update(data_dir, |file| {
-        let new = !file.admitted.contains(&peer);
-        if new {
-            file.admitted.push(peer);
-        }
+        let new = file.admit(peer);
         (new, new)
     })
 }
@@ -184,11 +219,8 @@ pub fn admit_node(data_dir: &Path, peer: &PeerId) -> Result<bool, ConfigError> {
 /// Those of [`NodesFile::update`].
 pub fn revoke_node(data_dir: &Path, peer: &PeerId) -> Result<bool, ConfigError> {
     ensure_dir(data_dir)?;
-    let peer = peer.to_string();
     NodesFile::update(data_dir, |file| {
-        let before = file.admitted.len();
-        file.admitted.retain(|admitted| *admitted != peer);
-        let removed = file.admitted.len() != before;
+        let removed = file.revoke(peer);
         (removed, removed)
     })
 }
@@ -201,114 +233,151 @@ pub fn revoke_node(data_dir: &Path, peer: &PeerId) -> Result<bool, ConfigError> 
 /// Those of [`NodesFile::update`].
 pub fn create_invite(data_dir: &Path, ttl: Duration) -> Result<String, ConfigError> {
     ensure_dir(data_dir)?;
-    let mut secret = [0u8; INVITE_BYTES];
-    getrandom(&mut secret).map_err(|source| ConfigError::Write {
+    let (invite, record, now) = new_invite(ttl).map_err(|source| ConfigError::Write {
         path: NodesFile::path(data_dir),
         source,
     })?;
+    NodesFile::update(data_dir, |file| {
+        file.add_invite(record, now);
+        (true, ())
+    })?;
+    Ok(invite)
+}
+
+/// [`create_invite`] in the operator's state of `control` (the folder, or etcd shared by
+/// several managers): any of the managers admits the node that presents it.
+///
+/// # Errors
+/// Those of [`ControlStore::update_nodes`]; [`ConfigError::Write`] when no random secret
+/// can be had.
+pub async fn create_invite_in(
+    control: &ControlStore,
+    ttl: Duration,
+) -> Result<String, ConfigError> {
+    let (invite, record, now) = new_invite(ttl).map_err(|source| ConfigError::Write {
+        path: PathBuf::from("invite"),
+        source,
+    })?;
+    control
+        .update_nodes(|file| {
+            file.add_invite(record.clone(), now);
+            (true, ())
+        })
+        .await?;
+    Ok(invite)
+}
+
+/// A new invite valid for `ttl`: its secret, the record kept of it, and now.
+fn new_invite(ttl: Duration) -> std::io::Result<(String, InviteRecord, u64)> {
+    let mut secret = [0u8; INVITE_BYTES];
+    getrandom(&mut secret)?;
     let invite = format!("{INVITE_PREFIX}{}", hex::encode(secret));
     let now = unix_seconds(SystemTime::now());
     let record = InviteRecord {
         hash: invite_hash(&invite),
         expires: now.saturating_add(ttl.as_secs()),
     };
-    NodesFile::update(data_dir, |file| {
-        file.prune(now);
-        file.invites.push(record);
-        file.prune(now);
-        (true, ())
-    })?;
-    Ok(invite)
+    Ok((invite, record, now))
 }
 
-/// Who may join a manager: the admissions of its data folder and its configuration file.
-/// Reads the folder's file again whenever it changed, so that `domain-manager node allow`
-/// and `revoke` take effect on a running manager at the node's next join.
+/// Who may join a manager: the admissions of its [`ControlStore`] (its data folder, or
+/// etcd) and of its configuration file. Reads the store's admissions again whenever they
+/// changed, so that `domain-manager node allow` and `revoke` take effect on a running
+/// manager at the node's next join.
 #[derive(Debug)]
 pub struct Admission {
-    data_dir: PathBuf,
-    /// Admitted in the configuration file: never revoked by the folder's file.
+    store: ControlStore,
+    /// Admitted in the configuration file: never revoked by the store.
     configured: BTreeSet<PeerId>,
-    /// Admitted in the folder's file, as last read.
-    admitted: BTreeSet<PeerId>,
-    /// The file's modification time and length when last read.
-    seen: Option<(SystemTime, u64)>,
     /// No domain is declared: with nobody admitted, any node joins.
     no_domain: bool,
+    /// Admitted in the store, as last read, and the version read.
+    read: std::sync::Mutex<(BTreeSet<PeerId>, Option<Version>)>,
+    /// One reload at a time: joins that arrive together read the store once.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl Admission {
-    /// The admissions of `data_dir` and `configured`; `no_domain` when the manager declares
+    /// The admissions of `store` and `configured`; `no_domain` when the manager declares
     /// no domain (then, with nobody admitted, it is open).
     ///
     /// # Errors
-    /// Those of [`NodesFile::load`].
-    pub fn load(
-        data_dir: &Path,
+    /// Those of reading the store's admissions.
+    pub async fn load(
+        store: ControlStore,
         configured: BTreeSet<PeerId>,
         no_domain: bool,
     ) -> Result<Self, ConfigError> {
-        let mut admission = Self {
-            data_dir: data_dir.to_owned(),
+        let admission = Self {
+            store,
             configured,
-            admitted: BTreeSet::new(),
-            seen: None,
             no_domain,
+            read: std::sync::Mutex::new((BTreeSet::new(), None)),
+            reloading: tokio::sync::Mutex::new(()),
         };
-        admission.reload()?;
+        admission.reload().await?;
         Ok(admission)
+    }
+
+    /// The admitted set and its version, as last read: whole after every store (a holder
+    /// that panicked left it as it was).
+    fn read(&self) -> std::sync::MutexGuard<'_, (BTreeSet<PeerId>, Option<Version>)> {
+        self.read.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// True when any node may join: no domain declared and nobody admitted.
     #[must_use]
     pub fn is_open(&self) -> bool {
-        self.no_domain && self.configured.is_empty() && self.admitted.is_empty()
+        self.no_domain && self.configured.is_empty() && self.read().0.is_empty()
+    }
+
+    /// Whether nobody at all is admitted (neither in the store nor configured).
+    #[must_use]
+    pub fn admits_nobody(&self) -> bool {
+        self.configured.is_empty() && self.read().0.is_empty()
     }
 
     /// Whether `peer` may join now.
     #[must_use]
     pub fn admits(&self, peer: &PeerId) -> bool {
-        self.is_open() || self.configured.contains(peer) || self.admitted.contains(peer)
+        self.is_open() || self.configured.contains(peer) || self.read().0.contains(peer)
     }
 
-    /// Reads the folder's file again if it changed since; returns the peers it no longer
-    /// admits (revoked since the last read).
+    /// Reads the store's admissions again if they changed since; returns the peers it no
+    /// longer admits (revoked since the last read).
     ///
     /// # Errors
-    /// Those of [`NodesFile::load`]; the admissions stay as they were.
-    pub fn reload(&mut self) -> Result<Vec<PeerId>, ConfigError> {
-        let path = NodesFile::path(&self.data_dir);
-        let seen = std::fs::metadata(&path)
-            .ok()
-            .map(|meta| (meta.modified().unwrap_or(UNIX_EPOCH), meta.len()));
-        if seen.is_some() && seen == self.seen {
+    /// Those of reading the store; the admissions stay as they were.
+    pub async fn reload(&self) -> Result<Vec<PeerId>, ConfigError> {
+        let _one_reload = self.reloading.lock().await;
+        let version = self.store.nodes_version().await?;
+        if self.read().1 == Some(version) {
             return Ok(Vec::new());
         }
-        let file = NodesFile::load(&self.data_dir)?;
-        let admitted = file.peers().map_err(|reason| ConfigError::Invalid {
-            path,
-            key: "admitted".into(),
+        let (file, version) = self.store.nodes().await?;
+        let admitted = file.peers().map_err(|reason| ConfigError::Document {
+            key: "admitted",
             reason,
         })?;
-        let revoked = self
-            .admitted
+        let mut read = self.read();
+        let revoked = read
+            .0
             .difference(&admitted)
             .filter(|peer| !self.configured.contains(*peer))
             .copied()
             .collect();
-        self.admitted = admitted;
-        self.seen = seen;
+        *read = (admitted, Some(version));
         Ok(revoked)
     }
 
     /// Decides the join of `peer`, presenting `invite` (if any): admitted peers join; an
     /// invite that is known and unexpired admits the peer for good (recorded in the
-    /// folder's file) and is spent.
+    /// store) and is spent.
     ///
     /// # Errors
     /// The [`JoinRefusal`] to send the node.
-    pub fn check_join(&mut self, peer: &PeerId, invite: Option<&str>) -> Result<(), JoinRefusal> {
-        if let Err(error) = self.reload() {
+    pub async fn check_join(&self, peer: &PeerId, invite: Option<&str>) -> Result<(), JoinRefusal> {
+        if let Err(error) = self.reload().await {
             // The last admissions read stay in force; the operator sees why.
             tracing::warn!(
                 "cannot read the node admissions again: {}",
@@ -323,22 +392,14 @@ impl Admission {
         };
         let hash = invite_hash(invite);
         let now = unix_seconds(SystemTime::now());
-        let peer_text = peer.to_string();
-        let redeemed = NodesFile::update(&self.data_dir, |file| {
-            let pruned = file.prune(now);
-            let Some(at) = file.invites.iter().position(|known| known.hash == hash) else {
-                return (pruned, false);
-            };
-            file.invites.remove(at);
-            if !file.admitted.contains(&peer_text) {
-                file.admitted.push(peer_text);
-            }
-            (true, true)
-        });
+        let redeemed = self
+            .store
+            .update_nodes(|file| file.redeem(&hash, peer, now))
+            .await;
         match redeemed {
             Ok(true) => {
                 tracing::info!(node = %peer, "node admitted with an invite");
-                self.admitted.insert(*peer);
+                self.read().0.insert(*peer);
                 Ok(())
             }
             Ok(false) => Err(JoinRefusal::BadInvite { peer: *peer }),
@@ -390,78 +451,90 @@ mod tests {
         PeerId::random()
     }
 
-    #[test]
-    fn an_open_manager_admits_anyone_until_a_node_is_admitted_or_a_domain_declared() {
+    fn folder(dir: &Path) -> ControlStore {
+        ControlStore::Folder(dir.to_owned())
+    }
+
+    #[tokio::test]
+    async fn an_open_manager_admits_anyone_until_a_node_is_admitted_or_a_domain_declared() {
         let dir = crate::tests_support::private_tempdir();
         let (known, stranger) = (peer(), peer());
-        let mut admission = Admission::load(dir.path(), BTreeSet::new(), true).unwrap();
+        let admission = Admission::load(folder(dir.path()), BTreeSet::new(), true)
+            .await
+            .unwrap();
         assert!(admission.is_open());
-        assert!(admission.check_join(&stranger, None).is_ok());
+        assert!(admission.check_join(&stranger, None).await.is_ok());
 
         assert!(admit_node(dir.path(), &known).unwrap());
         assert!(!admit_node(dir.path(), &known).unwrap(), "admitted once");
-        assert!(admission.check_join(&known, None).is_ok());
+        assert!(admission.check_join(&known, None).await.is_ok());
         assert_eq!(
-            admission.check_join(&stranger, None),
+            admission.check_join(&stranger, None).await,
             Err(JoinRefusal::NotAdmitted { peer: stranger })
         );
 
         let closed = Admission::load(
-            crate::tests_support::private_tempdir().path(),
+            folder(crate::tests_support::private_tempdir().path()),
             BTreeSet::new(),
             false,
         )
+        .await
         .unwrap();
         assert!(!closed.is_open(), "a declared domain closes the manager");
         assert!(!closed.admits(&stranger));
     }
 
-    #[test]
-    fn a_revoked_node_is_refused_at_its_next_join_and_named_once() {
+    #[tokio::test]
+    async fn a_revoked_node_is_refused_at_its_next_join_and_named_once() {
         let dir = crate::tests_support::private_tempdir();
         let (node, configured) = (peer(), peer());
         admit_node(dir.path(), &node).unwrap();
         admit_node(dir.path(), &configured).unwrap();
-        let mut admission =
-            Admission::load(dir.path(), BTreeSet::from([configured]), false).unwrap();
-        assert!(admission.check_join(&node, None).is_ok());
+        let admission = Admission::load(folder(dir.path()), BTreeSet::from([configured]), false)
+            .await
+            .unwrap();
+        assert!(admission.check_join(&node, None).await.is_ok());
 
         assert!(revoke_node(dir.path(), &node).unwrap());
         assert!(revoke_node(dir.path(), &configured).unwrap());
         assert!(!revoke_node(dir.path(), &node).unwrap(), "revoked once");
         // The configuration file's admissions are not the folder's to revoke.
-        assert_eq!(admission.reload().unwrap(), vec![node]);
-        assert!(admission.reload().unwrap().is_empty());
-        assert!(admission.check_join(&node, None).is_err());
-        assert!(admission.check_join(&configured, None).is_ok());
+        assert_eq!(admission.reload().await.unwrap(), vec![node]);
+        assert!(admission.reload().await.unwrap().is_empty());
+        assert!(admission.check_join(&node, None).await.is_err());
+        assert!(admission.check_join(&configured, None).await.is_ok());
     }
 
-    #[test]
-    fn an_invite_admits_one_peer_once_and_is_kept_only_as_a_hash() {
+    #[tokio::test]
+    async fn an_invite_admits_one_peer_once_and_is_kept_only_as_a_hash() {
         let dir = crate::tests_support::private_tempdir();
         let (first, second) = (peer(), peer());
-        let mut admission = Admission::load(dir.path(), BTreeSet::new(), false).unwrap();
+        let admission = Admission::load(folder(dir.path()), BTreeSet::new(), false)
+            .await
+            .unwrap();
         let invite = create_invite(dir.path(), Duration::from_secs(600)).unwrap();
         assert!(invite.starts_with(INVITE_PREFIX));
         let text = std::fs::read_to_string(NodesFile::path(dir.path())).unwrap();
         assert!(!text.contains(&invite[INVITE_PREFIX.len()..]), "{text}");
 
         assert_eq!(
-            admission.check_join(&first, Some("dcinv-00")),
+            admission.check_join(&first, Some("dcinv-00")).await,
             Err(JoinRefusal::BadInvite { peer: first })
         );
-        assert!(admission.check_join(&first, Some(&invite)).is_ok());
+        assert!(admission.check_join(&first, Some(&invite)).await.is_ok());
         // Admitted for good, without the invite; the invite is spent.
-        assert!(admission.check_join(&first, None).is_ok());
-        assert!(admission.check_join(&second, Some(&invite)).is_err());
+        assert!(admission.check_join(&first, None).await.is_ok());
+        assert!(admission.check_join(&second, Some(&invite)).await.is_err());
         // And the admission survives a manager that reads the folder again.
-        let again = Admission::load(dir.path(), BTreeSet::new(), false).unwrap();
+        let again = Admission::load(folder(dir.path()), BTreeSet::new(), false)
+            .await
+            .unwrap();
         assert!(again.admits(&first));
         assert!(!again.admits(&second));
     }
 
-    #[test]
-    fn an_expired_invite_is_refused_and_dropped() {
+    #[tokio::test]
+    async fn an_expired_invite_is_refused_and_dropped() {
         let dir = crate::tests_support::private_tempdir();
         let node = peer();
         let invite = create_invite(dir.path(), Duration::ZERO).unwrap();
@@ -469,16 +542,18 @@ mod tests {
         let mut file = NodesFile::load(dir.path()).unwrap();
         file.invites[0].expires = 1;
         write_toml(&NodesFile::path(dir.path()), &file).unwrap();
-        let mut admission = Admission::load(dir.path(), BTreeSet::new(), false).unwrap();
+        let admission = Admission::load(folder(dir.path()), BTreeSet::new(), false)
+            .await
+            .unwrap();
         assert_eq!(
-            admission.check_join(&node, Some(&invite)),
+            admission.check_join(&node, Some(&invite)).await,
             Err(JoinRefusal::BadInvite { peer: node })
         );
         assert!(NodesFile::load(dir.path()).unwrap().invites.is_empty());
     }
 
-    #[test]
-    fn a_bad_peer_id_in_the_file_is_named() {
+    #[tokio::test]
+    async fn a_bad_peer_id_in_the_file_is_named() {
         let dir = crate::tests_support::private_tempdir();
         std::fs::write(NodesFile::path(dir.path()), "admitted = [\"nope\"]\n").unwrap();
         let error = NodesFile::load(dir.path()).unwrap_err().to_string();

@@ -15,6 +15,7 @@ use domain_proto::{DomainId, InvalidDomainId};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{keys_dir, write_toml};
+use crate::control::ControlStore;
 use crate::error::ConfigError;
 
 /// A domain and the client peer ids allowed to submit jobs to it.
@@ -232,6 +233,31 @@ impl DomainsFile {
         }
     }
 
+    /// Declares `domain` if it is not, and adds `allow` to its allow-list; true when
+    /// anything changed.
+    pub(crate) fn declare(&mut self, domain: &str, allow: &[PeerId]) -> bool {
+        let allow = allow.iter().map(ToString::to_string);
+        match self.domain.iter_mut().find(|d| d.id == domain) {
+            Some(spec) => {
+                let before = spec.allow.len();
+                for peer in allow {
+                    if !spec.allow.contains(&peer) {
+                        spec.allow.push(peer);
+                    }
+                }
+                spec.allow.len() != before
+            }
+            None => {
+                self.domain.push(DomainSpec {
+                    id: domain.to_owned(),
+                    allow: allow.collect(),
+                    replication: None,
+                });
+                true
+            }
+        }
+    }
+
     /// Writes the file of `data_dir` whole or not at all: a synced temporary file renamed into
     /// place.
     ///
@@ -265,22 +291,35 @@ pub fn create_domain(
     DomainPolicy::from_specs(&file.domain)?;
     let keys = DomainKeyStore::open(keys_dir(data_dir))?;
     let public = keys.key(domain)?.public_key();
-    let allow: Vec<String> = allow.iter().map(ToString::to_string).collect();
-    match file.domain.iter_mut().find(|d| d.id == domain) {
-        Some(spec) => {
-            for peer in allow {
-                if !spec.allow.contains(&peer) {
-                    spec.allow.push(peer);
-                }
-            }
-        }
-        None => file.domain.push(DomainSpec {
-            id: domain.to_owned(),
-            allow,
-            replication: None,
-        }),
-    }
+    file.declare(domain, allow);
     file.save(data_dir)?;
+    Ok(public)
+}
+
+/// [`create_domain`] in the operator's state of `control` (the folder, or etcd shared by
+/// several managers), the key in the data folder `data_dir`: with etcd, the key etcd
+/// publishes for the domain, which this manager must have (imported), or a new one that
+/// etcd publishes from now on.
+///
+/// # Errors
+/// Those of [`create_domain`], of [`ControlStore::domain_key`] and of
+/// [`ControlStore::update_domains`].
+pub async fn create_domain_in(
+    control: &ControlStore,
+    data_dir: &Path,
+    domain: &str,
+    allow: &[PeerId],
+) -> Result<PublicKey, ConfigError> {
+    check_domain_id(domain).map_err(|e| ConfigError::Domain {
+        domain: domain.chars().take(80).collect(),
+        reason: domain_proto::ErrorChain(&e).to_string(),
+    })?;
+    domain_auth::open_private_dir(data_dir).map_err(ConfigError::DataDir)?;
+    let keys = DomainKeyStore::open(keys_dir(data_dir))?;
+    let public = control.domain_key(&keys, domain).await?;
+    control
+        .update_domains(|file| (file.declare(domain, allow), ()))
+        .await?;
     Ok(public)
 }
 

@@ -66,6 +66,39 @@ pub enum ConfigError {
     /// The domain key store failed.
     #[error(transparent)]
     Keys(#[from] KeyStoreError),
+    /// The operator's state in etcd cannot be read or written.
+    #[error("etcd")]
+    Etcd(#[from] domain_etcd::EtcdError),
+    /// A document of the operator's state in etcd is not valid.
+    #[error("etcd key {key}: {reason}")]
+    Document {
+        /// The key, under the cluster's prefix.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The managers on etcd sign a domain's tokens with a key this manager does not have.
+    #[error(
+        "domain {domain:?}: the managers on etcd sign with key {published}, which this manager \
+         does not have; import it from a manager that has it (`domain-manager domain export` / `import`)"
+    )]
+    NoKey {
+        /// The domain.
+        domain: String,
+        /// The public key etcd publishes, hex.
+        published: String,
+    },
+    /// This manager's key of a domain is not the one the managers on etcd sign with.
+    #[error(
+        "domain {domain:?}: this manager's key is not the one published in etcd ({published}); \
+         import the domain's key from a manager that has it (`domain-manager domain export` / `import`)"
+    )]
+    KeyMismatch {
+        /// The domain.
+        domain: String,
+        /// The public key etcd publishes, hex.
+        published: String,
+    },
 }
 
 /// Why the manager could not start, or failed while running.

@@ -73,6 +73,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod control;
 pub mod domains;
 mod error;
 pub mod leadership;
@@ -82,9 +83,14 @@ mod service;
 #[cfg(test)]
 mod tests_support;
 
-pub use admission::{Admission, JoinRefusal, NodesFile, admit_node, create_invite, revoke_node};
+pub use admission::{
+    Admission, JoinRefusal, NodesFile, admit_node, create_invite, create_invite_in, revoke_node,
+};
 pub use config::{ManagerConfig, ManagerSettings};
-pub use domains::{DomainPolicy, DomainSpec, DomainsFile, Refusal, create_domain};
+pub use control::ControlStore;
+pub use domains::{
+    DomainPolicy, DomainSpec, DomainsFile, Refusal, create_domain, create_domain_in,
+};
 pub use error::{ConfigError, ManagerError};
 pub use service::{
     FIRST_REQUEST_TIMEOUT, MAX_STRANGER_STREAMS, MAX_STRANGER_STREAMS_PER_PEER,

@@ -8,9 +8,8 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use domain_cluster::PeerId;
-use domain_manager::{
-    DomainPolicy, DomainsFile, Manager, ManagerConfig, ManagerSettings, NodesFile,
-};
+use domain_etcd::{Etcd, EtcdConfig};
+use domain_manager::{ControlStore, DomainPolicy, Manager, ManagerConfig, ManagerSettings};
 use domain_settings::parse_duration;
 
 /// The domain manager of a domain cluster.
@@ -39,24 +38,21 @@ enum NodeCommand {
     Allow {
         /// The node's peer id (`domain-node id` prints it).
         peer_id: PeerId,
-        /// The manager's data folder.
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// Revoke a node: a running manager refuses its next join, drops it and gives its
     /// tasks to others.
     Revoke {
         /// The node's peer id.
         peer_id: PeerId,
-        /// The manager's data folder.
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// List the admitted nodes, one peer id per line.
     Ls {
-        /// The manager's data folder.
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
         /// Also the nodes admitted in this configuration file.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -64,13 +60,63 @@ enum NodeCommand {
     /// Print a one-use invite for a node whose peer id is not known yet: `domain-node run
     /// --invite INVITE` admits that node at its first join.
     Invite {
-        /// The manager's data folder.
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
         /// How long the invite stays valid, e.g. `24h`.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "24h")]
         ttl: std::time::Duration,
     },
+}
+
+/// Where the operator's state is: the manager's data folder, or the managers' etcd.
+#[derive(Debug, clap::Args)]
+struct StateArgs {
+    /// The manager's data folder.
+    #[arg(long, value_name = "DIR", required_unless_present = "etcd")]
+    data_dir: Option<PathBuf>,
+    /// An etcd endpoint of managers that share their state (repeatable): change it there,
+    /// for all of them.
+    #[arg(
+        long = "etcd",
+        value_name = "URL",
+        env = "DOMAIN_MANAGER_ETCD",
+        value_delimiter = ','
+    )]
+    etcd: Vec<String>,
+    /// Where in etcd the managers keep their keys [default: /domain-cluster/].
+    #[arg(long, value_name = "PREFIX", env = "DOMAIN_MANAGER_ETCD_PREFIX")]
+    etcd_prefix: Option<String>,
+}
+
+impl StateArgs {
+    /// The store these arguments name: etcd when given, else the folder.
+    fn store(&self) -> anyhow::Result<ControlStore> {
+        if self.etcd.is_empty() {
+            let dir = self
+                .data_dir
+                .clone()
+                .context("no --data-dir and no --etcd")?;
+            return Ok(ControlStore::Folder(dir));
+        }
+        let mut config = EtcdConfig::new(self.etcd.clone());
+        if let Some(prefix) = &self.etcd_prefix {
+            config.prefix.clone_from(prefix);
+        }
+        // The client's connections live on the runtime that `block_on` runs.
+        let _runtime = commands_runtime()?.enter();
+        Ok(ControlStore::Etcd(Box::new(
+            Etcd::connect(&config).context("connecting to etcd")?,
+        )))
+    }
+
+    /// Where the store is, for messages.
+    fn describe(&self) -> String {
+        match &self.data_dir {
+            _ if !self.etcd.is_empty() => format!("etcd {}", self.etcd.join(",")),
+            Some(dir) => dir.display().to_string(),
+            None => String::new(),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,9 +135,10 @@ enum DomainCommand {
     Create {
         /// The domain id.
         id: String,
-        /// The manager's data folder.
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
+        /// Where the domain is declared, and the data folder that keeps its key (with
+        /// etcd: the key etcd publishes, imported first, or a new one etcd publishes).
+        #[command(flatten)]
+        state: StateArgs,
         /// Peer id of a client allowed to submit jobs; repeat for more.
         #[arg(long, value_name = "PEER_ID")]
         allow: Vec<PeerId>,
@@ -122,9 +169,8 @@ enum DomainCommand {
     },
     /// List the domains: id, public key, allowed peers.
     List {
-        /// The manager's data folder.
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
         /// Also the domains declared in this configuration file.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -164,20 +210,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("starting the async runtime")?
                 .block_on(serve(config))
         }
-        Command::Domain(DomainCommand::Create {
-            id,
-            data_dir,
-            allow,
-        }) => {
-            let key = domain_manager::create_domain(&data_dir, &id, &allow)
-                .with_context(|| format!("creating domain {id:?} in {}", data_dir.display()))?;
+        Command::Domain(DomainCommand::Create { id, state, allow }) => {
+            let data_dir = state.data_dir.as_deref().context(
+                "the domain's key is kept in the manager's data folder: pass --data-dir",
+            )?;
+            let store = state.store()?;
+            let key = block_on(domain_manager::create_domain_in(
+                &store, data_dir, &id, &allow,
+            ))?
+            .with_context(|| format!("creating domain {id:?} in {}", state.describe()))?;
             if allow.is_empty() {
                 tracing::warn!(domain = %id, "no peer may submit jobs to this domain yet: add one with --allow");
             }
             println!("{key}");
             Ok(())
         }
-        Command::Domain(DomainCommand::List { data_dir, config }) => list(&data_dir, config),
+        Command::Domain(DomainCommand::List { state, config }) => list(&state, config),
         Command::Domain(DomainCommand::Export { id, data_dir }) => {
             let pem = domain_keys(&data_dir)?
                 .export(&id)
@@ -206,18 +254,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn node(command: NodeCommand) -> anyhow::Result<()> {
     match command {
-        NodeCommand::Allow { peer_id, data_dir } => {
-            if !domain_manager::admit_node(&data_dir, &peer_id)? {
+        NodeCommand::Allow { peer_id, state } => {
+            let store = state.store()?;
+            let admitted = block_on(store.update_nodes(|file| {
+                let new = file.admit(&peer_id);
+                (new, new)
+            }))??;
+            if !admitted {
                 tracing::info!(node = %peer_id, "already admitted");
             }
         }
-        NodeCommand::Revoke { peer_id, data_dir } => {
-            if !domain_manager::revoke_node(&data_dir, &peer_id)? {
-                bail!("node {peer_id} is not admitted in {}", data_dir.display());
+        NodeCommand::Revoke { peer_id, state } => {
+            let store = state.store()?;
+            let revoked = block_on(store.update_nodes(|file| {
+                let removed = file.revoke(&peer_id);
+                (removed, removed)
+            }))??;
+            if !revoked {
+                bail!("node {peer_id} is not admitted in {}", state.describe());
             }
         }
-        NodeCommand::Ls { data_dir, config } => {
-            let mut admitted = NodesFile::load(&data_dir)?.admitted;
+        NodeCommand::Ls { state, config } => {
+            let store = state.store()?;
+            let mut admitted = block_on(store.admitted())??;
             if let Some(path) = config {
                 admitted.extend(ManagerSettings::load(path)?.nodes);
             }
@@ -228,12 +287,31 @@ fn node(command: NodeCommand) -> anyhow::Result<()> {
                 writeln!(out, "{peer}")?;
             }
         }
-        NodeCommand::Invite { data_dir, ttl } => {
-            let invite = domain_manager::create_invite(&data_dir, ttl)?;
+        NodeCommand::Invite { state, ttl } => {
+            let store = state.store()?;
+            let invite = block_on(domain_manager::create_invite_in(&store, ttl))??;
             println!("{invite}");
         }
     }
     Ok(())
+}
+
+/// The runtime of the commands' calls to etcd, on this thread.
+fn commands_runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(runtime) = RUNTIME.get() {
+        return Ok(runtime);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(RUNTIME.get_or_init(|| runtime))
+}
+
+/// Runs `future` to its end on the commands' runtime.
+fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
+    Ok(commands_runtime()?.block_on(future))
 }
 
 /// The flags and the environment over the file.
@@ -329,19 +407,22 @@ fn read_key(file: Option<&Path>) -> anyhow::Result<zeroize::Zeroizing<String>> {
     Ok(pem)
 }
 
-fn list(data_dir: &Path, config: Option<PathBuf>) -> anyhow::Result<()> {
-    let mut specs = DomainsFile::load(data_dir)?.domain;
+fn list(state: &StateArgs, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let store = state.store()?;
+    let mut specs = block_on(store.domains())??.domain;
     if let Some(path) = config {
         specs.extend(ManagerSettings::load(path)?.domain);
     }
     let policy = DomainPolicy::from_specs(&specs)?;
-    let keys = domain_keys(data_dir)?;
+    let keys = state.data_dir.as_deref().map(domain_keys).transpose()?;
     let mut out = std::io::stdout().lock();
     for domain in policy.domains() {
-        let key = if keys.key_path(domain).exists() {
-            keys.key(domain)?.public_key().to_string()
-        } else {
-            "-".to_owned()
+        // The key this manager signs with; with etcd and no data folder, the one published.
+        let key = match &keys {
+            Some(keys) if keys.key_path(domain).exists() => {
+                keys.key(domain)?.public_key().to_string()
+            }
+            _ => block_on(store.published_key(domain))??.unwrap_or_else(|| "-".to_owned()),
         };
         let allowed: Vec<String> = policy.allowed(domain).map(ToString::to_string).collect();
         writeln!(out, "{domain}\t{key}\t{}", allowed.join(","))?;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use domain_auth::DomainKeyStore;
@@ -24,9 +24,10 @@ use domain_scheduler::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::admission::{Admission, NodesFile};
+use crate::admission::Admission;
 use crate::config::ManagerConfig;
-use crate::domains::{DomainPolicy, DomainsFile};
+use crate::control::ControlStore;
+use crate::domains::DomainPolicy;
 use crate::error::ManagerError;
 use crate::leadership::{LeaderAnswers, StoreChoice, serve_leader, store_for};
 use crate::scheduler_thread::{Core, JobView, Outbound, Request};
@@ -120,29 +121,31 @@ impl std::fmt::Debug for Manager {
 struct Shared {
     requests: mpsc::Sender<Request>,
     policy: Arc<DomainPolicy>,
-    /// Who may join; its file is read and written under its own lock, off the async workers.
-    admission: Arc<std::sync::Mutex<Admission>>,
+    /// Who may join.
+    admission: Arc<Admission>,
     request_timeout: Duration,
     tokens_per_task: usize,
     max_tokens_per_job: usize,
     max_tasks_per_job: usize,
 }
 
-/// Whether `peer` is an admitted node or on an allow-list (everyone, when open).
-fn knows(policy: &DomainPolicy, admission: &std::sync::Mutex<Admission>, peer: &PeerId) -> bool {
-    policy.knows(peer) || lock(admission).admits(peer)
+/// The peers a leading manager knows: those on an allow-list and the admitted nodes
+/// (everyone, when open).
+struct Known {
+    policy: Arc<DomainPolicy>,
+    admission: Arc<Admission>,
 }
 
-/// The admissions, read or changed in place: a holder that panicked left them whole
-/// (they change only by whole-file reloads and single inserts).
-fn lock(admission: &std::sync::Mutex<Admission>) -> std::sync::MutexGuard<'_, Admission> {
-    admission.lock().unwrap_or_else(PoisonError::into_inner)
+impl Known {
+    fn knows(&self, peer: &PeerId) -> bool {
+        self.policy.knows(peer) || self.admission.admits(peer)
+    }
 }
 
 impl Shared {
     /// Whether `peer` is an admitted node or on an allow-list (everyone, when open).
     fn knows(&self, peer: &PeerId) -> bool {
-        knows(&self.policy, &self.admission, peer)
+        self.policy.knows(peer) || self.admission.admits(peer)
     }
 
     /// The deadline of a stream's first request.
@@ -164,51 +167,19 @@ impl Manager {
     /// address cannot be listened on.
     pub async fn start(config: ManagerConfig) -> Result<Self, ManagerError> {
         domain_auth::open_private_dir(&config.data_dir).map_err(ManagerError::DataDir)?;
-        let stored = DomainsFile::load(&config.data_dir)?;
-        let policy = Arc::new(DomainPolicy::from_specs(
-            stored.domain.iter().chain(&config.domains),
-        )?);
-        let admission = Admission::load(&config.data_dir, config.nodes.clone(), policy.is_open())?;
-        if admission.is_open() {
-            if let Some(addr) = config.listen.iter().find(|addr| !is_loopback(addr)) {
-                if !config.open {
-                    return Err(ManagerError::OpenBeyondLoopback { addr: addr.clone() });
-                }
-                tracing::warn!(
-                    %addr,
-                    "OPEN MODE (--open) beyond loopback: any peer that reaches this address may \
-                     join as a node and submit jobs for any domain"
-                );
-            }
-            tracing::warn!(
-                "no domain is declared and no node admitted: any node may join and any peer \
-                 submit jobs for any domain (declare domains with `domain-manager domain create` \
-                 and admit nodes with `domain-manager node allow` or `node invite`)"
-            );
-        } else if config.nodes.is_empty() && NodesFile::load(&config.data_dir)?.admitted.is_empty()
-        {
-            tracing::warn!(
-                "no node is admitted: every node is refused until you run \
-                 `domain-manager node allow PEER_ID` or give it an invite (`domain-manager node invite`)"
-            );
-        }
         let identity = Identity::load_or_create(config.identity_path())?;
         let keys = DomainKeyStore::open(config.keys_dir()).map_err(crate::ConfigError::from)?;
-        for domain in policy.domains() {
-            keys.key(domain).map_err(crate::ConfigError::from)?;
-        }
-        let issuer = Arc::new(DomainKeyIssuer::new(keys));
-
         let peer = identity.peer_id();
-        let admission = Arc::new(std::sync::Mutex::new(admission));
+        // Who the manager knows: set once it leads and has read the operator's state.
+        let known: Arc<OnceLock<Known>> = Arc::new(OnceLock::new());
         let mut cluster_config = ClusterConfig::new(identity, Role::Manager)
             .with_listen_addrs(config.listen.iter().cloned());
         cluster_config.request_timeout = config.request_timeout;
         // The relay carries the known peers' traffic only: nodes reserve, known peers reach
-        // them through it.
+        // them through it. A standby knows nobody yet.
         cluster_config.relay_limits.serves = Some(PeerGate::new({
-            let (policy, admission) = (Arc::clone(&policy), Arc::clone(&admission));
-            move |peer| knows(&policy, &admission, peer)
+            let known = Arc::clone(&known);
+            move |peer| known.get().is_some_and(|known| known.knows(peer))
         }));
         let (cluster, cluster_task) = Cluster::start(cluster_config)?;
 
@@ -226,16 +197,15 @@ impl Manager {
                 .map(|addr| with_peer_id(addr, peer))
                 .collect();
             let etcd = config.etcd.as_ref().map(Etcd::connect).transpose()?;
-            let answers = LeaderAnswers::new(etcd, &addrs);
+            let answers = LeaderAnswers::new(etcd.clone(), &addrs);
             let incoming = cluster.accept(LEADER_V1)?;
             let timeout = config.request_timeout.min(FIRST_REQUEST_TIMEOUT);
             leader_task = Some(tokio::spawn(serve_protocol(
                 incoming,
                 LEADER_V1,
-                {
-                    let (policy, admission) = (Arc::clone(&policy), Arc::clone(&admission));
-                    move |peer| knows(&policy, &admission, peer)
-                },
+                // Who leads is no secret, and a standby knows nobody: every asker has the
+                // strangers' share.
+                |_| false,
                 cluster.clone(),
                 {
                     let answers = answers.clone();
@@ -246,6 +216,19 @@ impl Manager {
                 },
             )));
             let (store, leadership) = store_for(&config, &answers).await?;
+            // Read once leading: a standby that waited sees what changed meanwhile.
+            let control = match etcd {
+                Some(etcd) => ControlStore::Etcd(Box::new(etcd)),
+                None => ControlStore::Folder(config.data_dir.clone()),
+            };
+            let (policy, admission) = read_control(&config, &control, &keys).await?;
+            let policy = Arc::new(policy);
+            let admission = Arc::new(admission);
+            let _ = known.set(Known {
+                policy: Arc::clone(&policy),
+                admission: Arc::clone(&admission),
+            });
+            let issuer = Arc::new(DomainKeyIssuer::new(keys));
             let core_done = start_core(
                 &config,
                 peer,
@@ -256,9 +239,9 @@ impl Manager {
                 store,
             )
             .await?;
-            Ok::<_, ManagerError>((core_done, leadership, answers))
+            Ok::<_, ManagerError>((core_done, leadership, answers, policy, admission, issuer))
         };
-        let (core_done, leadership, answers) = match opened.await {
+        let (core_done, leadership, answers, policy, admission, issuer) = match opened.await {
             Ok(opened) => opened,
             Err(e) => {
                 leader_task.iter().for_each(JoinHandle::abort);
@@ -275,7 +258,7 @@ impl Manager {
             .unwrap_or_default()
             .into_iter()
             .map(|node| node.id)
-            .filter(|id| id.parse().is_ok_and(|peer| !lock(&admission).admits(&peer)))
+            .filter(|id| id.parse().is_ok_and(|peer| !admission.admits(&peer)))
             .collect();
         if !expelled.is_empty() {
             let _ = requests_tx.send(Request::Expel { nodes: expelled }).await;
@@ -515,6 +498,48 @@ impl Drop for Manager {
 }
 
 /// Starts the scheduler thread and waits for the scheduler to open.
+/// The operator's state as `control` holds it, with the domains and nodes of `config`:
+/// who may submit where, and who may join. Refuses an open manager beyond loopback
+/// without `--open`, and a domain whose key this manager lacks; makes (and, with etcd,
+/// publishes) the key of a domain no manager has one of yet.
+async fn read_control(
+    config: &ManagerConfig,
+    control: &ControlStore,
+    keys: &DomainKeyStore,
+) -> Result<(DomainPolicy, Admission), ManagerError> {
+    let stored = control.domains().await?;
+    let policy = DomainPolicy::from_specs(stored.domain.iter().chain(&config.domains))?;
+    let admission =
+        Admission::load(control.clone(), config.nodes.clone(), policy.is_open()).await?;
+    if admission.is_open() {
+        if let Some(addr) = config.listen.iter().find(|addr| !is_loopback(addr)) {
+            if !config.open {
+                return Err(ManagerError::OpenBeyondLoopback { addr: addr.clone() });
+            }
+            tracing::warn!(
+                %addr,
+                "OPEN MODE (--open) beyond loopback: any peer that reaches this address may \
+                 join as a node and submit jobs for any domain"
+            );
+        }
+        tracing::warn!(
+            "no domain is declared and no node admitted: any node may join and any peer \
+             submit jobs for any domain (declare domains with `domain-manager domain create` \
+             and admit nodes with `domain-manager node allow` or `node invite`)"
+        );
+    } else if admission.admits_nobody() {
+        tracing::warn!(
+            "no node is admitted: every node is refused until you run \
+             `domain-manager node allow PEER_ID` or give it an invite (`domain-manager node invite`)"
+        );
+    }
+    // Declared domains get their key now, so `/public-key/v1` serves them from the start.
+    for domain in policy.domains() {
+        control.domain_key(keys, domain).await?;
+    }
+    Ok((policy, admission))
+}
+
 async fn start_core(
     config: &ManagerConfig,
     peer: PeerId,

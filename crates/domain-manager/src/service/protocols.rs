@@ -35,7 +35,7 @@ use crate::scheduler_thread::{HoldersNow, JobView, Request, Submission, Watch};
 use super::{
     MAX_HOLDERS_REQUEST, MAX_STRANGER_STREAMS, MAX_STRANGER_STREAMS_PER_PEER, MAX_STREAMS_PER_PEER,
     MAX_STREAMS_PER_PROTOCOL, MONITOR_FRAME_BUDGET, STRANGER_BAN, STRANGER_REFUSALS_BEFORE_BAN,
-    Shared, ask, lock,
+    Shared, ask,
 };
 
 /// `/task-status/v1`: hands each `Task` frame to the scheduler as a report of `peer`, which
@@ -209,12 +209,8 @@ pub(super) async fn serve_join(shared: &Shared, peer: PeerId, mut stream: Cluste
         tracing::warn!(%peer, claimed = %node.id, "refused a join: the node id is not the peer's");
         return;
     }
-    let admission = Arc::clone(&shared.admission);
-    let checked =
-        tokio::task::spawn_blocking(move || lock(&admission).check_join(&peer, invite.as_deref()))
-            .await;
-    let answer = match checked {
-        Ok(Ok(())) => {
+    let answer = match shared.admission.check_join(&peer, invite.as_deref()).await {
+        Ok(()) => {
             let join = |reply| Request::Join {
                 node,
                 holdings,
@@ -232,7 +228,7 @@ pub(super) async fn serve_join(shared: &Shared, peer: PeerId, mut stream: Cluste
                 None => return,
             }
         }
-        Ok(Err(refusal)) => {
+        Err(refusal) => {
             tracing::warn!(%peer, "refused a join: {}", domain_proto::ErrorChain(&refusal));
             // A node revoked since it registered leaves now, not at its timeout.
             let expel = Request::Expel {
@@ -245,10 +241,6 @@ pub(super) async fn serve_join(shared: &Shared, peer: PeerId, mut stream: Cluste
                 replication: Default::default(),
                 err_msg: Some(domain_proto::ErrorChain(&refusal).to_string()),
             }
-        }
-        Err(e) => {
-            tracing::warn!(%peer, "the admission check failed: {}", domain_proto::ErrorChain(&e));
-            return;
         }
     };
     let answered = tokio::time::timeout(shared.request_timeout, async {
