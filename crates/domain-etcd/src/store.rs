@@ -9,6 +9,11 @@
 //! transactions as it takes and the log entry removed. A leader that dies part-way leaves
 //! either no header (the chunks are dropped by the next leader: the batch never happened)
 //! or a header (the next leader applies the batch before it reads the state).
+//!
+//! A record larger than [`MAX_PART`] (a job of many tasks, a task with large data) is kept
+//! in parts under `<prefix>parts/<its state key>/<i>`, its own key holding only a marker
+//! with the count, so that no single value nears etcd's request limit; the parts go in the
+//! same batch as the marker, and a job's removal removes its records' parts.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -32,6 +37,13 @@ pub const MAX_TXN_BYTES: usize = 1024 * 1024;
 
 /// Bytes per chunk of a logged batch.
 const WAL_CHUNK: usize = 512 * 1024;
+
+/// The largest record kept in one value; a larger one is kept in parts of this size.
+pub const MAX_PART: usize = 256 * 1024;
+
+/// How a value in parts starts: 0xff is no protobuf record's first byte (its low bits
+/// would be wire type 7, which does not exist).
+const PARTS_MARKER: &[u8] = b"\xffparts";
 
 /// How long a write is retried while etcd does not answer, before the scheduler is told.
 /// Below the lease times the managers use, so that a leader gives up its writes no later
@@ -95,6 +107,14 @@ impl EtcdStore {
     fn state_key(&self, suffix: &[u8]) -> Vec<u8> {
         let mut key = self.etcd.key(b"state/");
         key.extend_from_slice(suffix);
+        key
+    }
+
+    /// Where the parts of the record at state key `suffix` are.
+    fn parts_prefix(&self, suffix: &[u8]) -> Vec<u8> {
+        let mut key = self.etcd.key(b"parts/");
+        key.extend_from_slice(suffix);
+        key.push(b'/');
         key
     }
 
@@ -269,17 +289,51 @@ impl EtcdStore {
         for (domain, node) in &batch.removed_holders {
             keys.insert(self.holder_key(domain, node), None);
         }
+        let state = self.state_key(b"");
+        let mut parts = Vec::new();
+        for (key, value) in &mut keys {
+            let Some(record) = value.take_if(|record| record.len() > MAX_PART) else {
+                continue;
+            };
+            let prefix = self.parts_prefix(&key[state.len()..]);
+            let count = record.chunks(MAX_PART).len();
+            for (i, part) in record.chunks(MAX_PART).enumerate() {
+                let mut part_key = prefix.clone();
+                part_key.extend_from_slice(format!("{i:08x}").as_bytes());
+                parts.push((part_key, Some(part.to_vec())));
+            }
+            let mut marker = PARTS_MARKER.to_vec();
+            marker.extend_from_slice(&u32::try_from(count).unwrap_or(u32::MAX).to_be_bytes());
+            *value = Some(marker);
+        }
+        // A removed job's records take their parts with them.
+        let removed_parts: Vec<Vec<u8>> = batch
+            .removed_jobs
+            .iter()
+            .flat_map(|id| {
+                [
+                    self.parts_prefix(format!("jobs/{id}").as_bytes()),
+                    self.parts_prefix(format!("tasks/{id}").as_bytes()),
+                ]
+            })
+            .collect();
         keys.into_iter()
+            .chain(parts)
             .map(|(key, value)| LoggedOp {
                 key,
                 value,
                 whole_prefix: false,
             })
-            .chain(removed_tasks.into_iter().map(|key| LoggedOp {
-                key,
-                value: None,
-                whole_prefix: true,
-            }))
+            .chain(
+                removed_tasks
+                    .into_iter()
+                    .chain(removed_parts)
+                    .map(|key| LoggedOp {
+                        key,
+                        value: None,
+                        whole_prefix: true,
+                    }),
+            )
             .collect()
     }
 
@@ -308,10 +362,21 @@ impl EtcdStore {
     async fn load_state(&self) -> Result<Snapshot, StoreError> {
         let prefix = self.state_key(b"");
         let (entries, _) = self.etcd.scan(&prefix).await.map_err(backend)?;
+        let parts_root = self.etcd.key(b"parts/");
+        let (parts, _) = self.etcd.scan(&parts_root).await.map_err(backend)?;
+        let parts: BTreeMap<Vec<u8>, Vec<u8>> =
+            parts.into_iter().map(|kv| (kv.key, kv.value)).collect();
         let mut snapshot = Snapshot::default();
         for kv in entries {
             let name = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
-            let value = kv.value.as_slice();
+            let whole;
+            let value = match kv.value.strip_prefix(PARTS_MARKER) {
+                Some(count) => {
+                    whole = self.join_parts(&parts, &kv.key[prefix.len()..], count, &name)?;
+                    whole.as_slice()
+                }
+                None => kv.value.as_slice(),
+            };
             match name.split_once('/') {
                 Some(("jobs", _)) => snapshot.jobs.push(decode("jobs", &name, value)?),
                 Some(("tasks", _)) => snapshot.tasks.push(decode("tasks", &name, value)?),
@@ -327,6 +392,32 @@ impl EtcdStore {
             }
         }
         Ok(snapshot)
+    }
+}
+
+impl EtcdStore {
+    /// The record at state key `suffix` (`name` in errors), from its `count` parts.
+    fn join_parts(
+        &self,
+        parts: &BTreeMap<Vec<u8>, Vec<u8>>,
+        suffix: &[u8],
+        count: &[u8],
+        name: &str,
+    ) -> Result<Vec<u8>, StoreError> {
+        let count = <[u8; 4]>::try_from(count)
+            .map(u32::from_be_bytes)
+            .map_err(|_| StoreError::Inconsistent(format!("{name}: bad parts marker")))?;
+        let prefix = self.parts_prefix(suffix);
+        let mut whole = Vec::new();
+        for i in 0..count {
+            let mut key = prefix.clone();
+            key.extend_from_slice(format!("{i:08x}").as_bytes());
+            let part = parts.get(&key).ok_or_else(|| {
+                StoreError::Inconsistent(format!("{name}: part {i} of {count} missing"))
+            })?;
+            whole.extend_from_slice(part);
+        }
+        Ok(whole)
     }
 }
 
@@ -471,6 +562,73 @@ mod tests {
             .unwrap();
         assert_eq!(snapshot.jobs, batch.jobs);
         assert_eq!(snapshot.tasks, batch.tasks);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn records_larger_than_a_request_are_kept_in_parts_and_go_with_their_job() {
+        let server = LocalEtcd::start().await.unwrap();
+        let etcd = Etcd::connect(&server.config("/parts/")).unwrap();
+        let leadership = etcd
+            .campaign("managers", b"only", Duration::from_secs(2))
+            .await
+            .unwrap();
+        let mut store = EtcdStore::open(etcd.clone(), &leadership).await.unwrap();
+        // A job of many tasks: its record holds the whole request, several requests' worth.
+        let request = domain_proto::task::JobRequest {
+            name: "big".into(),
+            tasks: (0..20_000)
+                .map(|i| domain_proto::task::TaskRequest {
+                    name: format!("task-{i:06}-{}", "x".repeat(100)),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let job = JobRecord {
+            job_id: "big".into(),
+            request,
+            submitter: "client".into(),
+            ..JobRecord::default()
+        };
+        // A task whose data is just past one part.
+        let task = TaskRecord {
+            position: 0,
+            handler: domain_proto::task::TaskHandler {
+                job_id: "big".into(),
+                ..Default::default()
+            },
+            last_receiver: Some("r".repeat(MAX_PART)),
+            ..TaskRecord::default()
+        };
+        assert!(job.encoded_len() > 2 * MAX_TXN_BYTES);
+        let batch = Batch {
+            jobs: vec![job],
+            tasks: vec![task],
+            ..Batch::default()
+        };
+        let expected = batch.clone();
+        let snapshot = tokio::task::spawn_blocking(move || {
+            store.commit(batch).unwrap();
+            let snapshot = store.load().unwrap();
+            store
+                .commit(Batch {
+                    removed_jobs: vec!["big".into()],
+                    ..Batch::default()
+                })
+                .unwrap();
+            snapshot
+        })
+        .await
+        .unwrap();
+        assert_eq!(snapshot.jobs, expected.jobs);
+        assert_eq!(snapshot.tasks, expected.tasks);
+        let (left, _) = etcd.scan(&etcd.key(b"")).await.unwrap();
+        let left: Vec<String> = left
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .filter(|key| !key.contains("/managers/"))
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 
     fn op(size: usize) -> LoggedOp {
