@@ -10,8 +10,9 @@ import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { ping } from '@libp2p/ping'
 import { webSockets } from '@libp2p/websockets'
-import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
+import type { Multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
+import { findLeader, parseManagers, type LeaderAnswer, type Manager } from './managers'
 import { BackgroundMerkle } from './merkle'
 import {
   encodeFrame,
@@ -26,12 +27,15 @@ import {
 export const STORE_V1 = '/store/v1'
 export const LOAD_V1 = '/load/v1'
 const JOBS_V1 = '/jobs/v1'
+const LEADER_V1 = '/leader/v1'
 const KAD_PROTOCOL = '/posemesh/kad/1.0.0'
 
 /** How long a task's token lives, in the scheduler's duration syntax (docs/design.md §7). */
 const TASK_TIMEOUT = '10m'
 /** Bytes read from a file and written to the stream at once. */
 const UPLOAD_BATCH = 256 * 1024
+/** How long the page waits for one of several managers to lead: past a lease and an election. */
+const LEADER_PATIENCE_MS = 15_000
 /** What the manager and the nodes refuse in a `Metadata.size` (a proto2 `uint32`). */
 const MAX_ITEM_SIZE = 0xffff_ffff
 
@@ -93,26 +97,87 @@ export async function startPeer(): Promise<Libp2p> {
   })
 }
 
-/** A browser's view of one cluster, through its manager. */
+/**
+ * A browser's view of one cluster, through its manager: one, or several on one etcd, of
+ * which the page follows whichever leads.
+ */
 export class DomainClient {
-  readonly manager: Multiaddr
-  private readonly managerId: PeerId
+  private readonly managers: Manager[]
+  private leader: Manager
 
   constructor(
     readonly peer: Libp2p,
-    managerAddress: string,
+    managerAddresses: string,
   ) {
-    this.manager = multiaddr(managerAddress.trim())
-    const id = this.manager.getComponents().findLast((c) => c.name === 'p2p')?.value
-    if (id === undefined) {
-      throw new ClusterError(`the manager's address ${managerAddress} does not end with /p2p/<peer id>`)
+    let managers: [Manager, ...Manager[]]
+    try {
+      managers = parseManagers(managerAddresses)
+    } catch (error) {
+      throw new ClusterError((error as Error).message)
     }
-    this.managerId = peerIdFromString(id)
+    this.managers = managers
+    this.leader = managers[0]
   }
 
-  /** Connects to the manager (and through it, to the cluster's routing table). */
+  /** The manager the page talks to: the leader, once found. */
+  get manager(): Multiaddr {
+    return this.leader.addr
+  }
+
+  /** Connects to the manager, or the leader of several (and through it, to the cluster's routing table). */
   async connect(): Promise<void> {
-    await this.peer.dial(this.manager)
+    if (this.managers.length === 1) {
+      await this.peer.dial(this.leader.addr)
+      return
+    }
+    await this.followLeader()
+  }
+
+  /** Asks the managers who leads until one does (an election takes about a lease), and dials it. */
+  private async followLeader(): Promise<void> {
+    const giveUp = Date.now() + LEADER_PATIENCE_MS
+    for (;;) {
+      const leader = await findLeader(
+        this.managers,
+        (manager) => this.askLeader(manager),
+        (addr) => addr.getComponents().some((c) => c.name === 'ws' || c.name === 'wss'),
+      )
+      if (leader !== undefined) {
+        await this.peer.dial(leader.addr)
+        this.leader = leader
+        return
+      }
+      if (Date.now() > giveUp) {
+        throw new ClusterError(`none of the ${this.managers.length} managers leads`)
+      }
+      await new Promise((resolve) => setTimeout(resolve, 200))
+    }
+  }
+
+  /** `/leader/v1`: who `manager` says leads. */
+  private async askLeader(manager: Manager): Promise<LeaderAnswer> {
+    const stream: Stream = await this.peer.dialProtocol(manager.addr, LEADER_V1)
+    const reader = new StreamReader(stream)
+    try {
+      stream.send(encodeFrame(messages.LeaderRequest, {}))
+      const answer = await reader.expectFrame<LeaderAnswer>(messages.LeaderResponse)
+      await stream.close()
+      return answer
+    } catch (error) {
+      stream.abort(error as Error)
+      throw error
+    }
+  }
+
+  /** A `/jobs/v1` stream to the leader; with several managers, to the new one when it changed. */
+  private async jobsStream(): Promise<Stream> {
+    try {
+      return await this.peer.dialProtocol(this.leader.id, JOBS_V1)
+    } catch (error) {
+      if (this.managers.length === 1) throw error
+      await this.followLeader()
+      return this.peer.dialProtocol(this.leader.id, JOBS_V1)
+    }
   }
 
   /**
@@ -309,7 +374,7 @@ export class DomainClient {
 
   /** `/jobs/v1`: the first assignment of a one-task job. */
   private async submit(domain: string, job: string, endpoint: string): Promise<Task> {
-    const stream: Stream = await this.peer.dialProtocol(this.managerId, JOBS_V1)
+    const stream = await this.jobsStream()
     const reader = new StreamReader(stream)
     try {
       stream.send(

@@ -4,6 +4,7 @@
 // its length-delimited form (a varint length, then the body).
 
 import protobuf from 'protobufjs'
+import discoveryProto from '../../../crates/domain-proto/proto/discovery.proto?raw'
 import domainDataProto from '../../../crates/domain-proto/proto/domain_data.proto?raw'
 import taskProto from '../../../crates/domain-proto/proto/task.proto?raw'
 
@@ -14,6 +15,7 @@ export const MAX_FRAME_LEN = 4 * 1024 * 1024
 export const IDLE_TIMEOUT_MS = 30_000
 
 const root = new protobuf.Root()
+protobuf.parse(discoveryProto, root, { keepCase: true })
 protobuf.parse(domainDataProto, root, { keepCase: true })
 protobuf.parse(taskProto, root, { keepCase: true })
 root.resolveAll()
@@ -30,6 +32,8 @@ export const messages = {
   UnsubscribeDataQueryV1: root.lookupType('task.UnsubscribeDataQueryV1'),
   DomainClusterHandshakeRequest: root.lookupType('task.DomainClusterHandshakeRequest'),
   DomainClusterHandshakeResponse: root.lookupType('task.DomainClusterHandshakeResponse'),
+  LeaderRequest: root.lookupType('discovery.LeaderRequest'),
+  LeaderResponse: root.lookupType('discovery.LeaderResponse'),
 } as const
 
 /** A stored item as a node describes it. */
