@@ -154,3 +154,76 @@ async fn an_etcd_restart_shorter_than_the_lease_costs_the_leader_nothing() {
     assert_eq!(registered(&next).await, joined);
     next.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_manager_says_who_leads_and_a_standby_names_the_leader() {
+    use domain_cluster::config::{ClusterConfig, Role};
+    use domain_cluster::identity::Identity;
+    use domain_cluster::{Cluster, Multiaddr};
+
+    let etcd = LocalEtcd::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let leader = start_manager(config(&etcd, &dir.path().join("first")))
+        .await
+        .unwrap();
+    // The standby's identity and port are known before it starts: it prints nothing while
+    // it stands by.
+    let standby_dir = dir.path().join("second");
+    domain_auth::create_private_dir(&standby_dir).unwrap();
+    let standby_config = config(&etcd, &standby_dir);
+    let standby_id = Identity::load_or_create(standby_config.identity_path())
+        .unwrap()
+        .peer_id();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+    let standby_addr = listen.clone().with_p2p(standby_id).unwrap();
+    // Its own listen address: `start_manager` would pick a port.
+    let standby = tokio::spawn(Manager::start(ManagerConfig {
+        listen: vec![listen],
+        ..standby_config
+    }));
+
+    let (client, _) =
+        Cluster::start(ClusterConfig::loopback(Identity::generate(), Role::Client)).unwrap();
+    client.dial(manager_addr(&leader).unwrap()).await.unwrap();
+    let answer = client.leader(leader.peer_id()).await.unwrap();
+    assert!(answer.leading);
+    let leader_addrs: Vec<String> = leader
+        .listen_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(answer.leader_addrs, leader_addrs);
+
+    // The standby listens while it waits, and answers with the leader's addresses.
+    let from_standby = tokio::time::timeout(TAKEOVER, async {
+        loop {
+            if client.dial(standby_addr.clone()).await.is_ok() {
+                if let Ok(answer) = client.leader(standby_id).await {
+                    break answer;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the standby answers /leader/v1");
+    assert!(!from_standby.leading);
+    assert_eq!(from_standby.leader_addrs, leader_addrs);
+    assert!(!standby.is_finished());
+
+    leader.shutdown().await.unwrap();
+    let second = tokio::time::timeout(TAKEOVER, standby)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let answer = client.leader(second.peer_id()).await.unwrap();
+    assert!(answer.leading, "the new leader says so once it serves");
+    second.shutdown().await.unwrap();
+    client.shutdown().await.unwrap();
+}
