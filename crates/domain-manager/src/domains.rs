@@ -268,6 +268,17 @@ impl DomainsFile {
     }
 }
 
+/// The key store of the data folder `data_dir` (created if missing), once `domain` is
+/// known to be a domain id nodes accept.
+fn domain_keys(data_dir: &Path, domain: &str) -> Result<DomainKeyStore, ConfigError> {
+    check_domain_id(domain).map_err(|e| ConfigError::Domain {
+        domain: domain.chars().take(80).collect(),
+        reason: domain_proto::ErrorChain(&e).to_string(),
+    })?;
+    domain_auth::open_private_dir(data_dir).map_err(ConfigError::DataDir)?;
+    Ok(DomainKeyStore::open(keys_dir(data_dir))?)
+}
+
 /// Creates (or completes) a domain in the data folder `data_dir`: makes its key if it has none,
 /// records it in `domains.toml` with `allow` added to its allow-list, and returns its public key.
 ///
@@ -281,15 +292,10 @@ pub fn create_domain(
     domain: &str,
     allow: &[PeerId],
 ) -> Result<PublicKey, ConfigError> {
-    check_domain_id(domain).map_err(|e| ConfigError::Domain {
-        domain: domain.chars().take(80).collect(),
-        reason: domain_proto::ErrorChain(&e).to_string(),
-    })?;
-    domain_auth::open_private_dir(data_dir).map_err(ConfigError::DataDir)?;
+    let keys = domain_keys(data_dir, domain)?;
     let mut file = DomainsFile::load(data_dir)?;
     // Validates what is already there before adding to it.
     DomainPolicy::from_specs(&file.domain)?;
-    let keys = DomainKeyStore::open(keys_dir(data_dir))?;
     let public = keys.key(domain)?.public_key();
     file.declare(domain, allow);
     file.save(data_dir)?;
@@ -310,12 +316,7 @@ pub async fn create_domain_in(
     domain: &str,
     allow: &[PeerId],
 ) -> Result<PublicKey, ConfigError> {
-    check_domain_id(domain).map_err(|e| ConfigError::Domain {
-        domain: domain.chars().take(80).collect(),
-        reason: domain_proto::ErrorChain(&e).to_string(),
-    })?;
-    domain_auth::open_private_dir(data_dir).map_err(ConfigError::DataDir)?;
-    let keys = DomainKeyStore::open(keys_dir(data_dir))?;
+    let keys = domain_keys(data_dir, domain)?;
     let public = control.domain_key(&keys, domain).await?;
     control
         .update_domains(|file| (file.declare(domain, allow), ()))
