@@ -56,14 +56,11 @@ use attempts::TaskRun;
 use domain_proto::DomainId;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use domain_cluster::addr::peer_of;
 use domain_cluster::config::{ClusterConfig, Role};
 use domain_cluster::identity::Identity;
-use domain_cluster::{
-    Cluster, ClusterError, ClusterHandle, JobStream, Managers, Multiaddr, PeerId,
-};
+use domain_cluster::{Cluster, ClusterHandle, JobStream, Managers, Multiaddr, PeerId};
 use domain_proto::task::{
     CapabilityFilters, JobRequest, ResourceRecruitment, TaskRequest,
     resource_recruitment::RecruitmentPolicy,
@@ -72,13 +69,6 @@ use domain_proto::task::{
 /// Most items a listing collects, so that a node cannot grow the client's memory
 /// without bound.
 pub const MAX_LISTED_ITEMS: usize = 1_000_000;
-
-/// The first pause before trying an unreachable node again; it doubles up to
-/// [`MAX_CONNECT_PAUSE`].
-const FIRST_CONNECT_PAUSE: Duration = Duration::from_millis(100);
-
-/// The longest pause between tries to reach a node.
-const MAX_CONNECT_PAUSE: Duration = Duration::from_secs(2);
 
 /// A node to talk to without the manager, with a token obtained elsewhere.
 #[derive(Debug, Clone)]
@@ -314,26 +304,13 @@ impl Client {
         node: PeerId,
         protocol: &'static str,
     ) -> Result<domain_cluster::ClusterStream, ClientError> {
-        let deadline = tokio::time::Instant::now() + self.config.connect_patience;
-        let mut pause = FIRST_CONNECT_PAUSE;
-        loop {
-            match self.cluster.open_stream(node, protocol).await {
-                Ok(stream) => return Ok(stream),
-                Err(error @ ClusterError::Unreachable { .. })
-                    if tokio::time::Instant::now() + pause < deadline =>
-                {
-                    tracing::debug!(%node, error = %domain_proto::ErrorChain(&error), ?pause, "node unreachable, trying again");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(MAX_CONNECT_PAUSE);
-                }
-                Err(source) => {
-                    return Err(ClientError::Connect {
-                        node: node.to_string(),
-                        source: Box::new(source),
-                    });
-                }
-            }
-        }
+        self.cluster
+            .open_stream_within(node, protocol, self.config.connect_patience)
+            .await
+            .map_err(|source| ClientError::Connect {
+                node: node.to_string(),
+                source: Box::new(source),
+            })
     }
 }
 

@@ -294,6 +294,36 @@ impl ClusterHandle {
         Ok(compat(stream))
     }
 
+    /// [`open_stream`](Self::open_stream), tried again after growing pauses (0.1 s, doubling
+    /// to 2 s) while `peer` cannot be reached, for up to `patience`: a peer whose relay slot
+    /// is not reserved yet, or whose address this one has not learned yet, is reachable a
+    /// moment later.
+    ///
+    /// # Errors
+    /// Those of [`open_stream`](Self::open_stream); [`ClusterError::Unreachable`] once the
+    /// patience is spent.
+    pub async fn open_stream_within(
+        &self,
+        peer: PeerId,
+        protocol: &str,
+        patience: Duration,
+    ) -> Result<ClusterStream, ClusterError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.open_stream(peer, protocol).await {
+                Err(error @ ClusterError::Unreachable { .. })
+                    if tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tracing::debug!(%peer, error = %domain_proto::ErrorChain(&error), ?pause, "peer unreachable, trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
     /// Makes sure a connection to `peer` exists, falling back to the relay.
     async fn connect(&self, peer: PeerId) -> Result<(), ClusterError> {
         let direct = match self.dial_target(DialTarget::Peer(peer)).await {

@@ -350,11 +350,10 @@ impl Admission {
     /// Those of reading the store; the admissions stay as they were.
     pub async fn reload(&self) -> Result<Vec<PeerId>, ConfigError> {
         let _one_reload = self.reloading.lock().await;
-        let version = self.store.nodes_version().await?;
-        if self.read().1 == Some(version) {
+        let seen = self.read().1;
+        let Some((file, version)) = self.store.nodes_since(seen).await? else {
             return Ok(Vec::new());
-        }
-        let (file, version) = self.store.nodes().await?;
+        };
         let admitted = file.peers().map_err(|reason| ConfigError::Document {
             key: "admitted",
             reason,

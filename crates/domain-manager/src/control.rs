@@ -57,7 +57,7 @@ impl ControlStore {
     pub async fn domains(&self) -> Result<DomainsFile, ConfigError> {
         match self {
             Self::Folder(dir) => DomainsFile::load(dir),
-            Self::Etcd(etcd) => Ok(read(etcd, DOMAINS_KEY).await?.0),
+            Self::Etcd(etcd) => read(etcd, DOMAINS_KEY).await,
         }
     }
 
@@ -89,21 +89,11 @@ impl ControlStore {
     /// # Errors
     /// [`ConfigError::Read`], [`ConfigError::Parse`] or [`ConfigError::Etcd`].
     pub(crate) async fn nodes(&self) -> Result<(NodesFile, Version), ConfigError> {
-        match self {
-            Self::Folder(dir) => {
-                // Read the version first: a change after it is seen at the next read.
-                let version = file_version(&NodesFile::path(dir));
-                Ok((NodesFile::load(dir)?, version))
-            }
-            Self::Etcd(etcd) => {
-                let (file, revision): (NodesFile, i64) = read(etcd, NODES_KEY).await?;
-                file.peers().map_err(|reason| ConfigError::Document {
-                    key: NODES_KEY,
-                    reason,
-                })?;
-                Ok((file, Version::Etcd(revision)))
-            }
-        }
+        // Nothing seen before: whatever is there is news.
+        self.nodes_since(None).await?.ok_or(ConfigError::Document {
+            key: NODES_KEY,
+            reason: "not read".to_owned(),
+        })
     }
 
     /// The admitted nodes' peer ids.
@@ -114,18 +104,40 @@ impl ControlStore {
         Ok(self.nodes().await?.0.admitted)
     }
 
-    /// The version of the admissions now, cheaper than reading them from a file.
+    /// The admissions and invites and their version, unless they are still at `seen`
+    /// (`None`): one read of etcd, or a look at the file's length and time.
     ///
     /// # Errors
+    /// [`ConfigError::Read`], [`ConfigError::Parse`], [`ConfigError::Document`] or
     /// [`ConfigError::Etcd`].
-    pub(crate) async fn nodes_version(&self) -> Result<Version, ConfigError> {
+    pub(crate) async fn nodes_since(
+        &self,
+        seen: Option<Version>,
+    ) -> Result<Option<(NodesFile, Version)>, ConfigError> {
         match self {
-            Self::Folder(dir) => Ok(file_version(&NodesFile::path(dir))),
+            Self::Folder(dir) => {
+                // The version first: a change after it is seen at the next read.
+                let version = file_version(&NodesFile::path(dir));
+                if seen == Some(version) {
+                    return Ok(None);
+                }
+                Ok(Some((NodesFile::load(dir)?, version)))
+            }
             Self::Etcd(etcd) => {
-                let key = etcd.key(NODES_KEY.as_bytes());
-                Ok(Version::Etcd(
-                    etcd.get(&key).await?.map_or(0, |kv| kv.mod_revision),
-                ))
+                let kv = etcd.get(&etcd.key(NODES_KEY.as_bytes())).await?;
+                let version = Version::Etcd(kv.as_ref().map_or(0, |kv| kv.mod_revision));
+                if seen == Some(version) {
+                    return Ok(None);
+                }
+                let file: NodesFile = match kv {
+                    Some(kv) => parse(NODES_KEY, &kv.value)?,
+                    None => NodesFile::default(),
+                };
+                file.peers().map_err(|reason| ConfigError::Document {
+                    key: NODES_KEY,
+                    reason,
+                })?;
+                Ok(Some((file, version)))
             }
         }
     }
@@ -228,14 +240,14 @@ fn file_version(path: &Path) -> Version {
     )
 }
 
-/// The document at `key` (its default when absent) and its modification revision.
+/// The document at `key`, its default when absent.
 async fn read<T: DeserializeOwned + Default>(
     etcd: &Etcd,
     key: &'static str,
-) -> Result<(T, i64), ConfigError> {
+) -> Result<T, ConfigError> {
     match etcd.get(&etcd.key(key.as_bytes())).await? {
-        Some(kv) => Ok((parse(key, &kv.value)?, kv.mod_revision)),
-        None => Ok((T::default(), 0)),
+        Some(kv) => parse(key, &kv.value),
+        None => Ok(T::default()),
     }
 }
 

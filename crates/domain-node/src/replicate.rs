@@ -31,6 +31,9 @@ const COPY_TIMEOUT: &str = "10m";
 /// Replications a node runs at once; more wait their turn.
 const MAX_REPLICATIONS: usize = 4;
 
+/// How long a copy's receiver may stay unreachable before the attempt fails.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(15);
+
 /// How long a replication waits for the next assignment of its job before giving up (a
 /// copy task waits while its node is busy, and is retried at its timeout).
 const ASSIGNMENT_PATIENCE: Duration = Duration::from_secs(15 * 60);
@@ -228,9 +231,11 @@ impl Replicator {
         protocol: &'static str,
     ) -> Result<(PeerId, &'t str, ClusterStream), ReplicationError> {
         let (node, token) = assignment(task)?;
+        // The receiver may not be reachable yet (its relay slot, its address): a failure
+        // now would spend the copy's attempts in moments.
         let stream = self
             .cluster
-            .open_stream(node, protocol)
+            .open_stream_within(node, protocol, CONNECT_PATIENCE)
             .await
             .map_err(|source| ReplicationError::Open {
                 node,
