@@ -138,14 +138,19 @@ struct Known {
 
 impl Known {
     fn knows(&self, peer: &PeerId) -> bool {
-        self.policy.knows(peer) || self.admission.admits(peer)
+        knows(&self.policy, &self.admission, peer)
     }
+}
+
+/// Whether `peer` is an admitted node or on an allow-list (everyone, when open).
+fn knows(policy: &DomainPolicy, admission: &Admission, peer: &PeerId) -> bool {
+    policy.knows(peer) || admission.admits(peer)
 }
 
 impl Shared {
     /// Whether `peer` is an admitted node or on an allow-list (everyone, when open).
     fn knows(&self, peer: &PeerId) -> bool {
-        self.policy.knows(peer) || self.admission.admits(peer)
+        knows(&self.policy, &self.admission, peer)
     }
 
     /// The deadline of a stream's first request.
@@ -497,7 +502,6 @@ impl Drop for Manager {
     }
 }
 
-/// Starts the scheduler thread and waits for the scheduler to open.
 /// The operator's state as `control` holds it, with the domains and nodes of `config`:
 /// who may submit where, and who may join. Refuses an open manager beyond loopback
 /// without `--open`, and a domain whose key this manager lacks; makes (and, with etcd,
@@ -540,6 +544,7 @@ async fn read_control(
     Ok((policy, admission))
 }
 
+/// Starts the scheduler thread and waits for the scheduler to open.
 async fn start_core(
     config: &ManagerConfig,
     peer: PeerId,
