@@ -22,11 +22,15 @@ const GROUP: &str = "merkle";
 const ONE_SHOT: &str = "a_blake3_one_shot";
 /// The per-leaf limit: `blake3::hash` over each 7168-byte leaf.
 const PER_LEAF: &str = "b_blake3_per_leaf";
-/// Targets as (bench, minimum throughput as a multiple of [`PER_LEAF`]).
-const TARGETS: &[(&str, f64)] = &[
-    ("c_builder_writes_64KiB", 0.95),
-    ("d_parallel_root_of", 1.8),
-    ("d_parallel_writes_1MiB", 1.8),
+/// Targets as (bench, minimum throughput, the bench it is a multiple of). The builder on
+/// one thread must come near one-shot BLAKE3 whatever its write size; the parallel paths
+/// must use the second core.
+const TARGETS: &[(&str, f64, &str)] = &[
+    ("c_builder_writes_7KiB", 0.9, ONE_SHOT),
+    ("c_builder_writes_64KiB", 0.9, ONE_SHOT),
+    ("c_builder_writes_1MiB", 0.9, ONE_SHOT),
+    ("d_parallel_root_of", 1.8, PER_LEAF),
+    ("d_parallel_writes_1MiB", 1.8, PER_LEAF),
 ];
 
 /// One bench's result as criterion stored it.
@@ -203,18 +207,18 @@ fn report(results: &[Measured]) -> String {
             if result.fresh { "" } else { "  (previous run)" },
         );
     }
-    if let Some(per_leaf) = per_leaf {
-        let _ = writeln!(out);
-        for &(name, minimum) in TARGETS {
-            if let Some(result) = find(name) {
-                let achieved = result.throughput() / per_leaf;
-                let verdict = if achieved >= minimum { "met" } else { "MISSED" };
-                let _ = writeln!(
-                    out,
-                    "target {name} >= {minimum:.2} x b: {achieved:.2} x b, {verdict}"
-                );
-            }
-        }
+    let _ = writeln!(out);
+    for &(name, minimum, base) in TARGETS {
+        let (Some(result), Some(base_result)) = (find(name), find(base)) else {
+            continue;
+        };
+        let letter = if base == ONE_SHOT { "a" } else { "b" };
+        let achieved = result.throughput() / base_result.throughput();
+        let verdict = if achieved >= minimum { "met" } else { "MISSED" };
+        let _ = writeln!(
+            out,
+            "target {name} >= {minimum:.2} x {letter}: {achieved:.2} x {letter}, {verdict}"
+        );
     }
     out
 }
@@ -245,7 +249,7 @@ mod tests {
         assert!(table.contains("0.40    0.80"), "{table}");
         assert!(table.contains("1.00    2.00  (previous run)"), "{table}");
         assert!(
-            table.contains("c_builder_writes_64KiB >= 0.95 x b: 0.80 x b, MISSED"),
+            table.contains("c_builder_writes_64KiB >= 0.90 x a: 0.40 x a, MISSED"),
             "{table}"
         );
         assert!(

@@ -55,27 +55,44 @@ static PLATFORM: LazyLock<Platform> = LazyLock::new(Platform::detect);
 /// each `BLAKE3(chunk)` to `sink`, in order.
 pub(super) fn for_each_leaf(chunks: &[u8], mut sink: impl FnMut(Digest)) {
     debug_assert_eq!(chunks.len() % CHUNK_SIZE, 0, "only whole leaves");
-    let mut hashes = [[0_u8; 32]; LEAF_BATCH];
     for batch in chunks.chunks(LEAF_BATCH * CHUNK_SIZE) {
-        let n = batch.len() / CHUNK_SIZE;
-        if n < MIN_SIDE_BY_SIDE {
-            for leaf in batch.chunks_exact(CHUNK_SIZE) {
-                sink(*blake3::hash(leaf).as_bytes());
-            }
-            continue;
-        }
-        hash_batch(batch, &mut hashes[..n]);
-        hashes[..n].iter().for_each(|&leaf| sink(leaf));
+        hash_leaves(batch.chunks_exact(CHUNK_SIZE), &mut sink);
     }
 }
 
-/// `out[i] = BLAKE3(leaf i of batch)` for up to [`LEAF_BATCH`] whole leaves.
-fn hash_batch(batch: &[u8], out: &mut [Digest]) {
+/// Hashes up to [`LEAF_BATCH`] leaves of [`CHUNK_SIZE`] bytes each, wherever each lies,
+/// and hands each `BLAKE3(leaf)` to `sink`, in order. The leaves need not be contiguous:
+/// a batch may join leaves gathered earlier with leaves still in the caller's buffer.
+pub(super) fn hash_leaves<'a>(
+    leaves: impl IntoIterator<Item = &'a [u8]>,
+    mut sink: impl FnMut(Digest),
+) {
+    let mut batch: [&[u8]; LEAF_BATCH] = [&[]; LEAF_BATCH];
+    let mut n = 0;
+    for leaf in leaves {
+        debug_assert_eq!(leaf.len(), CHUNK_SIZE, "only whole leaves");
+        batch[n] = leaf;
+        n += 1;
+    }
+    let batch = &batch[..n];
+    if n < MIN_SIDE_BY_SIDE {
+        for leaf in batch {
+            sink(*blake3::hash(leaf).as_bytes());
+        }
+        return;
+    }
+    let mut hashes = [[0_u8; 32]; LEAF_BATCH];
+    hash_batch(batch, &mut hashes[..n]);
+    hashes[..n].iter().for_each(|&leaf| sink(leaf));
+}
+
+/// `out[i] = BLAKE3(leaves[i])` for up to [`LEAF_BATCH`] whole leaves.
+fn hash_batch(leaves: &[&[u8]], out: &mut [Digest]) {
     let n = out.len();
     if n == 0 {
         return;
     }
-    debug_assert_eq!(batch.len(), n * CHUNK_SIZE);
+    debug_assert_eq!(leaves.len(), n);
     let platform = *PLATFORM;
 
     // Chaining values of chunk j of every leaf: the same chunk counter in every lane.
@@ -83,8 +100,7 @@ fn hash_batch(batch: &[u8], out: &mut [Digest]) {
     for (j, cvs) in chunk_cvs.iter_mut().enumerate() {
         // Lanes past n repeat the last leaf; only the first n are hashed.
         let inputs: [&[u8; blake3::CHUNK_LEN]; LEAF_BATCH] = std::array::from_fn(|i| {
-            let start = i.min(n - 1) * CHUNK_SIZE + j * blake3::CHUNK_LEN;
-            batch[start..]
+            leaves[i.min(n - 1)][j * blake3::CHUNK_LEN..]
                 .first_chunk()
                 .unwrap_or(&[0; blake3::CHUNK_LEN])
         });
@@ -184,7 +200,8 @@ mod tests {
             .collect();
         for n in 1..=LEAF_BATCH {
             let mut out = [[0_u8; 32]; LEAF_BATCH];
-            hash_batch(&data[..n * CHUNK_SIZE], &mut out[..n]);
+            let leaves: Vec<&[u8]> = data[..n * CHUNK_SIZE].chunks(CHUNK_SIZE).collect();
+            hash_batch(&leaves, &mut out[..n]);
             for (i, leaf) in out[..n].iter().enumerate() {
                 let chunk = &data[i * CHUNK_SIZE..(i + 1) * CHUNK_SIZE];
                 assert_eq!(leaf, blake3::hash(chunk).as_bytes(), "leaf {i} of {n}");

@@ -290,6 +290,25 @@ fn finalize_leaves_the_builder_usable() {
 }
 
 #[test]
+fn truncating_keeps_the_whole_chunks_gathered_for_a_batch() {
+    // 20 chunks and a bit, in writes smaller than a chunk: the builder holds up to a
+    // batch of whole chunks unhashed when it is cut.
+    let data = pattern(40 * CHUNK_SIZE);
+    let fed = 20 * CHUNK_SIZE + 5;
+    let mut builder = MerkleBuilder::new();
+    for piece in data[..fed].chunks(1000) {
+        builder.update(piece);
+    }
+    builder.truncate_to_chunks();
+    assert_eq!(builder.len(), 20 * CHUNK_SIZE as u64);
+    assert_eq!(builder.leaf_count(), 20);
+    assert_eq!(builder.finalize(), root_of(&data[..20 * CHUNK_SIZE]));
+    // The stream goes on from the cut as if the partial chunk had never come.
+    builder.update(&data[20 * CHUNK_SIZE..]);
+    assert_eq!(builder.finalize(), root_of(&data));
+}
+
+#[test]
 fn builder_debug_shows_the_shape_not_the_bytes() {
     let mut builder = MerkleBuilder::default();
     builder.update(b"secret");
@@ -323,6 +342,10 @@ proptest! {
             } else {
                 builder.update_parallel(piece);
             }
+            // Leaves gathered for a batch count and hash as if hashed already.
+            let fed = &data[..pair[1]];
+            prop_assert_eq!(builder.leaf_count(), fed.len().div_ceil(CHUNK_SIZE).max(1) as u64);
+            prop_assert_eq!(builder.finalize(), reference_root(fed));
         }
         prop_assert_eq!(builder.len(), len as u64);
         prop_assert_eq!(builder.finalize(), reference_root(&data));
