@@ -1,13 +1,16 @@
 //! `cargo xtask bench e2e`: the end-to-end bench, measured against its limits and targets.
 //!
-//! Three parts, each of which can run alone (`--only upload`, `--only download,latency`):
+//! Five parts, each of which can run alone (`--only upload`, `--only download,latency`):
 //!
 //! - **upload**: `domain upload` (release build) of a file straight to a node, over TCP and
 //!   over QUIC, stored with fsync by the node's datastore;
 //! - **download** ([`download`]): `domain download` of that item from a node, over TCP and
 //!   over QUIC, written and fsynced at the client, its root checked by the command;
 //! - **latency** ([`latency`]): `domain ls` and a 1-item download through the manager, on a
-//!   loopback cluster of 1 node and of 4.
+//!   loopback cluster of 1 node and of 4;
+//! - **flood** ([`flood`]): an upload through the manager while fresh identities flood it;
+//! - **small** ([`small`]): a folder of 2,000 files of 4 KiB uploaded and downloaded, in
+//!   items/s, against the local datastore's rate for the same items in the same run.
 //!
 //! A transfer is bound by the slowest of what it is made of: moving bytes over loopback,
 //! libp2p's encryption and multiplexing, and writing them durably. So each round of the
@@ -66,6 +69,7 @@ mod download;
 mod flood;
 mod latency;
 mod procfs;
+mod small;
 
 /// Minimum upload throughput, as a multiple of the slowest baseline.
 const TARGET_RATIO: f64 = 0.8;
@@ -105,6 +109,12 @@ pub struct Options {
     /// MiB of each upload of the flood part.
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     flood_size_mib: u32,
+    /// Files of the small part's folder.
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    small_items: usize,
+    /// Bytes of each file of the small part.
+    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+    small_size: usize,
     /// Sizes of the latency part's clusters, in nodes.
     #[arg(long, value_name = "N,...", value_delimiter = ',', default_values_t = [1, 4])]
     latency_nodes: Vec<u32>,
@@ -129,6 +139,9 @@ pub(crate) enum Part {
     /// An upload through the manager alone and while 16 fresh identities flood the
     /// manager and the node.
     Flood,
+    /// A folder of many small files uploaded to a node and downloaded back, in items/s,
+    /// against the local datastore's rate.
+    Small,
 }
 
 /// A transport the client can be made to use.
@@ -362,6 +375,18 @@ fn bench(
             found.push(latency::measure(dir, peers, nodes, options.latency_runs)?);
         }
         print!("{}", latency::report(options.latency_runs, &found));
+    }
+    if options.runs(Part::Small) {
+        let cluster = BenchCluster::start(dir, peers, "manager-small")?;
+        let found = small::measure(
+            &cluster,
+            dir,
+            options.small_items,
+            options.small_size,
+            options.rounds,
+        );
+        cluster.stop();
+        print!("{}", small::report(&found?));
     }
     if options.runs(Part::Flood) {
         let found = flood::measure(dir, peers, options.flood_size_mib, options.rounds)?;

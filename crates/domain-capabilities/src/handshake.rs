@@ -171,10 +171,17 @@ pub struct Accepted {
 /// kept bytes end (`UpsertMetadata.resume_key`, `ResumeOffer`, `ResumeStart`).
 pub const RESUME: &str = "resume";
 
+/// The extension of `/store/v1` by which the sender keeps several items in flight: it
+/// sends the next items before the answer of the first has come, up to
+/// `PIPELINE_ITEMS` items and `PIPELINE_BYTES` bytes of content unanswered. The receiver
+/// answers in order, each item once it is durable. The wire does not change, only the
+/// sender's patience, so a receiver names it only to say it stores items side by side.
+pub const PIPELINE: &str = "pipeline";
+
 /// The extensions a receiver of this crate speaks on `protocol`.
 fn extensions_of(protocol: &str) -> Vec<String> {
     match protocol {
-        STORE_V1 => vec![RESUME.to_owned()],
+        STORE_V1 => vec![RESUME.to_owned(), PIPELINE.to_owned()],
         _ => Vec::new(),
     }
 }

@@ -8,7 +8,8 @@
 //!   receiver's Merkle root against its own; [`serve_store`] streams them into a
 //!   [`domain_datastore::Datastore`]. With the [`RESUME`] extension,
 //!   [`StoreSender::send_resumable`] continues an item whose earlier stream was cut
-//!   after the whole chunks the receiver kept.
+//!   after the whole chunks the receiver kept; with [`PIPELINE`],
+//!   [`StoreSender::send_pipelined`] keeps several items in flight.
 //! - `/load/v1`: [`open_load`] gives a [`LoadConsumer`] of items (content checked
 //!   against each root) and an [`Unsubscriber`] for keep-alive subscriptions;
 //!   [`serve_load`] answers from a datastore.
@@ -67,7 +68,8 @@ pub use delete::{DeleteSummary, Deleted, delete_items, serve_delete};
 pub use error::CapabilityError;
 use handshake::Holds;
 pub use handshake::{
-    Accepted, KeyFn, MAX_HANDSHAKE_FRAME, Opened, PublicKeySource, RESUME, StaticKeys, StreamInfo,
+    Accepted, KeyFn, MAX_HANDSHAKE_FRAME, Opened, PIPELINE, PublicKeySource, RESUME, StaticKeys,
+    StreamInfo,
 };
 pub use idle::{Direction, IdleElapsed, IdleTimeout};
 pub use ledger::{DEFAULT_LEDGER_CAPACITY, Replay, TokenLedger, TokenUse};
@@ -77,7 +79,8 @@ pub use load::{
 };
 pub use public_key::{fetch_public_key, serve_public_key};
 pub use store::{
-    MAX_RESUME_KEY_LEN, MAX_SUMMARY_IDS, Sent, StoreSender, StoreSummary, serve_store, store_items,
+    MAX_RESUME_KEY_LEN, MAX_SUMMARY_IDS, PIPELINE_BYTES, PIPELINE_ITEMS, Sent, StoreSender,
+    StoreSummary, serve_store, store_items,
 };
 
 /// Inbound task streams a node serves at once (docs/design.md §9); the node holds a

@@ -8,10 +8,11 @@
 //! root of its own first bytes and answers a `ResumeStart`, the offset its content bytes
 //! start from; both trees still cover the whole content, so the root proves it whole.
 
+use std::collections::VecDeque;
 use std::io::SeekFrom;
 use std::ops::Deref;
 use std::path::Path;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
@@ -22,12 +23,14 @@ use domain_merkle::{BackgroundBuilder, CHUNK_SIZE, Cores, MerkleBuilder, Root};
 use domain_proto::DomainId;
 use domain_proto::domain_data::{Metadata, ResumeOffer, ResumeStart, UpsertMetadata};
 use domain_proto::{read_message, read_message_or_eof, write_message};
+use futures::StreamExt as _;
+use futures::stream::FuturesOrdered;
 use tokio::io::{
     AsyncRead, AsyncReadExt, AsyncSeek, AsyncSeekExt, AsyncWrite, AsyncWriteExt, ReadBuf,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
-use crate::handshake::{self, PublicKeySource, RESUME, StreamInfo};
+use crate::handshake::{self, PIPELINE, PublicKeySource, RESUME, StreamInfo};
 use crate::idle::IdleTimeout;
 use crate::{CapabilityError, Limits};
 
@@ -109,8 +112,15 @@ where
 ///
 /// Items under ids of their own (`UpsertMetadata.replica`) are taken only when `copy`: the
 /// token says the manager placed this task as a copy.
+///
+/// Two halves run side by side: one reads items and starts storing them, the other
+/// writes the answers, in order, as the stores complete. Small items (up to
+/// [`IN_MEMORY_MAX`]) are read into memory and stored while the next ones arrive, so a
+/// pipelining sender's items reach the datastore together and share its durable commits;
+/// larger ones stream from the wire into the datastore. A sender that waits for each
+/// answer (a v1 sender) sees no difference.
 pub(crate) async fn store_accepted<S, D>(
-    mut stream: IdleTimeout<S>,
+    stream: IdleTimeout<S>,
     domain: &DomainId,
     copy: bool,
     datastore: &D,
@@ -120,12 +130,100 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     D: Datastore,
 {
-    let mut summary = StoreSummary::default();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let budget = Semaphore::new(PIPELINE_BYTES as usize);
+    let summary = {
+        let (queue, answers) = mpsc::channel(1);
+        let mut receiving = pin!(receive_items(
+            &mut reader,
+            domain,
+            copy,
+            datastore,
+            limits,
+            &budget,
+            queue
+        ));
+        let mut answering = pin!(answer_items(&mut writer, answers));
+        tokio::select! {
+            answered = &mut answering => {
+                // The answers end before the items only when an answer failed: the items
+                // after it are dropped. Otherwise the items had ended already.
+                let summary = answered?;
+                receiving.await?;
+                summary
+            }
+            received = &mut receiving => {
+                // The answers of the items before the end, or before the one that failed,
+                // still go out; a failed answer came first in stream order.
+                let summary = answering.await?;
+                received?;
+                summary
+            }
+        }
+    };
+    let mut stream = reader.unsplit(writer);
+    stream
+        .shutdown()
+        .await
+        .map_err(|e| CapabilityError::io("closing the stream", e))?;
+    Ok(summary)
+}
+
+/// Items up to this size are read into memory by a receiver and stored while the next
+/// items arrive; larger ones stream from the wire into the datastore.
+const IN_MEMORY_MAX: u64 = 64 << 10;
+
+/// Items a sender keeps in flight on a [`PIPELINE`] stream at most: sent, not answered.
+pub const PIPELINE_ITEMS: usize = 64;
+
+/// Content bytes of the items a sender keeps in flight on a [`PIPELINE`] stream at most.
+/// An item larger than this alone is sent once every earlier one is answered. A receiver
+/// holds at most this much of a stream's small items in memory.
+pub const PIPELINE_BYTES: u64 = 4 << 20;
+
+/// What the receiving half hands the answering half: an answer to write once every
+/// earlier one is written, when it is ready.
+type Answer<'a> = Pin<Box<dyn Future<Output = Result<Outgoing, CapabilityError>> + Send + 'a>>;
+
+/// A frame the receiver writes, with what the summary counts of it.
+enum Outgoing {
+    /// The resume offer of an item sent with a resume key.
+    Offer(ResumeOffer),
+    /// An item stored.
+    Stored {
+        metadata: Metadata,
+        /// Content bytes received on this stream.
+        received: u64,
+        /// Content bytes kept from an earlier stream.
+        resumed: u64,
+        replica: bool,
+        replaces: bool,
+    },
+}
+
+/// The receiving half of [`store_accepted`]: reads each item and hands `answers` the
+/// future of its answer, until the sender closes its write half.
+async fn receive_items<'a, R, D>(
+    reader: &mut R,
+    domain: &'a DomainId,
+    copy: bool,
+    datastore: &'a D,
+    limits: &Limits,
+    budget: &'a Semaphore,
+    answers: mpsc::Sender<Answer<'a>>,
+) -> Result<(), CapabilityError>
+where
+    R: AsyncRead + Unpin + Send,
+    D: Datastore,
+{
+    let ready = |outgoing: Outgoing| -> Answer<'a> { Box::pin(std::future::ready(Ok(outgoing))) };
     loop {
-        let item: Option<UpsertMetadata> = read_message_or_eof(&mut stream, limits.max_frame)
+        let item: Option<UpsertMetadata> = read_message_or_eof(reader, limits.max_frame)
             .await
             .map_err(|e| CapabilityError::frame("reading the next item", e))?;
-        let Some(mut item) = item else { break };
+        let Some(mut item) = item else {
+            return Ok(());
+        };
         let name = item.name.clone();
         let size = u64::from(item.size);
         let replica = is_replica(&item);
@@ -136,76 +234,148 @@ where
             });
         }
         let replaces = !item.is_new && !replica;
-        let stored = match item.resume_key.take() {
-            None => datastore
-                .put(domain, item, Limited::new(&mut stream, size))
-                .await
-                .map(|metadata| (metadata, 0)),
+        let stored = move |metadata, start| Outgoing::Stored {
+            metadata,
+            received: size - start,
+            resumed: start,
+            replica,
+            replaces,
+        };
+        let failed = |e| CapabilityError::datastore("receiving content", &name, e);
+        let answer = match item.resume_key.take() {
             Some(key) => {
-                let start =
-                    offer_resume(&mut stream, domain, datastore, &key, &item, limits).await?;
-                datastore
-                    .put_resumable(
-                        domain,
-                        item,
-                        &key,
-                        start,
-                        Limited::new(&mut stream, size - start),
-                    )
+                check_resume_key(&key)?;
+                let offer = resume_offer(domain, datastore, &key, &item).await?;
+                let offered = offer.offset;
+                if answers.send(ready(Outgoing::Offer(offer))).await.is_err() {
+                    return Ok(());
+                }
+                let start = resume_start(reader, offered, limits).await?;
+                let content = Limited::new(&mut *reader, size - start);
+                let metadata = datastore
+                    .put_resumable(domain, item, &key, start, content)
                     .await
-                    .map(|metadata| (metadata, start))
+                    .map_err(failed)?;
+                ready(stored(metadata, start))
+            }
+            None if size <= IN_MEMORY_MAX => {
+                // At most 64 KiB: within the budget's permits and a u32.
+                let permit = budget.acquire_many(size as u32).await.map_err(|_| {
+                    CapabilityError::Unexpected {
+                        during: "reading the next item",
+                        what: "a closed budget",
+                    }
+                })?;
+                let bytes = read_content(reader, &item).await.map_err(failed)?;
+                Box::pin(async move {
+                    let metadata = datastore
+                        .put(domain, item, &bytes[..])
+                        .await
+                        .map_err(|e| CapabilityError::datastore("receiving content", &name, e))?;
+                    drop(permit);
+                    Ok(stored(metadata, 0))
+                })
+            }
+            None => {
+                let content = Limited::new(&mut *reader, size);
+                let metadata = datastore.put(domain, item, content).await.map_err(failed)?;
+                ready(stored(metadata, 0))
             }
         };
-        let (metadata, start) =
-            stored.map_err(|e| CapabilityError::datastore("receiving content", &name, e))?;
-        write_message(&mut stream, &metadata)
-            .await
-            .map_err(|e| CapabilityError::frame("answering an item", e))?;
-        summary.items += 1;
-        summary.bytes += size - start;
-        summary.resumed_bytes += start;
-        summary.replaced |= replaces;
-        if !replica && summary.ids.len() < MAX_SUMMARY_IDS {
-            summary.ids.push(metadata.id);
+        if answers.send(answer).await.is_err() {
+            // The answering half stopped on an error, which it reports.
+            return Ok(());
         }
     }
-    stream
-        .shutdown()
-        .await
-        .map_err(|e| CapabilityError::io("closing the stream", e))?;
-    Ok(summary)
 }
 
-/// Answers an item sent with a resume key with what `datastore` kept of it, and returns
-/// the offset the sender's content starts from.
-async fn offer_resume<S, D>(
-    stream: &mut IdleTimeout<S>,
+/// Reads the content of a small item into memory, failing as a datastore's put does on
+/// a short stream.
+async fn read_content<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    item: &UpsertMetadata,
+) -> Result<Vec<u8>, domain_datastore::DatastoreError> {
+    let mut bytes = vec![0_u8; item.size as usize];
+    let got = fill(&mut Limited::new(reader, u64::from(item.size)), &mut bytes)
+        .await
+        .map_err(|source| domain_datastore::DatastoreError::ReadContent {
+            name: item.name.clone(),
+            source,
+        })?;
+    if got != bytes.len() {
+        return Err(domain_datastore::DatastoreError::SizeMismatch {
+            expected: item.size,
+            got: got as u64,
+        });
+    }
+    Ok(bytes)
+}
+
+/// The answering half of [`store_accepted`]: writes each answer once it and every
+/// earlier one are ready, with at most [`PIPELINE_ITEMS`] stores under way.
+async fn answer_items<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    mut answers: mpsc::Receiver<Answer<'_>>,
+) -> Result<StoreSummary, CapabilityError> {
+    let mut summary = StoreSummary::default();
+    let mut pending = FuturesOrdered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            next = answers.recv(), if open && pending.len() < PIPELINE_ITEMS => match next {
+                Some(answer) => pending.push_back(answer),
+                None => open = false,
+            },
+            Some(done) = pending.next() => match done? {
+                Outgoing::Offer(offer) => write_message(writer, &offer)
+                    .await
+                    .map_err(|e| CapabilityError::frame("offering to resume", e))?,
+                Outgoing::Stored { metadata, received, resumed, replica, replaces } => {
+                    write_message(writer, &metadata)
+                        .await
+                        .map_err(|e| CapabilityError::frame("answering an item", e))?;
+                    summary.items += 1;
+                    summary.bytes += received;
+                    summary.resumed_bytes += resumed;
+                    summary.replaced |= replaces;
+                    if !replica && summary.ids.len() < MAX_SUMMARY_IDS {
+                        summary.ids.push(metadata.id);
+                    }
+                }
+            },
+            else => return Ok(summary),
+        }
+    }
+}
+
+/// The offer for an item sent with a resume key: what `datastore` kept of it.
+async fn resume_offer<D: Datastore>(
     domain: &DomainId,
     datastore: &D,
     key: &str,
     item: &UpsertMetadata,
-    limits: &Limits,
-) -> Result<u64, CapabilityError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-    D: Datastore,
-{
-    check_resume_key(key)?;
+) -> Result<ResumeOffer, CapabilityError> {
     let point = datastore
         .resume_point(domain, key, item.size)
         .await
         .map_err(|e| CapabilityError::datastore("looking for kept bytes", &item.name, e))?;
-    let offer = ResumeOffer {
+    Ok(ResumeOffer {
         offset: point.map_or(0, |point| point.offset),
         prefix_hash: point.map(|point| point.prefix_root.to_string()),
-    };
-    write_message(stream, &offer)
-        .await
-        .map_err(|e| CapabilityError::frame("offering to resume", e))?;
-    let start: ResumeStart = read_message(stream, limits.max_frame)
+    })
+}
+
+/// Reads the sender's answer to an offer of `offered` bytes: the offset its content
+/// starts from.
+async fn resume_start<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    offered: u64,
+    limits: &Limits,
+) -> Result<u64, CapabilityError> {
+    let start: ResumeStart = read_message(reader, limits.max_frame)
         .await
         .map_err(|e| CapabilityError::frame("reading where the content starts", e))?;
-    if start.offset != 0 && start.offset != offer.offset {
+    if start.offset != 0 && start.offset != offered {
         return Err(CapabilityError::Unexpected {
             during: "reading where the content starts",
             what: "an offset that was not offered",
@@ -242,8 +412,25 @@ pub struct StoreSender<S> {
     limits: Limits,
     /// Whether the receiver named the [`RESUME`] extension.
     resumes: bool,
+    /// Whether the receiver named the [`PIPELINE`] extension.
+    pipelines: bool,
+    /// Items sent by [`send_pipelined`](Self::send_pipelined) and not answered yet,
+    /// oldest first.
+    in_flight: VecDeque<InFlight>,
+    /// Content bytes of `in_flight`.
+    in_flight_bytes: u64,
+    /// Answers of pipelined items (roots checked) not taken yet, oldest first.
+    receipts: VecDeque<Metadata>,
     /// Content batches, reused from item to item.
     batches: BatchPool,
+}
+
+/// An item sent on a pipelined stream, waiting for its answer.
+#[derive(Debug)]
+struct InFlight {
+    name: String,
+    size: u64,
+    root: Root,
 }
 
 impl<S> StoreSender<S>
@@ -266,8 +453,90 @@ where
             stream,
             limits,
             resumes: opened.speaks(RESUME),
+            pipelines: opened.speaks(PIPELINE),
+            in_flight: VecDeque::new(),
+            in_flight_bytes: 0,
+            receipts: VecDeque::new(),
             batches: BatchPool::new(),
         })
+    }
+
+    /// Whether the receiver takes items without waiting for each answer (the
+    /// [`PIPELINE`] extension): [`send_pipelined`](Self::send_pipelined) then keeps
+    /// several in flight.
+    pub fn pipelines(&self) -> bool {
+        self.pipelines
+    }
+
+    /// Sends one item as [`send`](Self::send) does, but to a receiver that pipelines
+    /// returns once it is written: its metadata, root checked, comes later from
+    /// [`take_receipts`](Self::take_receipts), in the order items were sent. At most
+    /// [`PIPELINE_ITEMS`] items and [`PIPELINE_BYTES`] bytes of content are in flight: this
+    /// waits for the oldest answers to make room. To a receiver without the extension it
+    /// waits for the answer here, item by item.
+    ///
+    /// Many small items go at the rate the receiver stores them, not one round trip each.
+    /// When the stream fails, items sent but not answered may or may not be stored.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send), for this item or an earlier one in flight.
+    pub async fn send_pipelined<R>(
+        &mut self,
+        item: UpsertMetadata,
+        content: R,
+    ) -> Result<(), CapabilityError>
+    where
+        R: AsyncRead + Unpin,
+    {
+        let size = u64::from(item.size);
+        while !self.in_flight.is_empty()
+            && (self.in_flight.len() >= PIPELINE_ITEMS
+                || self.in_flight_bytes + size > PIPELINE_BYTES)
+        {
+            self.receive_one().await?;
+        }
+        let name = item.name.clone();
+        write_message(&mut self.stream, &item)
+            .await
+            .map_err(|e| CapabilityError::frame("sending an item", e))?;
+        let root = self
+            .send_content(&name, 0, size, content, MerkleBuilder::new())
+            .await?;
+        self.in_flight.push_back(InFlight { name, size, root });
+        self.in_flight_bytes += size;
+        if !self.pipelines {
+            self.receive_one().await?;
+        }
+        Ok(())
+    }
+
+    /// The answers of items sent by [`send_pipelined`](Self::send_pipelined) that have
+    /// come, roots checked, oldest first.
+    pub fn take_receipts(&mut self) -> impl Iterator<Item = Metadata> + '_ {
+        self.receipts.drain(..)
+    }
+
+    /// Waits for the answer of every item in flight; they are then in
+    /// [`take_receipts`](Self::take_receipts).
+    ///
+    /// # Errors
+    /// As [`send`](Self::send), for the first item whose answer fails.
+    pub async fn flush_receipts(&mut self) -> Result<(), CapabilityError> {
+        while !self.in_flight.is_empty() {
+            self.receive_one().await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the answer of the oldest item in flight.
+    async fn receive_one(&mut self) -> Result<(), CapabilityError> {
+        let Some(sent) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        self.in_flight_bytes -= sent.size;
+        let metadata = self.await_receipt(&sent.name, sent.size, sent.root).await?;
+        self.receipts.push_back(metadata);
+        Ok(())
     }
 
     /// Whether the receiver keeps the bytes of items cut short for
@@ -301,6 +570,7 @@ where
         R: AsyncRead + AsyncSeek + Unpin,
     {
         check_resume_key(key)?;
+        self.flush_receipts().await?;
         if !self.resumes {
             let metadata = self.send(item, content).await?;
             return Ok(Sent {
@@ -385,7 +655,9 @@ where
     /// Sends one item whose content is exactly `item.size` bytes of `content`, and
     /// returns the receiver's metadata once its root matches the one computed here.
     ///
-    /// Bytes of `content` past `item.size` are left unread.
+    /// Bytes of `content` past `item.size` are left unread. Items sent by
+    /// [`send_pipelined`](Self::send_pipelined) before are answered first (their receipts
+    /// wait in [`take_receipts`](Self::take_receipts)).
     ///
     /// # Errors
     /// [`CapabilityError::ContentTooShort`] when `content` ends early (the stream is then
@@ -399,6 +671,7 @@ where
     where
         R: AsyncRead + Unpin,
     {
+        self.flush_receipts().await?;
         let name = item.name.clone();
         let size = u64::from(item.size);
         write_message(&mut self.stream, &item)
@@ -424,6 +697,7 @@ where
     ) -> Result<Metadata, CapabilityError> {
         let content: Bytes = content.into();
         item.size = size_field(content.len() as u64)?;
+        self.flush_receipts().await?;
         let name = item.name.clone();
         write_message(&mut self.stream, &item)
             .await
@@ -469,11 +743,14 @@ where
     }
 
     /// Closes the write half and waits for the receiver to close its own, which it
-    /// does once every item is stored.
+    /// does once every item is stored. Items still in flight are answered first; their
+    /// receipts, untaken, are dropped.
     ///
     /// # Errors
-    /// A stream or idle error, or [`CapabilityError::Frame`] if the receiver sends more.
+    /// As [`flush_receipts`](Self::flush_receipts); a stream or idle error, or
+    /// [`CapabilityError::Frame`] if the receiver sends more.
     pub async fn finish(mut self) -> Result<(), CapabilityError> {
+        self.flush_receipts().await?;
         self.stream
             .shutdown()
             .await
@@ -612,8 +889,8 @@ where
     }
 }
 
-/// Opens a `/store/v1` stream, sends every item, closes, and returns each item's
-/// metadata (roots checked) in order.
+/// Opens a `/store/v1` stream, sends every item (pipelined when the receiver can),
+/// closes, and returns each item's metadata (roots checked) in order.
 ///
 /// # Errors
 /// The first [`CapabilityError`]; items before it are stored.
@@ -632,8 +909,11 @@ where
     let mut sender = StoreSender::open(stream, access_token, domain_id, limits).await?;
     let mut stored = Vec::new();
     for (item, content) in items {
-        stored.push(sender.send(item, content).await?);
+        sender.send_pipelined(item, content).await?;
+        stored.extend(sender.take_receipts());
     }
+    sender.flush_receipts().await?;
+    stored.extend(sender.take_receipts());
     sender.finish().await?;
     Ok(stored)
 }

@@ -280,7 +280,11 @@ impl LocalDatastore {
             } else {
                 let temp =
                     tokio::task::spawn_blocking(move || write_small(temp_path, &bytes)).await??;
-                Content::File { temp, synced: true }
+                // Synced by the commit worker, together with the other small items it takes.
+                Content::File {
+                    temp,
+                    synced: false,
+                }
             };
             (root, content)
         } else {
@@ -691,14 +695,12 @@ async fn read_small<R: AsyncRead + Unpin>(
     Ok(bytes)
 }
 
-/// Writes and fsyncs a small item's temporary file.
+/// Writes a small item's temporary file, unsynced: the commit worker syncs it.
 fn write_small(path: PathBuf, bytes: &[u8]) -> Result<TempFile, DatastoreError> {
     let mut file = std::fs::File::create_new(&path).map_err(|e| io_error("create", &path, e))?;
     let temp = TempFile::new(path);
     file.write_all(bytes)
         .map_err(|e| io_error("write", temp.path(), e))?;
-    file.sync_all()
-        .map_err(|e| io_error("fsync", temp.path(), e))?;
     Ok(temp)
 }
 

@@ -255,7 +255,9 @@ impl MerkleBuilder {
         // that finalizing leaves the builder as it was.
         let mut subtrees = self.subtrees.clone();
         let mut leaves = self.leaves;
-        for_each_leaf(whole, |leaf| push_subtree(&mut subtrees, &mut leaves, leaf, 0));
+        for_each_leaf(whole, |leaf| {
+            push_subtree(&mut subtrees, &mut leaves, leaf, 0)
+        });
         let last_leaf = (!partial.is_empty()).then(|| leaf_hash(partial));
         // RFC 9162's shape: the completed subtrees, largest first, then the partial leaf,
         // joined from the right.

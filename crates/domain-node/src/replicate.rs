@@ -6,7 +6,7 @@
 //! Each copy's root is checked as any upload's is. A copy that fails is reported FAILED,
 //! and the manager hands out a new attempt on the same job stream.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use domain_capabilities::{CapabilityError, Limits, StoreSender, delete_items};
 use domain_cluster::{ClusterError, ClusterHandle, ClusterStream, Managers, PeerId};
 use domain_datastore::{Datastore, DatastoreError, LocalDatastore};
 use domain_proto::DomainId;
-use domain_proto::domain_data::UpsertMetadata;
+use domain_proto::domain_data::{Metadata, UpsertMetadata};
 use domain_proto::protocols::{DELETE_V1, STORE_V1};
 use domain_proto::task::{
     Any, CapabilityFilters, JobRequest, ReplicateDataInputV1, Status, Task, TaskRequest,
@@ -276,6 +276,8 @@ impl Replicator {
         let mut sender = StoreSender::open(stream, token, domain.as_str(), self.limits)
             .await
             .map_err(transfer)?;
+        // The hashes the copies must come back with, oldest first: copies are pipelined.
+        let mut expected = VecDeque::new();
         for id in ids {
             let (metadata, content) = match self.datastore.get(domain, id).await {
                 Ok(found) => found,
@@ -298,16 +300,15 @@ impl Replicator {
                 replica: Some(true),
                 resume_key: None,
             };
-            let copied = sender.send(item, content).await.map_err(transfer)?;
-            // Both ends hashed what was read here; the item's own root says it was right.
-            if copied.hash != metadata.hash {
-                return Err(ReplicationError::Differs {
-                    id: id.clone(),
-                    expected: metadata.hash,
-                    got: copied.hash,
-                });
-            }
+            sender
+                .send_pipelined(item, content)
+                .await
+                .map_err(transfer)?;
+            expected.push_back((id.clone(), metadata.hash));
+            check_copies(&mut expected, sender.take_receipts())?;
         }
+        sender.flush_receipts().await.map_err(transfer)?;
+        check_copies(&mut expected, sender.take_receipts())?;
         sender.finish().await.map_err(transfer)
     }
 
@@ -350,4 +351,25 @@ fn unusable(task: &Task, reason: &'static str) -> ReplicationError {
         task: task.name.clone(),
         reason,
     }
+}
+
+/// Checks each copy's answer against the hash of the item it copies, in order. Both ends
+/// hashed what was read here; the item's own root says it was right.
+fn check_copies(
+    expected: &mut VecDeque<(String, Option<String>)>,
+    copies: impl Iterator<Item = Metadata>,
+) -> Result<(), ReplicationError> {
+    for copied in copies {
+        let Some((id, hash)) = expected.pop_front() else {
+            break;
+        };
+        if copied.hash != hash {
+            return Err(ReplicationError::Differs {
+                id,
+                expected: hash,
+                got: copied.hash,
+            });
+        }
+    }
+    Ok(())
 }

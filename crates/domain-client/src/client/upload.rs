@@ -246,13 +246,49 @@ impl Client {
         )
         .await
         .map_err(transfer)?;
+        let progress = self.progress.as_deref();
+        // Answers to pipelined items arrive later: each goes into `stored` as it comes.
+        let take_receipts = |sender: &mut StoreSender<_>, stored: &mut Vec<Metadata>| {
+            for receipt in sender.take_receipts() {
+                if let Some(progress) = progress {
+                    progress.finished(&receipt.name);
+                }
+                stored.push(receipt);
+            }
+        };
         let planned = items.iter().zip(&plan.sizes).zip(&plan.keys);
         for ((upload, &size), key) in planned.skip(stored.len()) {
             let item = UpsertMetadata {
                 size,
                 ..upload.metadata.clone()
             };
-            let key = key.as_deref();
+            let Some(key) = key else {
+                // Not resumable: small, sent without waiting for each answer.
+                if let Some(progress) = progress {
+                    progress.started(&item.name, item.size.into());
+                }
+                let sent = match &upload.content {
+                    Content::File(path) => {
+                        let file = tokio::fs::File::open(path)
+                            .await
+                            .map_err(|e| ClientError::io("opening", path, e))?;
+                        sender
+                            .send_pipelined(item, Counted::new(file, progress))
+                            .await
+                    }
+                    Content::Bytes(bytes) => {
+                        sender
+                            .send_pipelined(item, Counted::new(&bytes[..], progress))
+                            .await
+                    }
+                };
+                sent.map_err(transfer)?;
+                take_receipts(&mut sender, stored);
+                continue;
+            };
+            sender.flush_receipts().await.map_err(transfer)?;
+            take_receipts(&mut sender, stored);
+            let key = Some(key.as_str());
             let metadata = match &upload.content {
                 Content::File(path) => {
                     let file = domain_datastore::ReadAhead::open(path)
@@ -268,6 +304,8 @@ impl Client {
             .map_err(transfer)?;
             stored.push(metadata);
         }
+        sender.flush_receipts().await.map_err(transfer)?;
+        take_receipts(&mut sender, stored);
         sender.finish().await.map_err(transfer)?;
         Ok(())
     }
@@ -368,23 +406,28 @@ impl UploadPlan {
         // Bytes in memory cannot be named across runs: their keys hold within this call.
         let call = uuid::Uuid::new_v4();
         for (index, item) in items.iter().enumerate() {
-            let (len, path, key) = match &item.content {
+            let (len, path, file) = match &item.content {
                 Content::File(path) => {
                     let metadata = tokio::fs::metadata(path)
                         .await
                         .map_err(|e| ClientError::io("reading the length of", path, e))?;
-                    let key = file_key(path, &metadata, &item.metadata).await;
-                    (metadata.len(), path.clone(), key)
+                    (metadata.len(), path.clone(), Some(metadata))
                 }
-                Content::Bytes(bytes) => (
-                    bytes.len() as u64,
-                    PathBuf::from("<bytes>"),
-                    format!("bytes {call} {index}"),
-                ),
+                Content::Bytes(bytes) => (bytes.len() as u64, PathBuf::from("<bytes>"), None),
             };
-            let size = u32::try_from(len).map_err(|_| ClientError::TooLarge { path, len })?;
+            let size = u32::try_from(len).map_err(|_| ClientError::TooLarge {
+                path: path.clone(),
+                len,
+            })?;
             sizes.push(size);
-            keys.push((size >= RESUMABLE_MIN).then_some(key));
+            let key = if size < RESUMABLE_MIN {
+                None
+            } else if let Some(metadata) = file {
+                Some(file_key(&path, &metadata, &item.metadata).await)
+            } else {
+                Some(format!("bytes {call} {index}"))
+            };
+            keys.push(key);
         }
         Ok(Self { sizes, keys })
     }

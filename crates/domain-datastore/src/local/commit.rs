@@ -1,11 +1,12 @@
 //! The commit worker: the one thread that changes metadata and blob files.
 //!
-//! Puts and deletes queue here once their bytes are on disk. The worker takes every
-//! request waiting (up to [`MAX_BATCH`]), renames their blobs into place, fsyncs each
-//! touched folder once, applies them all in one redb transaction (one fsync), then removes
-//! the blob files no item uses any more. Concurrent writers thus share the fixed cost of a
-//! durable commit, and because only this thread touches the blob folders and the reference
-//! counts, "the file exists" always means "some committed item uses it, or is about to".
+//! Puts and deletes queue here once their bytes are written. The worker takes every
+//! request waiting (up to [`MAX_BATCH`]), makes the bytes of small items durable with one
+//! `syncfs` for all of them, renames their blobs into place, fsyncs each touched folder
+//! once, applies them all in one redb transaction (one fsync), then removes the blob files
+//! no item uses any more. Concurrent writers thus share the fixed cost of a durable commit,
+//! and because only this thread touches the blob folders and the reference counts, "the
+//! file exists" always means "some committed item uses it, or is about to".
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -26,6 +27,9 @@ use domain_proto::DomainId;
 /// Most requests committed in one transaction.
 const MAX_BATCH: usize = 4096;
 
+/// Unsynced files from which a batch syncs its file system once instead of each file.
+const SYNC_TOGETHER_MIN: usize = 2;
+
 /// Requests waiting for the worker; senders wait when it is full.
 pub(super) const QUEUE: usize = 1024;
 
@@ -41,7 +45,8 @@ pub(super) struct PutRequest {
 
 /// Where a put's bytes are.
 pub(super) enum Content {
-    /// In a temporary file, fsynced or not (not when its blob already existed).
+    /// In a temporary file, fsynced or not: a small item's file is synced by the worker
+    /// with the others of its batch; a large one's is not when its blob already existed.
     File { temp: TempFile, synced: bool },
     /// In memory: a small item whose blob existed when it arrived, so no file was written.
     Inline(Vec<u8>),
@@ -87,7 +92,8 @@ impl Worker {
         self.blobs_dir.join(domain.as_str())
     }
 
-    fn commit(&self, batch: Vec<Request>) {
+    fn commit(&self, mut batch: Vec<Request>) {
+        self.sync_together(&mut batch);
         // Blobs placed by this batch, and blobs whose last user may be gone: after the
         // transaction, each of these that no committed item uses is removed.
         let mut maybe_unused: BTreeSet<(DomainId, String)> = BTreeSet::new();
@@ -164,6 +170,37 @@ impl Worker {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Makes the written bytes of the batch's puts durable at once when there are several:
+    /// one `syncfs` of the store's file system costs about what one fsync does, where a
+    /// fsync per small file would cost one journal commit each (2,000 items of 4 KiB: 7k
+    /// fsyncs/s one after another, 46k files/s with one `syncfs`, on this project's test
+    /// machine). `syncfs` also flushes other files' dirty pages on that file system; the
+    /// store's large puts write past the page cache and leave few. When it fails, each put
+    /// is synced on its own in [`place_blob`](Self::place_blob), which reports its error.
+    fn sync_together(&self, batch: &mut [Request]) {
+        let mut unsynced: Vec<&mut bool> = batch
+            .iter_mut()
+            .filter_map(|request| match request {
+                Request::Put(PutRequest {
+                    content: Content::File { synced, .. },
+                    ..
+                }) if !*synced => Some(synced),
+                _ => None,
+            })
+            .collect();
+        if unsynced.len() < SYNC_TOGETHER_MIN {
+            return;
+        }
+        let synced = std::fs::File::open(&self.tmp_dir)
+            .and_then(|dir| rustix::fs::syncfs(&dir).map_err(std::io::Error::from));
+        match synced {
+            Ok(()) => unsynced.iter_mut().for_each(|synced| **synced = true),
+            Err(e) => {
+                tracing::warn!(error = %domain_proto::ErrorChain(&e), "syncfs failed; syncing each file");
             }
         }
     }
