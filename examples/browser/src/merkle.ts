@@ -1,14 +1,30 @@
 // The Merkle tree of docs/design.md §4, built with @noble/hashes' BLAKE3: a second implementation,
 // independent of the Rust `blake3` crate the nodes use, so that a root the page and a node
-// agree on is evidence, not an echo.
+// agree on is evidence, not an echo. Leaves, nearly all of the work, can go through
+// hash-wasm's BLAKE3 in WebAssembly instead (`wasmLeafHash`), several times faster than
+// pure JS; inner nodes stay with @noble/hashes, since they use BLAKE3's derive-key mode,
+// which hash-wasm's BLAKE3 (hashing and keyed hashing only) cannot express.
 
 import { blake3 } from '@noble/hashes/blake3.js'
 import { bytesToHex } from '@noble/hashes/utils.js'
+import { createBLAKE3 } from 'hash-wasm'
 
 /** Bytes per leaf. */
 export const CHUNK_SIZE = 7168
 
 const NODE_CONTEXT = new TextEncoder().encode('posemesh domain merkle node v1')
+
+/** The hash of one leaf: plain BLAKE3 of its chunk. */
+export type LeafHash = (chunk: Uint8Array) => Uint8Array
+
+/** BLAKE3 in pure JS (@noble/hashes). */
+export const jsLeafHash: LeafHash = (chunk) => blake3(chunk)
+
+/** BLAKE3 in WebAssembly (hash-wasm); instantiating the module is asynchronous. */
+export async function wasmLeafHash(): Promise<LeafHash> {
+  const hasher = await createBLAKE3()
+  return (chunk) => hasher.init().update(chunk).digest('binary')
+}
 
 /** A perfect subtree: its root and how many leaves it covers. */
 interface Subtree {
@@ -16,11 +32,15 @@ interface Subtree {
   leaves: number
 }
 
+/** The derive-key hasher with the context already hashed: each node clones it (5.7 µs a node
+ * in Node.js, against 8 µs hashing the context again). */
+const NODE_HASHER = blake3.create({ context: NODE_CONTEXT })
+
 function parent(left: Uint8Array, right: Uint8Array): Uint8Array {
   const pair = new Uint8Array(64)
   pair.set(left)
   pair.set(right, 32)
-  return blake3(pair, { context: NODE_CONTEXT })
+  return NODE_HASHER.clone().update(pair).digest()
 }
 
 /**
@@ -35,6 +55,8 @@ export class MerkleBuilder {
   private pendingLength = 0
   private leafCount = 0
   private byteCount = 0
+
+  constructor(private readonly leafHash: LeafHash = jsLeafHash) {}
 
   /** Bytes taken so far. */
   get length(): number {
@@ -80,7 +102,7 @@ export class MerkleBuilder {
   }
 
   private pushLeaf(chunk: Uint8Array): void {
-    let subtree: Subtree = { hash: blake3(chunk), leaves: 1 }
+    let subtree: Subtree = { hash: this.leafHash(chunk), leaves: 1 }
     this.leafCount += 1
     while (this.stack.length > 0 && this.stack[this.stack.length - 1]!.leaves === subtree.leaves) {
       const left = this.stack.pop()!
@@ -91,8 +113,8 @@ export class MerkleBuilder {
 }
 
 /** The root of `data` in one piece. */
-export function merkleRoot(data: Uint8Array): string {
-  const builder = new MerkleBuilder()
+export function merkleRoot(data: Uint8Array, leafHash: LeafHash = jsLeafHash): string {
+  const builder = new MerkleBuilder(leafHash)
   builder.update(data)
   return builder.finish()
 }

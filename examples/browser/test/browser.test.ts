@@ -80,7 +80,8 @@ describe('the browser page', () => {
     await uploaded.waitFor({ timeout: 180_000 })
     await expect.poll(() => page.locator('#upload-rate').getAttribute('class')).toBe('ok')
     const id = (await uploaded.getAttribute('data-id'))!
-    // Three implementations agree: the page's (@noble/hashes), the node's, `domain hash`.
+    // Three implementations agree: the page's (hash-wasm leaves, @noble/hashes nodes), the
+    // node's, `domain hash`.
     const pageRoot = (await uploaded.locator('code').nth(1).textContent())!
     expect(pageRoot).toBe(await rustRoot(path))
 

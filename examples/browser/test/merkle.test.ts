@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs'
 import { describe, expect, it } from 'vitest'
-import { CHUNK_SIZE, MerkleBuilder, merkleRoot } from '../src/merkle'
+import { CHUNK_SIZE, MerkleBuilder, jsLeafHash, merkleRoot, wasmLeafHash } from '../src/merkle'
 
 interface Vector {
   size: number
@@ -26,10 +26,19 @@ describe('the browser Merkle tree', () => {
   })
 
   for (const vector of vectors.vectors) {
-    it(`reproduces the shared root for ${vector.size} bytes`, () => {
+    it(`reproduces the shared root for ${vector.size} bytes`, async () => {
       expect(merkleRoot(data(vector.size))).toBe(vector.root)
+      expect(merkleRoot(data(vector.size), await wasmLeafHash()), 'leaves in WebAssembly').toBe(vector.root)
     })
   }
+
+  it('hashes every leaf alike in WebAssembly and in JS', async () => {
+    const wasm = await wasmLeafHash()
+    // Empty, short, and whole chunks: every kind of leaf a tree has.
+    for (const size of [0, 1, 1023, 1024, 1025, CHUNK_SIZE - 1, CHUNK_SIZE]) {
+      expect(wasm(data(size)), `${size} bytes`).toEqual(jsLeafHash(data(size)))
+    }
+  })
 
   it('gives the same root whatever pieces the bytes arrive in', () => {
     const bytes = data(5 * CHUNK_SIZE + 123)

@@ -254,32 +254,53 @@ impl Client {
         )
         .await
         .map_err(transfer)?;
-        while let Some(item) = items.next().await.map_err(transfer)? {
-            let metadata = item.metadata().clone();
-            // A copy already received (from another node, or an earlier attempt):
-            // its content is skipped with the next item.
-            if gather.seen.contains(&metadata.id) {
-                continue;
-            }
-            if !gather.query.ids.is_empty() && !gather.query.ids.contains(&metadata.id) {
-                return Err(ClientError::UnexpectedItem {
-                    node,
-                    id: metadata.id.chars().take(300).collect(),
-                });
-            }
-            let progress = self.progress.as_deref();
-            match &mut gather.sink {
-                Sink::Listing(listed) => {
-                    if listed.len() == MAX_LISTED_ITEMS {
-                        return Err(ClientError::TooManyItems { node });
-                    }
-                    listed.push(metadata.clone());
+        // Small items are written unsynced and appear a batch at a time, after one sync.
+        let mut unsynced = Unsynced::default();
+        let received = async {
+            while let Some(item) = items.next().await.map_err(transfer)? {
+                let metadata = item.metadata().clone();
+                // A copy already received (from another node, or an earlier attempt):
+                // its content is skipped with the next item.
+                if gather.seen.contains(&metadata.id) {
+                    continue;
                 }
-                Sink::Folder { dir, downloads } => {
-                    let resumed = item.offset() > 0;
-                    let overwrite = self.config.overwrite;
-                    let path =
-                        match write_item_file(item, &metadata, dir, overwrite, progress).await {
+                if !gather.query.ids.is_empty() && !gather.query.ids.contains(&metadata.id) {
+                    return Err(ClientError::UnexpectedItem {
+                        node,
+                        id: metadata.id.chars().take(300).collect(),
+                    });
+                }
+                let progress = self.progress.as_deref();
+                match &mut gather.sink {
+                    Sink::Listing(listed) => {
+                        if listed.len() == MAX_LISTED_ITEMS {
+                            return Err(ClientError::TooManyItems { node });
+                        }
+                        listed.push(metadata.clone());
+                    }
+                    Sink::Folder { dir, downloads } => {
+                        let overwrite = self.config.overwrite;
+                        if item.offset() == 0 && u64::from(metadata.size) <= SMALL_ITEM {
+                            unsynced
+                                .write(item, &metadata, dir, overwrite, progress)
+                                .await
+                                .map_err(|error| error.into_client_error(node))?;
+                            if unsynced.files.len() >= PUBLISH_BATCH {
+                                downloads
+                                    .items
+                                    .extend(unsynced.publish(dir, overwrite, progress).await?);
+                            }
+                            gather.seen.insert(metadata.id);
+                            continue;
+                        }
+                        // Files appear in the order items came.
+                        downloads
+                            .items
+                            .extend(unsynced.publish(dir, overwrite, progress).await?);
+                        let resumed = item.offset() > 0;
+                        let path = match write_item_file(item, &metadata, dir, overwrite, progress)
+                            .await
+                        {
                             Ok(path) => path,
                             Err(error) => {
                                 if resumed && error.is_root_mismatch() {
@@ -288,53 +309,170 @@ impl Client {
                                 return Err(error.into_client_error(node));
                             }
                         };
-                    downloads.items.push(Downloaded {
-                        metadata: metadata.clone(),
-                        path,
-                    });
-                }
-                Sink::Holder(holder) => {
-                    **holder = Some((metadata.clone(), node));
-                }
-                Sink::Writer {
-                    writer,
-                    found,
-                    started,
-                } => {
-                    if let Some(started) = started.take() {
-                        // The reader may be gone: the write below then fails and says so.
-                        let _ = started.send(metadata.clone());
-                    }
-                    let mut counted = Counted::new(&mut **writer, progress);
-                    if let Some(progress) = progress {
-                        progress.started(&metadata.name, metadata.size.into());
-                    }
-                    let copied = item.copy_to(&mut counted).await;
-                    let written = counted.count();
-                    let copied = copied.and_then(|copied| {
-                        check_length(&metadata, copied)?;
-                        Ok(copied)
-                    });
-                    if let Err(source) = copied {
-                        return Err(if written == 0 {
-                            transfer(source)
-                        } else {
-                            ClientError::WriterInterrupted {
-                                id: metadata.id.clone(),
-                                written,
-                                source: Box::new(source),
-                            }
+                        downloads.items.push(Downloaded {
+                            metadata: metadata.clone(),
+                            path,
                         });
                     }
-                    if let Some(progress) = progress {
-                        progress.finished(&metadata.name);
+                    Sink::Holder(holder) => {
+                        **holder = Some((metadata.clone(), node));
                     }
-                    **found = Some(metadata.clone());
+                    Sink::Writer {
+                        writer,
+                        found,
+                        started,
+                    } => {
+                        if let Some(started) = started.take() {
+                            // The reader may be gone: the write below then fails and says so.
+                            let _ = started.send(metadata.clone());
+                        }
+                        let mut counted = Counted::new(&mut **writer, progress);
+                        if let Some(progress) = progress {
+                            progress.started(&metadata.name, metadata.size.into());
+                        }
+                        let copied = item.copy_to(&mut counted).await;
+                        let written = counted.count();
+                        let copied = copied.and_then(|copied| {
+                            check_length(&metadata, copied)?;
+                            Ok(copied)
+                        });
+                        if let Err(source) = copied {
+                            return Err(if written == 0 {
+                                transfer(source)
+                            } else {
+                                ClientError::WriterInterrupted {
+                                    id: metadata.id.clone(),
+                                    written,
+                                    source: Box::new(source),
+                                }
+                            });
+                        }
+                        if let Some(progress) = progress {
+                            progress.finished(&metadata.name);
+                        }
+                        **found = Some(metadata.clone());
+                    }
                 }
+                gather.seen.insert(metadata.id);
             }
-            gather.seen.insert(metadata.id);
+            Ok(())
         }
+        .await;
+        // What arrived whole before an error is kept all the same.
+        let published = match &mut gather.sink {
+            Sink::Folder { dir, downloads } => unsynced
+                .publish(dir, self.config.overwrite, self.progress.as_deref())
+                .await
+                .map(|published| downloads.items.extend(published)),
+            _ => Ok(()),
+        };
+        received.and(published)
+    }
+}
+
+/// Items up to this size are read into memory and written to their files unsynced, to be
+/// synced and published together with the next ones ([`Unsynced`]).
+const SMALL_ITEM: u64 = 64 << 10;
+
+/// Small items published together at most: the files a download keeps open (and locked)
+/// before their sync.
+const PUBLISH_BATCH: usize = 256;
+
+/// Small items whose content matched its root and was written to its partial file, not
+/// synced yet: a sync of the file system for all of them makes them durable, then each is
+/// renamed into place. A fsync per small file would cost a journal commit each.
+#[derive(Default)]
+struct Unsynced {
+    /// The partial file (open, so locked), its path, and the item.
+    files: Vec<(std::fs::File, PathBuf, Metadata)>,
+}
+
+impl Unsynced {
+    /// Reads a small item's content (its root checked) and writes it to its partial file
+    /// in `dir`.
+    async fn write<S>(
+        &mut self,
+        item: LoadedItem<'_, S>,
+        metadata: &Metadata,
+        dir: &Path,
+        overwrite: bool,
+        progress: Option<&dyn Progress>,
+    ) -> Result<(), ItemFileError>
+    where
+        S: tokio::io::AsyncRead + Unpin + Send,
+    {
+        check_id(&metadata.id).map_err(ItemFileError::Local)?;
+        let path = dir.join(&metadata.id);
+        if !overwrite && tokio::fs::symlink_metadata(&path).await.is_ok() {
+            return Err(ItemFileError::Local(ClientError::WouldReplace { path }));
+        }
+        if let Some(progress) = progress {
+            progress.started(&metadata.name, metadata.size.into());
+        }
+        let (_, bytes) = item
+            .read_to_vec(SMALL_ITEM)
+            .await
+            .map_err(ItemFileError::Transfer)?;
+        let partial = partial::partial_path(dir, &metadata.id);
+        let mut file = partial::open_partial(&partial, 0)
+            .await
+            .map_err(ItemFileError::Local)?;
+        let written = tokio::task::spawn_blocking(move || {
+            std::io::Write::write_all(&mut file, &bytes).map(|()| file)
+        })
+        .await
+        .map_err(std::io::Error::from)
+        .and_then(|written| written);
+        let file = match written {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(ItemFileError::Local(ClientError::io(
+                    "writing", &partial, e,
+                )));
+            }
+        };
+        if let Some(progress) = progress {
+            progress.advanced(metadata.size.into());
+        }
+        self.files.push((file, partial, metadata.clone()));
         Ok(())
+    }
+
+    /// Syncs every file written, then renames each into place in `dir`; returns them as
+    /// downloaded, in order.
+    async fn publish(
+        &mut self,
+        dir: &Path,
+        overwrite: bool,
+        progress: Option<&dyn Progress>,
+    ) -> Result<Vec<Downloaded>, ClientError> {
+        if self.files.is_empty() {
+            return Ok(Vec::new());
+        }
+        let files = std::mem::take(&mut self.files);
+        let folder = dir.to_owned();
+        let published = tokio::task::spawn_blocking(move || {
+            let open: Vec<&std::fs::File> = files.iter().map(|(file, ..)| file).collect();
+            partial::sync_together(&folder, &open)
+                .map_err(|e| ClientError::io("syncing", &folder, e))?;
+            let mut published = Vec::with_capacity(files.len());
+            for (file, partial, metadata) in files {
+                let path = folder.join(&metadata.id);
+                partial::publish_blocking(&partial, &path, overwrite)?;
+                drop(file);
+                published.push(Downloaded { metadata, path });
+            }
+            Ok::<_, ClientError>(published)
+        })
+        .await
+        .map_err(|e| ClientError::io("publishing", dir, e.into()))??;
+        if let Some(progress) = progress {
+            for item in &published {
+                progress.finished(&item.metadata.name);
+            }
+        }
+        Ok(published)
     }
 }
 

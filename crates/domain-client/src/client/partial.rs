@@ -130,21 +130,45 @@ pub(crate) async fn publish(
     overwrite: bool,
 ) -> Result<(), ClientError> {
     let (from, to) = (partial.to_owned(), path.to_owned());
-    let renamed = tokio::task::spawn_blocking(move || {
-        if overwrite {
-            std::fs::rename(&from, &to)
-        } else {
-            rename_no_replace(&from, &to)
-        }
-    })
-    .await
-    .map_err(|e| ClientError::io("renaming into place", path, e.into()))?;
+    tokio::task::spawn_blocking(move || publish_blocking(&from, &to, overwrite))
+        .await
+        .map_err(|e| ClientError::io("renaming into place", path, e.into()))?
+}
+
+/// [`publish`] on the calling thread.
+pub(crate) fn publish_blocking(
+    partial: &Path,
+    path: &Path,
+    overwrite: bool,
+) -> Result<(), ClientError> {
+    let renamed = if overwrite {
+        std::fs::rename(partial, path)
+    } else {
+        rename_no_replace(partial, path)
+    };
     match renamed {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(ClientError::WouldReplace {
             path: path.to_owned(),
         }),
         Err(e) => Err(ClientError::io("renaming into place", path, e)),
+    }
+}
+
+/// Makes the content of `files`, all in the folder `dir`, durable: one `syncfs` of the
+/// folder's file system for all of them where there is one (a fsync per small file costs
+/// a journal commit each), else a fsync of each.
+pub(crate) fn sync_together(dir: &Path, files: &[&std::fs::File]) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = files;
+        let dir = std::fs::File::open(dir)?;
+        rustix::fs::syncfs(&dir).map_err(std::io::Error::from)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = dir;
+        files.iter().try_for_each(|file| file.sync_all())
     }
 }
 

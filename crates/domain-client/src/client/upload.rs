@@ -10,6 +10,7 @@ use domain_proto::DomainId;
 use domain_proto::domain_data::{Metadata, UpsertMetadata};
 use domain_proto::protocols::STORE_V1;
 use domain_proto::task::Status;
+use futures::StreamExt as _;
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite};
 
 use super::attempts::resumes_on_same_node;
@@ -257,7 +258,23 @@ impl Client {
             }
         };
         let planned = items.iter().zip(&plan.sizes).zip(&plan.keys);
-        for ((upload, &size), key) in planned.skip(stored.len()) {
+        // The files of small items are read a few items ahead, so that the stream never
+        // waits for the disk between two of them; large ones stream when their turn comes.
+        let mut prepared = futures::stream::iter(planned.skip(stored.len()))
+            .map(|((upload, &size), key)| async move {
+                let small = match (&upload.content, key) {
+                    (Content::File(path), None) => Some(
+                        tokio::fs::read(path)
+                            .await
+                            .map_err(|e| ClientError::io("reading", path, e))?,
+                    ),
+                    _ => None,
+                };
+                Ok::<_, ClientError>((upload, size, key, small))
+            })
+            .buffered(READ_AHEAD_FILES);
+        while let Some(next) = prepared.next().await {
+            let (upload, size, key, small) = next?;
             let item = UpsertMetadata {
                 size,
                 ..upload.metadata.clone()
@@ -267,22 +284,17 @@ impl Client {
                 if let Some(progress) = progress {
                     progress.started(&item.name, item.size.into());
                 }
-                let sent = match &upload.content {
-                    Content::File(path) => {
-                        let file = tokio::fs::File::open(path)
-                            .await
-                            .map_err(|e| ClientError::io("opening", path, e))?;
-                        sender
-                            .send_pipelined(item, Counted::new(file, progress))
-                            .await
-                    }
-                    Content::Bytes(bytes) => {
-                        sender
-                            .send_pipelined(item, Counted::new(&bytes[..], progress))
-                            .await
-                    }
+                let content = match (&upload.content, &small) {
+                    (Content::Bytes(bytes), _) => &bytes[..],
+                    // Bytes past the size planned are not sent; fewer fail the item.
+                    (_, Some(read)) => &read[..read.len().min(size as usize)],
+                    // Not reached: a small file was read ahead.
+                    (Content::File(_), None) => &[][..],
                 };
-                sent.map_err(transfer)?;
+                sender
+                    .send_pipelined(item, Counted::new(content, progress))
+                    .await
+                    .map_err(transfer)?;
                 take_receipts(&mut sender, stored);
                 continue;
             };
@@ -384,6 +396,9 @@ impl Client {
         Ok(stored)
     }
 }
+
+/// Files of small items read ahead of the one being sent.
+const READ_AHEAD_FILES: usize = 16;
 
 /// Items of at least this many bytes are sent resumable: when the stream is cut while
 /// one is sent, the upload continues on the same node after the bytes it kept. Smaller
