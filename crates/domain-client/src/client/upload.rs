@@ -257,21 +257,12 @@ impl Client {
                 stored.push(receipt);
             }
         };
-        let planned = items.iter().zip(&plan.sizes).zip(&plan.keys);
         // The files of small items are read a few items ahead, so that the stream never
         // waits for the disk between two of them; large ones stream when their turn comes.
-        let mut prepared = futures::stream::iter(planned.skip(stored.len()))
-            .map(|((upload, &size), key)| async move {
-                let small = match (&upload.content, key) {
-                    (Content::File(path), None) => Some(
-                        tokio::fs::read(path)
-                            .await
-                            .map_err(|e| ClientError::io("reading", path, e))?,
-                    ),
-                    _ => None,
-                };
-                Ok::<_, ClientError>((upload, size, key, small))
-            })
+        // (Indices, not an iterator over the items: the upload's future must be `Send`
+        // for any lifetime, which rustc cannot prove through iterator adapters.)
+        let mut prepared = futures::stream::iter(stored.len()..items.len())
+            .map(|i| read_small_file(&items[i], plan.sizes[i], plan.keys[i].as_ref()))
             .buffered(READ_AHEAD_FILES);
         while let Some(next) = prepared.next().await {
             let (upload, size, key, small) = next?;
@@ -395,6 +386,24 @@ impl Client {
         }
         Ok(stored)
     }
+}
+
+/// A planned item with, when it is a small file, the file's bytes: read ahead of the
+/// stream by [`Client::store_on`].
+async fn read_small_file<'a>(
+    upload: &'a Upload,
+    size: u32,
+    key: Option<&'a String>,
+) -> Result<(&'a Upload, u32, Option<&'a String>, Option<Vec<u8>>), ClientError> {
+    let small = match (&upload.content, key) {
+        (Content::File(path), None) => Some(
+            tokio::fs::read(path)
+                .await
+                .map_err(|e| ClientError::io("reading", path, e))?,
+        ),
+        _ => None,
+    };
+    Ok((upload, size, key, small))
 }
 
 /// Files of small items read ahead of the one being sent.
