@@ -1,6 +1,6 @@
 //! `cargo xtask bench e2e`: the end-to-end bench, measured against its limits and targets.
 //!
-//! Five parts, each of which can run alone (`--only upload`, `--only download,latency`):
+//! Six parts, each of which can run alone (`--only upload`, `--only download,latency`):
 //!
 //! - **upload**: `domain upload` (release build) of a file straight to a node, over TCP and
 //!   over QUIC, stored with fsync by the node's datastore;
@@ -10,7 +10,9 @@
 //!   loopback cluster of 1 node and of 4;
 //! - **flood** ([`flood`]): an upload through the manager while fresh identities flood it;
 //! - **small** ([`small`]): a folder of 2,000 files of 4 KiB uploaded and downloaded, in
-//!   items/s, against the local datastore's rate for the same items in the same run.
+//!   items/s, against the local datastore's rate for the same items in the same run;
+//! - **clients** ([`clients`]): 8 clients uploading 256 MiB each to one node at once, then
+//!   downloading, against one client alone: aggregate, fairness, the node's peak RSS.
 //!
 //! A transfer is bound by the slowest of what it is made of: moving bytes over loopback,
 //! libp2p's encryption and multiplexing, and writing them durably. So each round of the
@@ -64,6 +66,7 @@ use cluster::{BenchCluster, BenchNode, one_item};
 use procfs::load_average;
 
 mod baseline;
+mod clients;
 mod cluster;
 mod download;
 mod flood;
@@ -109,6 +112,12 @@ pub struct Options {
     /// MiB of each upload of the flood part.
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     flood_size_mib: u32,
+    /// Clients of the clients part.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    clients: usize,
+    /// MiB each client of the clients part uploads and downloads.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    clients_size_mib: u32,
     /// Files of the small part's folder.
     #[arg(long, value_name = "N", default_value_t = 2000)]
     small_items: usize,
@@ -142,6 +151,9 @@ pub(crate) enum Part {
     /// A folder of many small files uploaded to a node and downloaded back, in items/s,
     /// against the local datastore's rate.
     Small,
+    /// 8 clients uploading to one node at once, then downloading: aggregate, fairness and
+    /// the node's peak RSS against one client alone.
+    Clients,
 }
 
 /// A transport the client can be made to use.
@@ -387,6 +399,14 @@ fn bench(
         );
         cluster.stop();
         print!("{}", small::report(&found?));
+    }
+    if options.runs(Part::Clients) {
+        ensure!(options.clients > 0, "--clients must be at least 1");
+        item_size(options.clients_size_mib, "--clients-size-mib")?;
+        let cluster = BenchCluster::start(dir, peers, "manager-clients")?;
+        let found = clients::measure(&cluster, dir, options.clients, options.clients_size_mib);
+        cluster.stop();
+        print!("{}", clients::report(&found?));
     }
     if options.runs(Part::Flood) {
         let found = flood::measure(dir, peers, options.flood_size_mib, options.rounds)?;

@@ -191,11 +191,22 @@ impl<'a> BenchCluster<'a> {
 
     /// A token that lets the client open `endpoint` on `node` for the domain.
     pub(super) fn token(&self, task: &str, node: PeerId, endpoint: &str) -> anyhow::Result<String> {
+        self.token_for(self.client, task, node, endpoint)
+    }
+
+    /// A token that lets `client` open `endpoint` on `node` for the domain.
+    pub(super) fn token_for(
+        &self,
+        client: PeerId,
+        task: &str,
+        node: PeerId,
+        endpoint: &str,
+    ) -> anyhow::Result<String> {
         let claims = TaskClaims::new(
             DOMAIN,
             "bench-e2e",
             task,
-            self.client.to_string(),
+            client.to_string(),
             node.to_string(),
             endpoint,
             SystemTime::now(),
