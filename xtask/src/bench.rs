@@ -22,6 +22,10 @@ const GROUP: &str = "merkle";
 const ONE_SHOT: &str = "a_blake3_one_shot";
 /// The per-leaf limit: `blake3::hash` over each 7168-byte leaf.
 const PER_LEAF: &str = "b_blake3_per_leaf";
+/// The builder fed in writes large enough to hash where they lie, without a copy.
+const BEST_WRITES: &str = "c_builder_writes_1MiB";
+/// The copy of the data in 7 KiB writes into a batch-sized buffer: what gathering costs.
+const COPY: &str = "a_copy_in_7KiB_writes";
 /// Targets as (bench, minimum throughput, the bench it is a multiple of). The builder on
 /// one thread must come near one-shot BLAKE3 whatever its write size; the parallel paths
 /// must use the second core.
@@ -208,6 +212,30 @@ fn report(results: &[Measured]) -> String {
         );
     }
     let _ = writeln!(out);
+    // Small writes are gathered by a copy before they are hashed: their ceiling is the
+    // builder's best (1 MiB writes, no copy) and the copy, one after the other.
+    if let (Some(one_shot), Some(best), Some(copy)) = (
+        one_shot,
+        find(BEST_WRITES).map(Measured::throughput),
+        find(COPY).map(Measured::throughput),
+    ) {
+        let limit = 1.0 / (1.0 / best + 1.0 / copy);
+        let _ = writeln!(
+            out,
+            "limit of gathered writes ({BEST_WRITES} then {COPY}): {:.0} MiB/s, {:.2} x a",
+            limit / f64::from(1 << 20),
+            limit / one_shot
+        );
+        for name in ["c_builder_writes_7KiB", "c_builder_writes_64KiB"] {
+            if let Some(result) = find(name) {
+                let _ = writeln!(
+                    out,
+                    "{name}: {:.2} x that limit",
+                    result.throughput() / limit
+                );
+            }
+        }
+    }
     for &(name, minimum, base) in TARGETS {
         let (Some(result), Some(base_result)) = (find(name), find(base)) else {
             continue;
