@@ -277,10 +277,12 @@ export class DomainClient {
       }
       const pieces: Uint8Array[] = []
       let received = 0
-      for await (const piece of reader.readContent(metadata.size)) {
+      for await (const view of reader.readContent(metadata.size)) {
+        // The reader hands out views of its buffers: the Blob keeps a copy, which is also
+        // what goes to the worker (posting a view would clone its whole buffer each time).
+        const piece = view.slice()
         await tree.update(piece)
-        // The reader hands out views of its buffers; a Blob keeps copies.
-        pieces.push(piece.slice())
+        pieces.push(piece)
         received += piece.length
         onProgress?.(received, metadata.size)
       }
