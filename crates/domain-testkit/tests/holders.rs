@@ -195,6 +195,56 @@ async fn an_item_stored_directly_on_a_node_is_listed_and_downloaded_through_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_small_items_and_large_ones_go_up_on_one_stream_and_come_back_as_files() {
+    let TwoNodes {
+        dir,
+        _manager,
+        a,
+        b,
+        client,
+        ..
+    } = two_nodes().await;
+    let domain = DomainId::new(DOMAIN).unwrap();
+    // Sizes with a reason each: empty; a small file; the largest item read whole into
+    // memory on both sides; the smallest streamed; one sent resumable (1 MiB and more),
+    // which waits for every earlier answer. 300 items: several pipeline windows and
+    // several download batches.
+    let sizes = [0, 4096, 64 << 10, (64 << 10) + 1, 3 << 20];
+    let contents: Vec<Vec<u8>> = (0..300)
+        .map(|i| bytes(sizes[i % sizes.len()] + i % 7, i as u8))
+        .collect();
+    let uploads: Vec<Upload> = contents
+        .iter()
+        .enumerate()
+        .map(|(i, content)| Upload::bytes(content.clone(), &format!("item-{i}"), "bin"))
+        .collect();
+    let stored = client.upload(&domain, &uploads).await.unwrap();
+    assert_eq!(stored.len(), contents.len());
+    for (i, (metadata, content)) in stored.iter().zip(&contents).enumerate() {
+        assert_eq!(metadata.name, format!("item-{i}"), "answers in order");
+        assert_eq!(metadata.hash, Some(root_of(content).to_string()));
+    }
+
+    let out = dir.path().join("out");
+    let ids: Vec<String> = stored.iter().map(|m| m.id.clone()).collect();
+    let downloads = client.download(&domain, &ids, &out).await.unwrap();
+    assert!(downloads.missing.is_empty() && downloads.unanswered.is_empty());
+    assert_eq!(downloads.items.len(), ids.len());
+    for (metadata, content) in stored.iter().zip(&contents) {
+        assert_eq!(
+            &std::fs::read(out.join(&metadata.id)).unwrap(),
+            content,
+            "{}",
+            metadata.name
+        );
+    }
+    // Every file was published: no partial file is left behind.
+    let files = std::fs::read_dir(&out).unwrap().count();
+    assert_eq!(files, ids.len());
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_manager_restart_with_its_state_emptied_listing_finds_every_item_once_nodes_rejoin()
 {
     let dir = tempfile::tempdir().unwrap();

@@ -170,20 +170,13 @@ fn upload(
     client: &Client,
     data: &Path,
 ) -> anyhow::Result<Vec<String>> {
-    let (addr, peer) = node.addr(Transport::Tcp)?;
-    let token = cluster.token_for(client.peer, &node.name, peer, STORE_V1)?;
-    Ok(vec![
+    let args = [
         "upload".into(),
         path_arg(data),
         "--domain".into(),
         DOMAIN.into(),
-        "--node".into(),
-        addr.to_string(),
-        "--token".into(),
-        token,
-        "--identity".into(),
-        path_arg(&client.identity),
-    ])
+    ];
+    direct(cluster, node, client, STORE_V1, args.into())
 }
 
 /// The arguments of `domain` downloading item `id` from `node` into `out` as `client`.
@@ -194,9 +187,7 @@ fn download(
     id: &str,
     out: &Path,
 ) -> anyhow::Result<Vec<String>> {
-    let (addr, peer) = node.addr(Transport::Tcp)?;
-    let token = cluster.token_for(client.peer, &node.name, peer, LOAD_V1)?;
-    Ok(vec![
+    let args = [
         "download".into(),
         "--domain".into(),
         DOMAIN.into(),
@@ -205,13 +196,30 @@ fn download(
         "--out".into(),
         path_arg(out),
         "--overwrite".into(),
+    ];
+    direct(cluster, node, client, LOAD_V1, args.into())
+}
+
+/// `args` followed by what runs them straight on `node` over TCP as `client`: the
+/// node's address, a token for `endpoint`, the client's identity.
+fn direct(
+    cluster: &BenchCluster<'_>,
+    node: &BenchNode,
+    client: &Client,
+    endpoint: &str,
+    mut args: Vec<String>,
+) -> anyhow::Result<Vec<String>> {
+    let (addr, peer) = node.addr(Transport::Tcp)?;
+    let token = cluster.token_for(client.peer, &node.name, peer, endpoint)?;
+    args.extend([
         "--node".into(),
         addr.to_string(),
         "--token".into(),
         token,
         "--identity".into(),
         path_arg(&client.identity),
-    ])
+    ]);
+    Ok(args)
 }
 
 /// Starts one `domain` process per argument list at once and waits for all; the time of

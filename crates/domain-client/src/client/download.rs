@@ -401,11 +401,7 @@ impl Unsynced {
     where
         S: tokio::io::AsyncRead + Unpin + Send,
     {
-        check_id(&metadata.id).map_err(ItemFileError::Local)?;
-        let path = dir.join(&metadata.id);
-        if !overwrite && tokio::fs::symlink_metadata(&path).await.is_ok() {
-            return Err(ItemFileError::Local(ClientError::WouldReplace { path }));
-        }
+        item_path(dir, metadata, overwrite).await?;
         if let Some(progress) = progress {
             progress.started(&metadata.name, metadata.size.into());
         }
@@ -520,12 +516,7 @@ pub(super) async fn write_item_file<S>(
 where
     S: tokio::io::AsyncRead + Unpin + Send,
 {
-    check_id(&metadata.id).map_err(ItemFileError::Local)?;
-    let path = dir.join(&metadata.id);
-    // Checked before any byte comes, and again, atomically, by the rename at the end.
-    if !overwrite && tokio::fs::symlink_metadata(&path).await.is_ok() {
-        return Err(ItemFileError::Local(ClientError::WouldReplace { path }));
-    }
+    let path = item_path(dir, metadata, overwrite).await?;
     let partial = partial::partial_path(dir, &metadata.id);
     if let Some(progress) = progress {
         progress.started(&metadata.name, metadata.size.into());
@@ -571,6 +562,22 @@ where
     }
     if let Some(progress) = progress {
         progress.finished(&metadata.name);
+    }
+    Ok(path)
+}
+
+/// `dir/<id>`, the file of an item, once its id is checked to name a file and, unless
+/// `overwrite`, no file is there. Checked before any byte comes, and again, atomically,
+/// by the rename that publishes the file.
+async fn item_path(
+    dir: &Path,
+    metadata: &Metadata,
+    overwrite: bool,
+) -> Result<PathBuf, ItemFileError> {
+    check_id(&metadata.id).map_err(ItemFileError::Local)?;
+    let path = dir.join(&metadata.id);
+    if !overwrite && tokio::fs::symlink_metadata(&path).await.is_ok() {
+        return Err(ItemFileError::Local(ClientError::WouldReplace { path }));
     }
     Ok(path)
 }
