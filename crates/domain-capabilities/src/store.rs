@@ -496,12 +496,7 @@ where
             self.receive_one().await?;
         }
         let name = item.name.clone();
-        write_message(&mut self.stream, &item)
-            .await
-            .map_err(|e| CapabilityError::frame("sending an item", e))?;
-        let root = self
-            .send_content(&name, 0, size, content, MerkleBuilder::new())
-            .await?;
+        let root = self.send_item(&item, content).await?;
         self.in_flight.push_back(InFlight { name, size, root });
         self.in_flight_bytes += size;
         if !self.pipelines {
@@ -672,15 +667,23 @@ where
         R: AsyncRead + Unpin,
     {
         self.flush_receipts().await?;
-        let name = item.name.clone();
-        let size = u64::from(item.size);
-        write_message(&mut self.stream, &item)
+        let local = self.send_item(&item, content).await?;
+        self.await_receipt(&item.name, u64::from(item.size), local)
+            .await
+    }
+
+    /// Writes `item` and exactly `item.size` bytes of `content`; the root of those bytes.
+    async fn send_item<R: AsyncRead + Unpin>(
+        &mut self,
+        item: &UpsertMetadata,
+        content: R,
+    ) -> Result<Root, CapabilityError> {
+        write_message(&mut self.stream, item)
             .await
             .map_err(|e| CapabilityError::frame("sending an item", e))?;
-        let local = self
-            .send_content(&name, 0, size, content, MerkleBuilder::new())
-            .await?;
-        self.await_receipt(&name, size, local).await
+        let size = u64::from(item.size);
+        self.send_content(&item.name, 0, size, content, MerkleBuilder::new())
+            .await
     }
 
     /// Sends one item whose content is `content`; `item.size` is set from its length.

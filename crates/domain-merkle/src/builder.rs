@@ -332,9 +332,10 @@ impl MerkleBuilder {
         let (head, rest) = data.split_at(wanted.min(data.len()));
         self.pending.extend_from_slice(head);
         let whole = self.pending.len() - self.pending.len() % CHUNK_SIZE;
-        let pending = std::mem::take(&mut self.pending);
-        self.push_leaves(&pending[..whole]);
-        self.pending = pending;
+        let (subtrees, leaves) = (&mut self.subtrees, &mut self.leaves);
+        for_each_leaf(&self.pending[..whole], |leaf| {
+            push_subtree(subtrees, leaves, leaf, 0);
+        });
         self.pending.drain(..whole);
         rest
     }

@@ -1,6 +1,7 @@
 //! Uploads: through the manager (a `/store/v1` job, retried on other nodes, resumed on
 //! the same node when cut), straight to a node, or from a reader.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -270,28 +271,23 @@ impl Client {
                 size,
                 ..upload.metadata.clone()
             };
-            let Some(key) = key else {
+            if let Some(content) = small {
                 // Not resumable: small, sent without waiting for each answer.
                 if let Some(progress) = progress {
                     progress.started(&item.name, item.size.into());
                 }
-                let content = match (&upload.content, &small) {
-                    (Content::Bytes(bytes), _) => &bytes[..],
-                    // Bytes past the size planned are not sent; fewer fail the item.
-                    (_, Some(read)) => &read[..read.len().min(size as usize)],
-                    // Not reached: a small file was read ahead.
-                    (Content::File(_), None) => &[][..],
-                };
+                // Bytes past the size planned are not sent; fewer fail the item.
+                let content = &content[..content.len().min(size as usize)];
                 sender
                     .send_pipelined(item, Counted::new(content, progress))
                     .await
                     .map_err(transfer)?;
                 take_receipts(&mut sender, stored);
                 continue;
-            };
+            }
             sender.flush_receipts().await.map_err(transfer)?;
             take_receipts(&mut sender, stored);
-            let key = Some(key.as_str());
+            let key = key.map(String::as_str);
             let metadata = match &upload.content {
                 Content::File(path) => {
                     let file = domain_datastore::ReadAhead::open(path)
@@ -388,20 +384,21 @@ impl Client {
     }
 }
 
-/// A planned item with, when it is a small file, the file's bytes: read ahead of the
-/// stream by [`Client::store_on`].
+/// A planned item with, unless it is sent resumable (it has a `key`), its whole content:
+/// a small file is read here, ahead of the stream, by [`Client::store_on`].
 async fn read_small_file<'a>(
     upload: &'a Upload,
     size: u32,
     key: Option<&'a String>,
-) -> Result<(&'a Upload, u32, Option<&'a String>, Option<Vec<u8>>), ClientError> {
+) -> Result<(&'a Upload, u32, Option<&'a String>, Option<Cow<'a, [u8]>>), ClientError> {
     let small = match (&upload.content, key) {
-        (Content::File(path), None) => Some(
+        (_, Some(_)) => None,
+        (Content::Bytes(bytes), None) => Some(Cow::Borrowed(&bytes[..])),
+        (Content::File(path), None) => Some(Cow::Owned(
             tokio::fs::read(path)
                 .await
                 .map_err(|e| ClientError::io("reading", path, e))?,
-        ),
-        _ => None,
+        )),
     };
     Ok((upload, size, key, small))
 }
