@@ -1,8 +1,9 @@
 //! `domain download --domain D [--id I]... [--name N]... [--type T]... [--name-re R]
 //! [--type-re R] [--metadata-only] [--out DIR] [--overwrite] (--manager M | --node N --token T)`:
 //! fetch the matching items of every node into `DIR/<id>`, each checked against its
-//! Merkle root; prints `<id>  <root>  <path>` per item. With `--metadata-only`, prints
-//! the listing of `domain ls` instead and writes nothing.
+//! Merkle root; prints `<id>  <root>  <path>` per item (with `--json`, one object each, and
+//! one per id not found). With `--metadata-only`, prints the listing of `domain ls` instead
+//! and writes nothing.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,8 +12,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use domain_proto::DomainId;
 
+use crate::output::{FailureRecord, Output, OutputArgs, outcome};
 use crate::remote::{RemoteArgs, runtime};
-use crate::store::{QueryArgs, write_listing};
+use crate::store::QueryArgs;
 
 /// Arguments of `domain download`.
 #[derive(Debug, Clone, clap::Args)]
@@ -33,22 +35,26 @@ pub struct DownloadArgs {
     /// fails and the file stays as it was.
     #[arg(long)]
     pub overwrite: bool,
+    /// Text or JSON.
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// How to reach the cluster.
     #[command(flatten)]
     pub remote: RemoteArgs,
 }
 
 /// Runs `domain download`, one line per item on `out`; ids asked for and found nowhere
-/// are reported on `err` and make the command fail.
+/// are reported on `err` (and, in JSON, on `out`) and make the command partly done.
 pub fn run(
     args: &DownloadArgs,
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
     let query = args.query.to_query(args.metadata_only);
+    let output = args.output.output();
     if args.metadata_only {
         let items = crate::list::list(&args.domain, &query, &args.remote)?;
-        write_listing(&items, out)?;
+        output.items(&items, out)?;
         return Ok(ExitCode::SUCCESS);
     }
     let downloads = runtime()?.block_on(async {
@@ -72,23 +78,25 @@ pub fn run(
         let _ = client.shutdown().await;
         downloads.context("downloading")
     })?;
-    for item in &downloads.items {
-        writeln!(
-            out,
-            "{}  {}  {}",
-            item.metadata.id,
-            item.metadata.hash.as_deref().unwrap_or_default(),
-            item.path.display()
-        )
-        .context("writing to standard output")?;
+    output.transfers(
+        downloads
+            .items
+            .iter()
+            .map(|item| (&item.metadata, item.path.as_path())),
+        out,
+    )?;
+    for id in &downloads.missing {
+        let error = format!("item {id} not found in domain {}", args.domain);
+        let _ = writeln!(err, "domain: {error}");
+        if output == Output::Json {
+            let record = FailureRecord {
+                path: None,
+                id: Some(id),
+                error,
+            };
+            Output::json_line(out, &record)?;
+        }
     }
     out.flush().context("writing to standard output")?;
-    for id in &downloads.missing {
-        let _ = writeln!(err, "domain: item {id} not found in domain {}", args.domain);
-    }
-    Ok(if downloads.missing.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(outcome(downloads.items.len(), downloads.missing.len()))
 }

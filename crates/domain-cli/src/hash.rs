@@ -13,6 +13,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use domain_merkle::{MerkleBuilder, Root};
 
+use crate::output::{FailureRecord, HashRecord, Output, OutputArgs, outcome};
+
 /// Bytes read before each hashing step: large enough to keep every core busy hashing
 /// 7168-byte leaves, small enough to stay in cache.
 pub const BATCH_SIZE: usize = MerkleBuilder::READ_BATCH;
@@ -23,7 +25,11 @@ BLAKE3 over 7168-byte chunks, joined in a tree. One line per file, `<root>  <nam
 b3sum; a file of at most one chunk has the root b3sum prints.
 
 With no FILE, or when FILE is -, read standard input. A file that cannot be read is reported \
-on standard error and makes the exit status non-zero; the other files are still hashed.";
+on standard error and makes the exit status non-zero (3 when other files were hashed); the \
+other files are still hashed.
+
+With --json, one JSON object per FILE: {\"path\": ..., \"root\": ...}, or {\"path\": ..., \
+\"error\": ...} for a file that cannot be read.";
 
 /// Arguments of `domain hash`.
 #[derive(Debug, Clone, clap::Args)]
@@ -31,13 +37,18 @@ pub struct HashArgs {
     /// Files to hash; `-` is standard input.
     #[arg(value_name = "FILE")]
     pub files: Vec<PathBuf>,
+    /// Text or JSON.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// Hashes every input of `args`, writing `<root>  <name>` lines to `out` and one
 /// `domain: <name>: <reason>` line to `err` per input that cannot be read.
 ///
-/// Returns [`ExitCode::FAILURE`] when any input failed, once all have been tried; `Err` only
-/// when `out` or `err` cannot be written.
+/// With `--json`, one [`HashRecord`] or [`FailureRecord`] per input on `out` instead.
+///
+/// Returns the [`outcome`] once all inputs have been tried; `Err` only when `out` or `err`
+/// cannot be written.
 pub fn run(
     args: &HashArgs,
     out: &mut impl Write,
@@ -49,10 +60,18 @@ pub fn run(
     } else {
         &args.files[..]
     };
-    let mut failed = false;
+    let output = args.output.output();
+    let mut failed = 0;
     for path in inputs {
         let name = display_name(path);
         match hash_input(path) {
+            Ok(root) if output == Output::Json => {
+                let record = HashRecord {
+                    path: &name,
+                    root: root.to_string(),
+                };
+                Output::json_line(out, &record)?;
+            }
             Ok(root) => {
                 let line = match escape_name(&name) {
                     Cow::Borrowed(name) => format!("{root}  {name}"),
@@ -62,17 +81,21 @@ pub fn run(
                 writeln!(out, "{line}").context("writing to standard output")?;
             }
             Err(error) => {
-                failed = true;
+                failed += 1;
                 writeln!(err, "domain: {name}: {error}").context("writing to standard error")?;
+                if output == Output::Json {
+                    let record = FailureRecord {
+                        path: Some(&name),
+                        id: None,
+                        error: error.to_string(),
+                    };
+                    Output::json_line(out, &record)?;
+                }
             }
         }
     }
     out.flush().context("writing to standard output")?;
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(outcome(inputs.len() - failed, failed))
 }
 
 /// The Merkle root of a file, or of standard input for `-`.

@@ -1,6 +1,7 @@
 //! `domain jobs --manager M [--follow]`: the jobs this client may watch, from the manager's
 //! `/monitor/v1` stream, one line per job: its id, name, and each task as
-//! `name:STATUS@receiver`. With `--follow`, each change after that too, until interrupted.
+//! `name:STATUS@receiver` (with `--json`, one object per job with every field of its tasks
+//! but their tokens). With `--follow`, each change after that too, until interrupted.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use domain_proto::task::Job;
 
+use crate::output::{JobRecord, Output, OutputArgs};
 use crate::remote::{RemoteArgs, runtime};
 
 /// Without `--follow`, the listing ends once the stream has been quiet this long: the
@@ -21,6 +23,9 @@ pub struct JobsArgs {
     /// Keep printing each job as it changes, until interrupted.
     #[arg(long, short)]
     pub follow: bool,
+    /// Text or JSON.
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// How to reach the manager.
     #[command(flatten)]
     pub remote: RemoteArgs,
@@ -53,9 +58,12 @@ pub fn run(args: &JobsArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
             };
             match job {
                 Ok(Some(job)) => {
-                    let line = writeln!(out, "{}", job_line(&job))
-                        .and_then(|()| out.flush())
-                        .context("writing to standard output");
+                    let line = match args.output.output() {
+                        Output::Json => Output::json_line(out, &JobRecord::new(&job)),
+                        Output::Text => writeln!(out, "{}", job_line(&job))
+                            .context("writing to standard output"),
+                    }
+                    .and_then(|()| out.flush().context("writing to standard output"));
                     if let Err(error) = line {
                         break Err(error);
                     }

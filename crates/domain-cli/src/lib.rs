@@ -18,9 +18,11 @@ pub mod config;
 pub mod delete;
 pub mod download;
 pub mod hash;
+pub mod id;
 pub mod jobs;
 pub mod key;
 pub mod list;
+pub mod output;
 pub mod progress;
 pub mod remote;
 pub mod store;
@@ -34,11 +36,19 @@ use clap::{Parser, Subcommand};
 
 /// Work with domain data from the command line.
 #[derive(Debug, Parser)]
-#[command(name = "domain", version, propagate_version = true)]
+#[command(
+    name = "domain",
+    version,
+    propagate_version = true,
+    after_long_help = output::EXIT_STATUS_HELP
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// How logs are written.
+    #[command(flatten)]
+    pub logs: domain_telemetry::LogArgs,
 }
 
 /// The commands of `domain`.
@@ -72,13 +82,16 @@ pub enum Command {
     Jobs(jobs::JobsArgs),
     /// Print a domain's public key, which verifies its task tokens.
     Key(key::KeyArgs),
+    /// Print this client's peer id (its identity is created when missing).
+    Id(id::IdArgs),
 }
 
 /// Runs a parsed command line against the process's standard streams.
 ///
 /// Failures that concern one input (a file that cannot be read) are reported on standard
-/// error as they happen and turn into a failing [`ExitCode`]; an `Err` means the command
-/// could not go on at all (standard output closed, for one).
+/// error as they happen and turn into a failing or partly-done [`ExitCode`]
+/// ([`output::outcome`]); an `Err` means the command could not go on at all (standard
+/// output closed, for one).
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Hash(args) => hash::run(&args, &mut io::stdout().lock(), &mut io::stderr()),
@@ -92,5 +105,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rm(args) => delete::run(&args, &mut io::stdout().lock(), &mut io::stderr()),
         Command::Jobs(args) => jobs::run(&args, &mut io::stdout().lock()),
         Command::Key(args) => key::run(&args, &mut io::stdout().lock()),
+        Command::Id(args) => id::run(&args, &mut io::stdout().lock()),
     }
 }

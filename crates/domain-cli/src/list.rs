@@ -1,6 +1,6 @@
 //! `domain ls --domain D [--id I]... [--name N]... [--type T]... [--name-re R] [--type-re R]`:
 //! the metadata of a domain's matching items on every node, one per line: id, root, size,
-//! data type, name (tab-separated, as `domain store ls`).
+//! data type, name (tab-separated, as `domain store ls`); with `--json`, one object each.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -9,8 +9,9 @@ use anyhow::Context as _;
 use domain_proto::DomainId;
 use domain_proto::domain_data::{Metadata, Query};
 
+use crate::output::OutputArgs;
 use crate::remote::{RemoteArgs, runtime};
-use crate::store::{QueryArgs, write_listing};
+use crate::store::QueryArgs;
 
 /// Arguments of `domain ls`.
 #[derive(Debug, Clone, clap::Args)]
@@ -21,6 +22,9 @@ pub struct ListArgs {
     /// Which items; with none of these, every item.
     #[command(flatten)]
     pub query: QueryArgs,
+    /// Text or JSON.
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// How to reach the cluster.
     #[command(flatten)]
     pub remote: RemoteArgs,
@@ -29,7 +33,7 @@ pub struct ListArgs {
 /// Runs `domain ls`, one line per item on `out`.
 pub fn run(args: &ListArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let items = list(&args.domain, &args.query.to_query(true), &args.remote)?;
-    write_listing(&items, out)?;
+    args.output.output().items(&items, out)?;
     Ok(ExitCode::SUCCESS)
 }
 

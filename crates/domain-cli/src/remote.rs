@@ -57,17 +57,7 @@ impl RemoteArgs {
     /// terminal.
     pub async fn start_client(&self, verb: &'static str) -> anyhow::Result<Client> {
         let settings = config::merged(&self.settings, self.config.as_deref())?;
-        let path = match settings.identity {
-            Some(path) => path,
-            None => default_identity_path()
-                .context("no home folder for the identity: pass --identity FILE")?,
-        };
-        if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            domain_auth::create_private_dir(folder)
-                .with_context(|| format!("creating {}", folder.display()))?;
-        }
-        let identity = Identity::load_or_create(&path)
-            .with_context(|| format!("loading the identity {}", path.display()))?;
+        let identity = load_identity(settings.identity.as_deref())?;
         let managers = if self.direct().is_some() {
             Vec::new()
         } else if settings.manager.is_empty() {
@@ -85,6 +75,26 @@ impl RemoteArgs {
             .context("starting the client")?;
         Ok(client.with_progress(std::sync::Arc::new(Bars::new(verb))))
     }
+}
+
+/// The client's identity from `path`, or from the default path when `None`; created (in
+/// a private folder) when missing.
+///
+/// # Errors
+/// When there is no home folder to find the default path in, or the identity can be
+/// neither read nor created.
+pub fn load_identity(path: Option<&std::path::Path>) -> anyhow::Result<Identity> {
+    let path = match path {
+        Some(path) => path.to_path_buf(),
+        None => default_identity_path()
+            .context("no home folder for the identity: pass --identity FILE")?,
+    };
+    if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        domain_auth::create_private_dir(folder)
+            .with_context(|| format!("creating {}", folder.display()))?;
+    }
+    Identity::load_or_create(&path)
+        .with_context(|| format!("loading the identity {}", path.display()))
 }
 
 /// The runtime of the network commands.

@@ -22,6 +22,7 @@ use domain_proto::DomainId;
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
+use crate::output::OutputArgs;
 use crate::progress::Bars;
 use domain_client::client::{Counted, Progress as _};
 
@@ -97,6 +98,9 @@ pub struct LsArgs {
     /// Which items.
     #[command(flatten)]
     pub query: QueryArgs,
+    /// Text or JSON.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// The flags that select items: the fields of a `domain_data.Query`.
@@ -132,26 +136,6 @@ impl QueryArgs {
             metadata_only,
         }
     }
-}
-
-/// Writes one line per item: id, root, size, data type, name (tab-separated, escaped).
-///
-/// # Errors
-/// When `out` cannot be written.
-pub fn write_listing(items: &[Metadata], out: &mut impl Write) -> anyhow::Result<()> {
-    for item in items {
-        writeln!(
-            out,
-            "{}\t{}\t{}\t{}\t{}",
-            item.id,
-            item.hash.as_deref().unwrap_or_default(),
-            item.size,
-            item.data_type.escape_debug(),
-            item.name.escape_debug()
-        )
-        .context("writing to standard output")?;
-    }
-    out.flush().context("writing to standard output")
 }
 
 /// Arguments of `domain store rm`.
@@ -331,7 +315,7 @@ async fn ls(store: &LocalDatastore, args: &LsArgs, out: &mut impl Write) -> anyh
         .query(&args.domain, &args.query.to_query(true))
         .await
         .context("querying the store")?;
-    write_listing(&items, out)
+    args.output.output().items(&items, out)
 }
 
 async fn rm(store: &LocalDatastore, args: &RmArgs) -> anyhow::Result<()> {

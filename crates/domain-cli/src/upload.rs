@@ -1,6 +1,7 @@
 //! `domain upload PATH... --domain D (--manager M | --node N --token T)`: store files in a
 //! domain on a node of the cluster; a folder stands for every file under it. Prints
-//! `<id>  <root>  <path>` per file, once the node's root matched the one computed here.
+//! `<id>  <root>  <path>` per file, once the node's root matched the one computed here
+//! (with `--json`, one object per file with every field of its metadata).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use domain_proto::DomainId;
 
+use crate::output::OutputArgs;
 use crate::remote::{RemoteArgs, runtime};
 use crate::store::parse_property;
 use domain_client::client::Upload;
@@ -40,6 +42,9 @@ pub struct UploadArgs {
     /// A property of every item, `key=value`; repeat for more.
     #[arg(long = "prop", value_name = "KEY=VALUE", value_parser = parse_property)]
     pub properties: Vec<(String, String)>,
+    /// Text or JSON.
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// How to reach the cluster.
     #[command(flatten)]
     pub remote: RemoteArgs,
@@ -83,17 +88,12 @@ pub fn run(args: &UploadArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> 
         let _ = client.shutdown().await;
         stored.context("uploading")
     })?;
-    for (item, file) in stored.iter().zip(&files) {
-        writeln!(
-            out,
-            "{}  {}  {}",
-            item.id,
-            item.hash.as_deref().unwrap_or_default(),
-            file.path.display()
-        )
-        .context("writing to standard output")?;
-    }
-    out.flush().context("writing to standard output")?;
+    args.output.output().transfers(
+        stored
+            .iter()
+            .zip(files.iter().map(|file| file.path.as_path())),
+        out,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,6 +1,7 @@
 //! `domain watch --domain D [query flags]`: the matching items already stored, then each
 //! new one as it is stored on any node, one line each as `domain ls` prints them, until
-//! interrupted (Ctrl-C or SIGTERM), when the subscription is ended cleanly.
+//! interrupted (Ctrl-C or SIGTERM), when the subscription is ended cleanly. With `--json`,
+//! one object per item.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -8,8 +9,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use domain_proto::DomainId;
 
+use crate::output::OutputArgs;
 use crate::remote::{RemoteArgs, runtime};
-use crate::store::{QueryArgs, write_listing};
+use crate::store::QueryArgs;
 
 /// Arguments of `domain watch`.
 #[derive(Debug, Clone, clap::Args)]
@@ -20,6 +22,9 @@ pub struct WatchArgs {
     /// Which items; with none of these, every item.
     #[command(flatten)]
     pub query: QueryArgs,
+    /// Text or JSON.
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// How to reach the cluster.
     #[command(flatten)]
     pub remote: RemoteArgs,
@@ -35,6 +40,7 @@ pub fn run(
     if args.remote.direct().is_some() {
         anyhow::bail!("domain watch follows every node through the manager: pass --manager");
     }
+    let output = args.output.output();
     runtime()?.block_on(async {
         let client = args.remote.start_client("watch").await?;
         let mut subscription = client
@@ -50,7 +56,7 @@ pub fn run(
             };
             match next {
                 Some(Ok(item)) => {
-                    if let Err(error) = write_listing(std::slice::from_ref(&item), out) {
+                    if let Err(error) = output.items(std::slice::from_ref(&item), out) {
                         break Err(error);
                     }
                 }

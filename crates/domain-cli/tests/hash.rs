@@ -110,7 +110,7 @@ fn dash_among_files_reads_standard_input() {
 }
 
 #[test]
-fn missing_file_gets_one_error_line_the_others_are_still_hashed_and_the_exit_fails() {
+fn missing_file_gets_one_error_line_the_others_are_still_hashed_and_the_exit_says_partly_done() {
     let dir = tempfile::tempdir().unwrap();
     let first = write_file(dir.path(), "first", b"one");
     let missing = dir.path().join("missing").to_str().unwrap().to_owned();
@@ -121,7 +121,10 @@ fn missing_file_gets_one_error_line_the_others_are_still_hashed_and_the_exit_fai
         .output()
         .unwrap();
 
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        output.status.code(),
+        Some(i32::from(domain_cli::output::PARTLY_DONE))
+    );
     assert_eq!(
         stdout(&output),
         format!(
@@ -137,6 +140,34 @@ fn missing_file_gets_one_error_line_the_others_are_still_hashed_and_the_exit_fai
         "{errors}"
     );
     assert!(errors.contains("No such file or directory"), "{errors}");
+}
+
+#[test]
+fn json_gives_one_object_per_file_with_its_root_or_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(dir.path(), "a \"quoted\"\nname", b"one");
+    let missing = dir.path().join("missing").to_str().unwrap().to_owned();
+    let output = domain()
+        .args(["hash", "--json", &file, &missing])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(i32::from(domain_cli::output::PARTLY_DONE))
+    );
+    let lines: Vec<serde_json::Value> = stdout(&output)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", stdout(&output));
+    assert_eq!(lines[0]["path"], file.as_str());
+    assert_eq!(lines[0]["root"], root_of(b"one").to_string());
+    assert_eq!(lines[1]["path"], missing.as_str());
+    assert!(
+        lines[1]["error"].as_str().unwrap().contains("No such file"),
+        "{}",
+        lines[1]
+    );
 }
 
 #[test]

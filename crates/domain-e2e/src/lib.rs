@@ -308,6 +308,21 @@ impl Process {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        let mut command = Command::new(program);
+        command.args(args);
+        Self::spawn_command(name, command, log)
+    }
+
+    /// Starts `command` (its program, arguments and environment as the caller set them),
+    /// its standard error appended to `log`.
+    ///
+    /// # Errors
+    /// [`HarnessError::Io`] when the log or the process cannot be created.
+    pub fn spawn_command(
+        name: &str,
+        mut command: Command,
+        log: &Path,
+    ) -> Result<Self, HarnessError> {
         let io_err = |source| HarnessError::Io {
             name: name.to_owned(),
             source,
@@ -317,15 +332,15 @@ impl Process {
             .append(true)
             .open(log)
             .map_err(io_err)?;
-        let mut child = Command::new(program)
-            .args(args)
+        let program = command.get_program().to_string_lossy().into_owned();
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
             .map_err(|e| HarnessError::Io {
                 name: name.to_owned(),
-                source: io::Error::new(e.kind(), format!("starting {}: {e}", program.display())),
+                source: io::Error::new(e.kind(), format!("starting {program}: {e}")),
             })?;
         let lines = match child.stdout.take() {
             Some(stdout) => read_lines(stdout),
@@ -488,12 +503,26 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    let mut command = Command::new(program);
+    command.args(args);
+    run_command(name, command, limit)
+}
+
+/// Runs `command` (its program, arguments and environment as the caller set them) to its
+/// end, killing it after `limit`.
+///
+/// # Errors
+/// [`HarnessError::Io`] when it cannot start; [`HarnessError::TimedOut`].
+pub fn run_command(
+    name: &str,
+    mut command: Command,
+    limit: Duration,
+) -> Result<Output, HarnessError> {
     let io_err = |source| HarnessError::Io {
         name: name.to_owned(),
         source,
     };
-    let mut child = Command::new(program)
-        .args(args)
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,5 +1,6 @@
 //! The `domain` command as a person uses it, on a loopback cluster of the real binaries:
-//! folders and properties on upload, downloads by query, `ls`, `watch`, `jobs`, `key`.
+//! folders and properties on upload, downloads by query, `ls`, `watch`, `jobs`, `key`, and
+//! the same commands for scripts (`--json`, exit statuses).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -292,6 +293,137 @@ fn jobs_lists_each_upload_with_its_task_and_key_prints_the_domain_key() {
         .filter(|l| l.starts_with("domain: "))
         .count();
     assert_eq!(errors, 1, "{}", unknown.stderr);
+}
+
+/// The JSON objects of a command's standard output, one per line.
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}")))
+        .collect()
+}
+
+#[test]
+fn with_json_every_command_prints_one_object_per_line_and_a_partial_download_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let (_manager, manager) = start_manager(work, None);
+    let (_node1, node) = start_node(work, "node1", &manager.addr);
+    let node_id = node.addr.rsplit('/').next().unwrap();
+    let file = work.join("scan.ply");
+    let bytes = content(12_345, 7);
+    std::fs::write(&file, &bytes).unwrap();
+    let file_arg = file.display().to_string();
+    let manager_args = ["--domain", "e2e", "--manager", manager.addr.as_str()];
+
+    let uploaded = json_lines(&domain_ok(
+        work,
+        &[
+            &["upload", &file_arg, "--json", "--prop", "site=lab"][..],
+            &manager_args,
+        ]
+        .concat(),
+    ));
+    assert_eq!(uploaded.len(), 1);
+    let item = &uploaded[0];
+    let id = item["id"].as_str().unwrap().to_owned();
+    assert_eq!(item["name"], "scan.ply");
+    assert_eq!(item["data_type"], "ply");
+    assert_eq!(item["size"], 12_345);
+    assert_eq!(item["hash"], root_of(&bytes).to_string());
+    assert_eq!(item["properties"]["site"], "lab");
+    assert_eq!(item["path"], file_arg.as_str());
+
+    let listed = json_lines(&domain_ok(
+        work,
+        &[&["ls", "--json"][..], &manager_args].concat(),
+    ));
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["properties"]["site"], "lab");
+    assert!(listed[0].get("path").is_none(), "a listing moves no file");
+
+    let copies = work.join("copies").display().to_string();
+    let partial = domain(
+        work,
+        &[
+            &[
+                "download", "--json", "--out", &copies, "--id", &id, "--id", "absent",
+            ][..],
+            &manager_args,
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        partial.status.code(),
+        Some(i32::from(domain_cli::output::PARTLY_DONE)),
+        "{}",
+        partial.stderr
+    );
+    let lines = json_lines(&partial.stdout);
+    assert_eq!(lines.len(), 2, "{}", partial.stdout);
+    assert_eq!(lines[0]["id"], id.as_str());
+    let path = lines[0]["path"].as_str().unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), bytes);
+    assert_eq!(lines[1]["id"], "absent");
+    assert!(lines[1]["error"].as_str().unwrap().contains("not found"));
+    assert!(partial.stderr.contains("absent"), "{}", partial.stderr);
+    let none_found = domain(
+        work,
+        &[
+            &["download", "--out", &copies, "--id", "absent"][..],
+            &manager_args,
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        none_found.status.code(),
+        Some(1),
+        "nothing done is a failure"
+    );
+
+    let jobs = json_lines(&domain_ok(
+        work,
+        &["jobs", "--json", "--manager", &manager.addr],
+    ));
+    let upload = jobs
+        .iter()
+        .find(|job| job["name"] == "upload")
+        .unwrap_or_else(|| panic!("{jobs:?}"));
+    let task = &upload["tasks"][0];
+    assert_eq!(task["status"], "DONE");
+    assert_eq!(task["receiver"], node_id);
+    assert_eq!(task["endpoint"], "/store/v1");
+    assert!(
+        jobs.iter()
+            .all(|job| !job.to_string().contains("access_token")),
+        "no token is ever printed"
+    );
+
+    let identity = work
+        .join("client")
+        .join("identity.key")
+        .display()
+        .to_string();
+    let mut watch = Process::spawn(
+        "domain watch",
+        &binary("domain"),
+        [
+            &["watch", "--json", "--identity", &identity][..],
+            &manager_args,
+        ]
+        .concat(),
+        &work.join("watch.log"),
+    )
+    .unwrap();
+    let line = watch.next_line(READY).expect("the stored item");
+    let watched: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(watched["id"], id.as_str());
+    assert_eq!(watched["hash"], root_of(&bytes).to_string());
+    let status = watch
+        .terminate(Duration::from_secs(20))
+        .expect("watch exits");
+    assert!(status.success(), "{status}: {}", watch.log_tail());
 }
 
 fn hex_of(bytes: &[u8]) -> String {

@@ -1,14 +1,11 @@
 //! A domain with an allow-list, and the `domain` command's direct forms: `--node ADDR
-//! --token T` with tokens signed elsewhere (here by the test, with the domain's key).
+//! --token T` with tokens `domain-manager token issue` signs for a script.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::time::{Duration, SystemTime};
-
 use common::{COMMAND, binary, content, domain, domain_ok, item_lines, start_manager, start_node};
-use domain_auth::{DomainKeyStore, TaskClaims};
-use domain_cluster::identity::Identity;
+use domain_auth::TaskClaims;
 use domain_cluster::{Multiaddr, PeerId};
 use domain_merkle::root_of;
 use domain_proto::protocols::{LOAD_V1, STORE_V1};
@@ -19,48 +16,69 @@ fn peer_of(addr: &str) -> PeerId {
 }
 
 #[test]
-fn tokens_signed_elsewhere_open_a_node_directly_for_their_endpoint_only() {
+fn tokens_from_token_issue_open_a_node_directly_for_their_sender_and_endpoint_only() {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path();
-    std::fs::create_dir(work.join("client")).unwrap();
-    let client = Identity::load_or_create(work.join("client").join("identity.key")).unwrap();
+    // As an operator would: the script's peer id from `domain id`, onto the allow-list.
+    let client = domain_ok(work, &["id"]).trim().to_owned();
+    let client_peer: PeerId = client.parse().unwrap();
+    let again = domain_ok(work, &["id"]);
+    assert_eq!(again.trim(), client, "the identity is made once");
     let manager_dir = work.join("manager").display().to_string();
-    let created = domain_e2e::run(
-        "domain-manager domain create",
-        &binary("domain-manager"),
-        [
-            "domain",
-            "create",
-            "e2e",
-            "--data-dir",
-            &manager_dir,
-            "--allow",
-            &client.peer_id().to_string(),
-        ],
-        COMMAND,
-    )
-    .unwrap();
-    assert!(created.status.success(), "{}", created.stderr);
+    manager_ok(&[
+        "domain",
+        "create",
+        "e2e",
+        "--data-dir",
+        &manager_dir,
+        "--allow",
+        &client,
+    ]);
     let (_manager, manager) = start_manager(work, None);
     let (_node, node) = start_node(work, "node1", &manager.addr);
-
-    let key = DomainKeyStore::open(work.join("manager").join("keys"))
+    let node_peer = peer_of(&node.addr).to_string();
+    let issue = |sender: &str, endpoint: &str| {
+        domain_e2e::run(
+            "domain-manager token issue",
+            &binary("domain-manager"),
+            [
+                "token",
+                "issue",
+                "--domain",
+                "e2e",
+                "--sender",
+                sender,
+                "--node",
+                &node_peer,
+                "--endpoint",
+                endpoint,
+                "--ttl",
+                "2m",
+                "--data-dir",
+                &manager_dir,
+            ],
+            COMMAND,
+        )
         .unwrap()
-        .key("e2e")
-        .unwrap();
-    let token = |endpoint: &str| {
-        let claims = TaskClaims::new(
-            "e2e",
-            "job-from-a-script",
-            "direct",
-            client.peer_id().to_string(),
-            peer_of(&node.addr).to_string(),
-            endpoint,
-            SystemTime::now(),
-            Duration::from_secs(120),
-        );
-        key.issue(&claims).unwrap()
     };
+    let token = |endpoint: &str| {
+        let issued = issue(&client, endpoint);
+        assert!(issued.status.success(), "{}", issued.stderr);
+        issued.stdout.trim().to_owned()
+    };
+    let stranger = issue(&PeerId::random().to_string(), STORE_V1);
+    assert!(!stranger.status.success());
+    assert!(stranger.stdout.is_empty());
+    assert!(
+        stranger.stderr.contains("not allowed"),
+        "{}",
+        stranger.stderr
+    );
+
+    let claims = TaskClaims::read_unverified(&token(STORE_V1)).unwrap();
+    assert_eq!(claims.sender, client_peer.to_string());
+    assert_eq!(claims.receiver, node_peer);
+    assert_eq!(claims.exp - claims.iat, 120);
 
     let file = work.join("scan.bin");
     let bytes = content(300_000, 9);

@@ -82,6 +82,7 @@ mod scheduler_thread;
 mod service;
 #[cfg(test)]
 mod tests_support;
+pub mod tokens;
 
 pub use admission::{
     Admission, JoinRefusal, NodesFile, admit_node, create_invite, create_invite_in, revoke_node,

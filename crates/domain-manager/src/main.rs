@@ -18,6 +18,8 @@ use domain_settings::parse_duration;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    logs: domain_telemetry::LogArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -30,6 +32,48 @@ enum Command {
     /// Admit, revoke, list or invite the nodes that may join.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Issue task tokens for scripts.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a task token that lets SENDER open ENDPOINT on NODE for DOMAIN, as `domain
+    /// upload|download|rm --node ADDR --token TOKEN` uses it. Refused for a sender the
+    /// domain's allow-list does not name.
+    Issue(IssueArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct IssueArgs {
+    /// The domain whose data the token opens.
+    #[arg(long)]
+    domain: domain_proto::DomainId,
+    /// The peer id that will open the stream (`domain id` prints a client's).
+    #[arg(long, value_name = "PEER_ID")]
+    sender: PeerId,
+    /// The peer id of the node that will accept it (`domain-node id` prints it).
+    #[arg(long, value_name = "PEER_ID")]
+    node: PeerId,
+    /// The protocol the token opens.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(domain_proto::protocols::TASK_PROTOCOLS))]
+    endpoint: String,
+    /// How long the token stays valid, at most 1h.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10m")]
+    ttl: std::time::Duration,
+    /// The job id the token names [default: a fresh UUID].
+    #[arg(long, value_name = "ID")]
+    job: Option<String>,
+    /// The task name the token names.
+    #[arg(long, value_name = "NAME", default_value = domain_manager::tokens::DEFAULT_TASK_NAME)]
+    task: String,
+    /// Where the domains are declared, and the data folder that holds the domain's key.
+    #[command(flatten)]
+    state: StateArgs,
+    /// Also the domains declared in this configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,15 +226,7 @@ fn main() -> ExitCode {
     // umask it was started with.
     domain_auth::keep_new_files_private();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only for a person: a log file or a pipe gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    cli.logs.init("info");
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -249,7 +285,51 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Node(command) => node(command),
+        Command::Token(TokenCommand::Issue(args)) => {
+            let token = issue_token(args)?;
+            println!("{token}");
+            Ok(())
+        }
     }
+}
+
+fn issue_token(args: IssueArgs) -> anyhow::Result<String> {
+    let data_dir = args
+        .state
+        .data_dir
+        .as_deref()
+        .context("the domain's key is kept in the manager's data folder: pass --data-dir")?;
+    let store = args.state.store()?;
+    let mut specs = block_on(store.domains())??.domain;
+    if let Some(path) = &args.config {
+        specs.extend(ManagerSettings::load(path)?.domain);
+    }
+    let policy = DomainPolicy::from_specs(&specs)?;
+    let published = block_on(store.published_key(args.domain.as_str()))??;
+    let request = domain_manager::tokens::TokenRequest {
+        ttl: args.ttl,
+        job_id: args.job,
+        task_name: Some(args.task),
+        ..domain_manager::tokens::TokenRequest::new(
+            args.domain,
+            args.sender,
+            args.node,
+            &args.endpoint,
+        )
+    };
+    domain_manager::tokens::issue_token(
+        &policy,
+        &domain_keys(data_dir)?,
+        published.as_deref(),
+        &request,
+        std::time::SystemTime::now(),
+    )
+    .with_context(|| {
+        format!(
+            "issuing a {} token of domain {} for {}",
+            request.endpoint, request.domain, request.sender
+        )
+    })
 }
 
 fn node(command: NodeCommand) -> anyhow::Result<()> {

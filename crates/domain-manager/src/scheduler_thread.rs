@@ -341,7 +341,7 @@ impl Core {
                     ..task
                 }),
                 Err(e) => {
-                    tracing::warn!(job = %job_id, task = %task.name, "{}", domain_proto::ErrorChain(&e))
+                    tracing::warn!(job = %job_id, task = %task.name, peer = %task.sender, receiver = task.receiver.as_deref().unwrap_or_default(), "{}", domain_proto::ErrorChain(&e))
                 }
             }
         }
@@ -387,14 +387,14 @@ impl Core {
         for ((task, reporter), result) in batch.iter().zip(results) {
             match result {
                 Ok(()) => tracing::debug!(
-                    job = %task.job_id, task = %task.name, %reporter,
+                    job = %task.job_id, task = %task.name, peer = %reporter,
                     status = task.status, "task update applied"
                 ),
                 Err(e @ SchedulerError::NotAllowed { .. }) => {
-                    tracing::warn!(%reporter, "ignored a task update: {}", domain_proto::ErrorChain(&e));
+                    tracing::warn!(job = %task.job_id, task = %task.name, peer = %reporter, "ignored a task update: {}", domain_proto::ErrorChain(&e));
                 }
                 Err(e) => {
-                    tracing::debug!(%reporter, "ignored a task update: {}", domain_proto::ErrorChain(&e))
+                    tracing::debug!(job = %task.job_id, task = %task.name, peer = %reporter, "ignored a task update: {}", domain_proto::ErrorChain(&e))
                 }
             }
         }

@@ -661,7 +661,7 @@ async fn dispatch(mut outbound: mpsc::Receiver<Outbound>) {
                 }
                 Event::TaskChanged { task, reason } => {
                     if let Some(reason) = reason {
-                        tracing::info!(job = %task.job_id, task = %task.name, status = task.status, "{reason}");
+                        tracing::info!(job = %task.job_id, task = %task.name, peer = task.receiver.as_deref().unwrap_or_default(), status = task.status().as_str_name(), "{reason}");
                     }
                     // A task that failed for good reaches its submitter too, so that a
                     // client waiting for its assignment (a task pinned to a node that is

@@ -8,7 +8,6 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use domain_cluster::addr::first_plain_tcp;
 use domain_node::{Node, NodeSettings, node_identity};
-use tracing_subscriber::EnvFilter;
 
 /// A node of a domain cluster: joins the manager and serves `/store/v1` and
 /// `/load/v1` from its local datastore.
@@ -17,6 +16,8 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    logs: domain_telemetry::LogArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -57,13 +58,9 @@ fn main() -> ExitCode {
     // Before any thread: the store, its database and its temporary files are the node's
     // alone, whatever umask it was started with.
     domain_auth::keep_new_files_private();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        // Colours only for a person: a log file or a pipe gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    cli.logs.init("info");
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("domain-node: {error:#}");

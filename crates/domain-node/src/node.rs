@@ -24,6 +24,7 @@ use domain_proto::task::Status;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::config::{ConfigError, NodeConfig};
 use crate::handshakes::{
@@ -592,15 +593,29 @@ impl Context {
         }
     }
 
-    /// Serves one accepted task stream and reports how it went.
+    /// Serves one accepted task stream and reports how it went, in a `task` span that
+    /// gives every log line on its way the job, the task and the peer.
     async fn serve(
         &self,
         peer: PeerId,
         protocol: &'static str,
         accepted: AcceptedStream<ClusterStream>,
     ) {
+        let claims = &accepted.accepted().claims;
+        let span = tracing::info_span!(
+            "task",
+            job = claims.job_id,
+            task = claims.task_name,
+            %peer,
+            protocol,
+            domain = claims.domain_id,
+        );
+        self.serve_task(protocol, accepted).instrument(span).await;
+    }
+
+    async fn serve_task(&self, protocol: &'static str, accepted: AcceptedStream<ClusterStream>) {
         let claims = accepted.accepted().claims.clone();
-        tracing::info!(%peer, protocol, job = claims.job_id, task = claims.task_name, domain = claims.domain_id, "task stream accepted");
+        tracing::info!("task stream accepted");
         self.reporter.report(&claims, Status::Processing).await;
         let outcome = tokio::select! {
             () = self.cut.cancelled() => None,
@@ -618,15 +633,15 @@ impl Context {
                     Served::Load(s) => (s.items, s.bytes, 0),
                     Served::Delete(s) => (s.deleted, 0, 0),
                 };
-                tracing::info!(%peer, protocol, job = claims.job_id, task = claims.task_name, items, bytes, resumed, "task stream done");
+                tracing::info!(items, bytes, resumed, "task stream done");
                 Status::Done
             }
             Some(Err(error)) => {
-                log_failure(peer, protocol, &claims.job_id, &claims.task_name, &error);
+                tracing::warn!(error = %domain_proto::ErrorChain(&error), "task stream failed");
                 Status::Failed
             }
             None => {
-                tracing::warn!(%peer, protocol, job = claims.job_id, task = claims.task_name, "task stream cut by shutdown");
+                tracing::warn!("task stream cut by shutdown");
                 Status::Failed
             }
         };
@@ -658,10 +673,6 @@ pub fn node_identity(data_dir: &std::path::Path) -> Result<Identity, NodeError> 
     Ok(Identity::load_or_create(crate::config::identity_path(
         data_dir,
     ))?)
-}
-
-fn log_failure(peer: PeerId, protocol: &str, job: &str, task: &str, error: &CapabilityError) {
-    tracing::warn!(%peer, protocol, job, task, error = %domain_proto::ErrorChain(error), "task stream failed");
 }
 
 /// What the join loop needs.

@@ -190,7 +190,7 @@ impl Replicator {
                 _ => self.copy(domain, &task, &input.ids).await,
             };
             if let Err(error) = done {
-                tracing::warn!(job = %job.job_id, task = %task.name, error = %domain_proto::ErrorChain(&error), "a copy failed; the manager will try again");
+                tracing::warn!(job = %job.job_id, task = %task.name, peer = task.receiver.as_deref().unwrap_or_default(), error = %domain_proto::ErrorChain(&error), "a copy failed; the manager will try again");
                 self.report_failed(&job.job_id, task).await;
             }
         }

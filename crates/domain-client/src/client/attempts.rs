@@ -241,7 +241,11 @@ impl TaskRun<'_> {
     /// for the tasks already assigned and a stream that goes on.
     async fn resubmit(&mut self, error: ClusterError) -> Result<(), ClusterError> {
         self.resubmits += 1;
-        tracing::info!(job_id = %self.job.job_id, error = %domain_proto::ErrorChain(&error), "the job's stream broke; submitting it again");
+        let peer = self
+            .current
+            .as_ref()
+            .and_then(|task| task.receiver.as_deref());
+        tracing::info!(job = %self.job.job_id, task = %self.task_name, peer = peer.unwrap_or_default(), error = %domain_proto::ErrorChain(&error), "the job's stream broke; submitting it again");
         let Some(managers) = &self.client.managers else {
             return Err(error);
         };
@@ -315,7 +319,11 @@ impl TaskRun<'_> {
                 Err(error)
             }
             AfterFailure::ReportAndRetry => {
-                tracing::warn!(job_id = %self.job.job_id, error = %domain_proto::ErrorChain(&error), attempt = self.attempts, "task failed, waiting for another node");
+                let peer = self
+                    .current
+                    .as_ref()
+                    .and_then(|task| task.receiver.as_deref());
+                tracing::warn!(job = %self.job.job_id, task = %self.task_name, peer = peer.unwrap_or_default(), error = %domain_proto::ErrorChain(&error), attempt = self.attempts, "task failed, waiting for another node");
                 self.report(Status::Failed).await;
                 Ok(())
             }

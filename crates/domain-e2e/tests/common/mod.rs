@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use std::sync::OnceLock;
@@ -27,6 +28,16 @@ pub fn binary(name: &str) -> PathBuf {
 /// A manager on `dir`, listening on `listen` (loopback TCP on a port the system picks by
 /// default).
 pub fn start_manager(dir: &Path, listen: Option<&str>) -> (Process, Ready) {
+    start_manager_with(dir, listen, |_| {})
+}
+
+/// [`start_manager`], with the command changed by `configure` (more flags, environment)
+/// before it starts.
+pub fn start_manager_with(
+    dir: &Path,
+    listen: Option<&str>,
+    configure: impl FnOnce(&mut Command),
+) -> (Process, Ready) {
     let data = dir.join("manager");
     let mut args = vec![
         "run".to_owned(),
@@ -38,13 +49,11 @@ pub fn start_manager(dir: &Path, listen: Option<&str>) -> (Process, Ready) {
     if let Some(listen) = listen {
         args.extend(["--listen".to_owned(), listen.to_owned()]);
     }
-    let mut manager = Process::spawn(
-        "domain-manager",
-        &binary("domain-manager"),
-        &args,
-        &dir.join("manager.log"),
-    )
-    .unwrap();
+    let mut command = Command::new(binary("domain-manager"));
+    command.args(&args);
+    configure(&mut command);
+    let mut manager =
+        Process::spawn_command("domain-manager", command, &dir.join("manager.log")).unwrap();
     let ready = manager.wait_ready(READY).unwrap_or_else(|e| panic!("{e}"));
     (manager, ready)
 }
@@ -55,6 +64,17 @@ pub fn start_manager(dir: &Path, listen: Option<&str>) -> (Process, Ready) {
 /// peer id (`domain-node id`) is admitted first (`domain-manager node allow`), as an
 /// operator does.
 pub fn start_node(dir: &Path, name: &str, manager: &str) -> (Process, Ready) {
+    start_node_with(dir, name, manager, |_| {})
+}
+
+/// [`start_node`], with the command changed by `configure` (more flags, environment)
+/// before it starts.
+pub fn start_node_with(
+    dir: &Path,
+    name: &str,
+    manager: &str,
+    configure: impl FnOnce(&mut Command),
+) -> (Process, Ready) {
     let data = dir.join(name);
     let manager_dir = dir.join("manager");
     if manager_dir.join("domains.toml").exists() {
@@ -94,13 +114,10 @@ pub fn start_node(dir: &Path, name: &str, manager: &str) -> (Process, Ready) {
         "--join-interval",
         "1s",
     ];
-    let mut node = Process::spawn(
-        name,
-        &binary("domain-node"),
-        args,
-        &dir.join(format!("{name}.log")),
-    )
-    .unwrap();
+    let mut command = Command::new(binary("domain-node"));
+    command.args(args);
+    configure(&mut command);
+    let mut node = Process::spawn_command(name, command, &dir.join(format!("{name}.log"))).unwrap();
     let ready = node.wait_ready(READY).unwrap_or_else(|e| panic!("{e}"));
     (node, ready)
 }
