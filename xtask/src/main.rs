@@ -17,6 +17,8 @@
 //! - `cargo xtask browser`: the web page of `examples/browser` next to a loopback cluster.
 //! - `cargo xtask crash --cycles N`: the datastore's SIGKILL crash test, N cycles.
 //! - `cargo xtask fuzz --seconds N`: each cargo-fuzz target for N seconds (nightly).
+//! - `cargo xtask dist [--deb] [--check]`: binaries, man pages, completions and Debian
+//!   packages in `dist/`.
 
 use std::process::{Command, ExitCode};
 
@@ -29,6 +31,7 @@ mod bench_failover;
 mod browser;
 mod crash;
 mod demo;
+mod dist;
 mod fuzz;
 mod peers;
 
@@ -79,6 +82,10 @@ enum Task {
         #[arg(long, default_value_t = 500)]
         cycles: u32,
     },
+    /// Build what a release ships into dist/: the binaries, their man pages and shell
+    /// completions, and with --deb the Debian packages (systemd units for the manager and
+    /// the node, their settings in /etc/domain, a system user each).
+    Dist(dist::Options),
     /// Run each cargo-fuzz target (frame decoder, handshake, /store/v1 receiver) for a while;
     /// needs `cargo install cargo-fuzz` and a nightly toolchain.
     Fuzz {
@@ -151,6 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Browser { port } => browser::run(port),
         Task::Crash { cycles } => crash::run(cycles),
         Task::Fuzz { seconds } => fuzz::run(seconds),
+        Task::Dist(options) => dist::run(&options),
     }
 }
 

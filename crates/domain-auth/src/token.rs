@@ -239,6 +239,45 @@ pub enum Rejection {
     },
 }
 
+impl Rejection {
+    /// Every [`reason`](Self::reason), for those who list them (a metric's labels).
+    pub const REASONS: [&'static str; 12] = [
+        "alg_not_eddsa",
+        "bad_signature",
+        "invalid_public_key",
+        "malformed",
+        "missing_exp",
+        "exp_not_numeric",
+        "expired",
+        "issued_in_future",
+        "wrong_domain",
+        "wrong_receiver",
+        "wrong_sender",
+        "wrong_endpoint",
+    ];
+
+    /// Which check failed, as a short fixed name (`expired`, `wrong_endpoint`, …): what a
+    /// metric counts refusals by, with none of the token's contents.
+    #[must_use]
+    pub fn reason(&self) -> &'static str {
+        let index = match self {
+            Self::AlgNotEdDsa { .. } => 0,
+            Self::BadSignature { .. } => 1,
+            Self::InvalidPublicKey { .. } => 2,
+            Self::Malformed { .. } => 3,
+            Self::MissingExp => 4,
+            Self::ExpNotNumeric { .. } => 5,
+            Self::Expired { .. } => 6,
+            Self::IssuedInFuture { .. } => 7,
+            Self::WrongDomain { .. } => 8,
+            Self::WrongReceiver { .. } => 9,
+            Self::WrongSender { .. } => 10,
+            Self::WrongEndpoint { .. } => 11,
+        };
+        Self::REASONS[index]
+    }
+}
+
 /// Why a token could not be issued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {

@@ -84,6 +84,9 @@ pub enum Command {
     Key(key::KeyArgs),
     /// Print this client's peer id (its identity is created when missing).
     Id(id::IdArgs),
+    /// Write the man page or a shell's completions (for packaging).
+    #[command(hide = true)]
+    Generate(domain_settings::generate::GenerateArgs),
 }
 
 /// Runs a parsed command line against the process's standard streams.
@@ -106,5 +109,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Jobs(args) => jobs::run(&args, &mut io::stdout().lock()),
         Command::Key(args) => key::run(&args, &mut io::stdout().lock()),
         Command::Id(args) => id::run(&args, &mut io::stdout().lock()),
+        Command::Generate(args) => {
+            let command = <Cli as clap::CommandFactory>::command();
+            domain_settings::generate::write(command, args.what, &mut io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -55,6 +55,15 @@ pub(crate) fn build_swarm(
         None => (None, None),
     };
     let transport = build_transport(keypair, relay_transport)?;
+    // Bytes in and out per transport stack (`/ip4/tcp`, `/ip4/udp/quic-v1`, …).
+    let transport = match &config.metrics {
+        Some(metrics) => metrics.register("", |registry| {
+            libp2p::metrics::BandwidthTransport::new(transport, registry)
+                .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+                .boxed()
+        }),
+        None => transport,
+    };
     let behaviour = build_behaviour(config, keypair, peer_id, relay_client, registry)?;
     let swarm_config = libp2p::swarm::Config::with_tokio_executor()
         .with_idle_connection_timeout(config.idle_connection_timeout);

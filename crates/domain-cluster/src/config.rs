@@ -164,6 +164,9 @@ pub struct ClusterConfig {
     pub accept_backlog: usize,
     /// Gossip events kept for each slow subscriber before it lags and loses some.
     pub gossip_buffer: usize,
+    /// Where the swarm's metrics go (libp2p's own: `libp2p_*`, connections, bandwidth per
+    /// transport, identify, Kademlia, ping, relay, gossipsub); `None` keeps none.
+    pub metrics: Option<domain_telemetry::Metrics>,
 }
 
 impl ClusterConfig {
@@ -186,6 +189,7 @@ impl ClusterConfig {
             command_buffer: 64,
             accept_backlog: 64,
             gossip_buffer: 1024,
+            metrics: None,
         }
     }
 

@@ -128,6 +128,8 @@ pub(crate) struct Bootstrap {
 
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
+    /// libp2p's recorder of swarm and protocol events, when metrics are kept.
+    metrics: Option<libp2p::metrics::Metrics>,
     role: Role,
     commands: mpsc::Receiver<Command>,
     gossip: broadcast::Sender<GossipEvent>,
@@ -188,6 +190,7 @@ pub(crate) struct EventLoopParts {
     pub(crate) bootstrap: Option<Bootstrap>,
     pub(crate) more_bootstrap: Vec<Bootstrap>,
     pub(crate) wants_relay: bool,
+    pub(crate) metrics: Option<libp2p::metrics::Metrics>,
 }
 
 impl EventLoop {
@@ -203,9 +206,11 @@ impl EventLoop {
             bootstrap,
             more_bootstrap,
             wants_relay,
+            metrics,
         } = parts;
         Self {
             swarm,
+            metrics,
             role,
             commands,
             gossip,
@@ -472,6 +477,9 @@ impl EventLoop {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if let Some(metrics) = &self.metrics {
+            record(metrics, &event);
+        }
         match event {
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             SwarmEvent::ConnectionEstablished {
@@ -805,5 +813,23 @@ fn remote_addr(endpoint: &ConnectedPoint) -> &Multiaddr {
     match endpoint {
         ConnectedPoint::Dialer { address, .. } => address,
         ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
+    }
+}
+
+/// Hands `event` to libp2p's recorder: the swarm's own, and those of the protocols it
+/// has a recorder for.
+fn record(metrics: &libp2p::metrics::Metrics, event: &SwarmEvent<BehaviourEvent>) {
+    use libp2p::metrics::Recorder as _;
+    metrics.record(event);
+    if let SwarmEvent::Behaviour(event) = event {
+        match event {
+            BehaviourEvent::Identify(event) => metrics.record(event),
+            BehaviourEvent::Ping(event) => metrics.record(event),
+            BehaviourEvent::Kad(event) => metrics.record(event),
+            BehaviourEvent::Gossipsub(event) => metrics.record(event),
+            BehaviourEvent::RelayServer(event) => metrics.record(event),
+            BehaviourEvent::Dcutr(event) => metrics.record(event),
+            _ => {}
+        }
     }
 }

@@ -119,6 +119,10 @@ impl Cluster {
             bootstrap,
             more_bootstrap,
             wants_relay,
+            metrics: config
+                .metrics
+                .as_ref()
+                .map(|metrics| metrics.register("", libp2p::metrics::Metrics::new)),
         });
         let task = runtime.spawn(event_loop.run());
         Ok((handle, task))

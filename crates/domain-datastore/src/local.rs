@@ -18,6 +18,7 @@
 
 mod blob;
 mod commit;
+mod metrics;
 mod partial;
 mod repair;
 mod tables;
@@ -48,6 +49,7 @@ use crate::subscription::{DEFAULT_SUBSCRIPTION_CAPACITY, Subscribers, Subscripti
 use commit::{Content, DeleteRequest, PutRequest, Request, Worker};
 use domain_merkle::{CHUNK_SIZE, Root, root_of};
 use domain_proto::DomainId;
+use metrics::StoreMetrics;
 use partial::Partials;
 use tables::ReadTables;
 use write::{Cut, Start, write_content};
@@ -115,6 +117,7 @@ struct Inner {
     partials: Arc<Partials>,
     commits: CommitQueue,
     repair: RepairReport,
+    metrics: StoreMetrics,
 }
 
 /// The sending side of the commit worker; dropping it stops the worker and waits for it,
@@ -184,11 +187,13 @@ impl LocalDatastore {
 
         let subscribers = Arc::new(Subscribers::new(options.subscription_capacity));
         let (sender, receiver) = mpsc::channel(commit::QUEUE);
+        let metrics = StoreMetrics::default();
         let worker = Worker {
             db: Arc::clone(&db),
             blobs_dir: blobs_dir.clone(),
             tmp_dir: tmp_dir.clone(),
             subscribers: Arc::clone(&subscribers),
+            metrics: metrics.clone(),
         };
         let worker = std::thread::Builder::new()
             .name("datastore-commit".into())
@@ -207,8 +212,22 @@ impl LocalDatastore {
                     worker: Some(worker),
                 },
                 repair,
+                metrics,
             }),
         })
+    }
+
+    /// Registers the store's metrics in `registry`, under the caller's prefix (a node uses
+    /// `domain_datastore`): `put_seconds` and `fsync_seconds` (histograms), and, read at
+    /// each scrape, `items{domain}`, `stored_bytes{domain}` and `partial_bytes` (the bytes
+    /// kept of cut resumable puts).
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        metrics::register(
+            registry,
+            &self.inner.metrics,
+            Arc::clone(&self.inner.db),
+            self.inner.dir.join("partials"),
+        );
     }
 
     /// The store's folder.
@@ -410,8 +429,10 @@ impl LocalDatastore {
             false
         } else {
             let sync_path = temp.path().to_owned();
+            let metrics = self.inner.metrics.clone();
             tokio::task::spawn_blocking(move || {
-                file.sync_all()
+                metrics
+                    .fsync(|| file.sync_all())
                     .map_err(|e| io_error("fsync", &sync_path, e))
             })
             .await??;
@@ -552,7 +573,13 @@ impl Datastore for LocalDatastore {
         item: UpsertMetadata,
         content: R,
     ) -> Result<Metadata, DatastoreError> {
-        self.put_impl(domain, item, content).await
+        let start = std::time::Instant::now();
+        let stored = self.put_impl(domain, item, content).await?;
+        self.inner
+            .metrics
+            .put_seconds
+            .observe(start.elapsed().as_secs_f64());
+        Ok(stored)
     }
 
     /// The whole chunks kept of a cut [`put_resumable`](Datastore::put_resumable) under
@@ -583,8 +610,15 @@ impl Datastore for LocalDatastore {
         from: u64,
         content: R,
     ) -> Result<Metadata, DatastoreError> {
-        self.put_resumable_impl(domain, item, key, from, content)
-            .await
+        let start = std::time::Instant::now();
+        let stored = self
+            .put_resumable_impl(domain, item, key, from, content)
+            .await?;
+        self.inner
+            .metrics
+            .put_seconds
+            .observe(start.elapsed().as_secs_f64());
+        Ok(stored)
     }
 
     async fn get(

@@ -282,6 +282,8 @@ pub struct Ready {
     pub addr: String,
     /// The addresses of its `listening <addr>` lines before it.
     pub listening: Vec<String>,
+    /// The address of its `metrics <addr>` line, when it serves metrics.
+    pub metrics: Option<String>,
 }
 
 /// A running peer process, killed when dropped.
@@ -362,6 +364,7 @@ impl Process {
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<Ready, HarnessError> {
         let deadline = Instant::now() + timeout;
         let mut listening = Vec::new();
+        let mut metrics = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
@@ -370,7 +373,11 @@ impl Process {
                         return Ok(Ready {
                             addr: addr.trim().to_owned(),
                             listening,
+                            metrics,
                         });
+                    }
+                    if let Some(addr) = line.strip_prefix("metrics ") {
+                        metrics = Some(addr.trim().to_owned());
                     }
                     if let Some(addr) = line.strip_prefix("listening ") {
                         listening.push(addr.trim().to_owned());

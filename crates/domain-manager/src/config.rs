@@ -52,6 +52,9 @@ pub struct ManagerConfig {
     /// The time-to-live of the leader's etcd lease (whole seconds): how long a dead leader
     /// leads before a standby takes over.
     pub leader_lease: Duration,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` over HTTP; `None` (the default)
+    /// serves none.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The leader's lease when none is configured: a standby takes over 2 to 3 s after the
@@ -79,6 +82,7 @@ impl ManagerConfig {
             open: false,
             etcd: None,
             leader_lease: DEFAULT_LEADER_LEASE,
+            metrics: None,
         }
     }
 
@@ -220,6 +224,10 @@ pub struct ManagerSettings {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(with = "domain_settings::duration")]
     pub leader_lease: Option<Duration>,
+    /// Serve Prometheus metrics (`/metrics`), `/healthz` and `/readyz` (ready while this
+    /// manager leads) over HTTP on this address, e.g. 127.0.0.1:9464 [default: none].
+    #[arg(long, value_name = "ADDR", env = "DOMAIN_MANAGER_METRICS")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Peer ids of the nodes admitted (besides `domain-manager node allow`); file only.
     #[arg(skip)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -305,6 +313,7 @@ impl ManagerSettings {
             open: self.open,
             etcd,
             leader_lease,
+            metrics: self.metrics,
             data_dir: defaults.data_dir,
         })
     }
@@ -398,16 +407,35 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_settings_file_starts_a_manager_on_loopback_in_the_state_folder() {
+        let packaged = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/etc/manager.toml");
+        let config = ManagerSettings::load(packaged)
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/domain-manager"));
+        assert!(!config.listen.is_empty());
+        assert!(
+            config
+                .listen
+                .iter()
+                .all(|addr| addr.to_string().starts_with("/ip4/127.0.0.1/")),
+            "open by default, so loopback only"
+        );
+    }
+
+    #[test]
     fn no_flags_leave_every_key_of_the_example_file_as_it_is() {
         let mut from_file = ManagerSettings::load(EXAMPLE).unwrap();
         from_file.open = true;
         from_file.etcd = vec!["http://127.0.0.1:2379".into()];
         from_file.etcd_prefix = Some("/lab/".into());
         from_file.leader_lease = Some(Duration::from_secs(3));
+        from_file.metrics = Some("127.0.0.1:9464".parse().unwrap());
         let every_key = toml::Table::try_from(&from_file).unwrap();
         assert_eq!(
             every_key.len(),
-            15,
+            16,
             "a key of ManagerSettings is not in this test"
         );
         assert_eq!(

@@ -116,6 +116,9 @@ pub enum ManagerError {
     /// The scheduler's state cannot be opened (a corrupt or locked database, a poisoned store).
     #[error("scheduler")]
     Scheduler(#[from] SchedulerError),
+    /// The operator's metrics endpoint cannot listen.
+    #[error(transparent)]
+    Metrics(domain_telemetry::EndpointError),
     /// The swarm failed.
     #[error("cluster")]
     Cluster(#[from] ClusterError),

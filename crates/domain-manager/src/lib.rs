@@ -77,6 +77,7 @@ pub mod control;
 pub mod domains;
 mod error;
 pub mod leadership;
+mod metrics;
 mod replication;
 mod scheduler_thread;
 mod service;
@@ -96,5 +97,5 @@ pub use error::{ConfigError, ManagerError};
 pub use service::{
     FIRST_REQUEST_TIMEOUT, MAX_STRANGER_STREAMS, MAX_STRANGER_STREAMS_PER_PEER,
     MAX_STREAMS_PER_PEER, MAX_STREAMS_PER_PROTOCOL, Manager, STRANGER_BAN,
-    STRANGER_REFUSALS_BEFORE_BAN,
+    STRANGER_REFUSALS_BEFORE_BAN, manager_identity,
 };

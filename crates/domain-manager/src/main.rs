@@ -24,7 +24,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the manager; prints `listening <addr>` lines, then `ready <tcp addr>`.
+    /// Run the manager; prints `listening <addr>` lines (and `metrics <ip:port>` with
+    /// --metrics), then `ready <tcp addr>`.
     Run(RunArgs),
     /// Create or list the manager's domains.
     #[command(subcommand)]
@@ -35,6 +36,16 @@ enum Command {
     /// Issue task tokens for scripts.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print the manager's peer id (creating its identity if it has none yet): the end of
+    /// the address nodes and clients are given (`/ip4/…/tcp/4001/p2p/PEER_ID`).
+    Id {
+        /// The manager's data folder.
+        #[arg(long, value_name = "DIR", env = "DOMAIN_MANAGER_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Write the man page or a shell's completions (for packaging).
+    #[command(hide = true)]
+    Generate(domain_settings::generate::GenerateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -285,6 +296,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Node(command) => node(command),
+        Command::Id { data_dir } => {
+            println!("{}", domain_manager::manager_identity(&data_dir)?.peer_id());
+            Ok(())
+        }
+        Command::Generate(args) => {
+            let command = <Cli as clap::CommandFactory>::command();
+            domain_settings::generate::write(command, args.what, &mut std::io::stdout().lock())?;
+            Ok(())
+        }
         Command::Token(TokenCommand::Issue(args)) => {
             let token = issue_token(args)?;
             println!("{token}");
@@ -413,6 +433,9 @@ async fn serve(config: ManagerConfig) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         for addr in manager.listen_addrs() {
             writeln!(out, "listening {addr}")?;
+        }
+        if let Some(addr) = manager.metrics_addr() {
+            writeln!(out, "metrics {addr}")?;
         }
         let ready = manager
             .tcp_addr()

@@ -145,6 +145,7 @@ pub(crate) struct Core {
     pub views: broadcast::Sender<Arc<JobView>>,
     /// Which domains' holders changed, for `/holders/v1` followers.
     pub holder_changes: broadcast::Sender<HoldersChange>,
+    pub metrics: crate::metrics::ManagerMetrics,
 }
 
 impl Core {
@@ -205,10 +206,12 @@ impl Core {
                     let _ = reply.send(result);
                     fatal
                 }
-                Request::Tick => self
-                    .scheduler
-                    .tick(now_ms())
-                    .map_or_else(|e| if is_fatal(&e) { Err(e) } else { Ok(()) }, |()| Ok(())),
+                Request::Tick => {
+                    let start = std::time::Instant::now();
+                    let ticked = self.scheduler.tick(now_ms());
+                    self.metrics.ticked(start, self.scheduler.stats());
+                    ticked.map_or_else(|e| if is_fatal(&e) { Err(e) } else { Ok(()) }, |()| Ok(()))
+                }
                 Request::Watch { reply } => {
                     let jobs = self
                         .scheduler

@@ -21,6 +21,7 @@ use domain_scheduler::{
     DomainKeyIssuer, Event, Scheduler, SchedulerConfig, SchedulerError, TokenError, TokenGrant,
     TokenIssuer,
 };
+use domain_telemetry::{Endpoint, Metrics, Readiness};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -105,6 +106,8 @@ pub struct Manager {
     data_dir: PathBuf,
     /// With etcd: the leadership this manager serves under.
     leadership: Option<Leadership>,
+    /// The operator's `/metrics`, `/healthz`, `/readyz`, when asked for.
+    endpoint: Option<Endpoint>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -171,8 +174,7 @@ impl Manager {
     /// cannot be opened (locked by another manager, corrupt), [`ManagerError::Cluster`] when an
     /// address cannot be listened on.
     pub async fn start(config: ManagerConfig) -> Result<Self, ManagerError> {
-        domain_auth::open_private_dir(&config.data_dir).map_err(ManagerError::DataDir)?;
-        let identity = Identity::load_or_create(config.identity_path())?;
+        let identity = manager_identity(&config.data_dir)?;
         let keys = DomainKeyStore::open(config.keys_dir()).map_err(crate::ConfigError::from)?;
         let peer = identity.peer_id();
         // Who the manager knows: set once it leads and has read the operator's state.
@@ -186,13 +188,31 @@ impl Manager {
             let known = Arc::clone(&known);
             move |peer| known.get().is_some_and(|known| known.knows(peer))
         }));
+        let metrics = Metrics::new("domain-manager");
+        cluster_config.metrics = Some(metrics.clone());
         let (cluster, cluster_task) = Cluster::start(cluster_config)?;
+        // Served from the start: a standby waiting for the leadership answers "not ready".
+        let readiness = Readiness::default();
+        let endpoint = match config.metrics {
+            Some(addr) => match Endpoint::start(addr, metrics.clone(), readiness.clone()).await {
+                Ok(endpoint) => Some(endpoint),
+                Err(e) => {
+                    let _ = cluster.shutdown().await;
+                    return Err(ManagerError::Metrics(e));
+                }
+            },
+            None => None,
+        };
 
         // Listening first: with etcd, the leader announces its addresses, and a standby is
         // reachable while it waits, answering `/leader/v1` with who leads.
         let (requests_tx, requests_rx) = mpsc::channel(REQUEST_QUEUE);
         let (outbound_tx, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let (views, _) = broadcast::channel(VIEW_QUEUE);
+        let manager_metrics = crate::metrics::ManagerMetrics::default();
+        metrics.register("domain_manager", |registry| {
+            manager_metrics.register(registry, &requests_tx);
+        });
         let mut leader_task = None;
         let opened = async {
             let addrs: Vec<Multiaddr> = cluster
@@ -238,9 +258,12 @@ impl Manager {
                 &config,
                 peer,
                 Arc::clone(&issuer),
-                outbound_tx,
-                views,
-                requests_rx,
+                CoreWiring {
+                    requests: requests_rx,
+                    outbound: outbound_tx,
+                    views,
+                    metrics: manager_metrics.clone(),
+                },
                 store,
             )
             .await?;
@@ -341,6 +364,7 @@ impl Manager {
             }
         };
         answers.serving();
+        readiness.set(true);
         tracing::info!(peer = %cluster.local_peer_id(), "manager started");
         Ok(Self {
             cluster,
@@ -352,7 +376,15 @@ impl Manager {
             policy,
             data_dir: config.data_dir.clone(),
             leadership,
+            endpoint,
         })
+    }
+
+    /// The address of the operator's endpoint (`/metrics`, `/healthz`, `/readyz`: ready
+    /// while this manager leads), when [`ManagerConfig::metrics`] asked for one.
+    #[must_use]
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.endpoint.as_ref().map(Endpoint::local_addr)
     }
 
     /// The manager's data folder (where `domain-manager node allow` and `domain create`
@@ -466,6 +498,9 @@ impl Manager {
     /// # Errors
     /// [`ManagerError::Scheduler`] when the scheduler had failed.
     pub async fn shutdown(mut self) -> Result<(), ManagerError> {
+        if let Some(endpoint) = self.endpoint.take() {
+            endpoint.shutdown().await;
+        }
         for task in &self.tasks {
             task.abort();
         }
@@ -544,14 +579,34 @@ async fn read_control(
     Ok((policy, admission))
 }
 
+/// What the scheduler thread is wired to: its requests in, its events and job views out,
+/// and the metrics it keeps.
+struct CoreWiring {
+    requests: mpsc::Receiver<Request>,
+    outbound: mpsc::Sender<Outbound>,
+    views: broadcast::Sender<Arc<JobView>>,
+    metrics: crate::metrics::ManagerMetrics,
+}
+
+/// The identity of the manager with data folder `data_dir`, created (and the folder, mode
+/// 0700) if it has none yet: its peer id ends the address nodes and clients are given.
+///
+/// # Errors
+/// [`ManagerError::DataDir`] when the folder cannot be created or others may enter it;
+/// [`ManagerError::Identity`] for an identity file that cannot be used.
+pub fn manager_identity(data_dir: &Path) -> Result<Identity, ManagerError> {
+    domain_auth::open_private_dir(data_dir).map_err(ManagerError::DataDir)?;
+    Ok(Identity::load_or_create(
+        ManagerConfig::new(data_dir).identity_path(),
+    )?)
+}
+
 /// Starts the scheduler thread and waits for the scheduler to open.
 async fn start_core(
     config: &ManagerConfig,
     peer: PeerId,
     issuer: Arc<DomainKeyIssuer>,
-    outbound: mpsc::Sender<Outbound>,
-    views: broadcast::Sender<Arc<JobView>>,
-    requests: mpsc::Receiver<Request>,
+    wiring: CoreWiring,
     store: StoreChoice,
 ) -> Result<oneshot::Receiver<Result<(), SchedulerError>>, ManagerError> {
     let mut scheduler_config = SchedulerConfig::new(peer.to_string());
@@ -582,6 +637,12 @@ async fn start_core(
                 }
             };
             let _ = opened_tx.send(Ok(()));
+            let CoreWiring {
+                requests,
+                outbound,
+                views,
+                metrics,
+            } = wiring;
             let core = Core {
                 events: scheduler.subscribe(),
                 scheduler,
@@ -589,6 +650,7 @@ async fn start_core(
                 outbound,
                 views,
                 holder_changes: broadcast::channel(HOLDER_CHANGE_QUEUE).0,
+                metrics,
             };
             let _ = done_tx.send(core.run(requests));
         })

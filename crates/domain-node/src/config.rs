@@ -84,6 +84,9 @@ pub struct NodeConfig {
     /// A one-use invite from the manager's operator (`domain-manager node invite`), sent
     /// with the joins until one is accepted: the manager then admits this node for good.
     pub invite: Option<String>,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` over HTTP; `None` (the
+    /// default) serves none.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl NodeConfig {
@@ -111,6 +114,7 @@ impl NodeConfig {
             upstream: None,
             store_options: LocalOptions::default(),
             invite: None,
+            metrics: None,
         })
     }
 
@@ -282,6 +286,10 @@ pub struct NodeSettings {
         hide_env_values = true
     )]
     pub invite: Option<String>,
+    /// Serve Prometheus metrics (`/metrics`), `/healthz` and `/readyz` (ready once
+    /// joined) over HTTP on this address, e.g. 127.0.0.1:9464 [default: none].
+    #[arg(long, value_name = "ADDR", env = "DOMAIN_NODE_METRICS")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl NodeSettings {
@@ -342,6 +350,7 @@ impl NodeSettings {
             config = config.with_upstream(upstream)?;
         }
         config.invite = self.invite.filter(|invite| !invite.trim().is_empty());
+        config.metrics = self.metrics;
         Ok(config)
     }
 }
@@ -489,21 +498,33 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_settings_file_reads_and_names_the_state_folder() {
+        let packaged = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/etc/node.toml");
+        let file = NodeSettings::load(packaged).unwrap();
+        assert_eq!(file.data_dir, Some(PathBuf::from("/var/lib/domain-node")));
+        assert!(
+            file.manager.is_empty(),
+            "the operator names the manager: a packaged one would be wrong"
+        );
+    }
+
+    #[test]
     fn no_flags_leave_every_key_of_the_example_file_as_it_is() {
         let example = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../config/node.example.toml"
         );
         let mut file = NodeSettings::load(example).unwrap();
-        // The example leaves the gateway and invite keys commented out.
+        // The example leaves the gateway, invite and metrics keys commented out.
         file.upstream = Some(addr(
             "/ip4/127.0.0.1/tcp/5001/p2p/12D3KooWBK6mNwBwAwHhygpw9HQ6vZiwzyDPx9jLLk4v6VDdg3YL",
         ));
         file.invite = Some("dcinv-x".into());
+        file.metrics = Some("127.0.0.1:9464".parse().unwrap());
         let every_key = toml::Table::try_from(&file).unwrap();
         assert_eq!(
             every_key.len(),
-            15,
+            16,
             "a key of NodeSettings is not in this test"
         );
         assert_eq!(domain_settings::layer(&file, &flags(&[])).unwrap(), file);

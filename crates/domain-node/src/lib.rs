@@ -42,6 +42,7 @@
 pub mod config;
 mod handshakes;
 pub mod keys;
+mod metrics;
 mod node;
 mod replicate;
 pub mod status;

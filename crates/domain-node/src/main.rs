@@ -23,7 +23,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs the node until Ctrl-C or SIGTERM. Prints `listening <multiaddr>`
-    /// per address, then `ready <tcp multiaddr>` once it has joined the manager.
+    /// per address (and `metrics <ip:port>` with --metrics), then `ready <tcp multiaddr>`
+    /// once it has joined the manager.
     Run(Box<RunArgs>),
     /// Prints the node's peer id (creating its identity if it has none yet), for the
     /// manager's operator to admit (`domain-manager node allow PEER_ID`).
@@ -32,6 +33,9 @@ enum Command {
         #[arg(long, value_name = "DIR", env = "DOMAIN_NODE_DATA_DIR")]
         data_dir: PathBuf,
     },
+    /// Write the man page or a shell's completions (for packaging).
+    #[command(hide = true)]
+    Generate(domain_settings::generate::GenerateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -80,6 +84,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", node_identity(&data_dir)?.peer_id());
             Ok(())
         }
+        Command::Generate(args) => {
+            let command = <Cli as clap::CommandFactory>::command();
+            domain_settings::generate::write(command, args.what, &mut std::io::stdout().lock())?;
+            Ok(())
+        }
     }
 }
 
@@ -97,6 +106,9 @@ async fn run_node(args: RunArgs) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         for addr in &addrs {
             writeln!(out, "listening {addr}").context("cannot write to stdout")?;
+        }
+        if let Some(addr) = node.metrics_addr() {
+            writeln!(out, "metrics {addr}").context("cannot write to stdout")?;
         }
         out.flush().context("cannot write to stdout")?;
     }

@@ -21,6 +21,7 @@ use domain_datastore::{DatastoreError, LocalDatastore};
 use domain_proto::discovery::{Capability, Holdings, Node as NodeInfo};
 use domain_proto::protocols::{DELETE_V1, LOAD_V1, STORE_V1};
 use domain_proto::task::Status;
+use domain_telemetry::{Endpoint, Metrics, Readiness};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,7 @@ use crate::handshakes::{
     HANDSHAKE_BAN, HANDSHAKE_TIMEOUT, HandshakeSlot, Handshakes, MAX_PENDING_HANDSHAKES,
 };
 use crate::keys::ManagerKeys;
+use crate::metrics::{NodeMetrics, Outcome};
 use crate::replicate::Replicator;
 use crate::status::StatusReporter;
 use crate::store::NodeDatastore;
@@ -74,6 +76,9 @@ pub enum NodeError {
     /// The swarm failed.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// The operator's metrics endpoint cannot listen.
+    #[error(transparent)]
+    Metrics(domain_telemetry::EndpointError),
     /// The node stopped before the awaited event.
     #[error("the node stopped")]
     Stopped,
@@ -122,6 +127,8 @@ pub struct Node {
     background: Vec<JoinHandle<()>>,
     reporter_task: JoinHandle<()>,
     grace: Duration,
+    /// The operator's `/metrics`, `/healthz`, `/readyz`, when asked for.
+    endpoint: Option<Endpoint>,
 }
 
 /// What every task-stream handler shares.
@@ -142,6 +149,7 @@ struct Context {
     /// The tokens this node served: one stream per token at a time, none once its task
     /// is done here.
     tokens: TokenLedger,
+    metrics: NodeMetrics,
 }
 
 impl Node {
@@ -158,11 +166,13 @@ impl Node {
         let identity = node_identity(&config.data_dir)?;
         let datastore = open_datastore(&config).await?;
 
+        let metrics = Metrics::new("domain-node");
         let mut cluster_config = ClusterConfig::new(identity, Role::Node)
             .with_listen_addrs(config.listen.clone())
             .with_bootstrap(first_manager)
             .with_more_bootstrap(config.managers.iter().skip(1).cloned());
         cluster_config.request_timeout = config.request_timeout;
+        cluster_config.metrics = Some(metrics.clone());
         let (cluster, cluster_task) = Cluster::start(cluster_config)?;
         let local_peer = cluster.local_peer_id();
 
@@ -197,7 +207,31 @@ impl Node {
             ))
         });
         let stored = Arc::new(Notify::new());
+        let node_metrics = NodeMetrics::default();
+        metrics.register("domain_node", |registry| {
+            node_metrics.register(
+                registry,
+                Arc::clone(&permits),
+                max_streams,
+                Arc::clone(&handshakes),
+            );
+        });
+        if let Some(local) = datastore.local() {
+            metrics.register("domain_datastore", |registry| {
+                local.register_metrics(registry);
+            });
+        }
+        let readiness = Readiness::default();
+        let endpoint = match config.metrics {
+            Some(addr) => Some(
+                Endpoint::start(addr, metrics.clone(), readiness.clone())
+                    .await
+                    .map_err(NodeError::Metrics)?,
+            ),
+            None => None,
+        };
         let context = Arc::new(Context {
+            metrics: node_metrics,
             stored: Arc::clone(&stored),
             local_peer: local_peer.to_string(),
             datastore: datastore.clone(),
@@ -265,6 +299,7 @@ impl Node {
                 datastore: datastore.clone(),
                 stored,
                 invite: config.invite,
+                readiness,
             },
             stop.clone(),
         )));
@@ -283,7 +318,15 @@ impl Node {
             background,
             reporter_task,
             grace: config.shutdown_grace,
+            endpoint,
         })
+    }
+
+    /// The address of the operator's endpoint (`/metrics`, `/healthz`, `/readyz`), when
+    /// [`NodeConfig::metrics`] asked for one.
+    #[must_use]
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.endpoint.as_ref().map(Endpoint::local_addr)
     }
 
     /// This node's peer id.
@@ -385,8 +428,12 @@ impl Node {
             background,
             reporter_task,
             grace,
+            endpoint,
         } = self;
         stop.cancel();
+        if let Some(endpoint) = endpoint {
+            endpoint.shutdown().await;
+        }
         for task in background {
             // The acceptors and the join loop end at the cancellation; a panic
             // in one has been logged by the runtime already.
@@ -572,6 +619,7 @@ impl Context {
             () = self.cut.cancelled() => return Handshake::Dropped,
             () = slot.evicted() => {
                 tracing::warn!(%peer, protocol, "task stream dropped in its handshake: newer streams needed the place");
+                self.metrics.stream_ended(protocol, Outcome::TimedOut);
                 return Handshake::Failed;
             }
             accepted = handshake => accepted,
@@ -580,14 +628,20 @@ impl Context {
             Ok(Ok(accepted)) => Handshake::Accepted(Box::new(accepted)),
             Ok(Err(CapabilityError::Busy)) => {
                 tracing::warn!(%peer, protocol, limit = max_streams, "too many task streams; dropping one");
+                self.metrics.stream_ended(protocol, Outcome::Busy);
                 Handshake::Dropped
             }
             Ok(Err(error)) => {
                 tracing::warn!(%peer, protocol, error = %domain_proto::ErrorChain(&error), "task stream refused");
+                if let CapabilityError::Rejected(rejection) = &error {
+                    self.metrics.refused(rejection);
+                }
+                self.metrics.stream_ended(protocol, Outcome::Refused);
                 Handshake::Failed
             }
             Err(_) => {
                 tracing::warn!(%peer, protocol, "task stream refused: no handshake in time");
+                self.metrics.stream_ended(protocol, Outcome::TimedOut);
                 Handshake::Failed
             }
         }
@@ -634,14 +688,19 @@ impl Context {
                     Served::Delete(s) => (s.deleted, 0, 0),
                 };
                 tracing::info!(items, bytes, resumed, "task stream done");
+                self.metrics.moved(protocol, protocol == STORE_V1, bytes);
+                self.metrics.resumed(resumed);
+                self.metrics.stream_ended(protocol, Outcome::Done);
                 Status::Done
             }
             Some(Err(error)) => {
                 tracing::warn!(error = %domain_proto::ErrorChain(&error), "task stream failed");
+                self.metrics.stream_ended(protocol, Outcome::Failed);
                 Status::Failed
             }
             None => {
                 tracing::warn!("task stream cut by shutdown");
+                self.metrics.stream_ended(protocol, Outcome::Cut);
                 Status::Failed
             }
         };
@@ -690,6 +749,8 @@ struct JoinLoop {
     stored: Arc<Notify>,
     /// The operator's invite, sent until a join is accepted.
     invite: Option<String>,
+    /// Ready while the last join was accepted.
+    readiness: Readiness,
 }
 
 /// What the node holds now, for its next join; `None` (the manager keeps what it knew)
@@ -748,6 +809,7 @@ async fn join_loop(mut state: JoinLoop, stop: CancellationToken) {
                 refused = None;
                 // Admitted for good: the invite is spent.
                 state.invite = None;
+                state.readiness.set(true);
                 reported = domains;
                 state.joins.send_modify(|n| *n += 1);
                 state.interval
@@ -755,6 +817,7 @@ async fn join_loop(mut state: JoinLoop, stop: CancellationToken) {
             Err(ClusterError::Shutdown) => return,
             // Not a failure to retry soon: the operator has to act. Said once per reason.
             Err(ClusterError::JoinRefused { message }) => {
+                state.readiness.set(false);
                 if refused.as_ref() != Some(&message) {
                     tracing::error!(manager = %state.managers.leader(), "the manager refused this node: {message}");
                     refused = Some(message);
@@ -762,6 +825,7 @@ async fn join_loop(mut state: JoinLoop, stop: CancellationToken) {
                 state.interval
             }
             Err(error) => {
+                state.readiness.set(false);
                 if failures == 0 {
                     tracing::warn!(manager = %state.managers.leader(), error = %domain_proto::ErrorChain(&error), "cannot join the manager; retrying");
                 } else {

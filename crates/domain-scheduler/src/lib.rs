@@ -126,7 +126,7 @@ mod validate;
 pub use events::{Event, JobStatus};
 pub use holders::{HoldersChange, HoldingsError, MAX_REPORTED_DOMAINS};
 pub use registry::{JoinError, MAX_CAPABILITIES};
-pub use scheduler::{FINISHED_GRACE, Scheduler, SchedulerConfig, SchedulerError};
+pub use scheduler::{FINISHED_GRACE, Scheduler, SchedulerConfig, SchedulerError, SchedulerStats};
 pub use store::{
     Batch, HolderRecord, JobRecord, NodeRecord, REDB_CACHE_SIZE, RedbStore, SchedulerStore,
     Snapshot, StoreError, TaskRecord,

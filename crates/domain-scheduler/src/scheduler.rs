@@ -80,6 +80,29 @@ impl Phase {
     }
 }
 
+/// Counts of what a [`Scheduler`] holds ([`Scheduler::stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchedulerStats {
+    /// Jobs with a task not finished.
+    pub jobs_running: usize,
+    /// Finished jobs kept, every task DONE.
+    pub jobs_done: usize,
+    /// Finished jobs kept, some task FAILED.
+    pub jobs_failed: usize,
+    /// The running jobs' tasks, indexed by their `task.Status` number.
+    pub tasks: [usize; 7],
+    /// Tasks ready for the next scheduling pass.
+    pub ready_tasks: usize,
+    /// Tasks no node fits now.
+    pub waiting_tasks: usize,
+    /// Tasks assigned and not finished (each has a deadline).
+    pub running_tasks: usize,
+    /// Registered nodes.
+    pub nodes: usize,
+    /// Entries of the holder index (one per domain and node).
+    pub holder_entries: usize,
+}
+
 #[derive(Debug, Clone)]
 struct TaskState {
     phase: Phase,
@@ -713,6 +736,37 @@ impl Scheduler {
         let job = self.jobs.get(job_id)?;
         let &position = job.index.get(task)?;
         Some(job.handler(position as usize))
+    }
+
+    /// Counts of what the scheduler holds, for metrics: the running jobs' tasks by status
+    /// (a pass over them), the jobs by status, the queues and the registry.
+    #[must_use]
+    pub fn stats(&self) -> SchedulerStats {
+        let mut stats = SchedulerStats {
+            ready_tasks: self.ready.len(),
+            waiting_tasks: self.waiting.len(),
+            running_tasks: self.deadlines.len(),
+            nodes: self.registry.len(),
+            holder_entries: self.holders.len(),
+            ..SchedulerStats::default()
+        };
+        for (_, id) in &self.running {
+            let Some(job) = self.jobs.get(id) else {
+                continue;
+            };
+            stats.jobs_running += 1;
+            for task in &job.tasks {
+                stats.tasks[task.phase.status() as usize] += 1;
+            }
+        }
+        for (_, id) in &self.finished {
+            match self.jobs.get(id).map(|job| job.status()) {
+                Some(JobStatus::Failed) => stats.jobs_failed += 1,
+                Some(_) => stats.jobs_done += 1,
+                None => {}
+            }
+        }
+        stats
     }
 
     /// The registered nodes, in id order.

@@ -1,4 +1,5 @@
-//! Settings of the domain cluster's binaries, each declared once.
+//! Settings of the domain cluster's binaries, each declared once (and, in [`generate`],
+//! their man pages and shell completions, made from the same declarations).
 //!
 //! A binary declares its settings as one struct of optional fields that derives both
 //! `clap::Args` (the flags, with `env = ...` for the environment) and serde's traits (the
@@ -146,6 +147,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         Err(error) => Err(format!("{text:?}: {error}")),
     }
 }
+
+pub mod generate;
 
 /// Serde for an optional duration setting, as [`parse_duration`] reads it and humantime
 /// writes it: `#[serde(default, with = "domain_settings::duration")]`.

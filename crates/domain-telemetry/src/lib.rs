@@ -6,6 +6,11 @@
 //! flag; [`LogFormat`]; [`logs::init`]). The fields of the span an event happens in (a task's job, task name
 //! and peer) are part of its line.
 //!
+//! [`metrics`] and [`http`]: a process's [`Metrics`] (prometheus-client's registry, where
+//! each part of a manager or node registers its own, and libp2p its swarm's), served with
+//! health and [`Readiness`] by an [`Endpoint`] on the operator's address (`--metrics ADDR`):
+//! `/metrics`, `/healthz`, `/readyz`.
+//!
 //! ```
 //! use domain_telemetry::{LogFormat, logs};
 //!
@@ -22,6 +27,12 @@
 //! });
 //! ```
 
+pub mod http;
 pub mod logs;
+pub mod metrics;
 
+pub use http::{Endpoint, EndpointError, Readiness};
 pub use logs::{LogArgs, LogFormat};
+pub use metrics::Metrics;
+/// The metrics library, for the parts that register metrics.
+pub use prometheus_client;

@@ -17,6 +17,7 @@ use domain_proto::domain_data::{Metadata, UpsertMetadata};
 use redb::Database;
 use tokio::sync::{mpsc, oneshot};
 
+use super::metrics::StoreMetrics;
 use super::tables::{ReadTables, WriteTables, domain_known};
 use super::{TempFile, fsync_dir, io_error};
 use crate::store::DatastoreError;
@@ -71,6 +72,7 @@ pub(super) struct Worker {
     pub(super) blobs_dir: PathBuf,
     pub(super) tmp_dir: PathBuf,
     pub(super) subscribers: Arc<Subscribers>,
+    pub(super) metrics: StoreMetrics,
 }
 
 impl Worker {
@@ -119,9 +121,12 @@ impl Worker {
         }
         // The renames must be durable before any metadata names them; if a folder cannot
         // be synced, this batch's puts fail (their placed blobs are removed below).
-        let sync_failure = dirty_dirs
-            .iter()
-            .find_map(|dir| fsync_dir(dir).err().map(|e| (dir.clone(), e)));
+        let sync_failure = dirty_dirs.iter().find_map(|dir| {
+            self.metrics
+                .fsync(|| fsync_dir(dir))
+                .err()
+                .map(|e| (dir.clone(), e))
+        });
         if let Some((dir, e)) = sync_failure {
             pending.retain_mut(|request| match request {
                 Request::Put(put) => {
@@ -195,8 +200,11 @@ impl Worker {
         if unsynced.len() < SYNC_TOGETHER_MIN {
             return;
         }
-        let synced = std::fs::File::open(&self.tmp_dir)
-            .and_then(|dir| rustix::fs::syncfs(&dir).map_err(std::io::Error::from));
+        let synced = std::fs::File::open(&self.tmp_dir).and_then(|dir| {
+            self.metrics
+                .fsync(|| rustix::fs::syncfs(&dir))
+                .map_err(std::io::Error::from)
+        });
         match synced {
             Ok(()) => unsynced.iter_mut().for_each(|synced| **synced = true),
             Err(e) => {
@@ -227,7 +235,8 @@ impl Worker {
                 if !*synced {
                     let file = std::fs::File::open(temp.path())
                         .map_err(|e| io_error("open", temp.path(), e))?;
-                    file.sync_all()
+                    self.metrics
+                        .fsync(|| file.sync_all())
                         .map_err(|e| io_error("fsync", temp.path(), e))?;
                 }
                 std::fs::rename(temp.path(), &blob).map_err(|e| io_error("rename", &blob, e))?;
@@ -241,7 +250,8 @@ impl Worker {
                     .map_err(|e| io_error("create", temp.path(), e))?;
                 file.write_all(bytes)
                     .map_err(|e| io_error("write", temp.path(), e))?;
-                file.sync_all()
+                self.metrics
+                    .fsync(|| file.sync_all())
                     .map_err(|e| io_error("fsync", temp.path(), e))?;
                 std::fs::rename(temp.path(), &blob).map_err(|e| io_error("rename", &blob, e))?;
                 temp.disarm();
@@ -397,6 +407,7 @@ mod tests {
             blobs_dir,
             tmp_dir,
             subscribers: Arc::new(Subscribers::default()),
+            metrics: StoreMetrics::default(),
         }
     }
 
