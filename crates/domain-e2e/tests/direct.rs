@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::{COMMAND, binary, content, domain, domain_ok, item_lines, start_manager, start_node};
+use common::{
+    content, domain, domain_ok, issue_token, item_lines, manager, manager_ok, start_manager,
+    start_node,
+};
 use domain_auth::TaskClaims;
 use domain_cluster::{Multiaddr, PeerId};
 use domain_merkle::root_of;
@@ -37,36 +40,12 @@ fn tokens_from_token_issue_open_a_node_directly_for_their_sender_and_endpoint_on
     let (_manager, manager) = start_manager(work, None);
     let (_node, node) = start_node(work, "node1", &manager.addr);
     let node_peer = peer_of(&node.addr).to_string();
-    let issue = |sender: &str, endpoint: &str| {
-        domain_e2e::run(
-            "domain-manager token issue",
-            &binary("domain-manager"),
-            [
-                "token",
-                "issue",
-                "--domain",
-                "e2e",
-                "--sender",
-                sender,
-                "--node",
-                &node_peer,
-                "--endpoint",
-                endpoint,
-                "--ttl",
-                "2m",
-                "--data-dir",
-                &manager_dir,
-            ],
-            COMMAND,
-        )
-        .unwrap()
-    };
     let token = |endpoint: &str| {
-        let issued = issue(&client, endpoint);
+        let issued = issue_token(work, &client, &node_peer, endpoint);
         assert!(issued.status.success(), "{}", issued.stderr);
         issued.stdout.trim().to_owned()
     };
-    let stranger = issue(&PeerId::random().to_string(), STORE_V1);
+    let stranger = issue_token(work, &PeerId::random().to_string(), &node_peer, STORE_V1);
     assert!(!stranger.status.success());
     assert!(stranger.stdout.is_empty());
     assert!(
@@ -78,7 +57,11 @@ fn tokens_from_token_issue_open_a_node_directly_for_their_sender_and_endpoint_on
     let claims = TaskClaims::read_unverified(&token(STORE_V1)).unwrap();
     assert_eq!(claims.sender, client_peer.to_string());
     assert_eq!(claims.receiver, node_peer);
-    assert_eq!(claims.exp - claims.iat, 120);
+    assert_eq!(
+        claims.exp - claims.iat,
+        600,
+        "10 minutes unless --ttl says otherwise"
+    );
 
     let file = work.join("scan.bin");
     let bytes = content(300_000, 9);
@@ -132,22 +115,15 @@ fn a_client_not_on_the_domains_allow_list_is_refused_with_the_managers_reason() 
     let work = dir.path();
     let manager_dir = work.join("manager").display().to_string();
     let someone_else = PeerId::random().to_string();
-    let created = domain_e2e::run(
-        "domain-manager domain create",
-        &binary("domain-manager"),
-        [
-            "domain",
-            "create",
-            "e2e",
-            "--data-dir",
-            &manager_dir,
-            "--allow",
-            &someone_else,
-        ],
-        COMMAND,
-    )
-    .unwrap();
-    assert!(created.status.success(), "{}", created.stderr);
+    manager_ok(&[
+        "domain",
+        "create",
+        "e2e",
+        "--data-dir",
+        &manager_dir,
+        "--allow",
+        &someone_else,
+    ]);
     let (_manager, manager) = start_manager(work, None);
     let (_node, _) = start_node(work, "node1", &manager.addr);
 
@@ -184,14 +160,6 @@ fn a_client_not_on_the_domains_allow_list_is_refused_with_the_managers_reason() 
     assert!(unknown.stderr.contains("elsewhere"), "{}", unknown.stderr);
 }
 
-/// `domain-manager ARGS`, which must succeed; its standard output.
-fn manager_ok(args: &[&str]) -> String {
-    let output =
-        domain_e2e::run("domain-manager", &binary("domain-manager"), args, COMMAND).unwrap();
-    assert!(output.status.success(), "{args:?}: {}", output.stderr);
-    output.stdout
-}
-
 #[test]
 fn a_domain_key_exported_by_one_manager_signs_for_the_other_once_imported() {
     let dir = tempfile::tempdir().unwrap();
@@ -221,21 +189,15 @@ fn a_domain_key_exported_by_one_manager_signs_for_the_other_once_imported() {
 
     // A manager whose domain has a key of its own keeps it.
     manager_ok(&["domain", "create", "shared", "--data-dir", &third]);
-    let refused = domain_e2e::run(
-        "domain-manager domain import",
-        &binary("domain-manager"),
-        [
-            "domain",
-            "import",
-            "shared",
-            "--data-dir",
-            &third,
-            "--file",
-            &file,
-        ],
-        COMMAND,
-    )
-    .unwrap();
+    let refused = manager(&[
+        "domain",
+        "import",
+        "shared",
+        "--data-dir",
+        &third,
+        "--file",
+        &file,
+    ]);
     assert!(!refused.status.success());
     assert!(refused.stderr.contains("another key"), "{}", refused.stderr);
 }

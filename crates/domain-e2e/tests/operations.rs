@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    COMMAND, binary, content, domain, domain_ok, item_lines, start_manager_with, start_node_with,
+    content, domain, domain_ok, issue_token, item_lines, start_manager_with, start_node_with,
 };
 
 /// `GET path` over HTTP/1.1: the status code and the body.
@@ -161,27 +161,7 @@ fn metrics_move_by_what_was_done_and_health_answers_and_the_dashboard_names_real
     // A /store/v1 token used for a download is refused for its endpoint.
     let client = domain_ok(work, &["id"]).trim().to_owned();
     let node_peer = node.addr.rsplit('/').next().unwrap();
-    let manager_dir = work.join("manager").display().to_string();
-    let issued = domain_e2e::run(
-        "domain-manager token issue",
-        &binary("domain-manager"),
-        [
-            "token",
-            "issue",
-            "--domain",
-            "e2e",
-            "--sender",
-            &client,
-            "--node",
-            node_peer,
-            "--endpoint",
-            "/store/v1",
-            "--data-dir",
-            &manager_dir,
-        ],
-        COMMAND,
-    )
-    .unwrap();
+    let issued = issue_token(work, &client, node_peer, "/store/v1");
     assert!(issued.status.success(), "{}", issued.stderr);
     let refused = domain(
         work,

@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{COMMAND, READY, binary, content, domain, domain_ok, item_lines};
+use common::{COMMAND, READY, binary, content, domain, domain_ok, item_lines, manager_ok};
 use domain_client::client::{Client, ClientConfig};
 use domain_cluster::identity::Identity;
 use domain_cluster::{Multiaddr, PeerId};
@@ -104,16 +104,6 @@ impl Manager {
     fn log(&self) -> String {
         domain_e2e::tail(&self.dir.with_extension("log"), 30)
     }
-}
-
-fn manager_ok(args: &[&str]) -> String {
-    let output = run("domain-manager", &binary("domain-manager"), args, COMMAND).unwrap();
-    assert!(
-        output.status.success(),
-        "domain-manager {args:?}: {}",
-        output.stderr
-    );
-    output.stdout
 }
 
 /// The peer id of the node with data folder `data`, as its operator learns it.

@@ -122,6 +122,43 @@ pub fn start_node_with(
     (node, ready)
 }
 
+/// Runs `domain-manager` with `args` (an operator's command, not `run`).
+pub fn manager(args: &[&str]) -> Output {
+    run("domain-manager", &binary("domain-manager"), args, COMMAND)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `domain-manager` with `args`, which must succeed; its standard output.
+pub fn manager_ok(args: &[&str]) -> String {
+    let output = manager(args);
+    assert!(
+        output.status.success(),
+        "domain-manager {args:?}: {}",
+        output.stderr
+    );
+    output.stdout
+}
+
+/// `domain-manager token issue` of a token of domain `e2e` for `sender` on `node` (peer ids)
+/// and `endpoint`, signed with the key of the manager whose data folder is `dir/manager`.
+pub fn issue_token(dir: &Path, sender: &str, node: &str, endpoint: &str) -> Output {
+    let manager_dir = dir.join("manager").display().to_string();
+    manager(&[
+        "token",
+        "issue",
+        "--domain",
+        "e2e",
+        "--sender",
+        sender,
+        "--node",
+        node,
+        "--endpoint",
+        endpoint,
+        "--data-dir",
+        &manager_dir,
+    ])
+}
+
 /// Runs `domain` with `args` and the client identity in `dir`.
 pub fn domain(dir: &Path, args: &[&str]) -> Output {
     let identity = dir.join("client").join("identity.key");
