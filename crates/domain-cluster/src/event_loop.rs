@@ -7,6 +7,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use domain_telemetry::prometheus_client::metrics::family::Family;
+use domain_telemetry::prometheus_client::metrics::gauge::Gauge;
+use domain_telemetry::prometheus_client::registry::Registry;
 use futures::StreamExt as _;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
@@ -128,8 +131,8 @@ pub(crate) struct Bootstrap {
 
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
-    /// libp2p's recorder of swarm and protocol events, when metrics are kept.
-    metrics: Option<libp2p::metrics::Metrics>,
+    /// The swarm's metrics, when they are kept.
+    metrics: Option<SwarmMetrics>,
     role: Role,
     commands: mpsc::Receiver<Command>,
     gossip: broadcast::Sender<GossipEvent>,
@@ -190,7 +193,35 @@ pub(crate) struct EventLoopParts {
     pub(crate) bootstrap: Option<Bootstrap>,
     pub(crate) more_bootstrap: Vec<Bootstrap>,
     pub(crate) wants_relay: bool,
-    pub(crate) metrics: Option<libp2p::metrics::Metrics>,
+    pub(crate) metrics: Option<SwarmMetrics>,
+}
+
+/// The swarm's metrics: libp2p's recorder of swarm and protocol events, and the
+/// connections open now (`domain_cluster_connections{kind="direct"|"relayed"}`).
+pub(crate) struct SwarmMetrics {
+    recorder: libp2p::metrics::Metrics,
+    open: Family<[(&'static str, &'static str); 1], Gauge>,
+}
+
+impl SwarmMetrics {
+    /// Registers both in `registry` (libp2p's under `libp2p_`).
+    pub(crate) fn new(registry: &mut Registry) -> Self {
+        let recorder = libp2p::metrics::Metrics::new(registry);
+        let open = Family::default();
+        registry
+            .sub_registry_with_prefix("domain_cluster")
+            .register(
+                "connections",
+                "Connections open now, direct or through a relay",
+                open.clone(),
+            );
+        Self { recorder, open }
+    }
+
+    fn connections(&self, relayed: bool) -> Gauge {
+        let kind = if relayed { "relayed" } else { "direct" };
+        self.open.get_or_create(&[("kind", kind)]).clone()
+    }
 }
 
 impl EventLoop {
@@ -478,7 +509,7 @@ impl EventLoop {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         if let Some(metrics) = &self.metrics {
-            record(metrics, &event);
+            record(&metrics.recorder, &event);
         }
         match event {
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
@@ -490,6 +521,9 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, addr = %remote_addr(&endpoint), "connection established");
+                if let Some(metrics) = &self.metrics {
+                    metrics.connections(endpoint.is_relayed()).inc();
+                }
                 self.connections.entry(peer_id).or_default().insert(
                     connection_id,
                     (remote_addr(&endpoint).clone(), endpoint.is_relayed()),
@@ -523,7 +557,11 @@ impl EventLoop {
             } => {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
                 if let Some(conns) = self.connections.get_mut(&peer_id) {
-                    conns.remove(&connection_id);
+                    if let (Some((_, relayed)), Some(metrics)) =
+                        (conns.remove(&connection_id), &self.metrics)
+                    {
+                        metrics.connections(relayed).dec();
+                    }
                     if conns.is_empty() {
                         self.connections.remove(&peer_id);
                     }

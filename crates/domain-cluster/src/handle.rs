@@ -122,7 +122,7 @@ impl Cluster {
             metrics: config
                 .metrics
                 .as_ref()
-                .map(|metrics| metrics.register("", libp2p::metrics::Metrics::new)),
+                .map(|metrics| metrics.register("", crate::event_loop::SwarmMetrics::new)),
         });
         let task = runtime.spawn(event_loop.run());
         Ok((handle, task))

@@ -264,6 +264,13 @@ fn metrics_move_by_what_was_done_and_health_answers_and_the_dashboard_names_real
     assert!(
         value(
             &manager_after,
+            "domain_cluster_connections{kind=\"direct\"}"
+        ) >= 1.0,
+        "the node's connection, at least"
+    );
+    assert!(
+        value(
+            &manager_after,
             "domain_manager_scheduler_tick_seconds_count"
         ) >= 1.0
     );
