@@ -62,7 +62,7 @@ use domain_cluster::config::{ClusterConfig, Role};
 use domain_cluster::identity::Identity;
 use domain_cluster::{Cluster, ClusterHandle, JobStream, Managers, Multiaddr, PeerId};
 use domain_proto::task::{
-    CapabilityFilters, JobRequest, ResourceRecruitment, TaskRequest,
+    Any, CapabilityFilters, JobRequest, ResourceRecruitment, TaskRequest,
     resource_recruitment::RecruitmentPolicy,
 };
 
@@ -204,15 +204,16 @@ impl Client {
     }
 
     /// Submits a job of one task on `endpoint` for each of `receivers` (a node, or the
-    /// manager's pick); the assignments come from the returned [`TaskRun`], which starts
-    /// with the first task selected. A job of one task names it after the job; tasks of a
-    /// job of several are `job@node`.
+    /// manager's pick), each carrying `data` when given; the assignments come from the
+    /// returned [`TaskRun`], which starts with the first task selected. A job of one task
+    /// names it after the job; tasks of a job of several are `job@node`.
     async fn submit(
         &self,
         domain: &DomainId,
         job_name: &str,
         endpoint: &str,
         receivers: &[Option<PeerId>],
+        data: Option<&Any>,
     ) -> Result<TaskRun<'_>, ClientError> {
         let managers = self.managers()?;
         let targets: Vec<(String, Option<PeerId>)> = match receivers {
@@ -248,6 +249,7 @@ impl Client {
                     },
                     sender: self.peer_id().to_string(),
                     receiver: receiver.map(|peer| peer.to_string()),
+                    data: data.cloned(),
                     ..TaskRequest::default()
                 }
             })

@@ -6,8 +6,8 @@ use std::marker::PhantomData;
 
 use domain_proto::DomainId;
 use domain_proto::discovery::{
-    Holder, HoldersRequest, HoldersResponse, Holdings, JoinClusterRequest, JoinClusterResponse,
-    LeaderRequest, LeaderResponse, Node,
+    Holder, HoldersRequest, HoldersResponse, JoinClusterRequest, JoinClusterResponse,
+    LeaderRequest, LeaderResponse,
 };
 use domain_proto::protocols::{
     HOLDERS_V1, JOBS_V1, JOIN_V1, LEADER_V1, MAX_STATUS_REPORTS, MONITOR_ACK, MONITOR_V1,
@@ -123,11 +123,12 @@ pub struct SubmittedJob {
 }
 
 impl ClusterHandle {
-    /// Registers this node and its capabilities with the manager (`/join/v1`), with
-    /// what it holds (the holder index's source of truth) and, for a node the manager has
-    /// not admitted yet, the operator's one-use `invite`; returns its answer (which
-    /// domains keep more than one copy of each item). The manager requires `node.id` to
-    /// be this peer's id.
+    /// Registers this node and its capabilities with the manager (`/join/v1`): `request`
+    /// names the node, what it holds (the holder index's source of truth), for a node the
+    /// manager has not admitted yet the operator's one-use `invite`, and whether this is
+    /// the first join since the node started; returns the manager's answer (which domains
+    /// keep more than one copy of each item). The manager requires `request.node.id` to be
+    /// this peer's id.
     ///
     /// # Errors
     /// [`ClusterError::JoinRefused`] with the manager's reason when it refuses the node;
@@ -136,20 +137,13 @@ impl ClusterHandle {
     pub async fn join(
         &self,
         manager: PeerId,
-        node: Node,
-        holdings: Option<Holdings>,
-        invite: Option<String>,
+        request: JoinClusterRequest,
     ) -> Result<JoinClusterResponse, ClusterError> {
         let mut stream = self.open_stream(manager, JOIN_V1).await?;
         let frame_err = |source: domain_proto::FrameError| ClusterError::Frame {
             protocol: JOIN_V1,
             peer: manager,
             source: Box::new(source),
-        };
-        let request = JoinClusterRequest {
-            node,
-            holdings,
-            invite,
         };
         let answer = self
             .timed(format!("{JOIN_V1} with {manager}"), async {

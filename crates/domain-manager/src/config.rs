@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domains::DomainSpec;
 use crate::error::ConfigError;
+use crate::repair::RepairConfig;
 
 /// Everything [`Manager::start`](crate::Manager::start) needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +56,10 @@ pub struct ManagerConfig {
     /// Where to serve `/metrics`, `/healthz` and `/readyz` over HTTP; `None` (the default)
     /// serves none.
     pub metrics: Option<std::net::SocketAddr>,
+    /// When the leader audits the copies of a domain that keeps more than one: how long a
+    /// holder may stay away before its copies are made elsewhere, and how often every
+    /// domain is audited anyway.
+    pub repair: RepairConfig,
 }
 
 /// The leader's lease when none is configured: a standby takes over 2 to 3 s after the
@@ -64,7 +69,8 @@ pub const DEFAULT_LEADER_LEASE: Duration = Duration::from_secs(2);
 impl ManagerConfig {
     /// The defaults, keeping state in `data_dir`: listen on loopback TCP, QUIC and WebSocket with ports the
     /// system picks, tick every second, drop nodes silent for 30 s, 3 retries, 10 000 tasks per
-    /// job, 30 s remote waits, finished jobs kept for 24 h and 10 000 at most.
+    /// job, 30 s remote waits, finished jobs kept for 24 h and 10 000 at most, copies of a
+    /// holder away for 5 min made elsewhere, every domain audited hourly.
     #[must_use]
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
@@ -83,6 +89,7 @@ impl ManagerConfig {
             etcd: None,
             leader_lease: DEFAULT_LEADER_LEASE,
             metrics: None,
+            repair: RepairConfig::default(),
         }
     }
 
@@ -228,6 +235,16 @@ pub struct ManagerSettings {
     /// manager leads) over HTTP on this address, e.g. 127.0.0.1:9464 [default: none].
     #[arg(long, value_name = "ADDR", env = "DOMAIN_MANAGER_METRICS")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// How long a holder of a domain that keeps several copies may stay away (not
+    /// registered) before the leader makes its copies again on other nodes [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(with = "domain_settings::duration")]
+    pub repair_grace: Option<Duration>,
+    /// How often the leader audits the copies of every domain, besides after a holder
+    /// stayed away, came back or restarted [default: 1h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(with = "domain_settings::duration")]
+    pub repair_interval: Option<Duration>,
     /// Peer ids of the nodes admitted (besides `domain-manager node allow`); file only.
     #[arg(skip)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -314,6 +331,10 @@ impl ManagerSettings {
             etcd,
             leader_lease,
             metrics: self.metrics,
+            repair: RepairConfig {
+                grace: self.repair_grace.unwrap_or(defaults.repair.grace),
+                interval: self.repair_interval.unwrap_or(defaults.repair.interval),
+            },
             data_dir: defaults.data_dir,
         })
     }
@@ -401,6 +422,9 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/elsewhere"));
         assert_eq!(config.node_timeout, Duration::from_secs(90));
         assert!(config.open);
+        // The file's own keys, in the type the repair takes.
+        assert_eq!(config.repair.grace, Duration::from_secs(5 * 60));
+        assert_eq!(config.repair.interval, Duration::from_secs(3600));
         assert_eq!(config.listen.len(), 3, "the file's listen addresses stay");
         assert_eq!(config.domains, from_file.domain);
         assert_eq!(config.nodes, from_file.admitted_nodes().unwrap());
@@ -435,7 +459,7 @@ mod tests {
         let every_key = toml::Table::try_from(&from_file).unwrap();
         assert_eq!(
             every_key.len(),
-            16,
+            18,
             "a key of ManagerSettings is not in this test"
         );
         assert_eq!(

@@ -78,6 +78,7 @@ pub mod domains;
 mod error;
 pub mod leadership;
 mod metrics;
+mod repair;
 mod replication;
 mod scheduler_thread;
 mod service;
@@ -94,6 +95,7 @@ pub use domains::{
     DomainPolicy, DomainSpec, DomainsFile, Refusal, create_domain, create_domain_in,
 };
 pub use error::{ConfigError, ManagerError};
+pub use repair::RepairConfig;
 pub use service::{
     FIRST_REQUEST_TIMEOUT, MAX_STRANGER_STREAMS, MAX_STRANGER_STREAMS_PER_PEER,
     MAX_STREAMS_PER_PEER, MAX_STREAMS_PER_PROTOCOL, Manager, STRANGER_BAN,

@@ -1,7 +1,8 @@
 //! What a manager tells its operator (`domain_manager_*`): its jobs and their tasks by
 //! state, the scheduler's queues, how long its scheduling passes take, its registry of
-//! nodes and its holder index. The scheduler thread refreshes the counts after each
-//! pass; a scrape reads the last ones and the depth of the scheduler's request queue.
+//! nodes and its holder index, and what its repair of the domains' copies did. The
+//! scheduler thread refreshes the counts after each pass; a scrape reads the last ones and
+//! the depth of the scheduler's request queue.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -11,6 +12,8 @@ use domain_scheduler::SchedulerStats;
 use domain_telemetry::metrics::latency_buckets;
 use domain_telemetry::prometheus_client::collector::Collector;
 use domain_telemetry::prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use domain_telemetry::prometheus_client::metrics::counter::Counter;
+use domain_telemetry::prometheus_client::metrics::family::Family;
 use domain_telemetry::prometheus_client::metrics::gauge::ConstGauge;
 use domain_telemetry::prometheus_client::metrics::histogram::Histogram;
 use domain_telemetry::prometheus_client::registry::{Registry, Unit};
@@ -23,6 +26,11 @@ use crate::scheduler_thread::Request;
 pub(crate) struct ManagerMetrics {
     tick_seconds: Histogram,
     stats: Arc<Mutex<SchedulerStats>>,
+    /// Audits of a domain's copies, by outcome.
+    audits: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Copies the repair made, and copies it removed.
+    repair_copies: Counter,
+    repair_removals: Counter,
 }
 
 impl Default for ManagerMetrics {
@@ -30,6 +38,9 @@ impl Default for ManagerMetrics {
         Self {
             tick_seconds: Histogram::new(latency_buckets()),
             stats: Arc::default(),
+            audits: Family::default(),
+            repair_copies: Counter::default(),
+            repair_removals: Counter::default(),
         }
     }
 }
@@ -44,10 +55,36 @@ impl ManagerMetrics {
             Unit::Seconds,
             self.tick_seconds.clone(),
         );
+        registry.register(
+            "repair_audits",
+            "Audits of a domain's copies, by outcome (clean: nothing to do; repaired; failed)",
+            self.audits.clone(),
+        );
+        for outcome in AUDIT_OUTCOMES {
+            drop(self.audits.get_or_create(&[("outcome", outcome)]));
+        }
+        registry.register(
+            "repair_copies",
+            "Copies of items the repair made on another node",
+            self.repair_copies.clone(),
+        );
+        registry.register(
+            "repair_removals",
+            "Copies of items the repair removed (one too many, stale, or deleted)",
+            self.repair_removals.clone(),
+        );
         registry.register_collector(Box::new(SchedulerGauges {
             stats: Arc::clone(&self.stats),
             requests: requests.downgrade(),
         }));
+    }
+
+    /// Counts an audit that ended with `outcome` (one of [`AUDIT_OUTCOMES`]), and the
+    /// copies it made and removed.
+    pub(crate) fn audited(&self, outcome: &'static str, copied: usize, removed: usize) {
+        self.audits.get_or_create(&[("outcome", outcome)]).inc();
+        self.repair_copies.inc_by(copied as u64);
+        self.repair_removals.inc_by(removed as u64);
     }
 
     /// Records a scheduling pass that began at `start`, and the scheduler's counts after it.
@@ -56,6 +93,9 @@ impl ManagerMetrics {
         *self.stats.lock().unwrap_or_else(PoisonError::into_inner) = stats;
     }
 }
+
+/// How an audit of a domain's copies ends.
+pub(crate) const AUDIT_OUTCOMES: [&str; 3] = ["clean", "repaired", "failed"];
 
 /// The scheduler's last counts and its queue depth, read when scraped.
 #[derive(Debug)]

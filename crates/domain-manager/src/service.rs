@@ -31,6 +31,7 @@ use crate::control::ControlStore;
 use crate::domains::DomainPolicy;
 use crate::error::ManagerError;
 use crate::leadership::{LeaderAnswers, StoreChoice, serve_leader, store_for};
+use crate::repair::{Auditor, Repairer, Tombstones};
 use crate::scheduler_thread::{Core, JobView, Outbound, Request};
 
 mod protocols;
@@ -52,6 +53,9 @@ const VIEW_QUEUE: usize = 1024;
 /// Holder changes kept for each `/holders/v1` follower before it lags (and is sent its
 /// domain's holders again).
 const HOLDER_CHANGE_QUEUE: usize = 256;
+
+/// Restarted nodes waiting for the repair loop to take note.
+const STARTED_QUEUE: usize = 64;
 
 /// The largest `/holders/v1` request: a domain id of at most 256 bytes and a flag.
 const MAX_HOLDERS_REQUEST: usize = 1024;
@@ -130,6 +134,11 @@ struct Shared {
     tokens_per_task: usize,
     max_tokens_per_job: usize,
     max_tasks_per_job: usize,
+    /// The ids clients delete, which the repair must not copy again.
+    tombstones: Arc<Tombstones>,
+    /// Nodes whose first join since they started just arrived, for the repair loop (a
+    /// full queue drops one: the next hourly audit covers it).
+    started: mpsc::Sender<String>,
 }
 
 /// The peers a leading manager knows: those on an allow-list and the admitted nodes
@@ -291,7 +300,11 @@ impl Manager {
         if !expelled.is_empty() {
             let _ = requests_tx.send(Request::Expel { nodes: expelled }).await;
         }
+        let tombstones = Arc::new(Tombstones::default());
+        let (started_tx, started_rx) = mpsc::channel(STARTED_QUEUE);
         let shared = Arc::new(Shared {
+            tombstones: Arc::clone(&tombstones),
+            started: started_tx,
             requests: requests_tx.clone(),
             policy: Arc::clone(&policy),
             admission,
@@ -303,6 +316,15 @@ impl Manager {
                 .saturating_mul(config.max_retries.saturating_add(1) as usize)
                 .max(1),
         });
+        let repairer = Repairer::new(
+            requests_tx.clone(),
+            Arc::clone(&policy),
+            tombstones,
+            config.repair,
+            Auditor::new(cluster.clone(), Arc::clone(&issuer)),
+            started_rx,
+            manager_metrics.clone(),
+        );
         let keys = Arc::new(ServedKeys {
             issuer,
             policy: Arc::clone(&policy),
@@ -310,6 +332,7 @@ impl Manager {
         let mut tasks = vec![
             tokio::spawn(dispatch(outbound_rx)),
             tokio::spawn(tick(requests_tx.clone(), config.tick_interval)),
+            tokio::spawn(repairer.run()),
         ];
         tasks.extend(leader_task);
         let accepted = (|| -> Result<_, ClusterError> {

@@ -12,6 +12,7 @@ use domain_cluster::ClusterError;
 use domain_cluster::config::Role;
 use domain_cluster::identity::Identity;
 use domain_manager::{ManagerError, admit_node, create_domain, create_invite, revoke_node};
+use domain_proto::discovery::JoinClusterRequest;
 
 fn refusal<T: std::fmt::Debug>(result: Result<T, ClusterError>) -> String {
     match result {
@@ -30,7 +31,13 @@ async fn a_node_not_admitted_is_refused_with_a_reason_and_never_gets_a_task() {
     let message = refusal(
         within(
             "a rogue join",
-            rogue.join(manager.peer_id(), node_message(rogue_id), None, None),
+            rogue.join(
+                manager.peer_id(),
+                JoinClusterRequest {
+                    node: node_message(rogue_id),
+                    ..JoinClusterRequest::default()
+                },
+            ),
         )
         .await,
     );
@@ -42,7 +49,13 @@ async fn a_node_not_admitted_is_refused_with_a_reason_and_never_gets_a_task() {
     let mut submitted = submit_one_store(&manager, &alice, alice_id).await;
     let refused_again = within(
         "the rogue again",
-        rogue.join(manager.peer_id(), node_message(rogue_id), None, None),
+        rogue.join(
+            manager.peer_id(),
+            JoinClusterRequest {
+                node: node_message(rogue_id),
+                ..JoinClusterRequest::default()
+            },
+        ),
     )
     .await;
     assert!(matches!(
@@ -75,9 +88,11 @@ async fn an_invite_admits_the_first_node_that_presents_it_and_no_other() {
         "joining with the invite",
         invited.join(
             manager.peer_id(),
-            node_message(invited_id),
-            None,
-            Some(invite.clone()),
+            JoinClusterRequest {
+                node: node_message(invited_id),
+                invite: Some(invite.clone()),
+                ..JoinClusterRequest::default()
+            },
         ),
     )
     .await
@@ -85,7 +100,13 @@ async fn an_invite_admits_the_first_node_that_presents_it_and_no_other() {
     // Admitted for good: later joins need no invite.
     within(
         "joining again",
-        invited.join(manager.peer_id(), node_message(invited_id), None, None),
+        invited.join(
+            manager.peer_id(),
+            JoinClusterRequest {
+                node: node_message(invited_id),
+                ..JoinClusterRequest::default()
+            },
+        ),
     )
     .await
     .unwrap();
@@ -96,9 +117,11 @@ async fn an_invite_admits_the_first_node_that_presents_it_and_no_other() {
             "the spent invite",
             other.join(
                 manager.peer_id(),
-                node_message(other.local_peer_id()),
-                None,
-                Some(invite),
+                JoinClusterRequest {
+                    node: node_message(other.local_peer_id()),
+                    invite: Some(invite),
+                    ..JoinClusterRequest::default()
+                },
             ),
         )
         .await,
@@ -131,7 +154,13 @@ async fn a_revoked_node_is_refused_at_its_next_join_and_its_task_goes_to_another
     let message = refusal(
         within(
             "the revoked node's heartbeat",
-            first.join(manager.peer_id(), node_message(first_id), None, None),
+            first.join(
+                manager.peer_id(),
+                JoinClusterRequest {
+                    node: node_message(first_id),
+                    ..JoinClusterRequest::default()
+                },
+            ),
         )
         .await,
     );

@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use domain_cluster::config::Role;
 use domain_cluster::identity::Identity;
+use domain_proto::discovery::JoinClusterRequest;
 use std::time::Duration;
 
 use domain_proto::protocols::{HOLDERS_V1, JOBS_V1, JOIN_V1, MONITOR_V1};
@@ -211,9 +212,10 @@ async fn a_flood_of_fresh_identities_is_banned_and_neither_drops_a_node_nor_keep
         "the node's heartbeat",
         node.join(
             manager.peer_id(),
-            node_message(node.local_peer_id()),
-            None,
-            None,
+            JoinClusterRequest {
+                node: node_message(node.local_peer_id()),
+                ..JoinClusterRequest::default()
+            },
         ),
     )
     .await
@@ -232,9 +234,11 @@ async fn a_flood_of_fresh_identities_is_banned_and_neither_drops_a_node_nor_keep
         "the invited node's join",
         newcomer.join(
             manager.peer_id(),
-            node_message(newcomer.local_peer_id()),
-            None,
-            Some(invite),
+            JoinClusterRequest {
+                node: node_message(newcomer.local_peer_id()),
+                invite: Some(invite),
+                ..JoinClusterRequest::default()
+            },
         ),
     )
     .await

@@ -12,7 +12,7 @@ use domain_cluster::config::Role;
 use domain_cluster::identity::Identity;
 use domain_cluster::{ClusterError, SubmittedJob};
 use domain_manager::{Manager, create_domain};
-use domain_proto::discovery::{DomainHoldings, Holdings};
+use domain_proto::discovery::{DomainHoldings, Holdings, JoinClusterRequest};
 use domain_proto::protocols::STORE_V1;
 use domain_proto::task::Status;
 
@@ -37,9 +37,10 @@ async fn a_node_joins_and_a_join_under_another_peers_id_is_refused() {
         "joining again",
         node.join(
             manager.peer_id(),
-            node_message(node.local_peer_id()),
-            None,
-            None,
+            JoinClusterRequest {
+                node: node_message(node.local_peer_id()),
+                ..JoinClusterRequest::default()
+            },
         ),
     )
     .await
@@ -50,7 +51,13 @@ async fn a_node_joins_and_a_join_under_another_peers_id_is_refused() {
     let claimed = node_message(node.local_peer_id());
     let refused = within(
         "a join under another id",
-        impostor.join(manager.peer_id(), claimed, None, None),
+        impostor.join(
+            manager.peer_id(),
+            JoinClusterRequest {
+                node: claimed,
+                ..JoinClusterRequest::default()
+            },
+        ),
     )
     .await;
     assert!(
@@ -217,9 +224,11 @@ async fn the_holders_of_a_domain_are_named_to_its_allowed_peers_and_followed_as_
         admit(&manager, &node);
         let joined = node.join(
             manager.peer_id(),
-            node_message(node.local_peer_id()),
-            Some(holds_scans.clone()),
-            None,
+            JoinClusterRequest {
+                node: node_message(node.local_peer_id()),
+                holdings: Some(holds_scans.clone()),
+                ..JoinClusterRequest::default()
+            },
         );
         within("joining", joined).await.unwrap();
         node
@@ -437,7 +446,13 @@ async fn a_restarted_manager_resumes_its_jobs_and_the_submitter_gets_fresh_token
     let node = peer_with(node_identity.clone(), Role::Node, &addr);
     within(
         "joining",
-        node.join(manager_id, node_message(node_id), None, None),
+        node.join(
+            manager_id,
+            JoinClusterRequest {
+                node: node_message(node_id),
+                ..JoinClusterRequest::default()
+            },
+        ),
     )
     .await
     .unwrap();
@@ -477,7 +492,13 @@ async fn a_restarted_manager_resumes_its_jobs_and_the_submitter_gets_fresh_token
     let node = peer_with(node_identity, Role::Node, &addr);
     within(
         "joining again",
-        node.join(manager_id, node_message(node_id), None, None),
+        node.join(
+            manager_id,
+            JoinClusterRequest {
+                node: node_message(node_id),
+                ..JoinClusterRequest::default()
+            },
+        ),
     )
     .await
     .unwrap();

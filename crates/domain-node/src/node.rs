@@ -18,7 +18,7 @@ use domain_cluster::{
     Multiaddr, PeerId,
 };
 use domain_datastore::{DatastoreError, LocalDatastore};
-use domain_proto::discovery::{Capability, Holdings, Node as NodeInfo};
+use domain_proto::discovery::{Capability, Holdings, JoinClusterRequest, Node as NodeInfo};
 use domain_proto::protocols::{DELETE_V1, LOAD_V1, STORE_V1};
 use domain_proto::task::Status;
 use domain_telemetry::{Endpoint, Metrics, Readiness};
@@ -777,6 +777,9 @@ async fn join_loop(mut state: JoinLoop, stop: CancellationToken) {
     let mut failures: u32 = 0;
     let mut reported: Option<BTreeSet<String>> = None;
     let mut refused: Option<String> = None;
+    // Until the first join succeeds: the manager then audits the copies of this node's
+    // domains (what it was copying to others died with its last run).
+    let mut started = true;
     loop {
         let holdings = current_holdings(&state.datastore).await;
         let domains = held_domains(holdings.as_ref());
@@ -785,9 +788,12 @@ async fn join_loop(mut state: JoinLoop, stop: CancellationToken) {
         let attempt = state.managers.call(|manager| {
             state.cluster.join(
                 manager,
-                state.info.clone(),
-                holdings.clone(),
-                state.invite.clone(),
+                JoinClusterRequest {
+                    node: state.info.clone(),
+                    holdings: holdings.clone(),
+                    invite: state.invite.clone(),
+                    started: started.then_some(true),
+                },
             )
         });
         let result = tokio::select! {
@@ -807,6 +813,7 @@ async fn join_loop(mut state: JoinLoop, stop: CancellationToken) {
                 }
                 failures = 0;
                 refused = None;
+                started = false;
                 // Admitted for good: the invite is spent.
                 state.invite = None;
                 state.readiness.set(true);

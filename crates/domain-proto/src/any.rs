@@ -10,6 +10,10 @@ use crate::task::Any;
 /// which the manager's copy tasks carry too.
 pub const REPLICATE_INPUT: &str = "ReplicateDataInputV1";
 
+/// The `type_url` of a delete job's task data ([`crate::task::DeleteDataInputV1`]): the ids
+/// the client deletes, which the manager remembers (its repair must not copy them again).
+pub const DELETE_INPUT: &str = "DeleteDataInputV1";
+
 impl Any {
     /// `message`, encoded, under the bare name `type_url`.
     pub fn pack(type_url: &str, message: &impl Message) -> Self {

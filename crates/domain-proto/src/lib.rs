@@ -35,7 +35,7 @@
 mod any;
 mod domain_id;
 mod error_chain;
-pub use any::REPLICATE_INPUT;
+pub use any::{DELETE_INPUT, REPLICATE_INPUT};
 pub use domain_id::{DomainId, InvalidDomainId, MAX_DOMAIN_ID_LEN};
 pub use error_chain::ErrorChain;
 pub mod framing;

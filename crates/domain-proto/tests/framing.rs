@@ -116,6 +116,7 @@ fn every_message_type_round_trips_through_a_frame() {
             node,
             holdings: None,
             invite: Some("dcinv-00ff".into()),
+            started: Some(true),
         })
         .await;
         round_trip(JoinClusterResponse::default()).await;

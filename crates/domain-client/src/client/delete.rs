@@ -7,8 +7,10 @@
 use std::collections::BTreeSet;
 
 use domain_capabilities::{Deleted, delete_items};
+use domain_proto::DELETE_INPUT;
 use domain_proto::DomainId;
 use domain_proto::protocols::DELETE_V1;
+use domain_proto::task::{Any, DeleteDataInputV1};
 
 use super::holders::not_answered;
 use super::{Assignment, Client, ClientError, Direct};
@@ -27,7 +29,12 @@ impl Client {
         if ids.is_empty() {
             return Ok(Deleted::default());
         }
-        let (run, _) = self.fan_out(domain, "delete", DELETE_V1).await?;
+        // The ids in the job too: the manager remembers them, so that a holder away now
+        // loses its copies when it is back instead of spreading them again.
+        let data = Any::pack(DELETE_INPUT, &DeleteDataInputV1 { ids: ids.to_vec() });
+        let (run, _) = self
+            .fan_out(domain, "delete", DELETE_V1, Some(&data))
+            .await?;
         let Some(mut run) = run else {
             return Ok(answer(ids, &deleted));
         };

@@ -8,7 +8,7 @@ use domain_cluster::PeerId;
 use domain_proto::DomainId;
 use domain_proto::domain_data::{Metadata, Query};
 use domain_proto::protocols::LOAD_V1;
-use domain_proto::task::Task;
+use domain_proto::task::{Any, Task};
 use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
 
@@ -86,7 +86,7 @@ impl Client {
         job_name: &str,
         gather: &mut Gather<'_>,
     ) -> Result<(), ClientError> {
-        let (run, unanswered) = self.fan_out(domain, job_name, LOAD_V1).await?;
+        let (run, unanswered) = self.fan_out(domain, job_name, LOAD_V1, None).await?;
         gather.unanswered.extend(unanswered);
         let Some(mut run) = run else {
             return Ok(());
@@ -178,6 +178,7 @@ impl Client {
         domain: &DomainId,
         job_name: &str,
         endpoint: &str,
+        data: Option<&Any>,
     ) -> Result<(Option<TaskRun<'_>>, Vec<PeerId>), ClientError> {
         let (holders, _) = self
             .managers()?
@@ -204,7 +205,7 @@ impl Client {
         if live.is_empty() {
             return Ok((None, down));
         }
-        let run = self.submit(domain, job_name, endpoint, &live).await?;
+        let run = self.submit(domain, job_name, endpoint, &live, data).await?;
         Ok((Some(run), down))
     }
 }

@@ -79,7 +79,9 @@ impl Client {
         items: &[Upload],
     ) -> Result<Vec<Metadata>, ClientError> {
         let plan = UploadPlan::new(items).await?;
-        let mut run = self.submit(domain, "upload", STORE_V1, &[None]).await?;
+        let mut run = self
+            .submit(domain, "upload", STORE_V1, &[None], None)
+            .await?;
         let mut resumed = false;
         loop {
             let assignment = run.next_assignment().await?;
@@ -153,7 +155,7 @@ impl Client {
         mut stored: Vec<Metadata>,
     ) -> Result<Vec<Metadata>, ClientError> {
         let mut run = self
-            .submit(domain, "upload", STORE_V1, &[Some(node)])
+            .submit(domain, "upload", STORE_V1, &[Some(node)], None)
             .await?;
         let assignment = run.next_assignment().await?;
         match self
@@ -203,7 +205,9 @@ impl Client {
     where
         R: AsyncRead + Unpin + Send,
     {
-        let mut run = self.submit(domain, "upload", STORE_V1, &[receiver]).await?;
+        let mut run = self
+            .submit(domain, "upload", STORE_V1, &[receiver], None)
+            .await?;
         let assignment = run.next_assignment().await?;
         let name = item.name.clone();
         let stored = self.store_one(assignment, domain, item, content).await;

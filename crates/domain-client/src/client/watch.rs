@@ -324,7 +324,9 @@ impl Client {
         node: PeerId,
         mark_caught_up: bool,
     ) -> Result<(PeerId, NodeStream), ClientError> {
-        let mut run = self.submit(domain, "watch", LOAD_V1, &[Some(node)]).await?;
+        let mut run = self
+            .submit(domain, "watch", LOAD_V1, &[Some(node)], None)
+            .await?;
         loop {
             let assignment = run.next_assignment().await?;
             let node = assignment.node;

@@ -120,8 +120,13 @@ async fn a_node_joins_the_manager_with_its_capabilities() {
     };
     within(
         "join",
-        node.handle
-            .join(manager.handle.local_peer_id(), me.clone(), None, None),
+        node.handle.join(
+            manager.handle.local_peer_id(),
+            JoinClusterRequest {
+                node: me.clone(),
+                ..JoinClusterRequest::default()
+            },
+        ),
     )
     .await
     .unwrap();
@@ -140,8 +145,13 @@ async fn a_join_the_manager_refuses_fails_instead_of_hanging() {
     };
     let err = within(
         "join",
-        node.handle
-            .join(manager.handle.local_peer_id(), impostor, None, None),
+        node.handle.join(
+            manager.handle.local_peer_id(),
+            JoinClusterRequest {
+                node: impostor,
+                ..JoinClusterRequest::default()
+            },
+        ),
     )
     .await
     .unwrap_err();

@@ -11,7 +11,7 @@ use domain_cluster::config::{ClusterConfig, Role};
 use domain_cluster::identity::Identity;
 use domain_cluster::{Cluster, ClusterHandle, Multiaddr, PeerId};
 use domain_manager::{Manager, ManagerConfig};
-use domain_proto::discovery::{Capability, Node};
+use domain_proto::discovery::{Capability, JoinClusterRequest, Node};
 use domain_proto::protocols::{LOAD_V1, STORE_V1};
 use domain_proto::task::{
     CapabilityFilters, Job, JobRequest, ResourceRecruitment, Status, Task, TaskRequest,
@@ -145,9 +145,10 @@ pub async fn joined_node(manager: &Manager, addr: &Multiaddr) -> ClusterHandle {
         "joining",
         node.join(
             manager.peer_id(),
-            node_message(node.local_peer_id()),
-            None,
-            None,
+            JoinClusterRequest {
+                node: node_message(node.local_peer_id()),
+                ..JoinClusterRequest::default()
+            },
         ),
     )
     .await
