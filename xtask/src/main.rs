@@ -16,6 +16,9 @@
 //! - `cargo xtask demo`: a manager, two nodes and the `domain` command on loopback.
 //! - `cargo xtask browser`: the web page of `examples/browser` next to a loopback cluster.
 //! - `cargo xtask crash --cycles N`: the datastore's SIGKILL crash test, N cycles.
+//! - `cargo xtask chaos --minutes N --seed S`: a loopback cluster under concurrent clients
+//!   while a seeded schedule kills peers and clients, degrades links and fills a disk;
+//!   then every promise is checked.
 //! - `cargo xtask fuzz --seconds N`: each cargo-fuzz target for N seconds (nightly).
 //! - `cargo xtask dist [--deb] [--check]`: binaries, man pages, completions and Debian
 //!   packages in `dist/`.
@@ -29,6 +32,7 @@ mod bench;
 mod bench_e2e;
 mod bench_failover;
 mod browser;
+mod chaos;
 mod crash;
 mod demo;
 mod dist;
@@ -82,6 +86,12 @@ enum Task {
         #[arg(long, default_value_t = 500)]
         cycles: u32,
     },
+    /// Run a loopback cluster (a manager, 4 nodes, a domain with replication 2) under
+    /// concurrent clients while a fault schedule drawn from the seed kills and restarts
+    /// peers, kills clients mid-transfer, slows, stalls and resets links through a fault
+    /// proxy and fills a node's disk; check every promise during the run and once settled.
+    /// A failure prints the seed and the shortest history that shows it.
+    Chaos(chaos::Options),
     /// Build what a release ships into dist/: the binaries, their man pages and shell
     /// completions, and with --deb the Debian packages (systemd units for the manager and
     /// the node, their settings in /etc/domain, a system user each).
@@ -157,6 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Demo => demo::run(),
         Task::Browser { port } => browser::run(port),
         Task::Crash { cycles } => crash::run(cycles),
+        Task::Chaos(options) => chaos::run(&options),
         Task::Fuzz { seconds } => fuzz::run(seconds),
         Task::Dist(options) => dist::run(&options),
     }
