@@ -21,8 +21,9 @@
 //! with [`plan::plan`] what to copy and what to remove, and does it: it streams each copy
 //! from a holder to its new node itself (load from one, `/store/v1` with a copy token to
 //! the other, the root checked at both ends), and removes over `/delete/v1`. Items clients
-//! deleted are remembered for a day ([`Tombstones`]), so that a holder that was away during
-//! the delete loses its copy instead of spreading it again.
+//! deleted are remembered for a day ([`Tombstones`]; a new leader learns them from the delete
+//! jobs the scheduler keeps), so that a holder that was away during the delete loses its
+//! copy instead of spreading it again.
 
 mod audit;
 pub(crate) mod plan;
@@ -32,7 +33,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use domain_proto::discovery::{Holder, Node};
-use domain_proto::protocols::LOAD_V1;
+use domain_proto::protocols::{DELETE_V1, LOAD_V1};
+use domain_proto::task::{DeleteDataInputV1, JobRequest};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -76,7 +78,8 @@ impl Default for RepairConfig {
 }
 
 /// The ids clients deleted, per domain, for [`TOMBSTONE_TTL`] (at most [`MAX_TOMBSTONES`],
-/// the oldest forgotten first). Kept in memory: a new leader starts without them.
+/// the oldest forgotten first). In memory: a leader starts with the deletes of the jobs the
+/// scheduler keeps ([`Request::Deletes`]), and records each delete job it accepts.
 #[derive(Debug, Default)]
 pub(crate) struct Tombstones {
     inner: Mutex<TombstoneSet>,
@@ -186,6 +189,21 @@ impl Repairer {
 
     /// Runs until the scheduler thread stops.
     pub(crate) async fn run(mut self) {
+        // The deletes of the jobs the scheduler keeps (a day by default, with the state a
+        // new leader takes over): remembered across restarts and leader changes.
+        let (reply, kept) = oneshot::channel();
+        if self
+            .requests
+            .send(Request::Deletes { reply })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let Ok(kept) = kept.await else { return };
+        for (domain, ids) in kept {
+            self.tombstones.record(&domain, ids);
+        }
         let mut ticker = tokio::time::interval(CHECK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -391,6 +409,21 @@ impl Repairer {
     }
 }
 
+/// The ids a client's delete job removes, as its tasks' data names them
+/// ([`domain_proto::DELETE_INPUT`]; a posemesh client sends none).
+pub(crate) fn deleted_ids(request: &JobRequest) -> Option<Vec<String>> {
+    let task = request
+        .tasks
+        .iter()
+        .find(|task| task.capability_filters.endpoint == DELETE_V1)?;
+    let input: DeleteDataInputV1 = task
+        .data
+        .as_ref()?
+        .unpack(domain_proto::DELETE_INPUT)?
+        .ok()?;
+    Some(input.ids)
+}
+
 /// The scheduler thread stopped: so does the repair loop.
 struct Stopped;
 
@@ -423,5 +456,42 @@ mod tests {
         assert!(!tombstones.contains("lab", "1"));
         assert!(tombstones.contains("lab", "2"));
         assert!(tombstones.contains("lab", &(MAX_TOMBSTONES + 1).to_string()));
+    }
+
+    #[test]
+    fn a_delete_job_names_its_ids_in_its_tasks_data_and_other_jobs_name_none() {
+        use domain_proto::task::{Any, CapabilityFilters, TaskRequest};
+        let task = |endpoint: &str, data: Option<Any>| TaskRequest {
+            capability_filters: CapabilityFilters {
+                endpoint: endpoint.into(),
+                ..CapabilityFilters::default()
+            },
+            data,
+            ..TaskRequest::default()
+        };
+        let ids = vec!["a".to_owned(), "b".to_owned()];
+        let data = Any::pack(
+            domain_proto::DELETE_INPUT,
+            &DeleteDataInputV1 { ids: ids.clone() },
+        );
+        let job = |tasks| JobRequest {
+            tasks,
+            ..JobRequest::default()
+        };
+        assert_eq!(
+            deleted_ids(&job(vec![task(DELETE_V1, Some(data.clone()))])),
+            Some(ids)
+        );
+        // A posemesh client's delete, an upload, garbage: nothing remembered.
+        assert_eq!(deleted_ids(&job(vec![task(DELETE_V1, None)])), None);
+        assert_eq!(deleted_ids(&job(vec![task("/store/v1", Some(data))])), None);
+        let garbage = Any {
+            type_url: domain_proto::DELETE_INPUT.into(),
+            value: vec![0xff; 3],
+        };
+        assert_eq!(
+            deleted_ids(&job(vec![task(DELETE_V1, Some(garbage))])),
+            None
+        );
     }
 }

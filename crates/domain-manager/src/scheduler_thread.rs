@@ -69,6 +69,10 @@ pub(crate) enum Request {
     Nodes { reply: oneshot::Sender<Vec<Node>> },
     /// Nodes no longer admitted: dropped from the registry, their tasks given to others.
     Expel { nodes: Vec<String> },
+    /// The ids the kept delete jobs removed, per domain, oldest job first.
+    Deletes {
+        reply: oneshot::Sender<Vec<(String, Vec<String>)>>,
+    },
 }
 
 /// Why a job was not accepted.
@@ -235,6 +239,22 @@ impl Core {
                 }
                 Request::Nodes { reply } => {
                     let _ = reply.send(self.scheduler.nodes());
+                    Ok(())
+                }
+                Request::Deletes { reply } => {
+                    let deletes = self
+                        .scheduler
+                        .job_ids()
+                        .iter()
+                        .filter_map(|id| self.scheduler.job_request(id))
+                        .filter_map(|request| {
+                            Some((
+                                request.domain_id.clone(),
+                                crate::repair::deleted_ids(request)?,
+                            ))
+                        })
+                        .collect();
+                    let _ = reply.send(deletes);
                     Ok(())
                 }
                 Request::Holders {

@@ -230,12 +230,7 @@ async fn when_a_domain_asks_for_more_or_fewer_copies_its_items_follow() {
     let dir = tempfile::tempdir().unwrap();
     let identity = Identity::generate();
     // The manager comes back on the same address, where the nodes look for it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+    let listen = fixed_loopback_addr();
     let start = |copies: u32| {
         let mut config = manager_config(dir.path(), &identity, copies, Duration::from_secs(60));
         config.listen = vec![listen.clone()];
@@ -259,4 +254,63 @@ async fn when_a_domain_asks_for_more_or_fewer_copies_its_items_follow() {
         settled(&nodes, &roots, &all, copies as usize).await;
     }
     manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_is_remembered_across_a_manager_restart() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let identity = Identity::generate();
+    let listen = fixed_loopback_addr();
+    let start = || {
+        let mut config = manager_config(dir.path(), &identity, 2, Duration::from_secs(2));
+        config.listen = vec![listen.clone()];
+        Manager::start(config)
+    };
+    let mut manager = start().await.unwrap();
+    let addr = manager_addr(&manager).unwrap();
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for name in ["a", "b", "c"] {
+        let (node, data) = node(&manager, &addr, dir.path(), name).await;
+        nodes.push(Some(node));
+        dirs.push(data);
+    }
+    let client = client(identity.clone(), &addr).await;
+    let roots = upload(&client).await;
+    let all: BTreeSet<String> = roots.keys().cloned().collect();
+    let spread = settled(&nodes, &roots, &all, 2).await;
+    let (deleted, on) = spread
+        .iter()
+        .next()
+        .map(|(id, on)| (id.clone(), on.clone()))
+        .unwrap();
+    let away = *on.first().unwrap();
+    nodes[away].take().unwrap().shutdown().await.unwrap();
+    settled(&nodes, &roots, &all, 2).await;
+    let domain = DomainId::new(DOMAIN).unwrap();
+    client
+        .delete(&domain, std::slice::from_ref(&deleted))
+        .await
+        .unwrap();
+    client.shutdown().await.unwrap();
+
+    // A new run of the manager, then the node that still holds the deleted item.
+    manager.shutdown().await.unwrap();
+    manager = start().await.unwrap();
+    nodes[away] = Some(start_node(node_config(&addr, &dirs[away])).await.unwrap());
+    let mut kept = all.clone();
+    kept.remove(&deleted);
+    settled(&nodes, &roots, &kept, 2).await;
+    manager.shutdown().await.unwrap();
+}
+
+/// A loopback TCP address on a port free now, for a manager that must come back on it.
+fn fixed_loopback_addr() -> Multiaddr {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
 }

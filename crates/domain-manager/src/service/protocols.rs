@@ -13,10 +13,10 @@ use domain_proto::discovery::{
     HoldersRequest, HoldersResponse, JoinClusterRequest, JoinClusterResponse,
 };
 use domain_proto::protocols::{
-    DELETE_V1, HOLDERS_V1, JOBS_V1, JOIN_V1, MAX_STATUS_FRAME, MAX_STATUS_REPORTS, MONITOR_ACK,
-    MONITOR_V1, PUBLIC_KEY_V1, TASK_STATUS_V1,
+    HOLDERS_V1, JOBS_V1, JOIN_V1, MAX_STATUS_FRAME, MAX_STATUS_REPORTS, MONITOR_ACK, MONITOR_V1,
+    PUBLIC_KEY_V1, TASK_STATUS_V1,
 };
-use domain_proto::task::{Code, DeleteDataInputV1, Job, JobRequest, SubmitJobResponse, Task};
+use domain_proto::task::{Code, Job, JobRequest, SubmitJobResponse, Task};
 use domain_proto::{
     DEFAULT_MAX_FRAME, read_frame, read_message, read_message_or_eof, wire, write_message,
 };
@@ -29,8 +29,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::domains::{DomainPolicy, Refusal};
-use crate::replication;
 use crate::scheduler_thread::{HoldersNow, JobView, Request, Submission, Watch};
+use crate::{repair, replication};
 
 use super::{
     MAX_HOLDERS_REQUEST, MAX_STRANGER_STREAMS, MAX_STRANGER_STREAMS_PER_PEER, MAX_STREAMS_PER_PEER,
@@ -390,7 +390,7 @@ pub(super) async fn serve_jobs(shared: &Shared, peer: PeerId, stream: ClusterStr
     let (tokens_tx, mut tokens) = mpsc::channel(room.max(1));
     let name = request.name.clone();
     let copies = shared.policy.replication(&request.domain_id);
-    let deletes = deleted_ids(&request);
+    let deletes = repair::deleted_ids(&request);
     let domain = request.domain_id.clone();
     let submitted = ask(&shared.requests, |reply| Request::Submit {
         request,
@@ -649,21 +649,6 @@ pub(super) async fn serve_key<S: AsyncRead + AsyncWrite + Unpin + Send>(
     }
 }
 
-/// The ids a client's delete job removes, as its tasks' data names them
-/// ([`domain_proto::DELETE_INPUT`]; a posemesh client sends none).
-fn deleted_ids(request: &JobRequest) -> Option<Vec<String>> {
-    let task = request
-        .tasks
-        .iter()
-        .find(|task| task.capability_filters.endpoint == DELETE_V1)?;
-    let input: DeleteDataInputV1 = task
-        .data
-        .as_ref()?
-        .unpack(domain_proto::DELETE_INPUT)?
-        .ok()?;
-    Some(input.ids)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -688,42 +673,5 @@ mod tests {
         let names: Vec<_> = frames.iter().flat_map(|f| &f.tasks).cloned().collect();
         assert_eq!(names, job.tasks);
         assert!(frames.iter().all(|f| f.id == "j" && f.name == "n"));
-    }
-
-    #[test]
-    fn a_delete_job_names_its_ids_in_its_tasks_data_and_other_jobs_name_none() {
-        use domain_proto::task::{Any, CapabilityFilters, TaskRequest};
-        let task = |endpoint: &str, data: Option<Any>| TaskRequest {
-            capability_filters: CapabilityFilters {
-                endpoint: endpoint.into(),
-                ..CapabilityFilters::default()
-            },
-            data,
-            ..TaskRequest::default()
-        };
-        let ids = vec!["a".to_owned(), "b".to_owned()];
-        let data = Any::pack(
-            domain_proto::DELETE_INPUT,
-            &DeleteDataInputV1 { ids: ids.clone() },
-        );
-        let job = |tasks| JobRequest {
-            tasks,
-            ..JobRequest::default()
-        };
-        assert_eq!(
-            deleted_ids(&job(vec![task(DELETE_V1, Some(data.clone()))])),
-            Some(ids)
-        );
-        // A posemesh client's delete, an upload, garbage: nothing remembered.
-        assert_eq!(deleted_ids(&job(vec![task(DELETE_V1, None)])), None);
-        assert_eq!(deleted_ids(&job(vec![task("/store/v1", Some(data))])), None);
-        let garbage = Any {
-            type_url: domain_proto::DELETE_INPUT.into(),
-            value: vec![0xff; 3],
-        };
-        assert_eq!(
-            deleted_ids(&job(vec![task(DELETE_V1, Some(garbage))])),
-            None
-        );
     }
 }
