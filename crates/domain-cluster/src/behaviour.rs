@@ -226,7 +226,24 @@ fn build_behaviour(
         relay_server: relay_server.into(),
         relay_client: relay_client.into(),
         dcutr: dcutr.into(),
-        autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
+        autonat: autonat::Behaviour::new(peer_id, autonat_config()),
         stream: crate::stream_behaviour::Behaviour::new(registry, config.request_timeout),
     })
+}
+
+/// AutoNAT (v1) as the cluster runs it: libp2p's defaults, but serving and trusting peers
+/// at private addresses.
+///
+/// With libp2p's default `only_global_ips`, a peer neither asks a peer it reaches at a
+/// private address to dial it back, nor dials back a peer it sees at one. A cluster runs
+/// in private networks (an office LAN, a VPC, a container network, the NATs of
+/// `domain-e2e/tests/nat.rs`) where every address is private: no probe was ever answered,
+/// and every peer, the manager too, stayed `Unknown` for good. Dialling back a private
+/// address is no new reach for a peer: the server dials only the IP address it sees the
+/// asking peer at (AutoNAT replaces any other), from a port of its own.
+fn autonat_config() -> autonat::Config {
+    autonat::Config {
+        only_global_ips: false,
+        ..autonat::Config::default()
+    }
 }

@@ -164,6 +164,10 @@ pub struct ClusterConfig {
     pub accept_backlog: usize,
     /// Gossip events kept for each slow subscriber before it lags and loses some.
     pub gossip_buffer: usize,
+    /// How long a stream to a peer reached only through the relay waits for DCUtR to
+    /// upgrade the connection to a direct one (hole punching), so that its bytes do not
+    /// cross the manager; the stream goes through the relay after that. Zero: no wait.
+    pub hole_punch_wait: Duration,
     /// Where the swarm's metrics go (libp2p's own: `libp2p_*`, connections, bandwidth per
     /// transport, identify, Kademlia, ping, relay, gossipsub); `None` keeps none.
     pub metrics: Option<domain_telemetry::Metrics>,
@@ -189,6 +193,11 @@ impl ClusterConfig {
             command_buffer: 64,
             accept_backlog: 64,
             gossip_buffer: 1024,
+            // A punch takes a round trip through the relay and one between the peers; a
+            // first QUIC packet that reaches a NAT before that side's own went out is lost,
+            // and resent after about a second (the e2e NATs upgrade in 10 ms to 1 s). Past
+            // a few seconds it is not coming.
+            hole_punch_wait: Duration::from_secs(5),
             metrics: None,
         }
     }

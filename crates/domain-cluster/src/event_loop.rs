@@ -171,6 +171,26 @@ pub(crate) struct EventLoop {
     /// The open connections, by peer, with their remote address and whether they are
     /// relayed.
     connections: HashMap<PeerId, HashMap<ConnectionId, (Multiaddr, bool)>>,
+    /// How long a stream to a peer reached only through a relay waits for DCUtR to
+    /// open a direct connection (zero: not at all).
+    hole_punch_wait: Duration,
+    /// The peers whose relayed connection DCUtR may still upgrade, with the streams
+    /// held back until it has (see [`EventLoop::start_hole_punch`]).
+    hole_punches: HashMap<PeerId, HolePunch>,
+    /// When the earliest of `hole_punches` stops waiting.
+    hole_punch_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// A hole punch under way: until when streams wait for it, and those waiting.
+struct HolePunch {
+    until: tokio::time::Instant,
+    held: Vec<HeldStream>,
+}
+
+/// A stream asked for while its peer's hole punch was under way.
+struct HeldStream {
+    protocol: libp2p::StreamProtocol,
+    reply: oneshot::Sender<Result<crate::stream::PeerStream, OpenStreamError>>,
 }
 
 /// A dial in flight and the handles waiting on it.
@@ -194,13 +214,17 @@ pub(crate) struct EventLoopParts {
     pub(crate) more_bootstrap: Vec<Bootstrap>,
     pub(crate) wants_relay: bool,
     pub(crate) metrics: Option<SwarmMetrics>,
+    pub(crate) hole_punch_wait: Duration,
 }
 
-/// The swarm's metrics: libp2p's recorder of swarm and protocol events, and the
-/// connections open now (`domain_cluster_connections{kind="direct"|"relayed"}`).
+/// The swarm's metrics: libp2p's recorder of swarm and protocol events, the
+/// connections open now (`domain_cluster_connections{kind="direct"|"relayed"}`) and
+/// what AutoNAT says of this peer (`domain_cluster_reachability{status}`, 1 for the
+/// status it holds now, 0 for the others).
 pub(crate) struct SwarmMetrics {
     recorder: libp2p::metrics::Metrics,
     open: Family<[(&'static str, &'static str); 1], Gauge>,
+    reachability: Family<[(&'static str, &'static str); 1], Gauge>,
 }
 
 impl SwarmMetrics {
@@ -208,14 +232,35 @@ impl SwarmMetrics {
     pub(crate) fn new(registry: &mut Registry) -> Self {
         let recorder = libp2p::metrics::Metrics::new(registry);
         let open = Family::default();
-        registry
-            .sub_registry_with_prefix("domain_cluster")
-            .register(
-                "connections",
-                "Connections open now, direct or through a relay",
-                open.clone(),
-            );
-        Self { recorder, open }
+        let reachability = Family::default();
+        let cluster = registry.sub_registry_with_prefix("domain_cluster");
+        cluster.register(
+            "connections",
+            "Connections open now, direct or through a relay",
+            open.clone(),
+        );
+        cluster.register(
+            "reachability",
+            "Whether others can dial this peer, as AutoNAT last found: 1 for the status now",
+            reachability.clone(),
+        );
+        let metrics = Self {
+            recorder,
+            open,
+            reachability,
+        };
+        metrics.set_reachability(&autonat::NatStatus::Unknown);
+        metrics
+    }
+
+    /// Sets the gauge of `status` to 1, the others to 0.
+    fn set_reachability(&self, status: &autonat::NatStatus) {
+        let now = reachability(status);
+        for label in ["public", "private", "unknown"] {
+            self.reachability
+                .get_or_create(&[("status", label)])
+                .set(i64::from(label == now));
+        }
     }
 
     fn connections(&self, relayed: bool) -> Gauge {
@@ -238,6 +283,7 @@ impl EventLoop {
             more_bootstrap,
             wants_relay,
             metrics,
+            hole_punch_wait,
         } = parts;
         Self {
             swarm,
@@ -261,6 +307,9 @@ impl EventLoop {
             pending_dials: HashMap::new(),
             dialing: HashMap::new(),
             connections: HashMap::new(),
+            hole_punch_wait,
+            hole_punches: HashMap::new(),
+            hole_punch_timer: None,
         }
     }
 
@@ -285,6 +334,10 @@ impl EventLoop {
                 () = until(&mut self.rereserve) => {
                     self.rereserve = None;
                     self.reserve_relay_slot();
+                }
+                () = until(&mut self.hole_punch_timer) => {
+                    self.hole_punch_timer = None;
+                    self.end_late_hole_punches();
                 }
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown { reply }) => break Some(reply),
@@ -357,12 +410,14 @@ impl EventLoop {
                 peer,
                 protocol,
                 reply,
-            } => {
-                self.swarm
+            } => match self.hole_punches.get_mut(&peer) {
+                Some(punch) => punch.held.push(HeldStream { protocol, reply }),
+                None => self
+                    .swarm
                     .behaviour_mut()
                     .stream
-                    .open_stream(peer, protocol, reply);
-            }
+                    .open_stream(peer, protocol, reply),
+            },
             Command::Subscribe { topic, reply } => {
                 let result = self
                     .swarm
@@ -496,6 +551,72 @@ impl EventLoop {
             .is_some_and(|connections| connections.values().any(|&(_, relayed)| !relayed))
     }
 
+    /// On a relayed connection to `peer` and none direct: DCUtR now tries to open a direct
+    /// one (the peer that accepted the circuit starts it), so streams to `peer` wait for
+    /// it, up to `hole_punch_wait`. A task stream opened at once would carry its bytes
+    /// through the manager's relay to its end, though a direct connection comes a moment
+    /// later: the relay is a fallback path, shared and capped (`RelayLimits`).
+    fn start_hole_punch(&mut self, peer: PeerId) {
+        if self.hole_punch_wait.is_zero()
+            || self.role == Role::Manager
+            || self.has_direct_connection(peer)
+            || self.hole_punches.contains_key(&peer)
+        {
+            return;
+        }
+        let until = tokio::time::Instant::now() + self.hole_punch_wait;
+        tracing::debug!(%peer, wait = ?self.hole_punch_wait, "relayed connection: streams wait for the hole punch");
+        self.hole_punches.insert(
+            peer,
+            HolePunch {
+                until,
+                held: Vec::new(),
+            },
+        );
+        if self.hole_punch_timer.is_none() {
+            self.hole_punch_timer = Some(Box::pin(tokio::time::sleep_until(until)));
+        }
+    }
+
+    /// The hole punch to `peer` is over (a direct connection, DCUtR's answer, no
+    /// connection left, or the wait ran out): the held streams are opened, over the
+    /// direct connection when there is one.
+    fn end_hole_punch(&mut self, peer: PeerId) {
+        let Some(punch) = self.hole_punches.remove(&peer) else {
+            return;
+        };
+        if !punch.held.is_empty() {
+            tracing::debug!(%peer, streams = punch.held.len(), direct = self.has_direct_connection(peer), "opening the streams held for the hole punch");
+        }
+        for HeldStream { protocol, reply } in punch.held {
+            self.swarm
+                .behaviour_mut()
+                .stream
+                .open_stream(peer, protocol, reply);
+        }
+    }
+
+    /// Ends the hole punches that waited their time, and sets the timer for the next.
+    fn end_late_hole_punches(&mut self) {
+        let now = tokio::time::Instant::now();
+        let late: Vec<PeerId> = self
+            .hole_punches
+            .iter()
+            .filter(|(_, punch)| punch.until <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in late {
+            tracing::debug!(%peer, "no direct connection in time: streams go through the relay");
+            self.end_hole_punch(peer);
+        }
+        self.hole_punch_timer = self
+            .hole_punches
+            .values()
+            .map(|punch| punch.until)
+            .min()
+            .map(|until| Box::pin(tokio::time::sleep_until(until)));
+    }
+
     /// Forgets the pending dial of `connection_id`, if any, and hands it over.
     fn end_dial(&mut self, connection_id: ConnectionId) -> Option<PendingDial> {
         let pending = self.pending_dials.remove(&connection_id)?;
@@ -528,6 +649,11 @@ impl EventLoop {
                     connection_id,
                     (remote_addr(&endpoint).clone(), endpoint.is_relayed()),
                 );
+                if endpoint.is_relayed() {
+                    self.start_hole_punch(peer_id);
+                } else {
+                    self.end_hole_punch(peer_id);
+                }
                 if let Some(pending) = self.end_dial(connection_id) {
                     for reply in pending.replies {
                         let _ = reply.send(Ok(peer_id));
@@ -567,6 +693,8 @@ impl EventLoop {
                     }
                 }
                 if num_established == 0 {
+                    // Held streams fail at once: there is no connection left to open them on.
+                    self.end_hole_punch(peer_id);
                     if self.bootstrap.as_ref().is_some_and(|b| b.peer == peer_id) {
                         if self.wants_relay {
                             // The reservation went with the connection.
@@ -783,10 +911,32 @@ impl EventLoop {
                 remote_peer_id,
                 result,
             }) => {
-                tracing::debug!(peer = %remote_peer_id, ?result, "direct connection upgrade");
+                // Operators see whether hole punching works where they run (it needs NATs
+                // that keep a mapping per local port); the counts are in `libp2p_dcutr_*`.
+                match result {
+                    Ok(connection) => {
+                        tracing::info!(peer = %remote_peer_id, ?connection, "direct connection upgrade succeeded");
+                    }
+                    Err(error) => {
+                        tracing::info!(peer = %remote_peer_id, error = %domain_proto::ErrorChain(&error), "direct connection upgrade failed");
+                    }
+                }
+                self.end_hole_punch(remote_peer_id);
             }
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
-                tracing::info!(?old, ?new, "NAT status changed");
+                let address = match &new {
+                    autonat::NatStatus::Public(address) => Some(address.to_string()),
+                    _ => None,
+                };
+                tracing::info!(
+                    reachability = reachability(&new),
+                    previous = reachability(&old),
+                    address,
+                    "reachability changed"
+                );
+                if let Some(metrics) = &self.metrics {
+                    metrics.set_reachability(&new);
+                }
             }
             _ => {}
         }
@@ -844,6 +994,15 @@ async fn until(deadline: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
     match deadline {
         Some(sleep) => sleep.as_mut().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The label of an AutoNAT status, in logs and in `domain_cluster_reachability`.
+fn reachability(status: &autonat::NatStatus) -> &'static str {
+    match status {
+        autonat::NatStatus::Public(_) => "public",
+        autonat::NatStatus::Private => "private",
+        autonat::NatStatus::Unknown => "unknown",
     }
 }
 

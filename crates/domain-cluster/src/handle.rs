@@ -123,6 +123,7 @@ impl Cluster {
                 .metrics
                 .as_ref()
                 .map(|metrics| metrics.register("", crate::event_loop::SwarmMetrics::new)),
+            hole_punch_wait: config.hole_punch_wait,
         });
         let task = runtime.spawn(event_loop.run());
         Ok((handle, task))

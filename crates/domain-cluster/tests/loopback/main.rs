@@ -7,6 +7,7 @@ mod common;
 mod gossip;
 mod lifecycle;
 mod managers;
+mod nat;
 mod relay;
 mod requests;
 mod transports;
