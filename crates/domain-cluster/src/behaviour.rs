@@ -163,7 +163,8 @@ fn build_behaviour(
             domain_proto::protocols::IDENTIFY.to_owned(),
             keypair.public(),
         )
-        .with_agent_version(format!("domain-cluster/{}", env!("CARGO_PKG_VERSION"))),
+        .with_agent_version(format!("domain-cluster/{}", env!("CARGO_PKG_VERSION")))
+        .with_hide_listen_addrs(config.hide_listen_addrs),
     );
 
     let mut kad = kad::Behaviour::with_config(

@@ -135,6 +135,11 @@ pub struct ClusterConfig {
     /// also announces every address it listens on, since it is reachable by
     /// definition (its relay server serves only while it has one).
     pub external_addrs: Vec<Multiaddr>,
+    /// Announce only [`external_addrs`](Self::external_addrs) to other peers (identify,
+    /// hence Kademlia), not the addresses this peer listens on: for a node reached through
+    /// a port forward, a load balancer or a proxy, where its own addresses are of no use to
+    /// others (and dialling them would go around what stands in front of it).
+    pub hide_listen_addrs: bool,
     /// The manager's address, ending with `/p2p/<manager id>`: Kademlia
     /// bootstrap, AutoNAT server and relay for nodes and clients.
     pub bootstrap: Option<Multiaddr>,
@@ -182,6 +187,7 @@ impl ClusterConfig {
             role,
             listen_addrs: Vec::new(),
             external_addrs: Vec::new(),
+            hide_listen_addrs: false,
             bootstrap: None,
             more_bootstrap: Vec::new(),
             relay_reservation: true,

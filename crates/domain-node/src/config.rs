@@ -50,6 +50,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Addresses to listen on.
     pub listen: Vec<Multiaddr>,
+    /// The addresses others reach the node at, when not those it listens on (a port
+    /// forward, a proxy): announced instead of them. Empty: the listen addresses.
+    pub announce: Vec<Multiaddr>,
     /// The name the node registers with; its peer id when `None`.
     pub name: Option<String>,
     /// Concurrent `/store/v1` tasks advertised to the scheduler; -1 is unlimited.
@@ -102,6 +105,7 @@ impl NodeConfig {
             managers: vec![manager],
             data_dir: data_dir.into(),
             listen: default_listen_addrs(),
+            announce: Vec::new(),
             name: None,
             store_capacity: DEFAULT_CAPACITY,
             load_capacity: DEFAULT_CAPACITY,
@@ -237,6 +241,16 @@ pub struct NodeSettings {
     )]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub listen: Vec<Multiaddr>,
+    /// An address others reach this node at (repeatable), announced instead of the listen
+    /// addresses: behind a port forward or a proxy [default: the listen addresses].
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        env = "DOMAIN_NODE_ANNOUNCE",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub announce: Vec<Multiaddr>,
     /// The name to register with [default: the peer id].
     #[arg(long, value_name = "N", env = "DOMAIN_NODE_NAME")]
     pub name: Option<String>,
@@ -351,6 +365,7 @@ impl NodeSettings {
         }
         config.invite = self.invite.filter(|invite| !invite.trim().is_empty());
         config.metrics = self.metrics;
+        config.announce = self.announce;
         Ok(config)
     }
 }
@@ -515,16 +530,17 @@ mod tests {
             "/../../config/node.example.toml"
         );
         let mut file = NodeSettings::load(example).unwrap();
-        // The example leaves the gateway, invite and metrics keys commented out.
+        // The example leaves the gateway, invite, metrics and announce keys commented out.
         file.upstream = Some(addr(
             "/ip4/127.0.0.1/tcp/5001/p2p/12D3KooWBK6mNwBwAwHhygpw9HQ6vZiwzyDPx9jLLk4v6VDdg3YL",
         ));
         file.invite = Some("dcinv-x".into());
         file.metrics = Some("127.0.0.1:9464".parse().unwrap());
+        file.announce = vec![addr("/ip4/203.0.113.7/tcp/4001")];
         let every_key = toml::Table::try_from(&file).unwrap();
         assert_eq!(
             every_key.len(),
-            16,
+            17,
             "a key of NodeSettings is not in this test"
         );
         assert_eq!(domain_settings::layer(&file, &flags(&[])).unwrap(), file);

@@ -173,6 +173,10 @@ impl Node {
             .with_more_bootstrap(config.managers.iter().skip(1).cloned());
         cluster_config.request_timeout = config.request_timeout;
         cluster_config.metrics = Some(metrics.clone());
+        if !config.announce.is_empty() {
+            cluster_config.external_addrs = config.announce.clone();
+            cluster_config.hide_listen_addrs = true;
+        }
         let (cluster, cluster_task) = Cluster::start(cluster_config)?;
         let local_peer = cluster.local_peer_id();
 
