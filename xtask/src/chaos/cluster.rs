@@ -30,10 +30,10 @@ const GRACE: Duration = Duration::from_secs(15);
 /// A limit on the operator's one-shot commands (`id`).
 const COMMAND: Duration = Duration::from_secs(60);
 
-/// The size of the file system of the node whose disk fills: room for the workload's
-/// share of items (a few 64 MiB uploads among many small ones), small enough to fill in
-/// a moment.
-const DISK_SIZE: &str = "384m";
+/// The size of the file system of the node whose disk fills (in memory): room for its
+/// share of a few minutes of workload (a node holds 300–550 MiB after two), so that the
+/// disk is full only while the schedule says so, yet filled in a second or two.
+const DISK_SIZE: &str = "2g";
 
 /// The three binaries.
 #[derive(Debug, Clone)]
@@ -143,6 +143,8 @@ pub struct Cluster {
     /// Runs the proxies; dropped after them.
     _runtime: tokio::runtime::Runtime,
     pub disk: Option<Disk>,
+    /// The nodes' peer ids, in order.
+    node_ids: Vec<String>,
 }
 
 impl Cluster {
@@ -238,6 +240,7 @@ impl Cluster {
             links,
             _runtime: runtime,
             disk,
+            node_ids,
         };
         cluster.start_manager(true)?;
         for index in 0..nodes {
@@ -307,6 +310,15 @@ impl Cluster {
             }
         }
         failed
+    }
+
+    /// Each node's name (`node0`…) by its peer id.
+    pub fn node_names(&self) -> BTreeMap<String, String> {
+        self.node_ids
+            .iter()
+            .enumerate()
+            .map(|(index, id)| (id.clone(), format!("node{index}")))
+            .collect()
     }
 
     /// The process id of each running peer, by name.
@@ -393,6 +405,10 @@ fn manager_settings(dir: &Path, port: u16, nodes: &[String], clients: &[String])
          # A task of a killed client fails after its timeout and one retry, so the\n\
          # stuck-job check can wait for it.\n\
          max-retries = 1\n\
+         # Copies of a node away longer than a schedule's longest outage are made again\n\
+         # elsewhere, and every domain is audited within the settling time.\n\
+         repair-grace = \"12s\"\n\
+         repair-interval = \"15s\"\n\
          nodes = [{}]\n\
          \n\
          [[domain]]\n\

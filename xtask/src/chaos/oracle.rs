@@ -236,6 +236,14 @@ impl Oracle {
         lock(&self.records).push(record);
     }
 
+    /// How many records `wanted` picks.
+    pub fn count(&self, wanted: impl Fn(&Record) -> bool) -> usize {
+        lock(&self.records)
+            .iter()
+            .filter(|record| wanted(record))
+            .count()
+    }
+
     pub fn violate(&self, promise: Promise, ids: Vec<String>, names: Vec<String>, detail: String) {
         let at = self.now();
         lock(&self.violations).push(Violation {
@@ -406,32 +414,33 @@ impl Oracle {
     }
 
     /// The shortest history that shows `violation`: the records that touch its items or
-    /// names, and the faults from the first of them to the violation.
+    /// names, and the faults from 10 s before the last of those records that began before
+    /// the violation (the operation that decided it, such as the `rm` of an item listed
+    /// after it) up to the violation.
     pub fn explain(&self, violation: &Violation) -> Vec<Record> {
         let records = lock(&self.records);
         let touches = |record: &Record| {
-            record.ids.iter().any(|id| violation.ids.contains(id))
-                || record
-                    .names
-                    .iter()
-                    .any(|name| violation.names.contains(name))
+            !record.is_fault()
+                && (record.ids.iter().any(|id| violation.ids.contains(id))
+                    || record
+                        .names
+                        .iter()
+                        .any(|name| violation.names.contains(name)))
         };
         let mut shown: Vec<Record> = records.iter().filter(|r| touches(r)).cloned().collect();
-        let from = shown
+        let anchor = shown
             .iter()
             .map(|r| r.start)
-            .min()
-            .unwrap_or(violation.at)
-            .saturating_sub(Duration::from_secs(2));
-        let mut faults: Vec<Record> = records
-            .iter()
-            .filter(|r| r.is_fault() && r.start >= from && r.start <= violation.at)
-            .cloned()
-            .collect();
-        // The faults nearest the violation matter most; a long window keeps its last 30.
-        let excess = faults.len().saturating_sub(30);
-        faults.drain(..excess);
-        shown.extend(faults);
+            .filter(|start| *start <= violation.at)
+            .max()
+            .unwrap_or(violation.at);
+        let from = anchor.saturating_sub(Duration::from_secs(10));
+        shown.extend(
+            records
+                .iter()
+                .filter(|r| r.is_fault() && r.start >= from && r.start <= violation.at)
+                .cloned(),
+        );
         shown.sort_by_key(|r| r.start);
         shown
     }
