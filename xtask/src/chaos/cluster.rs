@@ -138,7 +138,8 @@ pub struct Cluster {
     node_args: Vec<Vec<String>>,
     /// The manager's address through the clients' proxy link.
     pub client_manager: String,
-    /// One link per node toward the manager, then the clients' link.
+    /// One link per node toward the manager, the clients' link toward the manager, then
+    /// one link per node toward it (the address it announces).
     links: Vec<Link>,
     /// Runs the proxies; dropped after them.
     _runtime: tokio::runtime::Runtime,
@@ -204,8 +205,11 @@ impl Cluster {
             path(&settings_file),
         ];
 
+        // Links 0..nodes: node i to the manager; link `nodes`: the clients to the manager;
+        // links nodes+1..: everyone (clients, the other nodes) to node i, which announces
+        // its link's address instead of the port it listens on.
         let target = SocketAddr::from(([127, 0, 0, 1], manager_port));
-        let links = (0..=nodes)
+        let mut links = (0..=nodes)
             .map(|index| runtime.block_on(Link::start(target, seed ^ index as u64)))
             .collect::<Result<Vec<_>, _>>()
             .context("starting the fault proxies")?;
@@ -213,8 +217,15 @@ impl Cluster {
             |link: &Link| format!("/ip4/127.0.0.1/tcp/{}/p2p/{manager_id}", link.addr().port());
         let client_manager = through(&links[nodes]);
         let mut node_args = Vec::new();
+        let mut data_links = Vec::new();
         for (index, link) in links.iter().take(nodes).enumerate() {
             let port = free_port()?;
+            let data = runtime
+                .block_on(Link::start(
+                    SocketAddr::from(([127, 0, 0, 1], port)),
+                    seed ^ (nodes + 1 + index) as u64,
+                ))
+                .context("starting the fault proxies")?;
             node_args.push(vec![
                 "run".to_owned(),
                 "--manager".to_owned(),
@@ -225,10 +236,14 @@ impl Cluster {
                 format!("node{index}"),
                 "--listen".to_owned(),
                 format!("/ip4/127.0.0.1/tcp/{port}"),
+                "--announce".to_owned(),
+                format!("/ip4/127.0.0.1/tcp/{}", data.addr().port()),
                 "--join-interval".to_owned(),
                 "1s".to_owned(),
             ]);
+            data_links.push(data);
         }
+        links.extend(data_links);
         let cluster = Self {
             bins,
             dir: dir.to_path_buf(),
@@ -339,6 +354,13 @@ impl Cluster {
     /// Ends every fault of proxy link `index`.
     pub fn heal_link(&self, index: usize) {
         if let Some(link) = self.links.get(index) {
+            link.set(Mode::default());
+        }
+    }
+
+    /// Ends every fault of every link.
+    pub fn heal_all_links(&self) {
+        for link in &self.links {
             link.set(Mode::default());
         }
     }

@@ -8,9 +8,11 @@
 //! fault schedule (its digest is printed at the start, to compare two runs).
 //!
 //! What is proxied: each node's link to the manager and the clients' link to the manager
-//! (the addresses they are given point at the proxy). Clients reach nodes, and nodes each
-//! other, at the addresses the nodes announce through identify and Kademlia, which no flag
-//! of `domain-node` can point at a proxy; those links see only the kills.
+//! (the addresses they are given point at the proxy), and every link to a node (clients'
+//! transfers, other nodes' copies), since each node announces its proxy's address
+//! (`--announce`) instead of the port it listens on. A libp2p peer may still learn a
+//! listen address some other way (the manager's own identify answers name its port), so a
+//! few connections may go around the proxy.
 
 mod cluster;
 mod oracle;
@@ -153,7 +155,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let workers = usize::from(options.workers);
     println!("chaos: seed {seed} (replay: {})", replay(options, seed));
     let bins = binaries(options)?;
-    let links = NODES + 1;
+    // Node i → manager, clients → manager, anyone → node i.
+    let links = 2 * NODES + 1;
     let disk_node = Rng::derive(seed, 3).index(NODES);
     let shape = Shape {
         nodes: NODES,
@@ -163,12 +166,14 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     };
     let schedule = Schedule::generate(seed, span, shape);
     println!(
-        "chaos: schedule of {} events over {:?}, digest {:016x}; links 0..{} are node i → manager, link {} clients → manager; its start:",
+        "chaos: schedule of {} events over {:?}, digest {:016x}; links 0..{} are node i → manager, link {} clients → manager, links {}..{} anyone → node i; its start:",
         schedule.events.len(),
         span,
         schedule.digest(),
         NODES - 1,
-        NODES
+        NODES,
+        NODES + 1,
+        2 * NODES
     );
     for event in schedule.events.iter().take(8) {
         println!("chaos:   {event}");
@@ -420,7 +425,8 @@ fn run_in(
     })?;
 
     println!(
-        "chaos: connections through the proxy links (node0..node{}, clients): {:?}",
+        "chaos: connections through the proxy links (to the manager from node0..node{}, from clients; to node0..node{}): {:?}",
+        NODES - 1,
         NODES - 1,
         cluster.link_connections()
     );
@@ -529,9 +535,8 @@ fn heal(cluster: &Cluster, live: &Live, oracle: &Oracle) {
             // A node that died by itself (not by the schedule) is noticed here.
             let _ = cluster.start_node(index, false);
         }
-        cluster.heal_link(index);
     }
-    cluster.heal_link(cluster.nodes);
+    cluster.heal_all_links();
     if let Some(disk) = &cluster.disk {
         disk.free();
     }
