@@ -87,44 +87,102 @@ pub(crate) struct Tombstones {
 
 #[derive(Debug, Default)]
 struct TombstoneSet {
-    ids: HashSet<(String, String)>,
-    order: VecDeque<(Instant, (String, String))>,
+    /// Domain → its deleted ids.
+    ids: HashMap<String, HashSet<String>>,
+    /// Every (domain, id) of `ids` once, oldest first.
+    order: VecDeque<(Instant, String, String)>,
 }
 
 impl Tombstones {
     /// Records that a client deletes `ids` of `domain`.
     pub(crate) fn record(&self, domain: &str, ids: impl IntoIterator<Item = String>) {
         let now = Instant::now();
-        let mut set = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut set = self.lock();
         for id in ids {
-            let key = (domain.to_owned(), id);
-            if set.ids.insert(key.clone()) {
-                set.order.push_back((now, key));
+            if set
+                .ids
+                .entry(domain.to_owned())
+                .or_default()
+                .insert(id.clone())
+            {
+                set.order.push_back((now, domain.to_owned(), id));
             }
         }
         while set.order.len() > MAX_TOMBSTONES
             || set
                 .order
                 .front()
-                .is_some_and(|(at, _)| now.duration_since(*at) > TOMBSTONE_TTL)
+                .is_some_and(|(at, _, _)| now.duration_since(*at) > TOMBSTONE_TTL)
         {
-            if let Some((_, key)) = set.order.pop_front() {
-                set.ids.remove(&key);
+            let Some((_, domain, id)) = set.order.pop_front() else {
+                break;
+            };
+            if let Some(ids) = set.ids.get_mut(&domain) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    set.ids.remove(&domain);
+                }
             }
         }
     }
 
     /// Whether a client deleted `id` of `domain` (within the last day).
     pub(crate) fn contains(&self, domain: &str, id: &str) -> bool {
-        let set = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        set.ids.contains(&(domain.to_owned(), id.to_owned()))
+        self.lock()
+            .ids
+            .get(domain)
+            .is_some_and(|ids| ids.contains(id))
     }
+
+    /// Whether a client deleted anything of `domain` (within the last day).
+    pub(crate) fn any_in(&self, domain: &str) -> bool {
+        self.lock().ids.contains_key(domain)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TombstoneSet> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Removes from `node`, which joins again after being away (or restarted), the items of
+/// `domains` that clients deleted meanwhile, before it is registered: a listing must not
+/// show them in the moments before an audit would remove them. A failure is logged and
+/// left to the audit its return triggers. How many were removed.
+pub(crate) async fn purge_deleted(
+    auditor: &Auditor,
+    tombstones: &Tombstones,
+    node: &str,
+    domains: Vec<String>,
+) -> usize {
+    let mut removed = 0;
+    for domain in domains.iter().filter(|d| tombstones.any_in(d)) {
+        let domain = domain.as_str();
+        let purged = async {
+            let held = auditor.list(domain, node).await?;
+            let deleted: Vec<String> = held
+                .into_keys()
+                .filter(|id| tombstones.contains(domain, id))
+                .collect();
+            let mut removed = 0;
+            for batch in deleted.chunks(audit::IDS_PER_STREAM) {
+                removed += auditor.remove(domain, node, batch).await?;
+            }
+            Ok::<_, RepairError>(removed)
+        };
+        match purged.await {
+            Ok(0) => {}
+            Ok(count) => {
+                tracing::info!(%domain, %node, removed = count, "removed what clients deleted while the node was away");
+                removed += count;
+            }
+            Err(error) => {
+                tracing::warn!(%domain, %node, error = %domain_proto::ErrorChain(&error), "could not remove what clients deleted while the node was away; its audit will");
+            }
+        }
+    }
+    removed
 }
 
 /// The leader's repair loop: see the module's documentation.

@@ -69,6 +69,11 @@ pub(crate) enum Request {
     Nodes { reply: oneshot::Sender<Vec<Node>> },
     /// Nodes no longer admitted: dropped from the registry, their tasks given to others.
     Expel { nodes: Vec<String> },
+    /// Whether a node is registered now.
+    Registered {
+        node: String,
+        reply: oneshot::Sender<bool>,
+    },
     /// The ids the kept delete jobs removed, per domain, oldest job first.
     Deletes {
         reply: oneshot::Sender<Vec<(String, Vec<String>)>>,
@@ -239,6 +244,10 @@ impl Core {
                 }
                 Request::Nodes { reply } => {
                     let _ = reply.send(self.scheduler.nodes());
+                    Ok(())
+                }
+                Request::Registered { node, reply } => {
+                    let _ = reply.send(self.scheduler.node(&node).is_some());
                     Ok(())
                 }
                 Request::Deletes { reply } => {

@@ -136,6 +136,8 @@ struct Shared {
     max_tasks_per_job: usize,
     /// The ids clients delete, which the repair must not copy again.
     tombstones: Arc<Tombstones>,
+    /// Removes from a node that joins again what clients deleted while it was away.
+    purger: Auditor,
     /// Nodes whose first join since they started just arrived, for the repair loop (a
     /// full queue drops one: the next hourly audit covers it).
     started: mpsc::Sender<String>,
@@ -304,6 +306,7 @@ impl Manager {
         let (started_tx, started_rx) = mpsc::channel(STARTED_QUEUE);
         let shared = Arc::new(Shared {
             tombstones: Arc::clone(&tombstones),
+            purger: Auditor::new(cluster.clone(), Arc::clone(&issuer)),
             started: started_tx,
             requests: requests_tx.clone(),
             policy: Arc::clone(&policy),

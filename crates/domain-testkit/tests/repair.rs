@@ -190,8 +190,14 @@ async fn copies_of_a_node_gone_for_good_are_made_again_and_dropped_once_it_is_ba
         .unwrap();
     assert_eq!(answer.deleted, vec![deleted.clone()]);
 
-    // Back with its old copies: one too many of each, and the deleted item.
+    // Back with its old copies: one too many of each, and the deleted item, which no
+    // listing shows from the moment it is registered again.
     nodes[lost] = Some(start_node(node_config(&addr, &dirs[lost])).await.unwrap());
+    let listed = client.list(&domain, &Query::default()).await.unwrap();
+    assert!(
+        listed.iter().all(|item| item.id != deleted),
+        "a node back from away lists an item deleted meanwhile"
+    );
     let mut kept = all.clone();
     kept.remove(&deleted);
     settled(&nodes, &roots, &kept, 2).await;

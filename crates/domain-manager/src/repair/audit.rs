@@ -27,7 +27,7 @@ const TOKEN_LIFETIME: Duration = domain_auth::MAX_TOKEN_LIFETIME;
 const MAX_LISTED: usize = 2_000_000;
 
 /// Ids per copy or removal stream, so that no request frame nears its limit.
-const IDS_PER_STREAM: usize = 256;
+pub(super) const IDS_PER_STREAM: usize = 256;
 
 /// Why a step of an audit failed.
 #[derive(Debug, thiserror::Error)]
@@ -278,7 +278,12 @@ impl Auditor {
     }
 
     /// Removes `ids` of `domain` from `node`; how many it held.
-    async fn remove(&self, domain: &str, node: &str, ids: &[String]) -> Result<usize, RepairError> {
+    pub(super) async fn remove(
+        &self,
+        domain: &str,
+        node: &str,
+        ids: &[String],
+    ) -> Result<usize, RepairError> {
         let (peer, token, stream) = self.open(domain, node, DELETE_V1).await?;
         let deleted = delete_items(stream, &token, domain, ids, self.limits)
             .await

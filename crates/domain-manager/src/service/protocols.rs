@@ -38,6 +38,10 @@ use super::{
     Shared, ask,
 };
 
+/// How long a node's join may wait while the manager removes what clients deleted while it
+/// was away (well within the node's own wait for its answer).
+const PURGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `/task-status/v1`: hands each `Task` frame to the scheduler as a report of `peer`, which
 /// it believes only from the task's sender or receiver; closes the stream once all are in
 /// its queue.
@@ -216,6 +220,27 @@ pub(super) async fn serve_join(shared: &Shared, peer: PeerId, mut stream: Cluste
     }
     let answer = match shared.admission.check_join(&peer, invite.as_deref()).await {
         Ok(()) => {
+            if let Some(held) = &holdings {
+                // Back from away (or restarted): before clients can list it, it loses what
+                // they deleted meanwhile.
+                let registered = |reply| Request::Registered {
+                    node: node.id.clone(),
+                    reply,
+                };
+                let returning = started || ask(&shared.requests, registered).await != Some(true);
+                if returning {
+                    let domains = held.domains.iter().map(|d| d.domain_id.clone()).collect();
+                    let purge = repair::purge_deleted(
+                        &shared.purger,
+                        &shared.tombstones,
+                        &node.id,
+                        domains,
+                    );
+                    if tokio::time::timeout(PURGE_TIMEOUT, purge).await.is_err() {
+                        tracing::warn!(%peer, "removing what clients deleted while the node was away took too long; its audit will");
+                    }
+                }
+            }
             let join = |reply| Request::Join {
                 node,
                 holdings,
