@@ -146,6 +146,22 @@ impl Tombstones {
     }
 }
 
+/// Removes `ids`, which a client deleted, from `node`, where a copy of them landed after
+/// the delete; a failure is logged and left to the next audit.
+pub(crate) async fn remove_deleted(auditor: &Auditor, domain: &str, node: &str, ids: &[String]) {
+    for batch in ids.chunks(audit::IDS_PER_STREAM) {
+        match auditor.remove(domain, node, batch).await {
+            Ok(removed) => {
+                tracing::info!(%domain, %node, removed, "removed copies that landed after their items were deleted");
+            }
+            Err(error) => {
+                tracing::warn!(%domain, %node, error = %domain_proto::ErrorChain(&error), "could not remove copies that landed after their items were deleted; the next audit will");
+                return;
+            }
+        }
+    }
+}
+
 /// Removes from `node`, which joins again after being away (or restarted), the items of
 /// `domains` that clients deleted meanwhile, before it is registered: a listing must not
 /// show them in the moments before an audit would remove them. A failure is logged and

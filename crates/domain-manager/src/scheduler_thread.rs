@@ -12,13 +12,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use domain_auth::{MAX_TOKEN_LIFETIME, lifetime_for_timeout};
 use domain_proto::discovery::{Holder, Holdings, Node};
-use domain_proto::task::{Job, JobRequest, Status, Task};
+use domain_proto::task::{Job, JobRequest, ReplicateDataInputV1, Status, Task};
 use domain_scheduler::{
     DomainKeyIssuer, Event, HoldersChange, JobStatus, Scheduler, SchedulerError, TokenGrant,
     TokenIssuer, is_copy, job_id, parse_timeout,
 };
 use tokio::sync::broadcast::error::TryRecvError;
 
+use crate::repair::Tombstones;
 use crate::replication::{self, ReplicationRefusal};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -41,10 +42,12 @@ pub(crate) enum Request {
         tokens: mpsc::Sender<Task>,
         reply: oneshot::Sender<Result<Submission, SubmitError>>,
     },
-    /// A node joined (or joined again: the heartbeat), with what it holds if it says.
+    /// A node joined (or joined again: the heartbeat), with what it holds if it says;
+    /// `started`: its first join since its process started.
     Join {
         node: Node,
         holdings: Option<Holdings>,
+        started: bool,
         reply: oneshot::Sender<Result<(), SchedulerError>>,
     },
     /// The holders of a domain now, and (to follow them) the changes from then on.
@@ -110,6 +113,12 @@ pub(crate) enum Outbound {
     },
     /// A scheduler event to route (boxed: events are large, the others small).
     Event(Box<Event>),
+    /// Remove `ids` of `domain` from `node`: a copy of items a client deleted landed there.
+    Purge {
+        domain: String,
+        node: String,
+        ids: Vec<String>,
+    },
 }
 
 /// A job and the tasks of it that a monitor is told about: all of them when it starts following
@@ -155,6 +164,8 @@ pub(crate) struct Core {
     /// Which domains' holders changed, for `/holders/v1` followers.
     pub holder_changes: broadcast::Sender<HoldersChange>,
     pub metrics: crate::metrics::ManagerMetrics,
+    /// The ids clients deleted (a copy of one of them that lands is removed).
+    pub tombstones: Arc<Tombstones>,
 }
 
 impl Core {
@@ -208,9 +219,10 @@ impl Core {
                 Request::Join {
                     node,
                     holdings,
+                    started,
                     reply,
                 } => {
-                    let result = self.join(node, holdings);
+                    let result = self.join(node, holdings, started);
                     let fatal = fatal(&result);
                     let _ = reply.send(result);
                     fatal
@@ -380,9 +392,18 @@ impl Core {
         out
     }
 
-    fn join(&mut self, node: Node, holdings: Option<Holdings>) -> Result<(), SchedulerError> {
+    fn join(
+        &mut self,
+        node: Node,
+        holdings: Option<Holdings>,
+        started: bool,
+    ) -> Result<(), SchedulerError> {
         let now = now_ms();
         let id = node.id.clone();
+        if started {
+            tracing::info!(node = %node.id, "node restarted: its running tasks are tried again, the copies it was sending fail");
+            self.scheduler.restarted(&id, now)?;
+        }
         // A join with nothing new is the node's heartbeat: no write.
         if self.scheduler.node(&node.id) == Some(&node) {
             self.scheduler.heartbeat(&node.id, now)?;
@@ -418,10 +439,15 @@ impl Core {
         let results = self.scheduler.report_many(reports, now_ms())?;
         for ((task, reporter), result) in batch.iter().zip(results) {
             match result {
-                Ok(()) => tracing::debug!(
-                    job = %task.job_id, task = %task.name, peer = %reporter,
-                    status = task.status, "task update applied"
-                ),
+                Ok(()) => {
+                    tracing::debug!(
+                        job = %task.job_id, task = %task.name, peer = %reporter,
+                        status = task.status, "task update applied"
+                    );
+                    if task.status() == Status::Done {
+                        self.undo_deleted_copies(task);
+                    }
+                }
                 Err(e @ SchedulerError::NotAllowed { .. }) => {
                     tracing::warn!(job = %task.job_id, task = %task.name, peer = %reporter, "ignored a task update: {}", domain_proto::ErrorChain(&e));
                 }
@@ -431,6 +457,42 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// A copy that landed after a client deleted some of its items (the delete reached that
+    /// node before the copy did): those items are removed from it at once.
+    fn undo_deleted_copies(&self, done: &Task) {
+        let Some(request) = self.scheduler.job_request(&done.job_id) else {
+            return;
+        };
+        let Some(spec) = request.tasks.iter().find(|spec| spec.name == done.name) else {
+            return;
+        };
+        if !is_copy(spec) {
+            return;
+        }
+        let Some(input) = spec
+            .data
+            .as_ref()
+            .and_then(|data| data.unpack::<ReplicateDataInputV1>(domain_proto::REPLICATE_INPUT))
+            .and_then(Result::ok)
+        else {
+            return;
+        };
+        let domain = &request.domain_id;
+        let ids: Vec<String> = input
+            .ids
+            .into_iter()
+            .filter(|id| self.tombstones.contains(domain, id))
+            .collect();
+        let Some(node) = done.receiver.clone().filter(|_| !ids.is_empty()) else {
+            return;
+        };
+        let _ = self.send(Outbound::Purge {
+            domain: domain.clone(),
+            node,
+            ids,
+        });
     }
 
     fn send(&self, item: Outbound) -> Result<(), Stopping> {

@@ -54,6 +54,9 @@ const VIEW_QUEUE: usize = 1024;
 /// domain's holders again).
 const HOLDER_CHANGE_QUEUE: usize = 256;
 
+/// Removals at once of copies that landed after their items were deleted.
+const MAX_PURGES: usize = 16;
+
 /// Restarted nodes waiting for the repair loop to take note.
 const STARTED_QUEUE: usize = 64;
 
@@ -137,7 +140,7 @@ struct Shared {
     /// The ids clients delete, which the repair must not copy again.
     tombstones: Arc<Tombstones>,
     /// Removes from a node that joins again what clients deleted while it was away.
-    purger: Auditor,
+    purger: Arc<Auditor>,
     /// Nodes whose first join since they started just arrived, for the repair loop (a
     /// full queue drops one: the next hourly audit covers it).
     started: mpsc::Sender<String>,
@@ -265,6 +268,7 @@ impl Manager {
                 admission: Arc::clone(&admission),
             });
             let issuer = Arc::new(DomainKeyIssuer::new(keys));
+            let tombstones = Arc::new(Tombstones::default());
             let core_done = start_core(
                 &config,
                 peer,
@@ -274,20 +278,24 @@ impl Manager {
                     outbound: outbound_tx,
                     views,
                     metrics: manager_metrics.clone(),
+                    tombstones: Arc::clone(&tombstones),
                 },
                 store,
             )
             .await?;
-            Ok::<_, ManagerError>((core_done, leadership, answers, policy, admission, issuer))
+            Ok::<_, ManagerError>((
+                core_done, leadership, answers, policy, admission, issuer, tombstones,
+            ))
         };
-        let (core_done, leadership, answers, policy, admission, issuer) = match opened.await {
-            Ok(opened) => opened,
-            Err(e) => {
-                leader_task.iter().for_each(JoinHandle::abort);
-                let _ = cluster.shutdown().await;
-                return Err(e);
-            }
-        };
+        let (core_done, leadership, answers, policy, admission, issuer, tombstones) =
+            match opened.await {
+                Ok(opened) => opened,
+                Err(e) => {
+                    leader_task.iter().for_each(JoinHandle::abort);
+                    let _ = cluster.shutdown().await;
+                    return Err(e);
+                }
+            };
 
         // A registry from an earlier run may name nodes that are no longer admitted.
         let (reply, registered) = oneshot::channel();
@@ -302,11 +310,11 @@ impl Manager {
         if !expelled.is_empty() {
             let _ = requests_tx.send(Request::Expel { nodes: expelled }).await;
         }
-        let tombstones = Arc::new(Tombstones::default());
         let (started_tx, started_rx) = mpsc::channel(STARTED_QUEUE);
+        let purger = Arc::new(Auditor::new(cluster.clone(), Arc::clone(&issuer)));
         let shared = Arc::new(Shared {
             tombstones: Arc::clone(&tombstones),
-            purger: Auditor::new(cluster.clone(), Arc::clone(&issuer)),
+            purger: Arc::clone(&purger),
             started: started_tx,
             requests: requests_tx.clone(),
             policy: Arc::clone(&policy),
@@ -333,7 +341,7 @@ impl Manager {
             policy: Arc::clone(&policy),
         });
         let mut tasks = vec![
-            tokio::spawn(dispatch(outbound_rx)),
+            tokio::spawn(dispatch(outbound_rx, purger)),
             tokio::spawn(tick(requests_tx.clone(), config.tick_interval)),
             tokio::spawn(repairer.run()),
         ];
@@ -612,6 +620,7 @@ struct CoreWiring {
     outbound: mpsc::Sender<Outbound>,
     views: broadcast::Sender<Arc<JobView>>,
     metrics: crate::metrics::ManagerMetrics,
+    tombstones: Arc<Tombstones>,
 }
 
 /// The identity of the manager with data folder `data_dir`, created (and the folder, mode
@@ -668,6 +677,7 @@ async fn start_core(
                 outbound,
                 views,
                 metrics,
+                tombstones,
             } = wiring;
             let core = Core {
                 events: scheduler.subscribe(),
@@ -677,6 +687,7 @@ async fn start_core(
                 views,
                 holder_changes: broadcast::channel(HOLDER_CHANGE_QUEUE).0,
                 metrics,
+                tombstones,
             };
             let _ = done_tx.send(core.run(requests));
         })
@@ -723,10 +734,23 @@ async fn tick(requests: mpsc::Sender<Request>, every: Duration) {
 /// Routes each token to its submitter's stream, and each task that failed for good too, in
 /// the order the scheduler made them. Nothing of a job goes on gossip: a job's topic and
 /// its updates would reach every peer that asks (see `/task-status/v1`).
-async fn dispatch(mut outbound: mpsc::Receiver<Outbound>) {
+async fn dispatch(mut outbound: mpsc::Receiver<Outbound>, purger: Arc<Auditor>) {
     let mut submitters: HashMap<String, mpsc::Sender<Task>> = HashMap::new();
+    // Removals of copies that landed after their delete: rare, a few at a time.
+    let purges = Arc::new(tokio::sync::Semaphore::new(MAX_PURGES));
     while let Some(item) = outbound.recv().await {
         match item {
+            Outbound::Purge { domain, node, ids } => {
+                let Ok(permit) = Arc::clone(&purges).try_acquire_owned() else {
+                    tracing::debug!(%domain, %node, "too many removals at once; the next audit removes these");
+                    continue;
+                };
+                let purger = Arc::clone(&purger);
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    crate::repair::remove_deleted(&purger, &domain, &node, &ids).await;
+                });
+            }
             Outbound::Attach { job_id, tokens } => {
                 submitters.insert(job_id, tokens);
             }

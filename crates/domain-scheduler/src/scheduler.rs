@@ -463,6 +463,53 @@ impl Scheduler {
         })
     }
 
+    /// `node_id` restarted (its first join since it started says so): whatever it was doing
+    /// died with its last run. Its running tasks end their attempt, as if it had left (they
+    /// are retried, on it too); the tasks of the jobs it submitted that it sends itself (a
+    /// node's copies) fail, since no one else holds their stream; and it stays registered.
+    pub fn restarted(&mut self, node_id: &str, now: u64) -> Result<(), SchedulerError> {
+        self.operation(|s| {
+            let received: Vec<TaskRef> = s
+                .deadlines
+                .iter()
+                .filter(|(_, task)| {
+                    s.jobs.get(&task.job).is_some_and(|job| {
+                        job.tasks[task.position as usize].receiver.as_deref() == Some(node_id)
+                    })
+                })
+                .map(|(_, task)| task.clone())
+                .collect();
+            for task in received {
+                s.attempt_failed(&task, now, format!("node {node_id} restarted"));
+            }
+            let sent: Vec<TaskRef> = s
+                .running
+                .iter()
+                .filter_map(|(_, id)| Some((id, s.jobs.get(id)?)))
+                .filter(|(_, job)| job.submitter == node_id)
+                .flat_map(|(id, job)| {
+                    job.tasks
+                        .iter()
+                        .zip(&job.request.tasks)
+                        .enumerate()
+                        .filter(|(_, (state, spec))| {
+                            !state.phase.is_finished() && spec.sender == node_id
+                        })
+                        .map(|(position, _)| TaskRef {
+                            job: id.clone(),
+                            position: u32::try_from(position).unwrap_or(u32::MAX),
+                        })
+                })
+                .collect();
+            for task in sent {
+                s.end_attempt(&task, now);
+                s.fail(&task, now, format!("its sender {node_id} restarted"));
+            }
+            s.schedule(now);
+            Ok(())
+        })
+    }
+
     /// Applies a status change of a task reported by `reporter` (a peer id): `update.job_id`,
     /// `update.name` and `update.status` say which task and what it became; `update.output`, if
     /// present, is kept.

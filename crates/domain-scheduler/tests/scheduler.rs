@@ -720,6 +720,44 @@ fn a_node_that_leaves_has_its_tasks_retried_elsewhere() {
 }
 
 #[test]
+fn a_restarted_node_has_its_tasks_tried_again_and_the_tasks_it_sends_failed() {
+    let mut h = Harness::new();
+    h.scheduler.join(node("a", &[(STORE, 1)]), 0).unwrap();
+    h.scheduler.join(node("b", &[(STORE, 1)]), 0).unwrap();
+    // A client's task on a; a job of a's own whose task a sends to b (a node's copy).
+    let client_job = h
+        .scheduler
+        .submit(job("upload", vec![task("t", STORE, &[])]), CLIENT, 0)
+        .unwrap();
+    let mut copy = task("copy", STORE, &[]);
+    copy.sender = "a".into();
+    copy.receiver = Some("b".into());
+    let own_job = h
+        .scheduler
+        .submit(job("copies", vec![copy]), "a", 0)
+        .unwrap();
+    let assigned = h.assigned();
+    assert_eq!(assigned.len(), 2);
+    assert_eq!(
+        h.scheduler
+            .task(&client_job, "t")
+            .unwrap()
+            .task
+            .receiver
+            .as_deref(),
+        Some("a")
+    );
+
+    h.scheduler.restarted("a", 1).unwrap();
+    // Tried again (on a, still registered and now free); the copy's stream died with a.
+    let handler = h.scheduler.task(&client_job, "t").unwrap();
+    assert_eq!(handler.retries, 1);
+    assert_eq!(h.status(&own_job, "copy"), Status::Failed);
+    assert_eq!(h.scheduler.job_status(&own_job), Some(JobStatus::Failed));
+    assert!(h.scheduler.node("a").is_some(), "it stays registered");
+}
+
+#[test]
 fn a_rejoin_updates_capabilities_and_keeps_running_tasks() {
     let mut h = Harness::new();
     h.scheduler.join(node("n", &[(STORE, 1)]), 0).unwrap();

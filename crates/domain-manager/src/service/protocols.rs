@@ -244,6 +244,7 @@ pub(super) async fn serve_join(shared: &Shared, peer: PeerId, mut stream: Cluste
             let join = |reply| Request::Join {
                 node,
                 holdings,
+                started,
                 reply,
             };
             match ask(&shared.requests, join).await {
