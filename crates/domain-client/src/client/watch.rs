@@ -37,6 +37,11 @@ const QUEUED_ITEMS: usize = 256;
 /// Pause before trying again to renew a node stream whose renewal failed.
 const RENEW_RETRY: Duration = Duration::from_secs(15);
 
+/// How often a subscription looks again for registered holders it does not follow (a
+/// node whose stream ended, a manager whose holder stream ended): the only wait between
+/// losing a node's stream and following it again.
+const REFOLLOW: Duration = Duration::from_secs(2);
+
 /// What the node streams of one subscription share.
 #[derive(Clone, Copy)]
 struct Follow<'a> {
@@ -181,7 +186,7 @@ impl Client {
                 stopped: &stopped,
             };
             client
-                .follow_new_holders(&follow, changes, followed, &mut streams)
+                .follow_new_holders(&follow, changes, followed, &mut streams, holders)
                 .await;
             drop(items);
             while streams.join_next().await.is_some() {}
@@ -202,7 +207,7 @@ impl Client {
         holders: &[Holder],
         start: Start,
         followed: &mut BTreeSet<PeerId>,
-        streams: &mut JoinSet<()>,
+        streams: &mut JoinSet<PeerId>,
     ) {
         for holder in holders {
             let Ok(node) = holder.node_id.parse::<PeerId>() else {
@@ -230,31 +235,74 @@ impl Client {
     }
 
     /// Follows each holder that appears or comes back, from what it holds, until told to
-    /// stop.
+    /// stop. A node whose stream ends, and the manager's holder stream when it ends (a
+    /// manager restarting), are followed again every [`REFOLLOW`]: the items each node
+    /// holds come again from the start, and the [`Subscription`] shows only those it has
+    /// not shown, so what was stored meanwhile is not lost.
     async fn follow_new_holders(
         &self,
         follow: &Follow<'_>,
-        mut changes: HolderStream,
+        changes: HolderStream,
         mut followed: BTreeSet<PeerId>,
-        streams: &mut JoinSet<()>,
+        streams: &mut JoinSet<PeerId>,
+        mut holders: Vec<Holder>,
     ) {
         let mut stopped = follow.stopped.clone();
+        let mut changes = Some(changes);
+        let mut refollow = tokio::time::interval(REFOLLOW);
+        refollow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let holders = tokio::select! {
-                _ = stopped.wait_for(|stop| *stop) => return,
-                holders = changes.next() => holders,
+            let next_change = async {
+                match changes.as_mut() {
+                    Some(changes) => changes.next().await,
+                    None => std::future::pending().await,
+                }
             };
-            match holders {
-                Ok(Some(holders)) => {
+            let ended = async {
+                match streams.is_empty() {
+                    true => std::future::pending().await,
+                    false => streams.join_next().await,
+                }
+            };
+            // Decided first, handled after: the select's guards are not held across awaits.
+            let step = tokio::select! {
+                _ = stopped.wait_for(|stop| *stop) => return,
+                change = next_change => Step::Change(change),
+                ended = ended => Step::Ended(ended),
+                _ = refollow.tick() => Step::Look,
+            };
+            match step {
+                Step::Change(Ok(Some(now))) => {
+                    holders = now;
                     self.follow_holders(follow, &holders, Start::Existing, &mut followed, streams)
                         .await;
                 }
-                Ok(None) | Err(_) => {
-                    tracing::warn!(
-                        "the manager's holder stream ended; no new nodes will be followed"
-                    );
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                    return;
+                Step::Change(Ok(None) | Err(_)) => {
+                    tracing::warn!("the manager's holder stream ended; following it again");
+                    changes = None;
+                }
+                // Followed again at the next look, from what it holds.
+                Step::Ended(Some(Ok(node))) => {
+                    followed.remove(&node);
+                }
+                Step::Ended(_) => {}
+                Step::Look => {
+                    if changes.is_none() {
+                        let domain = follow.domain.as_str();
+                        let again = match self.managers() {
+                            Ok(managers) => managers
+                                .call(|manager| self.cluster.holders(manager, domain, true))
+                                .await
+                                .ok(),
+                            Err(_) => None,
+                        };
+                        if let Some((now, stream)) = again {
+                            holders = now;
+                            changes = Some(stream);
+                        }
+                    }
+                    self.follow_holders(follow, &holders, Start::Existing, &mut followed, streams)
+                        .await;
                 }
             }
         }
@@ -268,7 +316,7 @@ impl Client {
         follow: &Follow<'_>,
         node: PeerId,
         start: Start,
-        streams: &mut JoinSet<()>,
+        streams: &mut JoinSet<PeerId>,
     ) -> Result<(), ClientError> {
         let Follow {
             domain,
@@ -414,6 +462,16 @@ impl Seen {
     }
 }
 
+/// What the driver of a subscription does next.
+enum Step {
+    /// The manager's holders changed, or its holder stream ended.
+    Change(Result<Option<Vec<Holder>>, domain_cluster::ClusterError>),
+    /// A node's follower ended.
+    Ended(Option<Result<PeerId, tokio::task::JoinError>>),
+    /// Time to look for holders not followed.
+    Look,
+}
+
 /// What happened on a node's subscription.
 enum Event {
     Stop,
@@ -447,7 +505,8 @@ struct NodeFollower {
 }
 
 impl NodeFollower {
-    async fn run(mut self, mut stream: NodeStream) {
+    /// Runs until the stream ends or fails, or the subscription stops; answers the node.
+    async fn run(mut self, mut stream: NodeStream) -> PeerId {
         let node = self.node;
         // Whether `stream` is a renewal that has not sent its caught-up marker yet.
         let mut renewed = false;
@@ -508,10 +567,11 @@ impl NodeFollower {
             };
             let failed = item.is_err();
             if self.items.send(item).await.is_err() || failed {
-                return;
+                return node;
             }
         }
         close(node, stream).await;
+        node
     }
 }
 
