@@ -194,6 +194,7 @@ impl LocalDatastore {
             tmp_dir: tmp_dir.clone(),
             subscribers: Arc::clone(&subscribers),
             metrics: metrics.clone(),
+            recent_deletes: commit::RecentDeletes::default(),
         };
         let worker = std::thread::Builder::new()
             .name("datastore-commit".into())

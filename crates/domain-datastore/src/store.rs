@@ -240,6 +240,15 @@ pub enum DatastoreError {
         /// The id (at most its first 80 characters).
         id: String,
     },
+    /// A copy of an item arrived after the item was deleted here: stored, it would bring
+    /// the deleted item back.
+    #[error("item {id:?} of domain {domain} was deleted here moments ago: its copy is refused")]
+    DeletedHere {
+        /// The domain.
+        domain: DomainId,
+        /// The item.
+        id: String,
+    },
     /// No item has this id in the domain.
     #[error("no item with id {id:?} in domain {domain}")]
     NotFound {

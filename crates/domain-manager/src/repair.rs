@@ -51,6 +51,9 @@ const CHECK: Duration = Duration::from_secs(1);
 /// holdings and relay slot settle first.
 const SETTLE: Duration = Duration::from_secs(3);
 
+/// How long a node a copy failed to (its disk full, say) is given no other copy.
+const AVOID: Duration = Duration::from_secs(60);
+
 /// The longest pause between attempts of an audit that keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -230,6 +233,8 @@ struct State {
     failures: HashMap<String, u32>,
     /// The last audit of every domain.
     last_sweep: Option<Instant>,
+    /// Nodes a copy failed to, and until when they get none.
+    avoid: HashMap<String, Instant>,
 }
 
 impl Repairer {
@@ -257,6 +262,7 @@ impl Repairer {
                 due: BTreeMap::new(),
                 failures: HashMap::new(),
                 last_sweep: None,
+                avoid: HashMap::new(),
             },
         }
     }
@@ -404,7 +410,7 @@ impl Repairer {
     /// Lists the domain on every registered node that serves it, plans, and carries out
     /// the plan. `Ok(true)` when something was copied or removed.
     async fn audit(
-        &self,
+        &mut self,
         domain: &str,
         copies: u32,
         nodes: &[Node],
@@ -431,9 +437,14 @@ impl Repairer {
                     return Err(error);
                 }
             };
+            let avoided = self
+                .state
+                .avoid
+                .get(&node.id)
+                .is_some_and(|until| *until > Instant::now());
             listings.push(plan::Listing {
                 node: node.id.clone(),
-                takes_copies: serves(node, domain_proto::protocols::STORE_V1),
+                takes_copies: serves(node, domain_proto::protocols::STORE_V1) && !avoided,
                 items,
             });
         }
@@ -457,6 +468,12 @@ impl Repairer {
             None => "repaired",
         };
         self.metrics.audited(outcome, done.copied, done.removed);
+        let until = Instant::now() + AVOID;
+        for node in done.refused {
+            tracing::info!(%domain, %node, "a copy to this node failed: it gets no other for a minute");
+            self.state.avoid.insert(node, until);
+        }
+        self.state.avoid.retain(|_, until| *until > Instant::now());
         done.error.map_or(Ok(true), Err)
     }
 

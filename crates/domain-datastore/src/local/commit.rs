@@ -34,6 +34,42 @@ const SYNC_TOGETHER_MIN: usize = 2;
 /// Requests waiting for the worker; senders wait when it is full.
 pub(super) const QUEUE: usize = 1024;
 
+/// How long, and how many, deletes the worker remembers to refuse a copy of the item that
+/// arrives after them (a copy streamed while a client deleted the item everywhere).
+const RECENT_DELETES_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+const MAX_RECENT_DELETES: usize = 100_000;
+
+/// The items deleted here lately, oldest first.
+#[derive(Default)]
+pub(super) struct RecentDeletes {
+    ids: std::collections::HashSet<(DomainId, String)>,
+    order: std::collections::VecDeque<(std::time::Instant, (DomainId, String))>,
+}
+
+impl RecentDeletes {
+    fn record(&mut self, domain: &DomainId, id: &str) {
+        let now = std::time::Instant::now();
+        let key = (domain.clone(), id.to_owned());
+        if self.ids.insert(key.clone()) {
+            self.order.push_back((now, key));
+        }
+        while self.order.len() > MAX_RECENT_DELETES
+            || self
+                .order
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > RECENT_DELETES_TTL)
+        {
+            if let Some((_, key)) = self.order.pop_front() {
+                self.ids.remove(&key);
+            }
+        }
+    }
+
+    fn contains(&self, domain: &DomainId, id: &str) -> bool {
+        self.ids.contains(&(domain.clone(), id.to_owned()))
+    }
+}
+
 /// A stored blob waiting to become an item.
 pub(super) struct PutRequest {
     pub(super) domain: DomainId,
@@ -73,11 +109,13 @@ pub(super) struct Worker {
     pub(super) tmp_dir: PathBuf,
     pub(super) subscribers: Arc<Subscribers>,
     pub(super) metrics: StoreMetrics,
+    /// Deletes a late copy must not undo.
+    pub(super) recent_deletes: RecentDeletes,
 }
 
 impl Worker {
     /// Serves requests until every sender is gone.
-    pub(super) fn run(self, mut requests: mpsc::Receiver<Request>) {
+    pub(super) fn run(mut self, mut requests: mpsc::Receiver<Request>) {
         while let Some(first) = requests.blocking_recv() {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -94,7 +132,7 @@ impl Worker {
         self.blobs_dir.join(domain.as_str())
     }
 
-    fn commit(&self, mut batch: Vec<Request>) {
+    fn commit(&mut self, mut batch: Vec<Request>) {
         self.sync_together(&mut batch);
         // Blobs placed by this batch, and blobs whose last user may be gone: after the
         // transaction, each of these that no committed item uses is removed.
@@ -264,7 +302,7 @@ impl Worker {
     /// Applies every request in one transaction: per request, the stored (put) or removed
     /// (delete) item, or why not. The outer error aborts all of them.
     fn apply(
-        &self,
+        &mut self,
         requests: &[Request],
         maybe_unused: &mut BTreeSet<(DomainId, String)>,
     ) -> Result<Vec<Result<Metadata, DatastoreError>>, redb::Error> {
@@ -275,8 +313,21 @@ impl Worker {
         let mut outcomes = Vec::with_capacity(requests.len());
         for request in requests {
             outcomes.push(match request {
+                Request::Put(put)
+                    if crate::store::is_replica(&put.item)
+                        && self.recent_deletes.contains(&put.domain, &put.item.id) =>
+                {
+                    Err(DatastoreError::DeletedHere {
+                        domain: put.domain.clone(),
+                        id: put.item.id.clone(),
+                    })
+                }
                 Request::Put(put) => apply_put(&txn, put, maybe_unused)?,
-                Request::Delete(delete) => apply_delete(&txn, delete, maybe_unused)?,
+                Request::Delete(delete) => {
+                    // Remembered whether or not it was here: its copy may be on the way.
+                    self.recent_deletes.record(&delete.domain, &delete.id);
+                    apply_delete(&txn, delete, maybe_unused)?
+                }
             });
         }
         txn.commit()?;
@@ -408,6 +459,7 @@ mod tests {
             tmp_dir,
             subscribers: Arc::new(Subscribers::default()),
             metrics: StoreMetrics::default(),
+            recent_deletes: RecentDeletes::default(),
         }
     }
 
@@ -439,7 +491,7 @@ mod tests {
     #[test]
     fn inline_content_whose_blob_vanished_is_written_by_the_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let worker = worker(dir.path());
+        let mut worker = worker(dir.path());
         let domain = DomainId::new("d").unwrap();
         // The put saw the blob, then a delete removed it before this commit.
         let (request, mut answer) = put(&domain, b"small content");
@@ -460,7 +512,7 @@ mod tests {
     #[test]
     fn one_batch_dedupes_within_itself_and_counts_every_user() {
         let dir = tempfile::tempdir().unwrap();
-        let worker = worker(dir.path());
+        let mut worker = worker(dir.path());
         let domain = DomainId::new("d").unwrap();
         let (first, mut first_answer) = put(&domain, b"same");
         let (second, mut second_answer) = put(&domain, b"same");
@@ -480,5 +532,39 @@ mod tests {
             .join("blobs/d")
             .join(root_of(b"same").to_string());
         assert!(blob.exists(), "the second item still uses the blob");
+    }
+
+    #[test]
+    fn a_copy_that_arrives_after_its_item_was_deleted_here_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut worker = worker(dir.path());
+        let domain = DomainId::new("d").unwrap();
+        // A client deletes the item here before its copy lands (it is not here yet).
+        let (reply, mut deleted) = oneshot::channel();
+        worker.commit(vec![Request::Delete(DeleteRequest {
+            domain: domain.clone(),
+            id: "copied".into(),
+            reply,
+        })]);
+        assert!(matches!(
+            deleted.try_recv().unwrap(),
+            Err(DatastoreError::NotFound { .. })
+        ));
+        let (mut copy, mut copied) = put(&domain, b"late copy");
+        copy.item.is_new = false;
+        copy.item.replica = Some(true);
+        copy.item.id = "copied".into();
+        let (other, mut other_answer) = put(&domain, b"another item");
+        worker.commit(vec![Request::Put(copy), Request::Put(other)]);
+        assert!(matches!(
+            copied.try_recv().unwrap(),
+            Err(DatastoreError::DeletedHere { .. })
+        ));
+        other_answer.try_recv().unwrap().unwrap();
+        let blob = dir
+            .path()
+            .join("blobs/d")
+            .join(root_of(b"late copy").to_string());
+        assert!(!blob.exists(), "the refused copy leaves no blob");
     }
 }

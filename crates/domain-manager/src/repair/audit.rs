@@ -2,7 +2,7 @@
 //! it signs for itself (sender: the manager; one fresh job id per audit step, which no
 //! scheduler job has, so the nodes' status reports about them are ignored).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +74,8 @@ pub(super) struct Done {
     pub removed: usize,
     /// The first step that failed (the others were still tried).
     pub error: Option<RepairError>,
+    /// Nodes a copy to failed (a full disk, a node going away).
+    pub refused: BTreeSet<String>,
 }
 
 /// Lists, copies and removes items on nodes, as the manager.
@@ -202,7 +204,10 @@ impl Auditor {
                             removals.entry(to).or_default().extend(undone);
                         }
                     }
-                    Err(error) => fail(&mut done, error),
+                    Err(error) => {
+                        done.refused.insert(to.to_owned());
+                        fail(&mut done, error);
+                    }
                 }
             }
         }
