@@ -18,6 +18,7 @@
 
 mod blob;
 mod commit;
+mod meta;
 mod metrics;
 mod partial;
 mod repair;
@@ -33,7 +34,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 
@@ -112,7 +113,7 @@ struct Inner {
     dir: PathBuf,
     tmp_dir: PathBuf,
     blobs_dir: PathBuf,
-    db: Arc<Database>,
+    db: Arc<meta::MetaDb>,
     subscribers: Arc<Subscribers>,
     partials: Arc<Partials>,
     commits: CommitQueue,
@@ -170,12 +171,14 @@ impl LocalDatastore {
         }
         let db_path = dir.join("meta.redb");
         // Opening takes the database's lock, so the repair below cannot race another process.
-        let db = Arc::new(Database::create(&db_path).map_err(db)?);
+        let meta = Arc::new(meta::MetaDb::open(&db_path).map_err(db)?);
+        let db = meta.get().map_err(db)?;
         // Before the repair, which counts the bytes of what it removes.
         let txn = db.begin_write().map_err(self::db)?;
         tables::count_missing_bytes(&txn).map_err(self::db)?;
         txn.commit().map_err(self::db)?;
         let repair = repair::repair(&db, &tmp_dir, &blobs_dir)?;
+        drop(db);
         let partials = Arc::new(Partials::open(
             dir.join("partials"),
             options.partial_bytes,
@@ -189,7 +192,7 @@ impl LocalDatastore {
         let (sender, receiver) = mpsc::channel(commit::QUEUE);
         let metrics = StoreMetrics::default();
         let worker = Worker {
-            db: Arc::clone(&db),
+            db: Arc::clone(&meta),
             blobs_dir: blobs_dir.clone(),
             tmp_dir: tmp_dir.clone(),
             subscribers: Arc::clone(&subscribers),
@@ -205,7 +208,7 @@ impl LocalDatastore {
                 dir,
                 tmp_dir,
                 blobs_dir,
-                db,
+                db: meta,
                 subscribers,
                 partials,
                 commits: CommitQueue {
@@ -256,7 +259,7 @@ impl LocalDatastore {
     pub async fn usage(&self) -> Result<Vec<DomainUsage>, DatastoreError> {
         let db = Arc::clone(&self.inner.db);
         tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read().map_err(self::db)?;
+            let txn = db.get().map_err(self::db)?.begin_read().map_err(self::db)?;
             tables::usage(&txn).map_err(self::db)
         })
         .await?
@@ -465,7 +468,7 @@ impl LocalDatastore {
 
 impl Inner {
     fn read_item(&self, domain: &DomainId, id: &str) -> Result<Metadata, DatastoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.db.get().map_err(db)?.begin_read().map_err(db)?;
         let tables = ReadTables::open(&txn, domain).map_err(db)?;
         tables
             .item(domain, id)?
@@ -514,7 +517,7 @@ impl Inner {
         domain: &DomainId,
         filter: &QueryFilter,
     ) -> Result<Vec<Metadata>, DatastoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
+        let txn = self.db.get().map_err(db)?.begin_read().map_err(db)?;
         let tables = ReadTables::open(&txn, domain).map_err(db)?;
         let Some(items) = &tables.items else {
             return Ok(Vec::new());

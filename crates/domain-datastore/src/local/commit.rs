@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use domain_proto::domain_data::{Metadata, UpsertMetadata};
-use redb::Database;
 use tokio::sync::{mpsc, oneshot};
 
 use super::metrics::StoreMetrics;
@@ -104,7 +103,7 @@ pub(super) enum Request {
 
 /// What the worker needs; it shares nothing else with the store.
 pub(super) struct Worker {
-    pub(super) db: Arc<Database>,
+    pub(super) db: Arc<super::meta::MetaDb>,
     pub(super) blobs_dir: PathBuf,
     pub(super) tmp_dir: PathBuf,
     pub(super) subscribers: Arc<Subscribers>,
@@ -199,7 +198,23 @@ impl Worker {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %domain_proto::ErrorChain(&e), "metadata commit failed");
+                // A full disk is the operator's to free, and the store carries on once it
+                // is: a warning. Anything else is an error.
+                if super::meta::is_full(&e) || matches!(e, redb::Error::PreviousIo) {
+                    tracing::warn!(error = %domain_proto::ErrorChain(&e), "metadata commit failed");
+                } else {
+                    tracing::error!(error = %domain_proto::ErrorChain(&e), "metadata commit failed");
+                }
+                if super::meta::needs_reopen(&e) {
+                    match self.db.reopen() {
+                        Ok(()) => {
+                            tracing::info!("metadata database opened again after an I/O error")
+                        }
+                        Err(reopen) => {
+                            tracing::error!(error = %domain_proto::ErrorChain(&reopen), "cannot open the metadata database again")
+                        }
+                    }
+                }
                 let e = Arc::new(e);
                 for request in pending {
                     match request {
@@ -309,7 +324,7 @@ impl Worker {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
-        let txn = self.db.begin_write()?;
+        let txn = self.db.get()?.begin_write()?;
         let mut outcomes = Vec::with_capacity(requests.len());
         for request in requests {
             outcomes.push(match request {
@@ -340,7 +355,7 @@ impl Worker {
             return;
         }
         let still_used = |domain: &DomainId, root: &str| -> Result<bool, redb::Error> {
-            let txn = redb::ReadableDatabase::begin_read(&*self.db)?;
+            let txn = redb::ReadableDatabase::begin_read(&*self.db.get()?)?;
             let tables = ReadTables::open(&txn, domain)?;
             Ok(match &tables.blobs {
                 Some(blobs) => redb::ReadableTable::get(blobs, root)?.is_some(),
@@ -454,7 +469,7 @@ mod tests {
         std::fs::create_dir_all(&blobs_dir).unwrap();
         std::fs::create_dir_all(&tmp_dir).unwrap();
         Worker {
-            db: Arc::new(Database::create(dir.join("meta.redb")).unwrap()),
+            db: Arc::new(super::super::meta::MetaDb::open(&dir.join("meta.redb")).unwrap()),
             blobs_dir,
             tmp_dir,
             subscribers: Arc::new(Subscribers::default()),

@@ -10,7 +10,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use redb::{Database, ReadableDatabase as _};
+use redb::ReadableDatabase as _;
 
 use super::tables;
 
@@ -50,7 +50,7 @@ impl StoreMetrics {
 pub(crate) fn register(
     registry: &mut Registry,
     metrics: &StoreMetrics,
-    db: Arc<Database>,
+    db: Arc<super::meta::MetaDb>,
     partials_dir: PathBuf,
 ) {
     registry.register_with_unit(
@@ -72,7 +72,7 @@ pub(crate) fn register(
 /// files' sizes when scraped.
 #[derive(Debug)]
 struct UsageCollector {
-    db: Arc<Database>,
+    db: Arc<super::meta::MetaDb>,
     partials_dir: PathBuf,
 }
 
@@ -81,8 +81,9 @@ impl Collector for UsageCollector {
         // A store that cannot be read now shows no usage rather than failing the scrape.
         let usage = self
             .db
-            .begin_read()
+            .get()
             .ok()
+            .and_then(|db| db.begin_read().ok())
             .and_then(|txn| tables::usage(&txn).ok())
             .unwrap_or_default();
         let gauge = ConstGauge::new(0_i64);
