@@ -249,6 +249,8 @@ impl Client {
     ) {
         let mut stopped = follow.stopped.clone();
         let mut changes = Some(changes);
+        // Nodes whose stream just ended, and when to follow them again.
+        let mut not_before: HashMap<PeerId, Instant> = HashMap::new();
         let mut refollow = tokio::time::interval(REFOLLOW);
         refollow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -274,16 +276,16 @@ impl Client {
             match step {
                 Step::Change(Ok(Some(now))) => {
                     holders = now;
-                    self.follow_holders(follow, &holders, Start::Existing, &mut followed, streams)
-                        .await;
+                    self.refollow(follow, &holders, &mut followed, streams, &not_before);
                 }
                 Step::Change(Ok(None) | Err(_)) => {
                     tracing::warn!("the manager's holder stream ended; following it again");
                     changes = None;
                 }
-                // Followed again at the next look, from what it holds.
+                // Followed again at a later look, from what it holds.
                 Step::Ended(Some(Ok(node))) => {
                     followed.remove(&node);
+                    not_before.insert(node, Instant::now() + REFOLLOW);
                 }
                 Step::Ended(_) => {}
                 Step::Look => {
@@ -301,10 +303,61 @@ impl Client {
                             changes = Some(stream);
                         }
                     }
-                    self.follow_holders(follow, &holders, Start::Existing, &mut followed, streams)
-                        .await;
+                    self.refollow(follow, &holders, &mut followed, streams, &not_before);
                 }
             }
+        }
+    }
+
+    /// Follows again, each in a task of its own (a node that does not answer must not hold
+    /// up the others), every registered holder of `holders` not followed, whose stream did
+    /// not end moments ago. Each sends every item it holds again; the [`Subscription`]
+    /// shows only those not shown.
+    fn refollow(
+        &self,
+        follow: &Follow<'_>,
+        holders: &[Holder],
+        followed: &mut BTreeSet<PeerId>,
+        streams: &mut JoinSet<PeerId>,
+        not_before: &HashMap<PeerId, Instant>,
+    ) {
+        let now = Instant::now();
+        for holder in holders.iter().filter(|holder| holder.registered) {
+            let Ok(node) = holder.node_id.parse::<PeerId>() else {
+                continue;
+            };
+            if followed.contains(&node) || not_before.get(&node).is_some_and(|at| *at > now) {
+                continue;
+            }
+            followed.insert(node);
+            let follower = NodeFollower {
+                client: self.clone(),
+                domain: follow.domain.clone(),
+                query: follow.query.clone(),
+                node,
+                items: follow.items.clone(),
+                stopped: follow.stopped.clone(),
+                seen: Seen::default(),
+            };
+            streams.spawn(async move {
+                let mut stopped = follower.stopped.clone();
+                let opened = tokio::select! {
+                    _ = stopped.wait_for(|stop| *stop) => return node,
+                    opened = follower.client.open_subscription(
+                        &follower.domain,
+                        &follower.query,
+                        node,
+                        false,
+                    ) => opened,
+                };
+                match opened {
+                    Ok((_, stream)) => follower.run(stream).await,
+                    Err(error) => {
+                        not_answered(node, &error);
+                        node
+                    }
+                }
+            });
         }
     }
 
