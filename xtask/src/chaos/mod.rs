@@ -65,7 +65,7 @@ pub struct Options {
     /// The cargo profile of the binaries: `dev` reuses a test build (as `dist` does).
     #[arg(long, default_value = "release", value_parser = ["dev", "release"])]
     pub profile: String,
-    /// Run the binaries already in target/<profile>, without building them.
+    /// Run the binaries already in `target/<profile>`, without building them.
     #[arg(long)]
     pub no_build: bool,
     /// Concurrent client workers (besides the watch and the checker).
