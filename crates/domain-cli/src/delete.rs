@@ -6,6 +6,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use domain_client::client::ClientError;
 use domain_proto::DomainId;
 
 use crate::remote::{RemoteArgs, runtime};
@@ -37,8 +38,27 @@ pub fn run(
             None => client.delete(&args.domain, &args.ids).await,
         };
         let _ = client.shutdown().await;
-        answer.context("removing items")
+        anyhow::Ok(answer)
     })?;
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(ClientError::DeleteIncomplete {
+            answered,
+            unanswered,
+        }) => {
+            // What was removed is printed all the same: it is gone from the holders that
+            // answered.
+            for id in &answered.deleted {
+                writeln!(out, "{id}")?;
+            }
+            return Err(anyhow::Error::new(ClientError::DeleteIncomplete {
+                answered,
+                unanswered,
+            }))
+            .context("removing items");
+        }
+        Err(error) => return Err(anyhow::Error::new(error)).context("removing items"),
+    };
     for id in &answer.deleted {
         writeln!(out, "{id}")?;
     }

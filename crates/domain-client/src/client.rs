@@ -129,7 +129,8 @@ impl Client {
         } else {
             Some(
                 Managers::new(cluster.clone(), managers)
-                    .map_err(|e| ClientError::Cluster(Box::new(e)))?,
+                    .map_err(|e| ClientError::Cluster(Box::new(e)))?
+                    .with_patience(config.connect_patience),
             )
         };
         Ok(Self {

@@ -100,6 +100,12 @@ pub fn loopback_tcp() -> Multiaddr {
         .with(Protocol::Tcp(0))
 }
 
+/// The TCP multiaddr of `addr`: `/ip4/A/tcp/P` or `/ip6/A/tcp/P`.
+#[must_use]
+pub fn tcp(addr: std::net::SocketAddr) -> Multiaddr {
+    Multiaddr::from(addr.ip()).with(Protocol::Tcp(addr.port()))
+}
+
 /// `/ip4/127.0.0.1/udp/0/quic-v1`: any free QUIC port on the IPv4 loopback.
 #[must_use]
 pub fn loopback_quic() -> Multiaddr {
@@ -142,6 +148,15 @@ mod tests {
         assert_eq!(with_peer_id(full.clone(), peer), full);
         assert_eq!(without_peer_id(&full), bare);
         assert_eq!(peer_of(&bare), None);
+    }
+
+    #[test]
+    fn a_socket_address_is_its_tcp_multiaddr() {
+        assert_eq!(
+            tcp("127.0.0.1:4001".parse().unwrap()),
+            addr("/ip4/127.0.0.1/tcp/4001")
+        );
+        assert_eq!(tcp("[::1]:9".parse().unwrap()), addr("/ip6/::1/tcp/9"));
     }
 
     #[test]

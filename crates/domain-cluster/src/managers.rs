@@ -6,8 +6,8 @@
 //! found and runs each request against it through [`Managers::call`]: when the request
 //! fails in a way another manager could cure (the leader is gone, or the peer asked is a
 //! standby), it asks the managers who leads now, waiting out an election, and tries once
-//! more there. With one manager it is a plain address book: nothing is asked, nothing
-//! retried.
+//! more there. With one manager nobody is asked who leads: a request that fails that way
+//! is run again on it until the patience runs out (it may be restarting).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,8 +23,12 @@ use crate::handle::ClusterHandle;
 /// an election after the leader's lease ran out.
 pub const DEFAULT_LEADER_PATIENCE: Duration = Duration::from_secs(15);
 
-/// The pause between two rounds of asking every manager who leads.
+/// The pause between two rounds of asking every manager who leads, and the first before
+/// asking the only manager again.
 const ASK_AGAIN: Duration = Duration::from_millis(200);
+
+/// The longest pause before asking the only manager again.
+const MAX_PAUSE: Duration = Duration::from_secs(2);
 
 /// The managers of a cluster and the one believed to lead. Cheap to clone; clones share
 /// what they learn.
@@ -76,8 +80,9 @@ impl Managers {
         })
     }
 
-    /// Sets how long a search for the leader waits for one to be elected (default
-    /// [`DEFAULT_LEADER_PATIENCE`]). Call it before cloning.
+    /// Sets how long a search for the leader waits for one to be elected, and how long a
+    /// request to the only manager is repeated (default [`DEFAULT_LEADER_PATIENCE`]). Call
+    /// it before cloning.
     #[must_use]
     pub fn with_patience(mut self, patience: Duration) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
@@ -121,9 +126,11 @@ impl Managers {
     }
 
     /// Runs `request` against the leader, its address dialled first (the swarm may have
-    /// forgotten it after a restart). When several managers are known and the request
-    /// fails in a way another manager could cure ([`leads_elsewhere`]), finds the leader
-    /// and runs `request` once more there. `request` must therefore be safe to repeat.
+    /// forgotten it after a restart). When the request fails in a way another manager
+    /// could cure ([`leads_elsewhere`]) and several managers are known, finds the leader
+    /// and runs `request` once more there; with one manager, which may be restarting or
+    /// not serving yet, runs it again there, pausing longer each time, until the patience
+    /// runs out. `request` must therefore be safe to repeat.
     ///
     /// # Errors
     /// What `request` returned last; those of [`find_leader`](Self::find_leader).
@@ -132,18 +139,30 @@ impl Managers {
         F: FnMut(PeerId) -> Fut,
         Fut: Future<Output = Result<T, ClusterError>>,
     {
-        let (leader, addr) = self.current();
-        let first = match self.inner.cluster.dial(addr).await {
-            Ok(_) => request(leader).await,
-            Err(error) => Err(error),
-        };
-        match first {
-            Err(error) if self.inner.known.len() > 1 && leads_elsewhere(&error) => {
-                tracing::info!(manager = %leader, error = %domain_proto::ErrorChain(&error), "the manager does not serve; finding the leader");
-                let leader = self.find_leader(leader).await?;
-                request(leader).await
+        let deadline = tokio::time::Instant::now() + self.inner.patience;
+        let mut pause = ASK_AGAIN;
+        loop {
+            let (leader, addr) = self.current();
+            let result = match self.inner.cluster.dial(addr).await {
+                Ok(_) => request(leader).await,
+                Err(error) => Err(error),
+            };
+            match result {
+                Err(error) if leads_elsewhere(&error) && self.inner.known.len() > 1 => {
+                    tracing::info!(manager = %leader, error = %domain_proto::ErrorChain(&error), "the manager does not serve; finding the leader");
+                    let leader = self.find_leader(leader).await?;
+                    return request(leader).await;
+                }
+                Err(error)
+                    if leads_elsewhere(&error)
+                        && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tracing::debug!(manager = %leader, error = %domain_proto::ErrorChain(&error), retry_in = ?pause, "the manager does not serve; asking it again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_PAUSE);
+                }
+                result => return result,
             }
-            result => result,
         }
     }
 

@@ -57,6 +57,11 @@ const AVOID: Duration = Duration::from_secs(60);
 /// The longest pause between attempts of an audit that keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// How many times a removal of deleted items is asked again of a node that did not
+/// answer (1 + 2 + 4 + 8 s of pauses): long enough for a passing fault, short enough not
+/// to hold one of the few removals that run at once for long.
+const PURGE_RETRIES: u32 = 4;
+
 /// How long a client's delete is remembered, and how many at most: a holder away longer
 /// than this may bring a deleted item back.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -149,17 +154,31 @@ impl Tombstones {
     }
 }
 
-/// Removes `ids`, which a client deleted, from `node`, where a copy of them landed after
-/// the delete; a failure is logged and left to the next audit.
+/// Removes `ids`, which a client deleted, from `node`, which still holds them: a copy
+/// landed there after the delete, or the delete did not reach it. A node that does not
+/// answer is asked again a few times ([`PURGE_RETRIES`], the pause doubling from a
+/// second), then left to the next audit, or to the purge at its next join if it is
+/// dropped meanwhile.
 pub(crate) async fn remove_deleted(auditor: &Auditor, domain: &str, node: &str, ids: &[String]) {
+    let mut pause = Duration::from_secs(1);
     for batch in ids.chunks(audit::IDS_PER_STREAM) {
-        match auditor.remove(domain, node, batch).await {
-            Ok(removed) => {
-                tracing::info!(%domain, %node, removed, "removed copies that landed after their items were deleted");
-            }
-            Err(error) => {
-                tracing::warn!(%domain, %node, error = %domain_proto::ErrorChain(&error), "could not remove copies that landed after their items were deleted; the next audit will");
-                return;
+        let mut attempt = 0;
+        loop {
+            match auditor.remove(domain, node, batch).await {
+                Ok(removed) => {
+                    tracing::info!(%domain, %node, removed, "removed copies of deleted items");
+                    break;
+                }
+                Err(error) if attempt < PURGE_RETRIES => {
+                    tracing::debug!(%domain, %node, error = %domain_proto::ErrorChain(&error), retry_in = ?pause, "could not remove copies of deleted items");
+                    attempt += 1;
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(error) => {
+                    tracing::warn!(%domain, %node, error = %domain_proto::ErrorChain(&error), "could not remove copies of deleted items; the next audit will");
+                    return;
+                }
             }
         }
     }

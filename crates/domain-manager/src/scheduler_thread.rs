@@ -81,6 +81,22 @@ pub(crate) enum Request {
     Deletes {
         reply: oneshot::Sender<Vec<(String, Vec<String>)>>,
     },
+    /// The stream on which `submitter` received job `job_id`'s tokens closed.
+    Left { job_id: String, submitter: String },
+}
+
+/// How long a submitter has to come back for its job (send its request again) after its
+/// stream for the job's tokens closed, or after the manager started leading, before the
+/// tasks nobody started fail ([`Scheduler::submitter_left`]): longer than a client's
+/// patience with a restarting manager.
+const SUBMITTER_GRACE: Duration = Duration::from_secs(30);
+
+/// Running jobs whose submitter is away: job id → (submitter, when its tasks that nobody
+/// started fail, in scheduler milliseconds). An entry lasts until the submitter comes back
+/// or the job ends, so that a retry after the grace fails too.
+#[derive(Debug, Default)]
+pub(crate) struct AwaySubmitters {
+    jobs: BTreeMap<String, (String, u64)>,
 }
 
 /// Why a job was not accepted.
@@ -166,6 +182,8 @@ pub(crate) struct Core {
     pub metrics: crate::metrics::ManagerMetrics,
     /// The ids clients deleted (a copy of one of them that lands is removed).
     pub tombstones: Arc<Tombstones>,
+    /// Running jobs whose submitter's stream closed.
+    pub away: AwaySubmitters,
 }
 
 impl Core {
@@ -175,6 +193,17 @@ impl Core {
         mut requests: mpsc::Receiver<Request>,
     ) -> Result<(), SchedulerError> {
         let mut deferred = None;
+        // The jobs it starts with lost their submitters' streams with the last leader.
+        let grace_ends = now_ms().saturating_add(millis(SUBMITTER_GRACE));
+        for job_id in self.scheduler.job_ids() {
+            if self.scheduler.job_status(&job_id) != Some(JobStatus::Running) {
+                continue;
+            }
+            if let Some(submitter) = self.scheduler.job_submitter(&job_id) {
+                let away = (submitter.to_owned(), grace_ends);
+                self.away.jobs.insert(job_id, away);
+            }
+        }
         loop {
             let request = match deferred.take() {
                 Some(request) => request,
@@ -227,11 +256,19 @@ impl Core {
                     let _ = reply.send(result);
                     fatal
                 }
+                Request::Left { job_id, submitter } => {
+                    if self.scheduler.job_status(&job_id) == Some(JobStatus::Running) {
+                        let due = now_ms().saturating_add(millis(SUBMITTER_GRACE));
+                        self.away.jobs.insert(job_id, (submitter, due));
+                    }
+                    Ok(())
+                }
                 Request::Tick => {
                     let start = std::time::Instant::now();
+                    let left = self.fail_left_jobs();
                     let ticked = self.scheduler.tick(now_ms());
                     self.metrics.ticked(start, self.scheduler.stats());
-                    ticked.map_or_else(|e| if is_fatal(&e) { Err(e) } else { Ok(()) }, |()| Ok(()))
+                    fatal(&left).and(fatal(&ticked))
                 }
                 Request::Watch { reply } => {
                     let jobs = self
@@ -326,9 +363,31 @@ impl Core {
         })
     }
 
+    /// Fails the tasks nobody started of the jobs whose submitter stayed away past its
+    /// grace, and forgets the jobs that ended.
+    fn fail_left_jobs(&mut self) -> Result<(), SchedulerError> {
+        let now = now_ms();
+        let due: Vec<(String, String)> = self
+            .away
+            .jobs
+            .iter()
+            .filter(|(_, (_, at))| *at <= now)
+            .map(|(job_id, (submitter, _))| (job_id.clone(), submitter.clone()))
+            .collect();
+        for (job_id, submitter) in due {
+            if self.scheduler.job_status(&job_id) != Some(JobStatus::Running) {
+                self.away.jobs.remove(&job_id);
+                continue;
+            }
+            self.scheduler.submitter_left(&job_id, &submitter, now)?;
+        }
+        Ok(())
+    }
+
     /// Hands a submitter that sent a job's request again fresh tokens for the job's tasks that
     /// are assigned now, and the job's next ones. Nothing is scheduled anew.
     fn resume(&mut self, job_id: String, tokens: mpsc::Sender<Task>) -> Submission {
+        self.away.jobs.remove(&job_id);
         if self.scheduler.job_status(&job_id) == Some(JobStatus::Running) {
             for task in self.current_tokens(&job_id) {
                 // The queue holds every token of the job, so it has room for these.
@@ -444,8 +503,13 @@ impl Core {
                         job = %task.job_id, task = %task.name, peer = %reporter,
                         status = task.status, "task update applied"
                     );
-                    if task.status() == Status::Done {
-                        self.undo_deleted_copies(task);
+                    match task.status() {
+                        Status::Done => self.undo_deleted_copies(task),
+                        // Retried or not, the holder has not removed the items yet.
+                        Status::Failed | Status::Retry => {
+                            let _ = self.purge_missed_delete(task);
+                        }
+                        _ => {}
                     }
                 }
                 Err(e @ SchedulerError::NotAllowed { .. }) => {
@@ -495,6 +559,30 @@ impl Core {
         });
     }
 
+    /// A holder that a client's delete did not reach (an attempt there failed, or the
+    /// task ran out of time) still lists the items: they are removed from it now, not at
+    /// the next audit.
+    fn purge_missed_delete(&self, failed: &Task) -> Result<(), Stopping> {
+        let Some(request) = self.scheduler.job_request(&failed.job_id) else {
+            return Ok(());
+        };
+        let Some(ids) = crate::repair::deleted_ids(request) else {
+            return Ok(());
+        };
+        let node = failed.receiver.clone().or_else(|| {
+            let spec = request.tasks.iter().find(|spec| spec.name == failed.name)?;
+            spec.receiver.clone()
+        });
+        let Some(node) = node.filter(|_| !ids.is_empty()) else {
+            return Ok(());
+        };
+        self.send(Outbound::Purge {
+            domain: request.domain_id.clone(),
+            node,
+            ids,
+        })
+    }
+
     fn send(&self, item: Outbound) -> Result<(), Stopping> {
         self.outbound.blocking_send(item).map_err(|_| Stopping)
     }
@@ -511,6 +599,9 @@ impl Core {
                             new_jobs.insert(job_id.clone());
                         }
                         Event::TaskAssigned { task, .. } | Event::TaskChanged { task, .. } => {
+                            if task.status() == Status::Failed {
+                                self.purge_missed_delete(task)?;
+                            }
                             changed
                                 .entry(task.job_id.clone())
                                 .or_default()
@@ -581,6 +672,10 @@ impl Core {
             },
         }))
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Store failures poison the scheduler: the thread stops and the manager with it.

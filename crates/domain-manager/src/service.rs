@@ -32,7 +32,7 @@ use crate::domains::DomainPolicy;
 use crate::error::ManagerError;
 use crate::leadership::{LeaderAnswers, StoreChoice, serve_leader, store_for};
 use crate::repair::{Auditor, Repairer, Tombstones};
-use crate::scheduler_thread::{Core, JobView, Outbound, Request};
+use crate::scheduler_thread::{AwaySubmitters, Core, JobView, Outbound, Request};
 
 mod protocols;
 
@@ -688,6 +688,7 @@ async fn start_core(
                 holder_changes: broadcast::channel(HOLDER_CHANGE_QUEUE).0,
                 metrics,
                 tombstones,
+                away: AwaySubmitters::default(),
             };
             let _ = done_tx.send(core.run(requests));
         })

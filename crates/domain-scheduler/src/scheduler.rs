@@ -510,6 +510,47 @@ impl Scheduler {
         })
     }
 
+    /// The submitter of job `job_id` left it: its stream for the job's tokens closed and
+    /// it did not come back for them. The tasks whose sender it is and that no node has
+    /// started fail, since nobody will open their streams; a task a node started runs on
+    /// (the node ends it). Another submitter's job, an unknown or a finished one, is left
+    /// alone. Call it again after a retry: the retry is not started either.
+    pub fn submitter_left(
+        &mut self,
+        job_id: &str,
+        submitter: &str,
+        now: u64,
+    ) -> Result<(), SchedulerError> {
+        self.operation(|s| {
+            let Some(job) = s.jobs.get(job_id).filter(|job| job.submitter == submitter) else {
+                return Ok(());
+            };
+            let abandoned: Vec<TaskRef> = job
+                .tasks
+                .iter()
+                .zip(&job.request.tasks)
+                .enumerate()
+                .filter(|(_, (state, spec))| {
+                    spec.sender == submitter
+                        && matches!(
+                            state.phase,
+                            Phase::Queued | Phase::Waiting | Phase::Retry | Phase::Pending
+                        )
+                })
+                .map(|(position, _)| TaskRef {
+                    job: job.id.clone(),
+                    position: u32::try_from(position).unwrap_or(u32::MAX),
+                })
+                .collect();
+            for task in abandoned {
+                s.end_attempt(&task, now);
+                s.fail(&task, now, format!("its submitter {submitter} left"));
+            }
+            s.schedule(now);
+            Ok(())
+        })
+    }
+
     /// Applies a status change of a task reported by `reporter` (a peer id): `update.job_id`,
     /// `update.name` and `update.status` say which task and what it became; `update.output`, if
     /// present, is kept.

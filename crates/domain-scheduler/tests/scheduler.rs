@@ -758,6 +758,57 @@ fn a_restarted_node_has_its_tasks_tried_again_and_the_tasks_it_sends_failed() {
 }
 
 #[test]
+fn when_a_submitter_leaves_its_unstarted_tasks_fail_and_started_ones_run_on() {
+    let mut h = Harness::new();
+    // Room for one task at a time: `started` runs, `assigned` is PENDING on b, `waiting`
+    // has no node yet.
+    h.scheduler.join(node("a", &[(STORE, 1)]), 0).unwrap();
+    h.scheduler.join(node("b", &[(STORE, 1)]), 0).unwrap();
+    let job_id = h
+        .scheduler
+        .submit(
+            job(
+                "uploads",
+                vec![
+                    task("started", STORE, &[]),
+                    task("assigned", STORE, &[]),
+                    task("waiting", STORE, &[]),
+                ],
+            ),
+            CLIENT,
+            0,
+        )
+        .unwrap();
+    let assigned = h.assigned();
+    assert_eq!(assigned.len(), 2);
+    let first = assigned.iter().find(|t| t.name == "started").unwrap();
+    let receiver = first.receiver.clone().unwrap();
+    h.report(first, Status::Started, &receiver, 1);
+
+    // Someone else's word changes nothing.
+    h.scheduler.submitter_left(&job_id, "stranger", 2).unwrap();
+    assert_eq!(h.status(&job_id, "assigned"), Status::Pending);
+
+    h.scheduler.submitter_left(&job_id, CLIENT, 2).unwrap();
+    assert_eq!(h.status(&job_id, "started"), Status::Started);
+    assert_eq!(h.status(&job_id, "assigned"), Status::Failed);
+    assert_eq!(h.status(&job_id, "waiting"), Status::Failed);
+    assert_eq!(h.scheduler.job_status(&job_id), Some(JobStatus::Running));
+    assert!(
+        h.scheduler
+            .task(&job_id, "assigned")
+            .unwrap()
+            .err_msg
+            .contains("submitter"),
+        "the reason names the submitter"
+    );
+
+    // The node ends the started one; the job is over.
+    h.report(first, Status::Done, &receiver, 3);
+    assert_eq!(h.scheduler.job_status(&job_id), Some(JobStatus::Failed));
+}
+
+#[test]
 fn a_rejoin_updates_capabilities_and_keeps_running_tasks() {
     let mut h = Harness::new();
     h.scheduler.join(node("n", &[(STORE, 1)]), 0).unwrap();

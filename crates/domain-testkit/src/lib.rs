@@ -10,6 +10,7 @@
 //! - [`start_manager`], [`start_node`], [`admit`], [`start_client`]: the steps, for
 //!   tests that need a cluster of another shape (several nodes, a domain with an
 //!   allow-list, two clusters).
+//! - [`Forwarder`]: a port forward in front of a node, which a test can cut.
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
@@ -19,6 +20,10 @@
 //! # Ok(())
 //! # }
 //! ```
+
+mod forward;
+
+pub use forward::Forwarder;
 
 use std::path::Path;
 use std::time::Duration;

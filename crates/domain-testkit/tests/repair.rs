@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use domain_client::client::{Client, ClientConfig, Upload};
+use domain_client::client::{Client, ClientConfig, ClientError, Upload};
 use domain_cluster::Multiaddr;
 use domain_cluster::identity::Identity;
 use domain_datastore::Datastore as _;
@@ -17,6 +17,7 @@ use domain_node::{Node, NodeConfig};
 use domain_proto::DomainId;
 use domain_proto::domain_data::Query;
 use domain_testkit::{admit, manager_addr, start_manager, start_node};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const WAIT: Duration = Duration::from_secs(90);
 const DOMAIN: &str = "lab";
@@ -309,6 +310,83 @@ async fn a_delete_is_remembered_across_a_manager_restart() {
     kept.remove(&deleted);
     settled(&nodes, &roots, &kept, 2).await;
     manager.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_the_delete_did_not_reach_loses_the_item_soon_after() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let identity = Identity::generate();
+    // Both holders stay registered throughout, and no audit is due: only the removal
+    // that follows the delete that failed there can take the copy away.
+    let mut config = manager_config(dir.path(), &identity, 2, Duration::from_secs(60));
+    config.metrics = Some("127.0.0.1:0".parse().unwrap());
+    let manager = start_manager(config).await.unwrap();
+    let addr = manager_addr(&manager).unwrap();
+    let (a, _) = node(&manager, &addr, dir.path(), "a").await;
+    let (b, _) = node(&manager, &addr, dir.path(), "b").await;
+    let nodes = vec![Some(a), Some(b)];
+
+    let uploader = client(identity.clone(), &addr).await;
+    let roots = upload(&uploader).await;
+    uploader.shutdown().await.unwrap();
+    let all: BTreeSet<String> = roots.keys().cloned().collect();
+    settled(&nodes, &roots, &all, 2).await;
+    // The audit a new leader makes found nothing to do: none is due from now on.
+    let metrics = manager.metrics_addr().unwrap();
+    tokio::time::timeout(WAIT, async {
+        while clean_audits(metrics).await < 1.0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the first audit ends");
+
+    // `b` refuses the client that deletes (directly and through the relay), and stays
+    // registered with the manager.
+    let deleter = client(identity, &addr).await;
+    let b = nodes[1].as_ref().unwrap();
+    b.cluster()
+        .ban(deleter.peer_id(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let deleted = all.first().unwrap().clone();
+    let domain = DomainId::new(DOMAIN).unwrap();
+    let error = deleter
+        .delete(&domain, std::slice::from_ref(&deleted))
+        .await
+        .unwrap_err();
+    match error {
+        ClientError::DeleteIncomplete {
+            answered,
+            unanswered,
+        } => {
+            assert_eq!(answered.deleted, vec![deleted.clone()], "`a` answered");
+            assert_eq!(unanswered, vec![b.peer_id()]);
+        }
+        other => panic!("a delete that missed a holder is incomplete, not {other}"),
+    }
+    let mut kept = all.clone();
+    kept.remove(&deleted);
+    settled(&nodes, &roots, &kept, 2).await;
+    deleter.shutdown().await.unwrap();
+}
+
+/// The manager's audits that found nothing to do, from its metrics endpoint.
+async fn clean_audits(metrics: std::net::SocketAddr) -> f64 {
+    let mut stream = tokio::net::TcpStream::connect(metrics).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body.lines()
+        .find_map(|line| {
+            line.strip_prefix("domain_manager_repair_audits_total{outcome=\"clean\"} ")
+        })
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A loopback TCP address on a port free now, for a manager that must come back on it.

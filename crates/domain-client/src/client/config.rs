@@ -20,7 +20,8 @@ pub struct ClientConfig {
     pub limits: Limits,
     /// The limit on each remote wait of the swarm (dials, opening streams).
     pub request_timeout: Duration,
-    /// How long to keep trying to reach an assigned node before the attempt fails.
+    /// How long to keep trying to reach an assigned node before the attempt fails, and
+    /// the manager (restarting, or electing a leader) before a request to it fails.
     pub connect_patience: Duration,
     /// Let a download replace a file that already exists in its folder; otherwise such an
     /// item fails with [`ClientError::WouldReplace`](super::ClientError::WouldReplace) and the file is left as it was.

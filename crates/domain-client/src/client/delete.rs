@@ -19,13 +19,17 @@ impl Client {
     /// Removes the items `ids` of `domain` from every node that holds them, and returns
     /// which ids were removed (from at least one node) and which no node held.
     ///
-    /// A holder that does not answer is reported in one line and passed over (its copies
-    /// stay).
+    /// A holder that is not registered now is passed over: the manager removes what it
+    /// deletes before that node is registered again. A registered holder that does not
+    /// answer makes the delete incomplete, since it still lists the items; the manager,
+    /// which remembers the delete, removes them there as soon as it reaches it.
     ///
     /// # Errors
-    /// [`ClientError::NoManager`], [`ClientError::Manager`].
+    /// [`ClientError::NoManager`], [`ClientError::Manager`], and
+    /// [`ClientError::DeleteIncomplete`] with what the others answered.
     pub async fn delete(&self, domain: &DomainId, ids: &[String]) -> Result<Deleted, ClientError> {
         let mut deleted = BTreeSet::new();
+        let mut unanswered = Vec::new();
         if ids.is_empty() {
             return Ok(Deleted::default());
         }
@@ -51,10 +55,21 @@ impl Client {
             };
             match removed.await {
                 Ok(removed) => deleted.extend(removed.deleted),
-                Err(error) => not_answered(node, &error),
+                Err(error) => {
+                    not_answered(node, &error);
+                    unanswered.push(node);
+                }
             }
         }
-        Ok(answer(ids, &deleted))
+        let answered = answer(ids, &deleted);
+        if unanswered.is_empty() {
+            Ok(answered)
+        } else {
+            Err(ClientError::DeleteIncomplete {
+                answered,
+                unanswered,
+            })
+        }
     }
 
     /// Removes the items `ids` of `domain` from one node, with a token obtained elsewhere.

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use domain_capabilities::CapabilityError;
+use domain_capabilities::{CapabilityError, Deleted};
 use domain_cluster::{ClusterError, Multiaddr, PeerId};
 
 use super::MAX_LISTED_ITEMS;
@@ -170,6 +170,28 @@ pub enum ClientError {
         /// The partial file.
         path: PathBuf,
     },
+    /// A delete reached some holders but not all: the others keep their copies (and
+    /// list them) until the manager, which remembers the delete, removes them.
+    #[error(
+        "the delete did not reach {} of the domain's holders ({}); they keep their copies until the manager removes them",
+        unanswered.len(),
+        peer_list(unanswered)
+    )]
+    DeleteIncomplete {
+        /// What the holders that answered removed, and what none of them held.
+        answered: Deleted,
+        /// The holders that did not answer.
+        unanswered: Vec<PeerId>,
+    },
+}
+
+/// `peers` for a message: comma-separated.
+fn peer_list(peers: &[PeerId]) -> String {
+    peers
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl ClientError {

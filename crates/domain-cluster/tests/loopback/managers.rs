@@ -141,6 +141,47 @@ async fn without_a_leader_the_search_ends_after_its_patience() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_the_only_manager_is_repeated_until_it_serves_within_the_patience() {
+    // A manager that is starting: up, but not serving the request yet.
+    let only = manager().await;
+    let client = start(loopback(Role::Client)).await;
+    let managers = Managers::new(client.handle.clone(), [full_addr(&only)])
+        .unwrap()
+        .with_patience(Duration::from_secs(30));
+    let serving = {
+        let handle = only.handle.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            serve_hello(&handle);
+        })
+    };
+    let mut calls = 0;
+    let answer = within(
+        "the request",
+        managers.call(|m| {
+            calls += 1;
+            hello(&client.handle, m)
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer, only.handle.local_peer_id().to_string());
+    assert!(calls > 1, "asked {calls} times");
+    serving.await.unwrap();
+
+    // One that never serves it: the last error, once the patience ran out.
+    let never = manager().await;
+    let managers = Managers::new(client.handle.clone(), [full_addr(&never)])
+        .unwrap()
+        .with_patience(Duration::from_millis(500));
+    let failed = within("the request", managers.call(|m| hello(&client.handle, m))).await;
+    assert!(
+        matches!(failed, Err(ClusterError::OpenStream { .. })),
+        "{failed:?}"
+    );
+}
+
 #[test]
 fn an_address_without_its_peer_id_or_no_address_is_refused() {
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -449,19 +449,28 @@ pub(super) async fn serve_jobs(shared: &Shared, peer: PeerId, stream: ClusterStr
         return;
     }
     let mut probe = [0u8; 1];
-    loop {
+    let left = loop {
         tokio::select! {
             task = tokens.recv() => {
-                let Some(task) = task else { break };
+                // No more tokens: the job ended.
+                let Some(task) = task else { break false };
                 if send_frame(shared, &mut writer, &task).await.is_err() {
-                    break;
+                    break true;
                 }
             }
             // The submitter writes nothing more: any byte, its close or an error ends the stream.
-            _ = reader.read(&mut probe) => break,
+            _ = reader.read(&mut probe) => break true,
         }
-    }
+    };
     let _ = writer.shutdown().await;
+    if left && let Ok(Submission { job_id, .. }) = result {
+        // Unless it comes back for the job, nobody opens the streams of its tasks.
+        let left = Request::Left {
+            job_id,
+            submitter: peer.to_string(),
+        };
+        let _ = shared.requests.send(left).await;
+    }
 }
 
 /// `/holders/v1`: the nodes that hold data of a domain the peer may use, and with `follow`
