@@ -1,6 +1,8 @@
 //! `domain rm --domain D --id I...`: removes items from every node that holds them,
 //! printing each removed id; an id no node holds is reported on standard error and
-//! makes the command partly done (or failed, when none was removed).
+//! makes the command partly done (or failed, when none was removed). A registered holder
+//! that does not answer fails the command (after printing what the others removed): it
+//! still lists the items until the manager removes them there.
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -11,7 +11,9 @@ use libp2p::{
     gossipsub, identify, kad, noise, ping, quic, relay, tcp, yamux,
 };
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{ClusterConfig, Role};
 use crate::error::ClusterError;
@@ -122,6 +124,14 @@ fn build_transport(
 /// Streams a WebSocket connection may hold at once; see [`browser_yamux`].
 const BROWSER_MAX_STREAMS: usize = 4093;
 
+/// Reservations and circuits a peer the relay knows may ask for at once, before it is held
+/// to [`KNOWN_PEER_REFILL`].
+const KNOWN_PEER_BURST: NonZeroU32 = NonZeroU32::MIN.saturating_add(119);
+
+/// How often a known peer's relay budget gains one reservation or circuit: a client
+/// opening streams to many nodes, each through a new circuit, keeps up.
+const KNOWN_PEER_REFILL: Duration = Duration::from_millis(500);
+
 /// Yamux for WebSocket connections, the ones browsers open.
 ///
 /// js-libp2p's yamux sends a DATA frame as large as its whole send window, and rust-yamux
@@ -200,6 +210,16 @@ fn build_behaviour(
             ..relay::Config::default()
         };
         if let Some(gate) = &l.serves {
+            // libp2p's default rate limits are for a relay open to strangers: per address,
+            // a burst of 60 circuits then one a minute, shared by every peer behind one
+            // NAT (or on one loopback), so a busy cluster's clients were refused circuits
+            // for minutes (the chaos run's watch lost whole nodes that way). Peers past the
+            // gate are known: each gets a budget of its own, and none per address.
+            relay_config.reservation_rate_limiters.clear();
+            relay_config.circuit_src_rate_limiters.clear();
+            relay_config = relay_config
+                .reservation_rate_per_peer(KNOWN_PEER_BURST, KNOWN_PEER_REFILL)
+                .circuit_src_per_peer(KNOWN_PEER_BURST, KNOWN_PEER_REFILL);
             // libp2p's rate limiters are its hook for refusing a peer: one that says no to
             // a peer outside the gate refuses its reservations and its circuits.
             let (reserving, sourcing) = (gate.clone(), gate.clone());
