@@ -95,6 +95,8 @@ pub(crate) struct Tombstones {
 
 #[derive(Debug, Default)]
 struct TombstoneSet {
+    /// How many (domain, id) were ever recorded: a count that moves with each new one.
+    recorded: u64,
     /// Domain → its deleted ids.
     ids: HashMap<String, HashSet<String>>,
     /// Every (domain, id) of `ids` once, oldest first.
@@ -114,6 +116,7 @@ impl Tombstones {
                 .insert(id.clone())
             {
                 set.order.push_back((now, domain.to_owned(), id));
+                set.recorded += 1;
             }
         }
         while set.order.len() > MAX_TOMBSTONES
@@ -132,6 +135,12 @@ impl Tombstones {
                 }
             }
         }
+    }
+
+    /// A count that grows with each delete recorded: compared before and after a purge,
+    /// it tells whether deletes arrived meanwhile.
+    pub(crate) fn recorded(&self) -> u64 {
+        self.lock().recorded
     }
 
     /// Whether a client deleted `id` of `domain` (within the last day).

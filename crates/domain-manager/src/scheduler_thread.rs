@@ -569,10 +569,13 @@ impl Core {
         let Some(ids) = crate::repair::deleted_ids(request) else {
             return Ok(());
         };
-        let node = failed.receiver.clone().or_else(|| {
-            let spec = request.tasks.iter().find(|spec| spec.name == failed.name)?;
-            spec.receiver.clone()
-        });
+        // The node the task is pinned to, from the job itself: a report names a receiver
+        // too, but the reporter chose what it says.
+        let node = request
+            .tasks
+            .iter()
+            .find(|spec| spec.name == failed.name)
+            .and_then(|spec| spec.receiver.clone());
         let Some(node) = node.filter(|_| !ids.is_empty()) else {
             return Ok(());
         };

@@ -10,7 +10,8 @@
 //! - [`start_manager`], [`start_node`], [`admit`], [`start_client`]: the steps, for
 //!   tests that need a cluster of another shape (several nodes, a domain with an
 //!   allow-list, two clusters).
-//! - [`Forwarder`]: a port forward in front of a node, which a test can cut.
+//! - [`Forwarder`]: a port forward in front of a node, which a test can cut;
+//!   [`free_loopback_tcp`]: an address a restarted manager comes back at.
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
@@ -39,6 +40,16 @@ use domain_node::{Node, NodeConfig};
 /// How long [`start_node`] waits for a node's first join: generous, since tests run in
 /// parallel on small machines.
 pub const JOIN_WAIT: Duration = Duration::from_secs(90);
+
+/// A TCP address on the IPv4 loopback at a port free now: for a manager that must come
+/// back at the same address after a restart, where its nodes and clients look for it.
+///
+/// # Errors
+/// When no loopback port can be bound.
+pub fn free_loopback_tcp() -> std::io::Result<Multiaddr> {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    Ok(domain_cluster::addr::tcp(addr))
+}
 
 /// Starts a manager of `config` listening on [`loopback_tcp`] only.
 ///

@@ -157,9 +157,9 @@ async fn an_etcd_restart_shorter_than_the_lease_costs_the_leader_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_manager_says_who_leads_and_a_standby_names_the_leader() {
+    use domain_cluster::Cluster;
     use domain_cluster::config::{ClusterConfig, Role};
     use domain_cluster::identity::Identity;
-    use domain_cluster::{Cluster, Multiaddr};
 
     let etcd = LocalEtcd::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -174,12 +174,7 @@ async fn every_manager_says_who_leads_and_a_standby_names_the_leader() {
     let standby_id = Identity::load_or_create(standby_config.identity_path())
         .unwrap()
         .peer_id();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+    let listen = domain_testkit::free_loopback_tcp().unwrap();
     let standby_addr = listen.clone().with_p2p(standby_id).unwrap();
     // Its own listen address: `start_manager` would pick a port.
     let standby = tokio::spawn(Manager::start(ManagerConfig {

@@ -237,7 +237,7 @@ async fn when_a_domain_asks_for_more_or_fewer_copies_its_items_follow() {
     let dir = tempfile::tempdir().unwrap();
     let identity = Identity::generate();
     // The manager comes back on the same address, where the nodes look for it.
-    let listen = fixed_loopback_addr();
+    let listen = domain_testkit::free_loopback_tcp().unwrap();
     let start = |copies: u32| {
         let mut config = manager_config(dir.path(), &identity, copies, Duration::from_secs(60));
         config.listen = vec![listen.clone()];
@@ -268,7 +268,7 @@ async fn a_delete_is_remembered_across_a_manager_restart() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let identity = Identity::generate();
-    let listen = fixed_loopback_addr();
+    let listen = domain_testkit::free_loopback_tcp().unwrap();
     let start = || {
         let mut config = manager_config(dir.path(), &identity, 2, Duration::from_secs(2));
         config.listen = vec![listen.clone()];
@@ -387,14 +387,4 @@ async fn clean_audits(metrics: std::net::SocketAddr) -> f64 {
         })
         .and_then(|value| value.parse().ok())
         .unwrap_or(0.0)
-}
-
-/// A loopback TCP address on a port free now, for a manager that must come back on it.
-fn fixed_loopback_addr() -> Multiaddr {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
 }

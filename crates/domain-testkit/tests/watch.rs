@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use domain_client::client::{Client, ClientConfig, Upload};
-use domain_cluster::Multiaddr;
 use domain_manager::{Manager, ManagerConfig};
 use domain_node::NodeConfig;
 use domain_proto::DomainId;
@@ -18,12 +17,7 @@ const WAIT: Duration = Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_goes_on_across_a_manager_restart_and_a_node_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+    let listen = domain_testkit::free_loopback_tcp().unwrap();
     let start_manager = || {
         let mut config = ManagerConfig::new(dir.path().join("manager"));
         config.listen = vec![listen.clone()];

@@ -12,8 +12,14 @@ use domain_proto::DomainId;
 use domain_proto::protocols::DELETE_V1;
 use domain_proto::task::{Any, DeleteDataInputV1};
 
+use domain_cluster::PeerId;
+
 use super::holders::not_answered;
 use super::{Assignment, Client, ClientError, Direct};
+
+/// How many times a delete asks the manager again for holders registered since it began
+/// (one round is the usual case; each further one needs a holder to join meanwhile).
+const MAX_DELETE_ROUNDS: usize = 3;
 
 impl Client {
     /// Removes the items `ids` of `domain` from every node that holds them, and returns
@@ -36,29 +42,48 @@ impl Client {
         // The ids in the job too: the manager remembers them, so that a holder away now
         // loses its copies when it is back instead of spreading them again.
         let data = Any::pack(DELETE_INPUT, &DeleteDataInputV1 { ids: ids.to_vec() });
-        let (run, _) = self
+        let (mut run, _) = self
             .fan_out(domain, "delete", DELETE_V1, Some(&data))
             .await?;
-        let Some(mut run) = run else {
-            return Ok(answer(ids, &deleted));
-        };
-        for index in 0..run.targets.len() {
-            let node = run.select(index);
-            let removed = async {
-                loop {
-                    let assignment = run.next_assignment().await?;
-                    match self.delete_on(&assignment, domain, ids).await {
-                        Ok(removed) => return Ok::<_, ClientError>(removed),
-                        Err(error) => run.failed(error).await?,
+        let mut asked = BTreeSet::new();
+        for _ in 0..MAX_DELETE_ROUNDS {
+            let Some(mut current) = run.take() else {
+                break;
+            };
+            for index in 0..current.targets.len() {
+                let node = current.select(index);
+                asked.insert(node);
+                let removed = async {
+                    loop {
+                        let assignment = current.next_assignment().await?;
+                        match self.delete_on(&assignment, domain, ids).await {
+                            Ok(removed) => return Ok::<_, ClientError>(removed),
+                            Err(error) => current.failed(error).await?,
+                        }
+                    }
+                };
+                match removed.await {
+                    Ok(removed) => deleted.extend(removed.deleted),
+                    Err(error) => {
+                        not_answered(node, &error);
+                        unanswered.push(node);
                     }
                 }
-            };
-            match removed.await {
-                Ok(removed) => deleted.extend(removed.deleted),
-                Err(error) => {
-                    not_answered(node, &error);
-                    unanswered.push(node);
-                }
+            }
+            drop(current);
+            // A holder that was away when the holders were asked may have registered since,
+            // before the manager remembered this delete: it is asked too.
+            let late = self.registered_holders(domain, "delete").await?;
+            let late: Vec<Option<PeerId>> = late
+                .into_iter()
+                .filter(|node| !asked.contains(node))
+                .map(Some)
+                .collect();
+            if !late.is_empty() {
+                run = Some(
+                    self.submit(domain, "delete", DELETE_V1, &late, Some(&data))
+                        .await?,
+                );
             }
         }
         let answered = answer(ids, &deleted);

@@ -166,6 +166,30 @@ impl Client {
         Ok(failed)
     }
 
+    /// The holders of `domain` registered now.
+    ///
+    /// # Errors
+    /// [`ClientError::NoManager`], [`ClientError::Manager`].
+    pub(super) async fn registered_holders(
+        &self,
+        domain: &DomainId,
+        job_name: &str,
+    ) -> Result<Vec<PeerId>, ClientError> {
+        let (holders, _) = self
+            .managers()?
+            .call(|manager| self.cluster.holders(manager, domain.as_str(), false))
+            .await
+            .map_err(|source| ClientError::Manager {
+                job: job_name.to_owned(),
+                source: Box::new(source),
+            })?;
+        Ok(holders
+            .into_iter()
+            .filter(|holder| holder.registered)
+            .filter_map(|holder| holder.node_id.parse().ok())
+            .collect())
+    }
+
     /// One job of one `endpoint` task pinned to each registered holder of `domain`, as
     /// the manager's holder index names them, the registered with most items first; the
     /// holders that are not registered come back apart, each reported as not answering.

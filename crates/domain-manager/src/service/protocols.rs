@@ -218,6 +218,9 @@ pub(super) async fn serve_join(shared: &Shared, peer: PeerId, mut stream: Cluste
         tracing::warn!(%peer, claimed = %node.id, "refused a join: the node id is not the peer's");
         return;
     }
+    // Deletes recorded when a returning node was purged: one recorded after that, while it
+    // registered, missed it (the client asked the holders before it was back).
+    let mut purged = None;
     let answer = match shared.admission.check_join(&peer, invite.as_deref()).await {
         Ok(()) => {
             if let Some(held) = &holdings {
@@ -229,16 +232,11 @@ pub(super) async fn serve_join(shared: &Shared, peer: PeerId, mut stream: Cluste
                 };
                 let returning = started || ask(&shared.requests, registered).await != Some(true);
                 if returning {
-                    let domains = held.domains.iter().map(|d| d.domain_id.clone()).collect();
-                    let purge = repair::purge_deleted(
-                        &shared.purger,
-                        &shared.tombstones,
-                        &node.id,
-                        domains,
-                    );
-                    if tokio::time::timeout(PURGE_TIMEOUT, purge).await.is_err() {
-                        tracing::warn!(%peer, "removing what clients deleted while the node was away took too long; its audit will");
-                    }
+                    let domains: Vec<String> =
+                        held.domains.iter().map(|d| d.domain_id.clone()).collect();
+                    let before = shared.tombstones.recorded();
+                    purge_returning(shared, &peer, domains.clone()).await;
+                    purged = Some((before, domains));
                 }
             }
             let join = |reply| Request::Join {
@@ -249,6 +247,11 @@ pub(super) async fn serve_join(shared: &Shared, peer: PeerId, mut stream: Cluste
             };
             match ask(&shared.requests, join).await {
                 Some(Ok(())) => {
+                    if let Some((before, domains)) = purged
+                        && shared.tombstones.recorded() != before
+                    {
+                        purge_returning(shared, &peer, domains).await;
+                    }
                     if started {
                         let _ = shared.started.try_send(peer.to_string());
                     }
@@ -470,6 +473,16 @@ pub(super) async fn serve_jobs(shared: &Shared, peer: PeerId, stream: ClusterStr
             submitter: peer.to_string(),
         };
         let _ = shared.requests.send(left).await;
+    }
+}
+
+/// Removes from `peer`, a node joining again after being away (or restarted), what clients
+/// deleted in `domains` meanwhile, before clients can list it there.
+async fn purge_returning(shared: &Shared, peer: &PeerId, domains: Vec<String>) {
+    let node = peer.to_string();
+    let purge = repair::purge_deleted(&shared.purger, &shared.tombstones, &node, domains);
+    if tokio::time::timeout(PURGE_TIMEOUT, purge).await.is_err() {
+        tracing::warn!(%peer, "removing what clients deleted while the node was away took too long; its audit will");
     }
 }
 
