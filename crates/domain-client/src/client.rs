@@ -130,7 +130,8 @@ impl Client {
             Some(
                 Managers::new(cluster.clone(), managers)
                     .map_err(|e| ClientError::Cluster(Box::new(e)))?
-                    .with_patience(config.connect_patience),
+                    .with_patience(config.connect_patience)
+                    .with_lone_patience(config.connect_patience),
             )
         };
         Ok(Self {

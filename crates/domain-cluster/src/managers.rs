@@ -7,7 +7,7 @@
 //! fails in a way another manager could cure (the leader is gone, or the peer asked is a
 //! standby), it asks the managers who leads now, waiting out an election, and tries once
 //! more there. With one manager nobody is asked who leads: a request that fails that way
-//! is run again on it until the patience runs out (it may be restarting).
+//! fails, or is run again on it for a client's patience (it may be restarting).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -47,6 +47,8 @@ struct Inner {
     /// One search at a time: a burst of failed requests makes one round of questions.
     finding: tokio::sync::Mutex<()>,
     patience: Duration,
+    /// How long a request to the only manager is repeated (zero: not at all).
+    lone_patience: Duration,
 }
 
 impl Managers {
@@ -76,17 +78,30 @@ impl Managers {
                 leader: Mutex::new(first),
                 finding: tokio::sync::Mutex::new(()),
                 patience: DEFAULT_LEADER_PATIENCE,
+                lone_patience: Duration::ZERO,
             }),
         })
     }
 
-    /// Sets how long a search for the leader waits for one to be elected, and how long a
-    /// request to the only manager is repeated (default [`DEFAULT_LEADER_PATIENCE`]). Call
-    /// it before cloning.
+    /// Sets how long a search for the leader waits for one to be elected (default
+    /// [`DEFAULT_LEADER_PATIENCE`]). Call it before cloning.
     #[must_use]
     pub fn with_patience(mut self, patience: Duration) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.patience = patience;
+        }
+        self
+    }
+
+    /// Sets how long a request to the only manager (one address given) is repeated when it
+    /// fails in a way a restarting manager would ([`leads_elsewhere`]); zero, the default,
+    /// fails at once. For a client, which has no better thing to do than wait; a node's
+    /// joins and reports keep their own retries and must not stall on one. Call it before
+    /// cloning.
+    #[must_use]
+    pub fn with_lone_patience(mut self, patience: Duration) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.lone_patience = patience;
         }
         self
     }
@@ -129,8 +144,9 @@ impl Managers {
     /// forgotten it after a restart). When the request fails in a way another manager
     /// could cure ([`leads_elsewhere`]) and several managers are known, finds the leader
     /// and runs `request` once more there; with one manager, which may be restarting or
-    /// not serving yet, runs it again there, pausing longer each time, until the patience
-    /// runs out. `request` must therefore be safe to repeat.
+    /// not serving yet, runs it again there, pausing longer each time, until the
+    /// [lone patience](Self::with_lone_patience) runs out. `request` must therefore be
+    /// safe to repeat.
     ///
     /// # Errors
     /// What `request` returned last; those of [`find_leader`](Self::find_leader).
@@ -139,7 +155,7 @@ impl Managers {
         F: FnMut(PeerId) -> Fut,
         Fut: Future<Output = Result<T, ClusterError>>,
     {
-        let deadline = tokio::time::Instant::now() + self.inner.patience;
+        let deadline = tokio::time::Instant::now() + self.inner.lone_patience;
         let mut pause = ASK_AGAIN;
         loop {
             let (leader, addr) = self.current();

@@ -142,13 +142,13 @@ async fn without_a_leader_the_search_ends_after_its_patience() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_to_the_only_manager_is_repeated_until_it_serves_within_the_patience() {
+async fn a_request_to_the_only_manager_is_repeated_within_a_client_s_patience_and_not_by_default() {
     // A manager that is starting: up, but not serving the request yet.
     let only = manager().await;
     let client = start(loopback(Role::Client)).await;
     let managers = Managers::new(client.handle.clone(), [full_addr(&only)])
         .unwrap()
-        .with_patience(Duration::from_secs(30));
+        .with_lone_patience(Duration::from_secs(30));
     let serving = {
         let handle = only.handle.clone();
         tokio::spawn(async move {
@@ -170,11 +170,25 @@ async fn a_request_to_the_only_manager_is_repeated_until_it_serves_within_the_pa
     assert!(calls > 1, "asked {calls} times");
     serving.await.unwrap();
 
-    // One that never serves it: the last error, once the patience ran out.
+    // One that never serves it: by default (a node's) the error at once; with a
+    // patience, the last error once it ran out.
     let never = manager().await;
+    let mut calls = 0;
+    let failed = Managers::new(client.handle.clone(), [full_addr(&never)])
+        .unwrap()
+        .call(|m| {
+            calls += 1;
+            hello(&client.handle, m)
+        })
+        .await;
+    assert!(
+        matches!(failed, Err(ClusterError::OpenStream { .. })),
+        "{failed:?}"
+    );
+    assert_eq!(calls, 1);
     let managers = Managers::new(client.handle.clone(), [full_addr(&never)])
         .unwrap()
-        .with_patience(Duration::from_millis(500));
+        .with_lone_patience(Duration::from_millis(500));
     let failed = within("the request", managers.call(|m| hello(&client.handle, m))).await;
     assert!(
         matches!(failed, Err(ClusterError::OpenStream { .. })),
