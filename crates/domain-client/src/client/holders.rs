@@ -6,6 +6,7 @@ use std::path::Path;
 
 use domain_cluster::PeerId;
 use domain_proto::DomainId;
+use domain_proto::discovery::Holder;
 use domain_proto::domain_data::{Metadata, Query};
 use domain_proto::protocols::LOAD_V1;
 use domain_proto::task::{Any, Task};
@@ -166,6 +167,19 @@ impl Client {
         Ok(failed)
     }
 
+    /// Every holder of `domain` the manager's index names, registered or not.
+    async fn holders(&self, domain: &DomainId, job_name: &str) -> Result<Vec<Holder>, ClientError> {
+        let (holders, _) = self
+            .managers()?
+            .call(|manager| self.cluster.holders(manager, domain.as_str(), false))
+            .await
+            .map_err(|source| ClientError::Manager {
+                job: job_name.to_owned(),
+                source: Box::new(source),
+            })?;
+        Ok(holders)
+    }
+
     /// The holders of `domain` registered now.
     ///
     /// # Errors
@@ -175,15 +189,9 @@ impl Client {
         domain: &DomainId,
         job_name: &str,
     ) -> Result<Vec<PeerId>, ClientError> {
-        let (holders, _) = self
-            .managers()?
-            .call(|manager| self.cluster.holders(manager, domain.as_str(), false))
-            .await
-            .map_err(|source| ClientError::Manager {
-                job: job_name.to_owned(),
-                source: Box::new(source),
-            })?;
-        Ok(holders
+        Ok(self
+            .holders(domain, job_name)
+            .await?
             .into_iter()
             .filter(|holder| holder.registered)
             .filter_map(|holder| holder.node_id.parse().ok())
@@ -204,14 +212,7 @@ impl Client {
         endpoint: &str,
         data: Option<&Any>,
     ) -> Result<(Option<TaskRun<'_>>, Vec<PeerId>), ClientError> {
-        let (holders, _) = self
-            .managers()?
-            .call(|manager| self.cluster.holders(manager, domain.as_str(), false))
-            .await
-            .map_err(|source| ClientError::Manager {
-                job: job_name.to_owned(),
-                source: Box::new(source),
-            })?;
+        let holders = self.holders(domain, job_name).await?;
         let mut live = Vec::new();
         let mut down = Vec::new();
         for holder in holders {
