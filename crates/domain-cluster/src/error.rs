@@ -164,6 +164,13 @@ pub enum ClusterError {
         /// The i/o failure.
         source: std::io::Error,
     },
+    /// The manager took task status reports but did not apply them in time: they are to
+    /// be sent again.
+    #[error("manager {peer} did not apply the task status reports in time")]
+    ReportsNotApplied {
+        /// The manager.
+        peer: PeerId,
+    },
     /// The manager refused this node (not admitted, revoked, a bad invite).
     #[error("the manager refused this node: {message}")]
     JoinRefused {

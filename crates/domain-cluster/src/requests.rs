@@ -321,9 +321,16 @@ impl ClusterHandle {
                     source,
                 };
                 stream.shutdown().await.map_err(io)?;
-                // The manager closes its side once every report is in its queue.
-                let mut rest = [0u8; 1];
-                while stream.read(&mut rest).await.map_err(io)? > 0 {}
+                // The manager closes its side once every report is applied and stored,
+                // and writes a byte first when they were not.
+                let mut answer = [0u8; 1];
+                let mut not_applied = false;
+                while stream.read(&mut answer).await.map_err(io)? > 0 {
+                    not_applied = true;
+                }
+                if not_applied {
+                    return Err(ClusterError::ReportsNotApplied { peer: manager });
+                }
                 Ok::<_, ClusterError>(())
             })
             .await??;

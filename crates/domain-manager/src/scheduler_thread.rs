@@ -83,6 +83,9 @@ pub(crate) enum Request {
     },
     /// The stream on which `submitter` received job `job_id`'s tokens closed.
     Left { job_id: String, submitter: String },
+    /// Answered once every request queued before it is done: the reports of a
+    /// `/task-status/v1` stream are then applied and stored, and the stream may say so.
+    Applied { reply: oneshot::Sender<()> },
 }
 
 /// How long a submitter has to come back for its job (send its request again) after its
@@ -261,6 +264,10 @@ impl Core {
                         let due = now_ms().saturating_add(millis(SUBMITTER_GRACE));
                         self.away.jobs.insert(job_id, (submitter, due));
                     }
+                    Ok(())
+                }
+                Request::Applied { reply } => {
+                    let _ = reply.send(());
                     Ok(())
                 }
                 Request::Tick => {

@@ -23,6 +23,10 @@ pub const TASK_STATUS_V1: &str = "/task-status/v1";
 pub const MAX_STATUS_REPORTS: usize = 256;
 /// The largest `Task` frame of `/task-status/v1`: names and peer ids, no token.
 pub const MAX_STATUS_FRAME: usize = 16 * 1024;
+/// What a manager writes on a `/task-status/v1` stream, before closing it, when it did not
+/// apply the reports (it closes without a byte once they are applied and stored): the
+/// node sends them again.
+pub const STATUS_NOT_APPLIED: u8 = 1;
 /// A task sender stores items on a receiver.
 pub const STORE_V1: &str = "/store/v1";
 /// A task sender loads items (or subscribes to new ones) from a receiver.

@@ -14,7 +14,7 @@ use domain_proto::discovery::{
 };
 use domain_proto::protocols::{
     HOLDERS_V1, JOBS_V1, JOIN_V1, MAX_STATUS_FRAME, MAX_STATUS_REPORTS, MONITOR_ACK, MONITOR_V1,
-    PUBLIC_KEY_V1, TASK_STATUS_V1,
+    PUBLIC_KEY_V1, STATUS_NOT_APPLIED, TASK_STATUS_V1,
 };
 use domain_proto::task::{Code, Job, JobRequest, SubmitJobResponse, Task};
 use domain_proto::{
@@ -25,7 +25,7 @@ use domain_scheduler::{
 };
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::domains::{DomainPolicy, Refusal};
@@ -42,14 +42,27 @@ use super::{
 /// was away (well within the node's own wait for its answer).
 const PURGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// `/task-status/v1`: hands each `Task` frame to the scheduler as a report of `peer`, which
-/// it believes only from the task's sender or receiver; closes the stream once all are in
-/// its queue.
+/// `/task-status/v1`: see [`relay_reports`].
 pub(super) async fn serve_status(shared: &Shared, peer: PeerId, stream: ClusterStream) {
+    let timeouts = (shared.first_request_timeout(), shared.request_timeout);
+    relay_reports(&shared.requests, &peer.to_string(), timeouts, stream).await;
+}
+
+/// Hands each `Task` frame of a `/task-status/v1` stream to the scheduler as a report of
+/// `peer`, which it believes only from the task's sender or receiver; closes the stream
+/// once all are applied and stored, so that a node whose manager dies before then reports
+/// again. When they are not applied within `request` time, writes one byte
+/// ([`STATUS_NOT_APPLIED`]) before closing. `first` bounds the wait for each frame.
+async fn relay_reports<S: AsyncRead + AsyncWrite>(
+    requests: &mpsc::Sender<Request>,
+    peer: &str,
+    (first, request): (std::time::Duration, std::time::Duration),
+    stream: S,
+) {
     let (mut reader, mut writer) = tokio::io::split(stream);
     for _ in 0..MAX_STATUS_REPORTS {
         let next = tokio::time::timeout(
-            shared.first_request_timeout(),
+            first,
             read_message_or_eof::<Task, _>(&mut reader, MAX_STATUS_FRAME),
         )
         .await;
@@ -67,13 +80,30 @@ pub(super) async fn serve_status(shared: &Shared, peer: PeerId, stream: ClusterS
         };
         let report = Request::Report {
             task,
-            reporter: peer.to_string(),
+            reporter: peer.to_owned(),
         };
-        if shared.requests.send(report).await.is_err() {
+        if requests.send(report).await.is_err() {
             return;
         }
     }
-    let _ = tokio::time::timeout(shared.request_timeout, writer.shutdown()).await;
+    let (reply, applied) = oneshot::channel();
+    let applied = async {
+        requests.send(Request::Applied { reply }).await.ok()?;
+        applied.await.ok()
+    };
+    let applied = tokio::time::timeout(request, applied)
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+    let answer = async {
+        if !applied {
+            tracing::debug!(%peer, "{TASK_STATUS_V1} reports not applied in time");
+            writer.write_all(&[STATUS_NOT_APPLIED]).await?;
+        }
+        writer.shutdown().await
+    };
+    let _ = tokio::time::timeout(request, answer).await;
 }
 
 /// Accepts the streams of one protocol, each served by a task of its own. A peer the
@@ -721,5 +751,78 @@ mod tests {
         let names: Vec<_> = frames.iter().flat_map(|f| &f.tasks).cloned().collect();
         assert_eq!(names, job.tasks);
         assert!(frames.iter().all(|f| f.id == "j" && f.name == "n"));
+    }
+
+    const TIMEOUTS: (std::time::Duration, std::time::Duration) = (
+        std::time::Duration::from_secs(5),
+        std::time::Duration::from_secs(10),
+    );
+
+    /// A node's side of a `/task-status/v1` stream that sent one DONE report and closed its
+    /// writing half; the manager's side runs `relay_reports` on the returned channel.
+    async fn one_report() -> (
+        tokio::io::DuplexStream,
+        mpsc::Receiver<Request>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (mut node, manager) = tokio::io::duplex(4096);
+        let (requests, queue) = mpsc::channel(8);
+        let served = tokio::spawn(async move {
+            relay_reports(&requests, "node", TIMEOUTS, manager).await;
+        });
+        let report = Task {
+            name: "copy-1".into(),
+            job_id: "j".into(),
+            status: domain_proto::task::Status::Done as i32,
+            ..Default::default()
+        };
+        domain_proto::write_message(&mut node, &report)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        node.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+        (node, queue, served)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_status_stream_closes_only_once_its_reports_are_applied() {
+        let (mut node, mut queue, served) = one_report().await;
+        assert!(matches!(queue.recv().await, Some(Request::Report { .. })));
+        let Some(Request::Applied { reply }) = queue.recv().await else {
+            panic!("no Applied request after the reports");
+        };
+        // Not applied yet: the node's read must still wait.
+        let mut answer = Vec::new();
+        let early = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            node.read_to_end(&mut answer),
+        )
+        .await;
+        assert!(early.is_err(), "closed before the reports were applied");
+        let _ = reply.send(());
+        node.read_to_end(&mut answer)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            answer.is_empty(),
+            "applied reports draw no byte: {answer:?}"
+        );
+        served.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reports_not_applied_in_time_draw_a_byte_that_makes_the_node_send_them_again() {
+        let (mut node, mut queue, served) = one_report().await;
+        assert!(matches!(queue.recv().await, Some(Request::Report { .. })));
+        // The scheduler never answers (stuck, or gone).
+        let Some(Request::Applied { reply }) = queue.recv().await else {
+            panic!("no Applied request after the reports");
+        };
+        let mut answer = Vec::new();
+        node.read_to_end(&mut answer)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(answer, [STATUS_NOT_APPLIED]);
+        drop(reply);
+        served.await.unwrap_or_else(|e| panic!("{e}"));
     }
 }
