@@ -1,15 +1,16 @@
 //! Domain data storage: where the items of a domain live.
 //!
-//! [`store`], [`local`], [`subscription`]: the [`Datastore`] trait that every backend
-//! implements ([`LocalDatastore`] here; `domain-client`'s `RemoteDatastore` over a
+//! [`store`], [`local`], [`catalog`], [`subscription`]: the [`Datastore`] trait that every
+//! backend implements ([`LocalDatastore`] here; `domain-client`'s `RemoteDatastore` over a
 //! cluster) — `put` an item from an `AsyncRead` and get back its
 //! [`Metadata`](domain_proto::domain_data::Metadata) whose `hash` is the Merkle root
 //! (`domain-merkle`) computed while the bytes were written; `get` metadata and an
 //! `AsyncRead` of the content; `query` with the semantics of `domain_data.Query` (compiled
 //! into a [`QueryFilter`]); `delete`; `subscribe` to a bounded stream of new items.
 //! Every call names a [`DomainId`](domain_proto::DomainId), validated so that it is safe as a folder name.
-//! [`LocalDatastore`] keeps metadata in redb (one table set per domain, indexed by name
-//! and data type) and content in files named by their root; a put is durable before it
+//! [`LocalDatastore`] keeps content in files named by their root and metadata in a
+//! [`Catalog`]: [`RedbCatalog`] (one table set per domain, indexed by name and data type)
+//! unless it is opened with another (`domain-postgres` keeps it in PostgreSQL); a put is durable before it
 //! returns, a crash leaves nothing partial, and opening repairs what a crash left
 //! ([`RepairReport`]). A put can be resumable ([`Datastore::put_resumable`]): when its
 //! content is cut short, the local store keeps the whole chunks received, and a later put
@@ -51,14 +52,16 @@
 //! # }
 //! ```
 
+pub mod catalog;
 pub mod local;
 pub mod read_ahead;
 pub mod store;
 pub mod subscription;
 
+pub use catalog::{Catalog, DomainUsage, Plan};
 pub use local::{
-    DEFAULT_PARTIAL_BYTES, DEFAULT_PARTIAL_TTL, DomainUsage, LocalContent, LocalDatastore,
-    LocalOptions, RepairReport, stream_into_file,
+    DEFAULT_PARTIAL_BYTES, DEFAULT_PARTIAL_TTL, LocalContent, LocalDatastore, LocalOptions,
+    RedbCatalog, RepairReport, stream_into_file,
 };
 pub use read_ahead::ReadAhead;
 

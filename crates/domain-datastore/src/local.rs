@@ -1,9 +1,11 @@
-//! The local backend: metadata in redb, content as files named by their Merkle root.
+//! The local backend: content as files named by their Merkle root, metadata in a
+//! [`Catalog`] (redb by default).
 //!
 //! Layout of a store folder:
 //!
 //! ```text
-//! meta.redb               metadata, one table set per domain (see `tables`)
+//! meta.redb               metadata, one table set per domain (see `tables`), unless the
+//!                         store was opened with another catalog
 //! tmp/<uuid>.part         uploads in progress; removed at open
 //! blobs/<domain>/<root>   content, one file per distinct Merkle root per domain
 //! partials/<id>           the first whole chunks of resumable uploads cut short (see
@@ -21,11 +23,11 @@ mod commit;
 mod meta;
 mod metrics;
 mod partial;
+mod redb_catalog;
 mod repair;
 mod tables;
 mod write;
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -34,14 +36,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use domain_proto::domain_data::{Metadata, Query, UpsertMetadata};
-use redb::{ReadableDatabase, ReadableTable};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 
+pub use redb_catalog::RedbCatalog;
 pub use repair::RepairReport;
-pub use tables::DomainUsage;
 pub use write::stream_into_file;
 
+use crate::catalog::{Catalog, DomainUsage};
 use crate::read_ahead::ReadAhead;
 use crate::store::{
     Datastore, DatastoreError, QueryFilter, ResumePoint, check_replica_id, is_replica,
@@ -52,7 +54,6 @@ use domain_merkle::{CHUNK_SIZE, Root, root_of};
 use domain_proto::DomainId;
 use metrics::StoreMetrics;
 use partial::Partials;
-use tables::ReadTables;
 use write::{Cut, Start, write_content};
 
 /// Bytes read from the caller and written to disk per batch.
@@ -113,7 +114,7 @@ struct Inner {
     dir: PathBuf,
     tmp_dir: PathBuf,
     blobs_dir: PathBuf,
-    db: Arc<meta::MetaDb>,
+    catalog: Arc<dyn Catalog>,
     subscribers: Arc<Subscribers>,
     partials: Arc<Partials>,
     commits: CommitQueue,
@@ -152,33 +153,46 @@ impl LocalDatastore {
         Self::open_with(dir, LocalOptions::default()).await
     }
 
-    /// Opens the store in `dir` (created if missing), removes what an interrupted process
-    /// left and repairs disagreements between metadata and blob files; what was repaired is
-    /// in [`repair_report`](Self::repair_report).
+    /// Opens the store in `dir` (created if missing), with its metadata in `dir/meta.redb`;
+    /// removes what an interrupted process left and repairs disagreements between metadata
+    /// and blob files; what was repaired is in [`repair_report`](Self::repair_report).
     pub async fn open_with(
         dir: impl AsRef<Path>,
         options: LocalOptions,
     ) -> Result<Self, DatastoreError> {
         let dir = dir.as_ref().to_owned();
-        tokio::task::spawn_blocking(move || Self::open_blocking(dir, options)).await?
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
+            // Opening takes the file's lock, so the repair cannot race another process.
+            let catalog = RedbCatalog::open(&dir.join("meta.redb"))?;
+            Self::open_blocking(dir, options, Arc::new(catalog))
+        })
+        .await?
     }
 
-    fn open_blocking(dir: PathBuf, options: LocalOptions) -> Result<Self, DatastoreError> {
+    /// As [`open_with`](Self::open_with), with the metadata in `catalog` (a server
+    /// database, say) instead of `dir/meta.redb`. The catalog must be this store's alone:
+    /// its rows name blob files in `dir`.
+    pub async fn open_with_catalog(
+        dir: impl AsRef<Path>,
+        options: LocalOptions,
+        catalog: Arc<dyn Catalog>,
+    ) -> Result<Self, DatastoreError> {
+        let dir = dir.as_ref().to_owned();
+        tokio::task::spawn_blocking(move || Self::open_blocking(dir, options, catalog)).await?
+    }
+
+    fn open_blocking(
+        dir: PathBuf,
+        options: LocalOptions,
+        catalog: Arc<dyn Catalog>,
+    ) -> Result<Self, DatastoreError> {
         let tmp_dir = dir.join("tmp");
         let blobs_dir = dir.join("blobs");
         for d in [&dir, &tmp_dir, &blobs_dir] {
             std::fs::create_dir_all(d).map_err(|e| io_error("create", d, e))?;
         }
-        let db_path = dir.join("meta.redb");
-        // Opening takes the database's lock, so the repair below cannot race another process.
-        let meta = Arc::new(meta::MetaDb::open(&db_path).map_err(db)?);
-        let db = meta.get().map_err(db)?;
-        // Before the repair, which counts the bytes of what it removes.
-        let txn = db.begin_write().map_err(self::db)?;
-        tables::count_missing_bytes(&txn).map_err(self::db)?;
-        txn.commit().map_err(self::db)?;
-        let repair = repair::repair(&db, &tmp_dir, &blobs_dir)?;
-        drop(db);
+        let repair = repair::repair(catalog.as_ref(), &tmp_dir, &blobs_dir)?;
         let partials = Arc::new(Partials::open(
             dir.join("partials"),
             options.partial_bytes,
@@ -192,7 +206,7 @@ impl LocalDatastore {
         let (sender, receiver) = mpsc::channel(commit::QUEUE);
         let metrics = StoreMetrics::default();
         let worker = Worker {
-            db: Arc::clone(&meta),
+            catalog: Arc::clone(&catalog),
             blobs_dir: blobs_dir.clone(),
             tmp_dir: tmp_dir.clone(),
             subscribers: Arc::clone(&subscribers),
@@ -208,7 +222,7 @@ impl LocalDatastore {
                 dir,
                 tmp_dir,
                 blobs_dir,
-                db: meta,
+                catalog,
                 subscribers,
                 partials,
                 commits: CommitQueue {
@@ -229,7 +243,7 @@ impl LocalDatastore {
         metrics::register(
             registry,
             &self.inner.metrics,
-            Arc::clone(&self.inner.db),
+            Arc::clone(&self.inner.catalog),
             self.inner.dir.join("partials"),
         );
     }
@@ -257,12 +271,8 @@ impl LocalDatastore {
     /// # Errors
     /// [`DatastoreError::Db`].
     pub async fn usage(&self) -> Result<Vec<DomainUsage>, DatastoreError> {
-        let db = Arc::clone(&self.inner.db);
-        tokio::task::spawn_blocking(move || {
-            let txn = db.get().map_err(self::db)?.begin_read().map_err(self::db)?;
-            tables::usage(&txn).map_err(self::db)
-        })
-        .await?
+        let catalog = Arc::clone(&self.inner.catalog);
+        tokio::task::spawn_blocking(move || catalog.usage()).await?
     }
 
     /// The path of the blob file with `root` in `domain` (it may not exist).
@@ -468,9 +478,7 @@ impl LocalDatastore {
 
 impl Inner {
     fn read_item(&self, domain: &DomainId, id: &str) -> Result<Metadata, DatastoreError> {
-        let txn = self.db.get().map_err(db)?.begin_read().map_err(db)?;
-        let tables = ReadTables::open(&txn, domain).map_err(db)?;
-        tables
+        self.catalog
             .item(domain, id)?
             .ok_or_else(|| DatastoreError::NotFound {
                 domain: domain.clone(),
@@ -510,61 +518,6 @@ impl Inner {
             Err(e) => return Err(io_error("open", &path, e)),
         };
         Ok((item, file))
-    }
-
-    fn query(
-        &self,
-        domain: &DomainId,
-        filter: &QueryFilter,
-    ) -> Result<Vec<Metadata>, DatastoreError> {
-        let txn = self.db.get().map_err(db)?.begin_read().map_err(db)?;
-        let tables = ReadTables::open(&txn, domain).map_err(db)?;
-        let Some(items) = &tables.items else {
-            return Ok(Vec::new());
-        };
-        let mut found = BTreeMap::new();
-        let mut add_id = |id: &str| -> Result<(), DatastoreError> {
-            if !found.contains_key(id) {
-                // An index entry without its item is skipped (a repaired undecodable item).
-                if let Some(item) = tables.item(domain, id)? {
-                    if filter.matches(&item) {
-                        found.insert(item.id.clone(), item);
-                    }
-                }
-            }
-            Ok(())
-        };
-        // The most selective way in: exact ids, then an index, then every item.
-        let index = if !filter.names().is_empty() {
-            Some((&tables.by_name, filter.names()))
-        } else if !filter.data_types().is_empty() {
-            Some((&tables.by_type, filter.data_types()))
-        } else {
-            None
-        };
-        if !filter.ids().is_empty() {
-            for id in filter.ids() {
-                add_id(id)?;
-            }
-        } else if let Some((index, keys)) = index {
-            let Some(index) = index else {
-                return Ok(Vec::new());
-            };
-            for key in keys {
-                for id in index.get(key.as_str()).map_err(db)? {
-                    add_id(id.map_err(db)?.value())?;
-                }
-            }
-        } else {
-            for entry in items.iter().map_err(db)? {
-                let (id, bytes) = entry.map_err(db)?;
-                let item = tables::decode(domain, id.value(), bytes.value())?;
-                if filter.matches(&item) {
-                    found.insert(item.id.clone(), item);
-                }
-            }
-        }
-        Ok(found.into_values().collect())
     }
 }
 
@@ -661,7 +614,7 @@ impl Datastore for LocalDatastore {
         let filter = QueryFilter::new(query)?;
         let inner = Arc::clone(&self.inner);
         let domain = domain.clone();
-        tokio::task::spawn_blocking(move || inner.query(&domain, &filter)).await?
+        tokio::task::spawn_blocking(move || inner.catalog.query(&domain, &filter)).await?
     }
 
     async fn delete(&self, domain: &DomainId, id: &str) -> Result<(), DatastoreError> {
@@ -788,9 +741,4 @@ fn io_error(op: &'static str, path: &Path, source: std::io::Error) -> DatastoreE
         path: path.to_owned(),
         source,
     }
-}
-
-/// Converts any redb error into [`DatastoreError::Db`].
-fn db<E: Into<redb::Error>>(e: E) -> DatastoreError {
-    DatastoreError::Db(Arc::new(e.into()))
 }

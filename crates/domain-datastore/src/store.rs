@@ -280,9 +280,10 @@ pub enum DatastoreError {
         #[source]
         source: std::io::Error,
     },
-    /// The metadata database failed.
+    /// The metadata catalog failed: its file, or its database server (the cause says
+    /// which). Shared by the requests of a commit that failed together.
     #[error("metadata database failed")]
-    Db(#[source] std::sync::Arc<redb::Error>),
+    Db(#[source] std::sync::Arc<dyn std::error::Error + Send + Sync>),
     /// Stored metadata does not decode or contradicts itself.
     #[error("corrupt metadata for item {id:?} in domain {domain}: {reason}")]
     Corrupt {

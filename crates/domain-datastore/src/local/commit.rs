@@ -3,8 +3,8 @@
 //! Puts and deletes queue here once their bytes are written. The worker takes every
 //! request waiting (up to [`MAX_BATCH`]), makes the bytes of small items durable with one
 //! `syncfs` for all of them, renames their blobs into place, fsyncs each touched folder
-//! once, applies them all in one redb transaction (one fsync), then removes the blob files
-//! no item uses any more. Concurrent writers thus share the fixed cost of a durable commit,
+//! once, applies them all in one catalog transaction (one fsync), then removes the blob
+//! files no item uses any more. Concurrent writers thus share the fixed cost of a durable commit,
 //! and because only this thread touches the blob folders and the reference counts, "the
 //! file exists" always means "some committed item uses it, or is about to".
 
@@ -17,9 +17,9 @@ use domain_proto::domain_data::{Metadata, UpsertMetadata};
 use tokio::sync::{mpsc, oneshot};
 
 use super::metrics::StoreMetrics;
-use super::tables::{ReadTables, WriteTables, domain_known};
 use super::{TempFile, fsync_dir, io_error};
-use crate::store::DatastoreError;
+use crate::catalog::{BlobKey, Catalog, ItemKey, Planner};
+use crate::store::{DatastoreError, is_replica};
 use crate::subscription::Subscribers;
 use domain_merkle::Root;
 use domain_proto::DomainId;
@@ -103,7 +103,7 @@ pub(super) enum Request {
 
 /// What the worker needs; it shares nothing else with the store.
 pub(super) struct Worker {
-    pub(super) db: Arc<super::meta::MetaDb>,
+    pub(super) catalog: Arc<dyn Catalog>,
     pub(super) blobs_dir: PathBuf,
     pub(super) tmp_dir: PathBuf,
     pub(super) subscribers: Arc<Subscribers>,
@@ -177,10 +177,13 @@ impl Worker {
             });
         }
 
-        let outcome = self.apply(&pending, &mut maybe_unused);
+        let outcome = self.apply(&pending);
+        if let Ok((_, unused)) = &outcome {
+            maybe_unused.extend(unused.iter().cloned());
+        }
         self.remove_unused(&maybe_unused);
         match outcome {
-            Ok(results) => {
+            Ok((results, _)) => {
                 for (request, result) in pending.into_iter().zip(results) {
                     match request {
                         Request::Put(mut put) => {
@@ -200,31 +203,25 @@ impl Worker {
             Err(e) => {
                 // A full disk is the operator's to free, and the store carries on once it
                 // is: a warning. Anything else is an error.
-                if super::meta::is_full(&e) || matches!(e, redb::Error::PreviousIo) {
+                if is_full(&e) {
                     tracing::warn!(error = %domain_proto::ErrorChain(&e), "metadata commit failed");
                 } else {
                     tracing::error!(error = %domain_proto::ErrorChain(&e), "metadata commit failed");
                 }
-                if super::meta::needs_reopen(&e) {
-                    match self.db.reopen() {
-                        Ok(()) => {
-                            tracing::info!("metadata database opened again after an I/O error")
-                        }
-                        Err(reopen) => {
-                            tracing::error!(error = %domain_proto::ErrorChain(&reopen), "cannot open the metadata database again")
-                        }
-                    }
-                }
-                let e = Arc::new(e);
+                let cause: Arc<dyn std::error::Error + Send + Sync> = match e {
+                    DatastoreError::Db(cause) => cause,
+                    other => Arc::new(other),
+                };
+                let failed = || DatastoreError::Db(Arc::clone(&cause));
                 for request in pending {
                     match request {
                         Request::Put(mut put) => {
                             if let Some(reply) = put.reply.take() {
-                                let _ = reply.send(Err(DatastoreError::Db(Arc::clone(&e))));
+                                let _ = reply.send(Err(failed()));
                             }
                         }
                         Request::Delete(delete) => {
-                            let _ = delete.reply.send(Err(DatastoreError::Db(Arc::clone(&e))));
+                            let _ = delete.reply.send(Err(failed()));
                         }
                     }
                 }
@@ -314,22 +311,33 @@ impl Worker {
         Ok(true)
     }
 
-    /// Applies every request in one transaction: per request, the stored (put) or removed
-    /// (delete) item, or why not. The outer error aborts all of them.
+    /// Decides every request against the rows they touch and applies the outcome in one
+    /// catalog transaction: per request, the stored (put) or removed (delete) item, or why
+    /// not; and the blobs no item uses any more. The outer error fails all of them.
+    #[allow(clippy::type_complexity)]
     fn apply(
         &mut self,
         requests: &[Request],
-        maybe_unused: &mut BTreeSet<(DomainId, String)>,
-    ) -> Result<Vec<Result<Metadata, DatastoreError>>, redb::Error> {
+    ) -> Result<(Vec<Result<Metadata, DatastoreError>>, Vec<BlobKey>), DatastoreError> {
         if requests.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
-        let txn = self.db.get()?.begin_write()?;
+        let touched: BTreeSet<ItemKey> = requests
+            .iter()
+            .filter_map(|request| match request {
+                Request::Put(put) if !put.item.is_new => {
+                    Some((put.domain.clone(), put.item.id.clone()))
+                }
+                Request::Put(_) => None,
+                Request::Delete(delete) => Some((delete.domain.clone(), delete.id.clone())),
+            })
+            .collect();
+        let mut planner = Planner::new(self.catalog.fetch(&touched)?);
         let mut outcomes = Vec::with_capacity(requests.len());
         for request in requests {
             outcomes.push(match request {
                 Request::Put(put)
-                    if crate::store::is_replica(&put.item)
+                    if is_replica(&put.item)
                         && self.recent_deletes.contains(&put.domain, &put.item.id) =>
                 {
                     Err(DatastoreError::DeletedHere {
@@ -337,126 +345,61 @@ impl Worker {
                         id: put.item.id.clone(),
                     })
                 }
-                Request::Put(put) => apply_put(&txn, put, maybe_unused)?,
+                Request::Put(put) => planner.put(&put.domain, &put.item, &put.root),
                 Request::Delete(delete) => {
                     // Remembered whether or not it was here: its copy may be on the way.
                     self.recent_deletes.record(&delete.domain, &delete.id);
-                    apply_delete(&txn, delete, maybe_unused)?
+                    planner.delete(&delete.domain, &delete.id)
                 }
             });
         }
-        txn.commit()?;
-        Ok(outcomes)
+        let unused = self.catalog.apply(&planner.finish())?;
+        Ok((outcomes, unused))
     }
 
     /// Removes the blob files among `candidates` that no committed item uses.
-    fn remove_unused(&self, candidates: &BTreeSet<(DomainId, String)>) {
+    fn remove_unused(&self, candidates: &BTreeSet<BlobKey>) {
         if candidates.is_empty() {
             return;
         }
-        let still_used = |domain: &DomainId, root: &str| -> Result<bool, redb::Error> {
-            let txn = redb::ReadableDatabase::begin_read(&*self.db.get()?)?;
-            let tables = ReadTables::open(&txn, domain)?;
-            Ok(match &tables.blobs {
-                Some(blobs) => redb::ReadableTable::get(blobs, root)?.is_some(),
-                None => false,
-            })
+        let used = match self.catalog.blobs_used(candidates) {
+            Ok(used) => used,
+            // Unsure whether they are used: keeping them is safe, the next open repairs.
+            Err(e) => {
+                tracing::warn!(error = %domain_proto::ErrorChain(&e), "cannot check blob use");
+                return;
+            }
         };
-        for (domain, root) in candidates {
-            match still_used(domain, root) {
-                Ok(true) => {}
-                Ok(false) => {
-                    let path = self.blob_dir(domain).join(root);
-                    if let Err(e) = std::fs::remove_file(&path) {
-                        if e.kind() != std::io::ErrorKind::NotFound {
-                            // Left for the repair at the next open.
-                            tracing::warn!(path = %path.display(), error = %domain_proto::ErrorChain(&e), "cannot remove unused blob");
-                        }
-                    }
-                }
-                // Unsure whether it is used: keeping it is safe, the next open repairs.
-                Err(e) => {
-                    tracing::warn!(%domain, root, error = %domain_proto::ErrorChain(&e), "cannot check blob use")
+        for (domain, root) in candidates.difference(&used) {
+            let path = self.blob_dir(domain).join(root);
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    // Left for the repair at the next open.
+                    tracing::warn!(path = %path.display(), error = %domain_proto::ErrorChain(&e), "cannot remove unused blob");
                 }
             }
         }
     }
 }
 
-fn apply_put(
-    txn: &redb::WriteTransaction,
-    put: &PutRequest,
-    maybe_unused: &mut BTreeSet<(DomainId, String)>,
-) -> Result<Result<Metadata, DatastoreError>, redb::Error> {
-    let item = &put.item;
-    let not_found = || DatastoreError::NotFound {
-        domain: put.domain.clone(),
-        id: item.id.clone(),
-    };
-    let replica = crate::store::is_replica(item);
-    if !item.is_new && !replica && !domain_known(txn, &put.domain)? {
-        return Ok(Err(not_found()));
-    }
-    let mut tables = WriteTables::open(txn, &put.domain)?;
-    let (id, old) = if item.is_new {
-        (uuid::Uuid::new_v4().to_string(), None)
-    } else {
-        match tables.item(&put.domain, &item.id)? {
-            Ok(Some(old)) => (item.id.clone(), Some(old)),
-            // A copy of an item held elsewhere keeps that item's id.
-            Ok(None) if replica => (item.id.clone(), None),
-            Ok(None) => return Ok(Err(not_found())),
-            Err(e) => return Ok(Err(e)),
+/// Whether `error` comes from a file system (or a database server's) running out of
+/// space, or from redb refusing work after such an error.
+fn is_full(error: &DatastoreError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::StorageFull {
+                return true;
+            }
         }
-    };
-    let stored = Metadata {
-        name: item.name.clone(),
-        data_type: item.data_type.clone(),
-        size: item.size,
-        id,
-        hash: Some(put.root.to_string()),
-        properties: item.properties.clone(),
-        content_offset: None,
-    };
-    if let Some(old) = &old {
-        tables.remove_item(old)?;
-    }
-    tables.insert_item(&stored)?;
-    // Acquire before releasing, so replacing an item by the same content keeps its blob.
-    tables.acquire_blob(&put.root.to_string())?;
-    if let Some(old_root) = old.as_ref().and_then(|o| o.hash.as_deref()) {
-        if tables.release_blob(old_root)? {
-            maybe_unused.insert((put.domain.clone(), old_root.to_owned()));
+        if let Some(redb) = error.downcast_ref::<redb::Error>() {
+            if super::meta::is_full(redb) || matches!(redb, redb::Error::PreviousIo) {
+                return true;
+            }
         }
+        cause = error.source();
     }
-    Ok(Ok(stored))
-}
-
-fn apply_delete(
-    txn: &redb::WriteTransaction,
-    delete: &DeleteRequest,
-    maybe_unused: &mut BTreeSet<(DomainId, String)>,
-) -> Result<Result<Metadata, DatastoreError>, redb::Error> {
-    let not_found = || DatastoreError::NotFound {
-        domain: delete.domain.clone(),
-        id: delete.id.clone(),
-    };
-    if !domain_known(txn, &delete.domain)? {
-        return Ok(Err(not_found()));
-    }
-    let mut tables = WriteTables::open(txn, &delete.domain)?;
-    let old = match tables.item(&delete.domain, &delete.id)? {
-        Ok(Some(old)) => old,
-        Ok(None) => return Ok(Err(not_found())),
-        Err(e) => return Ok(Err(e)),
-    };
-    tables.remove_item(&old)?;
-    if let Some(root) = old.hash.as_deref() {
-        if tables.release_blob(root)? {
-            maybe_unused.insert((delete.domain.clone(), root.to_owned()));
-        }
-    }
-    Ok(Ok(old))
+    false
 }
 
 #[cfg(test)]
@@ -469,7 +412,7 @@ mod tests {
         std::fs::create_dir_all(&blobs_dir).unwrap();
         std::fs::create_dir_all(&tmp_dir).unwrap();
         Worker {
-            db: Arc::new(super::super::meta::MetaDb::open(&dir.join("meta.redb")).unwrap()),
+            catalog: Arc::new(super::super::RedbCatalog::open(&dir.join("meta.redb")).unwrap()),
             blobs_dir,
             tmp_dir,
             subscribers: Arc::new(Subscribers::default()),

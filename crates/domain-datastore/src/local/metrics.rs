@@ -5,14 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::catalog::Catalog;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use redb::ReadableDatabase as _;
-
-use super::tables;
 
 /// The store's latency histograms; clones share them.
 #[derive(Debug, Clone)]
@@ -50,7 +48,7 @@ impl StoreMetrics {
 pub(crate) fn register(
     registry: &mut Registry,
     metrics: &StoreMetrics,
-    db: Arc<super::meta::MetaDb>,
+    catalog: Arc<dyn Catalog>,
     partials_dir: PathBuf,
 ) {
     registry.register_with_unit(
@@ -65,27 +63,24 @@ pub(crate) fn register(
         Unit::Seconds,
         metrics.fsync_seconds.clone(),
     );
-    registry.register_collector(Box::new(UsageCollector { db, partials_dir }));
+    registry.register_collector(Box::new(UsageCollector {
+        catalog,
+        partials_dir,
+    }));
 }
 
 /// Reads the domains' counts (one count per table, no scan of the items) and the partial
 /// files' sizes when scraped.
 #[derive(Debug)]
 struct UsageCollector {
-    db: Arc<super::meta::MetaDb>,
+    catalog: Arc<dyn Catalog>,
     partials_dir: PathBuf,
 }
 
 impl Collector for UsageCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         // A store that cannot be read now shows no usage rather than failing the scrape.
-        let usage = self
-            .db
-            .get()
-            .ok()
-            .and_then(|db| db.begin_read().ok())
-            .and_then(|txn| tables::usage(&txn).ok())
-            .unwrap_or_default();
+        let usage = self.catalog.usage().unwrap_or_default();
         let gauge = ConstGauge::new(0_i64);
         let mut items = encoder.encode_descriptor(
             "items",

@@ -10,11 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use domain_proto::domain_data::Metadata;
-use redb::{Database, ReadableDatabase, ReadableTable};
-
 use super::io_error;
-use super::tables::{DOMAINS, ReadTables, WriteTables};
+use crate::catalog::{BlobKey, Catalog};
 use crate::store::DatastoreError;
 use domain_merkle::Root;
 use domain_proto::DomainId;
@@ -43,9 +40,9 @@ impl RepairReport {
     }
 }
 
-/// Brings the folders and the metadata back to agreement. Runs before the store serves.
+/// Brings the folders and the catalog back to agreement. Runs before the store serves.
 pub(super) fn repair(
-    db: &Database,
+    catalog: &dyn Catalog,
     tmp_dir: &Path,
     blobs_dir: &Path,
 ) -> Result<RepairReport, DatastoreError> {
@@ -62,28 +59,7 @@ pub(super) fn repair(
         report.temp_files_removed.push(path);
     }
 
-    let mut domains = BTreeSet::new();
-    {
-        let txn = db.begin_read().map_err(super::db)?;
-        match txn.open_table(DOMAINS) {
-            Ok(table) => {
-                for entry in table.iter().map_err(super::db)? {
-                    let (name, _) = entry.map_err(super::db)?;
-                    let name = name.value();
-                    match DomainId::new(name) {
-                        Ok(domain) => {
-                            domains.insert(domain);
-                        }
-                        Err(e) => {
-                            tracing::warn!(name, error = %domain_proto::ErrorChain(&e), "metadata names an invalid domain")
-                        }
-                    }
-                }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(super::db(e)),
-        }
-    }
+    let mut domains = catalog.domains()?;
     for entry in read_dir(blobs_dir)? {
         let path = entry.path();
         match entry.file_name().to_str().map(DomainId::new) {
@@ -96,18 +72,14 @@ pub(super) fn repair(
             }
         }
     }
-
-    let txn = db.begin_write().map_err(super::db)?;
     for domain in &domains {
-        repair_domain(db, &txn, blobs_dir, domain, &mut report)?;
+        repair_domain(catalog, blobs_dir, domain, &mut report)?;
     }
-    txn.commit().map_err(super::db)?;
     Ok(report)
 }
 
 fn repair_domain(
-    db: &Database,
-    txn: &redb::WriteTransaction,
+    catalog: &dyn Catalog,
     blobs_dir: &Path,
     domain: &DomainId,
     report: &mut RepairReport,
@@ -134,62 +106,15 @@ fn repair_domain(
         }
     }
 
-    // Read every item first: the write transaction's tables borrow it mutably.
-    let mut items: Vec<Metadata> = Vec::new();
-    let mut undecodable: Vec<String> = Vec::new();
-    {
-        let read = db.begin_read().map_err(super::db)?;
-        let tables = ReadTables::open(&read, domain).map_err(super::db)?;
-        if let Some(table) = &tables.items {
-            for entry in table.iter().map_err(super::db)? {
-                let (id, bytes) = entry.map_err(super::db)?;
-                match super::tables::decode(domain, id.value(), bytes.value()) {
-                    Ok(item) => items.push(item),
-                    Err(e) => {
-                        tracing::warn!(error = %domain_proto::ErrorChain(&e), "undecodable item; removed");
-                        undecodable.push(id.value().to_owned());
-                    }
-                }
-            }
-        }
-    }
-
-    let mut tables = WriteTables::open(txn, domain).map_err(super::db)?;
-    for id in undecodable {
-        // Its index entries, if any, point nowhere; lookups skip ids without an item.
-        tables.items.remove(id.as_str()).map_err(super::db)?;
+    for id in catalog.reconcile(domain, &files)? {
         report.items_without_blob.push((domain.clone(), id));
     }
-    let mut used: BTreeMap<String, u64> = BTreeMap::new();
-    for item in items {
-        let root = item.hash.clone().unwrap_or_default();
-        if files.get(&root) == Some(&u64::from(item.size)) {
-            *used.entry(root).or_default() += 1;
-        } else {
-            tracing::warn!(%domain, id = item.id, root, "item without its blob; removed");
-            tables.remove_item(&item).map_err(super::db)?;
-            report.items_without_blob.push((domain.clone(), item.id));
-        }
-    }
-
-    let mut counted: BTreeMap<String, u64> = BTreeMap::new();
-    for entry in tables.blobs.iter().map_err(super::db)? {
-        let (root, count) = entry.map_err(super::db)?;
-        counted.insert(root.value().to_owned(), count.value());
-    }
-    if counted != used {
-        for root in counted.keys() {
-            tables.blobs.remove(root.as_str()).map_err(super::db)?;
-        }
-        for (root, count) in &used {
-            tables
-                .blobs
-                .insert(root.as_str(), *count)
-                .map_err(super::db)?;
-        }
-    }
-
-    for name in files.keys().filter(|name| !used.contains_key(*name)) {
+    let blobs: BTreeSet<BlobKey> = files
+        .keys()
+        .map(|root| (domain.clone(), root.clone()))
+        .collect();
+    let used = catalog.blobs_used(&blobs)?;
+    for (_, name) in blobs.difference(&used) {
         let path = dir.join(name);
         std::fs::remove_file(&path).map_err(|e| io_error("remove", &path, e))?;
         tracing::info!(path = %path.display(), "removed a blob no item uses");

@@ -19,7 +19,7 @@ use redb::{
     ReadableTable, ReadableTableMetadata, Table, TableDefinition, TableError, WriteTransaction,
 };
 
-use crate::store::DatastoreError;
+use crate::catalog::DomainUsage;
 use domain_proto::DomainId;
 
 /// Every domain that ever stored an item.
@@ -118,47 +118,34 @@ impl<'t> WriteTables<'t> {
         self.add_bytes(-i128::from(item.size))
     }
 
-    /// The item `id`, decoded.
-    pub(super) fn item(
-        &self,
-        domain: &DomainId,
-        id: &str,
-    ) -> Result<Result<Option<Metadata>, DatastoreError>, redb::Error> {
-        Ok(match self.items.get(id)? {
-            None => Ok(None),
-            Some(bytes) => decode(domain, id, bytes.value()).map(Some),
-        })
-    }
-
-    /// One more item uses blob `root`.
-    pub(super) fn acquire_blob(&mut self, root: &str) -> Result<(), redb::Error> {
+    /// Adds `delta` to the items using blob `root`; false when none is left (its row is
+    /// then gone).
+    pub(super) fn add_blob_users(&mut self, root: &str, delta: i64) -> Result<bool, redb::Error> {
         let count = self.blobs.get(root)?.map_or(0, |c| c.value());
-        self.blobs.insert(root, count + 1)?;
-        Ok(())
-    }
-
-    /// One item fewer uses blob `root`; true when none is left.
-    pub(super) fn release_blob(&mut self, root: &str) -> Result<bool, redb::Error> {
-        let count = self.blobs.get(root)?.map_or(0, |c| c.value());
-        if count <= 1 {
-            self.blobs.remove(root)?;
-            Ok(true)
-        } else {
-            self.blobs.insert(root, count - 1)?;
-            Ok(false)
+        let next = i128::from(count) + i128::from(delta);
+        match u64::try_from(next) {
+            Ok(next) if next > 0 => {
+                self.blobs.insert(root, next)?;
+                Ok(true)
+            }
+            _ => {
+                self.blobs.remove(root)?;
+                Ok(false)
+            }
         }
     }
-}
 
-/// What one domain holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DomainUsage {
-    /// The domain.
-    pub domain: DomainId,
-    /// Its items.
-    pub items: u64,
-    /// Their content bytes.
-    pub bytes: u64,
+    /// Sets the users of every blob of the domain to `users`, forgetting the others.
+    pub(super) fn set_blob_users(
+        &mut self,
+        users: &std::collections::BTreeMap<String, u64>,
+    ) -> Result<(), redb::Error> {
+        self.blobs.retain(|root, _| users.contains_key(root))?;
+        for (root, count) in users {
+            self.blobs.insert(root.as_str(), *count)?;
+        }
+        Ok(())
+    }
 }
 
 /// Items and content bytes of every domain with at least one item, in domain order: a
@@ -228,11 +215,6 @@ pub(super) fn count_missing_bytes(txn: &WriteTransaction) -> Result<(), redb::Er
     Ok(())
 }
 
-/// Whether `domain` has ever stored an item (without creating anything).
-pub(super) fn domain_known(txn: &WriteTransaction, domain: &DomainId) -> Result<bool, redb::Error> {
-    Ok(txn.open_table(DOMAINS)?.get(domain.as_str())?.is_some())
-}
-
 /// A domain's tables open for reading; `None` fields for a domain that has none yet.
 pub(super) struct ReadTables {
     pub(super) items: Option<ReadOnlyTable<&'static str, &'static [u8]>>,
@@ -251,21 +233,6 @@ impl ReadTables {
             blobs: missing_is_none(txn.open_table(names.blobs()))?,
         })
     }
-
-    /// The item `id`, decoded.
-    pub(super) fn item(
-        &self,
-        domain: &DomainId,
-        id: &str,
-    ) -> Result<Option<Metadata>, DatastoreError> {
-        let Some(items) = &self.items else {
-            return Ok(None);
-        };
-        match items.get(id).map_err(super::db)? {
-            None => Ok(None),
-            Some(bytes) => decode(domain, id, bytes.value()).map(Some),
-        }
-    }
 }
 
 fn missing_is_none<T>(opened: Result<T, TableError>) -> Result<Option<T>, redb::Error> {
@@ -274,35 +241,4 @@ fn missing_is_none<T>(opened: Result<T, TableError>) -> Result<Option<T>, redb::
         Err(TableError::TableDoesNotExist(_)) => Ok(None),
         Err(e) => Err(e.into()),
     }
-}
-
-/// Decodes stored metadata, checking that it is what it claims to be.
-pub(super) fn decode(
-    domain: &DomainId,
-    id: &str,
-    bytes: &[u8],
-) -> Result<Metadata, DatastoreError> {
-    let corrupt = |reason: String| DatastoreError::Corrupt {
-        domain: domain.clone(),
-        id: id.to_owned(),
-        reason,
-    };
-    let item = Metadata::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
-    if item.id != id {
-        return Err(corrupt(format!(
-            "stored under {id:?} but names itself {:?}",
-            item.id
-        )));
-    }
-    if item
-        .hash
-        .as_deref()
-        .is_none_or(|h| h.parse::<domain_merkle::Root>().is_err())
-    {
-        return Err(corrupt(format!(
-            "hash {:?} is not a Merkle root",
-            item.hash
-        )));
-    }
-    Ok(item)
 }
