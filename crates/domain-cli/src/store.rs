@@ -121,6 +121,9 @@ pub struct QueryArgs {
     /// Only data types matching this regular expression (anywhere unless anchored).
     #[arg(long, value_name = "REGEX", visible_alias = "type-re")]
     pub type_regex: Option<String>,
+    /// Only items with this property, `key=value`; repeat for items with all of them.
+    #[arg(long = "prop", value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub properties: Vec<(String, String)>,
 }
 
 impl QueryArgs {
@@ -134,6 +137,7 @@ impl QueryArgs {
             names: self.names.clone(),
             data_types: self.data_types.clone(),
             metadata_only,
+            properties: self.properties.iter().cloned().collect(),
         }
     }
 }

@@ -228,12 +228,14 @@ impl Datastore for RemoteDatastore {
         domain: &DomainId,
         query: &Query,
     ) -> Result<Vec<Metadata>, DatastoreError> {
-        QueryFilter::new(query)?;
+        let filter = QueryFilter::new(query)?;
         let mut items = self
             .client
             .list(domain, query)
             .await
             .map_err(|error| remote("listing items", error))?;
+        // A node from before property queries ignores them and answers more.
+        items.retain(|item| filter.matches(item));
         items.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(items)
     }

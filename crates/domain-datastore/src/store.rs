@@ -78,7 +78,8 @@ pub enum InvalidQuery {
 ///
 /// Every non-empty criterion must hold (they combine with AND): `ids`, `names` and
 /// `data_types` match exactly (an item matches a list when it equals any element);
-/// `name_regexp` and `data_type_regexp` match anywhere in the text unless anchored.
+/// `name_regexp` and `data_type_regexp` match anywhere in the text unless anchored;
+/// `properties` (an extension) match when the item has every pair.
 /// An empty query matches every item.
 ///
 /// ```
@@ -98,6 +99,7 @@ pub struct QueryFilter {
     data_types: Vec<String>,
     name_regex: Option<Regex>,
     data_type_regex: Option<Regex>,
+    properties: Vec<(String, String)>,
     metadata_only: bool,
 }
 
@@ -111,6 +113,15 @@ impl QueryFilter {
             data_types: query.data_types.clone(),
             name_regex: compile(RegexField::Name, query.name_regexp.as_deref())?,
             data_type_regex: compile(RegexField::DataType, query.data_type_regexp.as_deref())?,
+            properties: {
+                let mut pairs: Vec<(String, String)> = query
+                    .properties
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                pairs.sort();
+                pairs
+            },
             metadata_only: query.metadata_only,
         })
     }
@@ -128,6 +139,10 @@ impl QueryFilter {
                 .data_type_regex
                 .as_ref()
                 .is_none_or(|r| r.is_match(&item.data_type))
+            && self
+                .properties
+                .iter()
+                .all(|(key, value)| item.properties.get(key) == Some(value))
     }
 
     /// The exact ids asked for; empty means "any id".
@@ -143,6 +158,11 @@ impl QueryFilter {
     /// The exact data types asked for; empty means "any data type".
     pub fn data_types(&self) -> &[String] {
         &self.data_types
+    }
+
+    /// The property pairs every match must have, sorted by key; empty means "any".
+    pub fn properties(&self) -> &[(String, String)] {
+        &self.properties
     }
 
     /// Whether the asker wants metadata without content.

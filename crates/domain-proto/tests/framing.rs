@@ -74,6 +74,7 @@ fn query() -> Query {
         names: vec!["n".into()],
         data_types: vec!["t".into()],
         metadata_only: true,
+        properties: properties(),
     }
 }
 

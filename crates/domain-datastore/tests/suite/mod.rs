@@ -54,6 +54,7 @@ macro_rules! datastore_suite {
             query_by_ids_names_and_data_types_matches_exactly,
             query_by_regular_expressions_matches_anywhere_unless_anchored,
             query_criteria_combine_and_results_are_ordered_by_id,
+            query_by_properties_matches_items_having_every_pair,
             query_with_an_oversized_or_broken_regex_is_invalid,
             domains_do_not_see_each_other,
             names_that_look_like_paths_are_plain_data,
@@ -559,6 +560,73 @@ pub async fn query_criteria_combine_and_results_are_ordered_by_id<S: Datastore>(
         ids(&everything),
         sorted_ids(&items.iter().collect::<Vec<_>>())
     );
+}
+
+pub async fn query_by_properties_matches_items_having_every_pair<S: Datastore>(store: &S) {
+    let d = domain("d");
+    let with = |pairs: &[(&str, &str)]| UpsertMetadata {
+        properties: pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..upsert("scan", "ply", 1)
+    };
+    let mut stored = Vec::new();
+    for pairs in [
+        &[("site", "north"), ("floor", "2")][..],
+        &[("site", "north"), ("floor", "3")],
+        &[("site", "south"), ("floor", "2")],
+        // Keys and values are plain text: quotes, braces and a JSON-looking value.
+        &[("site", "north\"{\"floor\": \"2\"}"), ("floor", "2")],
+        &[],
+    ] {
+        let item = store.put(&d, with(pairs), &b"x"[..]).await.unwrap();
+        stored.push(item);
+    }
+    let fetched = store
+        .query(
+            &d,
+            &Query {
+                ids: vec![stored[0].id.clone()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        fetched[0].properties, stored[0].properties,
+        "properties round-trip"
+    );
+    let by = |pairs: &[(&str, &str)]| Query {
+        properties: pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..Default::default()
+    };
+    let found = |items: Vec<Metadata>| -> Vec<String> {
+        let mut ids: Vec<String> = items.into_iter().map(|m| m.id).collect();
+        ids.sort();
+        ids
+    };
+    let expect = |indexes: &[usize]| -> Vec<String> {
+        sorted_ids(&indexes.iter().map(|&i| &stored[i]).collect::<Vec<_>>())
+    };
+    let north = store.query(&d, &by(&[("site", "north")])).await.unwrap();
+    assert_eq!(found(north), expect(&[0, 1]));
+    let north_2 = store
+        .query(&d, &by(&[("site", "north"), ("floor", "2")]))
+        .await
+        .unwrap();
+    assert_eq!(found(north_2), expect(&[0]));
+    let second_floor = store.query(&d, &by(&[("floor", "2")])).await.unwrap();
+    assert_eq!(found(second_floor), expect(&[0, 2, 3]));
+    let none = store.query(&d, &by(&[("site", "east")])).await.unwrap();
+    assert!(none.is_empty());
+    // With other criteria: AND.
+    let mut query = by(&[("floor", "2")]);
+    query.ids = vec![stored[2].id.clone(), stored[1].id.clone()];
+    assert_eq!(found(store.query(&d, &query).await.unwrap()), expect(&[2]));
 }
 
 pub async fn query_with_an_oversized_or_broken_regex_is_invalid<S: Datastore>(store: &S) {
