@@ -228,14 +228,12 @@ impl Datastore for RemoteDatastore {
         domain: &DomainId,
         query: &Query,
     ) -> Result<Vec<Metadata>, DatastoreError> {
-        let filter = QueryFilter::new(query)?;
+        QueryFilter::new(query)?;
         let mut items = self
             .client
             .list(domain, query)
             .await
             .map_err(|error| remote("listing items", error))?;
-        // A node from before property queries ignores them and answers more.
-        items.retain(|item| filter.matches(item));
         items.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(items)
     }

@@ -52,7 +52,7 @@ impl Client {
         let mut gather = Gather::new(query, Sink::Listing(&mut listed));
         self.gather(domain, "list", &mut gather).await?;
         drop(gather);
-        Ok(listed)
+        Ok(with_properties(listed, query))
     }
 
     /// Lists straight from a node with a token obtained elsewhere; as
@@ -71,8 +71,20 @@ impl Client {
         let mut gather = Gather::new(query, Sink::Listing(&mut listed));
         self.load_from(assignment, domain, &mut gather).await?;
         drop(gather);
-        Ok(listed)
+        Ok(with_properties(listed, query))
     }
+}
+
+/// The `listed` items that have every property `query` asks for: a node from before
+/// property queries ignores them and answers more.
+fn with_properties(mut listed: Vec<Metadata>, query: &Query) -> Vec<Metadata> {
+    listed.retain(|item| {
+        query
+            .properties
+            .iter()
+            .all(|(key, value)| item.properties.get(key) == Some(value))
+    });
+    listed
 }
 
 impl Client {
