@@ -22,6 +22,9 @@ const FIRST_RECONNECT: Duration = Duration::from_millis(50);
 /// The longest pause between tries to connect again.
 const MAX_RECONNECT: Duration = Duration::from_secs(1);
 
+/// How often a writer asks again for a lock another session holds.
+const LOCK_POLL: Duration = Duration::from_millis(100);
+
 /// Why the PostgreSQL catalog failed; a [`DatastoreError::Db`] carries it.
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
@@ -437,7 +440,7 @@ impl PostgresCatalog {
     pub fn connect(config: PostgresConfig) -> Result<Self, DatastoreError> {
         let sql = Sql::new(config.schema_name());
         let mut client = connect_patiently(&config)?;
-        take_lock(&mut client, config.schema_name())?;
+        take_lock(&mut client, &config)?;
         migrations::migrate(&mut client, config.schema_name()).map_err(db)?;
         let writer = Writer::prepare(client, &sql).map_err(statement)?;
         let manager = PostgresConnectionManager::new(config.connection().clone(), NoTls);
@@ -463,7 +466,7 @@ impl PostgresCatalog {
         {
             *guard = None;
             let mut client = connect_patiently(&self.config)?;
-            take_lock(&mut client, &self.sql.schema)?;
+            take_lock(&mut client, &self.config)?;
             *guard = Some(Writer::prepare(client, &self.sql).map_err(statement)?);
             tracing::info!(
                 schema = self.sql.schema,
@@ -531,22 +534,29 @@ fn connect_patiently(config: &PostgresConfig) -> Result<Client, DatastoreError> 
     }
 }
 
-/// Takes the schema's advisory lock for the session of `client`.
-fn take_lock(client: &mut Client, schema: &str) -> Result<(), DatastoreError> {
+/// Takes the schema's advisory lock for the session of `client`, waiting up to the
+/// configured patience: the session of a writer that just died holds it until the server
+/// notices its connection is gone.
+fn take_lock(client: &mut Client, config: &PostgresConfig) -> Result<(), DatastoreError> {
+    let schema = config.schema_name();
     let key = format!("domain-store:{schema}");
-    let row = client
-        .query_one(
-            "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-            &[&key],
-        )
-        .map_err(statement)?;
-    let locked: bool = row.try_get(0).map_err(statement)?;
-    if locked {
-        Ok(())
-    } else {
-        Err(db(PostgresError::Locked {
-            schema: schema.to_owned(),
-        }))
+    let start = Instant::now();
+    loop {
+        let row = client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                &[&key],
+            )
+            .map_err(statement)?;
+        if row.try_get::<_, bool>(0).map_err(statement)? {
+            return Ok(());
+        }
+        if start.elapsed() >= config.wait_limit() {
+            return Err(db(PostgresError::Locked {
+                schema: schema.to_owned(),
+            }));
+        }
+        std::thread::sleep(LOCK_POLL);
     }
 }
 
