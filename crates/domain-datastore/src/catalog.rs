@@ -87,6 +87,12 @@ impl Plan {
 /// with the next, so a catalog that can recover (reopen a file, reconnect) should do so
 /// before its next call returns.
 pub trait Catalog: Send + Sync + fmt::Debug + 'static {
+    /// What kind of catalog this is, in one line (`redb`, `postgres schema node_1`): a store
+    /// folder records the kind it was made with and refuses another, whose rows would not
+    /// name its blobs (opened with an empty catalog, the repair would remove every blob as
+    /// unused).
+    fn kind(&self) -> String;
+
     /// The rows stored under `keys`; keys without a row are left out.
     ///
     /// # Errors

@@ -4,6 +4,8 @@
 //! Layout of a store folder:
 //!
 //! ```text
+//! catalog                 the kind of catalog the store was made with (`redb`,
+//!                         `postgres schema …`): another is refused
 //! meta.redb               metadata, one table set per domain (see `tables`), unless the
 //!                         store was opened with another catalog
 //! tmp/<uuid>.part         uploads in progress; removed at open
@@ -163,6 +165,8 @@ impl LocalDatastore {
         let dir = dir.as_ref().to_owned();
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
+            // Before the file is made: a folder of another catalog gets none.
+            check_catalog_kind(&dir, redb_catalog::REDB_KIND)?;
             // Opening takes the file's lock, so the repair cannot race another process.
             let catalog = RedbCatalog::open(&dir.join("meta.redb"))?;
             Self::open_blocking(dir, options, Arc::new(catalog))
@@ -192,6 +196,7 @@ impl LocalDatastore {
         for d in [&dir, &tmp_dir, &blobs_dir] {
             std::fs::create_dir_all(d).map_err(|e| io_error("create", d, e))?;
         }
+        check_catalog_kind(&dir, &catalog.kind())?;
         let repair = repair::repair(catalog.as_ref(), &tmp_dir, &blobs_dir)?;
         let partials = Arc::new(Partials::open(
             dir.join("partials"),
@@ -728,6 +733,44 @@ impl Drop for TempFile {
             }
         }
     }
+}
+
+/// The file in a store folder naming the kind of catalog it was made with.
+const CATALOG_FILE: &str = "catalog";
+
+/// Refuses a store folder made with another kind of catalog, and records `kind` in one
+/// that records none. A folder from before the record, with a `meta.redb`, is a redb one.
+fn check_catalog_kind(dir: &Path, kind: &str) -> Result<(), DatastoreError> {
+    let path = dir.join(CATALOG_FILE);
+    let recorded = match std::fs::read_to_string(&path) {
+        Ok(recorded) => Some(recorded.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => dir
+            .join("meta.redb")
+            .exists()
+            .then(|| redb_catalog::REDB_KIND.to_owned()),
+        Err(e) => return Err(io_error("read", &path, e)),
+    };
+    match recorded {
+        Some(recorded) if recorded == kind => {}
+        Some(recorded) => {
+            return Err(DatastoreError::OtherCatalog {
+                path: dir.to_owned(),
+                recorded,
+                given: kind.to_owned(),
+            });
+        }
+        None => {}
+    }
+    if !path.exists() {
+        let temp = dir.join(format!("{CATALOG_FILE}.part"));
+        std::fs::write(&temp, format!("{kind}\n")).map_err(|e| io_error("write", &temp, e))?;
+        std::fs::File::open(&temp)
+            .and_then(|file| file.sync_all())
+            .map_err(|e| io_error("fsync", &temp, e))?;
+        std::fs::rename(&temp, &path).map_err(|e| io_error("rename", &path, e))?;
+        fsync_dir(dir).map_err(|e| io_error("fsync", dir, e))?;
+    }
+    Ok(())
 }
 
 /// Makes the entries of `dir` (creations, renames) durable.

@@ -324,6 +324,17 @@ pub enum DatastoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The store folder was made with another kind of catalog: its blobs are named by
+    /// rows this catalog does not hold.
+    #[error("store {path} keeps its metadata in {recorded}, not in {given}", path = path.display())]
+    OtherCatalog {
+        /// The store folder.
+        path: PathBuf,
+        /// The catalog the folder records.
+        recorded: String,
+        /// The catalog it was opened with.
+        given: String,
+    },
     /// The store is shutting down: its commit worker no longer takes work.
     #[error("the datastore is shut down")]
     ShutDown,

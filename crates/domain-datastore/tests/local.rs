@@ -107,7 +107,10 @@ async fn refused_puts_leave_no_file_behind() {
         .put(&d, upsert("long", "t", 1_999_999), bytes.as_slice())
         .await
         .unwrap_err();
-    assert_eq!(files_under(dir.path()), vec![PathBuf::from("meta.redb")]);
+    assert_eq!(
+        files_under(dir.path()),
+        vec![PathBuf::from("catalog"), PathBuf::from("meta.redb")]
+    );
 }
 
 #[tokio::test]

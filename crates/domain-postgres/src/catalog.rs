@@ -561,6 +561,10 @@ fn take_lock(client: &mut Client, config: &PostgresConfig) -> Result<(), Datasto
 }
 
 impl Catalog for PostgresCatalog {
+    fn kind(&self) -> String {
+        format!("postgres schema {}", self.sql.schema)
+    }
+
     fn fetch(&self, keys: &BTreeSet<ItemKey>) -> Result<HashMap<ItemKey, Row>, DatastoreError> {
         if keys.is_empty() {
             return Ok(HashMap::new());

@@ -161,3 +161,40 @@ async fn items_are_rows_an_operator_can_query() {
     );
     drop(store);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_folder_of_postgres_is_refused_by_redb_and_keeps_its_blobs() {
+    let server = tokio::task::spawn_blocking(server).await.unwrap();
+    let config = server.config("node").unwrap();
+    let catalog = tokio::task::spawn_blocking(move || PostgresCatalog::connect(config))
+        .await
+        .unwrap()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        LocalDatastore::open_with_catalog(dir.path(), LocalOptions::default(), Arc::new(catalog))
+            .await
+            .unwrap();
+    let domain = DomainId::new("site").unwrap();
+    let item = UpsertMetadata {
+        name: "scan".into(),
+        data_type: "ply".into(),
+        size: 4,
+        is_new: true,
+        ..Default::default()
+    };
+    let stored = store.put(&domain, item, &b"scan"[..]).await.unwrap();
+    drop(store);
+    // `domain store ls --dir` on it, say: an empty redb catalog would find every blob unused.
+    let refused = LocalDatastore::open(dir.path()).await.unwrap_err();
+    assert!(
+        matches!(&refused, DatastoreError::OtherCatalog { recorded, .. } if recorded == "postgres schema node"),
+        "{refused:?}"
+    );
+    assert!(!dir.path().join("meta.redb").exists());
+    let blob = dir
+        .path()
+        .join("blobs/site")
+        .join(stored.hash.as_deref().unwrap());
+    assert!(blob.exists(), "the blob stays");
+}

@@ -16,6 +16,9 @@ use crate::catalog::{
 };
 use crate::store::{DatastoreError, QueryFilter};
 
+/// [`Catalog::kind`] of a [`RedbCatalog`].
+pub(super) const REDB_KIND: &str = "redb";
+
 /// Metadata in one redb file (`meta.redb` in the store's folder): one table set per
 /// domain, indexed by name and data type (see `tables`). Locked while open: a second
 /// process cannot open it.
@@ -89,6 +92,10 @@ fn usable(domain: &DomainId, id: &str, row: Row) -> Result<Metadata, DatastoreEr
 }
 
 impl Catalog for RedbCatalog {
+    fn kind(&self) -> String {
+        REDB_KIND.to_owned()
+    }
+
     fn fetch(&self, keys: &BTreeSet<ItemKey>) -> Result<HashMap<ItemKey, Row>, DatastoreError> {
         let txn = self.read()?;
         let mut rows = HashMap::new();
