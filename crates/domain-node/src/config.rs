@@ -84,6 +84,9 @@ pub struct NodeConfig {
     /// Settings of the local datastore, among them how much of cut uploads it keeps for
     /// them to resume (`partial_bytes`, `partial_ttl`).
     pub store_options: LocalOptions,
+    /// Where item metadata lives: `None` (the default) in `store/meta.redb`, else in
+    /// PostgreSQL. Blobs stay in `store/` either way.
+    pub metadata: Option<MetadataDatabase>,
     /// A one-use invite from the manager's operator (`domain-manager node invite`), sent
     /// with the joins until one is accepted: the manager then admits this node for good.
     pub invite: Option<String>,
@@ -117,6 +120,7 @@ impl NodeConfig {
             max_handshakes_per_peer: DEFAULT_MAX_HANDSHAKES_PER_PEER,
             upstream: None,
             store_options: LocalOptions::default(),
+            metadata: None,
             invite: None,
             metrics: None,
         })
@@ -183,6 +187,51 @@ impl NodeConfig {
     #[must_use]
     pub fn store_dir(&self) -> PathBuf {
         self.data_dir.join("store")
+    }
+}
+
+/// The environment variable a node reads its metadata database's password from, when no
+/// password file is given.
+pub const METADATA_PASSWORD_VAR: &str = "DOMAIN_NODE_METADATA_PASSWORD";
+
+/// A node's item metadata in PostgreSQL: the database, its schema, and where the password
+/// is (a file, else [`METADATA_PASSWORD_VAR`], else none: a socket with peer
+/// authentication, say). Never a password itself: it would show in process lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataDatabase {
+    /// `postgres://user@host:port/database`, without a password.
+    pub url: String,
+    /// The schema of this node's rows: one per node on a shared database.
+    pub schema: String,
+    /// A file holding the password (its first line).
+    pub password_file: Option<PathBuf>,
+}
+
+impl MetadataDatabase {
+    /// The catalog configuration, with the password read from its file or the
+    /// environment.
+    ///
+    /// # Errors
+    /// [`ConfigError::Metadata`] for a URL or schema the catalog refuses;
+    /// [`ConfigError::PasswordFile`] when the file cannot be read.
+    pub fn catalog_config(&self) -> Result<domain_postgres::PostgresConfig, ConfigError> {
+        let mut config = domain_postgres::PostgresConfig::new(&self.url)
+            .and_then(|config| config.schema(&self.schema))
+            .map_err(ConfigError::Metadata)?;
+        let password =
+            match &self.password_file {
+                Some(path) => Some(std::fs::read_to_string(path).map_err(|source| {
+                    ConfigError::PasswordFile {
+                        path: path.clone(),
+                        source,
+                    }
+                })?),
+                None => std::env::var(METADATA_PASSWORD_VAR).ok(),
+            };
+        if let Some(password) = password {
+            config = config.password(password.lines().next().unwrap_or_default());
+        }
+        Ok(config)
     }
 }
 
@@ -291,6 +340,17 @@ pub struct NodeSettings {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(with = "domain_settings::duration")]
     pub resume_ttl: Option<Duration>,
+    /// Keep item metadata in this PostgreSQL database (postgres://user@host:port/db,
+    /// without a password) instead of DIR/store/meta.redb; blobs stay in DIR/store.
+    #[arg(long, value_name = "URL", env = "DOMAIN_NODE_METADATA")]
+    pub metadata: Option<String>,
+    /// The schema of this node's rows in --metadata, one per node [default: domain_store].
+    #[arg(long, value_name = "NAME", env = "DOMAIN_NODE_METADATA_SCHEMA")]
+    pub metadata_schema: Option<String>,
+    /// A file whose first line is the password of --metadata [default: the environment
+    /// variable DOMAIN_NODE_METADATA_PASSWORD, else none].
+    #[arg(long, value_name = "FILE", env = "DOMAIN_NODE_METADATA_PASSWORD_FILE")]
+    pub metadata_password_file: Option<PathBuf>,
     /// A one-use invite from the manager's operator (`domain-manager node invite`): the
     /// manager admits this node at its first join.
     #[arg(
@@ -363,6 +423,29 @@ impl NodeSettings {
         if let Some(upstream) = self.upstream {
             config = config.with_upstream(upstream)?;
         }
+        match self.metadata {
+            Some(url) => {
+                if config.upstream.is_some() {
+                    return Err(ConfigError::MetadataOnGateway);
+                }
+                let metadata = MetadataDatabase {
+                    url,
+                    schema: self
+                        .metadata_schema
+                        .unwrap_or_else(|| domain_postgres::DEFAULT_SCHEMA.to_owned()),
+                    password_file: self.metadata_password_file,
+                };
+                // The URL and schema are checked now; the password is read at start.
+                domain_postgres::PostgresConfig::new(&metadata.url)
+                    .and_then(|config| config.schema(&metadata.schema))
+                    .map_err(ConfigError::Metadata)?;
+                config.metadata = Some(metadata);
+            }
+            None if self.metadata_schema.is_some() || self.metadata_password_file.is_some() => {
+                return Err(ConfigError::Missing { key: "metadata" });
+            }
+            None => {}
+        }
         config.invite = self.invite.filter(|invite| !invite.trim().is_empty());
         config.metrics = self.metrics;
         config.announce = self.announce;
@@ -430,6 +513,21 @@ pub enum ConfigError {
     /// A name of only white space.
     #[error("the node name is empty")]
     EmptyName,
+    /// The metadata database's URL or schema is not usable.
+    #[error("metadata")]
+    Metadata(#[source] domain_postgres::ConfigError),
+    /// The metadata database's password file cannot be read.
+    #[error("cannot read the metadata password file {path}", path = path.display())]
+    PasswordFile {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A gateway stores nothing, so it has no metadata to keep.
+    #[error("metadata is for a node's own store; a gateway (upstream) has none")]
+    MetadataOnGateway,
     /// A stream limit of zero, which would refuse every stream.
     #[error("{key} must be at least 1")]
     ZeroLimit {
@@ -468,6 +566,65 @@ mod tests {
             data_dir: Some("/tmp/node".into()),
             ..NodeSettings::default()
         }
+    }
+
+    #[test]
+    fn metadata_in_postgres_takes_a_url_without_password_and_a_schema() {
+        let set = domain_settings::layer(
+            &settings(),
+            &flags(&[
+                "--metadata",
+                "postgres://node@db.internal/meta",
+                "--metadata-schema",
+                "node_7",
+                "--metadata-password-file",
+                "/run/secrets/db",
+            ]),
+        )
+        .unwrap()
+        .into_config()
+        .unwrap();
+        assert_eq!(
+            set.metadata,
+            Some(MetadataDatabase {
+                url: "postgres://node@db.internal/meta".into(),
+                schema: "node_7".into(),
+                password_file: Some("/run/secrets/db".into()),
+            })
+        );
+        let with = |changes: NodeSettings| {
+            domain_settings::layer(&settings(), &changes)
+                .unwrap()
+                .into_config()
+        };
+        let password_in_url = with(NodeSettings {
+            metadata: Some("postgres://node:secret@db.internal/meta".into()),
+            ..NodeSettings::default()
+        });
+        assert!(matches!(
+            password_in_url,
+            Err(ConfigError::Metadata(
+                domain_postgres::ConfigError::PasswordInUrl
+            ))
+        ));
+        let schema_alone = with(NodeSettings {
+            metadata_schema: Some("node_7".into()),
+            ..NodeSettings::default()
+        });
+        assert!(matches!(
+            schema_alone,
+            Err(ConfigError::Missing { key: "metadata" })
+        ));
+        let gateway = with(NodeSettings {
+            metadata: Some("postgres://node@db.internal/meta".into()),
+            upstream: Some(addr(
+                "/ip4/127.0.0.1/tcp/5001/p2p/12D3KooWCKrmoGZQvSqPyJfCy2x8S6vSeNwTYb1Qz4Kx1B1JwT3m",
+            )),
+            ..NodeSettings::default()
+        });
+        assert!(matches!(gateway, Err(ConfigError::MetadataOnGateway)));
+        // Without it, redb in the store folder.
+        assert_eq!(with(NodeSettings::default()).unwrap().metadata, None);
     }
 
     #[test]

@@ -48,7 +48,7 @@ mod replicate;
 pub mod status;
 pub mod store;
 
-pub use config::{ConfigError, NodeConfig, NodeSettings};
+pub use config::{ConfigError, METADATA_PASSWORD_VAR, MetadataDatabase, NodeConfig, NodeSettings};
 pub use keys::ManagerKeys;
 pub use node::{Node, NodeError, ShutdownReport, node_identity};
 pub use status::StatusReporter;

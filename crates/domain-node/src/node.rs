@@ -18,6 +18,7 @@ use domain_cluster::{
     Multiaddr, PeerId,
 };
 use domain_datastore::{DatastoreError, LocalDatastore};
+use domain_postgres::PostgresCatalog;
 use domain_proto::discovery::{Capability, Holdings, JoinClusterRequest, Node as NodeInfo};
 use domain_proto::protocols::{DELETE_V1, LOAD_V1, STORE_V1};
 use domain_proto::task::Status;
@@ -487,7 +488,30 @@ impl Node {
 async fn open_datastore(config: &NodeConfig) -> Result<NodeDatastore, NodeError> {
     let Some(upstream) = &config.upstream else {
         let path = config.store_dir();
-        return match LocalDatastore::open_with(&path, config.store_options.clone()).await {
+        let opened = match &config.metadata {
+            None => LocalDatastore::open_with(&path, config.store_options.clone()).await,
+            Some(metadata) => {
+                let catalog_config = metadata.catalog_config()?;
+                let catalog =
+                    tokio::task::spawn_blocking(move || PostgresCatalog::connect(catalog_config))
+                        .await
+                        .map_err(DatastoreError::from)
+                        .and_then(|connected| connected);
+                match catalog {
+                    Ok(catalog) => {
+                        tracing::info!(schema = metadata.schema, "item metadata in PostgreSQL");
+                        LocalDatastore::open_with_catalog(
+                            &path,
+                            config.store_options.clone(),
+                            Arc::new(catalog),
+                        )
+                        .await
+                    }
+                    Err(source) => Err(source),
+                }
+            }
+        };
+        return match opened {
             Ok(store) => Ok(NodeDatastore::Local(store)),
             Err(source) => Err(NodeError::Datastore { path, source }),
         };
