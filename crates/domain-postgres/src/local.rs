@@ -12,6 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use domain_datastore::{DatastoreError, LocalDatastore, LocalOptions};
+
+use crate::PostgresCatalog;
 use crate::config::{ConfigError, PostgresConfig};
 
 /// How long a started server has to accept connections.
@@ -72,6 +77,9 @@ pub enum LocalPostgresError {
     /// The configuration for the server did not build.
     #[error("cannot configure a client of the local PostgreSQL")]
     Config(#[source] ConfigError),
+    /// A store on the server did not open.
+    #[error("cannot open a store on the local PostgreSQL")]
+    Store(#[source] DatastoreError),
 }
 
 /// A PostgreSQL server of its own on a loopback port, with its data in a temporary folder.
@@ -194,6 +202,28 @@ impl LocalPostgres {
         PostgresConfig::new(&self.url())
             .and_then(|config| config.password(PASSWORD).schema(schema))
             .map_err(LocalPostgresError::Config)
+    }
+
+    /// A [`LocalDatastore`] with its blobs in `dir` and its catalog in `schema` of this
+    /// server.
+    ///
+    /// # Errors
+    /// [`LocalPostgresError::Config`] for a bad schema, [`LocalPostgresError::Store`] when
+    /// the catalog or the store cannot open.
+    pub async fn open_store(
+        &self,
+        dir: &Path,
+        schema: &str,
+    ) -> Result<LocalDatastore, LocalPostgresError> {
+        let config = self.config(schema)?;
+        let catalog = tokio::task::spawn_blocking(move || PostgresCatalog::connect(config))
+            .await
+            .map_err(DatastoreError::from)
+            .and_then(|connected| connected)
+            .map_err(LocalPostgresError::Store)?;
+        LocalDatastore::open_with_catalog(dir, LocalOptions::default(), Arc::new(catalog))
+            .await
+            .map_err(LocalPostgresError::Store)
     }
 
     /// The server's folder (its data in `data/`, its log in `postgres.log`).

@@ -2,10 +2,9 @@
 //! login.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use domain_datastore::{Datastore, DatastoreError, LocalDatastore, LocalOptions};
+use domain_datastore::{Datastore, DatastoreError, LocalDatastore};
 use domain_postgres::{LocalPostgres, PostgresCatalog, PostgresConfig, PostgresError};
 use domain_proto::DomainId;
 use domain_proto::domain_data::{Query, UpsertMetadata};
@@ -101,16 +100,8 @@ fn a_wrong_password_is_a_clear_error_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn items_are_rows_an_operator_can_query() {
     let server = tokio::task::spawn_blocking(server).await.unwrap();
-    let config = server.config("node").unwrap();
-    let catalog = tokio::task::spawn_blocking(move || PostgresCatalog::connect(config))
-        .await
-        .unwrap()
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        LocalDatastore::open_with_catalog(dir.path(), LocalOptions::default(), Arc::new(catalog))
-            .await
-            .unwrap();
+    let store = server.open_store(dir.path(), "node").await.unwrap();
     let domain = DomainId::new("site").unwrap();
     let item = UpsertMetadata {
         name: "scan-1".into(),
@@ -165,16 +156,8 @@ async fn items_are_rows_an_operator_can_query() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_folder_of_postgres_is_refused_by_redb_and_keeps_its_blobs() {
     let server = tokio::task::spawn_blocking(server).await.unwrap();
-    let config = server.config("node").unwrap();
-    let catalog = tokio::task::spawn_blocking(move || PostgresCatalog::connect(config))
-        .await
-        .unwrap()
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        LocalDatastore::open_with_catalog(dir.path(), LocalOptions::default(), Arc::new(catalog))
-            .await
-            .unwrap();
+    let store = server.open_store(dir.path(), "node").await.unwrap();
     let domain = DomainId::new("site").unwrap();
     let item = UpsertMetadata {
         name: "scan".into(),
@@ -197,4 +180,20 @@ async fn a_store_folder_of_postgres_is_refused_by_redb_and_keeps_its_blobs() {
         .join("blobs/site")
         .join(stored.hash.as_deref().unwrap());
     assert!(blob.exists(), "the blob stays");
+}
+
+#[test]
+fn a_url_asking_for_tls_fails_rather_than_falling_back_to_plain_text() {
+    let server = server();
+    let config = PostgresConfig::new(&format!("{}?sslmode=require", server.url()))
+        .unwrap()
+        .password(server.password())
+        .schema("node")
+        .unwrap();
+    let refused = PostgresCatalog::connect(quick(config)).unwrap_err();
+    assert!(
+        matches!(cause(&refused), PostgresError::Connect(_)),
+        "{}",
+        domain_proto::ErrorChain(&refused)
+    );
 }

@@ -4,12 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
-use domain_datastore::{Datastore, DatastoreError, LocalDatastore, LocalOptions};
+use domain_datastore::{Datastore, DatastoreError, LocalDatastore};
 use domain_merkle::root_of;
-use domain_postgres::{LocalPostgres, PostgresCatalog};
+use domain_postgres::LocalPostgres;
 use domain_proto::DomainId;
 use domain_proto::domain_data::{Query, UpsertMetadata};
 use futures::StreamExt;
@@ -69,16 +68,8 @@ async fn a_postgres_restart_under_load_loses_nothing_and_the_store_goes_on() {
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("{e}"));
-    let config = server.config("store").unwrap();
-    let catalog = tokio::task::spawn_blocking(move || PostgresCatalog::connect(config))
-        .await
-        .unwrap()
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        LocalDatastore::open_with_catalog(dir.path(), LocalOptions::default(), Arc::new(catalog))
-            .await
-            .unwrap();
+    let store = server.open_store(dir.path(), "store").await.unwrap();
     let domain = DomainId::new("restart").unwrap();
     let mut subscription = store.subscribe(&domain, &Query::default()).unwrap();
     let published = tokio::spawn(async move {

@@ -5,10 +5,8 @@
 #[path = "../../domain-datastore/tests/suite/mod.rs"]
 mod suite;
 
-use std::sync::Arc;
-
-use domain_datastore::{LocalDatastore, LocalOptions};
-use domain_postgres::{LocalPostgres, PostgresCatalog};
+use domain_datastore::LocalDatastore;
+use domain_postgres::LocalPostgres;
 
 /// What a test keeps alive beside its store: the server, and the blobs' folder.
 type Keep = (LocalPostgres, tempfile::TempDir);
@@ -18,16 +16,8 @@ async fn fresh() -> (LocalDatastore, Keep) {
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("{e}"));
-    let config = server.config("store").unwrap();
-    let catalog = tokio::task::spawn_blocking(move || PostgresCatalog::connect(config))
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{}", domain_proto::ErrorChain(&e)));
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        LocalDatastore::open_with_catalog(dir.path(), LocalOptions::default(), Arc::new(catalog))
-            .await
-            .unwrap();
+    let store = server.open_store(dir.path(), "store").await.unwrap();
     assert!(store.repair_report().is_clean());
     (store, (server, dir))
 }
