@@ -25,12 +25,11 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use std::path::Path;
-use std::sync::Arc;
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use domain_benches::{MIB, pattern};
-use domain_datastore::{Datastore, LocalDatastore, LocalOptions};
-use domain_postgres::{LocalPostgres, PostgresCatalog};
+use domain_datastore::{Datastore, LocalDatastore};
+use domain_postgres::LocalPostgres;
 use domain_proto::DomainId;
 use domain_proto::domain_data::{Query, UpsertMetadata};
 use futures::StreamExt;
@@ -73,13 +72,8 @@ fn stores(
             .unwrap(),
     )];
     if let Some(server) = server {
-        let catalog = PostgresCatalog::connect(server.config(schema).unwrap()).unwrap();
         let store = runtime
-            .block_on(LocalDatastore::open_with_catalog(
-                dir.join("postgres"),
-                LocalOptions::default(),
-                Arc::new(catalog),
-            ))
+            .block_on(server.open_store(&dir.join("postgres"), schema))
             .unwrap();
         stores.push(("postgres", store));
     }

@@ -15,7 +15,7 @@
 //!   etcd against redb.
 //! - `cargo xtask demo`: a manager, two nodes and the `domain` command on loopback.
 //! - `cargo xtask browser`: the web page of `examples/browser` next to a loopback cluster.
-//! - `cargo xtask crash --cycles N`: the datastore's SIGKILL crash test, N cycles.
+//! - `cargo xtask crash --cycles N`: the datastore's SIGKILL crash test, N cycles, on each catalog.
 //! - `cargo xtask chaos --minutes N --seed S`: a loopback cluster under concurrent clients
 //!   while a seeded schedule kills peers and clients, degrades links and fills a disk;
 //!   then every promise is checked.
