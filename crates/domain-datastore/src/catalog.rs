@@ -4,7 +4,7 @@
 //! catalog: [`RedbCatalog`](crate::RedbCatalog) (a redb file beside the blobs, the default)
 //! or a server database (`domain-postgres`). The store owns every rule that is not about
 //! where rows live: the order of a put (blob published, then row committed), which
-//! requests of a batch succeed ([`Planner`]), reference counts of blobs, removing blob
+//! requests of a batch succeed (its `Planner`), reference counts of blobs, removing blob
 //! files no item uses, and the repair at open. A catalog only reads rows and applies a
 //! [`Plan`] atomically, so every backend keeps the same promises by construction.
 //!
