@@ -687,17 +687,21 @@ mod tests {
             "/../../config/node.example.toml"
         );
         let mut file = NodeSettings::load(example).unwrap();
-        // The example leaves the gateway, invite, metrics and announce keys commented out.
+        // The example leaves the gateway, invite, metrics, announce and metadata keys
+        // commented out.
         file.upstream = Some(addr(
             "/ip4/127.0.0.1/tcp/5001/p2p/12D3KooWBK6mNwBwAwHhygpw9HQ6vZiwzyDPx9jLLk4v6VDdg3YL",
         ));
+        file.metadata = Some("postgres://node1@db.internal/domains".into());
+        file.metadata_schema = Some("node1".into());
+        file.metadata_password_file = Some("/etc/domain/node1-db-password".into());
         file.invite = Some("dcinv-x".into());
         file.metrics = Some("127.0.0.1:9464".parse().unwrap());
         file.announce = vec![addr("/ip4/203.0.113.7/tcp/4001")];
         let every_key = toml::Table::try_from(&file).unwrap();
         assert_eq!(
             every_key.len(),
-            17,
+            20,
             "a key of NodeSettings is not in this test"
         );
         assert_eq!(domain_settings::layer(&file, &flags(&[])).unwrap(), file);
