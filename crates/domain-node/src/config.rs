@@ -205,6 +205,9 @@ pub struct MetadataDatabase {
     pub schema: String,
     /// A file holding the password (its first line).
     pub password_file: Option<PathBuf>,
+    /// PEM certificates to trust for the database's TLS certificate instead of Mozilla's
+    /// roots (a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl MetadataDatabase {
@@ -230,6 +233,9 @@ impl MetadataDatabase {
             };
         if let Some(password) = password {
             config = config.password(password.lines().next().unwrap_or_default());
+        }
+        if let Some(ca_file) = &self.ca_file {
+            config = config.ca_file(ca_file).map_err(ConfigError::Metadata)?;
         }
         Ok(config)
     }
@@ -351,6 +357,10 @@ pub struct NodeSettings {
     /// variable DOMAIN_NODE_METADATA_PASSWORD, else none].
     #[arg(long, value_name = "FILE", env = "DOMAIN_NODE_METADATA_PASSWORD_FILE")]
     pub metadata_password_file: Option<PathBuf>,
+    /// PEM certificates to trust for --metadata's TLS (sslmode in its URL) instead of
+    /// Mozilla's roots: a private CA.
+    #[arg(long, value_name = "FILE", env = "DOMAIN_NODE_METADATA_CA_FILE")]
+    pub metadata_ca_file: Option<PathBuf>,
     /// A one-use invite from the manager's operator (`domain-manager node invite`): the
     /// manager admits this node at its first join.
     #[arg(
@@ -434,6 +444,7 @@ impl NodeSettings {
                         .metadata_schema
                         .unwrap_or_else(|| domain_postgres::DEFAULT_SCHEMA.to_owned()),
                     password_file: self.metadata_password_file,
+                    ca_file: self.metadata_ca_file,
                 };
                 // The URL and schema are checked now; the password is read at start.
                 domain_postgres::PostgresConfig::new(&metadata.url)
@@ -441,7 +452,10 @@ impl NodeSettings {
                     .map_err(ConfigError::Metadata)?;
                 config.metadata = Some(metadata);
             }
-            None if self.metadata_schema.is_some() || self.metadata_password_file.is_some() => {
+            None if self.metadata_schema.is_some()
+                || self.metadata_password_file.is_some()
+                || self.metadata_ca_file.is_some() =>
+            {
                 return Err(ConfigError::Missing { key: "metadata" });
             }
             None => {}
@@ -590,6 +604,7 @@ mod tests {
                 url: "postgres://node@db.internal/meta".into(),
                 schema: "node_7".into(),
                 password_file: Some("/run/secrets/db".into()),
+                ca_file: None,
             })
         );
         let with = |changes: NodeSettings| {
@@ -695,13 +710,14 @@ mod tests {
         file.metadata = Some("postgres://node1@db.internal/domains".into());
         file.metadata_schema = Some("node1".into());
         file.metadata_password_file = Some("/etc/domain/node1-db-password".into());
+        file.metadata_ca_file = Some("/etc/domain/db-ca.pem".into());
         file.invite = Some("dcinv-x".into());
         file.metrics = Some("127.0.0.1:9464".parse().unwrap());
         file.announce = vec![addr("/ip4/203.0.113.7/tcp/4001")];
         let every_key = toml::Table::try_from(&file).unwrap();
         assert_eq!(
             every_key.len(),
-            20,
+            21,
             "a key of NodeSettings is not in this test"
         );
         assert_eq!(domain_settings::layer(&file, &flags(&[])).unwrap(), file);

@@ -10,8 +10,9 @@ use domain_proto::DomainId;
 use domain_proto::domain_data::Metadata;
 use postgres::error::SqlState;
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, Statement};
 use r2d2_postgres::PostgresConnectionManager;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::PostgresConfig;
 use crate::migrations;
@@ -102,9 +103,26 @@ fn connection_lost(error: &postgres::Error) -> bool {
             SqlState::CONNECTION_EXCEPTION,
         ]
         .contains(code),
-        // No SQL state: an I/O error on the socket.
+        // No SQL state: the socket failed (and not, say, a certificate refused by TLS,
+        // which waiting does not mend).
         None => std::error::Error::source(error)
-            .is_some_and(|source| source.downcast_ref::<std::io::Error>().is_some()),
+            .and_then(|source| source.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| {
+                use std::io::ErrorKind::{
+                    BrokenPipe, ConnectionAborted, ConnectionRefused, ConnectionReset,
+                    NotConnected, TimedOut, UnexpectedEof,
+                };
+                matches!(
+                    io.kind(),
+                    ConnectionRefused
+                        | ConnectionReset
+                        | ConnectionAborted
+                        | NotConnected
+                        | BrokenPipe
+                        | TimedOut
+                        | UnexpectedEof
+                )
+            }),
     }
 }
 
@@ -418,7 +436,7 @@ pub struct PostgresCatalog {
     config: PostgresConfig,
     sql: Sql,
     writer: Mutex<Option<Writer>>,
-    readers: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+    readers: r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>,
 }
 
 impl std::fmt::Debug for PostgresCatalog {
@@ -443,7 +461,7 @@ impl PostgresCatalog {
         take_lock(&mut client, &config)?;
         migrations::migrate(&mut client, config.schema_name()).map_err(db)?;
         let writer = Writer::prepare(client, &sql).map_err(statement)?;
-        let manager = PostgresConnectionManager::new(config.connection().clone(), NoTls);
+        let manager = PostgresConnectionManager::new(config.connection().clone(), config.tls());
         let readers = r2d2::Pool::builder()
             .max_size(config.reader_count())
             .min_idle(Some(0))
@@ -504,7 +522,8 @@ impl PostgresCatalog {
 
     fn reader(
         &self,
-    ) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, DatastoreError> {
+    ) -> Result<r2d2::PooledConnection<PostgresConnectionManager<MakeRustlsConnect>>, DatastoreError>
+    {
         self.readers.get().map_err(|e| db(PostgresError::Pool(e)))
     }
 }
@@ -515,7 +534,7 @@ fn connect_patiently(config: &PostgresConfig) -> Result<Client, DatastoreError> 
     let start = Instant::now();
     let mut pause = FIRST_RECONNECT;
     loop {
-        match config.connection().connect(NoTls) {
+        match config.connection().connect(config.tls()) {
             Ok(client) => return Ok(client),
             Err(error)
                 if start.elapsed() + pause < config.wait_limit() && connection_lost(&error) =>

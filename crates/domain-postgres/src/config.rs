@@ -1,7 +1,13 @@
 //! [`PostgresConfig`]: where a catalog's database is and how to reach it.
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The schema a catalog uses unless told otherwise.
 pub const DEFAULT_SCHEMA: &str = "domain_store";
@@ -25,6 +31,18 @@ pub enum ConfigError {
         "the connection string carries a password: give it in a file or the environment instead"
     )]
     PasswordInUrl,
+    /// The CA file cannot be read, or holds no PEM certificate.
+    #[error("cannot use {path} as the database's CA certificates", path = path.display())]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The TLS client cannot be set up.
+    #[error("cannot set up TLS to the database")]
+    Tls(#[source] rustls::Error),
     /// The schema name is not a plain lowercase identifier.
     #[error(
         "schema {0:?} is not a plain identifier (a-z, 0-9 and _, not starting with a digit, at most 63)"
@@ -38,12 +56,18 @@ pub enum ConfigError {
 /// schema of its own. The password never comes from the connection string (see
 /// [`ConfigError::PasswordInUrl`]); set [`password`](Self::password) from a file or the
 /// environment.
+///
+/// TLS follows the URL's `sslmode`: `disable`, `prefer` (the default: TLS when the server
+/// offers it) or `require`. The server's certificate is always verified, against
+/// Mozilla's roots or the [`ca_file`](Self::ca_file)'s certificates, with the host name
+/// of the URL (stricter than libpq's `require`, which checks nothing).
 #[derive(Clone)]
 pub struct PostgresConfig {
     connection: postgres::Config,
     schema: String,
     readers: u32,
     patience: Duration,
+    tls: MakeRustlsConnect,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -57,7 +81,8 @@ impl std::fmt::Debug for PostgresConfig {
             .field("schema", &self.schema)
             .field("readers", &self.readers)
             .field("patience", &self.patience)
-            .finish()
+            .field("ssl_mode", &self.connection.get_ssl_mode())
+            .finish_non_exhaustive()
     }
 }
 
@@ -75,12 +100,40 @@ impl PostgresConfig {
         connection
             .application_name("domain-node")
             .connect_timeout(Duration::from_secs(5));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         Ok(Self {
             connection,
             schema: DEFAULT_SCHEMA.to_owned(),
             readers: DEFAULT_READERS,
             patience: DEFAULT_PATIENCE,
+            tls: tls_with(roots)?,
         })
+    }
+
+    /// Trusts the PEM certificates in `path`, and only them, for the server's certificate
+    /// (a private CA, or the server's own self-signed certificate).
+    ///
+    /// # Errors
+    /// [`ConfigError::CaFile`] when the file cannot be read or holds no certificate.
+    pub fn ca_file(mut self, path: &Path) -> Result<Self, ConfigError> {
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| ConfigError::CaFile {
+            path: path.to_owned(),
+            source,
+        };
+        let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| failed(Box::new(e)))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| failed(Box::new(e)))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in certificates {
+            roots.add(certificate).map_err(|e| failed(Box::new(e)))?;
+        }
+        if roots.is_empty() {
+            return Err(failed("no certificate in it".into()));
+        }
+        self.tls = tls_with(roots)?;
+        Ok(self)
     }
 
     /// Uses `password` to log in.
@@ -132,6 +185,10 @@ impl PostgresConfig {
         &self.connection
     }
 
+    pub(crate) fn tls(&self) -> MakeRustlsConnect {
+        self.tls.clone()
+    }
+
     pub(crate) fn reader_count(&self) -> u32 {
         self.readers
     }
@@ -139,6 +196,18 @@ impl PostgresConfig {
     pub(crate) fn wait_limit(&self) -> Duration {
         self.patience
     }
+}
+
+/// A TLS connector trusting `roots`, with ring (the provider libp2p uses) named here rather
+/// than installed process-wide.
+fn tls_with(roots: rustls::RootCertStore) -> Result<MakeRustlsConnect, ConfigError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(ConfigError::Tls)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
 
 #[cfg(test)]

@@ -92,6 +92,8 @@ pub struct LocalPostgres {
     dir: tempfile::TempDir,
     port: u16,
     user: Option<(u32, u32)>,
+    /// With TLS: the server's self-signed certificate (PEM), which clients trust.
+    certificate: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -122,6 +124,19 @@ impl LocalPostgres {
     /// # Errors
     /// A [`LocalPostgresError`] saying what went wrong, with the server's output.
     pub fn start() -> Result<Self, LocalPostgresError> {
+        Self::start_inner(false)
+    }
+
+    /// As [`start`](Self::start), with TLS: a self-signed certificate for `127.0.0.1` and
+    /// `localhost`, in [`certificate`](Self::certificate).
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn start_with_tls() -> Result<Self, LocalPostgresError> {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(tls: bool) -> Result<Self, LocalPostgresError> {
         let bin = Self::bin_dir()
             .filter(|bin| bin.join("initdb").exists())
             .ok_or_else(|| LocalPostgresError::NotInstalled {
@@ -171,11 +186,17 @@ impl LocalPostgres {
                 ),
             });
         }
+        let certificate = if tls {
+            Some(make_certificate(dir.path(), user)?)
+        } else {
+            None
+        };
         let mut server = Self {
             bin,
             dir,
             port: free_port()?,
             user,
+            certificate,
             child: None,
         };
         server.start_again()?;
@@ -226,6 +247,12 @@ impl LocalPostgres {
             .map_err(LocalPostgresError::Store)
     }
 
+    /// The server's certificate (PEM) when it was started with TLS.
+    #[must_use]
+    pub fn certificate(&self) -> Option<&Path> {
+        self.certificate.as_deref()
+    }
+
     /// The server's folder (its data in `data/`, its log in `postgres.log`).
     #[must_use]
     pub fn dir(&self) -> &Path {
@@ -271,10 +298,19 @@ impl LocalPostgres {
                 "unix_socket_directories={}",
                 self.dir.path().display()
             ))
-            .args(["-c", "max_connections=40"])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
+            .args(["-c", "max_connections=40"]);
+        if let Some(certificate) = &self.certificate {
+            command
+                .args(["-c", "ssl=on"])
+                .arg("-c")
+                .arg(format!("ssl_cert_file={}", certificate.display()))
+                .arg("-c")
+                .arg(format!(
+                    "ssl_key_file={}",
+                    certificate.with_extension("key").display()
+                ));
+        }
+        command.stdin(Stdio::null()).stdout(log).stderr(log_err);
         as_user(&mut command, self.user);
         let mut child = command
             .spawn()
@@ -318,6 +354,27 @@ impl Drop for LocalPostgres {
     fn drop(&mut self) {
         self.crash();
     }
+}
+
+/// Writes a self-signed certificate for `127.0.0.1` and `localhost` to `dir/server.crt`
+/// and its key to `dir/server.key` (mode 0600, the server's user's, as PostgreSQL wants).
+fn make_certificate(dir: &Path, user: Option<(u32, u32)>) -> Result<PathBuf, LocalPostgresError> {
+    let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+    let made = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| LocalPostgresError::Prepare(std::io::Error::other(e)))?;
+    let certificate = dir.join("server.crt");
+    let key = dir.join("server.key");
+    std::fs::write(&certificate, made.cert.pem()).map_err(LocalPostgresError::Prepare)?;
+    std::fs::write(&key, made.key_pair.serialize_pem()).map_err(LocalPostgresError::Prepare)?;
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(LocalPostgresError::Prepare)?;
+    if let Some((uid, gid)) = user {
+        for path in [&certificate, &key] {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .map_err(LocalPostgresError::Prepare)?;
+        }
+    }
+    Ok(certificate)
 }
 
 /// Runs `command` as `user` (uid, gid) when given.

@@ -197,3 +197,45 @@ fn a_url_asking_for_tls_fails_rather_than_falling_back_to_plain_text() {
         domain_proto::ErrorChain(&refused)
     );
 }
+
+#[test]
+fn tls_to_the_database_verifies_its_certificate() {
+    let server = LocalPostgres::start_with_tls().unwrap_or_else(|e| panic!("{e}"));
+    let certificate = server.certificate().unwrap().to_owned();
+    let config = || {
+        PostgresConfig::new(&format!("{}?sslmode=require", server.url()))
+            .unwrap()
+            .password(server.password())
+            .schema("node")
+            .unwrap()
+    };
+    // Its self-signed certificate is not among Mozilla's roots: refused, not ignored.
+    let refused = PostgresCatalog::connect(quick(config())).unwrap_err();
+    assert!(
+        matches!(cause(&refused), PostgresError::Connect(_)),
+        "{}",
+        domain_proto::ErrorChain(&refused)
+    );
+    // Trusted through the CA file: the catalog's session is encrypted.
+    let catalog = PostgresCatalog::connect(config().ca_file(&certificate).unwrap()).unwrap();
+    let mut admin: postgres::Config = server.url().parse().unwrap();
+    let mut admin = admin
+        .password(server.password())
+        .connect(postgres::NoTls)
+        .unwrap();
+    let sessions: Vec<bool> = admin
+        .query(
+            "SELECT ssl FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE application_name = 'domain-node'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(
+        !sessions.is_empty() && sessions.iter().all(|ssl| *ssl),
+        "{sessions:?}"
+    );
+    drop(catalog);
+}

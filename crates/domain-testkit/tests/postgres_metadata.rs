@@ -46,6 +46,7 @@ async fn a_node_keeps_item_metadata_in_postgres_and_serves_it_after_a_restart() 
             url: server.url(),
             schema: "node_a".into(),
             password_file: Some(password_file),
+            ca_file: None,
         })
     );
     let node = start_node(config.clone()).await.unwrap();
