@@ -236,6 +236,15 @@ impl Oracle {
         lock(&self.records).push(record);
     }
 
+    /// When the faults whose op is one of `ops` began, in order.
+    pub fn fault_times(&self, ops: &[&str]) -> Vec<Duration> {
+        lock(&self.records)
+            .iter()
+            .filter(|record| record.is_fault() && ops.contains(&record.op.as_str()))
+            .map(|record| record.start)
+            .collect()
+    }
+
     /// How many records `wanted` picks.
     pub fn count(&self, wanted: impl Fn(&Record) -> bool) -> usize {
         lock(&self.records)

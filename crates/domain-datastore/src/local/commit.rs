@@ -382,10 +382,14 @@ impl Worker {
     }
 }
 
-/// Whether `error` comes from a file system (or a database server's) running out of
-/// space, or from redb refusing work after such an error.
+/// Whether `error` comes from a file system running out of space, or from redb refusing
+/// work after such an error.
 fn is_full(error: &DatastoreError) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    // The catalog's own error, not the `Arc` around it: a downcast sees concrete types.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = match error {
+        DatastoreError::Db(inner) => Some(&**inner),
+        other => Some(other),
+    };
     while let Some(error) = cause {
         if let Some(io) = error.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::StorageFull {
@@ -444,6 +448,21 @@ mod tests {
             reply: Some(reply),
         };
         (request, answer)
+    }
+
+    #[test]
+    fn a_full_disk_under_the_catalog_is_told_apart_from_other_failures() {
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space");
+        let redb_full = DatastoreError::Db(Arc::new(redb::Error::Io(full)));
+        assert!(is_full(&redb_full), "logged as a warning, not an error");
+        assert!(is_full(&DatastoreError::Db(Arc::new(
+            redb::Error::PreviousIo
+        ))));
+        let other = std::io::Error::other("bad sector");
+        assert!(!is_full(&DatastoreError::Db(Arc::new(redb::Error::Io(
+            other
+        )))));
+        assert!(!is_full(&DatastoreError::ShutDown));
     }
 
     #[test]
